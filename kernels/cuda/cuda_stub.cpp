@@ -1,0 +1,51 @@
+// CUDA API of naf_kernels when the library is built without CUDA: nothing is available and
+// constructing an Engine throws.
+#include <stdexcept>
+#include <string>
+
+#include "naf_kernels/naf_cuda.hpp"
+
+namespace naf {
+namespace kernels {
+namespace cuda {
+
+bool compiled()
+{
+    return false;
+}
+
+bool available()
+{
+    return false;
+}
+
+std::string deviceDescription()
+{
+    return "built without CUDA";
+}
+
+struct Engine::Impl
+{
+};
+
+Engine::Engine(const NafConfig&, const NafWeights&)
+{
+    throw std::runtime_error("naf::kernels::cuda::Engine: this build of naf_kernels has no CUDA support "
+                             "(built without CUDA)");
+}
+
+Engine::~Engine() = default;
+
+void Engine::forward(const float*, const float*, float*, const ForwardShape&, MathMode, AttentionProbe*)
+{
+    throw std::runtime_error("naf::kernels::cuda::Engine::forward: built without CUDA");
+}
+
+size_t Engine::deviceBytes() const
+{
+    return 0;
+}
+
+}  // namespace cuda
+}  // namespace kernels
+}  // namespace naf

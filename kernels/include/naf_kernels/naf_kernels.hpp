@@ -1,0 +1,153 @@
+// cv::naf compute kernels: plain C++17, no OpenCV, no Qt.
+//
+// Conventions: float32 tensors, contiguous, channel-major (CHW for one image, NCHW for a batch).
+// Errors are reported as std::runtime_error (std::invalid_argument for bad sizes); the
+// modules/naf layer validates user input first and turns these into cv::Exception.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "naf_kernels/window.hpp"
+
+namespace naf {
+namespace kernels {
+
+/// Runs body(begin, end) over disjoint sub-ranges covering [0, count), possibly concurrently.
+/// Kernels split their work into chunks whose boundaries never depend on the thread count, and
+/// no reduction crosses a chunk, so results are bit-identical for any number of threads.
+using ParallelFor = std::function<void(int64_t count, const std::function<void(int64_t, int64_t)>& body)>;
+
+/// A ParallelFor on std::thread (used by the standalone kernel tests and tools); threads <= 0
+/// means std::thread::hardware_concurrency().
+ParallelFor threadParallelFor(int threads = 0);
+/// Runs everything on the calling thread.
+ParallelFor serialParallelFor();
+
+/// Architecture hyper-parameters of NAF (the official defaults).
+struct NafConfig
+{
+    int dim = 256;             ///< query/key channels (both encoder branches together)
+    int headsAttn = 4;         ///< attention heads; value channels are split evenly across them
+    int headsRope = 4;         ///< RoPE heads (dim / headsRope channels rotated per head)
+    int kernelSize = 9;        ///< default neighborhood size (odd)
+    int imgLayers = 2;         ///< EncBlocks per encoder branch
+    int numGroups = 8;         ///< GroupNorm groups
+    float gnEps = 1e-5f;       ///< GroupNorm epsilon
+    int maxGuideScale = 4;     ///< guide image is resized when larger than this times the output
+    float mean[3] = {0.485f, 0.456f, 0.406f};  ///< ImageNet normalization, RGB
+    float stdev[3] = {0.229f, 0.224f, 0.225f};
+};
+
+/// A 2-D convolution's parameters: weight [cout, cin, k, k], bias [cout] (may be null).
+struct ConvWeights
+{
+    const float* weight = nullptr;
+    const float* bias = nullptr;
+    int cout = 0, cin = 0, k = 0;
+};
+
+/// One official EncBlock: GN -> SiLU -> conv1 -> GN -> SiLU -> conv2 (no residual).
+struct EncBlockWeights
+{
+    const float* norm1Gamma = nullptr;
+    const float* norm1Beta = nullptr;
+    ConvWeights conv1;
+    const float* norm2Gamma = nullptr;
+    const float* norm2Beta = nullptr;
+    ConvWeights conv2;
+};
+
+/// One encoder branch: a stem conv followed by EncBlocks (all reflect padded).
+struct EncoderBranchWeights
+{
+    ConvWeights stem;
+    std::vector<EncBlockWeights> blocks;
+};
+
+/// Pointers to all NAF weights (host memory for the CPU path, device memory for CUDA).
+struct NafWeights
+{
+    EncoderBranchWeights pointBranch;    ///< official `image_encoder.encoder` (1x1 kernels)
+    EncoderBranchWeights contextBranch;  ///< official `image_encoder.sem_encoder` (3x3 kernels)
+    const float* ropePeriods = nullptr;  ///< official `image_encoder.rope.periods`, dim/headsRope/4 values
+};
+
+/// Shapes of one upsampling (one image of the batch).
+struct ForwardShape
+{
+    int imageH = 0, imageW = 0;  ///< guide image size
+    int channels = 0;            ///< value (feature) channels, divisible by headsAttn
+    int lowH = 0, lowW = 0;      ///< low-resolution feature grid
+    int outH = 0, outW = 0;      ///< output grid (>= low grid on both axes)
+    int kernelSize = 9;          ///< odd, >= 1
+};
+
+/// Where the attention of one output pixel looked, and with which weights.
+struct AttentionProbe
+{
+    int y = -1, x = -1;            ///< output pixel to record (set by the caller)
+    int heads = 0, kh = 0, kw = 0; ///< filled by the kernel
+    std::vector<float> weights;    ///< [heads, kh, kw] softmax probabilities
+    std::vector<int> lowY, lowX;   ///< [kh], [kw] low-res row/column of each window entry
+};
+
+/// Reusable scratch memory of the CPU forward; keep one per concurrent caller.
+struct Workspace
+{
+    std::vector<float> guide, bufA, bufB, queries, keys;
+    size_t bytes() const;
+};
+
+/// Size of the guide image the encoder runs on (official rule: resized only when larger than
+/// maxGuideScale x output on either side, to min(side, 4*outH, 4*outW) per axis).
+void guideSize(int imageH, int imageW, int outH, int outW, int maxGuideScale, int* guideH, int* guideW);
+
+/// Throws std::invalid_argument when the shape cannot be upsampled with this config.
+void checkForwardShape(const NafConfig& cfg, const ForwardShape& shape);
+
+// ---- building blocks (CPU) -------------------------------------------------------------------
+
+/// Bilinear resize of `planes` float planes, half-pixel centers, no antialias (PyTorch
+/// F.interpolate(mode="bilinear", align_corners=False)).
+void resizeBilinear(const float* src, int planes, int srcH, int srcW, float* dst, int dstH, int dstW,
+                    const ParallelFor& parallel);
+
+/// Stride-1 convolution with reflect padding k/2 (k odd), plus bias: src [cin,h,w] -> dst [cout,h,w].
+void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel);
+
+/// In-place GroupNorm (affine) followed by SiLU on data [c,h,w].
+void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,
+                   const ParallelFor& parallel);
+
+/// PyTorch adaptive_avg_pool2d: src [c,srcH,srcW] -> dst [c,dstH,dstW] (dst may be a channel
+/// slice of a larger tensor).
+void adaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, int dstH, int dstW,
+                     const ParallelFor& parallel);
+
+/// In-place axial RoPE on data [dim,h,w] (DINOv3 style, coordinates per axis in [-1,1] at pixel
+/// centers), heads of dim/heads channels, periods[dim/heads/4].
+void applyRope(float* data, int dim, int h, int w, int heads, const float* periods, const ParallelFor& parallel);
+
+/// Cross-scale neighborhood attention. queries [dim,outH,outW], keys [dim,lowH,lowW],
+/// values [channels,lowH,lowW] -> out [channels,outH,outW]. Keys/values are read at low
+/// resolution through the window rule in window.hpp.
+void neighborhoodAttention(const float* queries, const float* keys, const float* values, float* out, int dim,
+                           int channels, int heads, int lowH, int lowW, int outH, int outW, int kernelSize,
+                           float scale, const ParallelFor& parallel, AttentionProbe* probe = nullptr);
+
+// ---- whole forward (CPU) ---------------------------------------------------------------------
+
+/// Guide encoder: image [3,imageH,imageW] RGB in [0,1] -> RoPE'd queries [dim,outH,outW].
+void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH, int imageW,
+                   int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel);
+
+/// The whole NAF forward for one image: image [3,imageH,imageW] RGB in [0,1] (normalized with
+/// cfg.mean/stdev inside), features [channels,lowH,lowW] -> out [channels,outH,outW].
+void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,
+             const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe = nullptr);
+
+}  // namespace kernels
+}  // namespace naf

@@ -1,0 +1,137 @@
+// The whole NAF forward on the CPU: guide encoder -> queries/keys -> neighborhood attention.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "naf_kernels/naf_kernels.hpp"
+
+namespace naf {
+namespace kernels {
+
+size_t Workspace::bytes() const
+{
+    return (guide.capacity() + bufA.capacity() + bufB.capacity() + queries.capacity() + keys.capacity()) *
+           sizeof(float);
+}
+
+void guideSize(int imageH, int imageW, int outH, int outW, int maxGuideScale, int* guideH, int* guideW)
+{
+    const int64_t limitH = static_cast<int64_t>(maxGuideScale) * outH;
+    const int64_t limitW = static_cast<int64_t>(maxGuideScale) * outW;
+    int64_t gh = imageH, gw = imageW;
+    if (imageH > limitH || imageW > limitW)
+    {
+        // The official rule caps each side by *both* limits.
+        gh = std::min<int64_t>({imageH, limitH, limitW});
+        gw = std::min<int64_t>({imageW, limitW, limitH});
+    }
+    *guideH = static_cast<int>(gh);
+    *guideW = static_cast<int>(gw);
+}
+
+void checkForwardShape(const NafConfig& cfg, const ForwardShape& s)
+{
+    auto fail = [](const std::string& msg) { throw std::invalid_argument("NAF forward: " + msg); };
+    auto dims = [](int a, int b) { return std::to_string(a) + "x" + std::to_string(b); };
+    if (cfg.dim <= 0 || cfg.headsAttn <= 0 || cfg.headsRope <= 0 || cfg.dim % cfg.headsAttn != 0 ||
+        cfg.dim % (4 * cfg.headsRope) != 0 || (cfg.dim / 2) % cfg.numGroups != 0 || cfg.maxGuideScale <= 0)
+        fail("invalid configuration (dim " + std::to_string(cfg.dim) + ", heads " + std::to_string(cfg.headsAttn) +
+             ", rope heads " + std::to_string(cfg.headsRope) + ", groups " + std::to_string(cfg.numGroups) + ")");
+    if (s.imageH < 2 || s.imageW < 2) fail("guide image " + dims(s.imageH, s.imageW) + " is smaller than 2x2");
+    if (s.lowH <= 0 || s.lowW <= 0) fail("empty low-resolution grid " + dims(s.lowH, s.lowW));
+    if (s.channels <= 0 || s.channels % cfg.headsAttn != 0)
+        fail(std::to_string(s.channels) + " feature channels are not a positive multiple of the " +
+             std::to_string(cfg.headsAttn) + " attention heads");
+    if (s.outH < s.lowH || s.outW < s.lowW)
+        fail("output " + dims(s.outH, s.outW) + " is smaller than the low-resolution grid " + dims(s.lowH, s.lowW));
+    if (s.kernelSize < 1 || s.kernelSize % 2 == 0) fail("kernel size " + std::to_string(s.kernelSize) + " must be odd");
+    const int64_t maxPlane = std::numeric_limits<int32_t>::max() / 4;
+    int gh = 0, gw = 0;
+    guideSize(s.imageH, s.imageW, s.outH, s.outW, cfg.maxGuideScale, &gh, &gw);
+    if (static_cast<int64_t>(s.outH) * s.outW > maxPlane || static_cast<int64_t>(gh) * gw > maxPlane ||
+        static_cast<int64_t>(s.imageH) * s.imageW > maxPlane)
+        fail("output " + dims(s.outH, s.outW) + " or guide " + dims(gh, gw) + " has more than " +
+             std::to_string(maxPlane) + " pixels");
+}
+
+namespace {
+
+void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const float* guide, int gh, int gw,
+               float* pooledOut, int outH, int outW, Workspace& ws, const ParallelFor& parallel)
+{
+    const int hidden = branch.stem.cout;
+    const size_t plane = static_cast<size_t>(gh) * gw;
+    ws.bufA.resize(hidden * plane);
+    ws.bufB.resize(hidden * plane);
+    conv2dReflect(guide, gh, gw, branch.stem, ws.bufA.data(), parallel);
+    for (const EncBlockWeights& block : branch.blocks)
+    {
+        groupNormSiLU(ws.bufA.data(), hidden, gh, gw, cfg.numGroups, block.norm1Gamma, block.norm1Beta, cfg.gnEps,
+                      parallel);
+        conv2dReflect(ws.bufA.data(), gh, gw, block.conv1, ws.bufB.data(), parallel);
+        groupNormSiLU(ws.bufB.data(), hidden, gh, gw, cfg.numGroups, block.norm2Gamma, block.norm2Beta, cfg.gnEps,
+                      parallel);
+        conv2dReflect(ws.bufB.data(), gh, gw, block.conv2, ws.bufA.data(), parallel);
+    }
+    adaptiveAvgPool(ws.bufA.data(), hidden, gh, gw, pooledOut, outH, outW, parallel);
+}
+
+}  // namespace
+
+void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH, int imageW,
+                   int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel)
+{
+    const size_t imagePlane = static_cast<size_t>(imageH) * imageW;
+    // Normalize first, then resize, in the order of the official pipeline.
+    std::vector<float> normalized(3 * imagePlane);
+    for (int c = 0; c < 3; ++c)
+    {
+        const float mean = cfg.mean[c], inv = 1.f / cfg.stdev[c];
+        const float* src = image + c * imagePlane;
+        float* dst = normalized.data() + c * imagePlane;
+        for (size_t i = 0; i < imagePlane; ++i) dst[i] = (src[i] - mean) * inv;
+    }
+    int gh = 0, gw = 0;
+    guideSize(imageH, imageW, outH, outW, cfg.maxGuideScale, &gh, &gw);
+    if (gh != imageH || gw != imageW)
+    {
+        ws.guide.resize(3 * static_cast<size_t>(gh) * gw);
+        resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
+    }
+    else
+    {
+        ws.guide.swap(normalized);
+    }
+    const int hidden = weights.pointBranch.stem.cout;
+    const size_t outPlane = static_cast<size_t>(outH) * outW;
+    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, ws, parallel);
+    runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, queries + hidden * outPlane, outH, outW, ws,
+              parallel);
+    applyRope(queries, cfg.dim, outH, outW, cfg.headsRope, weights.ropePeriods, parallel);
+}
+
+void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,
+             const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe)
+{
+    checkForwardShape(cfg, shape);
+    if (!image || !features || !out) throw std::invalid_argument("NAF forward: null tensor pointer");
+    if (probe && (probe->y < 0 || probe->y >= shape.outH || probe->x < 0 || probe->x >= shape.outW))
+        throw std::invalid_argument("NAF forward: probe pixel (x=" + std::to_string(probe->x) + ", y=" +
+                                    std::to_string(probe->y) + ") is outside the " + std::to_string(shape.outW) +
+                                    "x" + std::to_string(shape.outH) + " output");
+    ws.queries.resize(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+    encodeQueries(cfg, weights, image, shape.imageH, shape.imageW, shape.outH, shape.outW, ws.queries.data(), ws,
+                  parallel);
+    ws.keys.resize(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
+    adaptiveAvgPool(ws.queries.data(), cfg.dim, shape.outH, shape.outW, ws.keys.data(), shape.lowH, shape.lowW,
+                    parallel);
+    const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
+    neighborhoodAttention(ws.queries.data(), ws.keys.data(), features, out, cfg.dim, shape.channels, cfg.headsAttn,
+                          shape.lowH, shape.lowW, shape.outH, shape.outW, shape.kernelSize, scale, parallel, probe);
+}
+
+}  // namespace kernels
+}  // namespace naf

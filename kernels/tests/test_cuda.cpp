@@ -1,0 +1,271 @@
+// CUDA path against the CPU forward: FP32 and TF32 modes on odd sizes with fixed seeds, the
+// attention probe, reuse of one Engine across differently sized calls, and the behaviour of the
+// API on a machine without a GPU (these tests are compiled only when the CUDA library is built).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "naf_kernels/naf_cuda.hpp"
+#include "naf_kernels/naf_kernels.hpp"
+#include "test_support.hpp"
+
+using namespace naf::kernels;
+using naf::kernels::testing::randomUniform;
+using naf::kernels::testing::RandomNafWeights;
+using naf::kernels::testing::relativeL2;
+
+namespace {
+
+const ParallelFor& cpuPool()
+{
+    static const ParallelFor p = threadParallelFor();
+    return p;
+}
+
+ForwardShape makeShape(int imageH, int imageW, int channels, int lowH, int lowW, int outH, int outW, int kernel)
+{
+    ForwardShape s;
+    s.imageH = imageH;
+    s.imageW = imageW;
+    s.channels = channels;
+    s.lowH = lowH;
+    s.lowW = lowW;
+    s.outH = outH;
+    s.outW = outW;
+    s.kernelSize = kernel;
+    return s;
+}
+
+struct Inputs
+{
+    std::vector<float> image, features;
+};
+
+Inputs makeInputs(const ForwardShape& s, uint32_t seed)
+{
+    Inputs in;
+    in.image = randomUniform(3 * static_cast<size_t>(s.imageH) * s.imageW, seed, 0.f, 1.f);
+    in.features = randomUniform(static_cast<size_t>(s.channels) * s.lowH * s.lowW, seed + 1000, -1.f, 1.f);
+    return in;
+}
+
+std::vector<float> cpuForward(const RandomNafWeights& w, const Inputs& in, const ForwardShape& s,
+                              AttentionProbe* probe = nullptr)
+{
+    std::vector<float> out(static_cast<size_t>(s.channels) * s.outH * s.outW);
+    Workspace ws;
+    forward(w.cfg, w.view, in.image.data(), in.features.data(), out.data(), s, ws, cpuPool(), probe);
+    return out;
+}
+
+std::vector<float> gpuForward(cuda::Engine& engine, const Inputs& in, const ForwardShape& s, cuda::MathMode mode,
+                              AttentionProbe* probe = nullptr)
+{
+    // Poison the output so that an element the GPU forgot to write cannot pass.
+    std::vector<float> out(static_cast<size_t>(s.channels) * s.outH * s.outW, std::nanf(""));
+    engine.forward(in.image.data(), in.features.data(), out.data(), s, mode, probe);
+    return out;
+}
+
+bool allFinite(const std::vector<float>& v)
+{
+    for (float x : v)
+        if (!std::isfinite(x)) return false;
+    return true;
+}
+
+std::string describe(const ForwardShape& s)
+{
+    return "image " + std::to_string(s.imageH) + "x" + std::to_string(s.imageW) + ", features " +
+           std::to_string(s.channels) + "x" + std::to_string(s.lowH) + "x" + std::to_string(s.lowW) + ", out " +
+           std::to_string(s.outH) + "x" + std::to_string(s.outW) + ", kernel " + std::to_string(s.kernelSize);
+}
+
+// The shapes the CPU/GPU comparisons run on.
+std::vector<ForwardShape> comparisonShapes()
+{
+    return {
+        makeShape(37, 45, 8, 7, 6, 30, 27, 9),        // low grid smaller than the kernel (7x6 window)
+        makeShape(100, 130, 64, 20, 24, 100, 130, 9), // typical: dilation 5, full kernel
+        makeShape(300, 260, 12, 13, 11, 61, 50, 5),   // guide resized to 200x200 (> 4x output)
+    };
+}
+
+void expectMatchesCpu(cuda::Engine& engine, const RandomNafWeights& w, const ForwardShape& s, uint32_t seed)
+{
+    SCOPED_TRACE(describe(s));
+    const Inputs in = makeInputs(s, seed);
+    const std::vector<float> ref = cpuForward(w, in, s);
+    ASSERT_TRUE(allFinite(ref));
+
+    const std::vector<float> fp32 = gpuForward(engine, in, s, cuda::MathMode::FP32);
+    ASSERT_TRUE(allFinite(fp32)) << "FP32 output has non-finite or unwritten elements";
+    const double errFp32 = relativeL2(fp32.data(), ref.data(), ref.size());
+    EXPECT_LE(errFp32, 1e-4) << "FP32 relative L2 " << errFp32;
+
+    const std::vector<float> tf32 = gpuForward(engine, in, s, cuda::MathMode::TF32);
+    ASSERT_TRUE(allFinite(tf32)) << "TF32 output has non-finite or unwritten elements";
+    const double errTf32 = relativeL2(tf32.data(), ref.data(), ref.size());
+    EXPECT_LE(errTf32, 1e-3) << "TF32 relative L2 " << errTf32;
+    std::printf("[ cuda     ] %s: FP32 rel L2 %.3g, TF32 rel L2 %.3g\n", describe(s).c_str(), errFp32, errTf32);
+}
+
+#define NAF_SKIP_WITHOUT_GPU()                                                                  \
+    do                                                                                          \
+    {                                                                                           \
+        if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::deviceDescription(); \
+    } while (0)
+
+}  // namespace
+
+TEST(Cuda, CompiledAndEngineConstructionMatchesAvailability)
+{
+    EXPECT_TRUE(cuda::compiled());
+    const std::string description = cuda::deviceDescription();
+    EXPECT_FALSE(description.empty());
+    const RandomNafWeights w(11);
+    if (!cuda::available())
+    {
+        try
+        {
+            cuda::Engine engine(w.cfg, w.view);
+            FAIL() << "Engine construction succeeded without a CUDA device";
+        }
+        catch (const std::runtime_error& e)
+        {
+            const std::string msg = e.what();
+            EXPECT_NE(msg.find("CUDA"), std::string::npos) << msg;
+        }
+    }
+    else
+    {
+        cuda::Engine engine(w.cfg, w.view);
+        EXPECT_GT(engine.deviceBytes(), 0u);
+        std::printf("[ cuda     ] device: %s\n", description.c_str());
+    }
+}
+
+TEST(Cuda, ForwardMatchesCpuOnOddSizes)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(21);
+    cuda::Engine engine(w.cfg, w.view);
+    uint32_t seed = 100;
+    for (const ForwardShape& s : comparisonShapes()) expectMatchesCpu(engine, w, s, seed++);
+}
+
+TEST(Cuda, OneEngineServesDifferentlySizedCalls)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(31);
+    cuda::Engine engine(w.cfg, w.view);
+    // Large, small, large again, then a new mid size: scratch grows and is reused.
+    const std::vector<ForwardShape> shapes = {
+        makeShape(100, 130, 64, 20, 24, 100, 130, 9), makeShape(37, 45, 8, 7, 6, 30, 27, 9),
+        makeShape(100, 130, 64, 20, 24, 100, 130, 9), makeShape(300, 260, 12, 13, 11, 61, 50, 5),
+        makeShape(23, 19, 4, 5, 3, 23, 19, 3),
+    };
+    size_t bytesAfterFirst = 0;
+    for (size_t i = 0; i < shapes.size(); ++i)
+    {
+        expectMatchesCpu(engine, w, shapes[i], static_cast<uint32_t>(200 + i));
+        if (i == 0) bytesAfterFirst = engine.deviceBytes();
+        if (i == 1)
+        {
+            EXPECT_EQ(engine.deviceBytes(), bytesAfterFirst) << "scratch must not shrink or regrow";
+        }
+    }
+}
+
+TEST(Cuda, RepeatedCallsAreBitIdentical)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(41);
+    cuda::Engine engine(w.cfg, w.view);
+    const ForwardShape s = makeShape(300, 260, 12, 13, 11, 61, 50, 5);
+    const Inputs in = makeInputs(s, 7);
+    for (cuda::MathMode mode : {cuda::MathMode::FP32, cuda::MathMode::TF32})
+    {
+        const std::vector<float> a = gpuForward(engine, in, s, mode);
+        const std::vector<float> b = gpuForward(engine, in, s, mode);
+        ASSERT_EQ(a.size(), b.size());
+        EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+    }
+}
+
+TEST(Cuda, ProbeMatchesCpu)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(51);
+    cuda::Engine engine(w.cfg, w.view);
+    uint32_t seed = 300;
+    for (const ForwardShape& s : comparisonShapes())
+    {
+        SCOPED_TRACE(describe(s));
+        const Inputs in = makeInputs(s, seed++);
+        const int pixels[3][2] = {{0, 0}, {s.outH / 2, s.outW / 3}, {s.outH - 1, s.outW - 1}};
+        for (const auto& px : pixels)
+        {
+            AttentionProbe cpuProbe, gpuProbe;
+            cpuProbe.y = gpuProbe.y = px[0];
+            cpuProbe.x = gpuProbe.x = px[1];
+            const std::vector<float> ref = cpuForward(w, in, s, &cpuProbe);
+            const std::vector<float> out = gpuForward(engine, in, s, cuda::MathMode::FP32, &gpuProbe);
+            EXPECT_LE(relativeL2(out.data(), ref.data(), ref.size()), 1e-4);
+            EXPECT_EQ(gpuProbe.heads, cpuProbe.heads);
+            EXPECT_EQ(gpuProbe.kh, cpuProbe.kh);
+            EXPECT_EQ(gpuProbe.kw, cpuProbe.kw);
+            EXPECT_EQ(gpuProbe.lowY, cpuProbe.lowY);
+            EXPECT_EQ(gpuProbe.lowX, cpuProbe.lowX);
+            ASSERT_EQ(gpuProbe.weights.size(), cpuProbe.weights.size());
+            ASSERT_EQ(gpuProbe.weights.size(), static_cast<size_t>(gpuProbe.heads) * gpuProbe.kh * gpuProbe.kw);
+            for (size_t i = 0; i < cpuProbe.weights.size(); ++i)
+                EXPECT_NEAR(gpuProbe.weights[i], cpuProbe.weights[i], 1e-4) << "weight " << i;
+            // Probabilities of each head sum to one.
+            for (int h = 0; h < gpuProbe.heads; ++h)
+            {
+                double sum = 0;
+                for (int i = 0; i < gpuProbe.kh * gpuProbe.kw; ++i)
+                    sum += gpuProbe.weights[static_cast<size_t>(h) * gpuProbe.kh * gpuProbe.kw + i];
+                EXPECT_NEAR(sum, 1.0, 1e-5);
+            }
+        }
+    }
+}
+
+TEST(Cuda, RejectsBadShapesAndProbes)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(61);
+    cuda::Engine engine(w.cfg, w.view);
+    const ForwardShape good = makeShape(37, 45, 8, 7, 6, 30, 27, 9);
+    const Inputs in = makeInputs(good, 1);
+    std::vector<float> out(static_cast<size_t>(good.channels) * good.outH * good.outW);
+
+    ForwardShape evenKernel = good;
+    evenKernel.kernelSize = 4;
+    EXPECT_THROW(engine.forward(in.image.data(), in.features.data(), out.data(), evenKernel, cuda::MathMode::FP32),
+                 std::invalid_argument);
+    ForwardShape badChannels = good;
+    badChannels.channels = 6;  // not a multiple of 4 heads
+    EXPECT_THROW(engine.forward(in.image.data(), in.features.data(), out.data(), badChannels, cuda::MathMode::FP32),
+                 std::invalid_argument);
+    ForwardShape outSmaller = good;
+    outSmaller.outH = 5;  // smaller than lowH
+    EXPECT_THROW(engine.forward(in.image.data(), in.features.data(), out.data(), outSmaller, cuda::MathMode::FP32),
+                 std::invalid_argument);
+    AttentionProbe probe;
+    probe.y = good.outH;
+    probe.x = 0;
+    EXPECT_THROW(engine.forward(in.image.data(), in.features.data(), out.data(), good, cuda::MathMode::FP32, &probe),
+                 std::invalid_argument);
+    // The engine still works after rejected calls.
+    const std::vector<float> ref = cpuForward(w, in, good);
+    const std::vector<float> gpu = gpuForward(engine, in, good, cuda::MathMode::FP32);
+    EXPECT_LE(relativeL2(gpu.data(), ref.data(), ref.size()), 1e-4);
+}

@@ -1,0 +1,396 @@
+// Every CPU kernel against a plain, independently written reference, on odd sizes with fixed
+// seeds; plus the window rule on hand-computed cases and thread-count determinism.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "naf_kernels/naf_kernels.hpp"
+#include "test_support.hpp"
+
+using namespace naf::kernels;
+using naf::kernels::testing::randomUniform;
+using naf::kernels::testing::RandomNafWeights;
+using naf::kernels::testing::relativeL2;
+
+namespace {
+
+const ParallelFor& pool()
+{
+    static const ParallelFor p = threadParallelFor(3);
+    return p;
+}
+
+// ATen's nearest-exact, written as its CPU kernel does: double product, rounded to float, floorf.
+int nearestExactAten(int p, int outLen, int inLen)
+{
+    const float scale = static_cast<float>(inLen) / outLen;
+    const int v = static_cast<int>(std::floor(static_cast<float>((p + 0.5) * scale)));
+    return std::min(v, inLen - 1);
+}
+
+// NATTEN's dilated neighborhood on the upsampled grid, written from its definition: the query's
+// dilation group is the subsequence {g, g+d, g+2d, ...}; inside it the window is k consecutive
+// members centered on the query, slid back inside the subsequence when it would leave it.
+std::vector<int> bruteWindow(int i, int outLen, int lowLen, int kernel)
+{
+    const int k = std::min(kernel, lowLen);
+    const int d = std::max(1, outLen / lowLen);
+    std::vector<int> members;
+    for (int p = i % d; p < outLen; p += d) members.push_back(p);
+    int pos = 0;
+    while (members[pos] != i) ++pos;
+    int first = pos - k / 2;
+    if (first + k > static_cast<int>(members.size())) first = static_cast<int>(members.size()) - k;
+    if (first < 0) first = 0;
+    std::vector<int> low;
+    for (int t = 0; t < k; ++t) low.push_back(nearestExactAten(members[first + t], outLen, lowLen));
+    return low;
+}
+
+}  // namespace
+
+TEST(WindowRule, HandComputedCases)
+{
+    // 28 -> 448, k = 9: dilation 16; corners shift inward, the middle is centered.
+    for (int t = 0; t < 9; ++t)
+    {
+        EXPECT_EQ(neighborLowIndex(0, t, 448, 28, 9), t);
+        EXPECT_EQ(neighborLowIndex(447, t, 448, 28, 9), 19 + t);
+        EXPECT_EQ(neighborLowIndex(200, t, 448, 28, 9), 8 + t);  // 200 = 12*16 + 8
+    }
+    // 4 -> 10, k = 3 (not a multiple): d = 2, query 9 is in group 1 of 5 members {1,3,5,7,9};
+    // window {5,7,9} -> nearest-exact at scale 0.4 -> {2, 3, 3} (a repeated key, as the reference).
+    EXPECT_EQ(neighborLowIndex(9, 0, 10, 4, 3), 2);
+    EXPECT_EQ(neighborLowIndex(9, 1, 10, 4, 3), 3);
+    EXPECT_EQ(neighborLowIndex(9, 2, 10, 4, 3), 3);
+    // Float rounding at an integer boundary, as PyTorch 1.13's F.interpolate(mode="nearest-exact")
+    // maps 50 -> 12 (index 12 reads source 3; the exact rational value is 3 - 1e-16 away).
+    EXPECT_EQ(nearestExactSource(12, 50, 12), 3);
+    EXPECT_EQ(nearestExactSource(11, 50, 12), 2);
+    // Low grid shorter than the kernel: the window is the whole axis.
+    EXPECT_EQ(effectiveKernel(9, 5), 5);
+    for (int i = 0; i < 23; ++i)
+    {
+        std::vector<int> seen;
+        for (int t = 0; t < 5; ++t) seen.push_back(neighborLowIndex(i, t, 25, 5, 5));
+        EXPECT_EQ(seen, (std::vector<int>{0, 1, 2, 3, 4})) << "query " << i;
+    }
+}
+
+TEST(WindowRule, MatchesBruteForceOnManySizes)
+{
+    const int sizes[][2] = {{448, 28}, {300, 37}, {233, 29}, {23, 5}, {31, 7}, {10, 4}, {9, 9}, {50, 12}, {41, 10},
+                            {130, 24}, {100, 20}, {1000, 64}, {17, 16}};
+    for (const auto& s : sizes)
+        for (int kernel : {1, 3, 5, 9})
+        {
+            const int k = effectiveKernel(kernel, s[1]);
+            for (int i = 0; i < s[0]; ++i)
+            {
+                const std::vector<int> expected = bruteWindow(i, s[0], s[1], kernel);
+                for (int t = 0; t < k; ++t)
+                    ASSERT_EQ(neighborLowIndex(i, t, s[0], s[1], k), expected[t])
+                        << "out " << s[0] << " low " << s[1] << " k " << kernel << " i " << i << " t " << t;
+            }
+        }
+}
+
+TEST(Kernels, ResizeBilinearMatchesReference)
+{
+    const int planes = 3, sh = 13, sw = 17, dh = 5, dw = 7;
+    const auto src = randomUniform(planes * sh * sw, 1);
+    std::vector<float> dst(planes * dh * dw);
+    resizeBilinear(src.data(), planes, sh, sw, dst.data(), dh, dw, pool());
+    for (int p = 0; p < planes; ++p)
+        for (int y = 0; y < dh; ++y)
+            for (int x = 0; x < dw; ++x)
+            {
+                const double fy = std::max(0.0, (y + 0.5) * sh / dh - 0.5), fx = std::max(0.0, (x + 0.5) * sw / dw - 0.5);
+                const int y0 = static_cast<int>(fy), x0 = static_cast<int>(fx);
+                const int y1 = std::min(y0 + 1, sh - 1), x1 = std::min(x0 + 1, sw - 1);
+                const double ly = fy - y0, lx = fx - x0;
+                auto at = [&](int yy, int xx) { return static_cast<double>(src[(p * sh + yy) * sw + xx]); };
+                const double ref = (1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1)) +
+                                   ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1));
+                EXPECT_NEAR(dst[(p * dh + y) * dw + x], ref, 1e-5);
+            }
+}
+
+TEST(Kernels, ConvReflectMatchesDirectConvolution)
+{
+    for (int k : {1, 3})
+    {
+        const int cin = 5, cout = 7, h = 9, w = 13;  // cout and h*w not multiples of the GEMM blocks
+        const auto src = randomUniform(cin * h * w, 2);
+        const auto weight = randomUniform(cout * cin * k * k, 3);
+        const auto bias = randomUniform(cout, 4);
+        ConvWeights conv{weight.data(), bias.data(), cout, cin, k};
+        std::vector<float> dst(cout * h * w);
+        conv2dReflect(src.data(), h, w, conv, dst.data(), pool());
+        auto reflect = [](int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+        for (int co = 0; co < cout; ++co)
+            for (int y = 0; y < h; ++y)
+                for (int x = 0; x < w; ++x)
+                {
+                    double acc = bias[co];
+                    for (int ci = 0; ci < cin; ++ci)
+                        for (int ky = 0; ky < k; ++ky)
+                            for (int kx = 0; kx < k; ++kx)
+                                acc += static_cast<double>(weight[((co * cin + ci) * k + ky) * k + kx]) *
+                                       src[(ci * h + reflect(y + ky - k / 2, h)) * w + reflect(x + kx - k / 2, w)];
+                    ASSERT_NEAR(dst[(co * h + y) * w + x], acc, 1e-5) << "k " << k << " co " << co;
+                }
+    }
+    // A larger case that spans many tiles and the full 4x16 register blocks.
+    const int cin = 16, cout = 12, h = 21, w = 19, k = 3;
+    const auto src = randomUniform(cin * h * w, 5);
+    const auto weight = randomUniform(cout * cin * k * k, 6);
+    ConvWeights conv{weight.data(), nullptr, cout, cin, k};
+    std::vector<float> a(cout * h * w), b(cout * h * w);
+    conv2dReflect(src.data(), h, w, conv, a.data(), pool());
+    conv2dReflect(src.data(), h, w, conv, b.data(), serialParallelFor());
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+TEST(Kernels, ConvRejectsInputTooSmallForReflectPadding)
+{
+    const auto weight = randomUniform(9, 1);
+    ConvWeights conv{weight.data(), nullptr, 1, 1, 3};
+    std::vector<float> src(3), dst(3);
+    EXPECT_THROW(conv2dReflect(src.data(), 1, 3, conv, dst.data(), pool()), std::invalid_argument);
+}
+
+TEST(Kernels, GroupNormSiLUMatchesReference)
+{
+    const int c = 12, h = 5, w = 7, groups = 3;
+    const auto src = randomUniform(c * h * w, 7, -2.f, 3.f);
+    const auto gamma = randomUniform(c, 8, 0.5f, 1.5f), beta = randomUniform(c, 9);
+    std::vector<float> data = src;
+    groupNormSiLU(data.data(), c, h, w, groups, gamma.data(), beta.data(), 1e-5f, pool());
+    const int per = c / groups, n = per * h * w;
+    for (int g = 0; g < groups; ++g)
+    {
+        double mean = 0, var = 0;
+        for (int i = 0; i < n; ++i) mean += src[g * n + i];
+        mean /= n;
+        for (int i = 0; i < n; ++i) var += (src[g * n + i] - mean) * (src[g * n + i] - mean);
+        var /= n;
+        for (int i = 0; i < n; ++i)
+        {
+            const int ch = g * per + i / (h * w);
+            const double v = (src[g * n + i] - mean) / std::sqrt(var + 1e-5) * gamma[ch] + beta[ch];
+            EXPECT_NEAR(data[g * n + i], v / (1 + std::exp(-v)), 1e-5);
+        }
+    }
+}
+
+TEST(Kernels, AdaptiveAvgPoolMatchesReferenceDownAndUp)
+{
+    const int sizes[][4] = {{13, 17, 5, 7}, {5, 7, 13, 17}, {448, 448, 28, 28}, {9, 4, 9, 4}};
+    for (const auto& s : sizes)
+    {
+        const int c = 2;
+        const auto src = randomUniform(c * s[0] * s[1], 10);
+        std::vector<float> dst(c * s[2] * s[3]);
+        adaptiveAvgPool(src.data(), c, s[0], s[1], dst.data(), s[2], s[3], pool());
+        for (int ch = 0; ch < c; ++ch)
+            for (int oy = 0; oy < s[2]; ++oy)
+                for (int ox = 0; ox < s[3]; ++ox)
+                {
+                    const int y0 = static_cast<int>(std::floor(double(oy) * s[0] / s[2]));
+                    const int y1 = static_cast<int>(std::ceil(double(oy + 1) * s[0] / s[2]));
+                    const int x0 = static_cast<int>(std::floor(double(ox) * s[1] / s[3]));
+                    const int x1 = static_cast<int>(std::ceil(double(ox + 1) * s[1] / s[3]));
+                    double sum = 0;
+                    for (int y = y0; y < y1; ++y)
+                        for (int x = x0; x < x1; ++x) sum += src[(ch * s[0] + y) * s[1] + x];
+                    ASSERT_NEAR(dst[(ch * s[2] + oy) * s[3] + ox], sum / ((y1 - y0) * (x1 - x0)), 1e-5);
+                }
+    }
+}
+
+TEST(Kernels, RopeRotatesPairsByAxisAngles)
+{
+    const int dim = 32, heads = 2, h = 5, w = 3;  // head dim 16: 4 row + 4 column frequencies
+    const auto src = randomUniform(dim * h * w, 11);
+    const std::vector<float> periods = {1.f, 3.f, 10.f, 31.f};
+    std::vector<float> data = src;
+    applyRope(data.data(), dim, h, w, heads, periods.data(), pool());
+    const double pi = 3.141592653589793;
+    for (int hd = 0; hd < heads; ++hd)
+        for (int j = 0; j < 8; ++j)
+            for (int y = 0; y < h; ++y)
+                for (int x = 0; x < w; ++x)
+                {
+                    const double coord = j < 4 ? (2.0 * (y + 0.5) / h - 1) : (2.0 * (x + 0.5) / w - 1);
+                    const double angle = 2 * pi * coord / periods[j % 4];
+                    const int lo = (hd * 16 + j) * h * w + y * w + x, hi = lo + 8 * h * w;
+                    EXPECT_NEAR(data[lo], src[lo] * std::cos(angle) - src[hi] * std::sin(angle), 1e-5);
+                    EXPECT_NEAR(data[hi], src[hi] * std::cos(angle) + src[lo] * std::sin(angle), 1e-5);
+                }
+}
+
+// Official-style reference: keys/values nearest-exact upsampled to the output grid, then the
+// dilated window on that grid, per pixel, in double.
+static std::vector<float> referenceAttention(const std::vector<float>& q, const std::vector<float>& k,
+                                             const std::vector<float>& v, int dim, int channels, int heads, int lowH,
+                                             int lowW, int outH, int outW, int kernel)
+{
+    std::vector<float> out(static_cast<size_t>(channels) * outH * outW);
+    const int hd = dim / heads, hv = channels / heads;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    for (int y = 0; y < outH; ++y)
+        for (int x = 0; x < outW; ++x)
+        {
+            const std::vector<int> rows = bruteWindow(y, outH, lowH, kernel), cols = bruteWindow(x, outW, lowW, kernel);
+            for (int h = 0; h < heads; ++h)
+            {
+                std::vector<double> logits;
+                for (int r : rows)
+                    for (int c : cols)
+                    {
+                        double dot = 0;
+                        for (int e = 0; e < hd; ++e)
+                            dot += static_cast<double>(q[((h * hd + e) * outH + y) * outW + x]) *
+                                   k[((h * hd + e) * lowH + r) * lowW + c];
+                        logits.push_back(dot * scale);
+                    }
+                double mx = -1e300, sum = 0;
+                for (double l : logits) mx = std::max(mx, l);
+                for (double& l : logits) sum += (l = std::exp(l - mx));
+                for (int e = 0; e < hv; ++e)
+                {
+                    double acc = 0;
+                    size_t t = 0;
+                    for (int r : rows)
+                        for (int c : cols) acc += logits[t++] / sum * v[((h * hv + e) * lowH + r) * lowW + c];
+                    out[((h * hv + e) * outH + y) * outW + x] = static_cast<float>(acc);
+                }
+            }
+        }
+    return out;
+}
+
+TEST(Kernels, NeighborhoodAttentionMatchesOfficialStyleReference)
+{
+    struct Case { int lowH, lowW, outH, outW, kernel, channels; };
+    const Case cases[] = {{7, 6, 30, 27, 5, 8}, {11, 9, 45, 40, 9, 12}, {5, 4, 23, 17, 9, 4}, {6, 6, 6, 6, 3, 8}};
+    for (const Case& c : cases)
+    {
+        const int dim = 16, heads = 4;
+        const auto q = randomUniform(dim * c.outH * c.outW, 12, -2.f, 2.f);
+        const auto k = randomUniform(dim * c.lowH * c.lowW, 13, -2.f, 2.f);
+        const auto v = randomUniform(c.channels * c.lowH * c.lowW, 14);
+        std::vector<float> out(c.channels * c.outH * c.outW);
+        AttentionProbe probe;
+        probe.y = c.outH - 1;
+        probe.x = 1;
+        neighborhoodAttention(q.data(), k.data(), v.data(), out.data(), dim, c.channels, heads, c.lowH, c.lowW, c.outH,
+                              c.outW, c.kernel, 0.5f, pool(), &probe);
+        const auto ref = referenceAttention(q, k, v, dim, c.channels, heads, c.lowH, c.lowW, c.outH, c.outW, c.kernel);
+        EXPECT_LT(relativeL2(out.data(), ref.data(), out.size()), 1e-6) << c.outH << "x" << c.outW;
+        // The probe reports the same window and weights that sum to one per head.
+        EXPECT_EQ(probe.lowY, bruteWindow(probe.y, c.outH, c.lowH, c.kernel));
+        EXPECT_EQ(probe.lowX, bruteWindow(probe.x, c.outW, c.lowW, c.kernel));
+        ASSERT_EQ(probe.weights.size(), static_cast<size_t>(heads * probe.kh * probe.kw));
+        for (int h = 0; h < heads; ++h)
+        {
+            double sum = 0;
+            for (int t = 0; t < probe.kh * probe.kw; ++t) sum += probe.weights[h * probe.kh * probe.kw + t];
+            EXPECT_NEAR(sum, 1.0, 1e-5);
+        }
+    }
+}
+
+TEST(Kernels, AttentionRejectsBadShapes)
+{
+    std::vector<float> buf(4096);
+    EXPECT_THROW(neighborhoodAttention(buf.data(), buf.data(), buf.data(), buf.data(), 16, 6, 4, 4, 4, 8, 8, 3, 1.f,
+                                       pool()),
+                 std::invalid_argument);  // channels % heads
+    EXPECT_THROW(neighborhoodAttention(buf.data(), buf.data(), buf.data(), buf.data(), 16, 8, 4, 8, 8, 4, 8, 3, 1.f,
+                                       pool()),
+                 std::invalid_argument);  // output smaller than low grid
+    EXPECT_THROW(neighborhoodAttention(buf.data(), buf.data(), buf.data(), buf.data(), 16, 8, 4, 4, 4, 8, 8, 4, 1.f,
+                                       pool()),
+                 std::invalid_argument);  // even kernel
+}
+
+TEST(Forward, IdenticalWithOneAndManyThreads)
+{
+    RandomNafWeights weights(21);
+    ForwardShape shape;
+    shape.imageH = 47;
+    shape.imageW = 61;
+    shape.channels = 12;
+    shape.lowH = 6;
+    shape.lowW = 11;
+    shape.outH = 25;
+    shape.outW = 58;
+    shape.kernelSize = 9;
+    const auto image = randomUniform(3 * shape.imageH * shape.imageW, 22, 0.f, 1.f);
+    const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 23);
+    std::vector<float> serial(shape.channels * shape.outH * shape.outW), threaded(serial.size());
+    Workspace ws1, ws2;
+    forward(weights.cfg, weights.view, image.data(), features.data(), serial.data(), shape, ws1, serialParallelFor());
+    forward(weights.cfg, weights.view, image.data(), features.data(), threaded.data(), shape, ws2,
+            threadParallelFor(4));
+    EXPECT_EQ(0, std::memcmp(serial.data(), threaded.data(), serial.size() * sizeof(float)));
+    // Reusing a workspace with another shape gives the same as a fresh one.
+    ForwardShape other = shape;
+    other.imageH = 200;  // larger than 4x the output height: the guide is resized
+    other.outH = 13;
+    const auto image2 = randomUniform(3 * other.imageH * other.imageW, 24, 0.f, 1.f);
+    std::vector<float> reused(other.channels * other.outH * other.outW), fresh(reused.size());
+    Workspace ws3;
+    forward(weights.cfg, weights.view, image2.data(), features.data(), reused.data(), other, ws1, pool());
+    forward(weights.cfg, weights.view, image2.data(), features.data(), fresh.data(), other, ws3, pool());
+    EXPECT_EQ(0, std::memcmp(reused.data(), fresh.data(), reused.size() * sizeof(float)));
+}
+
+TEST(Forward, GuideSizeFollowsTheOfficialRule)
+{
+    int gh = 0, gw = 0;
+    guideSize(448, 448, 448, 448, 4, &gh, &gw);
+    EXPECT_EQ(gh, 448);
+    EXPECT_EQ(gw, 448);
+    guideSize(2000, 1000, 100, 300, 4, &gh, &gw);  // 2000 > 400: capped by min(4*100, 4*300) on both sides
+    EXPECT_EQ(gh, 400);
+    EXPECT_EQ(gw, 400);
+    guideSize(140, 180, 23, 31, 4, &gh, &gw);
+    EXPECT_EQ(gh, 92);
+    EXPECT_EQ(gw, 92);
+}
+
+TEST(Forward, RejectsShapesWithAClearMessage)
+{
+    RandomNafWeights weights(3);
+    ForwardShape shape;
+    shape.imageH = shape.imageW = 32;
+    shape.channels = 8;
+    shape.lowH = shape.lowW = 8;
+    shape.outH = shape.outW = 32;
+    EXPECT_NO_THROW(checkForwardShape(weights.cfg, shape));
+    ForwardShape bad = shape;
+    bad.channels = 6;
+    try
+    {
+        checkForwardShape(weights.cfg, bad);
+        FAIL() << "no exception";
+    }
+    catch (const std::invalid_argument& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("6 feature channels"), std::string::npos) << e.what();
+    }
+    bad = shape;
+    bad.outW = 7;
+    EXPECT_THROW(checkForwardShape(weights.cfg, bad), std::invalid_argument);
+    bad = shape;
+    bad.imageH = 1;
+    EXPECT_THROW(checkForwardShape(weights.cfg, bad), std::invalid_argument);
+    bad = shape;
+    bad.outH = bad.outW = 100000;
+    EXPECT_THROW(checkForwardShape(weights.cfg, bad), std::invalid_argument);
+}

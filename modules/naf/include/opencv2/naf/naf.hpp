@@ -1,0 +1,156 @@
+// This file is part of cv::naf. See docs/ARCHITECTURE.md for the data flow.
+#ifndef OPENCV_NAF_NAF_HPP
+#define OPENCV_NAF_NAF_HPP
+
+#include <opencv2/core.hpp>
+
+namespace cv {
+namespace naf {
+
+//! @addtogroup naf
+//! @{
+
+/** @brief Where the computation runs. */
+enum Backend
+{
+    BACKEND_AUTO = 0,  //!< CUDA when this build has it and a device is present, else CPU
+    BACKEND_CPU = 1,   //!< multi-threaded CPU path (cv::setNumThreads() controls the threads)
+    BACKEND_CUDA = 2   //!< CUDA path; cv::Exception when unavailable
+};
+
+/** @brief Channel order of 8-bit guide images. */
+enum ImageColorOrder
+{
+    IMAGE_BGR = 0,  //!< OpenCV's usual order (cv::imread)
+    IMAGE_RGB = 1   //!< RGB, e.g. frames from other libraries
+};
+
+/** @brief Neighborhood Attention Filtering (NAF): upsamples the low-resolution feature map of any
+vision foundation model to an arbitrary output size, guided by the full-resolution image
+(arXiv 2511.18452, official PyTorch code: github valeoai/NAF).
+
+The forward equals the official one: the guide image is normalized with ImageNet mean/std, resized
+(bilinear, half-pixel) when larger than 4x the output on either side, encoded by two convolution
+branches (1x1 and 3x3, 128 channels each), average-pooled to the output grid and rotated with RoPE
+(the queries); the keys are the queries pooled to the low-resolution grid; each output pixel
+attends, with 4 heads, over a kernelSize x kernelSize neighborhood of the low-resolution features
+(the values). Keys and values are read at low resolution: no upsampled copy is ever made.
+
+Window rule: NATTEN's dilated window on the output grid with dilation out/low (integer division)
+per axis, keys mapped back with PyTorch's nearest-exact rule. When the low-resolution grid is
+smaller than the kernel on an axis (the official code fails there), the window along that axis
+is the whole low-resolution axis.
+
+An object holds its weights and scratch memory and is reused across calls. One object must not be
+used by two threads at once; create one per thread (weights are small, 2.6 MB).
+
+Example:
+@code
+    cv::Mat image = cv::imread("photo.jpg");                     // 8-bit BGR
+    cv::Mat lowRes = net.forward();                               // 1 x C x h x w, CV_32F, from cv::dnn
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create("models/naf/naf.safetensors");
+    cv::Mat upsampled;                                            // 1 x C x H x W, CV_32F
+    naf->upsample(image, lowRes, upsampled, image.size());
+    std::cout << naf->getWeightsInfo() << std::endl;             // which weights were used
+@endcode
+*/
+class CV_EXPORTS_W NAF : public Algorithm
+{
+public:
+    /** @brief Creates an upsampler.
+    @param weightsPath NAF weights in the cv::naf safetensors format (docs/FORMATS.md; the
+    official `naf_release.pth` converts with tools/convert_official_checkpoint.py). Empty: the
+    default weights (getDefaultWeightsPath()), or, when there are none, randomly initialized
+    weights with a warning in the log. getWeightsInfo() always says which.
+    @throws cv::Exception when the file is missing, truncated, or not valid NAF weights.
+    */
+    CV_WRAP static Ptr<NAF> create(const String& weightsPath = String());
+
+    /** @brief Creates an upsampler with reproducible random (untrained) weights, PyTorch's
+    default initialization drawn from `seed`. For tests and experiments. */
+    CV_WRAP static Ptr<NAF> createRandom(int seed = 0);
+
+    /** @brief Upsamples low-resolution features to dstSize.
+    @param image guide image(s): one CV_8UC3 Mat (batch 1) or a vector of N CV_8UC3 Mats (one per
+    batch item; sizes may differ), at least 2x2, channel order as setImageColorOrder() (BGR by default).
+    @param lowResFeatures 4-D CV_32F blob N x C x h x w (NCHW, as cv::dnn produces), continuous,
+    finite; C a multiple of the 4 attention heads (each head takes C/4 consecutive channels).
+    @param dst output, 4-D CV_32F N x C x dstSize.height x dstSize.width.
+    @param dstSize output size, at least w x h.
+    */
+    CV_WRAP virtual void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst,
+                                  Size dstSize) = 0;
+
+    /** @brief Same as upsample(), with the guide images as a 4-D CV_32F blob N x 3 x H x W, RGB,
+    values in [0, 1] (`cv::dnn::blobFromImage(img, 1/255., Size(), Scalar(), true)`). Used by the
+    cv::dnn layer. */
+    CV_WRAP virtual void upsampleBlob(InputArray imageBlob, InputArray lowResFeatures, OutputArray dst,
+                                      Size dstSize) = 0;
+
+    /** @brief Records the attention of one output pixel during the next upsample() calls.
+    @param pixel output pixel (x, y); Point(-1, -1) switches recording off. */
+    CV_WRAP virtual void setAttentionProbe(Point pixel) = 0;
+    CV_WRAP virtual Point getAttentionProbe() const = 0;
+
+    /** @brief Attention recorded by the last upsample() call with a probe set.
+    @param weights 4-D CV_32F N x heads x kh x kw softmax weights (each head sums to 1).
+    @param lowResPositions kh x kw CV_32SC2: the (x, y) low-resolution position of each window entry.
+    @throws cv::Exception when nothing was recorded. */
+    CV_WRAP virtual void getAttentionWeights(OutputArray weights, OutputArray lowResPositions) const = 0;
+
+    /** @brief Neighborhood size (odd, >= 1; default from the weights' metadata, 9). */
+    CV_WRAP virtual void setKernelSize(int kernelSize) = 0;
+    CV_WRAP virtual int getKernelSize() const = 0;
+
+    /** @brief Backend, see cv::naf::Backend (default BACKEND_AUTO). */
+    CV_WRAP virtual void setBackend(int backend) = 0;
+    CV_WRAP virtual int getBackend() const = 0;
+    /** @brief The backend the last call ran on (BACKEND_CPU or BACKEND_CUDA). */
+    CV_WRAP virtual int getActiveBackend() const = 0;
+    /** @brief On CUDA, allow TF32 tensor cores in the encoder (about 1e-3 relative error). */
+    CV_WRAP virtual void setUseTF32(bool enable) = 0;
+    CV_WRAP virtual bool getUseTF32() const = 0;
+
+    /** @brief Channel order of 8-bit guide images, see cv::naf::ImageColorOrder (default IMAGE_BGR). */
+    CV_WRAP virtual void setImageColorOrder(int order) = 0;
+    CV_WRAP virtual int getImageColorOrder() const = 0;
+
+    /** @brief One line saying which weights are loaded: the file (or "random-init, seed S"),
+    its source, and whether they are trained. */
+    CV_WRAP virtual String getWeightsInfo() const = 0;
+    /** @brief True unless the weights are a random initialization. */
+    CV_WRAP virtual bool isTrained() const = 0;
+    /** @brief The weights' metadata as JSON text (`naf_config` and `naf_provenance`). */
+    CV_WRAP virtual String getWeightsMetadata() const = 0;
+};
+
+/** @brief Upsamples with the default weights, see NAF::upsample(). The upsampler is cached per
+thread, so repeated calls do not reload the weights.
+@param imageColorOrder see cv::naf::ImageColorOrder. */
+CV_EXPORTS_W void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst, Size dstSize,
+                           int imageColorOrder = IMAGE_BGR);
+
+/** @brief Path of the default weights: the environment variable NAF_WEIGHTS when set, else
+models/naf/naf_default.safetensors in the source tree this library was built from, when it
+exists; else empty (random weights are used). */
+CV_EXPORTS_W String getDefaultWeightsPath();
+
+/** @brief True when this build has the CUDA path and a CUDA device is usable. */
+CV_EXPORTS_W bool isCudaAvailable();
+
+/** @brief Registers the cv::dnn layer type "naf.NAF" (idempotent, thread-safe), so ONNX graphs
+with a node of op type `NAF` in domain `naf` load with cv::dnn::readNetFromONNX().
+
+Node inputs: image N x 3 x H x W float RGB in [0, 1]; features N x C x h x w; optionally the
+weights as initializers, in the order of the string-list attribute `weight_names`. Attributes:
+`output_height`, `output_width` (required), `kernel_size` (default 9), `weights_path` (used when
+no weights are embedded; empty: the default weights). Output: N x C x output_height x output_width.
+*/
+CV_EXPORTS_W void registerLayers();
+
+//! @}
+
+}  // namespace naf
+}  // namespace cv
+
+#endif

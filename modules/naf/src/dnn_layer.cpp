@@ -1,0 +1,140 @@
+// cv::dnn custom layer "naf.NAF": runs NAF inside an ONNX graph loaded by cv::dnn.
+#include <mutex>
+
+#include <opencv2/dnn.hpp>
+#include <opencv2/dnn/layer.details.hpp>
+#include <opencv2/dnn/shape_utils.hpp>
+
+#include "opencv2/naf.hpp"
+#include "weights.hpp"
+
+namespace cv {
+namespace naf {
+
+namespace detail {
+// Defined in naf_impl.cpp: an upsampler on already-loaded weights.
+Ptr<NAF> createWithWeights(std::shared_ptr<const LoadedWeights> weights);
+}  // namespace detail
+
+namespace {
+
+std::vector<std::string> stringList(const dnn::DictValue& v)
+{
+    std::vector<std::string> out;
+    for (int i = 0; i < v.size(); ++i)
+    {
+        // A single string may hold a comma-separated list.
+        const std::string s = v.get<String>(i);
+        size_t start = 0;
+        while (start <= s.size())
+        {
+            const size_t comma = s.find(',', start);
+            const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+            if (!item.empty()) out.push_back(item);
+            if (comma == std::string::npos) break;
+            start = comma + 1;
+        }
+    }
+    return out;
+}
+
+int positiveInt(const dnn::LayerParams& params, const char* key, int fallback, bool required)
+{
+    if (!params.has(key))
+    {
+        if (required)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "': missing required attribute '" + key + "'");
+        return fallback;
+    }
+    const dnn::DictValue& v = params.get(key);
+    if (!v.isInt() || v.size() != 1)
+        CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "': attribute '" + key + "' must be one integer");
+    const int64 value = v.get<int64>();
+    if (value < 1 || value > (1 << 20))
+        CV_Error(Error::StsOutOfRange, "cv::naf dnn layer '" + params.name + "': attribute '" + key + "' = " +
+                                           std::to_string(value) + " is outside [1, 1048576]");
+    return static_cast<int>(value);
+}
+
+class NafLayer CV_FINAL : public dnn::Layer
+{
+public:
+    explicit NafLayer(const dnn::LayerParams& params) : Layer(params)
+    {
+        outputHeight_ = positiveInt(params, "output_height", 0, true);
+        outputWidth_ = positiveInt(params, "output_width", 0, true);
+        const int kernelSize = positiveInt(params, "kernel_size", 9, false);
+        if (!params.blobs.empty())
+        {
+            if (!params.has("weight_names"))
+                CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "': " +
+                                               std::to_string(params.blobs.size()) +
+                                               " embedded weight tensors but no 'weight_names' attribute");
+            const std::vector<std::string> names = stringList(params.get("weight_names"));
+            if (names.size() != params.blobs.size())
+                CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "': 'weight_names' lists " +
+                                               std::to_string(names.size()) + " names for " +
+                                               std::to_string(params.blobs.size()) + " embedded tensors");
+            std::map<std::string, Mat> tensors;
+            for (size_t i = 0; i < names.size(); ++i) tensors[names[i]] = params.blobs[i];
+            naf_ = detail::createWithWeights(
+                detail::weightsFromTensors(tensors, "ONNX node '" + params.name + "'"));
+        }
+        else
+        {
+            const std::string path = params.has("weights_path") ? params.get<String>("weights_path") : String();
+            naf_ = NAF::create(path);
+        }
+        naf_->setKernelSize(kernelSize);
+    }
+
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<NafLayer>(params); }
+
+    bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
+                         std::vector<dnn::MatShape>&) const CV_OVERRIDE
+    {
+        if (inputs.size() != 2)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "': expects 2 inputs (image, features), got " +
+                                           std::to_string(inputs.size()));
+        const dnn::MatShape& image = inputs[0];
+        const dnn::MatShape& feats = inputs[1];
+        if (image.size() != 4 || feats.size() != 4)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "': image and features must be 4-D (NCHW)");
+        if (image[0] != feats[0])
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "': batch mismatch (image " +
+                                           std::to_string(image[0]) + ", features " + std::to_string(feats[0]) + ")");
+        outputs.assign(1, dnn::MatShape{feats[0], feats[1], outputHeight_, outputWidth_});
+        return false;
+    }
+
+    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+    {
+        std::vector<Mat> inputs, outputs;
+        inputsArr.getMatVector(inputs);
+        outputsArr.getMatVector(outputs);
+        CV_Assert(inputs.size() == 2 && outputs.size() == 1);
+        Mat result;
+        naf_->upsampleBlob(inputs[0], inputs[1], result, Size(outputWidth_, outputHeight_));
+        result.copyTo(outputs[0]);  // same shape and type: writes into dnn's buffer
+    }
+
+private:
+    int outputHeight_ = 0, outputWidth_ = 0;
+    Ptr<NAF> naf_;
+};
+
+}  // namespace
+
+void registerLayers()
+{
+    static std::once_flag once;
+    std::call_once(once, [] {
+        // OpenCV 4.6 names custom-domain ONNX ops "<domain>.<op>"; with
+        // OPENCV_DNN_CUSTOM_ONNX_TYPE_INCLUDE_DOMAIN_NAME=0 it uses the bare op type.
+        dnn::LayerFactory::registerLayer("naf.NAF", NafLayer::create);
+        dnn::LayerFactory::registerLayer("NAF", NafLayer::create);
+    });
+}
+
+}  // namespace naf
+}  // namespace cv

@@ -1,0 +1,395 @@
+// cv::naf::NAF: validates inputs, converts cv::Mat <-> kernel tensors, dispatches CPU / CUDA.
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <stdexcept>
+
+#include <opencv2/core/utils/logger.hpp>
+#include <opencv2/core/utility.hpp>
+#include <opencv2/core/utils/trace.hpp>
+
+#include "naf_kernels/naf_cuda.hpp"
+#include "naf_kernels/naf_kernels.hpp"
+#include "opencv2/naf.hpp"
+#include "weights.hpp"
+
+namespace cv {
+namespace naf {
+
+namespace {
+
+namespace K = ::naf::kernels;
+
+K::ParallelFor opencvParallelFor()
+{
+    return [](int64_t count, const std::function<void(int64_t, int64_t)>& body) {
+        if (count <= 0) return;
+        // Kernels give each unit item a fixed amount of work, so any split is deterministic.
+        parallel_for_(Range(0, static_cast<int>(count)), [&](const Range& r) { body(r.start, r.end); });
+    };
+}
+
+// Runs a kernel call, turning kernel exceptions into cv::Exception.
+template <typename F>
+void callKernel(const char* what, F&& f)
+{
+    try
+    {
+        f();
+    }
+    catch (const std::invalid_argument& e)
+    {
+        CV_Error(Error::StsBadArg, std::string("cv::naf: ") + what + ": " + e.what());
+    }
+    catch (const cv::Exception&)
+    {
+        throw;
+    }
+    catch (const std::bad_alloc&)
+    {
+        CV_Error(Error::StsNoMem, std::string("cv::naf: ") + what + ": out of memory");
+    }
+    catch (const std::exception& e)
+    {
+        CV_Error(Error::StsError, std::string("cv::naf: ") + what + ": " + e.what());
+    }
+}
+
+std::string sizeString(int w, int h) { return std::to_string(w) + "x" + std::to_string(h); }
+
+class NAFImpl CV_FINAL : public NAF
+{
+public:
+    explicit NAFImpl(std::shared_ptr<const detail::LoadedWeights> weights)
+        : weights_(std::move(weights)), kernelSize_(weights_->cfg.kernelSize)
+    {
+    }
+
+    void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst, Size dstSize) CV_OVERRIDE
+    {
+        CV_TRACE_FUNCTION();
+        std::vector<Mat> images;
+        if (image.kind() == _InputArray::STD_VECTOR_MAT || image.kind() == _InputArray::STD_ARRAY_MAT ||
+            image.kind() == _InputArray::STD_VECTOR_VECTOR)
+            image.getMatVector(images);
+        else if (!image.empty())
+            images.push_back(image.getMat());
+        if (images.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: the guide image is empty");
+        for (size_t i = 0; i < images.size(); ++i)
+        {
+            const Mat& m = images[i];
+            const std::string which = images.size() > 1 ? " #" + std::to_string(i) : std::string();
+            if (m.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: guide image" + which + " is empty");
+            if (m.dims != 2 || m.type() != CV_8UC3)
+                CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: guide image" + which + " must be 2-D CV_8UC3 (" +
+                                               (colorOrder_ == IMAGE_RGB ? "RGB" : "BGR") + "), got " +
+                                               typeToString(m.type()) + " with " + std::to_string(m.dims) +
+                                               " dims (convert grayscale with cv::cvtColor(..., COLOR_GRAY2BGR))");
+        }
+        const Mat features = checkedFeatures(lowResFeatures, static_cast<int>(images.size()), dstSize, "upsample");
+        std::vector<Size> sizes;
+        std::vector<std::vector<float>> planar;
+        for (const Mat& m : images)
+        {
+            sizes.push_back(m.size());
+            planar.push_back(toPlanarRgb(m));
+        }
+        run(sizes, planar, features, dst, dstSize);
+    }
+
+    void upsampleBlob(InputArray imageBlob, InputArray lowResFeatures, OutputArray dst, Size dstSize) CV_OVERRIDE
+    {
+        CV_TRACE_FUNCTION();
+        if (imageBlob.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsampleBlob: the image blob is empty");
+        Mat blob = imageBlob.getMat();
+        if (blob.dims != 4 || blob.type() != CV_32F || blob.size[1] != 3)
+            CV_Error(Error::StsBadArg, "cv::naf::NAF::upsampleBlob: image blob must be 4-D CV_32F N x 3 x H x W (RGB in "
+                                       "[0, 1]), got " + typeToString(blob.type()) + " with " + std::to_string(blob.dims) +
+                                       " dims" + (blob.dims >= 2 ? " and " + std::to_string(blob.size[1]) + " channels" : ""));
+        if (!blob.isContinuous()) blob = blob.clone();
+        checkFinite(blob, "image blob");
+        const int n = blob.size[0], h = blob.size[2], w = blob.size[3];
+        const Mat features = checkedFeatures(lowResFeatures, n, dstSize, "upsampleBlob");
+        std::vector<Size> sizes(n, Size(w, h));
+        std::vector<std::vector<float>> planar(n);
+        const size_t per = static_cast<size_t>(3) * h * w;
+        for (int i = 0; i < n; ++i)
+        {
+            const float* p = blob.ptr<float>() + per * i;
+            planar[i].assign(p, p + per);
+        }
+        run(sizes, planar, features, dst, dstSize);
+    }
+
+    void setAttentionProbe(Point pixel) CV_OVERRIDE
+    {
+        if (pixel != Point(-1, -1) && (pixel.x < 0 || pixel.y < 0))
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setAttentionProbe: pixel (" + std::to_string(pixel.x) + ", " +
+                                               std::to_string(pixel.y) + ") is negative; use (-1, -1) to switch off");
+        probe_ = pixel;
+    }
+    Point getAttentionProbe() const CV_OVERRIDE { return probe_; }
+
+    void getAttentionWeights(OutputArray weights, OutputArray lowResPositions) const CV_OVERRIDE
+    {
+        if (probeWeights_.empty())
+            CV_Error(Error::StsError, "cv::naf::NAF::getAttentionWeights: no attention recorded; call "
+                                      "setAttentionProbe() before upsample()");
+        probeWeights_.copyTo(weights);
+        probePositions_.copyTo(lowResPositions);
+    }
+
+    void setKernelSize(int kernelSize) CV_OVERRIDE
+    {
+        if (kernelSize < 1 || kernelSize % 2 == 0 || kernelSize > 63)
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setKernelSize: kernel size must be odd in [1, 63], got " +
+                                               std::to_string(kernelSize));
+        kernelSize_ = kernelSize;
+    }
+    int getKernelSize() const CV_OVERRIDE { return kernelSize_; }
+
+    void setBackend(int backend) CV_OVERRIDE
+    {
+        if (backend != BACKEND_AUTO && backend != BACKEND_CPU && backend != BACKEND_CUDA)
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setBackend: unknown backend " + std::to_string(backend));
+        if (backend == BACKEND_CUDA && !K::cuda::available())
+            CV_Error(Error::StsNotImplemented, "cv::naf::NAF::setBackend: CUDA requested but not available (" +
+                                                   K::cuda::deviceDescription() + ")");
+        backend_ = backend;
+    }
+    int getBackend() const CV_OVERRIDE { return backend_; }
+    int getActiveBackend() const CV_OVERRIDE { return activeBackend_; }
+    void setUseTF32(bool enable) CV_OVERRIDE { tf32_ = enable; }
+    bool getUseTF32() const CV_OVERRIDE { return tf32_; }
+
+    void setImageColorOrder(int order) CV_OVERRIDE
+    {
+        if (order != IMAGE_BGR && order != IMAGE_RGB)
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setImageColorOrder: expected IMAGE_BGR (0) or IMAGE_RGB (1), got " +
+                                               std::to_string(order));
+        colorOrder_ = order;
+    }
+    int getImageColorOrder() const CV_OVERRIDE { return colorOrder_; }
+
+    String getWeightsInfo() const CV_OVERRIDE { return weights_->info; }
+    bool isTrained() const CV_OVERRIDE { return weights_->trained; }
+    String getWeightsMetadata() const CV_OVERRIDE
+    {
+        return "{\"naf_config\": " + weights_->configJson + ", \"naf_provenance\": " + weights_->provenanceJson + "}";
+    }
+    String getDefaultName() const CV_OVERRIDE { return "NAF"; }
+
+private:
+    static void checkFinite(const Mat& m, const char* what)
+    {
+        const float* p = m.ptr<float>();
+        const size_t n = m.total() * m.channels();
+        for (size_t i = 0; i < n; ++i)
+            if (!std::isfinite(p[i]))
+                CV_Error(Error::StsBadArg, std::string("cv::naf::NAF: ") + what + " contains NaN or Inf (value " +
+                                               std::to_string(p[i]) + " at flat index " + std::to_string(i) + ")");
+    }
+
+    Mat checkedFeatures(InputArray lowResFeatures, int batch, Size dstSize, const char* fn) const
+    {
+        const std::string where = std::string("cv::naf::NAF::") + fn + ": ";
+        if (lowResFeatures.empty()) CV_Error(Error::StsBadArg, where + "low-resolution features are empty");
+        Mat f = lowResFeatures.getMat();
+        if (f.dims != 4)
+            CV_Error(Error::StsBadArg, where + "features must be a 4-D N x C x h x w blob, got " + std::to_string(f.dims) +
+                                           " dims");
+        if (f.type() != CV_32F)
+            CV_Error(Error::StsBadArg, where + "features must be CV_32F, got " + typeToString(f.type()));
+        if (!f.isContinuous()) f = f.clone();
+        const int n = f.size[0], c = f.size[1], h = f.size[2], w = f.size[3];
+        if (n != batch)
+            CV_Error(Error::StsBadArg, where + "batch mismatch: " + std::to_string(batch) + " guide image(s) but features "
+                                           "have batch " + std::to_string(n));
+        const int heads = weights_->cfg.headsAttn;
+        if (c % heads != 0)
+            CV_Error(Error::StsBadArg, where + "feature channels " + std::to_string(c) + " are not divisible by the " +
+                                           std::to_string(heads) + " attention heads");
+        if (dstSize.width < w || dstSize.height < h)
+            CV_Error(Error::StsBadArg, where + "dstSize " + sizeString(dstSize.width, dstSize.height) +
+                                           " is smaller than the features' " + sizeString(w, h));
+        checkFinite(f, "features");
+        return f;
+    }
+
+    std::vector<float> toPlanarRgb(const Mat& img) const
+    {
+        const int h = img.rows, w = img.cols;
+        std::vector<float> out(static_cast<size_t>(3) * h * w);
+        const size_t plane = static_cast<size_t>(h) * w;
+        const int r = colorOrder_ == IMAGE_RGB ? 0 : 2, b = 2 - r;
+        for (int y = 0; y < h; ++y)
+        {
+            const uchar* row = img.ptr<uchar>(y);
+            for (int x = 0; x < w; ++x)
+            {
+                const size_t i = static_cast<size_t>(y) * w + x;
+                // Same arithmetic as torchvision's to_tensor: float(v) / 255.
+                out[i] = static_cast<float>(row[3 * x + r]) / 255.f;
+                out[plane + i] = static_cast<float>(row[3 * x + 1]) / 255.f;
+                out[2 * plane + i] = static_cast<float>(row[3 * x + b]) / 255.f;
+            }
+        }
+        return out;
+    }
+
+    bool useCuda()
+    {
+        if (backend_ == BACKEND_CPU) return false;
+        if (backend_ == BACKEND_CUDA) return true;
+        return K::cuda::available();
+    }
+
+    void run(const std::vector<Size>& imageSizes, const std::vector<std::vector<float>>& planar, const Mat& features,
+             OutputArray dst, Size dstSize)
+    {
+        const int n = features.size[0], c = features.size[1], h = features.size[2], w = features.size[3];
+        if (probe_ != Point(-1, -1) && (probe_.x >= dstSize.width || probe_.y >= dstSize.height))
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF: attention probe (" + std::to_string(probe_.x) + ", " +
+                                               std::to_string(probe_.y) + ") is outside the output " +
+                                               sizeString(dstSize.width, dstSize.height));
+        std::vector<K::ForwardShape> shapes(n);
+        for (int i = 0; i < n; ++i)
+        {
+            K::ForwardShape& s = shapes[i];
+            s.imageH = imageSizes[i].height;
+            s.imageW = imageSizes[i].width;
+            s.channels = c;
+            s.lowH = h;
+            s.lowW = w;
+            s.outH = dstSize.height;
+            s.outW = dstSize.width;
+            s.kernelSize = kernelSize_;
+            callKernel("invalid input", [&] { K::checkForwardShape(weights_->cfg, s); });
+        }
+        // Compute into a fresh blob and hand it over only when every item succeeded, so dst is
+        // never left half-written.
+        const int outSizes[4] = {n, c, dstSize.height, dstSize.width};
+        Mat result(4, outSizes, CV_32F);
+        const bool cuda = useCuda();
+        Mat probeWeights, probePositions;
+        const size_t featPer = static_cast<size_t>(c) * h * w;
+        const size_t outPer = static_cast<size_t>(c) * dstSize.area();
+        for (int i = 0; i < n; ++i)
+        {
+            K::AttentionProbe probe;
+            probe.y = probe_.y;
+            probe.x = probe_.x;
+            K::AttentionProbe* probePtr = probe_ == Point(-1, -1) ? nullptr : &probe;
+            const float* feat = features.ptr<float>() + featPer * i;
+            float* out = result.ptr<float>() + outPer * i;
+            if (cuda)
+            {
+                callKernel("CUDA forward", [&] {
+                    if (!cudaEngine_) cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
+                    cudaEngine_->forward(planar[i].data(), feat, out, shapes[i],
+                                         tf32_ ? K::cuda::MathMode::TF32 : K::cuda::MathMode::FP32, probePtr);
+                });
+            }
+            else
+            {
+                callKernel("CPU forward", [&] {
+                    K::forward(weights_->cfg, weights_->view, planar[i].data(), feat, out, shapes[i], workspace_,
+                               opencvParallelFor(), probePtr);
+                });
+            }
+            if (probePtr)
+            {
+                if (probeWeights.empty())
+                {
+                    const int sz[4] = {n, probe.heads, probe.kh, probe.kw};
+                    probeWeights.create(4, sz, CV_32F);
+                    probePositions.create(probe.kh, probe.kw, CV_32SC2);
+                    for (int a = 0; a < probe.kh; ++a)
+                        for (int b = 0; b < probe.kw; ++b)
+                            probePositions.at<Vec2i>(a, b) = Vec2i(probe.lowX[b], probe.lowY[a]);
+                }
+                std::copy(probe.weights.begin(), probe.weights.end(),
+                          probeWeights.ptr<float>() + static_cast<size_t>(i) * probe.weights.size());
+            }
+        }
+        activeBackend_ = cuda ? BACKEND_CUDA : BACKEND_CPU;
+        probeWeights_ = probeWeights;
+        probePositions_ = probePositions;
+        dst.assign(result);
+    }
+
+    std::shared_ptr<const detail::LoadedWeights> weights_;
+    int kernelSize_;
+    int backend_ = BACKEND_AUTO;
+    int activeBackend_ = BACKEND_CPU;
+    int colorOrder_ = IMAGE_BGR;
+    bool tf32_ = false;
+    Point probe_{-1, -1};
+    Mat probeWeights_, probePositions_;
+    K::Workspace workspace_;
+    std::unique_ptr<K::cuda::Engine> cudaEngine_;
+};
+
+bool fileExists(const std::string& path)
+{
+    std::ifstream f(path);
+    return static_cast<bool>(f);
+}
+
+}  // namespace
+
+Ptr<NAF> NAF::create(const String& weightsPath)
+{
+    String path = weightsPath.empty() ? getDefaultWeightsPath() : weightsPath;
+    if (path.empty())
+    {
+        CV_LOG_WARNING(NULL, "cv::naf: no default NAF weights found (set NAF_WEIGHTS or pass a file); using RANDOM, "
+                             "untrained weights: results are not meaningful upsamplings");
+        return makePtr<NAFImpl>(detail::randomWeights(0));
+    }
+    return makePtr<NAFImpl>(detail::loadWeightsFile(path));
+}
+
+Ptr<NAF> NAF::createRandom(int seed) { return makePtr<NAFImpl>(detail::randomWeights(seed)); }
+
+String getDefaultWeightsPath()
+{
+    if (const char* env = std::getenv("NAF_WEIGHTS"))
+        if (*env) return env;
+#ifdef NAF_SOURCE_MODELS_DIR
+    const std::string builtIn = std::string(NAF_SOURCE_MODELS_DIR) + "/naf/naf_default.safetensors";
+    if (fileExists(builtIn)) return builtIn;
+#endif
+    return String();
+}
+
+bool isCudaAvailable() { return ::naf::kernels::cuda::available(); }
+
+void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst, Size dstSize, int imageColorOrder)
+{
+    // One upsampler per thread (NAF objects are not shareable), rebuilt if the default changes.
+    thread_local std::string cachedPath;
+    thread_local Ptr<NAF> cached;
+    const String path = getDefaultWeightsPath();
+    if (!cached || path != cachedPath)
+    {
+        cached = NAF::create(path);
+        cachedPath = path;
+    }
+    cached->setImageColorOrder(imageColorOrder);
+    cached->upsample(image, lowResFeatures, dst, dstSize);
+}
+
+}  // namespace naf
+}  // namespace cv
+
+namespace cv {
+namespace naf {
+namespace detail {
+
+Ptr<NAF> createWithWeights(std::shared_ptr<const LoadedWeights> weights) { return makePtr<NAFImpl>(std::move(weights)); }
+
+}  // namespace detail
+}  // namespace naf
+}  // namespace cv

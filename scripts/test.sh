@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds (Release, all cores), runs every test.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/build.sh
+build_dir="${NAF_BUILD_DIR:-build}"
+ctest --test-dir "$build_dir" --output-on-failure --timeout 1200

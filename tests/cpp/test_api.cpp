@@ -1,0 +1,205 @@
+// Public API behaviour: the bad-input matrix (each a clear cv::Exception, nothing written),
+// batches, colour order, probes, backends, and the one-shot function.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include <opencv2/naf.hpp>
+
+#include "test_support.hpp"
+
+using naf_test::randomBlob;
+using naf_test::randomImage;
+
+namespace {
+
+// Expects a cv::Exception whose message contains every fragment (so the user sees the values).
+template <typename F>
+void expectError(F&& f, std::initializer_list<const char*> fragments)
+{
+    try
+    {
+        f();
+        ADD_FAILURE() << "no cv::Exception thrown";
+    }
+    catch (const cv::Exception& e)
+    {
+        for (const char* frag : fragments)
+            EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << "message: " << e.what()
+                                                                            << "\nmissing: " << frag;
+    }
+}
+
+struct Fixture : ::testing::Test
+{
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::createRandom(7);
+    cv::Mat image = randomImage(40, 52, 1);
+    cv::Mat feats = randomBlob(1, 8, 5, 6, 2);
+    cv::Size out{26, 21};
+};
+
+}  // namespace
+
+TEST_F(Fixture, ProducesNchwOutputOfTheRequestedSize)
+{
+    cv::Mat dst;
+    naf->upsample(image, feats, dst, out);
+    ASSERT_EQ(dst.dims, 4);
+    EXPECT_EQ(dst.type(), CV_32F);
+    EXPECT_EQ(dst.size[0], 1);
+    EXPECT_EQ(dst.size[1], 8);
+    EXPECT_EQ(dst.size[2], 21);
+    EXPECT_EQ(dst.size[3], 26);
+    EXPECT_TRUE(cv::checkRange(dst));
+    // Attention is a convex combination: each output lies within its channel's low-res range.
+    for (int c = 0; c < 8; ++c)
+    {
+        double lo, hi, olo, ohi;
+        cv::minMaxIdx(cv::Mat(5, 6, CV_32F, feats.ptr<float>(0, c)), &lo, &hi);
+        cv::minMaxIdx(cv::Mat(21, 26, CV_32F, dst.ptr<float>(0, c)), &olo, &ohi);
+        EXPECT_GE(olo, lo - 1e-5);
+        EXPECT_LE(ohi, hi + 1e-5);
+    }
+}
+
+TEST_F(Fixture, BadInputsGiveClearErrorsAndLeaveDstUntouched)
+{
+    cv::Mat dst = cv::Mat::ones(3, 3, CV_8U);
+    const cv::Mat before = dst.clone();
+    expectError([&] { naf->upsample(cv::Mat(), feats, dst, out); }, {"guide image is empty"});
+    expectError([&] { naf->upsample(cv::Mat(40, 52, CV_8UC1), feats, dst, out); }, {"CV_8UC3", "8UC1"});
+    expectError([&] { naf->upsample(cv::Mat(40, 52, CV_32FC3), feats, dst, out); }, {"CV_8UC3", "32FC3"});
+    expectError([&] { naf->upsample(cv::Mat(1, 52, CV_8UC3), feats, dst, out); }, {"1x52"});
+    expectError([&] { naf->upsample(image, cv::Mat(5, 6, CV_32F), dst, out); }, {"4-D", "2 dims"});
+    cv::Mat feats64;
+    feats.convertTo(feats64, CV_64F);
+    expectError([&] { naf->upsample(image, feats64, dst, out); }, {"CV_32F", "64F"});
+    expectError([&] { naf->upsample(image, randomBlob(2, 8, 5, 6, 3), dst, out); }, {"batch mismatch", "1 guide", "batch 2"});
+    expectError([&] { naf->upsample(image, feats, dst, cv::Size(5, 21)); }, {"dstSize 5x21", "6x5"});
+    expectError([&] { naf->upsample(image, randomBlob(1, 6, 5, 6, 3), dst, out); }, {"channels 6", "4 attention heads"});
+    cv::Mat nan = feats.clone();
+    nan.ptr<float>()[17] = std::numeric_limits<float>::quiet_NaN();
+    expectError([&] { naf->upsample(image, nan, dst, out); }, {"NaN or Inf", "index 17"});
+    cv::Mat inf = feats.clone();
+    inf.ptr<float>()[3] = std::numeric_limits<float>::infinity();
+    expectError([&] { naf->upsample(image, inf, dst, out); }, {"NaN or Inf"});
+    expectError([&] { naf->setKernelSize(4); }, {"odd", "4"});
+    expectError([&] { naf->setBackend(42); }, {"unknown backend 42"});
+    expectError([&] { naf->setImageColorOrder(5); }, {"5"});
+    naf->setAttentionProbe(cv::Point(30, 3));
+    expectError([&] { naf->upsample(image, feats, dst, out); }, {"probe (30, 3)", "26x21"});
+    // Nothing was written by any failed call.
+    ASSERT_EQ(dst.size(), before.size());
+    EXPECT_EQ(cv::norm(dst, before, cv::NORM_INF), 0.0);
+}
+
+TEST_F(Fixture, BatchOfImagesEqualsOneByOne)
+{
+    const cv::Mat image2 = randomImage(33, 61, 9);  // sizes may differ inside a batch
+    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
+    cv::Mat batch;
+    naf->upsample(std::vector<cv::Mat>{image, image2}, feats2, batch, out);
+    for (int n = 0; n < 2; ++n)
+    {
+        const int sizes[4] = {1, 8, 5, 6};
+        const cv::Mat one(4, sizes, CV_32F, const_cast<float*>(feats2.ptr<float>(n)));
+        cv::Mat single;
+        naf->upsample(n == 0 ? image : image2, one, single, out);
+        const cv::Mat slice(1, static_cast<int>(single.total()), CV_32F, batch.ptr<float>(n));
+        EXPECT_EQ(cv::norm(slice, single.reshape(1, 1), cv::NORM_INF), 0.0) << "item " << n;
+    }
+}
+
+TEST_F(Fixture, ColourOrderFlagSwapsChannels)
+{
+    cv::Mat rgb, a, b;
+    cv::cvtColor(image, rgb, cv::COLOR_BGR2RGB);
+    naf->upsample(image, feats, a, out);
+    naf->setImageColorOrder(cv::naf::IMAGE_RGB);
+    naf->upsample(rgb, feats, b, out);
+    EXPECT_EQ(cv::norm(a.reshape(1, 1), b.reshape(1, 1), cv::NORM_INF), 0.0);
+    // And the order matters (the encoder is not colour-symmetric).
+    naf->upsample(image, feats, b, out);
+    EXPECT_GT(cv::norm(a.reshape(1, 1), b.reshape(1, 1), cv::NORM_INF), 1e-6);
+}
+
+TEST_F(Fixture, BlobInputEqualsImageInput)
+{
+    cv::Mat a, b;
+    naf->upsample(image, feats, a, out);
+    cv::Mat rgb;
+    cv::cvtColor(image, rgb, cv::COLOR_BGR2RGB);
+    cv::Mat f32;
+    rgb.convertTo(f32, CV_32F, 1.0 / 255);
+    const int sizes[4] = {1, 3, image.rows, image.cols};
+    cv::Mat blob(4, sizes, CV_32F);
+    std::vector<cv::Mat> planes;
+    for (int c = 0; c < 3; ++c) planes.emplace_back(image.rows, image.cols, CV_32F, blob.ptr<float>(0, c));
+    cv::split(f32, planes);
+    naf->upsampleBlob(blob, feats, b, out);
+    EXPECT_LE(naf_test::relativeL2(b, a), 1e-6);
+}
+
+TEST_F(Fixture, AttentionProbeReportsWindowAndWeights)
+{
+    naf->setKernelSize(3);
+    naf->setAttentionProbe(cv::Point(23, 0));
+    cv::Mat dst, weights, positions;
+    naf->upsample(image, feats, dst, cv::Size(24, 20));  // exact multiples (x4) of the 6x5 grid
+    naf->getAttentionWeights(weights, positions);
+    ASSERT_EQ(weights.dims, 4);
+    EXPECT_EQ(weights.size[1], 4);  // heads
+    EXPECT_EQ(weights.size[2], 3);
+    EXPECT_EQ(weights.size[3], 3);
+    ASSERT_EQ(positions.size(), cv::Size(3, 3));
+    // Top-right output pixel: window shifted inward to the last 3 columns and first 3 rows.
+    EXPECT_EQ(positions.at<cv::Vec2i>(0, 0), cv::Vec2i(3, 0));
+    EXPECT_EQ(positions.at<cv::Vec2i>(2, 2), cv::Vec2i(5, 2));
+    for (int h = 0; h < 4; ++h)
+        EXPECT_NEAR(cv::sum(cv::Mat(1, 9, CV_32F, weights.ptr<float>(0, h)))[0], 1.0, 1e-5);
+    naf->setAttentionProbe(cv::Point(-1, -1));
+}
+
+TEST_F(Fixture, LowResGridSmallerThanKernelUsesTheWholeAxis)
+{
+    naf->setKernelSize(9);
+    naf->setAttentionProbe(cv::Point(10, 10));
+    cv::Mat dst, weights, positions;
+    naf->upsample(image, feats, dst, out);  // 5x6 grid < 9x9 kernel
+    naf->getAttentionWeights(weights, positions);
+    EXPECT_EQ(positions.size(), cv::Size(6, 5));
+    EXPECT_EQ(weights.size[2], 5);
+    EXPECT_EQ(weights.size[3], 6);
+}
+
+TEST_F(Fixture, WeightsInfoSaysRandom)
+{
+    EXPECT_FALSE(naf->isTrained());
+    EXPECT_NE(naf->getWeightsInfo().find("random-init (seed 7, NOT TRAINED)"), std::string::npos);
+    EXPECT_NE(naf->getWeightsMetadata().find("\"trained\":false"), std::string::npos) << naf->getWeightsMetadata();
+}
+
+TEST_F(Fixture, CudaBackendIsRefusedClearlyWhenUnavailable)
+{
+    if (cv::naf::isCudaAvailable()) GTEST_SKIP() << "a CUDA device is present";
+    expectError([&] { naf->setBackend(cv::naf::BACKEND_CUDA); }, {"CUDA requested but not available"});
+    naf->setBackend(cv::naf::BACKEND_AUTO);
+    cv::Mat dst;
+    naf->upsample(image, feats, dst, out);
+    EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CPU);
+}
+
+TEST_F(Fixture, OneShotFunctionUsesDefaultWeights)
+{
+    setenv("NAF_WEIGHTS", naf_test::goldenWeights().c_str(), 1);
+    EXPECT_EQ(cv::naf::getDefaultWeightsPath(), naf_test::goldenWeights());
+    cv::Mat viaFunction, viaObject;
+    cv::naf::upsample(image, feats, viaFunction, out);
+    cv::Ptr<cv::naf::NAF> fromFile = cv::naf::NAF::create(naf_test::goldenWeights());
+    EXPECT_NE(fromFile->getWeightsInfo().find("weights_seed0.safetensors"), std::string::npos);
+    fromFile->upsample(image, feats, viaObject, out);
+    EXPECT_EQ(cv::norm(viaFunction.reshape(1, 1), viaObject.reshape(1, 1), cv::NORM_INF), 0.0);
+    setenv("NAF_WEIGHTS", "/nonexistent/naf.safetensors", 1);
+    expectError([&] { cv::naf::upsample(image, feats, viaFunction, out); }, {"/nonexistent/naf.safetensors"});
+    unsetenv("NAF_WEIGHTS");
+}

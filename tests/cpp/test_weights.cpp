@@ -1,0 +1,169 @@
+// Weight files: the good one loads; every kind of damage is refused with a clear message.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/naf.hpp>
+
+#include "test_support.hpp"
+
+namespace {
+
+std::vector<uint8_t> readBytes(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string writeTemp(const std::vector<uint8_t>& bytes, const std::string& name)
+{
+    const std::string path = cv::tempfile(name.c_str());
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    return path;
+}
+
+// The golden weights split into header JSON and data section, to be edited and reassembled.
+struct Parts
+{
+    nlohmann::json header;
+    std::vector<uint8_t> data;
+
+    Parts()
+    {
+        const std::vector<uint8_t> bytes = readBytes(naf_test::goldenWeights());
+        uint64_t n = 0;
+        for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
+        header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+        data.assign(bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n), bytes.end());
+    }
+
+    std::vector<uint8_t> bytes() const
+    {
+        const std::string h = header.dump();
+        std::vector<uint8_t> out;
+        out.reserve(8 + h.size() + data.size());
+        for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>((static_cast<uint64_t>(h.size()) >> (8 * i)) & 0xff));
+        out.insert(out.end(), h.begin(), h.end());
+        out.insert(out.end(), data.begin(), data.end());
+        return out;
+    }
+};
+
+void expectRejected(const std::vector<uint8_t>& bytes, const std::string& fragment)
+{
+    const std::string path = writeTemp(bytes, ".safetensors");
+    try
+    {
+        cv::naf::NAF::create(path);
+        ADD_FAILURE() << "accepted a damaged file (expected: " << fragment << ")";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << "message should name the file: " << e.what();
+    }
+    std::remove(path.c_str());
+}
+
+}  // namespace
+
+TEST(Weights, GoldenFileLoadsAndSaysWhatItIs)
+{
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create(naf_test::goldenWeights());
+    EXPECT_FALSE(naf->isTrained());
+    EXPECT_NE(naf->getWeightsInfo().find("random-init"), std::string::npos) << naf->getWeightsInfo();
+    EXPECT_NE(naf->getWeightsInfo().find("NOT TRAINED"), std::string::npos) << naf->getWeightsInfo();
+    EXPECT_EQ(naf->getKernelSize(), 9);
+    EXPECT_NE(naf->getWeightsMetadata().find("\"heads_attn\""), std::string::npos);
+}
+
+TEST(Weights, RoundTripThroughOurReassemblyStillLoads)
+{
+    const std::string path = writeTemp(Parts().bytes(), ".safetensors");
+    EXPECT_NO_THROW(cv::naf::NAF::create(path));
+    std::remove(path.c_str());
+}
+
+TEST(Weights, MissingFile)
+{
+    try
+    {
+        cv::naf::NAF::create("/nonexistent/dir/naf.safetensors");
+        FAIL();
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("cannot open"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Weights, DamagedFilesAreRejected)
+{
+    const std::vector<uint8_t> good = readBytes(naf_test::goldenWeights());
+    ASSERT_GT(good.size(), 1000u);
+
+    expectRejected(std::vector<uint8_t>(good.begin(), good.begin() + 5), "fewer than the 8-byte");
+    expectRejected(std::vector<uint8_t>(good.begin(), good.end() - 1000), "outside");  // truncated data
+    {
+        std::vector<uint8_t> b = good;
+        b[6] = 0x7f;  // absurd header length
+        expectRejected(b, "header length");
+    }
+    {
+        std::vector<uint8_t> b = good;
+        b[8] = '#';  // header is no longer JSON
+        expectRejected(b, "not JSON");
+    }
+    {
+        Parts p;
+        p.header.erase("image_encoder.sem_encoder.2.conv2.bias");
+        expectRejected(p.bytes(), "missing tensor 'image_encoder.sem_encoder.2.conv2.bias'");
+    }
+    {
+        Parts p;
+        p.header["image_encoder.encoder.1.norm1.weight"]["dtype"] = "I32";
+        expectRejected(p.bytes(), "dtype I32");
+    }
+    {
+        Parts p;
+        p.header["image_encoder.encoder.1.norm1.weight"]["shape"] = {64, 2};
+        expectRejected(p.bytes(), "shape [64, 2], expected [128]");
+    }
+    {
+        Parts p;
+        p.header["extra.weight"] = p.header["image_encoder.rope.periods"];
+        expectRejected(p.bytes(), "overlap");
+    }
+    {
+        Parts p;
+        auto off = p.header["image_encoder.rope.periods"]["data_offsets"];
+        p.header["image_encoder.rope.periods"]["data_offsets"] = {off[0].get<uint64_t>() + 4, off[1].get<uint64_t>() + 4};
+        expectRejected(p.bytes(), "periods");
+    }
+    {
+        Parts p;
+        p.header["__metadata__"].erase("naf_config");
+        expectRejected(p.bytes(), "naf_config");
+    }
+    {
+        Parts p;
+        p.header["__metadata__"]["naf_config"] = "{\"dim\": 256}";
+        expectRejected(p.bytes(), "heads_attn");
+    }
+    {
+        Parts p;
+        p.header["__metadata__"]["format"] = "something-else";
+        expectRejected(p.bytes(), "format");
+    }
+    {
+        Parts p;
+        const uint64_t begin = p.header["image_encoder.encoder.0.bias"]["data_offsets"][0].get<uint64_t>();
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::memcpy(p.data.data() + begin, &nan, sizeof(float));
+        expectRejected(p.bytes(), "NaN or Inf");
+    }
+}

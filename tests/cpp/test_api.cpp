@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <thread>
 
 #include <opencv2/naf.hpp>
 
@@ -202,4 +203,23 @@ TEST_F(Fixture, OneShotFunctionUsesDefaultWeights)
     setenv("NAF_WEIGHTS", "/nonexistent/naf.safetensors", 1);
     expectError([&] { cv::naf::upsample(image, feats, viaFunction, out); }, {"/nonexistent/naf.safetensors"});
     unsetenv("NAF_WEIGHTS");
+}
+
+TEST(Concurrency, OneShotFunctionFromManyThreadsEqualsSerial)
+{
+    // cv::naf::upsample keeps one upsampler per thread, so concurrent calls are safe.
+    const int threads = 4;
+    std::vector<cv::Mat> images, feats, serial(threads), parallel(threads);
+    for (int t = 0; t < threads; ++t)
+    {
+        images.push_back(randomImage(30 + t, 41, 100 + t));
+        feats.push_back(randomBlob(1, 8, 4, 5, 200 + t));
+        cv::naf::upsample(images[t], feats[t], serial[t], cv::Size(23, 17));
+    }
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] { cv::naf::upsample(images[t], feats[t], parallel[t], cv::Size(23, 17)); });
+    for (auto& th : pool) th.join();
+    for (int t = 0; t < threads; ++t)
+        EXPECT_EQ(cv::norm(serial[t].reshape(1, 1), parallel[t].reshape(1, 1), cv::NORM_INF), 0.0) << "thread " << t;
 }

@@ -95,6 +95,7 @@ TEST(Golden, AllCasesArePresent)
 
 TEST(Golden, CpuOutputMatchesReference)
 {
+    int probes = 0;
     for (const std::string& path : goldenCases())
     {
         SCOPED_TRACE(path);
@@ -110,13 +111,15 @@ TEST(Golden, CpuOutputMatchesReference)
             std::cout << "  full output relative L2 " << err << "\n";
             EXPECT_LE(err, 1e-4);
         }
-        ASSERT_TRUE(r.file.has("sample_index"));
+        ASSERT_TRUE(r.file.has("expected") || r.file.has("sample_index")) << "golden case without reference output";
+        if (!r.file.has("sample_index")) continue;
         const cv::Mat samples = gatherSamples(r.output, r.file.mat("sample_index"));
         const double err = naf_test::relativeL2(samples, r.file.mat("expected_samples"));
         std::cout << "  sampled output relative L2 " << err << " over " << samples.rows << " pixels\n";
         EXPECT_LE(err, 1e-4);
         if (r.file.has("probe_weights"))
         {
+            ++probes;
             const cv::Mat expected = r.file.mat("probe_weights");  // heads x kh x kw
             const int n = r.file.mat("probe_pixel").at<int>(0);
             ASSERT_EQ(r.probeWeights.total() / r.probeWeights.size[0], expected.total());
@@ -125,17 +128,20 @@ TEST(Golden, CpuOutputMatchesReference)
             EXPECT_LE(cv::norm(mine, expected.reshape(1, 1), cv::NORM_INF), 1e-4);
         }
     }
+    EXPECT_GT(probes, 0) << "no golden case records attention weights";
 }
 
 TEST(Golden, QueriesMatchReference)
 {
     namespace K = ::naf::kernels;
     const auto weights = cv::naf::detail::loadWeightsFile(naf_test::goldenWeights());
+    int checked = 0;
     for (const std::string& path : goldenCases())
     {
         SCOPED_TRACE(path);
         const SafetensorsFile f = SafetensorsFile::read(path);
         if (!f.has("query_samples")) continue;
+        ++checked;
         const std::vector<cv::Mat> imgs = images(f);
         const cv::Mat index = f.mat("sample_index");
         const cv::Mat expected = f.mat("query_samples");
@@ -165,6 +171,7 @@ TEST(Golden, QueriesMatchReference)
         std::cout << "  queries relative L2 " << err << "\n";
         EXPECT_LE(err, 1e-4);
     }
+    EXPECT_GT(checked, 0) << "no golden case has query_samples";
 }
 
 TEST(Golden, OneThreadAndManyThreadsGiveIdenticalBits)
@@ -175,10 +182,11 @@ TEST(Golden, OneThreadAndManyThreadsGiveIdenticalBits)
     for (const std::string& path : cases)
     {
         if (path.find("odd_c4") == std::string::npos && path.find("batch2") == std::string::npos) continue;
+        // Many threads first: OpenCV's TBB backend cannot grow its pool after a limit of 1.
+        cv::setNumThreads(4);
+        const GoldenRun threaded = runCase(path, false);
         cv::setNumThreads(1);
         const GoldenRun serial = runCase(path, false);
-        cv::setNumThreads(8);
-        const GoldenRun threaded = runCase(path, false);
         ASSERT_EQ(serial.output.total(), threaded.output.total());
         EXPECT_EQ(0, std::memcmp(serial.output.ptr(), threaded.output.ptr(), serial.output.total() * sizeof(float)))
             << path;

@@ -142,7 +142,8 @@ CV_EXPORTS_W bool isCudaAvailable();
 with a node of op type `NAF` in domain `naf` load with cv::dnn::readNetFromONNX().
 
 Node inputs: image N x 3 x H x W float RGB in [0, 1]; features N x C x h x w; optionally the
-weights as initializers, in the order of the string-list attribute `weight_names`. Attributes:
+weights as initializers (official state-dict names), in the order given by the string attribute
+`weight_names`, a comma-separated list (OpenCV 4.6's ONNX importer cannot read string lists). Attributes:
 `output_height`, `output_width` (required), `kernel_size` (default 9), `weights_path` (used when
 no weights are embedded; empty: the default weights). Output: N x C x output_height x output_width.
 */

@@ -1,0 +1,6 @@
+"""Makes tools/ importable for the pytest suites of our PyTorch reference and tools."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))

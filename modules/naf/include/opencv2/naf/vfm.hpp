@@ -1,0 +1,102 @@
+// This file is part of cv::naf. See docs/ARCHITECTURE.md for the data flow.
+#ifndef OPENCV_NAF_VFM_HPP
+#define OPENCV_NAF_VFM_HPP
+
+#include <opencv2/core.hpp>
+
+namespace cv {
+namespace naf {
+
+//! @addtogroup naf
+//! @{
+
+/** @brief One registered vision foundation model: the parsed `models/vfm/<name>.json`.
+
+Every field is validated when the registry entry is loaded (VfmRegistry), with a cv::Exception
+naming the file, the field and the offending value. */
+struct CV_EXPORTS VfmSpec
+{
+    String name;            //!< registry key, e.g. "mobilesam" (the JSON file's stem)
+    String displayName;     //!< human-readable name, e.g. "MobileSAM image encoder (TinyViT-5M)"
+    String onnxPath;        //!< absolute path of the ONNX file cv::dnn loads (may not exist yet)
+    String fetchCommand;    //!< how to obtain onnxPath when it is missing (a project script)
+    String sizePolicy;      //!< "longest_side_pad": longest side scaled to inputSize, zero-padded
+                            //!< bottom/right; "resize": stretched to inputSize x inputSize
+    int inputSize = 0;      //!< network input side in pixels (square input)
+    bool rgb = true;        //!< the network expects RGB (else BGR)
+    Scalar mean;            //!< per-channel mean subtracted, in 0..255 units, network channel order
+    Scalar std;             //!< per-channel std divided by, in 0..255 units, network channel order
+    int stride = 0;         //!< input pixels per feature cell (patch size), e.g. 16
+    String outputName;      //!< ONNX output holding the features ("" = the graph's first output)
+    int channels = 0;       //!< feature channels C
+    String license;         //!< licence of the weights, e.g. "Apache-2.0"
+};
+
+/** @brief Loads and validates the model registry, one JSON file per model. */
+class CV_EXPORTS VfmRegistry
+{
+public:
+    /** @brief The registry folder: $NAF_VFM_REGISTRY when set, else models/vfm of the source tree. */
+    static String defaultDirectory();
+    /** @brief Parses one registry file. Relative ONNX paths resolve against the project root
+    (the parent of the registry folder's parent). @throws cv::Exception on any invalid field. */
+    static VfmSpec loadFile(const String& jsonPath);
+    /** @brief Every `*.json` of a folder, sorted by name. @throws cv::Exception on the first bad file. */
+    static std::vector<VfmSpec> loadDirectory(const String& directory = String());
+    /** @brief The entry called `name` in the folder. @throws cv::Exception listing the known names. */
+    static VfmSpec find(const String& name, const String& directory = String());
+};
+
+/** @brief Where a feature map lies in the image it was computed from. */
+struct CV_EXPORTS VfmGeometry
+{
+    Size imageSize;     //!< the original image
+    double scale = 1;   //!< network-input pixels per image pixel (x and y)
+    Size inputSize;     //!< network input (inputSize x inputSize)
+    Rect imageInInput;  //!< where the scaled image lies in the network input (the rest is padding)
+    Size gridSize;      //!< full feature grid of the network (w x h)
+    Rect validCells;    //!< grid cells that overlap the image; extract() returns only these
+};
+
+/** @brief Runs a registered vision foundation model with cv::dnn and returns its low-resolution
+feature map, ready for cv::naf::upsample().
+
+Example:
+@code
+    cv::Ptr<cv::naf::VisionFoundationModel> vfm = cv::naf::VisionFoundationModel::create("mobilesam");
+    cv::Mat image = cv::imread("photo.jpg"), lowRes, features;
+    cv::naf::VfmGeometry geometry;
+    vfm->extract(image, lowRes, &geometry);          // 1 x 256 x h x w, cells covering the image
+    cv::naf::upsample(image, lowRes, features, image.size());
+@endcode
+*/
+class CV_EXPORTS VisionFoundationModel : public Algorithm
+{
+public:
+    /** @brief Loads the model of a registry entry. @throws cv::Exception when the ONNX file is
+    missing (the message gives spec.fetchCommand) or cv::dnn cannot load it. */
+    static Ptr<VisionFoundationModel> create(const VfmSpec& spec);
+    /** @brief Same, by registry name in VfmRegistry::defaultDirectory(). */
+    static Ptr<VisionFoundationModel> create(const String& name);
+
+    /** @brief The registry entry this model was created from. */
+    virtual const VfmSpec& getSpec() const = 0;
+
+    /** @brief Features of one image.
+    @param image CV_8UC3 BGR (as cv::imread gives), at least 2x2.
+    @param features 4-D CV_32F 1 x C x h x w: the grid cells that overlap the image
+    (geometry.validCells), NCHW, continuous.
+    @param geometry optional: how the grid maps back to the image. */
+    virtual void extract(InputArray image, OutputArray features, VfmGeometry* geometry = nullptr) = 0;
+
+    /** @brief The network input blob extract() would feed (1 x 3 x inputSize x inputSize, CV_32F,
+    normalized), for checks against other implementations. */
+    virtual void preprocess(InputArray image, OutputArray blob, VfmGeometry* geometry = nullptr) const = 0;
+};
+
+//! @}
+
+}  // namespace naf
+}  // namespace cv
+
+#endif

@@ -44,10 +44,16 @@ class GraphEditor:
         self.init = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         self.nodes = list(self.graph.node)
         self.counter = 0
+        self.taken = set(self.init) | {o for n in self.nodes for o in n.output} | {i.name for i in self.graph.input}
 
     def fresh(self, base):
-        self.counter += 1
-        return f"{base}__cv46_{self.counter}"
+        """A value name used nowhere in the graph yet (passes run one after another)."""
+        while True:
+            self.counter += 1
+            name = f"{base}__cv46_{self.counter}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
 
     def constant(self, base, array):
         name = self.fresh(base)
@@ -83,7 +89,8 @@ class GraphEditor:
         del self.graph.initializer[:]
         for name, arr in self.init.items():
             if name in used:
-                self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+                # np.array keeps 0-d values 0-d (np.ascontiguousarray would make them 1-d)
+                self.graph.initializer.append(numpy_helper.from_array(np.array(arr, order="C"), name))
         del self.graph.value_info[:]
         return self.model
 

@@ -204,6 +204,26 @@ def run_node(node, inputs):
         mean = x.mean(axis=axes, keepdims=True)
         var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
         return [((x - mean) / np.sqrt(var + 1e-9)).astype(x.dtype)]
+    if op in ("Equal", "Less", "Greater"):
+        fn = {"Equal": np.equal, "Less": np.less, "Greater": np.greater}[op]
+        return [fn(x, inputs[1])]
+    if op == "Not":
+        return [np.logical_not(x)]
+    if op == "Where":
+        return [np.where(x, inputs[1], inputs[2])]
+    if op == "Expand":
+        shape = [int(v) for v in inputs[1]]
+        return [x * np.ones(shape, dtype=x.dtype)]  # ONNX Expand broadcasts both ways
+    if op == "Tile":
+        return [np.tile(x, [int(v) for v in inputs[1]])]
+    if op in ("Min", "Max"):
+        fn = np.minimum if op == "Min" else np.maximum
+        r = inputs[0]
+        for v in inputs[1:]:
+            r = fn(r, v)
+        return [r]
+    if op == "Range":
+        return [np.arange(x, inputs[1], inputs[2]).astype(np.result_type(x))]
     if op == "MVN":  # cv::dnn's layer (tools/vfm/onnx_for_opencv46.py writes it): per (n, c), or per n
         axes = (1, 2, 3) if a.get("across_channels", 0) else (2, 3)
         mean = x.mean(axis=axes, keepdims=True)

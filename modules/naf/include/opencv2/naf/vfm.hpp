@@ -68,7 +68,8 @@ public:
 struct CV_EXPORTS VfmGeometry
 {
     Size imageSize;     //!< the original image
-    double scale = 1;   //!< network-input pixels per image pixel (x and y)
+    double scale = 1;   //!< network-input pixels per image pixel (x and y; for sizePolicy "resize":
+                        //!< x only, y is inputSize.height / imageSize.height)
     Size inputSize;     //!< network input (inputSize x inputSize)
     Rect imageInInput;  //!< where the scaled image lies in the network input (the rest is padding)
     Size gridSize;      //!< full feature grid of the network (w x h)
@@ -77,6 +78,9 @@ struct CV_EXPORTS VfmGeometry
 
 /** @brief Runs a registered vision foundation model with cv::dnn and returns its low-resolution
 feature map, ready for cv::naf::upsample().
+
+cv::dnn runs on the CPU (DNN_BACKEND_OPENCV) with cv::setNumThreads() threads. An object holds a
+cv::dnn::Net: use one object per thread.
 
 Example:
 @code

@@ -30,7 +30,6 @@ import math
 import os
 import sys
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn

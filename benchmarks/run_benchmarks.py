@@ -58,12 +58,13 @@ def gbench(binary, regex, reps, min_time=0.01):
     for b in data["benchmarks"]:
         if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
             continue
-        name = b.get("run_name", b["name"]).replace("/real_time", "")
+        name = b.get("run_name", b["name"]).replace("/process_time", "").replace("/real_time", "")
         if b.get("run_type") == "iteration" and reps > 1:
             runs.setdefault(name, {}).setdefault("all", []).append(b)
             continue
         scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
         runs.setdefault(name, {})["median_s"] = b["real_time"] * scale
+        runs[name]["cpu_s"] = b["cpu_time"] * scale  # CPU time of all threads of the process
         runs[name]["counters"] = {k: v for k, v in b.items() if isinstance(v, (int, float))}
     return runs, rss
 
@@ -113,6 +114,7 @@ def main():
         row = {"cfg": cfg, "shape": f"{c}x{h}x{w} -> {oh}x{ow} (image {ih}x{iw})", "load": load()}
         fwd, rss = gbench(binary, f"^BM_NafForward/{cfg}/", reps)
         row["ours"] = fwd[f"BM_NafForward/{cfg}"]["median_s"]
+        row["ours_cpu"] = fwd[f"BM_NafForward/{cfg}"]["cpu_s"]
         row["rss"] = rss
         row["flop"] = fwd[f"BM_NafForward/{cfg}"]["counters"]["flop"]
         parts, _ = gbench(binary, f"^BM_(Encoder|Attention|ResizeBilinear|GuidedFilter)/{cfg}/", reps)
@@ -161,10 +163,10 @@ def main():
              "Measured FMA peak (fp32, `BM_PeakFma`, best of 5): " +
              ", ".join(f"{isa} {t} thread{'s' if t > 1 else ''}: {v / 1e9:.0f} GFLOPS"
                        for (isa, t), v in sorted(peak.items())) + ".", "",
-             "| config | ours (whole NAF) | MPix/s | peak RSS (bound) | encoder | attention | "
+             "| config | ours (whole NAF) | CPU time | MPix/s | peak RSS (bound) | encoder | attention | "
              "PyTorch official (ratio) | PyTorch encoder | cv::resize (ratio) | guided filter (ratio) | "
              "GFLOP (enc + att) | % of peak | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ih, iw, c, h, w, oh, ow = CONFIGS[r["cfg"]]
         mpix = oh * ow / 1e6 / r["ours"]
@@ -172,12 +174,14 @@ def main():
                       else r["torch_note"] or "not run")
         pct = 100 * r["flop"] / r["ours"] / p2 if p2 else float("nan")
         lines.append(
-            f"| {r['cfg']}: {r['shape']} | {fmt_s(r['ours'])} | {mpix:.2f} | {r['rss']:.0f} MB "
+            f"| {r['cfg']}: {r['shape']} | {fmt_s(r['ours'])} | {fmt_s(r['ours_cpu'])} | {mpix:.2f} | {r['rss']:.0f} MB "
             f"({r['bound_mb']:.0f} MB) | {fmt_s(r['enc'])} | {fmt_s(r['att'])} | {torch_cell} | "
             f"{fmt_s(r['torch_enc'])} | {fmt_s(r['resize'])} ({fmt_ratio(r['resize'], r['ours'])}) | "
             f"{fmt_s(r['guided'])} ({fmt_ratio(r['guided'], r['ours'])}) | "
             f"{r.get('enc_flop', 0) / 1e9:.0f} + {r.get('att_flop', 0) / 1e9:.1f} | {pct:.0f}% | {r['load']:.2f} |")
-    lines += ["", "Ratios are peer time / our time (above 1: we are faster). Peak RSS: max resident memory "
+    lines += ["", "Times are medians of wall-clock time; CPU time is that of all threads of our process "
+              "(2 cores: at most 2x the wall time; much less means other jobs took the cores). "
+              "Ratios are peer time / our time (above 1: we are faster). Peak RSS: max resident memory "
               "of the separate process that ran the whole forward (includes the inputs, the weights and "
               "the process itself); bound: the issue's limit, 2x output tensor + encoder activations. "
               "PyTorch peer RSS: " + ", ".join(f"{r['cfg']} {r['torch_rss']:.0f} MB" for r in rows

@@ -10,6 +10,7 @@
 
 #include "naf_kernels/naf_kernels.hpp"
 #include "simd_dispatch.hpp"
+#include "simd_vec.hpp"
 
 namespace naf {
 namespace kernels {
@@ -61,8 +62,6 @@ NAF_ALWAYS_INLINE inline void pixelHeadWeights(const AttentionGeometry& g, const
     const float inv = 1.f / sum;
     for (int t = 0; t < n; ++t) weights[t] *= inv;
 }
-
-typedef float Vec16 __attribute__((vector_size(64)));  // 16 output pixels, one per lane
 
 // 64-byte aligned vectors (std::vector<Vec16> does not guarantee the alignment of Vec16).
 class Vec16Buffer
@@ -123,27 +122,20 @@ NAF_ALWAYS_INLINE inline void attentionRowImpl(const AttentionGeometry& g, const
                 queryBlock[c] = q;
             }
             const Vec16* qb = queryBlock;
-            // Logits, four window entries at a time.
+            // Logits, eight window entries at a time (eight independent FMA chains).
             int j = 0;
-            for (; j + 4 <= n; j += 4)
+            for (; j + 8 <= n; j += 8)
             {
-                const float* k0 = keysT + static_cast<size_t>(s.keyPixel[j]) * g.dim + h * g.headDim;
-                const float* k1 = keysT + static_cast<size_t>(s.keyPixel[j + 1]) * g.dim + h * g.headDim;
-                const float* k2 = keysT + static_cast<size_t>(s.keyPixel[j + 2]) * g.dim + h * g.headDim;
-                const float* k3 = keysT + static_cast<size_t>(s.keyPixel[j + 3]) * g.dim + h * g.headDim;
-                Vec16 d0 = {}, d1 = {}, d2 = {}, d3 = {};
+                const float* k[8];
+                for (int i = 0; i < 8; ++i)
+                    k[i] = keysT + static_cast<size_t>(s.keyPixel[j + i]) * g.dim + h * g.headDim;
+                Vec16 d[8] = {};
                 for (int c = 0; c < g.headDim; ++c)
                 {
                     const Vec16 q = qb[c];
-                    d0 += q * k0[c];
-                    d1 += q * k1[c];
-                    d2 += q * k2[c];
-                    d3 += q * k3[c];
+                    for (int i = 0; i < 8; ++i) d[i] += q * k[i][c];
                 }
-                logits[j] = d0 * g.scale;
-                logits[j + 1] = d1 * g.scale;
-                logits[j + 2] = d2 * g.scale;
-                logits[j + 3] = d3 * g.scale;
+                for (int i = 0; i < 8; ++i) logits[j + i] = d[i] * g.scale;
             }
             for (; j < n; ++j)
             {
@@ -158,8 +150,8 @@ NAF_ALWAYS_INLINE inline void attentionRowImpl(const AttentionGeometry& g, const
             Vec16 sum = {};
             for (int t = 0; t < n; ++t)
             {
-                Vec16 e = logits[t] - maxLogit;
-                for (int lane = 0; lane < len; ++lane) e[lane] = std::exp(e[lane]);
+                Vec16 e;
+                expVec16(e, logits[t] - maxLogit);
                 logits[t] = e;
                 sum += e;
             }

@@ -9,6 +9,7 @@
 
 #include "naf_kernels/naf_kernels.hpp"
 #include "simd_dispatch.hpp"
+#include "simd_vec.hpp"
 
 namespace naf {
 namespace kernels {
@@ -28,12 +29,6 @@ inline int reflectIndex(int i, int n)
 // reflect-padded row band for kxk convs), so no im2col matrix is ever written. Each output value
 // is one sequential FMA chain over k plus the bias at the end, whatever the tiling or thread
 // count, so results are bit-identical for any split.
-
-typedef float Vec16 __attribute__((vector_size(64)));  // 16 lanes: one zmm, two ymm, four xmm
-
-NAF_ALWAYS_INLINE inline void loadVec16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
-
-NAF_ALWAYS_INLINE inline void storeVec16(float* p, const Vec16& v) { std::memcpy(p, &v, sizeof v); }
 
 // Weights packed per block of MR output channels as [K][MR] (rows past cout are zero), so the
 // micro-kernel broadcasts MR consecutive floats per k.
@@ -273,6 +268,94 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
 
 // ---- GroupNorm + SiLU --------------------------------------------------------------------------
 
+namespace {
+
+typedef float Vec8f __attribute__((vector_size(32)));
+typedef double Vec8d __attribute__((vector_size(64)));
+
+// Sum and sum of squared deviations from `mean` of n floats, in double, with 8 lane accumulators
+// combined in a fixed order (the order depends on n only, never on threads).
+NAF_ALWAYS_INLINE inline double sumImpl(const float* p, size_t n, double mean, bool squares)
+{
+    Vec8d acc = {};
+    const Vec8d m = Vec8d{} + mean;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+    {
+        Vec8f f;
+        std::memcpy(&f, p + i, sizeof f);
+        const Vec8d d = __builtin_convertvector(f, Vec8d);
+        if (squares)
+        {
+            const Vec8d e = d - m;
+            acc += e * e;
+        }
+        else
+        {
+            acc += d;
+        }
+    }
+    double total = 0;
+    for (int l = 0; l < 8; ++l) total += acc[l];
+    for (; i < n; ++i)
+    {
+        const double d = squares ? p[i] - mean : p[i];
+        total += squares ? d * d : d;
+    }
+    return total;
+}
+
+// p[i] = silu(p[i] * scale + shift), vectorized with expVec16 (the tail with the same formula).
+NAF_ALWAYS_INLINE inline void affineSiLUImpl(float* p, size_t n, float scale, float shift)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+    {
+        Vec16 v;
+        loadVec16(v, p + i);
+        v = v * scale + shift;
+        Vec16 e;
+        expVec16(e, -v);
+        storeVec16(p + i, v / (1.f + e));
+    }
+    if (i < n)
+    {
+        Vec16 v = {};
+        std::memcpy(&v, p + i, (n - i) * sizeof(float));
+        v = v * scale + shift;
+        Vec16 e;
+        expVec16(e, -v);
+        v = v / (1.f + e);
+        std::memcpy(p + i, &v, (n - i) * sizeof(float));
+    }
+}
+
+NAF_TARGET_AVX512 double sumAvx512(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+NAF_TARGET_AVX2 double sumAvx2(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+double sumGeneric(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+NAF_TARGET_AVX512 void affineSiLUAvx512(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+NAF_TARGET_AVX2 void affineSiLUAvx2(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+void affineSiLUGeneric(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+
+double sumFloats(const float* p, size_t n, double mean, bool squares)
+{
+    if (cpuHasAvx512f()) return sumAvx512(p, n, mean, squares);
+    if (cpuHasAvx2Fma()) return sumAvx2(p, n, mean, squares);
+    return sumGeneric(p, n, mean, squares);
+}
+
+void affineSiLU(float* p, size_t n, float scale, float shift)
+{
+    if (cpuHasAvx512f())
+        affineSiLUAvx512(p, n, scale, shift);
+    else if (cpuHasAvx2Fma())
+        affineSiLUAvx2(p, n, scale, shift);
+    else
+        affineSiLUGeneric(p, n, scale, shift);
+}
+
+}  // namespace
+
 void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,
                    const ParallelFor& parallel)
 {
@@ -288,16 +371,8 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
         {
             const float* base = data + static_cast<size_t>(g) * perGroup * hw;
             const size_t n = static_cast<size_t>(perGroup) * hw;
-            double sum = 0;
-            for (size_t i = 0; i < n; ++i) sum += base[i];
-            const double m = sum / static_cast<double>(n);
-            double sq = 0;
-            for (size_t i = 0; i < n; ++i)
-            {
-                const double d = base[i] - m;
-                sq += d * d;
-            }
-            const double var = sq / static_cast<double>(n);  // biased, as GroupNorm
+            const double m = sumFloats(base, n, 0.0, false) / static_cast<double>(n);
+            const double var = sumFloats(base, n, m, true) / static_cast<double>(n);  // biased, as GroupNorm
             mean[g] = static_cast<float>(m);
             invStd[g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
         }
@@ -308,12 +383,7 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
             const int g = static_cast<int>(ch) / perGroup;
             const float scale = invStd[g] * (gamma ? gamma[ch] : 1.f);
             const float shift = (beta ? beta[ch] : 0.f) - mean[g] * scale;
-            float* p = data + static_cast<size_t>(ch) * hw;
-            for (size_t i = 0; i < hw; ++i)
-            {
-                const float v = p[i] * scale + shift;
-                p[i] = v / (1.f + std::exp(-v));
-            }
+            affineSiLU(data + static_cast<size_t>(ch) * hw, hw, scale, shift);
         }
     });
 }
@@ -325,6 +395,15 @@ void adaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, in
 {
     if (srcH <= 0 || srcW <= 0 || dstH <= 0 || dstW <= 0)
         throw std::invalid_argument("adaptiveAvgPool: sizes must be positive");
+    if (srcH == dstH && srcW == dstW)
+    {
+        // Every window is one pixel: a copy (sum / 1 is exact).
+        const size_t plane = static_cast<size_t>(srcH) * srcW;
+        parallel(c, [&](int64_t begin, int64_t end) {
+            std::copy(src + begin * plane, src + end * plane, dst + begin * plane);
+        });
+        return;
+    }
     auto start = [](int i, int in, int out) { return static_cast<int>((static_cast<int64_t>(i) * in) / out); };
     auto stop = [](int i, int in, int out) {
         return static_cast<int>((static_cast<int64_t>(i + 1) * in + out - 1) / out);

@@ -74,7 +74,12 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
         conv2dReflect(ws.bufA.data(), gh, gw, block.conv1, ws.bufB.data(), parallel);
         groupNormSiLU(ws.bufB.data(), hidden, gh, gw, cfg.numGroups, block.norm2Gamma, block.norm2Beta, cfg.gnEps,
                       parallel);
-        conv2dReflect(ws.bufB.data(), gh, gw, block.conv2, ws.bufA.data(), parallel);
+        // When the guide already has the output size, pooling is the identity: the last
+        // convolution writes straight into the queries.
+        const bool last = &block == &branch.blocks.back();
+        float* conv2Out = last && gh == outH && gw == outW ? pooledOut : ws.bufA.data();
+        conv2dReflect(ws.bufB.data(), gh, gw, block.conv2, conv2Out, parallel);
+        if (conv2Out == pooledOut) return;
     }
     adaptiveAvgPool(ws.bufA.data(), hidden, gh, gw, pooledOut, outH, outW, parallel);
 }

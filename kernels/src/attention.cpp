@@ -148,10 +148,14 @@ NAF_ALWAYS_INLINE inline void attentionRowImpl(const AttentionGeometry& g, const
             Vec16 maxLogit = logits[0];
             for (int t = 1; t < n; ++t) maxLogit = logits[t] > maxLogit ? logits[t] : maxLogit;
             Vec16 sum = {};
+            // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot change
+            // a float sum, while tiny and subnormal weights make every later FMA slow.
             for (int t = 0; t < n; ++t)
             {
+                const Vec16 x = logits[t] - maxLogit;
                 Vec16 e;
-                expVec16(e, logits[t] - maxLogit);
+                expVec16(e, x);
+                e = x < -60.f ? Vec16{} : e;
                 logits[t] = e;
                 sum += e;
             }

@@ -89,21 +89,24 @@ template <int MR, int NV>
 NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeights& conv, int K, const float* base,
                                            const int* off, int np, float* out, size_t ldo)
 {
-    constexpr int NR = 16 * NV;
-    for (int p = 0; p < np; p += NR)
+    // Tiles of 16*NV pixels, then of 16, then single pixels.
+    for (int p = 0; p < np;)
     {
-        const int n = std::min(NR, np - p);
+        const int n = np - p >= 16 * NV ? 16 * NV : (np - p >= 16 ? 16 : np - p);
         for (int co = 0; co < conv.cout; co += MR)
         {
             const float* pk = packed + static_cast<size_t>(co / MR) * K * MR;
             const float* bias = conv.bias ? conv.bias + co : nullptr;
             const int rows = std::min(MR, conv.cout - co);
             float* o = out + static_cast<size_t>(co) * ldo + p;
-            if (n == NR)
+            if (n == 16 * NV)
                 microKernel<MR, NV>(pk, K, base + p, off, bias, rows, o, ldo);
+            else if (n == 16)
+                microKernel<MR, 1>(pk, K, base + p, off, bias, rows, o, ldo);
             else
                 for (int j = 0; j < n; ++j) pixelKernel<MR>(pk, K, base + p + j, off, bias, rows, o + j, ldo);
         }
+        p += n;
     }
 }
 
@@ -121,7 +124,7 @@ GemmIsa gemmIsa()
     return GemmIsa::Generic;
 }
 
-// Register blocking per ISA: 8x32 (16 zmm accumulators of 32), 4x16 (8 ymm of 16), 4x16 generic.
+// Register blocking per ISA: 8x48 (24 zmm accumulators of 32), 4x16 (8 ymm of 16), 4x16 generic.
 int gemmRows(GemmIsa isa) { return isa == GemmIsa::Avx512 ? 8 : 4; }
 
 NAF_TARGET_AVX512 void gemmTileAvx512(const float* packed, const ConvWeights& conv, int K, const float* base,

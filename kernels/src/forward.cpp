@@ -111,8 +111,14 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
                    int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel)
 {
     const size_t imagePlane = static_cast<size_t>(imageH) * imageW;
-    // Normalize first, then resize, in the order of the official pipeline.
-    std::vector<float> normalized(3 * imagePlane);
+    int gh = 0, gw = 0;
+    guideSize(imageH, imageW, outH, outW, cfg.maxGuideScale, &gh, &gw);
+    const bool resize = gh != imageH || gw != imageW;
+    // Normalize first, then resize, in the order of the official pipeline. Without a resize the
+    // normalized image is the guide, kept in the workspace (no allocation on later calls).
+    std::vector<float> normalizedFull;
+    std::vector<float>& normalized = resize ? normalizedFull : ws.guide;
+    normalized.resize(3 * imagePlane);
     for (int c = 0; c < 3; ++c)
     {
         const float mean = cfg.mean[c], inv = 1.f / cfg.stdev[c];
@@ -120,16 +126,10 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
         float* dst = normalized.data() + c * imagePlane;
         for (size_t i = 0; i < imagePlane; ++i) dst[i] = (src[i] - mean) * inv;
     }
-    int gh = 0, gw = 0;
-    guideSize(imageH, imageW, outH, outW, cfg.maxGuideScale, &gh, &gw);
-    if (gh != imageH || gw != imageW)
+    if (resize)
     {
         ws.guide.resize(3 * static_cast<size_t>(gh) * gw);
         resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
-    }
-    else
-    {
-        ws.guide.swap(normalized);
     }
     const int hidden = weights.pointBranch.stem.cout;
     const size_t outPlane = static_cast<size_t>(outH) * outW;

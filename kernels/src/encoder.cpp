@@ -2,6 +2,7 @@
 // register-blocked GEMM), GroupNorm+SiLU, adaptive average pooling, RoPE.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -47,7 +48,7 @@ std::vector<float> packWeights(const ConvWeights& conv, int K, int mr)
 
 // MR output channels x 16*NV pixels held in registers for the whole k loop.
 template <int MR, int NV>
-NAF_ALWAYS_INLINE inline void microKernel(const float* packed, int K, const float* base, const int* off,
+NAF_ALWAYS_INLINE inline void microKernel(const float* packed, int K, const float* base, const ptrdiff_t* off,
                                           const float* bias, int rows, float* out, size_t ldo)
 {
     Vec16 acc[MR][NV];
@@ -71,7 +72,7 @@ NAF_ALWAYS_INLINE inline void microKernel(const float* packed, int K, const floa
 
 // Pixels of a tile narrower than the vector width: one pixel at a time, same FMA chain.
 template <int MR>
-NAF_ALWAYS_INLINE inline void pixelKernel(const float* packed, int K, const float* base, const int* off,
+NAF_ALWAYS_INLINE inline void pixelKernel(const float* packed, int K, const float* base, const ptrdiff_t* off,
                                           const float* bias, int rows, float* out, size_t ldo)
 {
     float acc[MR] = {};
@@ -87,7 +88,7 @@ NAF_ALWAYS_INLINE inline void pixelKernel(const float* packed, int K, const floa
 // All output channels for np consecutive pixels: out[co * ldo + j], j < np.
 template <int MR, int NV>
 NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeights& conv, int K, const float* base,
-                                           const int* off, int np, float* out, size_t ldo)
+                                           const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
     // Tiles of 16*NV pixels, then of 16, then single pixels.
     for (int p = 0; p < np;)
@@ -128,24 +129,24 @@ GemmIsa gemmIsa()
 int gemmRows(GemmIsa isa) { return isa == GemmIsa::Avx512 ? 8 : 4; }
 
 NAF_TARGET_AVX512 void gemmTileAvx512(const float* packed, const ConvWeights& conv, int K, const float* base,
-                                      const int* off, int np, float* out, size_t ldo)
+                                      const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
     gemmTileImpl<8, 2>(packed, conv, K, base, off, np, out, ldo);
 }
 
 NAF_TARGET_AVX2 void gemmTileAvx2(const float* packed, const ConvWeights& conv, int K, const float* base,
-                                  const int* off, int np, float* out, size_t ldo)
+                                  const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
     gemmTileImpl<4, 1>(packed, conv, K, base, off, np, out, ldo);
 }
 
-void gemmTileGeneric(const float* packed, const ConvWeights& conv, int K, const float* base, const int* off, int np,
-                     float* out, size_t ldo)
+void gemmTileGeneric(const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
+                     int np, float* out, size_t ldo)
 {
     gemmTileImpl<4, 1>(packed, conv, K, base, off, np, out, ldo);
 }
 
-void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, const float* base, const int* off,
+void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
               int np, float* out, size_t ldo)
 {
     switch (isa)
@@ -224,8 +225,8 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
     if (conv.k == 1)
     {
         // 1x1: the k-th row of a pixel tile is channel plane k itself.
-        std::vector<int> off(K);
-        for (int ci = 0; ci < K; ++ci) off[ci] = static_cast<int>(ci * hw);
+        std::vector<ptrdiff_t> off(K);
+        for (int ci = 0; ci < K; ++ci) off[ci] = static_cast<ptrdiff_t>(ci * hw);  // can exceed 2^31
         const int64_t tasks = static_cast<int64_t>((hw + kPointTile - 1) / kPointTile);
         parallel(tasks, [&](int64_t begin, int64_t end) {
             for (int64_t t = begin; t < end; ++t)
@@ -241,11 +242,11 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
     // columns, into a band [cin][k][w + 2 pad]; the k-th im2col row of a pixel tile is then a
     // shifted run of the band.
     const int paddedW = w + 2 * pad;
-    std::vector<int> off(K);
+    std::vector<ptrdiff_t> off(K);
     for (int ci = 0; ci < conv.cin; ++ci)
         for (int ky = 0; ky < conv.k; ++ky)
             for (int kx = 0; kx < conv.k; ++kx)
-                off[(ci * conv.k + ky) * conv.k + kx] = (ci * conv.k + ky) * paddedW + kx;
+                off[(ci * conv.k + ky) * conv.k + kx] = static_cast<ptrdiff_t>(ci * conv.k + ky) * paddedW + kx;
     parallel(h, [&](int64_t begin, int64_t end) {
         thread_local std::vector<float> band;
         band.resize(static_cast<size_t>(conv.cin) * conv.k * paddedW);

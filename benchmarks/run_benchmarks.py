@@ -34,6 +34,14 @@ def load():
         return float(f.read().split()[0])
 
 
+def mem_available_mb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024.0
+    return float("inf")
+
+
 def timed(cmd):
     """Runs cmd under /usr/bin/time -v; returns (stdout, max RSS in MB)."""
     p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
@@ -112,6 +120,19 @@ def main():
         ih, iw, c, h, w, oh, ow = CONFIGS[cfg]
         reps = args.big_reps if cfg == "x72" else args.reps
         row = {"cfg": cfg, "shape": f"{c}x{h}x{w} -> {oh}x{ow} (image {ih}x{iw})", "load": load()}
+        # Memory bound of the issue: 2x the output tensor + the encoder's activations (two
+        # 128-channel buffers at guide resolution + 256-channel queries at output resolution).
+        gh, gw = min(ih, 4 * oh, 4 * ow), min(iw, 4 * ow, 4 * oh)
+        out_mb = c * oh * ow * 4 / 2**20
+        act_mb = (2 * HIDDEN * gh * gw + 2 * HIDDEN * oh * ow) * 4 / 2**20
+        row["bound_mb"] = 2 * out_mb + act_mb
+        if mem_available_mb() < 1.1 * row["bound_mb"] + 500:
+            # The machine may be shared: never push it into swap or the OOM killer.
+            row["skipped"] = (f"skipped: needs ~{row['bound_mb'] / 1024:.1f} GB, "
+                              f"{mem_available_mb() / 1024:.1f} GB were available")
+            print(f"{cfg}: {row['skipped']}", flush=True)
+            rows.append(row)
+            continue
         fwd, rss = gbench(binary, f"^BM_NafForward/{cfg}/", reps)
         row["ours"] = fwd[f"BM_NafForward/{cfg}"]["median_s"]
         row["ours_cpu"] = fwd[f"BM_NafForward/{cfg}"]["cpu_s"]
@@ -124,12 +145,6 @@ def main():
             row[key] = r["median_s"]
             if "flop" in r["counters"]:
                 row[key + "_flop"] = r["counters"]["flop"]
-        # Memory bound of the issue: 2x the output tensor + the encoder's activations (two
-        # 128-channel buffers at guide resolution + 256-channel queries at output resolution).
-        gh, gw = min(ih, 4 * oh, 4 * ow), min(iw, 4 * ow, 4 * oh)
-        out_mb = c * oh * ow * 4 / 2**20
-        act_mb = (2 * HIDDEN * gh * gw + 2 * HIDDEN * oh * ow) * 4 / 2**20
-        row["bound_mb"] = 2 * out_mb + act_mb
         row["torch"] = row["torch_enc"] = row["torch_rss"] = None
         row["torch_note"] = ""
         if cfg in torch_configs:
@@ -148,12 +163,14 @@ def main():
               f"rss {rss:.0f} MB, load {row['load']:.2f}", flush=True)
     loads.append(load())
     for row in rows:
-        if row["torch"] is None and torch_paper:
+        if "skipped" not in row and row["torch"] is None and torch_paper:
             ih, iw, c, h, w, oh, ow = CONFIGS[row["cfg"]]
             est = torch_paper * (oh * ow * c) / (448 * 448 * 384)
-            row["torch_note"] = f"not run (~{est / 60:.0f} min est.)"
+            kv_gb = (256 + c) * oh * ow * 4 / 2**30  # official: K and V upsampled to the output
+            row["torch_note"] = (f"not run: est. ~{est / 60:.0f} min from the paper run, "
+                                 f"upsampled K/V alone {kv_gb:.1f} GB")
 
-    p2 = peak.get(("avx512", 2)) or peak.get(("avx2", 2))
+    p1 = peak.get(("avx512", 1)) or peak.get(("avx2", 1))
     lines = [BEGIN, "",
              f"Run {started} on `{os.uname().nodename}` ({os.cpu_count()} cores), load average "
              f"{loads[0]:.2f} at start, {loads[-1]:.2f} at end (other jobs on the same cores inflate "
@@ -161,31 +178,37 @@ def main():
              f"`/usr/bin/python3 benchmarks/run_benchmarks.py --configs {args.configs} --reps {args.reps} "
              f"--torch-configs {args.torch_configs}`.", "",
              "Measured FMA peak (fp32, `BM_PeakFma`, best of 5): " +
-             ", ".join(f"{isa} {t} thread{'s' if t > 1 else ''}: {v / 1e9:.0f} GFLOPS"
-                       for (isa, t), v in sorted(peak.items())) + ".", "",
+             ", ".join(f"{isa} {'1 thread per CPU-second' if t == 1 else '2 threads per wall second'}: "
+                       f"{v / 1e9:.0f} GFLOPS" for (isa, t), v in sorted(peak.items())) + ".", "",
              "| config | ours (whole NAF) | CPU time | MPix/s | peak RSS (bound) | encoder | attention | "
              "PyTorch official (ratio) | PyTorch encoder | cv::resize (ratio) | guided filter (ratio) | "
-             "GFLOP (enc + att) | % of peak | load |",
+             "GFLOP (enc + att) | % of peak (per CPU-s) | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['cfg']}: {r['shape']} | {r['skipped']} |" + " |" * 12)
+            continue
         ih, iw, c, h, w, oh, ow = CONFIGS[r["cfg"]]
         mpix = oh * ow / 1e6 / r["ours"]
         torch_cell = (f"{fmt_s(r['torch'])} ({fmt_ratio(r['torch'], r['ours'])} slower)" if r["torch"]
                       else r["torch_note"] or "not run")
-        pct = 100 * r["flop"] / r["ours"] / p2 if p2 else float("nan")
+        pct = 100 * r["flop"] / r["ours"] / (2 * p1) if p1 else float("nan")
+        pct_cpu = 100 * r["flop"] / r["ours_cpu"] / p1 if p1 else float("nan")
         lines.append(
             f"| {r['cfg']}: {r['shape']} | {fmt_s(r['ours'])} | {fmt_s(r['ours_cpu'])} | {mpix:.2f} | {r['rss']:.0f} MB "
             f"({r['bound_mb']:.0f} MB) | {fmt_s(r['enc'])} | {fmt_s(r['att'])} | {torch_cell} | "
             f"{fmt_s(r['torch_enc'])} | {fmt_s(r['resize'])} ({fmt_ratio(r['resize'], r['ours'])}) | "
             f"{fmt_s(r['guided'])} ({fmt_ratio(r['guided'], r['ours'])}) | "
-            f"{r.get('enc_flop', 0) / 1e9:.0f} + {r.get('att_flop', 0) / 1e9:.1f} | {pct:.0f}% | {r['load']:.2f} |")
+            f"{r.get('enc_flop', 0) / 1e9:.0f} + {r.get('att_flop', 0) / 1e9:.1f} | {pct:.0f}% ({pct_cpu:.0f}%) | {r['load']:.2f} |")
     lines += ["", "Times are medians of wall-clock time; CPU time is that of all threads of our process "
               "(2 cores: at most 2x the wall time; much less means other jobs took the cores). "
+              "% of peak: FLOP / wall time / 2x the 1-thread peak (both cores, undisturbed); in parentheses "
+              "FLOP / CPU time / the 1-thread peak: the efficiency of the core time we actually got. "
               "Ratios are peer time / our time (above 1: we are faster). Peak RSS: max resident memory "
               "of the separate process that ran the whole forward (includes the inputs, the weights and "
               "the process itself); bound: the issue's limit, 2x output tensor + encoder activations. "
               "PyTorch peer RSS: " + ", ".join(f"{r['cfg']} {r['torch_rss']:.0f} MB" for r in rows
-                                               if r["torch_rss"]) + ".", "", END]
+                                               if r.get("torch_rss")) + ".", "", END]
     table = "\n".join(lines)
     print(table)
     if not args.no_write:

@@ -350,6 +350,36 @@ TEST(Forward, IdenticalWithOneAndManyThreads)
     EXPECT_EQ(0, std::memcmp(reused.data(), fresh.data(), reused.size() * sizeof(float)));
 }
 
+TEST(Forward, RepeatedCallsReuseTheWorkspace)
+{
+    // A NAF object keeps one Workspace: the second call of the same shape must not reallocate
+    // any scratch buffer, and must give the same bits.
+    RandomNafWeights weights(31);
+    ForwardShape shape;
+    shape.imageH = 40;
+    shape.imageW = 52;
+    shape.channels = 8;
+    shape.lowH = 5;
+    shape.lowW = 7;
+    shape.outH = 40;
+    shape.outW = 52;
+    const auto image = randomUniform(3 * shape.imageH * shape.imageW, 32, 0.f, 1.f);
+    const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 33);
+    std::vector<float> first(shape.channels * shape.outH * shape.outW), second(first.size());
+    Workspace ws;
+    forward(weights.cfg, weights.view, image.data(), features.data(), first.data(), shape, ws, pool());
+    const std::vector<const float*> buffers = {ws.guide.data(), ws.bufA.data(), ws.bufB.data(), ws.queries.data(),
+                                               ws.keys.data()};
+    const size_t bytes = ws.bytes();
+    EXPECT_GT(bytes, 0u);
+    forward(weights.cfg, weights.view, image.data(), features.data(), second.data(), shape, ws, pool());
+    EXPECT_EQ(bytes, ws.bytes());
+    const std::vector<const float*> after = {ws.guide.data(), ws.bufA.data(), ws.bufB.data(), ws.queries.data(),
+                                             ws.keys.data()};
+    EXPECT_EQ(buffers, after);
+    EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
+}
+
 TEST(Forward, GuideSizeFollowsTheOfficialRule)
 {
     int gh = 0, gw = 0;

@@ -13,6 +13,7 @@ using namespace naf::kernels;
 using naf::kernels::testing::randomUniform;
 using naf::kernels::testing::RandomNafWeights;
 using naf::kernels::testing::relativeL2;
+using naf::kernels::testing::makeShape;
 
 namespace {
 
@@ -321,15 +322,7 @@ TEST(Kernels, AttentionRejectsBadShapes)
 TEST(Forward, IdenticalWithOneAndManyThreads)
 {
     RandomNafWeights weights(21);
-    ForwardShape shape;
-    shape.imageH = 47;
-    shape.imageW = 61;
-    shape.channels = 12;
-    shape.lowH = 6;
-    shape.lowW = 11;
-    shape.outH = 25;
-    shape.outW = 58;
-    shape.kernelSize = 9;
+    const ForwardShape shape = makeShape(47, 61, 12, 6, 11, 25, 58);
     const auto image = randomUniform(3 * shape.imageH * shape.imageW, 22, 0.f, 1.f);
     const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 23);
     std::vector<float> serial(shape.channels * shape.outH * shape.outW), threaded(serial.size());
@@ -355,14 +348,7 @@ TEST(Forward, RepeatedCallsReuseTheWorkspace)
     // A NAF object keeps one Workspace: the second call of the same shape must not reallocate
     // any scratch buffer, and must give the same bits.
     RandomNafWeights weights(31);
-    ForwardShape shape;
-    shape.imageH = 40;
-    shape.imageW = 52;
-    shape.channels = 8;
-    shape.lowH = 5;
-    shape.lowW = 7;
-    shape.outH = 40;
-    shape.outW = 52;
+    const ForwardShape shape = makeShape(40, 52, 8, 5, 7, 40, 52);
     const auto image = randomUniform(3 * shape.imageH * shape.imageW, 32, 0.f, 1.f);
     const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 33);
     std::vector<float> first(shape.channels * shape.outH * shape.outW), second(first.size());

@@ -2,12 +2,15 @@
 // output pixel reads its kh x kw window through per-axis index tables built from window.hpp.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "naf_kernels/naf_kernels.hpp"
 #include "simd_dispatch.hpp"
+#include "simd_vec.hpp"
 
 namespace naf {
 namespace kernels {
@@ -60,59 +63,148 @@ NAF_ALWAYS_INLINE inline void pixelHeadWeights(const AttentionGeometry& g, const
     for (int t = 0; t < n; ++t) weights[t] *= inv;
 }
 
+// 64-byte aligned vectors (std::vector<Vec16> does not guarantee the alignment of Vec16).
+class Vec16Buffer
+{
+public:
+    Vec16* resize(size_t n)
+    {
+        storage_.resize((n + 1) * 16);
+        const uintptr_t p = reinterpret_cast<uintptr_t>(storage_.data());
+        return reinterpret_cast<Vec16*>((p + 63) & ~static_cast<uintptr_t>(63));
+    }
+
+private:
+    std::vector<float> storage_;
+};
+
+struct RowScratch
+{
+    Vec16Buffer queryBlock;    // [headDim]: the run's queries of one head, lane = pixel
+    Vec16Buffer logits;        // [kh * kw]: logits, then probabilities, lane = pixel
+    std::vector<int> keyPixel; // [kh * kw]: low-res pixel of each window entry
+};
+
+constexpr int kRun = 16;  // pixels computed together (one vector lane each)
+
+// One output row. Consecutive pixels that share the same window (the same column table; all
+// pixels of a row share the row table) form a run of up to 16; a run is computed with one vector
+// lane per pixel, so the keys/values of the window are loaded once per run and broadcast. Each
+// lane performs exactly the scalar sequence of operations of one pixel (dot products as
+// sequential FMA chains over channels, softmax, weighted sum in window order), so results do not
+// depend on how pixels are grouped, nor on the thread count.
 NAF_ALWAYS_INLINE inline void attentionRowImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
-                                               const float* valuesT, float* out, int y, std::vector<float>& queryRow,
-                                               std::vector<float>& outRow, std::vector<float>& weights)
+                                               const float* valuesT, float* out, int y, RowScratch& s)
 {
     const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
-    queryRow.resize(static_cast<size_t>(g.outW) * g.dim);
-    outRow.resize(static_cast<size_t>(g.outW) * g.channels);
-    weights.resize(static_cast<size_t>(g.kh) * g.kw);
-    for (int c = 0; c < g.dim; ++c)
-    {
-        const float* src = queries + c * outPlane + static_cast<size_t>(y) * g.outW;
-        for (int x = 0; x < g.outW; ++x) queryRow[static_cast<size_t>(x) * g.dim + c] = src[x];
-    }
+    const int n = g.kh * g.kw;
+    Vec16* const queryBlock = s.queryBlock.resize(g.headDim);
+    Vec16* const logits = s.logits.resize(n);
+    s.keyPixel.resize(n);
     const int* rows = g.rowIndex.data() + static_cast<size_t>(y) * g.kh;
-    for (int x = 0; x < g.outW; ++x)
+    const size_t rowOffset = static_cast<size_t>(y) * g.outW;
+    for (int x0 = 0; x0 < g.outW;)
     {
-        const int* cols = g.colIndex.data() + static_cast<size_t>(x) * g.kw;
+        const int* cols = g.colIndex.data() + static_cast<size_t>(x0) * g.kw;
+        int len = 1;
+        while (len < kRun && x0 + len < g.outW &&
+               std::equal(cols, cols + g.kw, g.colIndex.data() + static_cast<size_t>(x0 + len) * g.kw))
+            ++len;
+        for (int a = 0; a < g.kh; ++a)
+            for (int b = 0; b < g.kw; ++b) s.keyPixel[a * g.kw + b] = rows[a] * g.lowW + cols[b];
         for (int h = 0; h < g.heads; ++h)
         {
-            pixelHeadWeights(g, queryRow.data() + static_cast<size_t>(x) * g.dim + h * g.headDim,
-                             keysT + h * g.headDim, rows, cols, weights.data());
-            float* acc = outRow.data() + static_cast<size_t>(x) * g.channels + h * g.headValues;
-            for (int c = 0; c < g.headValues; ++c) acc[c] = 0.f;
-            for (int a = 0; a < g.kh; ++a)
+            for (int c = 0; c < g.headDim; ++c)
             {
-                const float* valueRow = valuesT + static_cast<size_t>(rows[a]) * g.lowW * g.channels + h * g.headValues;
-                for (int b = 0; b < g.kw; ++b)
+                Vec16 q = {};
+                std::memcpy(&q, queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + rowOffset + x0,
+                            sizeof(float) * len);
+                queryBlock[c] = q;
+            }
+            const Vec16* qb = queryBlock;
+            // Logits, eight window entries at a time (eight independent FMA chains).
+            int j = 0;
+            for (; j + 8 <= n; j += 8)
+            {
+                const float* k[8];
+                for (int i = 0; i < 8; ++i)
+                    k[i] = keysT + static_cast<size_t>(s.keyPixel[j + i]) * g.dim + h * g.headDim;
+                Vec16 d[8] = {};
+                for (int c = 0; c < g.headDim; ++c)
                 {
-                    const float p = weights[a * g.kw + b];
-                    const float* value = valueRow + static_cast<size_t>(cols[b]) * g.channels;
-                    for (int c = 0; c < g.headValues; ++c) acc[c] += p * value[c];
+                    const Vec16 q = qb[c];
+                    for (int i = 0; i < 8; ++i) d[i] += q * k[i][c];
                 }
+                for (int i = 0; i < 8; ++i) logits[j + i] = d[i] * g.scale;
+            }
+            for (; j < n; ++j)
+            {
+                const float* k0 = keysT + static_cast<size_t>(s.keyPixel[j]) * g.dim + h * g.headDim;
+                Vec16 d0 = {};
+                for (int c = 0; c < g.headDim; ++c) d0 += qb[c] * k0[c];
+                logits[j] = d0 * g.scale;
+            }
+            // Softmax per lane, in the order of the scalar code.
+            Vec16 maxLogit = logits[0];
+            for (int t = 1; t < n; ++t) maxLogit = logits[t] > maxLogit ? logits[t] : maxLogit;
+            Vec16 sum = {};
+            // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot change
+            // a float sum, while tiny and subnormal weights make every later FMA slow.
+            for (int t = 0; t < n; ++t)
+            {
+                const Vec16 x = logits[t] - maxLogit;
+                Vec16 e;
+                expVec16(e, x);
+                e = x < -60.f ? Vec16{} : e;
+                logits[t] = e;
+                sum += e;
+            }
+            Vec16 inv;
+            for (int lane = 0; lane < kRun; ++lane) inv[lane] = lane < len ? 1.f / sum[lane] : 0.f;
+            for (int t = 0; t < n; ++t) logits[t] *= inv;
+            // Weighted sum of the values, eight value channels at a time, stored channel-major.
+            const Vec16* p = logits;
+            const float* vHead = valuesT + static_cast<size_t>(h) * g.headValues;
+            float* outHead = out + static_cast<size_t>(h) * g.headValues * outPlane + rowOffset + x0;
+            int cv = 0;
+            for (; cv + 8 <= g.headValues; cv += 8)
+            {
+                Vec16 acc[8] = {};
+                for (int t = 0; t < n; ++t)
+                {
+                    const float* v = vHead + static_cast<size_t>(s.keyPixel[t]) * g.channels + cv;
+                    const Vec16 pt = p[t];
+                    for (int i = 0; i < 8; ++i) acc[i] += pt * v[i];
+                }
+                for (int i = 0; i < 8; ++i) std::memcpy(outHead + (cv + i) * outPlane, &acc[i], sizeof(float) * len);
+            }
+            for (; cv < g.headValues; ++cv)
+            {
+                Vec16 acc = {};
+                for (int t = 0; t < n; ++t) acc += p[t] * vHead[static_cast<size_t>(s.keyPixel[t]) * g.channels + cv];
+                std::memcpy(outHead + cv * outPlane, &acc, sizeof(float) * len);
             }
         }
+        x0 += len;
     }
-    for (int c = 0; c < g.channels; ++c)
-    {
-        float* dst = out + c * outPlane + static_cast<size_t>(y) * g.outW;
-        for (int x = 0; x < g.outW; ++x) dst[x] = outRow[static_cast<size_t>(x) * g.channels + c];
-    }
+}
+
+NAF_TARGET_AVX512 void attentionRowAvx512(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
+                                          float* out, int y, RowScratch& s)
+{
+    attentionRowImpl(g, q, kT, vT, out, y, s);
 }
 
 NAF_TARGET_AVX2 void attentionRowAvx2(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
-                                      float* out, int y, std::vector<float>& qr, std::vector<float>& orow,
-                                      std::vector<float>& w)
+                                      float* out, int y, RowScratch& s)
 {
-    attentionRowImpl(g, q, kT, vT, out, y, qr, orow, w);
+    attentionRowImpl(g, q, kT, vT, out, y, s);
 }
 
 void attentionRowGeneric(const AttentionGeometry& g, const float* q, const float* kT, const float* vT, float* out,
-                         int y, std::vector<float>& qr, std::vector<float>& orow, std::vector<float>& w)
+                         int y, RowScratch& s)
 {
-    attentionRowImpl(g, q, kT, vT, out, y, qr, orow, w);
+    attentionRowImpl(g, q, kT, vT, out, y, s);
 }
 
 // [c, n] -> [n, c]
@@ -160,22 +252,22 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
     const size_t lowPlane = static_cast<size_t>(lowH) * lowW;
     const std::vector<float> keysT = toPixelMajor(keys, dim, lowPlane);
     const std::vector<float> valuesT = toPixelMajor(values, channels, lowPlane);
-    const bool avx2 = cpuHasAvx2Fma();
+    const bool avx512 = cpuHasAvx512f(), avx2 = cpuHasAvx2Fma();
     if (probe && (probe->y < 0 || probe->y >= outH || probe->x < 0 || probe->x >= outW))
         throw std::invalid_argument("neighborhoodAttention: probe pixel (x=" + std::to_string(probe->x) + ", y=" +
                                     std::to_string(probe->y) + ") outside the " + std::to_string(outW) + "x" +
                                     std::to_string(outH) + " output");
 
     parallel(outH, [&](int64_t begin, int64_t end) {
-        std::vector<float> queryRow, outRow, weights;
+        RowScratch scratch;
         for (int64_t y = begin; y < end; ++y)
         {
-            if (avx2)
-                attentionRowAvx2(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), queryRow, outRow,
-                                 weights);
+            if (avx512)
+                attentionRowAvx512(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), scratch);
+            else if (avx2)
+                attentionRowAvx2(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), scratch);
             else
-                attentionRowGeneric(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), queryRow,
-                                    outRow, weights);
+                attentionRowGeneric(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), scratch);
         }
     });
 

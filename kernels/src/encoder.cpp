@@ -2,12 +2,15 @@
 // register-blocked GEMM), GroupNorm+SiLU, adaptive average pooling, RoPE.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "naf_kernels/naf_kernels.hpp"
 #include "simd_dispatch.hpp"
+#include "simd_vec.hpp"
 
 namespace naf {
 namespace kernels {
@@ -21,81 +24,140 @@ inline int reflectIndex(int i, int n)
     return i;
 }
 
-// ---- GEMM: out[co, p] = bias[co] + sum_k W[co, k] * col[k, p] --------------------------------
+// ---- convolution as an indirect GEMM -----------------------------------------------------------
+// out[co, p] = bias[co] + sum_k W[co, k] * base[off[k] + p]: the k-th "im2col row" of a pixel tile
+// is read in place at offset off[k] (a channel plane for 1x1 convs, a shifted row of a
+// reflect-padded row band for kxk convs), so no im2col matrix is ever written. Each output value
+// is one sequential FMA chain over k plus the bias at the end, whatever the tiling or thread
+// count, so results are bit-identical for any split.
 
-constexpr int kGemmRows = 4;   // output channels per register block
-constexpr int kGemmCols = 16;  // pixels per register block (two AVX2 vectors)
-
-template <int NR>
-NAF_ALWAYS_INLINE inline void gemmBlock(const float* W, int K, const float* col, int ldc, float* out, int ldo,
-                                        const float* bias, int rows)
+// Weights packed per block of MR output channels as [K][MR] (rows past cout are zero), so the
+// micro-kernel broadcasts MR consecutive floats per k.
+std::vector<float> packWeights(const ConvWeights& conv, int K, int mr)
 {
-    float acc[kGemmRows][NR];
-    for (int r = 0; r < kGemmRows; ++r)
-        for (int j = 0; j < NR; ++j) acc[r][j] = 0.f;
-    const float* w0 = W;
-    const float* w1 = W + (rows > 1 ? K : 0);
-    const float* w2 = W + (rows > 2 ? 2 * K : 0);
-    const float* w3 = W + (rows > 3 ? 3 * K : 0);
+    const int blocks = (conv.cout + mr - 1) / mr;
+    std::vector<float> packed(static_cast<size_t>(blocks) * K * mr, 0.f);
+    for (int co = 0; co < conv.cout; ++co)
+    {
+        float* dst = packed.data() + static_cast<size_t>(co / mr) * K * mr + co % mr;
+        const float* src = conv.weight + static_cast<size_t>(co) * K;
+        for (int k = 0; k < K; ++k) dst[static_cast<size_t>(k) * mr] = src[k];
+    }
+    return packed;
+}
+
+// MR output channels x 16*NV pixels held in registers for the whole k loop.
+template <int MR, int NV>
+NAF_ALWAYS_INLINE inline void microKernel(const float* packed, int K, const float* base, const ptrdiff_t* off,
+                                          const float* bias, int rows, float* out, size_t ldo)
+{
+    Vec16 acc[MR][NV];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = Vec16{};
     for (int k = 0; k < K; ++k)
     {
-        const float* c = col + static_cast<size_t>(k) * ldc;
-        const float a0 = w0[k], a1 = w1[k], a2 = w2[k], a3 = w3[k];
-        for (int j = 0; j < NR; ++j)
-        {
-            const float v = c[j];
-            acc[0][j] += a0 * v;
-            acc[1][j] += a1 * v;
-            acc[2][j] += a2 * v;
-            acc[3][j] += a3 * v;
-        }
+        const float* x = base + off[k];
+        Vec16 xv[NV];
+        for (int v = 0; v < NV; ++v) loadVec16(xv[v], x + 16 * v);
+        const float* w = packed + static_cast<size_t>(k) * MR;
+        for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] += w[r] * xv[v];
     }
     for (int r = 0; r < rows; ++r)
     {
         const float b = bias ? bias[r] : 0.f;
-        for (int j = 0; j < NR; ++j) out[static_cast<size_t>(r) * ldo + j] = acc[r][j] + b;
+        for (int v = 0; v < NV; ++v) storeVec16(out + r * ldo + 16 * v, acc[r][v] + b);
     }
 }
 
-NAF_ALWAYS_INLINE inline void gemmBiasImpl(const float* W, const float* bias, int cout, int K, const float* col,
-                                           int ldc, int np, float* out, int ldo)
+// Pixels of a tile narrower than the vector width: one pixel at a time, same FMA chain.
+template <int MR>
+NAF_ALWAYS_INLINE inline void pixelKernel(const float* packed, int K, const float* base, const ptrdiff_t* off,
+                                          const float* bias, int rows, float* out, size_t ldo)
 {
-    for (int co = 0; co < cout; co += kGemmRows)
+    float acc[MR] = {};
+    for (int k = 0; k < K; ++k)
     {
-        const int rows = std::min(kGemmRows, cout - co);
-        const float* Wb = W + static_cast<size_t>(co) * K;
-        const float* bb = bias ? bias + co : nullptr;
-        float* ob = out + static_cast<size_t>(co) * ldo;
-        int p = 0;
-        for (; p + kGemmCols <= np; p += kGemmCols)
-            gemmBlock<kGemmCols>(Wb, K, col + p, ldc, ob + p, ldo, bb, rows);
-        for (; p < np; ++p) gemmBlock<1>(Wb, K, col + p, ldc, ob + p, ldo, bb, rows);
+        const float x = base[off[k]];
+        const float* w = packed + static_cast<size_t>(k) * MR;
+        for (int r = 0; r < MR; ++r) acc[r] += w[r] * x;
+    }
+    for (int r = 0; r < rows; ++r) out[r * ldo] = acc[r] + (bias ? bias[r] : 0.f);
+}
+
+// All output channels for np consecutive pixels: out[co * ldo + j], j < np.
+template <int MR, int NV>
+NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeights& conv, int K, const float* base,
+                                           const ptrdiff_t* off, int np, float* out, size_t ldo)
+{
+    // Tiles of 16*NV pixels, then of 16, then single pixels.
+    for (int p = 0; p < np;)
+    {
+        const int n = np - p >= 16 * NV ? 16 * NV : (np - p >= 16 ? 16 : np - p);
+        for (int co = 0; co < conv.cout; co += MR)
+        {
+            const float* pk = packed + static_cast<size_t>(co / MR) * K * MR;
+            const float* bias = conv.bias ? conv.bias + co : nullptr;
+            const int rows = std::min(MR, conv.cout - co);
+            float* o = out + static_cast<size_t>(co) * ldo + p;
+            if (n == 16 * NV)
+                microKernel<MR, NV>(pk, K, base + p, off, bias, rows, o, ldo);
+            else if (n == 16)
+                microKernel<MR, 1>(pk, K, base + p, off, bias, rows, o, ldo);
+            else
+                for (int j = 0; j < n; ++j) pixelKernel<MR>(pk, K, base + p + j, off, bias, rows, o + j, ldo);
+        }
+        p += n;
     }
 }
 
-NAF_TARGET_AVX2 void gemmBiasAvx2(const float* W, const float* bias, int cout, int K, const float* col, int ldc,
-                                  int np, float* out, int ldo)
+enum class GemmIsa
 {
-    gemmBiasImpl(W, bias, cout, K, col, ldc, np, out, ldo);
+    Generic,
+    Avx2,
+    Avx512
+};
+
+GemmIsa gemmIsa()
+{
+    if (cpuHasAvx512f()) return GemmIsa::Avx512;
+    if (cpuHasAvx2Fma()) return GemmIsa::Avx2;
+    return GemmIsa::Generic;
 }
 
-void gemmBiasGeneric(const float* W, const float* bias, int cout, int K, const float* col, int ldc, int np,
-                     float* out, int ldo)
+// Register blocking per ISA: 8x48 (24 zmm accumulators of 32), 4x16 (8 ymm of 16), 4x16 generic.
+int gemmRows(GemmIsa isa) { return isa == GemmIsa::Avx512 ? 8 : 4; }
+
+NAF_TARGET_AVX512 void gemmTileAvx512(const float* packed, const ConvWeights& conv, int K, const float* base,
+                                      const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
-    gemmBiasImpl(W, bias, cout, K, col, ldc, np, out, ldo);
+    gemmTileImpl<8, 2>(packed, conv, K, base, off, np, out, ldo);
 }
 
-void gemmBias(const float* W, const float* bias, int cout, int K, const float* col, int ldc, int np, float* out,
-              int ldo)
+NAF_TARGET_AVX2 void gemmTileAvx2(const float* packed, const ConvWeights& conv, int K, const float* base,
+                                  const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
-    if (cpuHasAvx2Fma())
-        gemmBiasAvx2(W, bias, cout, K, col, ldc, np, out, ldo);
-    else
-        gemmBiasGeneric(W, bias, cout, K, col, ldc, np, out, ldo);
+    gemmTileImpl<4, 1>(packed, conv, K, base, off, np, out, ldo);
 }
 
-constexpr int kConvTile = 64;  // pixels per convolution task (fixed: results never depend on threads)
+void gemmTileGeneric(const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
+                     int np, float* out, size_t ldo)
+{
+    gemmTileImpl<4, 1>(packed, conv, K, base, off, np, out, ldo);
+}
 
+void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
+              int np, float* out, size_t ldo)
+{
+    switch (isa)
+    {
+    case GemmIsa::Avx512: gemmTileAvx512(packed, conv, K, base, off, np, out, ldo); break;
+    case GemmIsa::Avx2: gemmTileAvx2(packed, conv, K, base, off, np, out, ldo); break;
+    default: gemmTileGeneric(packed, conv, K, base, off, np, out, ldo); break;
+    }
+}
+
+constexpr int kPointTile = 256;  // pixels per 1x1-convolution task
 }  // namespace
 
 // ---- resize ------------------------------------------------------------------------------------
@@ -156,56 +218,147 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
         throw std::invalid_argument("conv2dReflect: reflect padding " + std::to_string(pad) + " needs an input larger "
                                     "than " + std::to_string(pad) + " on both axes, got " + std::to_string(h) + "x" +
                                     std::to_string(w));
-    const int hw = h * w;
+    const size_t hw = static_cast<size_t>(h) * w;
     const int K = conv.cin * conv.k * conv.k;
-    const int64_t tiles = (hw + kConvTile - 1) / kConvTile;
-    parallel(tiles, [&](int64_t begin, int64_t end) {
-        thread_local std::vector<float> colBuffer;
-        thread_local std::vector<float> outBuffer;
-        for (int64_t t = begin; t < end; ++t)
+    const GemmIsa isa = gemmIsa();
+    const std::vector<float> packed = packWeights(conv, K, gemmRows(isa));
+    if (conv.k == 1)
+    {
+        // 1x1: the k-th row of a pixel tile is channel plane k itself.
+        std::vector<ptrdiff_t> off(K);
+        for (int ci = 0; ci < K; ++ci) off[ci] = static_cast<ptrdiff_t>(ci * hw);  // can exceed 2^31
+        const int64_t tasks = static_cast<int64_t>((hw + kPointTile - 1) / kPointTile);
+        parallel(tasks, [&](int64_t begin, int64_t end) {
+            for (int64_t t = begin; t < end; ++t)
+            {
+                const size_t p0 = static_cast<size_t>(t) * kPointTile;
+                const int np = static_cast<int>(std::min<size_t>(kPointTile, hw - p0));
+                gemmTile(isa, packed.data(), conv, K, src + p0, off.data(), np, dst + p0, hw);
+            }
+        });
+        return;
+    }
+    // kxk: one task per output row. Its k input rows are copied, reflect padded to w + 2 pad
+    // columns, into a band [cin][k][w + 2 pad]; the k-th im2col row of a pixel tile is then a
+    // shifted run of the band.
+    const int paddedW = w + 2 * pad;
+    std::vector<ptrdiff_t> off(K);
+    for (int ci = 0; ci < conv.cin; ++ci)
+        for (int ky = 0; ky < conv.k; ++ky)
+            for (int kx = 0; kx < conv.k; ++kx)
+                off[(ci * conv.k + ky) * conv.k + kx] = static_cast<ptrdiff_t>(ci * conv.k + ky) * paddedW + kx;
+    parallel(h, [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> band;
+        band.resize(static_cast<size_t>(conv.cin) * conv.k * paddedW);
+        for (int64_t y = begin; y < end; ++y)
         {
-            const int p0 = static_cast<int>(t * kConvTile);
-            const int np = std::min(kConvTile, hw - p0);
-            const float* col;
-            int ldc;
-            if (conv.k == 1)
-            {
-                col = src + p0;
-                ldc = hw;
-            }
-            else
-            {
-                colBuffer.resize(static_cast<size_t>(K) * kConvTile);
-                for (int ci = 0; ci < conv.cin; ++ci)
-                    for (int ky = 0; ky < conv.k; ++ky)
-                        for (int kx = 0; kx < conv.k; ++kx)
-                        {
-                            float* row = colBuffer.data() +
-                                         static_cast<size_t>((ci * conv.k + ky) * conv.k + kx) * kConvTile;
-                            const float* plane = src + static_cast<size_t>(ci) * hw;
-                            for (int j = 0; j < np; ++j)
-                            {
-                                const int p = p0 + j;
-                                const int y = reflectIndex(p / w + ky - pad, h);
-                                const int x = reflectIndex(p % w + kx - pad, w);
-                                row[j] = plane[y * w + x];
-                            }
-                        }
-                col = colBuffer.data();
-                ldc = kConvTile;
-            }
-            // Compute into a compact tile, then scatter rows (dst rows are hw apart).
-            outBuffer.resize(static_cast<size_t>(conv.cout) * kConvTile);
-            gemmBias(conv.weight, conv.bias, conv.cout, K, col, ldc, np, outBuffer.data(), kConvTile);
-            for (int co = 0; co < conv.cout; ++co)
-                std::copy(outBuffer.data() + static_cast<size_t>(co) * kConvTile,
-                          outBuffer.data() + static_cast<size_t>(co) * kConvTile + np,
-                          dst + static_cast<size_t>(co) * hw + p0);
+            for (int ci = 0; ci < conv.cin; ++ci)
+                for (int ky = 0; ky < conv.k; ++ky)
+                {
+                    const float* row =
+                        src + ci * hw + static_cast<size_t>(reflectIndex(static_cast<int>(y) + ky - pad, h)) * w;
+                    float* b = band.data() + static_cast<size_t>(ci * conv.k + ky) * paddedW;
+                    std::copy(row, row + w, b + pad);
+                    for (int i = 1; i <= pad; ++i)
+                    {
+                        b[pad - i] = row[i];
+                        b[pad + w - 1 + i] = row[w - 1 - i];
+                    }
+                }
+            gemmTile(isa, packed.data(), conv, K, band.data(), off.data(), w, dst + static_cast<size_t>(y) * w, hw);
         }
     });
 }
 
 // ---- GroupNorm + SiLU --------------------------------------------------------------------------
+
+namespace {
+
+typedef float Vec8f __attribute__((vector_size(32)));
+typedef double Vec8d __attribute__((vector_size(64)));
+
+// Sum and sum of squared deviations from `mean` of n floats, in double, with 8 lane accumulators
+// combined in a fixed order (the order depends on n only, never on threads).
+NAF_ALWAYS_INLINE inline double sumImpl(const float* p, size_t n, double mean, bool squares)
+{
+    Vec8d acc = {};
+    const Vec8d m = Vec8d{} + mean;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+    {
+        Vec8f f;
+        std::memcpy(&f, p + i, sizeof f);
+        const Vec8d d = __builtin_convertvector(f, Vec8d);
+        if (squares)
+        {
+            const Vec8d e = d - m;
+            acc += e * e;
+        }
+        else
+        {
+            acc += d;
+        }
+    }
+    double total = 0;
+    for (int l = 0; l < 8; ++l) total += acc[l];
+    for (; i < n; ++i)
+    {
+        const double d = squares ? p[i] - mean : p[i];
+        total += squares ? d * d : d;
+    }
+    return total;
+}
+
+// p[i] = silu(p[i] * scale + shift), vectorized with expVec16 (the tail with the same formula).
+NAF_ALWAYS_INLINE inline void affineSiLUImpl(float* p, size_t n, float scale, float shift)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+    {
+        Vec16 v;
+        loadVec16(v, p + i);
+        v = v * scale + shift;
+        Vec16 e;
+        expVec16(e, -v);
+        storeVec16(p + i, v / (1.f + e));
+    }
+    if (i < n)
+    {
+        Vec16 v = {};
+        std::memcpy(&v, p + i, (n - i) * sizeof(float));
+        v = v * scale + shift;
+        Vec16 e;
+        expVec16(e, -v);
+        v = v / (1.f + e);
+        std::memcpy(p + i, &v, (n - i) * sizeof(float));
+    }
+}
+
+NAF_TARGET_AVX512 double sumAvx512(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+NAF_TARGET_AVX2 double sumAvx2(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+double sumGeneric(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+NAF_TARGET_AVX512 void affineSiLUAvx512(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+NAF_TARGET_AVX2 void affineSiLUAvx2(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+void affineSiLUGeneric(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+
+double sumFloats(const float* p, size_t n, double mean, bool squares)
+{
+    if (cpuHasAvx512f()) return sumAvx512(p, n, mean, squares);
+    if (cpuHasAvx2Fma()) return sumAvx2(p, n, mean, squares);
+    return sumGeneric(p, n, mean, squares);
+}
+
+void affineSiLU(float* p, size_t n, float scale, float shift)
+{
+    if (cpuHasAvx512f())
+        affineSiLUAvx512(p, n, scale, shift);
+    else if (cpuHasAvx2Fma())
+        affineSiLUAvx2(p, n, scale, shift);
+    else
+        affineSiLUGeneric(p, n, scale, shift);
+}
+
+}  // namespace
 
 void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,
                    const ParallelFor& parallel)
@@ -222,16 +375,8 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
         {
             const float* base = data + static_cast<size_t>(g) * perGroup * hw;
             const size_t n = static_cast<size_t>(perGroup) * hw;
-            double sum = 0;
-            for (size_t i = 0; i < n; ++i) sum += base[i];
-            const double m = sum / static_cast<double>(n);
-            double sq = 0;
-            for (size_t i = 0; i < n; ++i)
-            {
-                const double d = base[i] - m;
-                sq += d * d;
-            }
-            const double var = sq / static_cast<double>(n);  // biased, as GroupNorm
+            const double m = sumFloats(base, n, 0.0, false) / static_cast<double>(n);
+            const double var = sumFloats(base, n, m, true) / static_cast<double>(n);  // biased, as GroupNorm
             mean[g] = static_cast<float>(m);
             invStd[g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
         }
@@ -242,12 +387,7 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
             const int g = static_cast<int>(ch) / perGroup;
             const float scale = invStd[g] * (gamma ? gamma[ch] : 1.f);
             const float shift = (beta ? beta[ch] : 0.f) - mean[g] * scale;
-            float* p = data + static_cast<size_t>(ch) * hw;
-            for (size_t i = 0; i < hw; ++i)
-            {
-                const float v = p[i] * scale + shift;
-                p[i] = v / (1.f + std::exp(-v));
-            }
+            affineSiLU(data + static_cast<size_t>(ch) * hw, hw, scale, shift);
         }
     });
 }
@@ -259,6 +399,15 @@ void adaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, in
 {
     if (srcH <= 0 || srcW <= 0 || dstH <= 0 || dstW <= 0)
         throw std::invalid_argument("adaptiveAvgPool: sizes must be positive");
+    if (srcH == dstH && srcW == dstW)
+    {
+        // Every window is one pixel: a copy (sum / 1 is exact).
+        const size_t plane = static_cast<size_t>(srcH) * srcW;
+        parallel(c, [&](int64_t begin, int64_t end) {
+            std::copy(src + begin * plane, src + end * plane, dst + begin * plane);
+        });
+        return;
+    }
     auto start = [](int i, int in, int out) { return static_cast<int>((static_cast<int64_t>(i) * in) / out); };
     auto stop = [](int i, int in, int out) {
         return static_cast<int>((static_cast<int64_t>(i + 1) * in + out - 1) / out);

@@ -18,6 +18,7 @@ using namespace naf::kernels;
 using naf::kernels::testing::randomUniform;
 using naf::kernels::testing::RandomNafWeights;
 using naf::kernels::testing::relativeL2;
+using naf::kernels::testing::makeShape;
 
 namespace {
 
@@ -25,20 +26,6 @@ const ParallelFor& cpuPool()
 {
     static const ParallelFor p = threadParallelFor();
     return p;
-}
-
-ForwardShape makeShape(int imageH, int imageW, int channels, int lowH, int lowW, int outH, int outW, int kernel)
-{
-    ForwardShape s;
-    s.imageH = imageH;
-    s.imageW = imageW;
-    s.channels = channels;
-    s.lowH = lowH;
-    s.lowW = lowW;
-    s.outH = outH;
-    s.outW = outW;
-    s.kernelSize = kernel;
-    return s;
 }
 
 struct Inputs

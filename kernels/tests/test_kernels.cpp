@@ -13,6 +13,7 @@ using namespace naf::kernels;
 using naf::kernels::testing::randomUniform;
 using naf::kernels::testing::RandomNafWeights;
 using naf::kernels::testing::relativeL2;
+using naf::kernels::testing::makeShape;
 
 namespace {
 
@@ -321,15 +322,7 @@ TEST(Kernels, AttentionRejectsBadShapes)
 TEST(Forward, IdenticalWithOneAndManyThreads)
 {
     RandomNafWeights weights(21);
-    ForwardShape shape;
-    shape.imageH = 47;
-    shape.imageW = 61;
-    shape.channels = 12;
-    shape.lowH = 6;
-    shape.lowW = 11;
-    shape.outH = 25;
-    shape.outW = 58;
-    shape.kernelSize = 9;
+    const ForwardShape shape = makeShape(47, 61, 12, 6, 11, 25, 58);
     const auto image = randomUniform(3 * shape.imageH * shape.imageW, 22, 0.f, 1.f);
     const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 23);
     std::vector<float> serial(shape.channels * shape.outH * shape.outW), threaded(serial.size());
@@ -348,6 +341,29 @@ TEST(Forward, IdenticalWithOneAndManyThreads)
     forward(weights.cfg, weights.view, image2.data(), features.data(), reused.data(), other, ws1, pool());
     forward(weights.cfg, weights.view, image2.data(), features.data(), fresh.data(), other, ws3, pool());
     EXPECT_EQ(0, std::memcmp(reused.data(), fresh.data(), reused.size() * sizeof(float)));
+}
+
+TEST(Forward, RepeatedCallsReuseTheWorkspace)
+{
+    // A NAF object keeps one Workspace: the second call of the same shape must not reallocate
+    // any scratch buffer, and must give the same bits.
+    RandomNafWeights weights(31);
+    const ForwardShape shape = makeShape(40, 52, 8, 5, 7, 40, 52);
+    const auto image = randomUniform(3 * shape.imageH * shape.imageW, 32, 0.f, 1.f);
+    const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 33);
+    std::vector<float> first(shape.channels * shape.outH * shape.outW), second(first.size());
+    Workspace ws;
+    forward(weights.cfg, weights.view, image.data(), features.data(), first.data(), shape, ws, pool());
+    const std::vector<const float*> buffers = {ws.guide.data(), ws.bufA.data(), ws.bufB.data(), ws.queries.data(),
+                                               ws.keys.data()};
+    const size_t bytes = ws.bytes();
+    EXPECT_GT(bytes, 0u);
+    forward(weights.cfg, weights.view, image.data(), features.data(), second.data(), shape, ws, pool());
+    EXPECT_EQ(bytes, ws.bytes());
+    const std::vector<const float*> after = {ws.guide.data(), ws.bufA.data(), ws.bufB.data(), ws.queries.data(),
+                                             ws.keys.data()};
+    EXPECT_EQ(buffers, after);
+    EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
 }
 
 TEST(Forward, GuideSizeFollowsTheOfficialRule)

@@ -88,6 +88,22 @@ inline double relativeL2(const float* a, const float* b, size_t n)
     return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+/// A forward shape from its sizes (kernel 9 unless given).
+inline ForwardShape makeShape(int imageH, int imageW, int channels, int lowH, int lowW, int outH, int outW,
+                              int kernel = 9)
+{
+    ForwardShape s;
+    s.imageH = imageH;
+    s.imageW = imageW;
+    s.channels = channels;
+    s.lowH = lowH;
+    s.lowW = lowW;
+    s.outH = outH;
+    s.outW = outW;
+    s.kernelSize = kernel;
+    return s;
+}
+
 }  // namespace testing
 }  // namespace kernels
 }  // namespace naf

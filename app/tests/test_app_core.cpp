@@ -239,3 +239,36 @@ TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
     EXPECT_NE(shard.manifestPath.find("manifest.shard-1-of-2.json"), std::string::npos);
     fs::remove_all(dir);
 }
+
+TEST(AppPipeline, PixelInspectionAttentionIsTheWindowsSoftmax)
+{
+    // A result built directly (no VFM): 8 channels on a 12 x 10 grid, output 96 x 80.
+    naf_app::PipelineResult result;
+    result.outputSize = cv::Size(96, 80);
+    result.guide = cv::Mat(result.outputSize, CV_8UC3);
+    cv::randu(result.guide, 0, 255);
+    const int sizes[4] = {1, 8, 10, 12};
+    result.lowRes.create(4, sizes, CV_32F);
+    cv::randu(result.lowRes, -1, 1);
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::createRandom(3);
+    naf->upsample(result.guide, result.lowRes, result.upsampled[cv::naf::UPSAMPLE_NAF], result.outputSize);
+    result.pca.fit(result.lowRes);
+
+    const cv::Point pixel(50, 41);
+    const naf_app::PixelInspection inspection = naf_app::inspectPixel(result, *naf, pixel, cv::naf::UPSAMPLE_NAF);
+    EXPECT_EQ(inspection.attentionGrid.size(), cv::Size(12, 10));
+    EXPECT_NEAR(cv::sum(inspection.attentionGrid)[0], 1.0, 1e-4);
+    EXPECT_EQ(inspection.window.size(), cv::Size(9, 9));
+    // Nothing outside the window; the pixel's own cell (x 50/8 = 6, y 41/8 = 5) inside it.
+    cv::Mat outside = inspection.attentionGrid.clone();
+    outside(inspection.window).setTo(0);
+    EXPECT_EQ(cv::countNonZero(outside), 0);
+    EXPECT_TRUE(inspection.window.contains(cv::Point(6, 5)));
+    // Similarity of the pixel to itself is 1, and the probe is off again.
+    EXPECT_NEAR(inspection.similarity.at<float>(pixel), 1.0f, 1e-5);
+    EXPECT_EQ(naf->getAttentionProbe(), cv::Point(-1, -1));
+    const cv::Mat attention = naf_app::renderAttention(result, inspection);
+    EXPECT_EQ(attention.size(), result.outputSize);
+    EXPECT_THROW(naf_app::inspectPixel(result, *naf, cv::Point(96, 0), cv::naf::UPSAMPLE_NAF), cv::Exception);
+    EXPECT_THROW(naf_app::inspectPixel(result, *naf, pixel, cv::naf::UPSAMPLE_BICUBIC), cv::Exception);
+}

@@ -229,7 +229,7 @@ void MainWindow::buildUi()
     segForm->addRow(probeLabel_);
     legend_ = new QListWidget;
     legend_->setObjectName("legend");
-    legend_->setMaximumHeight(150);
+    legend_->setMaximumHeight(120);
     segForm->addRow(legend_);
     connect(clustersBox_, QOverload<int>::of(&QSpinBox::valueChanged), this, &MainWindow::startSegmentation);
     connect(segSourceBox_, QOverload<int>::of(&QComboBox::currentIndexChanged), this, &MainWindow::startSegmentation);
@@ -248,16 +248,17 @@ void MainWindow::buildUi()
     similarityLabel_->setObjectName("similarityLabel");
     for (QLabel* l : {attentionLabel_, similarityLabel_})
     {
-        l->setMinimumSize(200, 150);
+        // Ignored: the pixmap is scaled to the label, the label never grows for the pixmap.
+        l->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
+        l->setMinimumSize(220, 140);
         l->setAlignment(Qt::AlignCenter);
     }
     inspectLayout->addWidget(pixelLabel_);
     inspectLayout->addWidget(new QLabel("NAF attention over the low-res window (mean of 4 heads):"));
-    inspectLayout->addWidget(attentionLabel_);
-    inspectLayout->addWidget(new QLabel("Cosine similarity of its feature:"));
-    inspectLayout->addWidget(similarityLabel_);
-    sideLayout->addWidget(inspect);
-    sideLayout->addStretch(1);
+    inspectLayout->addWidget(attentionLabel_, 1);
+    inspectLayout->addWidget(new QLabel("Cosine similarity of its feature (-1 blue .. 1 red):"));
+    inspectLayout->addWidget(similarityLabel_, 1);
+    sideLayout->addWidget(inspect, 1);
     auto* dock = new QDockWidget("Analysis");
     dock->setObjectName("analysisDock");
     dock->setFeatures(QDockWidget::NoDockWidgetFeatures);
@@ -294,6 +295,7 @@ bool MainWindow::openImage(const QString& path)
         showError("Cannot open image", "'" + path + "' is not a readable image (missing file or unknown/corrupt format).");
         return false;
     }
+    if (isRunning()) cancelRun();  // its result belongs to the previous image and is dropped
     imagePath_ = path;
     image_ = image;
     run_ = RunOutput();
@@ -462,7 +464,8 @@ void MainWindow::onRunFinished()
     const QFuture<RunOutput> future = runWatcher_.future();
     RunOutput out;
     if (future.resultCount() > 0) out = future.result();
-    if (future.isCanceled() || out.cancelled)
+    const bool stale = out.ok && out.result->image.data != image_.data;  // another image was opened meanwhile
+    if (future.isCanceled() || out.cancelled || stale)
     {
         stageLabel_->setText("cancelled");
         progress_->setValue(0);
@@ -618,6 +621,7 @@ void MainWindow::inspectPixel(QPoint pixel)
     cv::Ptr<cv::naf::NAF> naf = inspectNaf_;
     inspectWatcher_.setFuture(QtConcurrent::run([result, naf, pixel, method] {
         InspectionOutput out;
+        out.source = result;
         try
         {
             out.inspection = naf_app::inspectPixel(*result, *naf, cv::Point(pixel.x(), pixel.y()), method);
@@ -638,7 +642,7 @@ void MainWindow::onInspectionFinished()
     const bool ok = out.error.isEmpty();
     if (!ok)
         showError("Pixel inspection failed", out.error);
-    else
+    else if (out.source == run_.result)  // else a new run replaced the result meanwhile
     {
         inspection_ = out;
         // The side views zoom on the window: attention crop around it, similarity whole.

@@ -53,6 +53,7 @@ struct SegmentationOutput
 struct InspectionOutput
 {
     QString error;
+    std::shared_ptr<const naf_app::PipelineResult> source;  ///< the run it belongs to
     naf_app::PixelInspection inspection;
     cv::Mat attention, similarity;  ///< renderings
 };

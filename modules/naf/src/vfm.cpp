@@ -1,0 +1,394 @@
+// This file is part of cv::naf. See docs/ARCHITECTURE.md for the data flow.
+// The vision-foundation-model registry (models/vfm/*.json) and the cv::dnn runner.
+#include "opencv2/naf/vfm.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/core/utils/filesystem.hpp>
+#include <opencv2/dnn.hpp>
+#include <opencv2/imgproc.hpp>
+
+#ifndef NAF_SOURCE_MODELS_DIR
+#define NAF_SOURCE_MODELS_DIR "models"
+#endif
+
+namespace cv {
+namespace naf {
+
+namespace {
+
+using nlohmann::json;
+
+const char* const kSizePolicies[] = {"longest_side_pad", "resize"};
+constexpr int kMinInputSize = 16;
+constexpr int kMaxInputSize = 8192;
+
+bool isAbsolute(const String& path) { return !path.empty() && path[0] == '/'; }
+
+String parentDirectory(const String& path)
+{
+    String p = path;
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    const size_t slash = p.find_last_of('/');
+    if (slash == String::npos) return ".";
+    if (slash == 0) return "/";
+    return p.substr(0, slash);
+}
+
+String fileStem(const String& path)
+{
+    const size_t slash = path.find_last_of('/');
+    String base = slash == String::npos ? path : path.substr(slash + 1);
+    const size_t dot = base.find_last_of('.');
+    return dot == String::npos ? base : base.substr(0, dot);
+}
+
+bool endsWith(const String& s, const String& suffix)
+{
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Validates the fields of one registry file; every error names the file, the field and the value.
+class FieldReader
+{
+public:
+    FieldReader(const String& file, const json& root) : file_(file), root_(root) {}
+
+    [[noreturn]] void fail(const String& field, const json* value, const String& what) const
+    {
+        std::ostringstream msg;
+        msg << "cv::naf: VFM registry file '" << file_ << "': field '" << field << "'";
+        if (value) msg << " = " << value->dump();
+        msg << ": " << what;
+        CV_Error(Error::StsParseError, msg.str());
+    }
+
+    const json* find(const String& path, bool required) const
+    {
+        const json* node = &root_;
+        size_t start = 0;
+        while (true)
+        {
+            const size_t dot = path.find('.', start);
+            const String key = path.substr(start, dot == String::npos ? String::npos : dot - start);
+            if (!node->is_object() || !node->contains(key))
+            {
+                if (required) fail(path, nullptr, "missing (required)");
+                return nullptr;
+            }
+            node = &(*node)[key];
+            if (dot == String::npos) return node;
+            start = dot + 1;
+        }
+    }
+
+    const json& object(const String& path) const
+    {
+        const json& v = *find(path, true);
+        if (!v.is_object()) fail(path, &v, "must be an object");
+        return v;
+    }
+
+    String string(const String& path, bool required, bool allowEmpty) const
+    {
+        const json* v = find(path, required);
+        if (!v) return String();
+        if (!v->is_string()) fail(path, v, "must be a string");
+        const String s = v->get<std::string>();
+        if (s.empty() && !allowEmpty) fail(path, v, "must not be empty");
+        return s;
+    }
+
+    int integer(const String& path, int lo, int hi) const
+    {
+        const json& v = *find(path, true);
+        if (!v.is_number_integer()) fail(path, &v, "must be an integer");
+        const long long x = v.get<long long>();
+        if (x < lo || x > hi)
+            fail(path, &v, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+        return static_cast<int>(x);
+    }
+
+    Scalar triple(const String& path, bool positive) const
+    {
+        const json& v = *find(path, true);
+        if (!v.is_array() || v.size() != 3) fail(path, &v, "must be an array of 3 numbers (one per channel)");
+        Scalar s;
+        for (int i = 0; i < 3; ++i)
+        {
+            if (!v[i].is_number()) fail(path, &v, "must be an array of 3 numbers (one per channel)");
+            s[i] = v[i].get<double>();
+            if (!std::isfinite(s[i]) || (positive && s[i] <= 0))
+                fail(path, &v, positive ? "every value must be finite and > 0" : "every value must be finite");
+        }
+        return s;
+    }
+
+    void onlyKeys(const String& path, const json& node, const std::set<String>& allowed) const
+    {
+        for (auto it = node.begin(); it != node.end(); ++it)
+            if (!allowed.count(it.key()))
+            {
+                String list;
+                for (const String& k : allowed) list += (list.empty() ? "" : ", ") + k;
+                fail(path.empty() ? it.key() : path + "." + it.key(), &it.value(), "unknown field (known: " + list + ")");
+            }
+    }
+
+private:
+    String file_;
+    const json& root_;
+};
+
+void checkSpec(const VfmSpec& spec)
+{
+    const String who = "cv::naf: VFM '" + spec.name + "': ";
+    if (spec.inputSize < kMinInputSize || spec.inputSize > kMaxInputSize)
+        CV_Error(Error::StsBadArg, who + format("inputSize %d is outside [%d, %d]", spec.inputSize, kMinInputSize, kMaxInputSize));
+    if (spec.stride < 1 || spec.inputSize % spec.stride != 0)
+        CV_Error(Error::StsBadArg, who + format("stride %d must be >= 1 and divide inputSize %d", spec.stride, spec.inputSize));
+    if (spec.channels < 1) CV_Error(Error::StsBadArg, who + format("channels %d must be >= 1", spec.channels));
+    if (std::find(std::begin(kSizePolicies), std::end(kSizePolicies), spec.sizePolicy) == std::end(kSizePolicies))
+        CV_Error(Error::StsBadArg, who + "sizePolicy '" + spec.sizePolicy + "' is not 'longest_side_pad' or 'resize'");
+    for (int i = 0; i < 3; ++i)
+        if (!(spec.std[i] > 0) || !std::isfinite(spec.std[i]) || !std::isfinite(spec.mean[i]))
+            CV_Error(Error::StsBadArg, who + format("mean/std of channel %d (%g, %g) must be finite with std > 0", i,
+                                                    spec.mean[i], spec.std[i]));
+    if (spec.onnxPath.empty()) CV_Error(Error::StsBadArg, who + "onnxPath is empty");
+}
+
+class VisionFoundationModelImpl CV_FINAL : public VisionFoundationModel
+{
+public:
+    explicit VisionFoundationModelImpl(const VfmSpec& spec) : spec_(spec)
+    {
+        checkSpec(spec_);
+        if (!utils::fs::exists(spec_.onnxPath))
+            CV_Error(Error::StsObjectNotFound,
+                     "cv::naf: VFM '" + spec_.name + "': model file '" + spec_.onnxPath + "' is missing" +
+                         (spec_.fetchCommand.empty() ? String() : "; get it with: " + spec_.fetchCommand));
+        try
+        {
+            net_ = dnn::readNetFromONNX(spec_.onnxPath);
+        }
+        catch (const cv::Exception& e)
+        {
+            CV_Error(Error::StsError, "cv::naf: VFM '" + spec_.name + "': cv::dnn cannot load '" + spec_.onnxPath +
+                                          "': " + e.what());
+        }
+        if (net_.empty())
+            CV_Error(Error::StsError, "cv::naf: VFM '" + spec_.name + "': cv::dnn loaded an empty net from '" +
+                                          spec_.onnxPath + "'");
+        net_.setPreferableBackend(dnn::DNN_BACKEND_OPENCV);
+        net_.setPreferableTarget(dnn::DNN_TARGET_CPU);
+    }
+
+    const VfmSpec& getSpec() const CV_OVERRIDE { return spec_; }
+
+    void preprocess(InputArray image, OutputArray blob, VfmGeometry* geometry) const CV_OVERRIDE
+    {
+        Mat src = image.getMat();
+        if (src.empty()) CV_Error(Error::StsBadArg, "cv::naf: VFM '" + spec_.name + "': the image is empty");
+        if (src.type() != CV_8UC3)
+            CV_Error(Error::StsUnsupportedFormat, "cv::naf: VFM '" + spec_.name + "': the image must be CV_8UC3 (BGR), got " +
+                                                      typeToString(src.type()));
+        if (src.dims != 2 || src.rows < 2 || src.cols < 2)
+            CV_Error(Error::StsBadSize, "cv::naf: VFM '" + spec_.name +
+                                            format("': the image must be at least 2x2, got %dx%d", src.cols, src.rows));
+
+        VfmGeometry g = geometryFor(src.size());
+        Mat resized;
+        const bool shrink = g.imageInInput.width < src.cols || g.imageInInput.height < src.rows;
+        if (g.imageInInput.size() == src.size())
+            resized = src;
+        else
+            resize(src, resized, g.imageInInput.size(), 0, 0, shrink ? INTER_AREA : INTER_LINEAR);
+
+        const int s = spec_.inputSize;
+        const int sizes[4] = {1, 3, s, s};
+        Mat out(4, sizes, CV_32F, Scalar(0));  // zero padding (in normalized units, i.e. the mean colour)
+        for (int c = 0; c < 3; ++c)
+        {
+            // network channel c reads image channel 2-c (BGR -> RGB) or c
+            const int from = spec_.rgb ? 2 - c : c;
+            Mat plane(s, s, CV_32F, out.ptr<float>(0, c));
+            Mat roi = plane(g.imageInInput);
+            Mat channel;
+            extractChannel(resized, channel, from);
+            channel.convertTo(roi, CV_32F, 1.0 / spec_.std[c], -spec_.mean[c] / spec_.std[c]);
+        }
+        blob.assign(out);
+        if (geometry) *geometry = g;
+    }
+
+    void extract(InputArray image, OutputArray features, VfmGeometry* geometry) CV_OVERRIDE
+    {
+        Mat blob;
+        VfmGeometry g;
+        preprocess(image, blob, &g);
+        net_.setInput(blob);
+        Mat out = spec_.outputName.empty() ? net_.forward() : net_.forward(spec_.outputName);
+        if (out.dims != 4 || out.size[0] != 1 || out.size[1] != spec_.channels || out.size[2] != g.gridSize.height ||
+            out.size[3] != g.gridSize.width || out.type() != CV_32F)
+        {
+            std::ostringstream shape;
+            for (int i = 0; i < out.dims; ++i) shape << (i ? " x " : "") << out.size[i];
+            CV_Error(Error::StsUnmatchedSizes,
+                     "cv::naf: VFM '" + spec_.name + "': the network output is " + shape.str() + " " +
+                         typeToString(out.type()) +
+                         format(", the registry expects 1 x %d x %d x %d CV_32F (channels, inputSize / stride)",
+                                spec_.channels, g.gridSize.height, g.gridSize.width));
+        }
+        const Rect cells = g.validCells;
+        const int sizes[4] = {1, spec_.channels, cells.height, cells.width};
+        Mat cropped(4, sizes, CV_32F);
+        for (int c = 0; c < spec_.channels; ++c)
+        {
+            const Mat plane(g.gridSize, CV_32F, out.ptr<float>(0, c));
+            Mat dst(cells.size(), CV_32F, cropped.ptr<float>(0, c));
+            plane(cells).copyTo(dst);
+        }
+        features.assign(cropped);
+        if (geometry) *geometry = g;
+    }
+
+private:
+    VfmGeometry geometryFor(Size imageSize) const
+    {
+        VfmGeometry g;
+        const int s = spec_.inputSize;
+        g.imageSize = imageSize;
+        g.inputSize = Size(s, s);
+        if (spec_.sizePolicy == "resize")
+        {
+            g.scale = static_cast<double>(s) / imageSize.width;
+            g.imageInInput = Rect(0, 0, s, s);
+        }
+        else
+        {
+            g.scale = static_cast<double>(s) / std::max(imageSize.width, imageSize.height);
+            const int w = std::min(s, std::max(1, static_cast<int>(std::lround(imageSize.width * g.scale))));
+            const int h = std::min(s, std::max(1, static_cast<int>(std::lround(imageSize.height * g.scale))));
+            g.imageInInput = Rect(0, 0, w, h);
+        }
+        const int grid = s / spec_.stride;
+        g.gridSize = Size(grid, grid);
+        const int cw = (g.imageInInput.width + spec_.stride - 1) / spec_.stride;
+        const int ch = (g.imageInInput.height + spec_.stride - 1) / spec_.stride;
+        g.validCells = Rect(0, 0, cw, ch);
+        return g;
+    }
+
+    VfmSpec spec_;
+    dnn::Net net_;
+};
+
+}  // namespace
+
+String VfmRegistry::defaultDirectory()
+{
+    const char* env = std::getenv("NAF_VFM_REGISTRY");
+    if (env && *env) return String(env);
+    return utils::fs::join(NAF_SOURCE_MODELS_DIR, "vfm");
+}
+
+VfmSpec VfmRegistry::loadFile(const String& jsonPath)
+{
+    std::ifstream in(jsonPath, std::ios::binary);
+    if (!in) CV_Error(Error::StsObjectNotFound, "cv::naf: VFM registry file '" + jsonPath + "' cannot be opened");
+    std::stringstream text;
+    text << in.rdbuf();
+    json root;
+    try
+    {
+        root = json::parse(text.str());
+    }
+    catch (const json::exception& e)
+    {
+        CV_Error(Error::StsParseError, "cv::naf: VFM registry file '" + jsonPath + "' is not valid JSON: " + e.what());
+    }
+    const FieldReader r(jsonPath, root);
+    if (!root.is_object()) r.fail("(top level)", &root, "must be an object");
+    r.onlyKeys("", root, {"display_name", "onnx", "fetch", "source", "input", "output", "license", "notes"});
+    r.onlyKeys("input", r.object("input"), {"size", "size_policy", "color_order", "mean", "std"});
+    r.onlyKeys("output", r.object("output"), {"name", "channels", "stride"});
+    if (const json* source = r.find("source", false))
+        if (!source->is_object()) r.fail("source", source, "must be an object");
+    if (const json* notes = r.find("notes", false))
+        if (!notes->is_string()) r.fail("notes", notes, "must be a string");
+
+    VfmSpec spec;
+    spec.name = fileStem(jsonPath);
+    spec.displayName = r.string("display_name", true, false);
+    spec.onnxPath = r.string("onnx", true, false);
+    if (!isAbsolute(spec.onnxPath))  // relative to the project root: the registry folder's grandparent
+        spec.onnxPath = utils::fs::join(parentDirectory(parentDirectory(parentDirectory(jsonPath))), spec.onnxPath);
+    spec.fetchCommand = r.string("fetch", false, true);
+    spec.inputSize = r.integer("input.size", kMinInputSize, kMaxInputSize);
+    spec.sizePolicy = r.string("input.size_policy", true, false);
+    if (std::find(std::begin(kSizePolicies), std::end(kSizePolicies), spec.sizePolicy) == std::end(kSizePolicies))
+        r.fail("input.size_policy", r.find("input.size_policy", true), "must be \"longest_side_pad\" or \"resize\"");
+    const String order = r.string("input.color_order", true, false);
+    if (order != "RGB" && order != "BGR") r.fail("input.color_order", r.find("input.color_order", true), "must be \"RGB\" or \"BGR\"");
+    spec.rgb = order == "RGB";
+    spec.mean = r.triple("input.mean", false);
+    spec.std = r.triple("input.std", true);
+    spec.outputName = r.string("output.name", false, true);
+    spec.channels = r.integer("output.channels", 1, 1 << 20);
+    spec.stride = r.integer("output.stride", 1, kMaxInputSize);
+    if (spec.inputSize % spec.stride != 0)
+        r.fail("output.stride", r.find("output.stride", true),
+               format("must divide input.size (%d) so that the feature grid is whole", spec.inputSize));
+    spec.license = r.string("license", true, false);
+    return spec;
+}
+
+std::vector<VfmSpec> VfmRegistry::loadDirectory(const String& directory)
+{
+    const String dir = directory.empty() ? defaultDirectory() : directory;
+    if (!utils::fs::isDirectory(dir))
+        CV_Error(Error::StsObjectNotFound, "cv::naf: VFM registry folder '" + dir + "' does not exist");
+    std::vector<String> files;
+    utils::fs::glob(dir, "*.json", files, false, false);
+    std::sort(files.begin(), files.end());
+    std::vector<VfmSpec> specs;
+    for (const String& f : files) specs.push_back(loadFile(f));
+    return specs;
+}
+
+VfmSpec VfmRegistry::find(const String& name, const String& directory)
+{
+    const String dir = directory.empty() ? defaultDirectory() : directory;
+    const String path = utils::fs::join(dir, name + ".json");
+    if (!name.empty() && name.find('/') == String::npos && utils::fs::exists(path)) return loadFile(path);
+    String known;
+    if (utils::fs::isDirectory(dir))
+    {
+        std::vector<String> files;
+        utils::fs::glob(dir, "*.json", files, false, false);
+        std::sort(files.begin(), files.end());
+        for (const String& f : files)
+            if (endsWith(f, ".json")) known += (known.empty() ? "" : ", ") + fileStem(f);
+    }
+    CV_Error(Error::StsObjectNotFound, "cv::naf: no VFM named '" + name + "' in registry folder '" + dir +
+                                           "' (known: " + (known.empty() ? String("none") : known) + ")");
+}
+
+Ptr<VisionFoundationModel> VisionFoundationModel::create(const VfmSpec& spec)
+{
+    return makePtr<VisionFoundationModelImpl>(spec);
+}
+
+Ptr<VisionFoundationModel> VisionFoundationModel::create(const String& name)
+{
+    return create(VfmRegistry::find(name));
+}
+
+}  // namespace naf
+}  // namespace cv

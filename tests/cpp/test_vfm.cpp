@@ -1,0 +1,353 @@
+// The VFM registry (models/vfm/*.json) and runner (cv::naf::VisionFoundationModel).
+// Fixtures (tests/CMakeLists.txt): make_tiny_vfm exports a small random-weight ViT with
+// tools/export_vfm.py into NAF_VFM_TEST_DIR; vfm_mobilesam_reference evaluates the ORIGINAL
+// MobileSAM graph with our numpy evaluator on a real photo (skipped when MobileSAM is not fetched).
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+#include <opencv2/core/utils/filesystem.hpp>
+#include <opencv2/dnn.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <opencv2/naf.hpp>
+
+#include "safetensors.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using cv::naf::VfmGeometry;
+using cv::naf::VfmRegistry;
+using cv::naf::VfmSpec;
+using cv::naf::VisionFoundationModel;
+using nlohmann::json;
+
+std::string vfmTestDir() { return NAF_VFM_TEST_DIR; }
+std::string tinyRegistry() { return vfmTestDir() + "/registry"; }
+
+// Throws, and the message contains every one of `parts`.
+template <typename F>
+void expectErrorMentions(F&& f, const std::vector<std::string>& parts)
+{
+    try
+    {
+        f();
+        ADD_FAILURE() << "no cv::Exception thrown";
+    }
+    catch (const cv::Exception& e)
+    {
+        for (const std::string& p : parts)
+            EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message lacks '" << p << "': " << e.what();
+    }
+}
+
+json validEntry()
+{
+    return json::parse(R"({
+      "display_name": "test model", "onnx": "/nonexistent/model.onnx", "fetch": "echo fetch",
+      "input": {"size": 64, "size_policy": "longest_side_pad", "color_order": "RGB",
+                "mean": [1, 2, 3], "std": [4, 5, 6]},
+      "output": {"name": "features", "channels": 32, "stride": 8},
+      "license": "MIT"})");
+}
+
+std::string writeEntry(const std::string& name, const std::string& text)
+{
+    const std::string dir = vfmTestDir() + "/broken/models/vfm";
+    cv::utils::fs::createDirectories(dir);
+    const std::string path = dir + "/" + name + ".json";
+    std::ofstream(path) << text;
+    return path;
+}
+
+// ---------------------------------------------------------------- registry
+
+TEST(VfmRegistry, ShippedMobileSamEntry)
+{
+    const VfmSpec s = VfmRegistry::find("mobilesam");
+    EXPECT_EQ(s.name, "mobilesam");
+    EXPECT_EQ(s.inputSize, 1024);
+    EXPECT_EQ(s.sizePolicy, "longest_side_pad");
+    EXPECT_TRUE(s.rgb);
+    EXPECT_EQ(s.stride, 16);
+    EXPECT_EQ(s.channels, 256);
+    EXPECT_EQ(s.outputName, "output");
+    EXPECT_DOUBLE_EQ(s.mean[0], 123.675);
+    EXPECT_DOUBLE_EQ(s.std[2], 57.375);
+    EXPECT_EQ(s.onnxPath.front(), '/');  // resolved against the project root
+    EXPECT_NE(s.onnxPath.find("models/cache/mobilesam_encoder_1024_cv46.onnx"), std::string::npos);
+    EXPECT_NE(s.fetchCommand.find("fetch_models.sh"), std::string::npos);
+    EXPECT_FALSE(s.license.empty());
+}
+
+TEST(VfmRegistry, LoadDirectoryIsSortedAndHoldsTheDefault)
+{
+    const std::vector<VfmSpec> specs = VfmRegistry::loadDirectory();
+    ASSERT_FALSE(specs.empty());
+    bool found = false;
+    for (size_t i = 0; i < specs.size(); ++i)
+    {
+        found = found || specs[i].name == "mobilesam";
+        if (i) EXPECT_LT(specs[i - 1].name, specs[i].name);
+    }
+    EXPECT_TRUE(found);
+}
+
+TEST(VfmRegistry, EnvironmentOverridesTheDefaultFolder)
+{
+    ASSERT_EQ(setenv("NAF_VFM_REGISTRY", "/some/where", 1), 0);
+    EXPECT_EQ(VfmRegistry::defaultDirectory(), "/some/where");
+    ASSERT_EQ(unsetenv("NAF_VFM_REGISTRY"), 0);
+    EXPECT_NE(VfmRegistry::defaultDirectory().find("models/vfm"), std::string::npos);
+}
+
+TEST(VfmRegistry, UnknownNameListsTheKnownOnes)
+{
+    expectErrorMentions([] { VfmRegistry::find("no_such_model"); }, {"no_such_model", "mobilesam"});
+}
+
+TEST(VfmRegistry, RelativeOnnxPathResolvesAgainstTheProjectRoot)
+{
+    json j = validEntry();
+    j["onnx"] = "models/cache/x.onnx";
+    const std::string path = writeEntry("relative", j.dump());
+    const VfmSpec s = VfmRegistry::loadFile(path);
+    EXPECT_EQ(s.onnxPath, vfmTestDir() + "/broken/models/cache/x.onnx");
+    EXPECT_EQ(s.name, "relative");
+    EXPECT_EQ(s.fetchCommand, "echo fetch");
+}
+
+struct Broken
+{
+    const char* what;
+    std::function<void(json&)> edit;
+    std::vector<std::string> mentions;  // besides the file name
+};
+
+TEST(VfmRegistry, BrokenFilesAreRejectedNamingFieldAndValue)
+{
+    const std::vector<Broken> cases = {
+        {"missing display_name", [](json& j) { j.erase("display_name"); }, {"display_name", "missing"}},
+        {"missing onnx", [](json& j) { j.erase("onnx"); }, {"'onnx'", "missing"}},
+        {"missing license", [](json& j) { j.erase("license"); }, {"license", "missing"}},
+        {"missing input", [](json& j) { j.erase("input"); }, {"'input'", "missing"}},
+        {"missing input.size", [](json& j) { j["input"].erase("size"); }, {"input.size", "missing"}},
+        {"missing output.channels", [](json& j) { j["output"].erase("channels"); }, {"output.channels", "missing"}},
+        {"size as string", [](json& j) { j["input"]["size"] = "64"; }, {"input.size", "\"64\"", "integer"}},
+        {"size fractional", [](json& j) { j["input"]["size"] = 64.5; }, {"input.size", "64.5"}},
+        {"size zero", [](json& j) { j["input"]["size"] = 0; }, {"input.size", "0", "[16, 8192]"}},
+        {"stride zero", [](json& j) { j["output"]["stride"] = 0; }, {"output.stride", "0"}},
+        {"stride not dividing", [](json& j) { j["output"]["stride"] = 7; }, {"output.stride", "7", "divide"}},
+        {"channels negative", [](json& j) { j["output"]["channels"] = -3; }, {"output.channels", "-3"}},
+        {"std zero", [](json& j) { j["input"]["std"] = {1, 0, 1}; }, {"input.std", "[1,0,1]", "> 0"}},
+        {"mean two values", [](json& j) { j["input"]["mean"] = {1, 2}; }, {"input.mean", "[1,2]", "3 numbers"}},
+        {"mean not numbers", [](json& j) { j["input"]["mean"] = {"a", 2, 3}; }, {"input.mean", "\"a\""}},
+        {"colour order", [](json& j) { j["input"]["color_order"] = "RGBA"; }, {"input.color_order", "\"RGBA\""}},
+        {"size policy", [](json& j) { j["input"]["size_policy"] = "crop"; }, {"input.size_policy", "\"crop\""}},
+        {"onnx not string", [](json& j) { j["onnx"] = 5; }, {"'onnx'", "5", "string"}},
+        {"onnx empty", [](json& j) { j["onnx"] = ""; }, {"'onnx'", "empty"}},
+        {"input not object", [](json& j) { j["input"] = 3; }, {"'input'", "3", "object"}},
+        {"unknown field (typo)", [](json& j) { j["output"]["chanels"] = 3; }, {"output.chanels", "unknown"}},
+    };
+    for (const Broken& c : cases)
+    {
+        SCOPED_TRACE(c.what);
+        json j = validEntry();
+        c.edit(j);
+        const std::string path = writeEntry("broken", j.dump());
+        std::vector<std::string> mentions = c.mentions;
+        mentions.push_back(path);
+        expectErrorMentions([&] { VfmRegistry::loadFile(path); }, mentions);
+    }
+    const std::string notJson = writeEntry("notjson", "{\"display_name\": ");
+    expectErrorMentions([&] { VfmRegistry::loadFile(notJson); }, {notJson, "not valid JSON"});
+    expectErrorMentions([] { VfmRegistry::loadFile("/nonexistent/x.json"); }, {"/nonexistent/x.json", "cannot be opened"});
+    expectErrorMentions([] { VfmRegistry::loadDirectory("/nonexistent/dir"); }, {"/nonexistent/dir"});
+}
+
+TEST(VisionFoundationModel, MissingModelFileSaysHowToFetchIt)
+{
+    json j = validEntry();
+    const VfmSpec spec = VfmRegistry::loadFile(writeEntry("missingmodel", j.dump()));
+    expectErrorMentions([&] { VisionFoundationModel::create(spec); }, {"/nonexistent/model.onnx", "echo fetch"});
+}
+
+// ---------------------------------------------------------------- runner on the tiny exported ViT
+
+cv::Ptr<VisionFoundationModel> tinyVit()
+{
+    return VisionFoundationModel::create(VfmRegistry::find("tiny_vit", tinyRegistry()));
+}
+
+TEST(VisionFoundationModel, GeometryLandscapeAndPortrait)
+{
+    cv::Ptr<VisionFoundationModel> vfm = tinyVit();  // input 64, stride 8
+    ASSERT_EQ(vfm->getSpec().inputSize, 64);
+    cv::Mat features;
+    VfmGeometry g;
+    vfm->extract(naf_test::randomImage(30, 100, 1), features, &g);  // landscape 100 x 30
+    EXPECT_EQ(g.imageSize, cv::Size(100, 30));
+    EXPECT_DOUBLE_EQ(g.scale, 0.64);
+    EXPECT_EQ(g.inputSize, cv::Size(64, 64));
+    EXPECT_EQ(g.imageInInput, cv::Rect(0, 0, 64, 19));  // 30 * 0.64 = 19.2
+    EXPECT_EQ(g.gridSize, cv::Size(8, 8));
+    EXPECT_EQ(g.validCells, cv::Rect(0, 0, 8, 3));  // ceil(19 / 8)
+    ASSERT_EQ(features.dims, 4);
+    EXPECT_EQ(features.size[0], 1);
+    EXPECT_EQ(features.size[1], 32);
+    EXPECT_EQ(features.size[2], 3);
+    EXPECT_EQ(features.size[3], 8);
+    EXPECT_TRUE(features.isContinuous());
+
+    vfm->extract(naf_test::randomImage(50, 20, 2), features, &g);  // portrait 20 x 50
+    EXPECT_DOUBLE_EQ(g.scale, 1.28);
+    EXPECT_EQ(g.imageInInput, cv::Rect(0, 0, 26, 64));  // 20 * 1.28 = 25.6
+    EXPECT_EQ(g.validCells, cv::Rect(0, 0, 4, 8));
+    EXPECT_EQ(features.size[2], 8);
+    EXPECT_EQ(features.size[3], 4);
+}
+
+TEST(VisionFoundationModel, ExtractIsTheValidCropOfTheFullGrid)
+{
+    cv::Ptr<VisionFoundationModel> vfm = tinyVit();
+    const cv::Mat image = naf_test::randomImage(40, 64, 3);
+    cv::Mat features, blob;
+    VfmGeometry g;
+    vfm->extract(image, features, &g);
+    vfm->preprocess(image, blob);
+    cv::dnn::Net net = cv::dnn::readNetFromONNX(vfm->getSpec().onnxPath);
+    net.setInput(blob);
+    const cv::Mat full = net.forward("features");
+    ASSERT_EQ(full.size[2], 8);
+    for (int c = 0; c < 32; c += 7)
+        for (int y = 0; y < g.validCells.height; ++y)
+            for (int x = 0; x < g.validCells.width; ++x)
+                ASSERT_EQ(features.at<float>(cv::Vec4i(0, c, y, x)), full.at<float>(cv::Vec4i(0, c, y, x)));
+    EXPECT_EQ(g.validCells, cv::Rect(0, 0, 8, 5));
+}
+
+TEST(VisionFoundationModel, PreprocessEqualsHandComputedBlob)
+{
+    // 4 x 2 BGR image into a 64 input: scale 16, longest side 64, RGB, (x - mean) / std, zero pad.
+    VfmSpec spec = VfmRegistry::find("tiny_vit", tinyRegistry());
+    spec.mean = cv::Scalar(10, 20, 30);
+    spec.std = cv::Scalar(2, 4, 5);
+    cv::Ptr<VisionFoundationModel> vfm = VisionFoundationModel::create(spec);
+    cv::Mat image(2, 4, CV_8UC3, cv::Scalar(50, 100, 200));  // uniform: any interpolation keeps it
+    image.at<cv::Vec3b>(0, 0) = cv::Vec3b(50, 100, 200);
+    cv::Mat blob;
+    VfmGeometry g;
+    vfm->preprocess(image, blob, &g);
+    ASSERT_EQ(blob.dims, 4);
+    EXPECT_EQ(blob.size[1], 3);
+    EXPECT_EQ(blob.size[2], 64);
+    EXPECT_EQ(g.imageInInput, cv::Rect(0, 0, 64, 32));
+    const float expected[3] = {(200.f - 10) / 2, (100.f - 20) / 4, (50.f - 30) / 5};  // R, G, B
+    for (int c = 0; c < 3; ++c)
+        for (int y = 0; y < 64; y += 3)
+            for (int x = 0; x < 64; x += 5)
+            {
+                const float v = blob.at<float>(cv::Vec4i(0, c, y, x));
+                ASSERT_FLOAT_EQ(v, y < 32 ? expected[c] : 0.f) << c << " " << y << " " << x;
+            }
+    // BGR models keep the order
+    spec.rgb = false;
+    VisionFoundationModel::create(spec)->preprocess(image, blob);
+    EXPECT_FLOAT_EQ(blob.at<float>(cv::Vec4i(0, 0, 0, 0)), (50.f - 10) / 2);
+    // "resize" stretches to the full input
+    spec.sizePolicy = "resize";
+    VisionFoundationModel::create(spec)->preprocess(image, blob, &g);
+    EXPECT_EQ(g.imageInInput, cv::Rect(0, 0, 64, 64));
+    EXPECT_EQ(g.validCells, cv::Rect(0, 0, 8, 8));
+    EXPECT_FLOAT_EQ(blob.at<float>(cv::Vec4i(0, 0, 63, 63)), (50.f - 10) / 2);
+}
+
+TEST(VisionFoundationModel, PreprocessPixelsFollowTheResize)
+{
+    // a non-uniform image: the blob's valid region is cv::resize + normalization, exactly
+    cv::Ptr<VisionFoundationModel> vfm = tinyVit();
+    const cv::Mat image = naf_test::randomImage(20, 32, 9);
+    cv::Mat blob, resized, rgb;
+    vfm->preprocess(image, blob);
+    cv::resize(image, resized, cv::Size(64, 40), 0, 0, cv::INTER_LINEAR);
+    const VfmSpec& s = vfm->getSpec();
+    for (int c = 0; c < 3; ++c)
+        for (int y = 0; y < 40; ++y)
+            for (int x = 0; x < 64; ++x)
+            {
+                const float want = static_cast<float>((resized.at<cv::Vec3b>(y, x)[2 - c] - s.mean[c]) / s.std[c]);
+                ASSERT_NEAR(blob.at<float>(cv::Vec4i(0, c, y, x)), want, 1e-5);
+            }
+}
+
+TEST(VisionFoundationModel, BadInputsGiveClearErrors)
+{
+    cv::Ptr<VisionFoundationModel> vfm = tinyVit();
+    cv::Mat features;
+    expectErrorMentions([&] { vfm->extract(cv::Mat(), features); }, {"empty"});
+    expectErrorMentions([&] { vfm->extract(cv::Mat(10, 10, CV_8UC1, cv::Scalar(0)), features); }, {"CV_8UC3", "CV_8UC1"});
+    expectErrorMentions([&] { vfm->extract(cv::Mat(10, 10, CV_32FC3, cv::Scalar(0)), features); }, {"CV_32FC3"});
+    expectErrorMentions([&] { vfm->extract(cv::Mat(1, 10, CV_8UC3, cv::Scalar(0)), features); }, {"2x2", "10x1"});
+    EXPECT_TRUE(features.empty());  // nothing written on failure
+    VfmSpec spec = vfm->getSpec();
+    spec.channels = 33;  // registry disagrees with the network
+    cv::Ptr<VisionFoundationModel> wrong = VisionFoundationModel::create(spec);
+    expectErrorMentions([&] { wrong->extract(naf_test::randomImage(8, 8, 0), features); }, {"1 x 32 x 8 x 8", "1 x 33 x 8 x 8"});
+    spec = vfm->getSpec();
+    spec.stride = 5;
+    expectErrorMentions([&] { VisionFoundationModel::create(spec); }, {"stride 5", "64"});
+}
+
+// ---------------------------------------------------------------- MobileSAM on a real photo
+
+TEST(VisionFoundationModel, MobileSamMatchesTheOriginalGraphOnARealPhoto)
+{
+    const VfmSpec spec = VfmRegistry::find("mobilesam");
+    if (!cv::utils::fs::exists(spec.onnxPath))
+        GTEST_SKIP() << "MobileSAM not fetched (" << spec.onnxPath << " missing; run " << spec.fetchCommand << ")";
+    const std::string refPath = vfmTestDir() + "/mobilesam_bus_reference.safetensors";
+    ASSERT_TRUE(cv::utils::fs::exists(refPath)) << "the model is fetched but the reference fixture wrote no " << refPath;
+    const auto ref = cv::naf::detail::SafetensorsFile::read(refPath);
+    const cv::Mat refInput = ref.mat("input"), refFeatures = ref.mat("features");
+
+    const cv::Mat image = cv::imread(std::string(NAF_SAMPLE_DATA_DIR) + "/coco_000000000471_bus.jpg");
+    ASSERT_FALSE(image.empty());
+    cv::Ptr<VisionFoundationModel> vfm = VisionFoundationModel::create(spec);
+    cv::Mat blob;
+    vfm->preprocess(image, blob);
+    ASSERT_EQ(blob.total(), refInput.total());
+    EXPECT_LT(naf_test::relativeL2(blob.reshape(1, 1), refInput.reshape(1, 1)), 1e-6);
+
+    cv::Mat features;
+    VfmGeometry g;
+    const auto t0 = std::chrono::steady_clock::now();
+    vfm->extract(image, features, &g);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << "MobileSAM extract at 1024, " << cv::getNumThreads() << " threads: " << ms << " ms\n";
+    EXPECT_EQ(g.validCells, cv::Rect(0, 0, std::stoi(ref.metadata().at("valid_cells_w")),
+                                     std::stoi(ref.metadata().at("valid_cells_h"))));
+    ASSERT_EQ(features.size[1], 256);
+    // cosine over the valid cells of the reference's full grid
+    double dot = 0, na = 0, nb = 0;
+    for (int c = 0; c < 256; ++c)
+        for (int y = 0; y < features.size[2]; ++y)
+            for (int x = 0; x < features.size[3]; ++x)
+            {
+                const double a = features.at<float>(cv::Vec4i(0, c, y, x));
+                const double b = refFeatures.at<float>(cv::Vec4i(0, c, y, x));
+                dot += a * b, na += a * a, nb += b * b;
+            }
+    const double cosine = dot / std::sqrt(na * nb);
+    std::cout << "cosine(cv::dnn converted graph, numpy original graph) = " << std::setprecision(8) << cosine << "\n";
+    EXPECT_GE(cosine, 0.9999);
+}
+
+}  // namespace

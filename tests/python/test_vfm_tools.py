@@ -1,0 +1,106 @@
+"""The VFM tools: our numpy ONNX evaluator (tools/vfm/onnx_numpy.py) against PyTorch, the
+OpenCV-4.6 passes (tools/vfm/onnx_for_opencv46.py) and the ViT exporter (tools/export_vfm.py):
+cv::dnn (python3-opencv, the same OpenCV 4.6 as the C++ library) on the converted graph against
+PyTorch on the model it came from."""
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools", "vfm"))
+import export_vfm  # noqa: E402  (tools/ is on the path through conftest.py)
+import onnx_for_opencv46  # noqa: E402
+import onnx_numpy  # noqa: E402
+
+cv2 = pytest.importorskip("cv2", reason="python3-opencv (scripts/install_deps.sh) is not installed")
+
+
+def cosine(a, b):
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("groups,stride,kernel,pad", [(1, 1, 3, 1), (1, 2, 3, 1), (4, 1, 3, 1), (8, 2, 3, 1),
+                                                      (1, 1, 1, 0), (1, 4, 4, 0)])
+def test_numpy_conv_matches_torch(groups, stride, kernel, pad):
+    rng = np.random.RandomState(groups * 10 + stride)
+    x = rng.randn(1, 8, 13, 11).astype(np.float32)
+    w = rng.randn(16 if groups != 8 else 8, 8 // groups, kernel, kernel).astype(np.float32)
+    b = rng.randn(w.shape[0]).astype(np.float32)
+    got = onnx_numpy.conv2d(x, w, b, [stride, stride], [pad] * 4, [1, 1], groups)
+    want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride, pad, 1, groups).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_erf_matches_torch():
+    x = np.linspace(-6, 6, 10001).astype(np.float32)
+    np.testing.assert_allclose(onnx_numpy.erf(x), torch.erf(torch.from_numpy(x)).numpy(), rtol=0, atol=1e-6)
+
+
+def tiny_vit(seed, dim=32, depth=2, heads=4, patch=8, pos_grid=6):
+    args = type("A", (), dict(hub=None, state_dict=None, patch=patch, dim=dim, depth=depth, heads=heads,
+                              mlp_ratio=4.0, pos_grid=pos_grid, registers=0, seed=seed))()
+    vit, _ = export_vfm.build(args)
+    return vit
+
+
+@pytest.mark.parametrize("size,seed", [(64, 0), (96, 1)])
+def test_exported_vit_in_cv_dnn_matches_torch(tmp_path, size, seed):
+    """A random-weight ViT (cls token, pos-embed resampled to the grid, LayerScale, exact GELU):
+    torch -> ONNX opset 12 -> OpenCV-4.6 passes -> cv2.dnn equals torch (cosine >= 0.9999)."""
+    vit = tiny_vit(seed)
+    path = str(tmp_path / "vit.onnx")
+    module = export_vfm.export(vit, size, path, log=lambda *_: None)
+    image = np.random.RandomState(seed).randn(1, 3, size, size).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(image)).numpy()
+    assert want.shape == (1, 32, size // 8, size // 8)
+    net = cv2.dnn.readNetFromONNX(path)
+    net.setInput(image)
+    got = net.forward("features")
+    assert got.shape == want.shape
+    assert cosine(got, want) >= 0.9999
+    # the converted graph also evaluates to the same in our numpy evaluator (the passes keep the function)
+    converted = onnx_numpy.evaluate(onnx.load(path), {"image": image})["features"]
+    assert cosine(converted, want) >= 0.9999
+    # and every pass that the ViT needs was applied
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert "Erf" not in ops and "ReduceMean" not in ops and "Shape" not in ops and "MVN" in ops
+
+
+def test_numpy_evaluator_runs_the_torch_export_exactly(tmp_path):
+    """The reference evaluator on an unconverted export (Erf, decomposed LayerNorm, Shape arithmetic)."""
+    vit = tiny_vit(3).eval()
+    path = str(tmp_path / "orig.onnx")
+    image = np.random.RandomState(3).randn(1, 3, 48, 48).astype(np.float32)
+    module = export_vfm.FixedSizeExport(vit, 48).eval()
+    with torch.no_grad():
+        torch.onnx.export(module, torch.zeros(1, 3, 48, 48), path, opset_version=12, input_names=["image"],
+                          output_names=["features"])
+        want = module(torch.from_numpy(image)).numpy()
+    got = onnx_numpy.evaluate(onnx.load(path), {"image": image})["features"]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_export_writes_a_valid_registry_entry(tmp_path):
+    out = tmp_path / "cache" / "v.onnx"
+    out.parent.mkdir()
+    registry = tmp_path / "models" / "vfm"
+    sys_argv = sys.argv
+    sys.argv = ["export_vfm.py", "--random", "--size", "32", "--patch", "8", "--dim", "16", "--depth", "1",
+                "--heads", "2", "--pos-grid", "4", "--name", "v", "--out", str(out), "--registry", str(registry)]
+    try:
+        export_vfm.main()
+    finally:
+        sys.argv = sys_argv
+    entry = json.loads((registry / "v.json").read_text())
+    assert entry["onnx"] == "cache/v.onnx"  # relative to the project root (the registry's grandparent)
+    assert entry["input"]["size"] == 32 and entry["output"] == {"name": "features", "channels": 16, "stride": 8}
+    assert entry["input"]["mean"] == [123.675, 116.28, 103.53]

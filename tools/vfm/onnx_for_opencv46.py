@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""Graph passes that make ONNX vision encoders load and run correctly in OpenCV 4.6's cv::dnn.
+
+OpenCV 4.6 (Debian 12) imports ONNX graphs layer by layer with a fixed set of patterns. Vision
+transformers exported from PyTorch trip over it in a few known ways; each pass below fixes one,
+keeping the computed function the same (checked against tools/vfm/onnx_numpy.py):
+
+- fix_input_shape: one fixed input size (batch 1); cv::dnn cannot propagate symbolic sizes.
+- fold_constants: every value that does not depend on the image (Shape/Gather/Concat arithmetic,
+  Constant, ConstantOfShape, Cast, ...) is evaluated once and stored as an initializer.
+- rewrite_layernorm: the decomposed LayerNorm (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div)
+  needs (N,L,C) - (N,L,1) broadcasting, which 4.6 cannot do; it becomes Reshape to
+  (1, rows, C, 1), cv::dnn's own "MVN" layer (op type MVN, default domain: 4.6 creates unknown op
+  types by layer name; its MeanVarianceNormalization import is missing) over each row, Reshape
+  back. MVN divides by (std + eps) where LayerNorm divides by sqrt(var + eps): same eps, a
+  difference far below float32 noise for the usual std ~ 1.
+- rewrite_erf: 4.6 has no Erf; exact GELU's erf(z) becomes tanh(2/sqrt(pi) (z + 0.044715*2 z^3))
+  (the tanh form of GELU; |difference| < 4e-4 per activation).
+- reshape_broadcast_constants: a constant operand of Add/Mul/Sub/Div that broadcasts over leading
+  dimensions (e.g. a (C,) LayerNorm weight against (1,L,C), or a (H,L,L) attention bias against
+  (B,H,L,L)) is applied to the other operand reshaped to 2-D (rows, trailing size) and reshaped
+  back; 4.6 applies constants along axis 1 only and otherwise fails.
+- drop_empty_trailing_inputs: optional inputs given as "" are removed (4.6 cannot look them up).
+- move_attention_scale: MatMul(q, k^T) followed by Mul(scalar) becomes MatMul(Mul(q, scalar), k^T);
+  4.6 fuses the original order wrongly (relative error ~4.7 seen on MobileSAM).
+
+Usage as a library: convert(model, {input_name: shape}) -> ModelProto. The MobileSAM wrapper is
+tools/vfm/convert_mobilesam.py; tools/export_vfm.py uses the same passes for exported ViTs.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_numpy
+
+
+class GraphEditor:
+    """Nodes + initializers of a graph with producer/consumer look-ups."""
+
+    def __init__(self, model):
+        self.model = model
+        self.graph = model.graph
+        self.init = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
+        self.nodes = list(self.graph.node)
+        self.counter = 0
+        self.taken = set(self.init) | {o for n in self.nodes for o in n.output} | {i.name for i in self.graph.input}
+
+    def fresh(self, base):
+        """A value name used nowhere in the graph yet (passes run one after another)."""
+        while True:
+            self.counter += 1
+            name = f"{base}__cv46_{self.counter}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def constant(self, base, array):
+        name = self.fresh(base)
+        self.init[name] = np.asarray(array)
+        return name
+
+    def producers(self):
+        return {o: n for n in self.nodes for o in n.output}
+
+    def consumers(self):
+        result = {}
+        for n in self.nodes:
+            for i in n.input:
+                result.setdefault(i, []).append(n)
+        for o in self.graph.output:
+            result.setdefault(o.name, []).append(None)  # graph output: never removable
+        return result
+
+    def splice(self, replacements, removed):
+        """replacements: id(node) -> nodes put in its place; removed: ids of nodes dropped."""
+        out = []
+        for n in self.nodes:
+            if id(n) in replacements:
+                out.extend(replacements[id(n)])
+            elif id(n) not in removed:
+                out.append(n)
+        self.nodes = out
+
+    def commit(self):
+        used = {i for n in self.nodes for i in n.input}
+        del self.graph.node[:]
+        self.graph.node.extend(self.nodes)
+        del self.graph.initializer[:]
+        for name, arr in self.init.items():
+            if name in used:
+                # np.array keeps 0-d values 0-d (np.ascontiguousarray would make them 1-d)
+                self.graph.initializer.append(numpy_helper.from_array(np.array(arr, order="C"), name))
+        del self.graph.value_info[:]
+        return self.model
+
+
+def fix_input_shape(model, shapes):
+    """shapes: input name -> list of ints."""
+    for inp in model.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            if len(dims) != len(shapes[inp.name]):
+                raise ValueError(f"input {inp.name}: rank {len(dims)} != {len(shapes[inp.name])}")
+            for d, v in zip(dims, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    for out in model.graph.output:  # output sizes follow from the input; let cv::dnn infer them
+        for d in out.type.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                d.Clear()
+                d.dim_value = 1
+    return model
+
+
+def trace_shapes(model, shapes):
+    """Evaluates the graph on zeros: every value (for shapes and constant values)."""
+    feeds = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+    return onnx_numpy.evaluate(model, feeds, keep_all=True)
+
+
+def fold_constants(model, values):
+    """Replaces every node whose outputs do not depend on a graph input by initializers.
+    values: the trace of trace_shapes() (Shape outputs are exact since input sizes are fixed)."""
+    ed = GraphEditor(model)
+    const = set(ed.init)
+    kept = []
+    for n in ed.nodes:
+        inputs = [i for i in n.input if i]
+        if n.op_type in ("Constant", "Shape") or all(i in const for i in inputs):
+            const.update(n.output)
+        else:
+            kept.append(n)
+    for n in kept:
+        for i in n.input:
+            if i in const and i not in ed.init:
+                ed.init[i] = values[i]
+    ed.nodes = kept
+    return ed.commit()
+
+
+def _const_value(ed, name):
+    return ed.init.get(name)
+
+
+def rewrite_layernorm(model, values):
+    ed = GraphEditor(model)
+    cons = ed.consumers()
+    replaced = 0
+    remove = set()
+    new_nodes = {}
+    for r1 in ed.nodes:
+        if r1.op_type != "ReduceMean" or id(r1) in remove:
+            continue
+        x = r1.input[0]
+        rank = values[x].ndim
+        axes = [a % rank for a in onnx_numpy.attributes(r1).get("axes", [])]
+        if len(axes) != 1 or not onnx_numpy.attributes(r1).get("keepdims", 1):
+            continue
+        axis = axes[0]
+        try:
+            sub = [n for n in cons[r1.output[0]] if n is not None and n.op_type == "Sub" and n.input[0] == x][0]
+            pow_ = [n for n in cons[sub.output[0]] if n is not None and n.op_type == "Pow"][0]
+            r2 = cons[pow_.output[0]][0]
+            add = cons[r2.output[0]][0]
+            sqrt = cons[add.output[0]][0]
+            div = cons[sqrt.output[0]][0]
+        except (IndexError, KeyError, TypeError):
+            continue
+        if (r2 is None or r2.op_type != "ReduceMean" or add is None or add.op_type != "Add" or sqrt is None
+                or sqrt.op_type != "Sqrt" or div is None or div.op_type != "Div" or div.input[0] != sub.output[0]):
+            continue
+        eps = _const_value(ed, add.input[1])
+        exponent = _const_value(ed, pow_.input[1])
+        if eps is None or np.asarray(eps).size != 1:
+            continue
+        if exponent is None or float(np.asarray(exponent).reshape(-1)[0]) != 2.0:
+            continue
+        if len(cons[sub.output[0]]) != 2 or len(cons[r1.output[0]]) != 1:
+            continue
+        base = r1.output[0]
+        nodes = []
+        src = x
+        shape = list(values[x].shape)
+        perm = None
+        if axis != rank - 1:  # e.g. SAM's LayerNorm2d over the channels of NCHW: move them last
+            perm = [d for d in range(rank) if d != axis] + [axis]
+            moved = ed.fresh(base + "_last")
+            nodes.append(helper.make_node("Transpose", [x], [moved], name=moved, perm=perm))
+            src, shape = moved, [shape[d] for d in perm]
+        rows = int(np.prod(shape[:-1]))
+        flat, normed = ed.fresh(base + "_rows"), ed.fresh(base + "_mvn")
+        back = div.output[0] if perm is None else ed.fresh(base + "_back")
+        nodes += [
+            helper.make_node("Reshape", [src, ed.constant(base + "_shape4", np.array([1, rows, shape[-1], 1], np.int64))],
+                             [flat], name=flat),
+            helper.make_node("MVN", [flat], [normed], name=normed, eps=float(eps), across_channels=0,
+                             normalize_variance=1),
+            helper.make_node("Reshape", [normed, ed.constant(base + "_shapeback", np.array(shape, np.int64))],
+                             [back], name=back),
+        ]
+        if perm is not None:
+            nodes.append(helper.make_node("Transpose", [back], [div.output[0]], name=div.output[0],
+                                          perm=[int(i) for i in np.argsort(perm)]))
+        for n in (r1, sub, pow_, r2, add, sqrt, div):
+            remove.add(id(n))
+        new_nodes[id(r1)] = nodes
+        replaced += 1
+    ed.splice(new_nodes, remove)
+    return ed.commit(), replaced
+
+
+def rewrite_erf(model):
+    """erf(z) -> tanh(c1 * (z + c2 * z^3)), c1 = 2/sqrt(pi), c2 = 2*0.044715 (GELU's tanh form)."""
+    ed = GraphEditor(model)
+    out = []
+    count = 0
+    for n in ed.nodes:
+        if n.op_type != "Erf":
+            out.append(n)
+            continue
+        z, y = n.input[0], n.output[0]
+        z2, z3, cz3, s, arg = (ed.fresh(y + t) for t in ("_z2", "_z3", "_cz3", "_sum", "_arg"))
+        out += [
+            helper.make_node("Mul", [z, z], [z2], name=z2),
+            helper.make_node("Mul", [z2, z], [z3], name=z3),
+            helper.make_node("Mul", [z3, ed.constant(y + "_c2", np.array(2 * 0.044715, np.float32))], [cz3], name=cz3),
+            helper.make_node("Add", [z, cz3], [s], name=s),
+            helper.make_node("Mul", [s, ed.constant(y + "_c1", np.array(2 / np.sqrt(np.pi), np.float32))], [arg], name=arg),
+            helper.make_node("Tanh", [arg], [y], name=y),
+        ]
+        count += 1
+    ed.nodes = out
+    return ed.commit(), count
+
+
+def reshape_broadcast_constants(model, values):
+    """x (op) c where c equals the trailing dims of x (broadcast over its leading dims): computed as
+    Reshape(x, (R, T)) (op) c.reshape(T), then Reshape back. cv::dnn 4.6 applies a constant
+    along axis 1 only, so e.g. a (C,) LayerNorm weight on (1, L, C) or an (H, L, L) attention bias
+    on (B, H, L, L) would otherwise fail or hit the wrong axis."""
+    ed = GraphEditor(model)
+    out = []
+    count = 0
+    for n in ed.nodes:
+        if n.op_type not in ("Add", "Mul", "Sub", "Div") or len(n.input) != 2:
+            out.append(n)
+            continue
+        const_pos = [k for k in (0, 1) if n.input[k] in ed.init]
+        if len(const_pos) != 1 or n.input[1 - const_pos[0]] not in values:
+            out.append(n)
+            continue
+        k = const_pos[0]
+        arr, x = ed.init[n.input[k]], n.input[1 - k]
+        shape = list(values[x].shape)
+        trailing = list(arr.shape)
+        while trailing and trailing[0] == 1:
+            trailing.pop(0)
+        lead = len(shape) - len(trailing)
+        if arr.size == 1 or len(shape) < 3 or lead < 1 or shape[lead:] != trailing:
+            out.append(n)
+            continue
+        rows, cols = int(np.prod(shape[:lead])), int(np.prod(trailing))
+        y = n.output[0]
+        flat, res = ed.fresh(y + "_2d"), ed.fresh(y + "_op2d")
+        inputs = [None, None]
+        inputs[1 - k] = flat
+        # 1-D: 4.6 puts a constant bias at axis rank(x) - rank(c) (= 1 here); scales always at axis 1
+        inputs[k] = ed.constant(n.input[k] + "_flat", arr.reshape(cols))
+        out += [
+            helper.make_node("Reshape", [x, ed.constant(y + "_shape2d", np.array([rows, cols], np.int64))], [flat], name=flat),
+            helper.make_node(n.op_type, inputs, [res], name=res),
+            helper.make_node("Reshape", [res, ed.constant(y + "_shape", np.array(shape, np.int64))], [y], name=y),
+        ]
+        count += 1
+    ed.nodes = out
+    return ed.commit(), count
+
+
+def move_attention_scale(model):
+    ed = GraphEditor(model)
+    cons = ed.consumers()
+    count = 0
+    skip = set()
+    replacement = {}
+    for n in ed.nodes:
+        if n.op_type != "MatMul" or n.input[1] in ed.init:
+            continue
+        users = cons.get(n.output[0], [])
+        if len(users) != 1 or users[0] is None or users[0].op_type != "Mul":
+            continue
+        mul = users[0]
+        scale_name = mul.input[1] if mul.input[0] == n.output[0] else mul.input[0]
+        scale = ed.init.get(scale_name)
+        if scale is None or np.asarray(scale).size != 1:
+            continue
+        q_scaled = ed.fresh(n.input[0] + "_scaled")
+        replacement[id(n)] = [
+            helper.make_node("Mul", [n.input[0], ed.constant(q_scaled + "_s", np.asarray(scale, np.float32).reshape(()))],
+                             [q_scaled], name=q_scaled),
+            helper.make_node("MatMul", [q_scaled, n.input[1]], [mul.output[0]], name=mul.output[0]),
+        ]
+        skip.add(id(mul))
+        count += 1
+    ed.splice(replacement, skip)
+    return ed.commit(), count
+
+
+def drop_empty_trailing_inputs(model):
+    """Optional inputs given as "" (e.g. Pad's constant_value): 4.6 looks them up and fails."""
+    count = 0
+    for n in model.graph.node:
+        while len(n.input) and n.input[-1] == "":
+            del n.input[-1]
+            count += 1
+    return model, count
+
+
+def convert(model, input_shapes, log=print):
+    """All passes, in order. input_shapes: input name -> fixed shape. Returns the new model."""
+    model = fix_input_shape(model, input_shapes)
+    values = trace_shapes(model, input_shapes)
+    model = fold_constants(model, values)
+    log(f"folded constants: {len(model.graph.node)} nodes left")
+    model, n = rewrite_layernorm(model, values)
+    log(f"LayerNorm -> MeanVarianceNormalization: {n}")
+    model, n = rewrite_erf(model)
+    log(f"Erf -> tanh form: {n}")
+    model, n = reshape_broadcast_constants(model, values)
+    log(f"broadcast constants reshaped: {n}")
+    model, n = move_attention_scale(model)
+    log(f"attention scale moved onto q: {n}")
+    model, n = drop_empty_trailing_inputs(model)
+    log(f"empty optional inputs dropped: {n}")
+    # no onnx.checker here: "MVN" is cv::dnn's layer type, not a standard ONNX operator
+    return model

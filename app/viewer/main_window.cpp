@@ -3,6 +3,7 @@
 #include <QApplication>
 #include <QCheckBox>
 #include <QComboBox>
+#include <QDir>
 #include <QDockWidget>
 #include <QDragEnterEvent>
 #include <QDropEvent>
@@ -254,7 +255,7 @@ void MainWindow::buildUi()
         l->setAlignment(Qt::AlignCenter);
     }
     inspectLayout->addWidget(pixelLabel_);
-    inspectLayout->addWidget(new QLabel("NAF attention over the low-res window (mean of 4 heads):"));
+    inspectLayout->addWidget(new QLabel("NAF attention over its low-res window (mean of 4 heads, zoomed):"));
     inspectLayout->addWidget(attentionLabel_, 1);
     inspectLayout->addWidget(new QLabel("Cosine similarity of its feature (-1 blue .. 1 red):"));
     inspectLayout->addWidget(similarityLabel_, 1);
@@ -502,8 +503,11 @@ void MainWindow::updateProbeLabel()
     const std::string path = naf_app::ProbeHead::expectedPath(name);
     if (!cv::utils::fs::exists(path))
     {
+        // Shown relative to the project (the registry is <project>/models/vfm).
+        const QString shown = QDir(QString::fromStdString(cv::naf::VfmRegistry::defaultDirectory()) + "/../..")
+                                  .relativeFilePath(QString::fromStdString(path));
         probeLabel_->setText(QString("No linear-probe head ships for '%1' yet (expected at %2).")
-                                 .arg(QString::fromStdString(name), QString::fromStdString(path)));
+                                 .arg(QString::fromStdString(name), shown));
         return;
     }
     try
@@ -645,11 +649,12 @@ void MainWindow::onInspectionFinished()
     else if (out.source == run_.result)  // else a new run replaced the result meanwhile
     {
         inspection_ = out;
-        // The side views zoom on the window: attention crop around it, similarity whole.
         attentionImage_ = toQImage(out.attention);
         similarityImage_ = toQImage(out.similarity);
-        attentionLabel_->setPixmap(QPixmap::fromImage(attentionImage_).scaled(attentionLabel_->size(), Qt::KeepAspectRatio,
-                                                                             Qt::SmoothTransformation));
+        // The window is a few percent of the image: the side view shows it zoomed, with 2 cells around.
+        const QImage zoomed = toQImage(out.attention(naf_app::windowInOutput(*run_.result, out.inspection, 2)));
+        attentionLabel_->setPixmap(QPixmap::fromImage(zoomed).scaled(attentionLabel_->size(), Qt::KeepAspectRatio,
+                                                                    Qt::FastTransformation));
         similarityLabel_->setPixmap(QPixmap::fromImage(similarityImage_).scaled(
             similarityLabel_->size(), Qt::KeepAspectRatio, Qt::SmoothTransformation));
         double peak = 0;

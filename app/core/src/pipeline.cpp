@@ -213,6 +213,17 @@ cv::Rect cellRect(const PipelineResult& result, cv::Rect cells)
     return cv::Rect(a, b);
 }
 
+}  // namespace
+
+cv::Rect windowInOutput(const PipelineResult& result, const PixelInspection& inspection, int marginCells)
+{
+    const cv::Rect cells(inspection.window.x - marginCells, inspection.window.y - marginCells,
+                         inspection.window.width + 2 * marginCells, inspection.window.height + 2 * marginCells);
+    return cellRect(result, cells) & cv::Rect(cv::Point(), result.outputSize);
+}
+
+namespace {
+
 void markPixel(cv::Mat& image, cv::Point pixel)
 {
     const int r = std::max(4, image.cols / 60);

@@ -101,6 +101,10 @@ struct PixelInspection
 /// similarity map of `similarityMethod`'s features (that method must be in result.upsampled).
 PixelInspection inspectPixel(const PipelineResult& result, cv::naf::NAF& naf, cv::Point pixel, int similarityMethod);
 
+/// The inspected low-res window in output pixels, grown by `marginCells` cells on each side and
+/// clipped to the output (for zoomed views of the attention).
+cv::Rect windowInOutput(const PipelineResult& result, const PixelInspection& inspection, int marginCells = 0);
+
 /// Renderings, all CV_8UC3 BGR of result.outputSize.
 cv::Mat renderLowResPca(const PipelineResult& result);
 cv::Mat renderMethodPca(const PipelineResult& result, int method);

@@ -229,14 +229,15 @@ TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
     EXPECT_EQ(fs::last_write_time(dir / "out" / "bear.panel.png"), panelTime);
     EXPECT_LT(seconds, 1.0) << "the resumed run loaded a model or computed";
 
-    // Changed settings make the images due again (only checked, not run: shard 1/2 of 3 images = 1 image).
-    options.settings.outputLongSide = 160;
-    options.shardIndex = 1;
-    options.shardCount = 2;
+    // A replaced input is due again; shard 2/3 of (bear, broken, bus) is bus alone.
+    fs::last_write_time(dir / "in" / "bus.jpg", fs::last_write_time(dir / "in" / "bus.jpg") + std::chrono::seconds(5));
+    options.shardIndex = 2;
+    options.shardCount = 3;
     const naf_app::BatchSummary shard = naf_app::runBatch(options);
-    EXPECT_EQ(shard.items.size(), 1u);
-    EXPECT_EQ(shard.computed + shard.skipped, 1);
-    EXPECT_NE(shard.manifestPath.find("manifest.shard-1-of-2.json"), std::string::npos);
+    ASSERT_EQ(shard.items.size(), 1u);
+    EXPECT_EQ(shard.items[0].input, (dir / "in" / "bus.jpg").string());
+    EXPECT_EQ(shard.computed, 1);
+    EXPECT_NE(shard.manifestPath.find("manifest.shard-2-of-3.json"), std::string::npos);
     fs::remove_all(dir);
 }
 

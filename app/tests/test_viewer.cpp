@@ -268,6 +268,7 @@ private slots:
         QVERIFY(window.result() == nullptr);
         QVERIFY(!window.isRunning());
         finished.clear();
+        window.setOutputLongSide(128);  // small: this only shows that a new run works
         QVERIFY(window.startRun());  // and it runs again
         QVERIFY(finished.wait(120000));
         QCOMPARE(finished.first().first().toBool(), true);

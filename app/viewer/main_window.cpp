@@ -546,8 +546,10 @@ void MainWindow::startSegmentation()
     const int k = clustersBox_->value();
     const cv::Mat blob = features->second;
     const std::optional<naf_app::ProbeHead> probe = useProbe ? probe_ : std::nullopt;
-    segWatcher_.setFuture(QtConcurrent::run([blob, k, probe] {
+    std::shared_ptr<const naf_app::PipelineResult> source = run_.result;
+    segWatcher_.setFuture(QtConcurrent::run([blob, k, probe, source] {
         SegmentationOutput out;
+        out.source = source;
         try
         {
             int classes = k;
@@ -577,7 +579,14 @@ void MainWindow::startSegmentation()
 
 void MainWindow::onSegmentationFinished()
 {
-    segmentation_ = segWatcher_.result();
+    SegmentationOutput out = segWatcher_.result();
+    if (out.source != run_.result)  // a newer run replaced the features: its own segmentation follows
+    {
+        segmentationPending_ = false;
+        startSegmentation();
+        return;
+    }
+    segmentation_ = out;
     if (!segmentation_.error.isEmpty()) showError("Segmentation failed", segmentation_.error);
     legend_->clear();
     for (int i = 0; i < segmentation_.names.size(); ++i)
@@ -684,7 +693,7 @@ cv::Mat MainWindow::renderContent(int content) const
     if (content == CONTENT_IMAGE) return run_.result ? run_.result->guide : image_;
     if (!run_.result) return cv::Mat();
     if (content == CONTENT_SEGMENTATION)
-        return segmentation_.labels.empty() ? cv::Mat()
+        return segmentation_.labels.size() != run_.result->outputSize ? cv::Mat()
                                             : naf_app::renderLabels(*run_.result, segmentation_.labels,
                                                                     opacitySlider_->value() / 100.0);
     if (content == CONTENT_ATTENTION) return inspection_ ? inspection_->attention : cv::Mat();

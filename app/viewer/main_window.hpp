@@ -45,6 +45,7 @@ struct RunOutput
 struct SegmentationOutput
 {
     QString error;
+    std::shared_ptr<const naf_app::PipelineResult> source;  ///< the run it belongs to
     cv::Mat labels;   ///< H x W CV_32S
     QStringList names;
     std::vector<double> fractions;

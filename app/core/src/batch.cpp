@@ -51,15 +51,24 @@ std::string hex8(const std::string& text)
     return out.str();
 }
 
-// True when `sidecar` records the same settings and every output it lists exists.
-bool alreadyDone(const std::string& sidecar, const json& settings, BatchItem& item)
+// Size and modification time of the input: a replaced image is computed again.
+json inputStamp(const std::string& input)
+{
+    std::error_code ec;
+    const auto size = fs::file_size(input, ec);
+    const auto time = fs::last_write_time(input, ec);
+    return {{"size", ec ? 0 : size}, {"mtime", ec ? 0 : static_cast<long long>(time.time_since_epoch().count())}};
+}
+
+// True when `sidecar` records the same settings and input, and every output it lists exists.
+bool alreadyDone(const std::string& sidecar, const json& settings, const std::string& input, BatchItem& item)
 {
     std::ifstream in(sidecar);
     if (!in) return false;
     try
     {
         const json record = json::parse(in);
-        if (record.at("settings") != settings) return false;
+        if (record.at("settings") != settings || record.at("input_stamp") != inputStamp(input)) return false;
         std::vector<std::string> outputs = record.at("outputs").get<std::vector<std::string>>();
         for (const std::string& o : outputs)
             if (!fs::exists(o)) return false;
@@ -80,7 +89,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
     item.input = input;
     const std::string base = (fs::path(options.outDir) / stem).string();
     const std::string sidecar = base + ".json";
-    if (!options.force && alreadyDone(sidecar, settings, item))
+    if (!options.force && alreadyDone(sidecar, settings, input, item))
     {
         item.status = "already_done";
         return item;
@@ -124,6 +133,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         }
         item.timings = result.timings;
         const json record = {{"input", input},
+                             {"input_stamp", inputStamp(input)},
                              {"settings", settings},
                              {"outputs", item.outputs},
                              {"timings_ms", timingsJson(result.timings)},

@@ -1,10 +1,10 @@
-// naf_demo: upsamples a coarse feature map of each image with cv::naf and writes comparison
-// panels (image | nearest | bilinear | NAF, features shown as PCA colours).
-//
-// Until the VFM runner lands (models/, issue 3), the low-resolution features are a simple
-// stand-in computed here: per 16x16 cell, mean Lab colour, RGB and Sobel gradients (8 channels).
+// naf_demo: runs a vision foundation model (default: MobileSAM's image encoder, from the registry
+// models/vfm/) on each image with cv::dnn, upsamples its low-resolution features with cv::naf and
+// writes comparison panels: image | low-res PCA | bilinear PCA | NAF PCA. The 3 PCA components are
+// fitted on the low-res features and applied to every map, so that the colours agree.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -17,91 +17,26 @@
 
 namespace {
 
-// 8-channel coarse features, 1 x 8 x h x w.
-cv::Mat coarseFeatures(const cv::Mat& bgr, int stride)
+double msSince(std::chrono::steady_clock::time_point t0)
 {
-    const cv::Size low(std::max(1, bgr.cols / stride), std::max(1, bgr.rows / stride));
-    cv::Mat f32, lab, gray, gx, gy;
-    bgr.convertTo(f32, CV_32F, 1.0 / 255);
-    cv::cvtColor(f32, lab, cv::COLOR_BGR2Lab);
-    cv::cvtColor(f32, gray, cv::COLOR_BGR2GRAY);
-    cv::Sobel(gray, gx, CV_32F, 1, 0);
-    cv::Sobel(gray, gy, CV_32F, 0, 1);
-    std::vector<cv::Mat> planes, labPlanes, bgrPlanes;
-    cv::split(lab, labPlanes);
-    cv::split(f32, bgrPlanes);
-    labPlanes[0] /= 100.f;
-    labPlanes[1] /= 100.f;
-    labPlanes[2] /= 100.f;
-    for (auto& p : labPlanes) planes.push_back(p);
-    for (auto& p : bgrPlanes) planes.push_back(p);
-    planes.push_back(gx);
-    planes.push_back(gy);
-    const int sizes[4] = {1, static_cast<int>(planes.size()), low.height, low.width};
-    cv::Mat blob(4, sizes, CV_32F);
-    for (size_t c = 0; c < planes.size(); ++c)
-    {
-        cv::Mat small(low, CV_32F, blob.ptr<float>(0, static_cast<int>(c)));
-        cv::resize(planes[c], small, low, 0, 0, cv::INTER_AREA);
-    }
-    return blob;
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Channel-major blob plane c of item 0 as a 2-D Mat header.
-cv::Mat plane(const cv::Mat& blob, int c)
+std::vector<cv::String> imagesOf(const std::string& input)
 {
-    return cv::Mat(blob.size[2], blob.size[3], CV_32F, const_cast<float*>(blob.ptr<float>(0, c)));
-}
-
-// PCA basis fitted on the low-res features, applied to any map of the same channels.
-struct PcaColors
-{
-    cv::PCA pca;
-    cv::Mat lo, hi;
-
-    explicit PcaColors(const cv::Mat& lowRes)
+    std::vector<cv::String> files;
+    if (!cv::utils::fs::isDirectory(input))
+        return {input};
+    std::vector<cv::String> found;
+    cv::utils::fs::glob(input, "*", found);
+    for (const cv::String& f : found)
     {
-        const cv::Mat samples = pixelsAsRows(lowRes);
-        pca = cv::PCA(samples, cv::Mat(), cv::PCA::DATA_AS_ROW, 3);
-        const cv::Mat proj = pca.project(samples);
-        cv::reduce(proj, lo, 0, cv::REDUCE_MIN);
-        cv::reduce(proj, hi, 0, cv::REDUCE_MAX);
+        std::string ext = f.substr(f.find_last_of('.') + 1);
+        std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+        if (ext == "jpg" || ext == "jpeg" || ext == "png") files.push_back(f);
     }
-
-    static cv::Mat pixelsAsRows(const cv::Mat& blob)
-    {
-        const int c = blob.size[1], n = blob.size[2] * blob.size[3];
-        cv::Mat rows(c, n, CV_32F, const_cast<float*>(blob.ptr<float>()));
-        return rows.t();
-    }
-
-    cv::Mat render(const cv::Mat& blob, cv::Size size) const
-    {
-        cv::Mat proj = pca.project(pixelsAsRows(blob));
-        cv::Mat rgb(blob.size[2], blob.size[3], CV_8UC3);
-        for (int i = 0; i < proj.rows; ++i)
-            for (int k = 0; k < 3; ++k)
-            {
-                const float range = std::max(1e-6f, hi.at<float>(k) - lo.at<float>(k));
-                const float v = (proj.at<float>(i, k) - lo.at<float>(k)) / range;
-                rgb.at<cv::Vec3b>(i / blob.size[3], i % blob.size[3])[k] = cv::saturate_cast<uchar>(255.f * v);
-            }
-        cv::Mat out;
-        cv::resize(rgb, out, size, 0, 0, cv::INTER_NEAREST);
-        return out;
-    }
-};
-
-cv::Mat resizeBlob(const cv::Mat& blob, cv::Size size, int interpolation)
-{
-    const int sizes[4] = {1, blob.size[1], size.height, size.width};
-    cv::Mat out(4, sizes, CV_32F);
-    for (int c = 0; c < blob.size[1]; ++c)
-    {
-        cv::Mat dst = plane(out, c);
-        cv::resize(plane(blob, c), dst, size, 0, 0, interpolation);
-    }
-    return out;
+    std::sort(files.begin(), files.end());
+    return files;
 }
 
 }  // namespace
@@ -109,14 +44,16 @@ cv::Mat resizeBlob(const cv::Mat& blob, cv::Size size, int interpolation)
 int main(int argc, char** argv)
 {
     const cv::String keys =
-        "{help h   |      | print this help}"
-        "{@input   |data  | an image file or a folder of .jpg/.png images}"
-        "{out      |out   | output folder for the panels (--out=DIR)}"
-        "{weights  |      | NAF weights (.safetensors); default: cv::naf::getDefaultWeightsPath()}"
-        "{max-side |384   | output long side (the image is resized to it)}"
-        "{stride   |16    | feature stride of the stand-in features}";
+        "{help h   |          | print this help}"
+        "{@input   |data      | an image file or a folder of .jpg/.png images}"
+        "{out      |out       | output folder for the panels (--out=DIR)}"
+        "{model    |mobilesam | vision foundation model: a registry name (models/vfm/<name>.json)}"
+        "{registry |          | registry folder; default: cv::naf::VfmRegistry::defaultDirectory()}"
+        "{weights  |          | NAF weights (.safetensors); default: cv::naf::getDefaultWeightsPath()}"
+        "{max-side |448       | long side of the panels (the image is resized to it)}"
+        "{threads  |-1        | cv::setNumThreads (-1: OpenCV's default)}";
     cv::CommandLineParser parser(argc, argv, keys);
-    parser.about("naf_demo: upsample coarse features of images with cv::naf and write comparison panels");
+    parser.about("naf_demo: VFM features (cv::dnn) -> NAF upsampling -> PCA panels");
     if (parser.has("help"))
     {
         parser.printMessage();
@@ -124,67 +61,91 @@ int main(int argc, char** argv)
     }
     const std::string input = parser.get<std::string>("@input");
     const std::string outDir = parser.get<std::string>("out");
-    const int maxSide = parser.get<int>("max-side"), stride = parser.get<int>("stride");
-    if (!parser.check() || maxSide < 16 || stride < 1)
+    const int maxSide = parser.get<int>("max-side"), threads = parser.get<int>("threads");
+    if (!parser.check() || maxSide < 16)
     {
         parser.printErrors();
-        std::cerr << "naf_demo: --max-side must be >= 16 and --stride >= 1\n";
+        std::cerr << "naf_demo: --max-side must be >= 16\n";
         return 2;
     }
-    std::vector<cv::String> files;
-    if (cv::utils::fs::isDirectory(input))
-    {
-        std::vector<cv::String> found;
-        cv::utils::fs::glob(input, "*", found);
-        for (const cv::String& f : found)
-        {
-            const std::string ext = f.substr(f.find_last_of('.') + 1);
-            if (ext == "jpg" || ext == "jpeg" || ext == "png" || ext == "JPG" || ext == "PNG") files.push_back(f);
-        }
-        std::sort(files.begin(), files.end());
-    }
-    else
-        files.push_back(input);
+    const std::vector<cv::String> files = imagesOf(input);
     if (files.empty())
     {
         std::cerr << "naf_demo: no images in '" << input << "'\n";
         return 1;
     }
+    if (threads >= 0) cv::setNumThreads(threads);
     cv::utils::fs::createDirectories(outDir);
 
     try
     {
+        const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(parser.get<std::string>("model"),
+                                                                 parser.get<std::string>("registry"));
+        cv::Ptr<cv::naf::VisionFoundationModel> vfm = cv::naf::VisionFoundationModel::create(spec);
         cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create(parser.get<std::string>("weights"));
-        std::cout << "weights: " << naf->getWeightsInfo() << "\n";
+        std::cout << "model: " << spec.displayName << " (" << spec.inputSize << " px, stride " << spec.stride << ", "
+                  << spec.channels << " channels)\nNAF weights: " << naf->getWeightsInfo() << "\nthreads: "
+                  << cv::getNumThreads() << "\n";
         int failures = 0;
         for (size_t i = 0; i < files.size(); ++i)
         {
-            cv::Mat image = cv::imread(files[i], cv::IMREAD_COLOR);
-            if (image.empty())
+            const std::string tag = "[" + std::to_string(i + 1) + "/" + std::to_string(files.size()) + "] " + files[i];
+            const cv::Mat original = cv::imread(files[i], cv::IMREAD_COLOR);
+            if (original.empty())
             {
-                std::cerr << "[" << i + 1 << "/" << files.size() << "] " << files[i] << ": cannot read, skipped\n";
+                std::cerr << tag << ": cannot read, skipped\n";
                 ++failures;
                 continue;
             }
-            const double scale = static_cast<double>(maxSide) / std::max(image.cols, image.rows);
-            cv::resize(image, image, cv::Size(), scale, scale, scale < 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
-            const cv::Mat lowRes = coarseFeatures(image, stride);
-            cv::Mat upsampled;
-            const auto t0 = std::chrono::steady_clock::now();
-            naf->upsample(image, lowRes, upsampled, image.size());
-            const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-            const PcaColors pca(lowRes);
-            std::vector<cv::Mat> panels = {image, pca.render(lowRes, image.size()),
-                                           pca.render(resizeBlob(lowRes, image.size(), cv::INTER_LINEAR), image.size()),
-                                           pca.render(upsampled, image.size())};
-            cv::Mat row;
-            cv::hconcat(panels, row);
+            auto t0 = std::chrono::steady_clock::now();
+            cv::Mat lowRes;
+            cv::naf::VfmGeometry geometry;
+            vfm->extract(original, lowRes, &geometry);
+            const double vfmMs = msSince(t0);
+
+            // Panels at maxSide. The feature cells cover the image plus a sliver of the network's
+            // padding (the last cell row/column); upsample onto that covered area, guided by the
+            // image padded with black as the network saw it, then crop to the image.
+            const double display = static_cast<double>(maxSide) / std::max(original.cols, original.rows);
+            cv::Mat image;
+            cv::resize(original, image, cv::Size(), display, display, display < 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
+            const double cellPx = spec.stride / geometry.scale * display;  // one cell in panel pixels
+            const cv::Size covered(std::max(image.cols, static_cast<int>(std::lround(geometry.validCells.width * cellPx))),
+                                   std::max(image.rows, static_cast<int>(std::lround(geometry.validCells.height * cellPx))));
+            cv::Mat guide;
+            cv::copyMakeBorder(image, guide, 0, covered.height - image.rows, 0, covered.width - image.cols,
+                               cv::BORDER_CONSTANT, cv::Scalar::all(0));
+            const cv::Rect crop(0, 0, image.cols, image.rows);
+
+            cv::Mat bilinear, upsampled;
+            cv::naf::upsampleWith(cv::naf::UPSAMPLE_BILINEAR, guide, lowRes, bilinear, covered);
+            t0 = std::chrono::steady_clock::now();
+            cv::naf::upsampleWith(cv::naf::UPSAMPLE_NAF, guide, lowRes, upsampled, covered, naf);
+            const double nafMs = msSince(t0);
+
+            cv::naf::FeaturePca pca;
+            pca.fit(lowRes);
+            cv::Mat lowPca, bilinearPca, nafPca;
+            pca.apply(lowRes, lowPca);
+            cv::resize(lowPca, lowPca, covered, 0, 0, cv::INTER_NEAREST);
+            pca.apply(bilinear, bilinearPca);
+            pca.apply(upsampled, nafPca);
+            cv::Mat panel;
+            const std::string low = std::to_string(lowRes.size[3]) + "x" + std::to_string(lowRes.size[2]);
+            cv::naf::makePanel({image, lowPca(crop).clone(), bilinearPca(crop).clone(), nafPca(crop).clone()},
+                               {"image", spec.name + " " + low + " (PCA)", "bilinear", "NAF"}, panel);
             const std::string base = files[i].substr(files[i].find_last_of('/') + 1);
-            const std::string outPath = cv::utils::fs::join(outDir, base.substr(0, base.find_last_of('.')) + "_naf.png");
-            cv::imwrite(outPath, row);
-            std::cout << "[" << i + 1 << "/" << files.size() << "] " << files[i] << ": " << lowRes.size[3] << "x"
-                      << lowRes.size[2] << "x" << lowRes.size[1] << " -> " << image.cols << "x" << image.rows << " in "
-                      << static_cast<int>(ms) << " ms -> " << outPath << "\n";
+            const std::string outPath =
+                cv::utils::fs::join(outDir, base.substr(0, base.find_last_of('.')) + "_" + spec.name + "_naf.png");
+            if (!cv::imwrite(outPath, panel))
+            {
+                std::cerr << tag << ": cannot write " << outPath << "\n";
+                ++failures;
+                continue;
+            }
+            std::cout << tag << ": " << spec.name << " " << lowRes.size[1] << " x " << low << " in "
+                      << static_cast<int>(vfmMs) << " ms, NAF -> " << covered.width << "x" << covered.height << " in "
+                      << static_cast<int>(nafMs) << " ms -> " << outPath << "\n";
         }
         return failures == 0 ? 0 : 1;
     }

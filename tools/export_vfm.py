@@ -30,7 +30,6 @@ import math
 import os
 import sys
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn
@@ -189,6 +188,7 @@ def build(args):
 def export(vit, size, out_path, log=print):
     """Exports at size x size and converts for OpenCV 4.6. Returns the fixed-size torch module."""
     module = FixedSizeExport(vit.eval(), size).eval()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".torch.onnx"
     dummy = torch.zeros(1, 3, size, size)
     with torch.no_grad():

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools", "vfm"))
 import export_vfm  # noqa: E402  (tools/ is on the path through conftest.py)
-import onnx_for_opencv46  # noqa: E402
 import onnx_numpy  # noqa: E402
 
 cv2 = pytest.importorskip("cv2", reason="python3-opencv (scripts/install_deps.sh) is not installed")

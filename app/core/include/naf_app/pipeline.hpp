@@ -1,0 +1,138 @@
+// The Qt-free core shared by the viewer (naf_viewer) and the batch command (naf_batch):
+// image -> VFM features -> upsampling with the chosen methods -> visualizations.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+#include <opencv2/naf.hpp>
+#include <opencv2/naf/vfm.hpp>
+#include <opencv2/naf/visualize.hpp>
+
+namespace naf_app {
+
+/// What to compute for one image.
+struct PipelineSettings
+{
+    std::string vfmName = "mobilesam";  ///< registry name (models/vfm/<name>.json)
+    int outputLongSide = 448;           ///< output resolution: the image's long side is scaled to this
+    std::vector<int> methods = {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
+                                cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF};
+    std::string nafWeightsPath;         ///< empty: cv::naf default weights
+};
+
+/// Thrown by Pipeline::run() when the progress callback asked to stop.
+class Cancelled : public std::runtime_error
+{
+public:
+    Cancelled() : std::runtime_error("cancelled") {}
+};
+
+/// Wall time of one stage, milliseconds.
+struct StageTiming
+{
+    std::string stage;
+    double milliseconds = 0;
+};
+
+/// Everything computed for one image.
+struct PipelineResult
+{
+    cv::Mat image;                       ///< the input, CV_8UC3 BGR
+    cv::Mat guide;                       ///< the input resized to outputSize (the upsampling guide)
+    cv::Size outputSize;
+    cv::Mat lowRes;                      ///< 1 x C x h x w CV_32F from the VFM
+    cv::naf::VfmGeometry geometry;
+    std::map<int, cv::Mat> upsampled;    ///< method -> 1 x C x H x W CV_32F
+    cv::naf::FeaturePca pca;             ///< fitted on lowRes, shared by every rendering
+    std::vector<StageTiming> timings;
+    std::string vfmName, vfmDisplayName, device, weightsInfo;
+
+    double totalMilliseconds() const;
+    /// "vfm 3300 ms · nearest 2 ms · ... " for status bars and logs.
+    std::string timingSummary() const;
+};
+
+/// Progress callback: fraction in [0, 1] and the stage starting; return false to cancel.
+using ProgressFn = std::function<bool(double fraction, const std::string& stage)>;
+
+/// Output size for an image: long side = longSide, aspect kept, each side >= 1.
+cv::Size outputSizeFor(cv::Size image, int longSide);
+
+/// Runs the pipeline, caching the loaded VFM and NAF objects between calls. One Pipeline per
+/// thread (cv::dnn nets and NAF objects are not shared across threads).
+class Pipeline
+{
+public:
+    /// Validates the settings (known methods, size in [16, 4096], VFM in the registry) with a
+    /// cv::Exception naming the bad value.
+    static void validate(const PipelineSettings& settings);
+
+    /// @throws cv::Exception (unreadable model, bad sizes...) or Cancelled.
+    PipelineResult run(const cv::Mat& bgr, const PipelineSettings& settings, const ProgressFn& progress = ProgressFn());
+
+    /// The VFM for a registry name (loaded once).
+    cv::Ptr<cv::naf::VisionFoundationModel> vfm(const std::string& name);
+    /// The NAF upsampler for a weights path (loaded once).
+    cv::Ptr<cv::naf::NAF> naf(const std::string& weightsPath);
+
+private:
+    std::map<std::string, cv::Ptr<cv::naf::VisionFoundationModel>> vfms_;
+    std::map<std::string, cv::Ptr<cv::naf::NAF>> nafs_;
+};
+
+/// Attention of one output pixel and the similarity of its feature to every other pixel.
+struct PixelInspection
+{
+    cv::Point pixel;             ///< output pixel (x, y)
+    cv::Mat attentionGrid;       ///< h x w CV_32F: NAF weight of each low-res cell (mean over heads), 0 outside the window
+    cv::Rect window;             ///< the low-res window's bounding box
+    cv::Mat similarity;          ///< H x W CV_32F cosine similarity, of the `similarityMethod` features
+    int similarityMethod = cv::naf::UPSAMPLE_NAF;
+};
+
+/// Re-runs NAF with an attention probe at `pixel` (output coordinates) and computes the
+/// similarity map of `similarityMethod`'s features (that method must be in result.upsampled).
+PixelInspection inspectPixel(const PipelineResult& result, cv::naf::NAF& naf, cv::Point pixel, int similarityMethod);
+
+/// The inspected low-res window in output pixels, grown by `marginCells` cells on each side and
+/// clipped to the output (for zoomed views of the attention).
+cv::Rect windowInOutput(const PipelineResult& result, const PixelInspection& inspection, int marginCells = 0);
+
+/// Renderings, all CV_8UC3 BGR of result.outputSize.
+cv::Mat renderLowResPca(const PipelineResult& result);
+cv::Mat renderMethodPca(const PipelineResult& result, int method);
+/// Attention grid as a heat map on the low-res grid (nearest-scaled), blended over the guide,
+/// window outlined and the pixel marked.
+cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& inspection);
+cv::Mat renderSimilarity(const PipelineResult& result, const PixelInspection& inspection);
+/// Labels (H x W CV_32S) coloured over the guide with opacity alpha in [0, 1].
+cv::Mat renderLabels(const PipelineResult& result, const cv::Mat& labels, double alpha);
+
+/// A trained linear classifier on the VFM's features ("linear probe"): scores = weight * f + bias.
+///
+/// File format (safetensors): tensor "weight" F32 [K, C], tensor "bias" F32 [K], metadata
+/// "classes": a JSON array of K class names, "vfm": the registry name it was trained for.
+/// Looked up as <registry folder>/<vfm>.probe.safetensors.
+struct ProbeHead
+{
+    std::string path, vfmName;
+    std::vector<std::string> classes;
+    cv::Mat weight;  ///< K x C CV_32F
+    cv::Mat bias;    ///< K x 1 CV_32F
+
+    /// @throws cv::Exception on a missing/invalid file, naming the problem.
+    static ProbeHead load(const std::string& path);
+    /// Where the probe head of a registry entry is expected.
+    static std::string expectedPath(const std::string& vfmName, const std::string& registryDir = std::string());
+    /// Per-pixel argmax class of a 1 x C x H x W blob: H x W CV_32S. @throws if C differs.
+    cv::Mat classify(const cv::Mat& features) const;
+};
+
+}  // namespace naf_app

@@ -1,0 +1,273 @@
+// The shared pipeline of naf_viewer and naf_batch, see naf_app/pipeline.hpp.
+#include "naf_app/pipeline.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include <opencv2/core/utils/filesystem.hpp>
+#include <opencv2/imgproc.hpp>
+
+namespace naf_app {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double millisecondsSince(Clock::time_point start)
+{
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+std::string backendName(int backend)
+{
+    return backend == cv::naf::BACKEND_CUDA ? "CUDA" : "CPU";
+}
+
+}  // namespace
+
+double PipelineResult::totalMilliseconds() const
+{
+    double total = 0;
+    for (const StageTiming& t : timings) total += t.milliseconds;
+    return total;
+}
+
+std::string PipelineResult::timingSummary() const
+{
+    std::ostringstream out;
+    for (size_t i = 0; i < timings.size(); ++i)
+        out << (i ? " · " : "") << timings[i].stage << " " << cvRound(timings[i].milliseconds) << " ms";
+    return out.str();
+}
+
+cv::Size outputSizeFor(cv::Size image, int longSide)
+{
+    CV_CheckGT(image.width, 0, "empty image");
+    CV_CheckGT(image.height, 0, "empty image");
+    CV_CheckGT(longSide, 0, "output long side");
+    const double scale = static_cast<double>(longSide) / std::max(image.width, image.height);
+    return cv::Size(std::max(1, cvRound(image.width * scale)), std::max(1, cvRound(image.height * scale)));
+}
+
+void Pipeline::validate(const PipelineSettings& settings)
+{
+    if (settings.outputLongSide < 16 || settings.outputLongSide > 4096)
+        CV_Error(cv::Error::StsOutOfRange, "output size " + std::to_string(settings.outputLongSide) +
+                                               " is outside [16, 4096] pixels (long side)");
+    if (settings.methods.empty()) CV_Error(cv::Error::StsBadArg, "no upsampling method chosen");
+    for (int m : settings.methods) cv::naf::upsampleMethodName(m);  // throws for an unknown id
+    cv::naf::VfmRegistry::find(settings.vfmName);                    // throws listing the known names
+}
+
+cv::Ptr<cv::naf::VisionFoundationModel> Pipeline::vfm(const std::string& name)
+{
+    auto it = vfms_.find(name);
+    if (it == vfms_.end()) it = vfms_.emplace(name, cv::naf::VisionFoundationModel::create(name)).first;
+    return it->second;
+}
+
+cv::Ptr<cv::naf::NAF> Pipeline::naf(const std::string& weightsPath)
+{
+    auto it = nafs_.find(weightsPath);
+    if (it == nafs_.end()) it = nafs_.emplace(weightsPath, cv::naf::NAF::create(weightsPath)).first;
+    return it->second;
+}
+
+PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& settings, const ProgressFn& progress)
+{
+    if (bgr.empty() || bgr.type() != CV_8UC3 || bgr.cols < 2 || bgr.rows < 2)
+        CV_Error(cv::Error::StsBadArg, "the image must be CV_8UC3 and at least 2x2, got " +
+                                           (bgr.empty() ? std::string("an empty image")
+                                                        : cv::typeToString(bgr.type()) + " " + std::to_string(bgr.cols) +
+                                                              "x" + std::to_string(bgr.rows)));
+    validate(settings);
+    const double steps = 2.0 + settings.methods.size();
+    double done = 0;
+    auto step = [&](const std::string& stage) {
+        if (progress && !progress(done / steps, stage)) throw Cancelled();
+        done += 1;
+    };
+
+    PipelineResult result;
+    result.image = bgr;
+    result.outputSize = outputSizeFor(bgr.size(), settings.outputLongSide);
+    cv::resize(bgr, result.guide, result.outputSize, 0, 0,
+               result.outputSize.area() < bgr.size().area() ? cv::INTER_AREA : cv::INTER_LINEAR);
+
+    step("loading models");
+    auto start = Clock::now();
+    cv::Ptr<cv::naf::VisionFoundationModel> model = vfm(settings.vfmName);
+    cv::Ptr<cv::naf::NAF> upsampler = naf(settings.nafWeightsPath);
+    result.vfmName = settings.vfmName;
+    result.vfmDisplayName = model->getSpec().displayName;
+    result.weightsInfo = upsampler->getWeightsInfo();
+    const double loadMs = millisecondsSince(start);
+    if (loadMs > 1) result.timings.push_back({"load", loadMs});
+
+    step("VFM features");
+    start = Clock::now();
+    model->extract(bgr, result.lowRes, &result.geometry);
+    result.timings.push_back({"vfm", millisecondsSince(start)});
+    if (result.lowRes.size[2] > result.outputSize.height || result.lowRes.size[3] > result.outputSize.width)
+        CV_Error(cv::Error::StsBadArg, "output " + std::to_string(result.outputSize.width) + "x" +
+                                           std::to_string(result.outputSize.height) +
+                                           " is smaller than the feature grid " + std::to_string(result.lowRes.size[3]) +
+                                           "x" + std::to_string(result.lowRes.size[2]) + "; choose a larger output size");
+    result.pca.fit(result.lowRes);
+
+    for (int method : settings.methods)
+    {
+        step(cv::naf::upsampleMethodName(method));
+        start = Clock::now();
+        cv::Mat up;
+        cv::naf::upsampleWith(method, result.guide, result.lowRes, up, result.outputSize, upsampler);
+        result.timings.push_back({cv::naf::upsampleMethodName(method), millisecondsSince(start)});
+        result.upsampled[method] = up;
+    }
+    const bool usedNaf = result.upsampled.count(cv::naf::UPSAMPLE_NAF) != 0;
+    result.device = "NAF: " + (usedNaf ? backendName(upsampler->getActiveBackend()) : std::string("not run")) + ", " +
+                    std::to_string(cv::getNumThreads()) + " threads; VFM: cv::dnn CPU";
+    if (progress && !progress(1.0, "done")) throw Cancelled();
+    return result;
+}
+
+PixelInspection inspectPixel(const PipelineResult& result, cv::naf::NAF& naf, cv::Point pixel, int similarityMethod)
+{
+    CV_Assert(!result.lowRes.empty());
+    if (!cv::Rect(cv::Point(), result.outputSize).contains(pixel))
+        CV_Error(cv::Error::StsOutOfRange, "pixel (" + std::to_string(pixel.x) + ", " + std::to_string(pixel.y) +
+                                               ") is outside the " + std::to_string(result.outputSize.width) + "x" +
+                                               std::to_string(result.outputSize.height) + " output");
+    auto features = result.upsampled.find(similarityMethod);
+    if (features == result.upsampled.end())
+        CV_Error(cv::Error::StsBadArg, "method '" + cv::naf::upsampleMethodName(similarityMethod) + "' was not run");
+
+    PixelInspection inspection;
+    inspection.pixel = pixel;
+    inspection.similarityMethod = similarityMethod;
+    // The probe only records; the upsampled output of this extra run is not needed.
+    cv::Mat unused, weights, positions;
+    naf.setAttentionProbe(pixel);
+    try
+    {
+        naf.upsample(result.guide, result.lowRes, unused, result.outputSize);
+    }
+    catch (...)
+    {
+        naf.setAttentionProbe(cv::Point(-1, -1));
+        throw;
+    }
+    naf.setAttentionProbe(cv::Point(-1, -1));
+    naf.getAttentionWeights(weights, positions);
+
+    const int heads = weights.size[1], kh = weights.size[2], kw = weights.size[3];
+    inspection.attentionGrid = cv::Mat::zeros(result.lowRes.size[2], result.lowRes.size[3], CV_32F);
+    int x0 = INT32_MAX, y0 = INT32_MAX, x1 = -1, y1 = -1;
+    for (int i = 0; i < kh; ++i)
+        for (int j = 0; j < kw; ++j)
+        {
+            const cv::Vec2i at = positions.at<cv::Vec2i>(i, j);
+            float mean = 0;
+            for (int h = 0; h < heads; ++h) mean += weights.at<float>(cv::Vec4i(0, h, i, j));
+            // A window may list one cell twice (non-multiple output sizes): its weights add up.
+            inspection.attentionGrid.at<float>(at[1], at[0]) += mean / heads;
+            x0 = std::min(x0, at[0]);
+            y0 = std::min(y0, at[1]);
+            x1 = std::max(x1, at[0]);
+            y1 = std::max(y1, at[1]);
+        }
+    inspection.window = cv::Rect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
+    cv::naf::cosineSimilarityMap(features->second, pixel, inspection.similarity);
+    return inspection;
+}
+
+cv::Mat renderLowResPca(const PipelineResult& result)
+{
+    cv::Mat small, out;
+    result.pca.apply(result.lowRes, small);
+    cv::resize(small, out, result.outputSize, 0, 0, cv::INTER_NEAREST);
+    return out;
+}
+
+cv::Mat renderMethodPca(const PipelineResult& result, int method)
+{
+    auto it = result.upsampled.find(method);
+    if (it == result.upsampled.end())
+        CV_Error(cv::Error::StsBadArg, "method '" + cv::naf::upsampleMethodName(method) + "' was not run");
+    cv::Mat out;
+    result.pca.apply(it->second, out);
+    return out;
+}
+
+namespace {
+
+// Low-res cell rectangle in output pixels.
+cv::Rect cellRect(const PipelineResult& result, cv::Rect cells)
+{
+    const double sx = static_cast<double>(result.outputSize.width) / result.lowRes.size[3];
+    const double sy = static_cast<double>(result.outputSize.height) / result.lowRes.size[2];
+    const cv::Point a(cvRound(cells.x * sx), cvRound(cells.y * sy));
+    const cv::Point b(cvRound((cells.x + cells.width) * sx), cvRound((cells.y + cells.height) * sy));
+    return cv::Rect(a, b);
+}
+
+}  // namespace
+
+cv::Rect windowInOutput(const PipelineResult& result, const PixelInspection& inspection, int marginCells)
+{
+    const cv::Rect cells(inspection.window.x - marginCells, inspection.window.y - marginCells,
+                         inspection.window.width + 2 * marginCells, inspection.window.height + 2 * marginCells);
+    return cellRect(result, cells) & cv::Rect(cv::Point(), result.outputSize);
+}
+
+namespace {
+
+void markPixel(cv::Mat& image, cv::Point pixel)
+{
+    const int r = std::max(4, image.cols / 60);
+    cv::circle(image, pixel, r, cv::Scalar(255, 255, 255), 2, cv::LINE_AA);
+    cv::circle(image, pixel, r + 2, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+}
+
+}  // namespace
+
+cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& inspection)
+{
+    double hi = 0;
+    cv::minMaxLoc(inspection.attentionGrid, nullptr, &hi);
+    cv::Mat heat, big, out;
+    cv::naf::colorizeScalarMap(inspection.attentionGrid, 0, std::max(hi, 1e-6), heat);
+    cv::resize(heat, big, result.outputSize, 0, 0, cv::INTER_NEAREST);
+    // Outside the window the weight is 0 by definition: show the image there, dimmed.
+    cv::Mat mask = cv::Mat::zeros(result.outputSize, CV_8U);
+    mask(cellRect(result, inspection.window) & cv::Rect(cv::Point(), result.outputSize)).setTo(255);
+    cv::naf::overlay(result.guide, cv::Mat(result.guide.size(), CV_8UC3, cv::Scalar::all(0)), 0.5, out);
+    cv::Mat blended;
+    cv::naf::overlay(result.guide, big, 0.8, blended);
+    blended.copyTo(out, mask);
+    cv::rectangle(out, cellRect(result, inspection.window), cv::Scalar(255, 255, 255), 1);
+    markPixel(out, inspection.pixel);
+    return out;
+}
+
+cv::Mat renderSimilarity(const PipelineResult& result, const PixelInspection& inspection)
+{
+    cv::Mat out;
+    cv::naf::colorizeScalarMap(inspection.similarity, -1, 1, out);
+    markPixel(out, inspection.pixel);
+    CV_Assert(out.size() == result.outputSize);
+    return out;
+}
+
+cv::Mat renderLabels(const PipelineResult& result, const cv::Mat& labels, double alpha)
+{
+    CV_Assert(labels.size() == result.outputSize && labels.type() == CV_32S);
+    cv::Mat colours, out;
+    cv::naf::colorizeLabels(labels, colours);
+    cv::naf::overlay(result.guide, colours, std::clamp(alpha, 0.0, 1.0), out);
+    return out;
+}
+
+}  // namespace naf_app

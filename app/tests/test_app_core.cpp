@@ -1,0 +1,275 @@
+// The Qt-free core of the app: file output, input discovery, shards, probe heads, and the batch
+// export on a folder with a corrupt image (real VFM; skipped when its model file is absent).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "naf_app/batch.hpp"
+#include "naf_app/io.hpp"
+#include "test_support.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path freshDir(const std::string& name)
+{
+    const fs::path dir = fs::temp_directory_path() / ("naf_app_test_" + name + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+}
+
+std::string readAll(const fs::path& p)
+{
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void writeText(const fs::path& p, const std::string& text)
+{
+    std::ofstream(p, std::ios::binary) << text;
+}
+
+// A safetensors file with the given F32 tensors and metadata.
+void writeSafetensors(const fs::path& p, const std::map<std::string, cv::Mat>& tensors,
+                      const std::map<std::string, std::string>& metadata)
+{
+    nlohmann::json header;
+    header["__metadata__"] = metadata;
+    std::string data;
+    for (const auto& [name, m] : tensors)
+    {
+        std::vector<int64_t> shape;
+        for (int d = 0; d < m.dims; ++d) shape.push_back(m.size[d]);
+        if (m.cols == 1 && m.dims == 2) shape = {m.rows};
+        header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + m.total() * 4}}};
+        data.append(reinterpret_cast<const char*>(m.data), m.total() * 4);
+    }
+    const std::string h = header.dump();
+    std::string out(8, '\0');
+    const uint64_t n = h.size();
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    writeText(p, out + h + data);
+}
+
+}  // namespace
+
+TEST(AppIo, AtomicWriteLeavesNoTemporaryAndReplaces)
+{
+    const fs::path dir = freshDir("atomic");
+    const fs::path target = dir / "sub" / "file.txt";
+    naf_app::writeFileAtomic(target.string(), "first");
+    naf_app::writeFileAtomic(target.string(), "second");
+    EXPECT_EQ(readAll(target), "second");
+    int files = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir)) files += e.is_regular_file();
+    EXPECT_EQ(files, 1) << "a temporary file was left behind";
+    // A folder that cannot be created: clear error, nothing written.
+    writeText(dir / "blocker", "x");
+    EXPECT_THROW(naf_app::writeFileAtomic((dir / "blocker" / "f.txt").string(), "y"), cv::Exception);
+    fs::remove_all(dir);
+}
+
+TEST(AppIo, NpyHeaderAndPayload)
+{
+    const int sizes[4] = {1, 4, 3, 5};
+    cv::Mat blob(4, sizes, CV_32F);
+    cv::randu(blob, -1, 1);
+    const std::string npy = naf_app::encodeNpy(blob);
+    ASSERT_EQ(npy.substr(0, 6), "\x93NUMPY");
+    const size_t headerLen = static_cast<unsigned char>(npy[8]) | (static_cast<unsigned char>(npy[9]) << 8);
+    EXPECT_EQ((10 + headerLen) % 64, 0u);
+    const std::string header = npy.substr(10, headerLen);
+    EXPECT_NE(header.find("'descr': '<f4'"), std::string::npos) << header;
+    EXPECT_NE(header.find("'shape': (1, 4, 3, 5)"), std::string::npos) << header;
+    ASSERT_EQ(npy.size(), 10 + headerLen + blob.total() * 4);
+    EXPECT_EQ(0, std::memcmp(npy.data() + 10 + headerLen, blob.data, blob.total() * 4));
+}
+
+TEST(AppIo, CollectsFoldersListsAndFilesAndShards)
+{
+    const fs::path dir = freshDir("collect");
+    fs::create_directories(dir / "imgs");
+    for (const char* n : {"b.jpg", "a.png", "c.JPEG", "notes.md"}) writeText(dir / "imgs" / n, "x");
+    writeText(dir / "list.txt", "# comment\nimgs/a.png\n\n/abs/path.jpg\n");
+    writeText(dir / "single.bmp", "x");
+    const auto found = naf_app::collectImages({(dir / "imgs").string(), (dir / "list.txt").string(),
+                                               (dir / "single.bmp").string()});
+    const std::vector<std::string> expected = {(dir / "imgs/a.png").string(), (dir / "imgs/b.jpg").string(),
+                                               (dir / "imgs/c.JPEG").string(), (dir / "imgs/a.png").string(),
+                                               "/abs/path.jpg", (dir / "single.bmp").string()};
+    EXPECT_EQ(found, expected);
+    EXPECT_THROW(naf_app::collectImages({(dir / "missing").string()}), cv::Exception);
+
+    const std::vector<std::string> items = {"0", "1", "2", "3", "4"};
+    EXPECT_EQ(naf_app::selectShard(items, 0, 2), (std::vector<std::string>{"0", "2", "4"}));
+    EXPECT_EQ(naf_app::selectShard(items, 1, 2), (std::vector<std::string>{"1", "3"}));
+    int i = -1, n = -1;
+    naf_app::parseShard("3/8", i, n);
+    EXPECT_EQ(i, 3);
+    EXPECT_EQ(n, 8);
+    for (const char* bad : {"8/8", "1", "a/b", "1/0", "-1/3", "1/2x"}) EXPECT_THROW(naf_app::parseShard(bad, i, n), cv::Exception) << bad;
+
+    // Same stem in two folders: both get distinct, stable names.
+    const auto stems = naf_app::outputStems({"x/cat.jpg", "y/cat.jpg", "y/dog.jpg"});
+    EXPECT_NE(stems[0], stems[1]);
+    EXPECT_EQ(stems[0].substr(0, 4), "cat-");
+    EXPECT_EQ(stems[2], "dog");
+    EXPECT_EQ(stems, naf_app::outputStems({"x/cat.jpg", "y/cat.jpg", "y/dog.jpg"}));
+    fs::remove_all(dir);
+}
+
+TEST(AppProbe, LoadsAndClassifiesAndRejectsBadFiles)
+{
+    const fs::path dir = freshDir("probe");
+    // 2 classes on 3 channels: class 1 wins where channel 2 > channel 0 + 0.5.
+    cv::Mat weight = (cv::Mat_<float>(2, 3) << 1, 0, 0, 0, 0, 1);
+    cv::Mat bias = (cv::Mat_<float>(2, 1) << 0.5f, 0);
+    writeSafetensors(dir / "good.probe.safetensors", {{"weight", weight}, {"bias", bias}},
+                     {{"classes", "[\"ground\", \"sky\"]"}, {"vfm", "test"}});
+    const naf_app::ProbeHead head = naf_app::ProbeHead::load((dir / "good.probe.safetensors").string());
+    EXPECT_EQ(head.classes, (std::vector<std::string>{"ground", "sky"}));
+    EXPECT_EQ(head.vfmName, "test");
+    const int sizes[4] = {1, 3, 1, 2};
+    cv::Mat features(4, sizes, CV_32F, cv::Scalar(0));
+    features.ptr<float>(0, 2)[1] = 2.f;  // pixel 1: channel 2 high
+    const cv::Mat labels = head.classify(features);
+    EXPECT_EQ(labels.at<int>(0, 0), 0);
+    EXPECT_EQ(labels.at<int>(0, 1), 1);
+    const int wrong[4] = {1, 5, 1, 2};
+    EXPECT_THROW(head.classify(cv::Mat(4, wrong, CV_32F, cv::Scalar(0))), cv::Exception);
+
+    writeSafetensors(dir / "noclasses.safetensors", {{"weight", weight}, {"bias", bias}}, {});
+    writeSafetensors(dir / "badcount.safetensors", {{"weight", weight}, {"bias", bias}}, {{"classes", "[\"one\"]"}});
+    for (const char* bad : {"noclasses.safetensors", "badcount.safetensors", "missing.safetensors"})
+        EXPECT_THROW(naf_app::ProbeHead::load((dir / bad).string()), cv::Exception) << bad;
+    fs::remove_all(dir);
+}
+
+TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const fs::path dir = freshDir("batch");
+    fs::create_directories(dir / "in");
+    fs::copy_file(app_test::sampleImage("coco_000000000285_bear.jpg"), dir / "in" / "bear.jpg");
+    fs::copy_file(app_test::sampleImage("coco_000000000471_bus.jpg"), dir / "in" / "bus.jpg");
+    writeText(dir / "in" / "broken.jpg", "\xff\xd8\xff\xe0 this is not a JPEG");
+
+    naf_app::BatchOptions options;
+    options.inputs = {(dir / "in").string()};
+    options.outDir = (dir / "out").string();
+    options.settings.vfmName = app_test::vfmName();
+    options.settings.outputLongSide = 192;
+    options.settings.methods = {cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_NAF};
+    options.kmeansClusters = 4;
+    options.jobs = 2;
+    int progressCalls = 0;
+    const naf_app::BatchSummary first =
+        naf_app::runBatch(options, [&](int finished, int total, const naf_app::BatchItem&) {
+            ++progressCalls;
+            EXPECT_EQ(total, 3);
+            EXPECT_EQ(finished, progressCalls);
+        });
+    EXPECT_EQ(progressCalls, 3);
+    EXPECT_EQ(first.computed, 2);
+    EXPECT_EQ(first.skipped, 1);
+
+    for (const char* stem : {"bear", "bus"})
+        for (const char* suffix : {".panel.png", ".kmeans.png", ".json"})
+            ASSERT_TRUE(fs::exists(dir / "out" / (std::string(stem) + suffix))) << stem << suffix;
+    // Panel: image, low-res, 2 methods, each tile the output size, over a caption bar.
+    const cv::Size tile = naf_app::outputSizeFor(cv::imread(app_test::sampleImage("coco_000000000285_bear.jpg")).size(), 192);
+    const cv::Mat panel = cv::imread((dir / "out" / "bear.panel.png").string());
+    const int gap = 4, bar = panel.rows - tile.height;
+    EXPECT_EQ(panel.cols, 4 * tile.width + 3 * gap);
+    ASSERT_GT(bar, 0);
+    // The bilinear and NAF tiles are different pictures.
+    const cv::Mat bilinearTile = panel(cv::Rect(2 * (tile.width + gap), bar, tile.width, tile.height));
+    const cv::Mat nafTile = panel(cv::Rect(3 * (tile.width + gap), bar, tile.width, tile.height));
+    EXPECT_GT(cv::norm(bilinearTile, nafTile, cv::NORM_L1) / bilinearTile.total(), 1.0);
+
+    const nlohmann::json manifest = nlohmann::json::parse(readAll(first.manifestPath));
+    EXPECT_EQ(manifest["counts"]["computed"], 2);
+    EXPECT_EQ(manifest["settings"]["vfm"], app_test::vfmName());
+    bool sawBroken = false;
+    for (const auto& item : manifest["images"])
+    {
+        if (item["input"].get<std::string>().find("broken.jpg") == std::string::npos)
+        {
+            EXPECT_EQ(item["status"], "done");
+            EXPECT_TRUE(item["timings_ms"].contains("vfm"));
+            EXPECT_TRUE(item["timings_ms"].contains("naf"));
+            continue;
+        }
+        sawBroken = true;
+        EXPECT_EQ(item["status"], "skipped");
+        EXPECT_NE(item["reason"].get<std::string>().find("cannot decode"), std::string::npos) << item.dump();
+    }
+    EXPECT_TRUE(sawBroken);
+    for (const auto& e : fs::directory_iterator(dir / "out"))
+        EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << "temporary left: " << e.path();
+
+    // Second run: nothing recomputed, nothing rewritten.
+    const auto panelTime = fs::last_write_time(dir / "out" / "bear.panel.png");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const auto start = std::chrono::steady_clock::now();
+    const naf_app::BatchSummary second = naf_app::runBatch(options);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(second.computed, 0);
+    EXPECT_EQ(second.alreadyDone, 2);
+    EXPECT_EQ(second.skipped, 1);
+    EXPECT_EQ(fs::last_write_time(dir / "out" / "bear.panel.png"), panelTime);
+    EXPECT_LT(seconds, 1.0) << "the resumed run loaded a model or computed";
+
+    // A replaced input is due again; shard 2/3 of (bear, broken, bus) is bus alone.
+    fs::last_write_time(dir / "in" / "bus.jpg", fs::last_write_time(dir / "in" / "bus.jpg") + std::chrono::seconds(5));
+    options.shardIndex = 2;
+    options.shardCount = 3;
+    const naf_app::BatchSummary shard = naf_app::runBatch(options);
+    ASSERT_EQ(shard.items.size(), 1u);
+    EXPECT_EQ(shard.items[0].input, (dir / "in" / "bus.jpg").string());
+    EXPECT_EQ(shard.computed, 1);
+    EXPECT_NE(shard.manifestPath.find("manifest.shard-2-of-3.json"), std::string::npos);
+    fs::remove_all(dir);
+}
+
+TEST(AppPipeline, PixelInspectionAttentionIsTheWindowsSoftmax)
+{
+    // A result built directly (no VFM): 8 channels on a 12 x 10 grid, output 96 x 80.
+    naf_app::PipelineResult result;
+    result.outputSize = cv::Size(96, 80);
+    result.guide = cv::Mat(result.outputSize, CV_8UC3);
+    cv::randu(result.guide, 0, 255);
+    const int sizes[4] = {1, 8, 10, 12};
+    result.lowRes.create(4, sizes, CV_32F);
+    cv::randu(result.lowRes, -1, 1);
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::createRandom(3);
+    naf->upsample(result.guide, result.lowRes, result.upsampled[cv::naf::UPSAMPLE_NAF], result.outputSize);
+    result.pca.fit(result.lowRes);
+
+    const cv::Point pixel(50, 41);
+    const naf_app::PixelInspection inspection = naf_app::inspectPixel(result, *naf, pixel, cv::naf::UPSAMPLE_NAF);
+    EXPECT_EQ(inspection.attentionGrid.size(), cv::Size(12, 10));
+    EXPECT_NEAR(cv::sum(inspection.attentionGrid)[0], 1.0, 1e-4);
+    EXPECT_EQ(inspection.window.size(), cv::Size(9, 9));
+    // Nothing outside the window; the pixel's own cell (x 50/8 = 6, y 41/8 = 5) inside it.
+    cv::Mat outside = inspection.attentionGrid.clone();
+    outside(inspection.window).setTo(0);
+    EXPECT_EQ(cv::countNonZero(outside), 0);
+    EXPECT_TRUE(inspection.window.contains(cv::Point(6, 5)));
+    // Similarity of the pixel to itself is 1, and the probe is off again.
+    EXPECT_NEAR(inspection.similarity.at<float>(pixel), 1.0f, 1e-5);
+    EXPECT_EQ(naf->getAttentionProbe(), cv::Point(-1, -1));
+    const cv::Mat attention = naf_app::renderAttention(result, inspection);
+    EXPECT_EQ(attention.size(), result.outputSize);
+    EXPECT_THROW(naf_app::inspectPixel(result, *naf, cv::Point(96, 0), cv::naf::UPSAMPLE_NAF), cv::Exception);
+    EXPECT_THROW(naf_app::inspectPixel(result, *naf, pixel, cv::naf::UPSAMPLE_BICUBIC), cv::Exception);
+}

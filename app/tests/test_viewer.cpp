@@ -1,0 +1,279 @@
+// The viewer under QT_QPA_PLATFORM=offscreen: open, run in the worker, panels, click, attention,
+// segmentation, export, cancel, errors. Runs the real VFM; skipped when its model file is absent.
+#include <QApplication>
+#include <QComboBox>
+#include <QDir>
+#include <QMimeData>
+#include <QScrollBar>
+#include <QSettings>
+#include <QUrl>
+#include <QWheelEvent>
+#include <QSignalSpy>
+#include <QTemporaryDir>
+#include <QTest>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "main_window.hpp"
+#include "panel_view.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+double meanAbsDiff(const QImage& a, const QImage& b)
+{
+    const QImage x = a.convertToFormat(QImage::Format_RGB888), y = b.convertToFormat(QImage::Format_RGB888);
+    if (x.size() != y.size()) return -1;
+    double sum = 0;
+    for (int r = 0; r < x.height(); ++r)
+        for (int c = 0; c < x.width() * 3; ++c) sum += std::abs(int(x.constScanLine(r)[c]) - int(y.constScanLine(r)[c]));
+    return sum / (x.width() * x.height() * 3.0);
+}
+
+}  // namespace
+
+// QSKIP returns from the function it is written in, so this is a macro, not a helper.
+#define REQUIRE_VFM()                                                     \
+    do                                                                    \
+    {                                                                     \
+        const std::string reason = app_test::vfmUnavailableReason();      \
+        if (!reason.empty()) QSKIP(("needs the VFM: " + reason).c_str()); \
+    } while (0)
+
+class ViewerTest : public QObject
+{
+    Q_OBJECT
+private:
+    QString bear_ = QString::fromStdString(app_test::sampleImage("coco_000000000285_bear.jpg"));
+
+
+private slots:
+    void initTestCase()
+    {
+        QCoreApplication::setOrganizationName("cv-naf-tests");  // keeps the user's recent files out
+    }
+
+    void unreadableImageShowsErrorAndAppKeepsWorking()
+    {
+        MainWindow window;
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        QTemporaryDir dir;
+        const QString broken = dir.filePath("broken.png");
+        QFile f(broken);
+        QVERIFY(f.open(QIODevice::WriteOnly));
+        f.write("not a png");
+        f.close();
+        QVERIFY(!window.openImage(broken));
+        QCOMPARE(errors.count(), 1);
+        QVERIFY(window.lastError().contains("broken.png"));
+        QVERIFY(!window.startRun());  // no image yet: refused with a dialog, not a crash
+        QCOMPARE(errors.count(), 2);
+        QVERIFY(window.openImage(bear_));
+        QVERIFY(!window.panelImage(0).isNull());
+    }
+
+    void dropRecentFilesAndSynchronizedZoom()
+    {
+        MainWindow window;
+        window.resize(1000, 600);
+        window.show();
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        // Drop a file on the window: it opens (the run that follows may fail without a model).
+        QMimeData mime;
+        mime.setUrls({QUrl::fromLocalFile(bear_)});
+        QDragEnterEvent enter(QPoint(100, 100), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+        QCoreApplication::sendEvent(&window, &enter);
+        QVERIFY(enter.isAccepted());
+        QDropEvent drop(QPointF(100, 100), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+        QCoreApplication::sendEvent(&window, &drop);
+        QVERIFY2(window.windowTitle().contains("coco_000000000285_bear.jpg"), qPrintable(window.windowTitle() + " / " + window.lastError()));
+        QVERIFY(!window.panelImage(0).isNull());
+        const QStringList recent = QSettings().value("recentFiles").toStringList();
+        QVERIFY(!recent.isEmpty());
+        QCOMPARE(recent.first(), QFileInfo(bear_).absoluteFilePath());
+        if (window.isRunning())
+        {
+            QSignalSpy finished(&window, &MainWindow::runFinished);
+            window.cancelRun();
+            QVERIFY(finished.wait(120000));
+        }
+
+        // Zoom with the wheel on panel 0: every panel gets the same transform.
+        auto* first = window.findChild<PanelView*>("panel0");
+        auto* second = window.findChild<PanelView*>("panel1");
+        QVERIFY(first && second);
+        const double before = first->transform().m11();
+        QWheelEvent wheel(QPointF(50, 50), first->viewport()->mapToGlobal(QPointF(50, 50)), QPoint(), QPoint(0, 120),
+                          Qt::NoButton, Qt::NoModifier, Qt::NoScrollPhase, false);
+        QCoreApplication::sendEvent(first->viewport(), &wheel);
+        QVERIFY(first->transform().m11() > before * 1.2);
+        QCOMPARE(second->transform(), first->transform());
+    }
+
+    void missingModelFileShowsDialogWithFetchCommand()
+    {
+        // A registry holding the real entry whose ONNX file (relative to the registry's project
+        // root) does not exist there.
+        const QString entry = QString::fromStdString(std::string(NAF_SOURCE_DIR) + "/models/vfm/" + app_test::vfmName() + ".json");
+        if (!QFile::exists(entry)) QSKIP(qPrintable("needs the registry entry " + entry));
+        QTemporaryDir root;
+        QVERIFY(QDir(root.path()).mkpath("models/vfm"));
+        QVERIFY(QFile::copy(entry, root.filePath("models/vfm/" + QFileInfo(entry).fileName())));
+        const QByteArray previous = qgetenv("NAF_VFM_REGISTRY");
+        qputenv("NAF_VFM_REGISTRY", root.filePath("models/vfm").toUtf8());
+        {
+            MainWindow window;
+            auto* box = window.findChild<QComboBox*>("vfmBox");
+            QVERIFY(box && box->count() == 1);
+            QVERIFY(box->itemText(0).contains("missing"));
+            QVERIFY(window.openImage(bear_));
+            QSignalSpy errors(&window, &MainWindow::errorShown);
+            QSignalSpy finished(&window, &MainWindow::runFinished);
+            QVERIFY(window.startRun());
+            QVERIFY(finished.wait(60000));
+            QCOMPARE(finished.first().first().toBool(), false);
+            QCOMPARE(errors.count(), 1);
+            QVERIFY2(window.lastError().contains("fetch"), qPrintable(window.lastError()));
+            QVERIFY(!window.isRunning());
+        }
+        if (previous.isNull()) qunsetenv("NAF_VFM_REGISTRY");
+        else qputenv("NAF_VFM_REGISTRY", previous);
+    }
+
+    void tooLargeOutputIsRefused()
+    {
+        REQUIRE_VFM();
+        MainWindow window;
+        window.setVfm(QString::fromStdString(app_test::vfmName()));
+        QVERIFY(window.openImage(bear_));
+        window.setOutputLongSide(4096);
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        // 4096 px x 256 channels x 7 maps = 88 GiB, more than any test machine: refused up front.
+        if (window.startRun())
+        {
+            window.cancelRun();
+            QSignalSpy done(&window, &MainWindow::runFinished);
+            QVERIFY(done.wait(120000));
+            QSKIP("this machine has enough memory for a 4096 px output");
+        }
+        QCOMPARE(errors.count(), 1);
+        QVERIFY(window.lastError().contains("GiB"));
+    }
+
+    void runFillsPanelsAndClickShowsAttention()
+    {
+        REQUIRE_VFM();
+        MainWindow window;
+        window.resize(1200, 700);
+        window.show();
+        window.setVfm(QString::fromStdString(app_test::vfmName()));
+        window.setOutputLongSide(256);
+        QVERIFY(window.openImage(bear_));
+        QSignalSpy finished(&window, &MainWindow::runFinished);
+        QSignalSpy segmented(&window, &MainWindow::segmentationFinished);
+        QVERIFY(window.startRun());
+        QVERIFY(window.isRunning());
+        QVERIFY(finished.wait(120000));
+        QCOMPARE(finished.first().first().toBool(), true);
+        QVERIFY2(window.lastError().isEmpty(), qPrintable(window.lastError()));
+
+        // Panels: image, then bilinear and NAF PCA maps, all of the output size, filled and different.
+        const cv::Size size = naf_app::outputSizeFor(cv::imread(bear_.toStdString()).size(), 256);
+        const QSize outSize(size.width, size.height);
+        QCOMPARE(window.panelCount(), 3);
+        for (int i = 0; i < 3; ++i)
+        {
+            QCOMPARE(window.panelImage(i).size(), outSize);
+            QVERIFY(window.panelImage(i).convertToFormat(QImage::Format_Grayscale8) !=
+                    QImage(outSize, QImage::Format_Grayscale8));
+        }
+        const QImage bilinear = window.panelImage(1), naf = window.panelImage(2);
+        QVERIFY2(meanAbsDiff(bilinear, naf) > 1.0, "bilinear and NAF panels are the same picture");
+        window.setPanelContent(1, CONTENT_METHOD + cv::naf::UPSAMPLE_NEAREST);
+        QVERIFY(meanAbsDiff(window.panelImage(1), bilinear) > 1.0);
+        window.setPanelContent(1, CONTENT_LOWRES);
+        QVERIFY(meanAbsDiff(window.panelImage(1), naf) > 1.0);
+        QVERIFY(window.statusText().contains("vfm"));
+        QVERIFY(window.statusText().contains("naf"));
+        QVERIFY(window.statusText().contains("NAF: CPU") || window.statusText().contains("NAF: CUDA"));
+
+        // k-means segmentation arrives by itself after the run; changing k recomputes it.
+        QVERIFY(segmented.count() > 0 || segmented.wait(60000));
+        QCOMPARE(window.legendEntries().size(), 6);
+        segmented.clear();
+        window.setClusterCount(3);
+        QVERIFY(segmented.wait(60000));
+        QCOMPARE(window.legendEntries().size(), 3);
+        window.setPanelContent(1, CONTENT_SEGMENTATION);
+        QCOMPARE(window.panelImage(1).size(), outSize);
+
+        // Zoomed in, panning one panel pans the others (all show images of one size).
+        {
+            auto* first = window.findChild<PanelView*>("panel0");
+            auto* second = window.findChild<PanelView*>("panel1");
+            QWheelEvent wheel(QPointF(50, 50), first->viewport()->mapToGlobal(QPointF(50, 50)), QPoint(),
+                              QPoint(0, 120), Qt::NoButton, Qt::NoModifier, Qt::NoScrollPhase, false);
+            for (int i = 0; i < 4; ++i) QCoreApplication::sendEvent(first->viewport(), &wheel);
+            QCOMPARE(second->transform(), first->transform());
+            QVERIFY(first->horizontalScrollBar()->maximum() > 0);
+            first->horizontalScrollBar()->setValue(first->horizontalScrollBar()->maximum() / 2);
+            first->verticalScrollBar()->setValue(first->verticalScrollBar()->maximum() / 3);
+            QCOMPARE(second->horizontalScrollBar()->value(), first->horizontalScrollBar()->value());
+            QCOMPARE(second->verticalScrollBar()->value(), first->verticalScrollBar()->value());
+        }
+
+        // Click a pixel on the NAF panel (a real mouse click on the view).
+        QSignalSpy inspected(&window, &MainWindow::inspectionFinished);
+        auto* view = window.findChild<PanelView*>("panel2");
+        QVERIFY(view);
+        const QPoint target = view->mapFromScene(QPointF(outSize.width() / 2 + 0.5, outSize.height() / 2 + 0.5));
+        QTest::mouseClick(view->viewport(), Qt::LeftButton, Qt::NoModifier, target);
+        QVERIFY(inspected.wait(60000));
+        QCOMPARE(inspected.first().first().toBool(), true);
+        QCOMPARE(window.attentionImage().size(), outSize);
+        QCOMPARE(window.similarityImage().size(), outSize);
+        window.setPanelContent(1, CONTENT_ATTENTION);
+        QCOMPARE(window.panelImage(1), window.attentionImage());
+        // The attention view differs from the image only around the clicked pixel's window: its
+        // corners far from the click are the dimmed image.
+        const QImage att = window.attentionImage().convertToFormat(QImage::Format_RGB888);
+        const QRgb centre = att.pixel(outSize.width() / 2, outSize.height() / 2 - 12), corner = att.pixel(2, 2);
+        QVERIFY(centre != corner);
+
+        // Export: one PNG of the panels and the raw features.
+        QTemporaryDir out;
+        QVERIFY(window.exportPanels(out.filePath("panels.png")));
+        const cv::Mat png = cv::imread(out.filePath("panels.png").toStdString());
+        QVERIFY(png.cols >= 3 * outSize.width());
+        QVERIFY(window.exportFeatures(out.filePath("features")));
+        QVERIFY(QFile::exists(out.filePath("features.naf.npy")));
+        QVERIFY(QFile::exists(out.filePath("features.lowres.npy")));
+        const auto* r = window.result();
+        QCOMPARE(QFileInfo(out.filePath("features.naf.npy")).size(),
+                 qint64(128 + 4 * r->upsampled.at(cv::naf::UPSAMPLE_NAF).total()));
+    }
+
+    void cancelStopsTheRunAndWindowStaysUsable()
+    {
+        REQUIRE_VFM();
+        MainWindow window;
+        window.setVfm(QString::fromStdString(app_test::vfmName()));
+        window.setOutputLongSide(256);
+        QVERIFY(window.openImage(bear_));
+        QSignalSpy finished(&window, &MainWindow::runFinished);
+        QVERIFY(window.startRun());
+        window.cancelRun();
+        QVERIFY(finished.wait(120000));
+        QCOMPARE(finished.first().first().toBool(), false);
+        QVERIFY(window.result() == nullptr);
+        QVERIFY(!window.isRunning());
+        finished.clear();
+        window.setOutputLongSide(128);  // small: this only shows that a new run works
+        QVERIFY(window.startRun());  // and it runs again
+        QVERIFY(finished.wait(120000));
+        QCOMPARE(finished.first().first().toBool(), true);
+    }
+};
+
+QTEST_MAIN(ViewerTest)
+#include "test_viewer.moc"

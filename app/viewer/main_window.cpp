@@ -1,0 +1,824 @@
+#include "main_window.hpp"
+
+#include <QApplication>
+#include <QCheckBox>
+#include <QComboBox>
+#include <QDir>
+#include <QDockWidget>
+#include <QDragEnterEvent>
+#include <QDropEvent>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QFormLayout>
+#include <QGroupBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QListWidget>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QMimeData>
+#include <QProgressBar>
+#include <QPromise>
+#include <QPushButton>
+#include <QSettings>
+#include <QSlider>
+#include <QSpinBox>
+#include <QSplitter>
+#include <QStatusBar>
+#include <QToolBar>
+#include <QVBoxLayout>
+#include <QtConcurrent/QtConcurrentRun>
+
+#include <opencv2/core/utils/filesystem.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <unistd.h>
+
+#include "naf_app/io.hpp"
+#include "panel_view.hpp"
+
+namespace {
+
+constexpr int kPanels = 3;
+constexpr int kMaxRecent = 8;
+
+// The joint bilateral filter is left out: at 256 channels it takes tens of seconds per image
+// (naf_batch --methods can still ask for it).
+const int kMethods[] = {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
+                        cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF};
+
+QImage toQImage(const cv::Mat& bgr)
+{
+    if (bgr.empty()) return QImage();
+    cv::Mat rgb;
+    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+    return QImage(rgb.data, rgb.cols, rgb.rows, static_cast<int>(rgb.step), QImage::Format_RGB888).copy();
+}
+
+QString errorText(const std::exception& e)
+{
+    if (auto* cvErr = dynamic_cast<const cv::Exception*>(&e)) return QString::fromStdString(cvErr->err);
+    return QString::fromUtf8(e.what());
+}
+
+QString methodLabel(int method)
+{
+    return QString::fromStdString(cv::naf::upsampleMethodName(method));
+}
+
+}  // namespace
+
+MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
+{
+    setWindowTitle("cv::naf viewer");
+    setAcceptDrops(true);
+    buildUi();
+    connect(&runWatcher_, &QFutureWatcher<RunOutput>::finished, this, &MainWindow::onRunFinished);
+    connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressValueChanged, progress_, &QProgressBar::setValue);
+    connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressTextChanged, stageLabel_, &QLabel::setText);
+    connect(&segWatcher_, &QFutureWatcher<SegmentationOutput>::finished, this, &MainWindow::onSegmentationFinished);
+    connect(&inspectWatcher_, &QFutureWatcher<InspectionOutput>::finished, this, &MainWindow::onInspectionFinished);
+}
+
+MainWindow::~MainWindow()
+{
+    // Workers reference this window's members: let them end before the members go.
+    runWatcher_.cancel();
+    runWatcher_.waitForFinished();
+    segWatcher_.waitForFinished();
+    inspectWatcher_.waitForFinished();
+}
+
+void MainWindow::buildUi()
+{
+    QMenu* file = menuBar()->addMenu("&File");
+    file->addAction("&Open image...", QKeySequence::Open, this, [this] {
+        const QString path = QFileDialog::getOpenFileName(this, "Open image", QFileInfo(imagePath_).path(),
+                                                          "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff *.webp)");
+        if (!path.isEmpty()) openAndRun(path);
+    });
+    recentMenu_ = file->addMenu("Open &recent");
+    file->addSeparator();
+    file->addAction("Export &panels (PNG)...", this, [this] {
+        const QString path = QFileDialog::getSaveFileName(this, "Export panels", "panels.png", "PNG (*.png)");
+        if (!path.isEmpty()) exportPanels(path);
+    });
+    file->addAction("Export &features (.npy)...", this, [this] {
+        const QString path = QFileDialog::getSaveFileName(this, "Export features (base name)", "features", "NumPy (*.npy)");
+        if (!path.isEmpty()) exportFeatures(path);
+    });
+    file->addSeparator();
+    file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
+    rebuildRecentMenu();
+
+    QToolBar* bar = addToolBar("Run");
+    bar->setMovable(false);
+    bar->addWidget(new QLabel(" Model "));
+    vfmBox_ = new QComboBox;
+    vfmBox_->setObjectName("vfmBox");
+    try
+    {
+        for (const cv::naf::VfmSpec& spec : cv::naf::VfmRegistry::loadDirectory())
+        {
+            const bool present = spec.onnxPath.empty() || cv::utils::fs::exists(spec.onnxPath);
+            vfmBox_->addItem(QString::fromStdString(spec.name) + (present ? "" : "  (model file missing)"),
+                             QString::fromStdString(spec.name));
+            vfmBox_->setItemData(vfmBox_->count() - 1,
+                                 QString::fromStdString(spec.displayName + (present ? "" : "\nmissing: " + spec.onnxPath +
+                                                                                              "\nget it with: " + spec.fetchCommand)),
+                                 Qt::ToolTipRole);
+        }
+    }
+    catch (const std::exception& e)
+    {
+        lastError_ = "model registry: " + errorText(e);  // shown in the status bar; the app still opens
+    }
+    bar->addWidget(vfmBox_);
+    bar->addWidget(new QLabel("  Output long side "));
+    sizeBox_ = new QSpinBox;
+    sizeBox_->setObjectName("sizeBox");
+    sizeBox_->setRange(16, 4096);
+    sizeBox_->setSingleStep(64);
+    sizeBox_->setValue(448);
+    sizeBox_->setSuffix(" px");
+    bar->addWidget(sizeBox_);
+    bar->addSeparator();
+    runButton_ = new QPushButton("Run");
+    runButton_->setObjectName("runButton");
+    connect(runButton_, &QPushButton::clicked, this, [this] { startRun(); });
+    bar->addWidget(runButton_);
+    cancelButton_ = new QPushButton("Cancel");
+    cancelButton_->setObjectName("cancelButton");
+    cancelButton_->setEnabled(false);
+    connect(cancelButton_, &QPushButton::clicked, this, &MainWindow::cancelRun);
+    bar->addWidget(cancelButton_);
+    progress_ = new QProgressBar;
+    progress_->setRange(0, 100);
+    progress_->setMaximumWidth(160);
+    bar->addWidget(progress_);
+    stageLabel_ = new QLabel;
+    bar->addWidget(stageLabel_);
+    bar->addSeparator();
+    wipeBox_ = new QCheckBox("Wipe 1|2");
+    wipeBox_->setToolTip("Show panel 2 over panel 1, split at the slider");
+    bar->addWidget(wipeBox_);
+    wipeSlider_ = new QSlider(Qt::Horizontal);
+    wipeSlider_->setRange(0, 100);
+    wipeSlider_->setValue(50);
+    wipeSlider_->setMaximumWidth(140);
+    bar->addWidget(wipeSlider_);
+    connect(wipeBox_, &QCheckBox::toggled, this, &MainWindow::refreshPanels);
+    connect(wipeSlider_, &QSlider::valueChanged, this, &MainWindow::refreshPanels);
+
+    // Panels.
+    sync_ = new ViewSync(this);
+    auto* splitter = new QSplitter;
+    const int defaults[kPanels] = {CONTENT_IMAGE, CONTENT_METHOD + cv::naf::UPSAMPLE_BILINEAR,
+                                   CONTENT_METHOD + cv::naf::UPSAMPLE_NAF};
+    for (int i = 0; i < kPanels; ++i)
+    {
+        auto* box = new QWidget;
+        auto* layout = new QVBoxLayout(box);
+        layout->setContentsMargins(2, 2, 2, 2);
+        auto* choice = new QComboBox;
+        choice->setObjectName(QString("panelChoice%1").arg(i));
+        choice->addItem("Image", CONTENT_IMAGE);
+        choice->addItem("Low-res features (PCA)", CONTENT_LOWRES);
+        for (int m : kMethods) choice->addItem("Upsampled: " + methodLabel(m) + " (PCA)", CONTENT_METHOD + m);
+        choice->addItem("Segmentation overlay", CONTENT_SEGMENTATION);
+        choice->addItem("NAF attention of clicked pixel", CONTENT_ATTENTION);
+        choice->addItem("Similarity to clicked pixel", CONTENT_SIMILARITY);
+        choice->setCurrentIndex(choice->findData(defaults[i]));
+        connect(choice, QOverload<int>::of(&QComboBox::currentIndexChanged), this, &MainWindow::refreshPanels);
+        auto* view = new PanelView;
+        view->setObjectName(QString("panel%1").arg(i));
+        connect(view, &PanelView::pixelClicked, this, &MainWindow::inspectPixel);
+        sync_->add(view);
+        layout->addWidget(choice);
+        layout->addWidget(view, 1);
+        splitter->addWidget(box);
+        views_.push_back(view);
+        panelBoxes_.push_back(choice);
+    }
+    setCentralWidget(splitter);
+
+    // Side dock: segmentation and pixel inspector.
+    auto* side = new QWidget;
+    auto* sideLayout = new QVBoxLayout(side);
+    auto* seg = new QGroupBox("Segmentation");
+    auto* segForm = new QFormLayout(seg);
+    segKindBox_ = new QComboBox;
+    segKindBox_->addItem("k-means clusters", 0);
+    segKindBox_->addItem("linear probe", 1);
+    segForm->addRow("Kind", segKindBox_);
+    segSourceBox_ = new QComboBox;
+    for (int m : kMethods) segSourceBox_->addItem(methodLabel(m), m);
+    segSourceBox_->setCurrentIndex(segSourceBox_->findData(cv::naf::UPSAMPLE_NAF));
+    segForm->addRow("Features", segSourceBox_);
+    clustersBox_ = new QSpinBox;
+    clustersBox_->setObjectName("clustersBox");
+    clustersBox_->setRange(2, 32);
+    clustersBox_->setValue(6);
+    segForm->addRow("Clusters", clustersBox_);
+    opacitySlider_ = new QSlider(Qt::Horizontal);
+    opacitySlider_->setRange(0, 100);
+    opacitySlider_->setValue(55);
+    segForm->addRow("Opacity", opacitySlider_);
+    probeLabel_ = new QLabel;
+    probeLabel_->setWordWrap(true);
+    segForm->addRow(probeLabel_);
+    legend_ = new QListWidget;
+    legend_->setObjectName("legend");
+    legend_->setMaximumHeight(120);
+    segForm->addRow(legend_);
+    connect(clustersBox_, QOverload<int>::of(&QSpinBox::valueChanged), this, &MainWindow::startSegmentation);
+    connect(segSourceBox_, QOverload<int>::of(&QComboBox::currentIndexChanged), this, &MainWindow::startSegmentation);
+    connect(segKindBox_, QOverload<int>::of(&QComboBox::currentIndexChanged), this, &MainWindow::startSegmentation);
+    connect(opacitySlider_, &QSlider::valueChanged, this, &MainWindow::refreshPanels);
+    connect(vfmBox_, QOverload<int>::of(&QComboBox::currentIndexChanged), this, &MainWindow::updateProbeLabel);
+    sideLayout->addWidget(seg);
+
+    auto* inspect = new QGroupBox("Clicked pixel");
+    auto* inspectLayout = new QVBoxLayout(inspect);
+    pixelLabel_ = new QLabel("Click a pixel in any panel.");
+    pixelLabel_->setWordWrap(true);
+    attentionLabel_ = new QLabel;
+    attentionLabel_->setObjectName("attentionLabel");
+    similarityLabel_ = new QLabel;
+    similarityLabel_->setObjectName("similarityLabel");
+    for (QLabel* l : {attentionLabel_, similarityLabel_})
+    {
+        // Ignored: the pixmap is scaled to the label, the label never grows for the pixmap.
+        l->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
+        l->setMinimumSize(220, 140);
+        l->setAlignment(Qt::AlignCenter);
+    }
+    inspectLayout->addWidget(pixelLabel_);
+    inspectLayout->addWidget(new QLabel("NAF attention over its low-res window (mean of 4 heads, zoomed):"));
+    inspectLayout->addWidget(attentionLabel_, 1);
+    inspectLayout->addWidget(new QLabel("Cosine similarity of its feature (-1 blue .. 1 red):"));
+    inspectLayout->addWidget(similarityLabel_, 1);
+    sideLayout->addWidget(inspect, 1);
+    auto* dock = new QDockWidget("Analysis");
+    dock->setObjectName("analysisDock");
+    dock->setFeatures(QDockWidget::NoDockWidgetFeatures);
+    dock->setWidget(side);
+    addDockWidget(Qt::RightDockWidgetArea, dock);
+
+    timingLabel_ = new QLabel;
+    deviceLabel_ = new QLabel;
+    weightsLabel_ = new QLabel;
+    statusBar()->addWidget(timingLabel_, 1);
+    statusBar()->addPermanentWidget(deviceLabel_);
+    statusBar()->addPermanentWidget(weightsLabel_);
+    updateProbeLabel();
+    updateStatus();
+}
+
+void MainWindow::showError(const QString& title, const QString& message)
+{
+    lastError_ = message;
+    stageLabel_->setText(title);
+    // Non-blocking: the window stays usable (and tests are not stopped by a modal loop).
+    auto* box = new QMessageBox(QMessageBox::Warning, title, message, QMessageBox::Ok, this);
+    box->setAttribute(Qt::WA_DeleteOnClose);
+    box->setObjectName("errorDialog");
+    box->open();
+    emit errorShown(message);
+}
+
+bool MainWindow::openImage(const QString& path)
+{
+    cv::Mat image = cv::imread(path.toStdString(), cv::IMREAD_COLOR);
+    if (image.empty())
+    {
+        showError("Cannot open image", "'" + path + "' is not a readable image (missing file or unknown/corrupt format).");
+        return false;
+    }
+    if (isRunning()) cancelRun();  // its result belongs to the previous image and is dropped
+    imagePath_ = path;
+    image_ = image;
+    run_ = RunOutput();
+    segmentation_ = SegmentationOutput();
+    inspection_.reset();
+    attentionImage_ = similarityImage_ = QImage();
+    attentionLabel_->clear();
+    similarityLabel_->clear();
+    legend_->clear();
+    setWindowTitle("cv::naf viewer - " + QFileInfo(path).fileName());
+    addRecent(path);
+    refreshPanels();
+    sync_->fitAll();
+    return true;
+}
+
+void MainWindow::openAndRun(const QString& path)
+{
+    if (openImage(path)) startRun();
+}
+
+void MainWindow::addRecent(const QString& path)
+{
+    QSettings settings;
+    QStringList recent = settings.value("recentFiles").toStringList();
+    const QString absolute = QFileInfo(path).absoluteFilePath();
+    recent.removeAll(absolute);
+    recent.prepend(absolute);
+    while (recent.size() > kMaxRecent) recent.removeLast();
+    settings.setValue("recentFiles", recent);
+    rebuildRecentMenu();
+}
+
+void MainWindow::rebuildRecentMenu()
+{
+    recentMenu_->clear();
+    const QStringList recent = QSettings().value("recentFiles").toStringList();
+    for (const QString& path : recent) recentMenu_->addAction(path, this, [this, path] { openAndRun(path); });
+    recentMenu_->setEnabled(!recent.isEmpty());
+}
+
+void MainWindow::dragEnterEvent(QDragEnterEvent* event)
+{
+    if (event->mimeData()->hasUrls() && event->mimeData()->urls().first().isLocalFile()) event->acceptProposedAction();
+}
+
+void MainWindow::dropEvent(QDropEvent* event)
+{
+    openAndRun(event->mimeData()->urls().first().toLocalFile());
+}
+
+void MainWindow::setVfm(const QString& name)
+{
+    const int index = vfmBox_->findData(name);
+    if (index >= 0) vfmBox_->setCurrentIndex(index);
+    else showError("Unknown model", "'" + name + "' is not in the model registry (" +
+                                        QString::fromStdString(cv::naf::VfmRegistry::defaultDirectory()) + ").");
+}
+
+void MainWindow::setOutputLongSide(int pixels) { sizeBox_->setValue(pixels); }
+
+naf_app::PipelineSettings MainWindow::currentSettings() const
+{
+    naf_app::PipelineSettings s;
+    s.vfmName = vfmBox_->currentData().toString().toStdString();
+    s.outputLongSide = sizeBox_->value();
+    s.methods.assign(std::begin(kMethods), std::end(kMethods));
+    return s;
+}
+
+bool MainWindow::isRunning() const { return runWatcher_.isRunning(); }
+
+bool MainWindow::startRun()
+{
+    if (isRunning()) return false;
+    if (image_.empty())
+    {
+        showError("No image", "Open an image first (File > Open, or drop a file on the window).");
+        return false;
+    }
+    if (vfmBox_->count() == 0)
+    {
+        showError("No model", "The model registry is empty or unreadable: " + lastError_);
+        return false;
+    }
+    const naf_app::PipelineSettings settings = currentSettings();
+    // Refuse sizes whose feature maps cannot fit: one map per method plus scratch, 4 bytes a value.
+    try
+    {
+        const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
+        const cv::Size out = naf_app::outputSizeFor(image_.size(), settings.outputLongSide);
+        const double bytes = 4.0 * std::max(1, spec.channels) * out.area() * (settings.methods.size() + 2);
+        const double physical = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * ::sysconf(_SC_PAGESIZE);
+        if (physical > 0 && bytes > 0.6 * physical)
+        {
+            showError("Output size too large",
+                      QString("%1x%2 output with %3 channels and %4 methods needs about %5 GiB; this machine has %6 GiB. "
+                              "Choose a smaller output size.")
+                          .arg(out.width)
+                          .arg(out.height)
+                          .arg(spec.channels)
+                          .arg(settings.methods.size())
+                          .arg(bytes / (1 << 30), 0, 'f', 1)
+                          .arg(physical / (1 << 30), 0, 'f', 1));
+            return false;
+        }
+    }
+    catch (const std::exception& e)
+    {
+        showError("Cannot run", errorText(e));
+        return false;
+    }
+
+    runButton_->setEnabled(false);
+    cancelButton_->setEnabled(true);
+    progress_->setValue(0);
+    stageLabel_->setText("starting");
+    const cv::Mat image = image_;
+    naf_app::Pipeline* pipeline = &pipeline_;
+    QFuture<RunOutput> future = QtConcurrent::run([image, settings, pipeline](QPromise<RunOutput>& promise) {
+        RunOutput out;
+        promise.setProgressRange(0, 100);
+        try
+        {
+            auto result = std::make_shared<naf_app::PipelineResult>(pipeline->run(
+                image, settings, [&promise](double fraction, const std::string& stage) {
+                    promise.setProgressValueAndText(static_cast<int>(fraction * 100), QString::fromStdString(stage));
+                    return !promise.isCanceled();
+                }));
+            out.renders[CONTENT_LOWRES] = naf_app::renderLowResPca(*result);
+            for (const auto& [method, features] : result->upsampled)
+                out.renders[CONTENT_METHOD + method] = naf_app::renderMethodPca(*result, method);
+            out.result = result;
+            out.ok = true;
+        }
+        catch (const naf_app::Cancelled&)
+        {
+            out.cancelled = true;
+        }
+        catch (const std::bad_alloc&)
+        {
+            out.error = "Out of memory: choose a smaller output size.";
+        }
+        catch (const std::exception& e)
+        {
+            out.error = errorText(e);
+        }
+        promise.addResult(out);
+    });
+    runWatcher_.setFuture(future);
+    return true;
+}
+
+void MainWindow::cancelRun()
+{
+    if (!isRunning()) return;
+    stageLabel_->setText("cancelling (after the current stage)...");
+    cancelButton_->setEnabled(false);
+    runWatcher_.cancel();
+}
+
+void MainWindow::onRunFinished()
+{
+    runButton_->setEnabled(true);
+    cancelButton_->setEnabled(false);
+    const QFuture<RunOutput> future = runWatcher_.future();
+    RunOutput out;
+    if (future.resultCount() > 0) out = future.result();
+    const bool stale = out.ok && out.result->image.data != image_.data;  // another image was opened meanwhile
+    if (future.isCanceled() || out.cancelled || stale)
+    {
+        stageLabel_->setText("cancelled");
+        progress_->setValue(0);
+        emit runFinished(false);
+        return;
+    }
+    if (!out.ok)
+    {
+        progress_->setValue(0);
+        showError("Computation failed", out.error);
+        emit runFinished(false);
+        return;
+    }
+    progress_->setValue(100);
+    stageLabel_->setText("done");
+    run_ = out;
+    inspection_.reset();
+    attentionImage_ = similarityImage_ = QImage();
+    attentionLabel_->clear();
+    similarityLabel_->clear();
+    updateProbeLabel();
+    updateStatus();
+    refreshPanels();
+    sync_->fitAll();
+    emit runFinished(true);
+    startSegmentation();
+}
+
+void MainWindow::updateProbeLabel()
+{
+    probe_.reset();
+    const std::string name = vfmBox_->currentData().toString().toStdString();
+    if (name.empty()) return;
+    const std::string path = naf_app::ProbeHead::expectedPath(name);
+    if (!cv::utils::fs::exists(path))
+    {
+        // Shown relative to the project (the registry is <project>/models/vfm).
+        const QString shown = QDir(QString::fromStdString(cv::naf::VfmRegistry::defaultDirectory()) + "/../..")
+                                  .relativeFilePath(QString::fromStdString(path));
+        probeLabel_->setText(QString("No linear-probe head ships for '%1' yet (expected at %2).")
+                                 .arg(QString::fromStdString(name), shown));
+        return;
+    }
+    try
+    {
+        probe_ = naf_app::ProbeHead::load(path);
+        probeLabel_->setText(QString("Linear probe: %1 classes (%2)")
+                                 .arg(probe_->classes.size())
+                                 .arg(QString::fromStdString(path)));
+    }
+    catch (const std::exception& e)
+    {
+        probeLabel_->setText("Linear-probe head unusable: " + errorText(e));
+    }
+}
+
+void MainWindow::setClusterCount(int k) { clustersBox_->setValue(k); }
+
+void MainWindow::startSegmentation()
+{
+    if (!run_.result) return;
+    if (segWatcher_.isRunning())
+    {
+        segmentationPending_ = true;  // recompute with the latest settings when this one ends
+        return;
+    }
+    const int method = segSourceBox_->currentData().toInt();
+    auto features = run_.result->upsampled.find(method);
+    if (features == run_.result->upsampled.end()) return;
+    const bool useProbe = segKindBox_->currentData().toInt() == 1;
+    if (useProbe && !probe_)
+    {
+        showError("No linear probe", probeLabel_->text());
+        segKindBox_->setCurrentIndex(0);
+        return;
+    }
+    const int k = clustersBox_->value();
+    const cv::Mat blob = features->second;
+    const std::optional<naf_app::ProbeHead> probe = useProbe ? probe_ : std::nullopt;
+    std::shared_ptr<const naf_app::PipelineResult> source = run_.result;
+    segWatcher_.setFuture(QtConcurrent::run([blob, k, probe, source] {
+        SegmentationOutput out;
+        out.source = source;
+        try
+        {
+            int classes = k;
+            if (probe)
+            {
+                out.labels = probe->classify(blob);
+                classes = static_cast<int>(probe->classes.size());
+                for (const std::string& c : probe->classes) out.names << QString::fromStdString(c);
+            }
+            else
+            {
+                cv::naf::kmeansSegmentation(blob, k, out.labels);
+                for (int i = 0; i < k; ++i) out.names << QString("cluster %1").arg(i);
+            }
+            out.fractions.assign(classes, 0.0);
+            for (int y = 0; y < out.labels.rows; ++y)
+                for (int x = 0; x < out.labels.cols; ++x) out.fractions[out.labels.at<int>(y, x)] += 1;
+            for (double& f : out.fractions) f /= static_cast<double>(out.labels.total());
+        }
+        catch (const std::exception& e)
+        {
+            out.error = errorText(e);
+        }
+        return out;
+    }));
+}
+
+void MainWindow::onSegmentationFinished()
+{
+    SegmentationOutput out = segWatcher_.result();
+    if (out.source != run_.result)  // a newer run replaced the features: its own segmentation follows
+    {
+        segmentationPending_ = false;
+        startSegmentation();
+        return;
+    }
+    segmentation_ = out;
+    if (!segmentation_.error.isEmpty()) showError("Segmentation failed", segmentation_.error);
+    legend_->clear();
+    for (int i = 0; i < segmentation_.names.size(); ++i)
+    {
+        const cv::Vec3b c = cv::naf::labelColor(i);
+        QPixmap swatch(14, 14);
+        swatch.fill(QColor(c[2], c[1], c[0]));
+        legend_->addItem(new QListWidgetItem(QIcon(swatch), QString("%1  (%2%)").arg(segmentation_.names[i]).arg(
+                                                                 100.0 * segmentation_.fractions[i], 0, 'f', 1)));
+    }
+    refreshPanels();
+    const bool ok = segmentation_.error.isEmpty();
+    emit segmentationFinished(ok);
+    if (segmentationPending_)
+    {
+        segmentationPending_ = false;
+        startSegmentation();
+    }
+}
+
+void MainWindow::inspectPixel(QPoint pixel)
+{
+    if (!run_.result || isRunning()) return;
+    if (inspectWatcher_.isRunning())
+    {
+        pendingPixel_ = pixel;  // only the latest click matters
+        return;
+    }
+    pixelLabel_->setText(QString("Pixel (%1, %2): computing...").arg(pixel.x()).arg(pixel.y()));
+    if (!inspectNaf_)
+    {
+        try
+        {
+            inspectNaf_ = cv::naf::NAF::create(currentSettings().nafWeightsPath);
+        }
+        catch (const std::exception& e)
+        {
+            showError("Cannot load NAF", errorText(e));
+            return;
+        }
+    }
+    const int method = run_.result->upsampled.count(cv::naf::UPSAMPLE_NAF) ? int(cv::naf::UPSAMPLE_NAF)
+                                                                           : run_.result->upsampled.begin()->first;
+    std::shared_ptr<const naf_app::PipelineResult> result = run_.result;
+    cv::Ptr<cv::naf::NAF> naf = inspectNaf_;
+    inspectWatcher_.setFuture(QtConcurrent::run([result, naf, pixel, method] {
+        InspectionOutput out;
+        out.source = result;
+        try
+        {
+            out.inspection = naf_app::inspectPixel(*result, *naf, cv::Point(pixel.x(), pixel.y()), method);
+            out.attention = naf_app::renderAttention(*result, out.inspection);
+            out.similarity = naf_app::renderSimilarity(*result, out.inspection);
+        }
+        catch (const std::exception& e)
+        {
+            out.error = errorText(e);
+        }
+        return out;
+    }));
+}
+
+void MainWindow::onInspectionFinished()
+{
+    InspectionOutput out = inspectWatcher_.result();
+    const bool ok = out.error.isEmpty();
+    if (!ok)
+        showError("Pixel inspection failed", out.error);
+    else if (out.source == run_.result)  // else a new run replaced the result meanwhile
+    {
+        inspection_ = out;
+        attentionImage_ = toQImage(out.attention);
+        similarityImage_ = toQImage(out.similarity);
+        // The window is a few percent of the image: the side view shows it zoomed, with 2 cells around.
+        const QImage zoomed = toQImage(out.attention(naf_app::windowInOutput(*run_.result, out.inspection, 2)));
+        attentionLabel_->setPixmap(QPixmap::fromImage(zoomed).scaled(attentionLabel_->size(), Qt::KeepAspectRatio,
+                                                                    Qt::FastTransformation));
+        similarityLabel_->setPixmap(QPixmap::fromImage(similarityImage_).scaled(
+            similarityLabel_->size(), Qt::KeepAspectRatio, Qt::SmoothTransformation));
+        double peak = 0;
+        cv::minMaxLoc(out.inspection.attentionGrid, nullptr, &peak);
+        pixelLabel_->setText(QString("Pixel (%1, %2): window %3x%4 cells at (%5, %6), peak weight %7; similarity of %8 features")
+                                 .arg(out.inspection.pixel.x)
+                                 .arg(out.inspection.pixel.y)
+                                 .arg(out.inspection.window.width)
+                                 .arg(out.inspection.window.height)
+                                 .arg(out.inspection.window.x)
+                                 .arg(out.inspection.window.y)
+                                 .arg(peak, 0, 'f', 3)
+                                 .arg(methodLabel(out.inspection.similarityMethod)));
+        refreshPanels();
+    }
+    emit inspectionFinished(ok);
+    if (pendingPixel_)
+    {
+        const QPoint next = *pendingPixel_;
+        pendingPixel_.reset();
+        inspectPixel(next);
+    }
+}
+
+cv::Mat MainWindow::renderContent(int content) const
+{
+    if (content == CONTENT_IMAGE) return run_.result ? run_.result->guide : image_;
+    if (!run_.result) return cv::Mat();
+    if (content == CONTENT_SEGMENTATION)
+        return segmentation_.labels.size() != run_.result->outputSize ? cv::Mat()
+                                            : naf_app::renderLabels(*run_.result, segmentation_.labels,
+                                                                    opacitySlider_->value() / 100.0);
+    if (content == CONTENT_ATTENTION) return inspection_ ? inspection_->attention : cv::Mat();
+    if (content == CONTENT_SIMILARITY) return inspection_ ? inspection_->similarity : cv::Mat();
+    auto it = run_.renders.find(content);
+    return it == run_.renders.end() ? cv::Mat() : it->second;
+}
+
+void MainWindow::refreshPanels()
+{
+    const bool wipe = wipeBox_->isChecked() && views_.size() >= 2;
+    for (size_t i = 0; i < views_.size(); ++i)
+    {
+        cv::Mat shown = renderContent(panelBoxes_[i]->currentData().toInt());
+        if (wipe && i == 0)
+        {
+            const cv::Mat right = renderContent(panelBoxes_[1]->currentData().toInt());
+            if (!shown.empty() && right.size() == shown.size())
+            {
+                const int split = shown.cols * wipeSlider_->value() / 100;
+                shown = shown.clone();
+                right(cv::Rect(split, 0, shown.cols - split, shown.rows)).copyTo(shown(cv::Rect(split, 0, shown.cols - split, shown.rows)));
+                cv::line(shown, cv::Point(split, 0), cv::Point(split, shown.rows - 1), cv::Scalar(255, 255, 255), 2);
+            }
+        }
+        views_[i]->setImage(toQImage(shown));
+        views_[i]->parentWidget()->setVisible(!(wipe && i == 1));
+    }
+}
+
+void MainWindow::updateStatus()
+{
+    if (!run_.result)
+    {
+        timingLabel_->setText(lastError_.isEmpty() ? "Open an image (File > Open or drop a file) and press Run." : lastError_);
+        deviceLabel_->setText(cv::naf::isCudaAvailable() ? "CUDA available" : "CPU");
+        weightsLabel_->clear();
+        return;
+    }
+    const naf_app::PipelineResult& r = *run_.result;
+    timingLabel_->setText(QString("%1 %2x%3 -> %4x%5 | %6")
+                              .arg(QString::fromStdString(r.vfmName))
+                              .arg(r.lowRes.size[3])
+                              .arg(r.lowRes.size[2])
+                              .arg(r.outputSize.width)
+                              .arg(r.outputSize.height)
+                              .arg(QString::fromStdString(r.timingSummary())));
+    deviceLabel_->setText(QString::fromStdString(r.device));
+    weightsLabel_->setText(QString::fromStdString(r.weightsInfo));
+    weightsLabel_->setToolTip(QString::fromStdString(r.vfmDisplayName));
+}
+
+QString MainWindow::statusText() const
+{
+    return timingLabel_->text() + " | " + deviceLabel_->text() + " | " + weightsLabel_->text();
+}
+
+int MainWindow::panelCount() const { return static_cast<int>(views_.size()); }
+
+QImage MainWindow::panelImage(int panel) const { return views_.at(panel)->image(); }
+
+QImage MainWindow::attentionImage() const { return attentionImage_; }
+QImage MainWindow::similarityImage() const { return similarityImage_; }
+
+QStringList MainWindow::legendEntries() const
+{
+    QStringList entries;
+    for (int i = 0; i < legend_->count(); ++i) entries << legend_->item(i)->text();
+    return entries;
+}
+
+void MainWindow::setPanelContent(int panel, int content)
+{
+    QComboBox* box = panelBoxes_.at(panel);
+    const int index = box->findData(content);
+    if (index >= 0) box->setCurrentIndex(index);
+}
+
+bool MainWindow::exportPanels(const QString& pngPath)
+{
+    std::vector<cv::Mat> tiles;
+    std::vector<cv::String> captions;
+    for (size_t i = 0; i < views_.size(); ++i)
+    {
+        if (!views_[i]->parentWidget()->isVisibleTo(this)) continue;
+        const cv::Mat tile = renderContent(panelBoxes_[i]->currentData().toInt());
+        if (tile.empty()) continue;
+        tiles.push_back(tile);
+        captions.push_back(panelBoxes_[i]->currentText().toStdString());
+    }
+    try
+    {
+        if (tiles.empty()) CV_Error(cv::Error::StsError, "nothing to export: run the pipeline first");
+        for (cv::Mat& t : tiles)
+            if (t.size() != tiles[0].size()) cv::resize(t, t, tiles[0].size(), 0, 0, cv::INTER_NEAREST);
+        cv::Mat panel;
+        cv::naf::makePanel(tiles, captions, panel);
+        naf_app::writeImageAtomic(pngPath.toStdString(), panel);
+    }
+    catch (const std::exception& e)
+    {
+        showError("Export failed", errorText(e));
+        return false;
+    }
+    stageLabel_->setText("exported " + pngPath);
+    return true;
+}
+
+bool MainWindow::exportFeatures(const QString& basePath)
+{
+    try
+    {
+        if (!run_.result) CV_Error(cv::Error::StsError, "nothing to export: run the pipeline first");
+        std::string base = basePath.toStdString();
+        if (base.size() > 4 && base.substr(base.size() - 4) == ".npy") base.resize(base.size() - 4);
+        naf_app::writeFileAtomic(base + ".lowres.npy", naf_app::encodeNpy(run_.result->lowRes));
+        for (const auto& [method, features] : run_.result->upsampled)
+            naf_app::writeFileAtomic(base + "." + cv::naf::upsampleMethodName(method) + ".npy",
+                                     naf_app::encodeNpy(features));
+    }
+    catch (const std::exception& e)
+    {
+        showError("Export failed", errorText(e));
+        return false;
+    }
+    stageLabel_->setText("features exported to " + basePath + ".*.npy");
+    return true;
+}

@@ -1,0 +1,169 @@
+// The viewer's main window: controls, panels, and the workers that compute (never the GUI thread).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+
+#include <QFutureWatcher>
+#include <QMainWindow>
+
+#include "naf_app/pipeline.hpp"
+
+class QCheckBox;
+class QComboBox;
+class QLabel;
+class QListWidget;
+class QProgressBar;
+class QPushButton;
+class QSlider;
+class QSpinBox;
+class QMenu;
+class PanelView;
+class ViewSync;
+
+/// What a panel shows (the panel's combo box item data).
+enum PanelContent
+{
+    CONTENT_IMAGE = 0,
+    CONTENT_LOWRES = 1,
+    CONTENT_SEGMENTATION = 2,  ///< k-means (or probe) labels over the image
+    CONTENT_ATTENTION = 3,
+    CONTENT_SIMILARITY = 4,
+    CONTENT_METHOD = 100       ///< + cv::naf::UpsampleMethod: that method's upsampled PCA
+};
+
+/// Output of the main worker: the pipeline result and its renderings.
+struct RunOutput
+{
+    bool ok = false, cancelled = false;
+    QString error;
+    std::shared_ptr<naf_app::PipelineResult> result;
+    std::map<int, cv::Mat> renders;  ///< PanelContent -> BGR image
+};
+
+struct SegmentationOutput
+{
+    QString error;
+    std::shared_ptr<const naf_app::PipelineResult> source;  ///< the run it belongs to
+    cv::Mat labels;   ///< H x W CV_32S
+    QStringList names;
+    std::vector<double> fractions;
+};
+
+struct InspectionOutput
+{
+    QString error;
+    std::shared_ptr<const naf_app::PipelineResult> source;  ///< the run it belongs to
+    naf_app::PixelInspection inspection;
+    cv::Mat attention, similarity;  ///< renderings
+};
+
+class MainWindow : public QMainWindow
+{
+    Q_OBJECT
+public:
+    explicit MainWindow(QWidget* parent = nullptr);
+    ~MainWindow() override;
+
+    /// Loads an image (no computation). Shows an error dialog and returns false when unreadable.
+    bool openImage(const QString& path);
+    void setVfm(const QString& name);
+    void setOutputLongSide(int pixels);
+    /// Starts the worker for the current image and settings; false (with a dialog) if it cannot.
+    bool startRun();
+    void cancelRun();
+    bool isRunning() const;
+    /// Attention and similarity for an output pixel, computed in a worker.
+    void inspectPixel(QPoint outputPixel);
+    void setPanelContent(int panel, int content);
+    void setClusterCount(int k);
+
+    int panelCount() const;
+    QImage panelImage(int panel) const;
+    QImage attentionImage() const;
+    QImage similarityImage() const;
+    QString lastError() const { return lastError_; }
+    QString statusText() const;
+    QStringList legendEntries() const;
+    const naf_app::PipelineResult* result() const { return run_.result.get(); }
+
+    /// Writes the visible panels side by side as one PNG.
+    bool exportPanels(const QString& pngPath);
+    /// Writes <base>.lowres.npy and <base>.<method>.npy for every upsampled map.
+    bool exportFeatures(const QString& basePath);
+
+signals:
+    void runFinished(bool ok);
+    void segmentationFinished(bool ok);
+    void inspectionFinished(bool ok);
+    void errorShown(const QString& message);
+
+protected:
+    void dragEnterEvent(QDragEnterEvent* event) override;
+    void dropEvent(QDropEvent* event) override;
+
+private:
+    void buildUi();
+    void showError(const QString& title, const QString& message);
+    void openAndRun(const QString& path);
+    void addRecent(const QString& path);
+    void rebuildRecentMenu();
+    void onRunFinished();
+    void startSegmentation();
+    void onSegmentationFinished();
+    void onInspectionFinished();
+    void refreshPanels();
+    void refreshPanelChoices();
+    cv::Mat renderContent(int content) const;
+    void updateStatus();
+    void updateProbeLabel();
+    naf_app::PipelineSettings currentSettings() const;
+
+    // Controls.
+    QComboBox* vfmBox_ = nullptr;
+    QSpinBox* sizeBox_ = nullptr;
+    QPushButton* runButton_ = nullptr;
+    QPushButton* cancelButton_ = nullptr;
+    QProgressBar* progress_ = nullptr;
+    QLabel* stageLabel_ = nullptr;
+    QLabel* timingLabel_ = nullptr;
+    QLabel* deviceLabel_ = nullptr;
+    QLabel* weightsLabel_ = nullptr;
+    QMenu* recentMenu_ = nullptr;
+    QSpinBox* clustersBox_ = nullptr;
+    QComboBox* segSourceBox_ = nullptr;
+    QComboBox* segKindBox_ = nullptr;
+    QSlider* opacitySlider_ = nullptr;
+    QListWidget* legend_ = nullptr;
+    QLabel* probeLabel_ = nullptr;
+    QCheckBox* wipeBox_ = nullptr;
+    QSlider* wipeSlider_ = nullptr;
+    QLabel* attentionLabel_ = nullptr;
+    QLabel* similarityLabel_ = nullptr;
+    QLabel* pixelLabel_ = nullptr;
+
+    std::vector<PanelView*> views_;
+    std::vector<QComboBox*> panelBoxes_;
+    ViewSync* sync_ = nullptr;
+
+    // State.
+    QString imagePath_;
+    cv::Mat image_;
+    QString lastError_;
+    RunOutput run_;
+    SegmentationOutput segmentation_;
+    std::optional<InspectionOutput> inspection_;
+    std::optional<naf_app::ProbeHead> probe_;
+    QImage attentionImage_, similarityImage_;
+    std::optional<QPoint> pendingPixel_;
+    bool segmentationPending_ = false;
+
+    // Workers. The pipeline (its cv::dnn net and NAF) is used by one run at a time; inspections
+    // use their own NAF object so that they never share one with a run.
+    naf_app::Pipeline pipeline_;
+    cv::Ptr<cv::naf::NAF> inspectNaf_;
+    QFutureWatcher<RunOutput> runWatcher_;
+    QFutureWatcher<SegmentationOutput> segWatcher_;
+    QFutureWatcher<InspectionOutput> inspectWatcher_;
+};

@@ -94,19 +94,28 @@ def layer_params_text(model):
     return ("\n".join(lines) + "\n").encode()
 
 
+def relative_weights_path(model):
+    """Paths relative to the repository root (fuzzers and replays run there), so that the seeds
+    do not depend on where the checkout lives."""
+    for a in model.graph.node[0].attribute:
+        if a.name == "weights_path":
+            a.s = os.path.relpath(GOLDEN_WEIGHTS, ROOT).encode()
+    return model
+
+
 def graph_seeds(out, tmp):
     make_naf_onnx.write_test_set(tmp, GOLDEN_WEIGHTS)
     for name in ("naf_weights_path.onnx", "naf_missing_output_size.onnx", "naf_embedded.onnx"):
-        model = onnx.load(os.path.join(tmp, name))
-        # Paths relative to the repository root (the fuzzers and replays run there), so the
-        # seeds do not depend on where the checkout lives.
-        for a in model.graph.node[0].attribute:
-            if a.name == "weights_path":
-                a.s = os.path.relpath(GOLDEN_WEIGHTS, ROOT).encode()
+        model = relative_weights_path(onnx.load(os.path.join(tmp, name)))
         stem = name[:-len(".onnx")]
         write(os.path.join(out, "dnn_layer_params", stem), layer_params_text(model))
         if name != "naf_embedded.onnx":
             write(os.path.join(out, "onnx_graph", stem), model.SerializeToString())
+    # A graph with the small shapes the fuzzers run forward on (inputs 1x3x8x10 and 1x8x2x3).
+    small = relative_weights_path(make_naf_onnx.naf_graph((1, 3, 8, 10), (1, 8, 2, 3), (6, 7), 3,
+                                                          weights_path=GOLDEN_WEIGHTS))
+    write(os.path.join(out, "dnn_layer_params", "naf_small"), layer_params_text(small))
+    write(os.path.join(out, "onnx_graph", "naf_small"), small.SerializeToString())
 
 
 def main(argv=None):

@@ -7,6 +7,7 @@ packages=(
   libopencv-dev libopencv-contrib-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-onnx python3-numpy python3-pil python3-pytest
+  clang libclang-rt-14-dev  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes
 )
 
 missing=()

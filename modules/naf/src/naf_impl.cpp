@@ -74,13 +74,13 @@ struct Settings
 // kernels::forward (workspace buffers, the normalized image, the pixel-major copies of keys and
 // values in the attention, per-thread rows). Every product is overflow-checked.
 size_t estimateCallBytes(const K::NafConfig& cfg, const std::vector<Size>& imageSizes, int c, int h, int w,
-                         Size dstSize)
+                         Size dstSize, const std::string& request)
 {
     using detail::checkedProduct;
     using detail::checkedSum;
     const int64_t n = static_cast<int64_t>(imageSizes.size());
     const int64_t f = sizeof(float);
-    const std::string what = "memory estimate";
+    const std::string what = "memory estimate of " + request;
     size_t total = checkedProduct({n, c, dstSize.height, dstSize.width, f}, what);
     size_t peakItem = 0;
     for (const Size& img : imageSizes)
@@ -347,6 +347,9 @@ private:
             CV_Error(Error::StsOutOfRange, "cv::naf::NAF: attention probe (" + std::to_string(probe.x) + ", " +
                                                std::to_string(probe.y) + ") is outside the output " +
                                                sizeString(dstSize.width, dstSize.height));
+        const std::string request = std::string("cv::naf::NAF::") + fn + " of " + std::to_string(n) + " x " +
+                                    std::to_string(c) + " x " + sizeString(dstSize.width, dstSize.height) + " output";
+        detail::checkMemoryBudget(estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize, request), request);
         std::vector<K::ForwardShape> shapes(n);
         for (int i = 0; i < n; ++i)
         {
@@ -361,9 +364,6 @@ private:
             s.kernelSize = settings.kernelSize;
             callKernel("invalid input", [&] { K::checkForwardShape(weights_->cfg, s); });
         }
-        detail::checkMemoryBudget(estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize),
-                                  std::string("cv::naf::NAF::") + fn + " of " + std::to_string(n) + " x " +
-                                      std::to_string(c) + " x " + sizeString(dstSize.width, dstSize.height) + " output");
         return shapes;
     }
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <thread>
 
@@ -302,6 +303,44 @@ TEST(MemoryBudget, DnnLayerRefusesOversizedOutputsBeforeDnnAllocates)
     const int code = expectRefused([&] { layer->getMemoryShapes(in, 1, out, internals); },
                                    {"dnn layer 'huge'", "1 x 384 x 1048576 x 1048576", "memory budget"});
     EXPECT_EQ(code, cv::Error::StsNoMem);
+}
+
+TEST(HostileGraphs, BadNodeAttributesAreRefusedWhenTheLayerIsCreated)
+{
+    cv::naf::registerLayers();
+    auto create = [](const std::function<void(cv::dnn::LayerParams&)>& edit) {
+        cv::dnn::LayerParams p;
+        p.name = "n";
+        p.set("output_height", 40);
+        p.set("output_width", 50);
+        p.set("weights_path", naf_test::goldenWeights());
+        edit(p);
+        cv::dnn::LayerFactory::createLayerInstance("naf.NAF", p);
+    };
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) { p.set("output_height", cv::String("tall")); }); },
+                  {"'output_height' must be one integer"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) { p.set("output_width", 0); }); },
+                  {"'output_width' = 0 is outside [1, 1048576]"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) { p.set("output_width", 1 << 21); }); },
+                  {"'output_width' = 2097152"});
+    const int pair[2] = {4, 5};
+    expectRefused([&](){ create([&](cv::dnn::LayerParams& p) { p.set("kernel_size", cv::dnn::DictValue::arrayInt(pair, 2)); }); },
+                  {"'kernel_size' must be one integer"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) { p.set("kernel_size", 4); }); }, {"odd", "4"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) { p.set("weights_path", cv::String("/dev/stdin")); }); },
+                  {"not a regular file"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) { p.blobs.push_back(cv::Mat::zeros(2, 2, CV_32F)); }); },
+                  {"no 'weight_names'"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) {
+                      p.blobs.push_back(cv::Mat::zeros(2, 2, CV_32F));
+                      p.set("weight_names", cv::String("a,b"));
+                  }); },
+                  {"lists 2 names for 1 embedded"});
+    expectRefused([&](){ create([](cv::dnn::LayerParams& p) {
+                      p.blobs.push_back(cv::Mat::zeros(2, 2, CV_32F));
+                      p.set("weight_names", cv::String("image_encoder.rope.periods"));
+                  }); },
+                  {"missing tensor"});
 }
 
 // ---- concurrency -----------------------------------------------------------------------------

@@ -72,8 +72,11 @@ NafConfig parseConfig(const std::string& text, const std::string& origin)
         if (!a.is_array() || a.size() != 3) weightsError(origin, std::string("naf_config '") + key + "' is not [r, g, b]");
         for (int i = 0; i < 3; ++i)
         {
-            if (!a[i].is_number()) weightsError(origin, std::string("naf_config '") + key + "' has a non-number");
-            out[i] = a[i].get<float>();
+            // Range-checked as double first: converting an out-of-range double to float is undefined.
+            const double v = a[i].is_number() ? a[i].get<double>() : std::nan("");
+            if (!(std::abs(v) <= 1e6))
+                weightsError(origin, std::string("naf_config '") + key + "' has a non-number or a value beyond 1e6");
+            out[i] = static_cast<float>(v);
         }
     };
     triple("image_mean", cfg.mean);

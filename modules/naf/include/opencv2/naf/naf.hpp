@@ -74,7 +74,9 @@ public:
     official `naf_release.pth` converts with tools/convert_official_checkpoint.py). Empty: the
     default weights (getDefaultWeightsPath()), or, when there are none, randomly initialized
     weights with a warning in the log. getWeightsInfo() always says which.
-    @throws cv::Exception when the file is missing, truncated, or not valid NAF weights.
+    @throws cv::Exception when the file is missing, not a regular file, larger than
+    getMemoryBudget(), truncated, not valid NAF weights, or its tensor data does not match the
+    `data_sha256` in its metadata (verified when present; getWeightsInfo() says whether it was).
     */
     CV_WRAP static Ptr<NAF> create(const String& weightsPath = String());
 

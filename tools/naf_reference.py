@@ -22,9 +22,11 @@ Extension: when a low-res axis is shorter than the kernel (the official code fai
 kernel on that axis shrinks to the axis length.
 """
 
+import hashlib
 import json
 import math
 import os
+import struct
 import sys
 
 import numpy as np
@@ -401,7 +403,20 @@ def save_weights(path, state_dict, provenance, config=None):
     if problems:
         raise ValueError("; ".join(problems))
     tensors = {n: state_dict[n].detach().float().contiguous().cpu().numpy() for n, _ in expected_tensors(config)}
-    save_file(path, tensors, weights_metadata(provenance, config))
+    metadata = weights_metadata(provenance, config)
+    metadata["data_sha256"] = data_section_sha256(tensors)
+    save_file(path, tensors, metadata)
+
+
+def data_section_sha256(tensors):
+    """SHA-256 (hex) of the safetensors data section these tensors make: everything after the header.
+
+    Readers (cv::naf) verify it when the metadata has `data_sha256`, so truncation or tampering of
+    the tensor bytes is detected even when sizes still add up."""
+    from safetensors_io import serialize
+    blob = serialize(tensors, {})
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    return hashlib.sha256(blob[8 + header_len:]).hexdigest()
 
 
 def load_weights(path):
@@ -420,6 +435,14 @@ def load_weights(path):
     for name, arr in tensors.items():
         if arr.dtype != np.float32:
             raise SafetensorsError(f"{path}: {name} is not F32")
+    if "data_sha256" in meta:
+        with open(path, "rb") as f:
+            blob = f.read()
+        (header_len,) = struct.unpack("<Q", blob[:8])
+        actual = hashlib.sha256(blob[8 + header_len:]).hexdigest()
+        if actual != meta["data_sha256"]:
+            raise SafetensorsError(f"{path}: tensor data SHA-256 {actual} does not match the metadata "
+                                   f"({meta['data_sha256']}): corrupted or tampered with")
     sd = {n: torch.from_numpy(a) for n, a in tensors.items()}
     problems = check_state_dict(sd, cfg)
     if problems:

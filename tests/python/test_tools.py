@@ -88,6 +88,23 @@ def test_random_weights_are_reproducible_and_say_untrained(tmp_path):
     assert len(sd) == len(ref.expected_tensors())
 
 
+def test_saved_weights_carry_the_sha256_of_their_data_and_tampering_is_detected(tmp_path):
+    import hashlib
+    import struct
+    path = tmp_path / "w.safetensors"
+    make_random_weights.write_random_weights(str(path), seed=4)
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    assert meta["data_sha256"] == hashlib.sha256(blob[8 + n:]).hexdigest()
+    ref.load_weights(str(path))  # verifies
+    tampered = bytearray(blob)
+    tampered[-3] ^= 0x01  # still a finite float, same size: only the checksum can tell
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(ValueError, match="SHA-256"):
+        ref.load_weights(str(path))
+
+
 def test_weights_with_a_wrong_shape_are_refused(tmp_path):
     sd = ref.NAF().state_dict()
     sd["image_encoder.encoder.1.conv1.weight"] = torch.zeros(128, 128, 3, 3)

@@ -6,6 +6,7 @@
 #include <opencv2/dnn/shape_utils.hpp>
 
 #include "opencv2/naf.hpp"
+#include "size_limits.hpp"
 #include "weights.hpp"
 
 namespace cv {
@@ -103,6 +104,12 @@ public:
         if (image[0] != feats[0])
             CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "': batch mismatch (image " +
                                            std::to_string(image[0]) + ", features " + std::to_string(feats[0]) + ")");
+        // dnn allocates the output from this shape before forward(): refuse oversized graphs here.
+        const size_t outputBytes = detail::checkedProduct({feats[0], feats[1], outputHeight_, outputWidth_, 4},
+                                                          "cv::naf dnn layer '" + name + "' output");
+        detail::checkMemoryBudget(outputBytes, "cv::naf dnn layer '" + name + "' output " + std::to_string(feats[0]) +
+                                                   " x " + std::to_string(feats[1]) + " x " +
+                                                   std::to_string(outputHeight_) + " x " + std::to_string(outputWidth_));
         outputs.assign(1, dnn::MatShape{feats[0], feats[1], outputHeight_, outputWidth_});
         return false;
     }

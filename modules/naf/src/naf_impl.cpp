@@ -12,6 +12,7 @@
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 #include "opencv2/naf.hpp"
+#include "size_limits.hpp"
 #include "weights.hpp"
 
 namespace cv {
@@ -58,12 +59,52 @@ void callKernel(const char* what, F&& f)
 
 std::string sizeString(int w, int h) { return std::to_string(w) + "x" + std::to_string(h); }
 
+// The settings one call runs with, copied under the object's lock when the call starts.
+struct Settings
+{
+    int kernelSize = 9;
+    int backend = BACKEND_AUTO;
+    int colorOrder = IMAGE_BGR;
+    bool tf32 = false;
+    Point probe{-1, -1};
+};
+
+// Bytes one call needs at its peak: the output blob and the planar guide copies of the whole
+// batch, plus the scratch of one item (items run one after another). Mirrors the allocations of
+// kernels::forward (workspace buffers, the normalized image, the pixel-major copies of keys and
+// values in the attention, per-thread rows). Every product is overflow-checked.
+size_t estimateCallBytes(const K::NafConfig& cfg, const std::vector<Size>& imageSizes, int c, int h, int w,
+                         Size dstSize, const std::string& request)
+{
+    using detail::checkedProduct;
+    using detail::checkedSum;
+    const int64_t n = static_cast<int64_t>(imageSizes.size());
+    const int64_t f = sizeof(float);
+    const std::string what = "memory estimate of " + request;
+    size_t total = checkedProduct({n, c, dstSize.height, dstSize.width, f}, what);
+    size_t peakItem = 0;
+    for (const Size& img : imageSizes)
+    {
+        total = checkedSum(total, checkedProduct({3, img.height, img.width, f}, what), what);
+        int gh = 0, gw = 0;
+        K::guideSize(img.height, img.width, dstSize.height, dstSize.width, cfg.maxGuideScale, &gh, &gw);
+        size_t item = checkedProduct({3, img.height, img.width, f}, what);                 // normalized image
+        item = checkedSum(item, checkedProduct({3, gh, gw, f}, what), what);                // guide
+        item = checkedSum(item, checkedProduct({cfg.dim, gh, gw, f}, what), what);          // 2 x dim/2 branch buffers
+        item = checkedSum(item, checkedProduct({cfg.dim, dstSize.height, dstSize.width, f}, what), what);  // queries
+        item = checkedSum(item, checkedProduct({2 * static_cast<int64_t>(cfg.dim) + c, h, w, f}, what), what);
+        item = checkedSum(item, checkedProduct({getNumThreads() + 1, cfg.dim + static_cast<int64_t>(c), dstSize.width, f}, what), what);
+        peakItem = std::max(peakItem, item);
+    }
+    return checkedSum(total, peakItem, what);
+}
+
 class NAFImpl CV_FINAL : public NAF
 {
 public:
-    explicit NAFImpl(std::shared_ptr<const detail::LoadedWeights> weights)
-        : weights_(std::move(weights)), kernelSize_(weights_->cfg.kernelSize)
+    explicit NAFImpl(std::shared_ptr<const detail::LoadedWeights> weights) : weights_(std::move(weights))
     {
+        settings_.kernelSize = weights_->cfg.kernelSize;
     }
 
     void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst, Size dstSize) CV_OVERRIDE
@@ -76,6 +117,7 @@ public:
         else if (!image.empty())
             images.push_back(image.getMat());
         if (images.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: the guide image is empty");
+        const Settings settings = snapshot();
         for (size_t i = 0; i < images.size(); ++i)
         {
             const Mat& m = images[i];
@@ -83,19 +125,17 @@ public:
             if (m.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: guide image" + which + " is empty");
             if (m.dims != 2 || m.type() != CV_8UC3)
                 CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: guide image" + which + " must be 2-D CV_8UC3 (" +
-                                               (colorOrder_ == IMAGE_RGB ? "RGB" : "BGR") + "), got " +
+                                               (settings.colorOrder == IMAGE_RGB ? "RGB" : "BGR") + "), got " +
                                                typeToString(m.type()) + " with " + std::to_string(m.dims) +
                                                " dims (convert grayscale with cv::cvtColor(..., COLOR_GRAY2BGR))");
         }
         const Mat features = checkedFeatures(lowResFeatures, static_cast<int>(images.size()), dstSize, "upsample");
         std::vector<Size> sizes;
+        for (const Mat& m : images) sizes.push_back(m.size());
+        const std::vector<K::ForwardShape> shapes = checkedShapes(sizes, features, dstSize, settings, "upsample");
         std::vector<std::vector<float>> planar;
-        for (const Mat& m : images)
-        {
-            sizes.push_back(m.size());
-            planar.push_back(toPlanarRgb(m));
-        }
-        run(sizes, planar, features, dst, dstSize);
+        for (const Mat& m : images) planar.push_back(toPlanarRgb(m, settings.colorOrder));
+        run(shapes, planar, features, dst, dstSize, settings);
     }
 
     void upsampleBlob(InputArray imageBlob, InputArray lowResFeatures, OutputArray dst, Size dstSize) CV_OVERRIDE
@@ -110,8 +150,10 @@ public:
         if (!blob.isContinuous()) blob = blob.clone();
         checkFinite(blob, "image blob");
         const int n = blob.size[0], h = blob.size[2], w = blob.size[3];
+        const Settings settings = snapshot();
         const Mat features = checkedFeatures(lowResFeatures, n, dstSize, "upsampleBlob");
         std::vector<Size> sizes(n, Size(w, h));
+        const std::vector<K::ForwardShape> shapes = checkedShapes(sizes, features, dstSize, settings, "upsampleBlob");
         std::vector<std::vector<float>> planar(n);
         const size_t per = static_cast<size_t>(3) * h * w;
         for (int i = 0; i < n; ++i)
@@ -119,7 +161,7 @@ public:
             const float* p = blob.ptr<float>() + per * i;
             planar[i].assign(p, p + per);
         }
-        run(sizes, planar, features, dst, dstSize);
+        run(shapes, planar, features, dst, dstSize, settings);
     }
 
     void setAttentionProbe(Point pixel) CV_OVERRIDE
@@ -127,12 +169,14 @@ public:
         if (pixel != Point(-1, -1) && (pixel.x < 0 || pixel.y < 0))
             CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setAttentionProbe: pixel (" + std::to_string(pixel.x) + ", " +
                                                std::to_string(pixel.y) + ") is negative; use (-1, -1) to switch off");
-        probe_ = pixel;
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        settings_.probe = pixel;
     }
-    Point getAttentionProbe() const CV_OVERRIDE { return probe_; }
+    Point getAttentionProbe() const CV_OVERRIDE { return snapshot().probe; }
 
     void getAttentionWeights(OutputArray weights, OutputArray lowResPositions) const CV_OVERRIDE
     {
+        std::lock_guard<std::mutex> lock(stateMutex_);
         if (probeWeights_.empty())
             CV_Error(Error::StsError, "cv::naf::NAF::getAttentionWeights: no attention recorded; call "
                                       "setAttentionProbe() before upsample()");
@@ -145,9 +189,10 @@ public:
         if (kernelSize < 1 || kernelSize % 2 == 0 || kernelSize > 63)
             CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setKernelSize: kernel size must be odd in [1, 63], got " +
                                                std::to_string(kernelSize));
-        kernelSize_ = kernelSize;
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        settings_.kernelSize = kernelSize;
     }
-    int getKernelSize() const CV_OVERRIDE { return kernelSize_; }
+    int getKernelSize() const CV_OVERRIDE { return snapshot().kernelSize; }
 
     void setBackend(int backend) CV_OVERRIDE
     {
@@ -156,21 +201,31 @@ public:
         if (backend == BACKEND_CUDA && !K::cuda::available())
             CV_Error(Error::StsNotImplemented, "cv::naf::NAF::setBackend: CUDA requested but not available (" +
                                                    K::cuda::deviceDescription() + ")");
-        backend_ = backend;
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        settings_.backend = backend;
     }
-    int getBackend() const CV_OVERRIDE { return backend_; }
-    int getActiveBackend() const CV_OVERRIDE { return activeBackend_; }
-    void setUseTF32(bool enable) CV_OVERRIDE { tf32_ = enable; }
-    bool getUseTF32() const CV_OVERRIDE { return tf32_; }
+    int getBackend() const CV_OVERRIDE { return snapshot().backend; }
+    int getActiveBackend() const CV_OVERRIDE
+    {
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        return activeBackend_;
+    }
+    void setUseTF32(bool enable) CV_OVERRIDE
+    {
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        settings_.tf32 = enable;
+    }
+    bool getUseTF32() const CV_OVERRIDE { return snapshot().tf32; }
 
     void setImageColorOrder(int order) CV_OVERRIDE
     {
         if (order != IMAGE_BGR && order != IMAGE_RGB)
             CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setImageColorOrder: expected IMAGE_BGR (0) or IMAGE_RGB (1), got " +
                                                std::to_string(order));
-        colorOrder_ = order;
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        settings_.colorOrder = order;
     }
-    int getImageColorOrder() const CV_OVERRIDE { return colorOrder_; }
+    int getImageColorOrder() const CV_OVERRIDE { return snapshot().colorOrder; }
 
     String getWeightsInfo() const CV_OVERRIDE { return weights_->info; }
     bool isTrained() const CV_OVERRIDE { return weights_->trained; }
@@ -181,6 +236,42 @@ public:
     String getDefaultName() const CV_OVERRIDE { return "NAF"; }
 
 private:
+    Settings snapshot() const
+    {
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        return settings_;
+    }
+
+    // Scratch memory for one call: taken from the pool (or new), given back when the call ends,
+    // so concurrent calls on one object never share a workspace.
+    class WorkspaceLease
+    {
+    public:
+        explicit WorkspaceLease(NAFImpl& owner) : owner_(owner)
+        {
+            std::lock_guard<std::mutex> lock(owner_.poolMutex_);
+            if (owner_.idleWorkspaces_.empty())
+                ws_.reset(new K::Workspace);
+            else
+            {
+                ws_ = std::move(owner_.idleWorkspaces_.back());
+                owner_.idleWorkspaces_.pop_back();
+            }
+        }
+        ~WorkspaceLease()
+        {
+            std::lock_guard<std::mutex> lock(owner_.poolMutex_);
+            owner_.idleWorkspaces_.push_back(std::move(ws_));
+        }
+        WorkspaceLease(const WorkspaceLease&) = delete;
+        WorkspaceLease& operator=(const WorkspaceLease&) = delete;
+        K::Workspace& get() { return *ws_; }
+
+    private:
+        NAFImpl& owner_;
+        std::unique_ptr<K::Workspace> ws_;
+    };
+
     static void checkFinite(const Mat& m, const char* what)
     {
         const float* p = m.ptr<float>();
@@ -217,12 +308,12 @@ private:
         return f;
     }
 
-    std::vector<float> toPlanarRgb(const Mat& img) const
+    static std::vector<float> toPlanarRgb(const Mat& img, int colorOrder)
     {
         const int h = img.rows, w = img.cols;
         std::vector<float> out(static_cast<size_t>(3) * h * w);
         const size_t plane = static_cast<size_t>(h) * w;
-        const int r = colorOrder_ == IMAGE_RGB ? 0 : 2, b = 2 - r;
+        const int r = colorOrder == IMAGE_RGB ? 0 : 2, b = 2 - r;
         for (int y = 0; y < h; ++y)
         {
             const uchar* row = img.ptr<uchar>(y);
@@ -238,21 +329,27 @@ private:
         return out;
     }
 
-    bool useCuda()
+    static bool useCuda(int backend)
     {
-        if (backend_ == BACKEND_CPU) return false;
-        if (backend_ == BACKEND_CUDA) return true;
+        if (backend == BACKEND_CPU) return false;
+        if (backend == BACKEND_CUDA) return true;
         return K::cuda::available();
     }
 
-    void run(const std::vector<Size>& imageSizes, const std::vector<std::vector<float>>& planar, const Mat& features,
-             OutputArray dst, Size dstSize)
+    // Validates every item's shape and refuses requests over the memory budget, before any
+    // input copy, scratch or output is allocated.
+    std::vector<K::ForwardShape> checkedShapes(const std::vector<Size>& imageSizes, const Mat& features, Size dstSize,
+                                               const Settings& settings, const char* fn) const
     {
         const int n = features.size[0], c = features.size[1], h = features.size[2], w = features.size[3];
-        if (probe_ != Point(-1, -1) && (probe_.x >= dstSize.width || probe_.y >= dstSize.height))
-            CV_Error(Error::StsOutOfRange, "cv::naf::NAF: attention probe (" + std::to_string(probe_.x) + ", " +
-                                               std::to_string(probe_.y) + ") is outside the output " +
+        const Point probe = settings.probe;
+        if (probe != Point(-1, -1) && (probe.x >= dstSize.width || probe.y >= dstSize.height))
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF: attention probe (" + std::to_string(probe.x) + ", " +
+                                               std::to_string(probe.y) + ") is outside the output " +
                                                sizeString(dstSize.width, dstSize.height));
+        const std::string request = std::string("cv::naf::NAF::") + fn + " of " + std::to_string(n) + " x " +
+                                    std::to_string(c) + " x " + sizeString(dstSize.width, dstSize.height) + " output";
+        detail::checkMemoryBudget(estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize, request), request);
         std::vector<K::ForwardShape> shapes(n);
         for (int i = 0; i < n; ++i)
         {
@@ -264,37 +361,47 @@ private:
             s.lowW = w;
             s.outH = dstSize.height;
             s.outW = dstSize.width;
-            s.kernelSize = kernelSize_;
+            s.kernelSize = settings.kernelSize;
             callKernel("invalid input", [&] { K::checkForwardShape(weights_->cfg, s); });
         }
+        return shapes;
+    }
+
+    void run(const std::vector<K::ForwardShape>& shapes, const std::vector<std::vector<float>>& planar,
+             const Mat& features, OutputArray dst, Size dstSize, const Settings& settings)
+    {
+        const int n = features.size[0], c = features.size[1], h = features.size[2], w = features.size[3];
         // Compute into a fresh blob and hand it over only when every item succeeded, so dst is
         // never left half-written.
         const int outSizes[4] = {n, c, dstSize.height, dstSize.width};
         Mat result(4, outSizes, CV_32F);
-        const bool cuda = useCuda();
+        const bool cuda = useCuda(settings.backend);
         Mat probeWeights, probePositions;
         const size_t featPer = static_cast<size_t>(c) * h * w;
-        const size_t outPer = static_cast<size_t>(c) * dstSize.area();
+        const size_t outPer = static_cast<size_t>(c) * dstSize.height * dstSize.width;
+        WorkspaceLease workspace(*this);
         for (int i = 0; i < n; ++i)
         {
             K::AttentionProbe probe;
-            probe.y = probe_.y;
-            probe.x = probe_.x;
-            K::AttentionProbe* probePtr = probe_ == Point(-1, -1) ? nullptr : &probe;
+            probe.y = settings.probe.y;
+            probe.x = settings.probe.x;
+            K::AttentionProbe* probePtr = settings.probe == Point(-1, -1) ? nullptr : &probe;
             const float* feat = features.ptr<float>() + featPer * i;
             float* out = result.ptr<float>() + outPer * i;
             if (cuda)
             {
                 callKernel("CUDA forward", [&] {
+                    // One device engine per object (device weights + scratch); calls take turns on it.
+                    std::lock_guard<std::mutex> lock(cudaMutex_);
                     if (!cudaEngine_) cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
                     cudaEngine_->forward(planar[i].data(), feat, out, shapes[i],
-                                         tf32_ ? K::cuda::MathMode::TF32 : K::cuda::MathMode::FP32, probePtr);
+                                         settings.tf32 ? K::cuda::MathMode::TF32 : K::cuda::MathMode::FP32, probePtr);
                 });
             }
             else
             {
                 callKernel("CPU forward", [&] {
-                    K::forward(weights_->cfg, weights_->view, planar[i].data(), feat, out, shapes[i], workspace_,
+                    K::forward(weights_->cfg, weights_->view, planar[i].data(), feat, out, shapes[i], workspace.get(),
                                opencvParallelFor(), probePtr);
                 });
             }
@@ -313,21 +420,26 @@ private:
                           probeWeights.ptr<float>() + static_cast<size_t>(i) * probe.weights.size());
             }
         }
-        activeBackend_ = cuda ? BACKEND_CUDA : BACKEND_CPU;
-        probeWeights_ = probeWeights;
-        probePositions_ = probePositions;
+        {
+            std::lock_guard<std::mutex> lock(stateMutex_);
+            activeBackend_ = cuda ? BACKEND_CUDA : BACKEND_CPU;
+            probeWeights_ = probeWeights;
+            probePositions_ = probePositions;
+        }
         dst.assign(result);
     }
 
-    std::shared_ptr<const detail::LoadedWeights> weights_;
-    int kernelSize_;
-    int backend_ = BACKEND_AUTO;
+    const std::shared_ptr<const detail::LoadedWeights> weights_;  // immutable, shared freely
+
+    mutable std::mutex stateMutex_;  // guards settings_ and the results of the last call below
+    Settings settings_;
     int activeBackend_ = BACKEND_CPU;
-    int colorOrder_ = IMAGE_BGR;
-    bool tf32_ = false;
-    Point probe_{-1, -1};
     Mat probeWeights_, probePositions_;
-    K::Workspace workspace_;
+
+    std::mutex poolMutex_;  // guards idleWorkspaces_
+    std::vector<std::unique_ptr<K::Workspace>> idleWorkspaces_;
+
+    std::mutex cudaMutex_;  // guards cudaEngine_ (not thread-safe itself)
     std::unique_ptr<K::cuda::Engine> cudaEngine_;
 };
 
@@ -368,7 +480,8 @@ bool isCudaAvailable() { return ::naf::kernels::cuda::available(); }
 
 void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst, Size dstSize, int imageColorOrder)
 {
-    // One upsampler per thread (NAF objects are not shareable), rebuilt if the default changes.
+    // One upsampler per thread, rebuilt if the default changes: the colour order is a setting of
+    // the object, so sharing one object would let concurrent calls change each other's order.
     thread_local std::string cachedPath;
     thread_local Ptr<NAF> cached;
     const String path = getDefaultWeightsPath();

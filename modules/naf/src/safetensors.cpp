@@ -1,9 +1,13 @@
 #include "safetensors.hpp"
 
+#include "size_limits.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <limits>
+
+#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 
@@ -33,10 +37,18 @@ size_t dtypeSize(const std::string& dtype)
 
 SafetensorsFile SafetensorsFile::read(const std::string& path)
 {
+    // Only regular files: a path from an untrusted graph must not make us block on a FIFO or a
+    // device such as /dev/stdin, or read /dev/zero forever.
+    struct stat info;
+    if (::stat(path.c_str(), &info) != 0)
+        CV_Error(Error::StsObjectNotFound, "cv::naf: cannot open weights/tensor file '" + path + "'");
+    if (!S_ISREG(info.st_mode))
+        CV_Error(Error::StsBadArg, "cv::naf: '" + path + "' is not a regular file");
     std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) CV_Error(Error::StsObjectNotFound, "cv::naf: cannot open weights/tensor file '" + path + "'");
     const std::streamoff size = in.tellg();
     if (size < 0) CV_Error(Error::StsError, "cv::naf: cannot read '" + path + "'");
+    checkMemoryBudget(static_cast<size_t>(size), "reading '" + path + "'");
     std::vector<uint8_t> bytes(static_cast<size_t>(size));
     in.seekg(0);
     if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))

@@ -36,6 +36,9 @@ public:
     bool has(const std::string& name) const { return tensors_.count(name) != 0; }
     const SafetensorsTensor& tensor(const std::string& name) const;
     const uint8_t* data(const std::string& name) const;
+    /// The whole data section (everything after the header) and its size.
+    const uint8_t* dataSection() const { return bytes_.data() + dataOffset_; }
+    size_t dataSectionSize() const { return bytes_.size() - dataOffset_; }
 
     /// A copy of the tensor as a Mat: dims = shape (a 1-D tensor becomes an n x 1 Mat), type from
     /// the dtype (F32 -> CV_32F, I32 -> CV_32S, U8 -> CV_8U).

@@ -8,7 +8,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "size_limits.hpp"
 #include "safetensors.hpp"
+#include "sha256.hpp"
 
 namespace cv {
 namespace naf {
@@ -23,7 +25,8 @@ namespace {
     CV_Error(Error::StsParseError, "cv::naf: weights '" + origin + "' rejected: " + what);
 }
 
-std::string shapeString(const std::vector<int>& s)
+template <typename T>
+std::string shapeString(const std::vector<T>& s)
 {
     std::string r = "[";
     for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -69,8 +72,11 @@ NafConfig parseConfig(const std::string& text, const std::string& origin)
         if (!a.is_array() || a.size() != 3) weightsError(origin, std::string("naf_config '") + key + "' is not [r, g, b]");
         for (int i = 0; i < 3; ++i)
         {
-            if (!a[i].is_number()) weightsError(origin, std::string("naf_config '") + key + "' has a non-number");
-            out[i] = a[i].get<float>();
+            // Range-checked as double first: converting an out-of-range double to float is undefined.
+            const double v = a[i].is_number() ? a[i].get<double>() : std::nan("");
+            if (!(std::abs(v) <= 1e6))
+                weightsError(origin, std::string("naf_config '") + key + "' has a non-number or a value beyond 1e6");
+            out[i] = static_cast<float>(v);
         }
     };
     triple("image_mean", cfg.mean);
@@ -187,7 +193,40 @@ std::vector<TensorSpec> expectedTensors(const NafConfig& cfg)
 
 std::shared_ptr<const LoadedWeights> loadWeightsFile(const std::string& path)
 {
-    const SafetensorsFile file = SafetensorsFile::read(path);
+    return loadWeightsFromFile(SafetensorsFile::read(path));
+}
+
+std::shared_ptr<const LoadedWeights> loadWeightsBytes(std::vector<uint8_t> bytes, const std::string& origin)
+{
+    return loadWeightsFromFile(SafetensorsFile::parse(std::move(bytes), origin));
+}
+
+namespace {
+
+// Verifies the optional data_sha256; returns what getWeightsInfo() says about it.
+std::string verifyDataChecksum(const SafetensorsFile& file)
+{
+    const auto& meta = file.metadata();
+    auto it = meta.find(kDataSha256Key);
+    if (it == meta.end()) return "data not checksummed";
+    const std::string& expected = it->second;
+    const bool wellFormed = expected.size() == 64 &&
+        expected.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!wellFormed)
+        weightsError(file.origin(), std::string(kDataSha256Key) + " '" + expected.substr(0, 80) +
+                                        "' is not 64 lowercase hex digits");
+    const std::string actual = sha256Hex(file.dataSection(), file.dataSectionSize());
+    if (actual != expected)
+        weightsError(file.origin(), "tensor data SHA-256 is " + actual + " but the metadata says " + expected +
+                                        " (file corrupted or tampered with)");
+    return "data sha256 verified";
+}
+
+}  // namespace
+
+std::shared_ptr<const LoadedWeights> loadWeightsFromFile(const SafetensorsFile& file)
+{
+    const std::string& path = file.origin();
     const auto& meta = file.metadata();
     auto metaValue = [&](const char* key) -> std::string {
         auto it = meta.find(key);
@@ -216,28 +255,34 @@ std::shared_ptr<const LoadedWeights> loadWeightsFile(const std::string& path)
 
     const std::vector<TensorSpec> specs = expectedTensors(cfg);
     std::set<std::string> expectedNames;
-    size_t total = 0;
-    for (const TensorSpec& s : specs)
-    {
-        expectedNames.insert(s.name);
-        total += elementCount(s.shape);
-    }
+    for (const TensorSpec& s : specs) expectedNames.insert(s.name);
     for (const auto& t : file.tensors())
         if (!expectedNames.count(t.first)) weightsError(path, "unexpected tensor '" + t.first + "'");
-    std::vector<float> storage(total);
-    size_t offset = 0;
+    // Every tensor is checked against the config before anything is allocated, so a small file
+    // with a huge naf_config cannot make us allocate for tensors it does not hold.
+    size_t total = 0;
     for (const TensorSpec& s : specs)
     {
         if (!file.has(s.name)) weightsError(path, "missing tensor '" + s.name + "'");
         const SafetensorsTensor& t = file.tensor(s.name);
         if (t.dtype != "F32") weightsError(path, "tensor '" + s.name + "' has dtype " + t.dtype + ", expected F32");
-        std::vector<int> shape(t.shape.begin(), t.shape.end());
-        if (shape != s.shape)
-            weightsError(path, "tensor '" + s.name + "' has shape " + shapeString(shape) + ", expected " +
-                                   shapeString(s.shape));
+        const std::vector<int64_t> expectedShape(s.shape.begin(), s.shape.end());
+        if (t.shape != expectedShape)
+            weightsError(path, "tensor '" + s.name + "' has shape " + shapeString(t.shape) + ", expected " +
+                                   shapeString(expectedShape));
+        CV_Assert(t.end - t.begin == elementCount(s.shape) * sizeof(float));  // checked by the parser
+        total += elementCount(s.shape);
+    }
+    checkMemoryBudget(checkedProduct({static_cast<int64_t>(total), 4}, "weights"), "loading weights '" + path + "'");
+    std::vector<float> storage(total);
+    size_t offset = 0;
+    for (const TensorSpec& s : specs)
+    {
+        const SafetensorsTensor& t = file.tensor(s.name);
         std::memcpy(storage.data() + offset, file.data(s.name), t.end - t.begin);
         offset += elementCount(s.shape);
     }
+    const std::string checksum = verifyDataChecksum(file);
     checkFinite(storage, path);
     auto w = assemble(cfg, std::move(storage));
     w->path = path;
@@ -246,8 +291,9 @@ std::shared_ptr<const LoadedWeights> loadWeightsFile(const std::string& path)
     w->trained = provenance["trained"].get<bool>();
     std::ostringstream info;
     info << path << " (" << provenance["source"].get<std::string>();
-    if (provenance.contains("seed")) info << ", seed " << provenance["seed"].dump();
-    info << (w->trained ? ", trained" : ", NOT TRAINED") << ")";
+    if (provenance.contains("seed") && (provenance["seed"].is_number() || provenance["seed"].is_string()))
+        info << ", seed " << provenance["seed"].dump();
+    info << (w->trained ? ", trained" : ", NOT TRAINED") << ", " << checksum << ")";
     w->info = info.str();
     return w;
 }

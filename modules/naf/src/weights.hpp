@@ -1,6 +1,7 @@
 // NAF weights: loading (cv::naf safetensors format, docs/FORMATS.md), validation, random init.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -40,6 +41,17 @@ struct LoadedWeights
 
 /// Loads and validates a weights file; cv::Exception with the reason on any problem.
 std::shared_ptr<const LoadedWeights> loadWeightsFile(const std::string& path);
+
+class SafetensorsFile;
+/// Validates a parsed file as NAF weights (config, names, dtypes, shapes, checksum, finiteness).
+std::shared_ptr<const LoadedWeights> loadWeightsFromFile(const SafetensorsFile& file);
+
+/// Same as loadWeightsFile() on the bytes of a file (fuzzing, embedded resources); `origin` names
+/// it in messages and info.
+std::shared_ptr<const LoadedWeights> loadWeightsBytes(std::vector<uint8_t> bytes, const std::string& origin);
+
+/// Metadata key of the optional SHA-256 (64 lowercase hex digits) of the data section.
+constexpr const char* kDataSha256Key = "data_sha256";
 
 /// PyTorch-default random initialization from `seed` (untrained).
 std::shared_ptr<const LoadedWeights> randomWeights(int seed, const ::naf::kernels::NafConfig& cfg = {});

@@ -41,8 +41,20 @@ per axis, keys mapped back with PyTorch's nearest-exact rule. When the low-resol
 smaller than the kernel on an axis (the official code fails there), the window along that axis
 is the whole low-resolution axis.
 
-An object holds its weights and scratch memory and is reused across calls. One object must not be
-used by two threads at once; create one per thread (weights are small, 2.6 MB).
+An object holds its weights and a pool of scratch memory and is reused across calls.
+
+Thread safety: every method may be called from any thread. upsample() and upsampleBlob() calls on
+one shared object run concurrently, each with its own scratch memory taken from the object's pool,
+and give bit-identical results to the same calls made one after another (the CUDA backend runs
+the calls of one object one at a time on its device engine). Settings (setKernelSize(),
+setBackend(), setImageColorOrder(), setAttentionProbe(), setUseTF32()) are read once when a call
+starts: a call never sees half of a change, but a setter racing with a call may or may not apply
+to it, so configure first, then share. getAttentionWeights() and getActiveBackend() report the
+last call that finished.
+
+Limits: a call whose memory (output, scratch, guide copies) would exceed getMemoryBudget() is
+refused with cv::Exception (Error::StsNoMem) stating the bytes needed and the budget, before
+anything is allocated; all size arithmetic is checked for overflow.
 
 Example:
 @code
@@ -62,7 +74,9 @@ public:
     official `naf_release.pth` converts with tools/convert_official_checkpoint.py). Empty: the
     default weights (getDefaultWeightsPath()), or, when there are none, randomly initialized
     weights with a warning in the log. getWeightsInfo() always says which.
-    @throws cv::Exception when the file is missing, truncated, or not valid NAF weights.
+    @throws cv::Exception when the file is missing, not a regular file, larger than
+    getMemoryBudget(), truncated, not valid NAF weights, or its tensor data does not match the
+    `data_sha256` in its metadata (verified when present; getWeightsInfo() says whether it was).
     */
     CV_WRAP static Ptr<NAF> create(const String& weightsPath = String());
 
@@ -122,10 +136,22 @@ public:
     CV_WRAP virtual bool isTrained() const = 0;
     /** @brief The weights' metadata as JSON text (`naf_config` and `naf_provenance`). */
     CV_WRAP virtual String getWeightsMetadata() const = 0;
+
+    /** @brief Sets the process-wide memory budget of one call (bytes, for all NAF objects, the
+    one-shot cv::naf::upsample() and the cv::dnn layer). A request whose estimated memory (output
+    blob + scratch + guide copies; weight files: their size) exceeds it is refused with
+    cv::Exception (Error::StsNoMem) naming the bytes requested and the budget, instead of the process
+    being killed by the out-of-memory killer. Concurrent calls each get the whole budget.
+    @param bytes the budget; 0 restores the default: the environment variable NAF_MEMORY_BUDGET
+    (bytes, or with a K, M, G or T suffix, e.g. `512M`) when set, else min(8 GiB, half the physical
+    memory). */
+    CV_WRAP static void setMemoryBudget(size_t bytes);
+    /** @brief The current memory budget in bytes, see setMemoryBudget(). */
+    CV_WRAP static size_t getMemoryBudget();
 };
 
 /** @brief Upsamples with the default weights, see NAF::upsample(). The upsampler is cached per
-thread, so repeated calls do not reload the weights.
+thread, so repeated calls do not reload the weights; safe to call from many threads at once.
 @param imageColorOrder see cv::naf::ImageColorOrder. */
 CV_EXPORTS_W void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst, Size dstSize,
                            int imageColorOrder = IMAGE_BGR);

@@ -153,6 +153,24 @@ TEST(AppProbe, LoadsAndClassifiesAndRejectsBadFiles)
     fs::remove_all(dir);
 }
 
+TEST(AppBatch, RecordsAreTrustedOnlyWhenTheyMatchAndAreWellFormed)
+{
+    const std::string settings = R"({"size": 448, "vfm": "mobilesam"})";
+    const std::string stamp = R"({"mtime": 5, "size": 10})";
+    const nlohmann::json record = {{"settings", nlohmann::json::parse(settings)},
+                                   {"input_stamp", nlohmann::json::parse(stamp)},
+                                   {"outputs", {"a.panel.png", "a.kmeans.png"}}};
+    EXPECT_EQ(naf_app::recordedOutputs(record.dump(), settings, stamp),
+              (std::vector<std::string>{"a.panel.png", "a.kmeans.png"}));
+    EXPECT_TRUE(naf_app::recordedOutputs(record.dump(), R"({"size": 512, "vfm": "mobilesam"})", stamp).empty());
+    EXPECT_TRUE(naf_app::recordedOutputs(record.dump(), settings, R"({"mtime": 6, "size": 10})").empty());
+    nlohmann::json wrongType = record;
+    wrongType["outputs"] = {1, 2};
+    for (const std::string& bad : {wrongType.dump(), record.dump().substr(0, 40), std::string("[1, 2]"),
+                                   std::string(""), std::string("{\"settings\": null}")})
+        EXPECT_TRUE(naf_app::recordedOutputs(bad, settings, stamp).empty()) << bad;
+}
+
 TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
 {
     const std::string reason = app_test::vfmUnavailableReason();

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <iomanip>
+#include <iterator>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -65,21 +66,14 @@ bool alreadyDone(const std::string& sidecar, const json& settings, const std::st
 {
     std::ifstream in(sidecar);
     if (!in) return false;
-    try
-    {
-        const json record = json::parse(in);
-        if (record.at("settings") != settings || record.at("input_stamp") != inputStamp(input)) return false;
-        std::vector<std::string> outputs = record.at("outputs").get<std::vector<std::string>>();
-        for (const std::string& o : outputs)
-            if (!fs::exists(o)) return false;
-        item.outputs = outputs;
-        item.outputs.push_back(sidecar);
-        return true;
-    }
-    catch (const std::exception&)
-    {
-        return false;  // unreadable record: compute again
-    }
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::vector<std::string> outputs = recordedOutputs(text, settings.dump(), inputStamp(input).dump());
+    if (outputs.empty()) return false;
+    for (const std::string& o : outputs)
+        if (!fs::exists(o)) return false;
+    item.outputs = outputs;
+    item.outputs.push_back(sidecar);
+    return true;
 }
 
 BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const json& settings, const std::string& input,
@@ -168,6 +162,23 @@ std::vector<std::string> outputStems(const std::vector<std::string>& inputs)
         stems.push_back(count[stem] > 1 ? stem + "-" + hex8(fs::absolute(in).lexically_normal().string()) : stem);
     }
     return stems;
+}
+
+std::vector<std::string> recordedOutputs(const std::string& recordText, const std::string& settingsJson,
+                                         const std::string& inputStampJson)
+{
+    try
+    {
+        const json record = json::parse(recordText);
+        if (!record.is_object() || record.at("settings") != json::parse(settingsJson) ||
+            record.at("input_stamp") != json::parse(inputStampJson))
+            return {};
+        return record.at("outputs").get<std::vector<std::string>>();
+    }
+    catch (const std::exception&)
+    {
+        return {};  // unreadable record: compute again
+    }
 }
 
 BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress)

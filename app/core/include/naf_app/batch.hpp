@@ -45,6 +45,13 @@ using BatchProgressFn = std::function<void(int finished, int total, const BatchI
 /// two inputs share a stem (same for every shard, as it is computed on the whole list).
 std::vector<std::string> outputStems(const std::vector<std::string>& inputs);
 
+/// The outputs listed by a per-image record (the text of `<stem>.json`) when it was written with
+/// these settings for this input stamp (both JSON texts, as runBatch() writes them); empty when the
+/// record differs, is malformed or is no record at all. Never throws: records are outside data
+/// (fuzzed by fuzz/fuzz_batch_record.cpp).
+std::vector<std::string> recordedOutputs(const std::string& recordText, const std::string& settingsJson,
+                                         const std::string& inputStampJson);
+
 /// Runs the batch: every image of this shard gets `<out>/<stem>.panel.png` (image, low-res PCA,
 /// one PCA tile per method), `<out>/<stem>.kmeans.png` (k-means of the last method over the
 /// image) and `<out>/<stem>.json` (settings, timings, outputs; written last, so its presence with

@@ -121,19 +121,21 @@ def truncate_log(path, last_step):
 
 
 @torch.no_grad()
-def full_map_loss(model, data):
+def full_map_loss(model, data, device=torch.device("cpu")):
     """Mean MSE over whole images (lo grid -> hi grid, guide = the 4x guide), as at inference."""
     model.eval()
     losses = []
     for i in range(len(data)):
-        hi = data.hi[i]
-        pred = predict(model, data.guides[i][None], data.lo[i][None], tuple(hi.shape[-2:]))
+        hi = data.hi[i].to(device)
+        pred = predict(model, data.guides[i][None].to(device), data.lo[i][None].to(device), tuple(hi.shape[-2:]))
         losses.append(F.mse_loss(pred[0], hi).item())
     model.train()
     return float(np.mean(losses))
 
 
-def hardware_description():
+def hardware_description(device):
+    if device.type == "cuda":
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(device), "torch_threads": torch.get_num_threads()}
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -153,13 +155,14 @@ def train(args):
     if args.limit:
         paths = paths[:args.limit]
     data = CachedPairs(paths)
-    model = make_model(args.init_seed)
+    device = torch.device(args.device)
+    model = make_model(args.init_seed).to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
     log_path = os.path.join(args.out_dir, "loss.csv")
     start, elapsed_before = 0, 0.0
     if args.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path)
+        ckpt = torch.load(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["step"])
@@ -177,7 +180,7 @@ def train(args):
     recent = []
     step = start
     for step in range(start + 1, args.steps + 1):
-        guide, lo, hi = data.batch(step_rng(args.seed, step), args.batch, args.crop)
+        guide, lo, hi = (t.to(device) for t in data.batch(step_rng(args.seed, step), args.batch, args.crop))
         pred = predict(model, guide, lo, tuple(hi.shape[-2:]))
         loss = F.mse_loss(pred, hi)
         optimizer.zero_grad(set_to_none=True)
@@ -190,15 +193,19 @@ def train(args):
         if step % args.print_every == 0 or step == args.steps:
             print(f"step {step}/{args.steps} loss {loss.item():.5f} (last-20 mean {np.mean(recent):.5f}) "
                   f"{seconds:.0f} s", flush=True)
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        out_of_time = args.max_minutes and time.time() - t0 > 60 * args.max_minutes
+        if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
             save_checkpoint(ckpt_path, model, optimizer, step, args_dict)
+        if out_of_time:
+            print(f"stopping after {args.max_minutes} min at step {step} (resume with --resume)", flush=True)
+            break
     log.close()
     total_seconds = elapsed_before + time.time() - t0
     result = {"steps": step, "final_loss_last20": float(np.mean(recent)) if recent else None,
               "seconds": round(total_seconds, 1)}
     if args.val_cache:
         val = CachedPairs(list_entries(args.val_cache))
-        result["val_full_map_mse"] = full_map_loss(model, val)
+        result["val_full_map_mse"] = full_map_loss(model, val, device)
         result["val_images"] = len(val)
     if args.weights_out:
         provenance = {
@@ -211,12 +218,12 @@ def train(args):
             "recipe": {"optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
                        "batch": args.batch, "crop_cells": args.crop, "guide_px_per_target_cell": GUIDE_PX_PER_CELL,
                        "loss": "MSE(NAF(lo) at 2x, hi)", "seed": args.seed, "init_seed": args.init_seed},
-            "steps": step, "seconds": result["seconds"], "hardware": hardware_description(),
+            "steps": step, "seconds": result["seconds"], "hardware": hardware_description(device),
             "final_loss": result["final_loss_last20"], "torch_version": torch.__version__.split("+")[0],
         }
         if "val_full_map_mse" in result:
             provenance["val_full_map_mse"] = result["val_full_map_mse"]
-        ref.save_weights(args.weights_out, model.state_dict(), provenance)
+        ref.save_weights(args.weights_out, {k: v.cpu() for k, v in model.state_dict().items()}, provenance)
         result["weights"] = args.weights_out
     print(json.dumps(result), flush=True)
     return model, result
@@ -255,6 +262,9 @@ def parse_args(argv=None):
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--print-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="stop (with a checkpoint and the weights) after this many minutes of this run")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda on the GPU machine")
     ap.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")
     return ap.parse_args(argv)
 

@@ -37,7 +37,7 @@ CacheEntry readCacheEntry(const std::string& path);
 cv::Mat centredSquare(const cv::Mat& image, int side, cv::Rect* crop = nullptr);
 
 /// A file name for a source image: its last `components` path components joined with "__",
-/// extension replaced by ".safetensors" (e.g. photos/urban100/img_001.png -> urban100__img_001.safetensors).
-std::string cacheNameFor(const std::string& imagePath, int components = 3);
+/// extension replaced by ".safetensors" (e.g. .../segmentation/camvid/train/images/x.jpg -> camvid__train__images__x.safetensors).
+std::string cacheNameFor(const std::string& imagePath, int components = 4);
 
 }  // namespace naf_tools

@@ -27,7 +27,7 @@ int usage(const char* argv0)
 {
     std::cerr << "usage: " << argv0
               << " --out DIR [--vfm mobilesam] [--size 1024] [--threads N] [--list FILE] [IMAGE...]\n"
-                 "  FILE: one image path per line. Writes DIR/<last 3 path parts>.safetensors per image.\n";
+                 "  FILE: one image path per line. Writes DIR/<last 4 path parts joined by __>.safetensors per image.\n";
     return 2;
 }
 

@@ -17,6 +17,7 @@ Prints the table and writes it between the markers of the feature-reconstruction
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,7 @@ def main(argv=None):
                f"{c} x {first['lo'].shape[1]} x {first['lo'].shape[2]} features of the half-size image "
                f"upsampled to {c} x {h} x {w} and compared with the features of the full-size image.\n\n"
                + format_table(rows) + "\n\nCommand: `/usr/bin/python3 tools/eval_naf.py "
-               + " ".join(a for a in (argv if argv is not None else sys.argv[1:])) + "`")
+               + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
     print(format_table(rows))
     if args.report:
         write_report(args.report, section)

@@ -88,3 +88,27 @@ def test_evaluate_ranks_and_writes_report(tmp_path):
     text = open(report).read()
     assert "notes kept" in text and "first" not in text and "| nearest |" in text
     assert text.count(eval_naf.BEGIN) == 1
+
+
+EXTRACT = os.path.join(os.path.dirname(TOOL), "naf_extract_features")
+MOBILESAM = os.path.join(ROOT, "models", "cache", "mobilesam_encoder_1024_cv46.onnx")
+
+
+@pytest.mark.skipif(not (os.path.exists(EXTRACT) and os.path.exists(MOBILESAM)),
+                    reason="naf_extract_features or the MobileSAM model (scripts/fetch_models.sh) missing")
+def test_extract_features_layout_alignment_and_resume(tmp_path):
+    image = os.path.join(ROOT, "data", "coco_000000000471_bus.jpg")
+    out = str(tmp_path / "cache")
+    subprocess.run([EXTRACT, "--out", out, "--threads", "2", image], check=True, capture_output=True)
+    (path,) = feature_cache.list_entries(out)
+    assert os.path.basename(path).endswith("__data__coco_000000000471_bus.safetensors")
+    e = feature_cache.load_entry(path)
+    assert e["image"].shape == (1024, 1024, 3) and e["hi"].shape == (256, 64, 64) and e["lo"].shape == (256, 32, 32)
+    # the low-res map shows the same image: per cell it points the same way as the 2x2-pooled
+    # full-res features (a wrong cell window or quadrant would drop this towards 0)
+    pooled = e["hi"].reshape(256, 32, 2, 32, 2).mean(axis=(2, 4))
+    assert eval_naf.reconstruction_metrics(e["lo"], pooled)[1] > 0.7  # ~0.82 measured; misaligned ~0.45-0.55
+    # a second run skips the finished file
+    before = os.path.getmtime(path)
+    run = subprocess.run([EXTRACT, "--out", out, image], check=True, capture_output=True, text=True)
+    assert "0 written, 1 already there" in run.stdout and os.path.getmtime(path) == before

@@ -1,0 +1,130 @@
+#include "feature_cache.hpp"
+
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "safetensors.hpp"
+
+namespace naf_tools {
+
+namespace {
+
+std::vector<int64_t> shapeOf(const cv::Mat& m)
+{
+    std::vector<int64_t> shape;
+    for (int i = 0; i < m.dims; ++i) shape.push_back(m.size[i]);
+    if (m.channels() > 1) shape.push_back(m.channels());
+    return shape;
+}
+
+std::string dtypeOf(const cv::Mat& m, const std::string& name)
+{
+    if (m.depth() == CV_8U) return "U8";
+    if (m.depth() == CV_32F) return "F32";
+    CV_Error(cv::Error::StsUnsupportedFormat,
+             "writeSafetensors: tensor '" + name + "' has type " + cv::typeToString(m.type()) + ", expected CV_8U or CV_32F");
+}
+
+}  // namespace
+
+void writeSafetensors(const std::string& path, const std::map<std::string, cv::Mat>& tensors,
+                      const std::map<std::string, std::string>& metadata)
+{
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    size_t offset = 0;
+    std::vector<cv::Mat> ordered;
+    for (const auto& [name, mat] : tensors)
+    {
+        CV_Assert(!mat.empty());
+        const cv::Mat m = mat.isContinuous() ? mat : mat.clone();
+        const size_t bytes = m.total() * m.elemSize();
+        header[name] = {{"dtype", dtypeOf(m, name)}, {"shape", shapeOf(m)}, {"data_offsets", {offset, offset + bytes}}};
+        offset += bytes;
+        ordered.push_back(m);
+    }
+    std::string text = header.dump();
+    while (text.size() % 8) text += ' ';  // keeps the data section 8-byte aligned
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) CV_Error(cv::Error::StsError, "writeSafetensors: cannot open '" + tmp + "' for writing");
+        uint64_t len = text.size();
+        unsigned char lenBytes[8];
+        for (int i = 0; i < 8; ++i) lenBytes[i] = static_cast<unsigned char>((len >> (8 * i)) & 0xff);
+        out.write(reinterpret_cast<const char*>(lenBytes), 8);
+        out.write(text.data(), static_cast<std::streamsize>(text.size()));
+        for (const cv::Mat& m : ordered)
+            out.write(reinterpret_cast<const char*>(m.data), static_cast<std::streamsize>(m.total() * m.elemSize()));
+        if (!out) CV_Error(cv::Error::StsError, "writeSafetensors: write to '" + tmp + "' failed");
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+        CV_Error(cv::Error::StsError, "writeSafetensors: cannot rename '" + tmp + "' to '" + path + "'");
+}
+
+CacheEntry readCacheEntry(const std::string& path)
+{
+    const auto file = cv::naf::detail::SafetensorsFile::read(path);
+    const auto& meta = file.metadata();
+    const auto format = meta.find("format");
+    if (format == meta.end() || format->second != "cv-naf-feature-cache")
+        CV_Error(cv::Error::StsParseError, "'" + path + "' is not a cv-naf-feature-cache file (metadata 'format')");
+    for (const char* name : {"image", "features_hi", "features_lo"})
+        if (!file.has(name)) CV_Error(cv::Error::StsParseError, "'" + path + "' lacks tensor '" + name + "'");
+    CacheEntry e;
+    e.metadata = meta;
+    const auto& img = file.tensor("image");
+    if (img.dtype != "U8" || img.shape.size() != 3 || img.shape[2] != 3)
+        CV_Error(cv::Error::StsParseError, "'" + path + "': 'image' must be U8 [H, W, 3]");
+    e.image = cv::Mat(static_cast<int>(img.shape[0]), static_cast<int>(img.shape[1]), CV_8UC3,
+                      const_cast<uint8_t*>(file.data("image")))
+                  .clone();
+    e.featuresHi = file.mat("features_hi");
+    e.featuresLo = file.mat("features_lo");
+    if (e.featuresHi.dims != 4 || e.featuresLo.dims != 4 || e.featuresHi.type() != CV_32F ||
+        e.featuresLo.type() != CV_32F || e.featuresHi.size[1] != e.featuresLo.size[1])
+        CV_Error(cv::Error::StsParseError, "'" + path + "': features must be F32 [1, C, h, w] with equal C");
+    return e;
+}
+
+cv::Mat centredSquare(const cv::Mat& image, int side, cv::Rect* crop)
+{
+    CV_Assert(!image.empty() && side > 0);
+    const int s = std::min(image.cols, image.rows);
+    const cv::Rect square((image.cols - s) / 2, (image.rows - s) / 2, s, s);
+    cv::Mat out;
+    cv::resize(image(square), out, cv::Size(side, side), 0, 0, s > side ? cv::INTER_AREA : cv::INTER_LINEAR);
+    if (crop) *crop = square;
+    return out;
+}
+
+std::string cacheNameFor(const std::string& imagePath, int components)
+{
+    std::vector<std::string> parts;
+    std::string cur;
+    for (char c : imagePath)
+    {
+        if (c == '/' || c == '\\')
+        {
+            if (!cur.empty()) parts.push_back(cur);
+            cur.clear();
+        }
+        else
+            cur += c;
+    }
+    if (!cur.empty()) parts.push_back(cur);
+    CV_Assert(!parts.empty());
+    std::string& last = parts.back();
+    const size_t dot = last.rfind('.');
+    if (dot != std::string::npos && dot > 0) last = last.substr(0, dot);
+    std::string name;
+    const size_t first = parts.size() > static_cast<size_t>(components) ? parts.size() - components : 0;
+    for (size_t i = first; i < parts.size(); ++i) name += (name.empty() ? "" : "__") + parts[i];
+    return name + ".safetensors";
+}
+
+}  // namespace naf_tools

@@ -1,0 +1,152 @@
+// naf_extract_features: the VFM feature cache for training/evaluating NAF (docs/TRAINING.md).
+//
+// For every image: the largest centred square, resized to S x S (default 1024, the VFM's input
+// size), goes through the VFM (target features, S/16 grid). The NAF input is the VFM's features
+// of the same square at S/2 x S/2: as SAM does for a small image, it sits in the top-left of an
+// S x S canvas padded with the normalization mean (zero after normalization), and the grid cells
+// covering it are kept (S/32 grid). MobileSAM's converted graph only runs at its fixed input size,
+// so this is also the only way to get its features of a smaller image.
+// One safetensors file per image in --out (see feature_cache.hpp); existing files are skipped,
+// so an interrupted run resumes where it stopped.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <opencv2/naf/vfm.hpp>
+
+#include "feature_cache.hpp"
+
+namespace {
+
+int usage(const char* argv0)
+{
+    std::cerr << "usage: " << argv0
+              << " --out DIR [--vfm mobilesam] [--size 1024] [--threads N] [--list FILE] [IMAGE...]\n"
+                 "  FILE: one image path per line. Writes DIR/<last 4 path parts joined by __>.safetensors per image.\n";
+    return 2;
+}
+
+/// The top-left rows x cols cells of a 1 x C x H x W blob, as a continuous 1 x C x rows x cols blob.
+cv::Mat topLeftCells(const cv::Mat& blob, int rows, int cols)
+{
+    const int c = blob.size[1];
+    const int sizes[4] = {1, c, rows, cols};
+    cv::Mat out(4, sizes, CV_32F);
+    for (int ch = 0; ch < c; ++ch)
+    {
+        const cv::Mat plane(blob.size[2], blob.size[3], CV_32F, const_cast<float*>(blob.ptr<float>(0, ch)));
+        plane(cv::Rect(0, 0, cols, rows)).copyTo(cv::Mat(rows, cols, CV_32F, out.ptr<float>(0, ch)));
+    }
+    return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    std::string out, vfmName = "mobilesam";
+    int size = 1024, threads = -1;
+    std::vector<std::string> images;
+    for (int i = 1; i < argc; ++i)
+    {
+        const std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) throw std::runtime_error("missing value after " + a);
+            return argv[++i];
+        };
+        try
+        {
+            if (a == "--out") out = next();
+            else if (a == "--vfm") vfmName = next();
+            else if (a == "--size") size = std::stoi(next());
+            else if (a == "--threads") threads = std::stoi(next());
+            else if (a == "--list")
+            {
+                std::ifstream list(next());
+                if (!list) throw std::runtime_error("cannot read list file " + std::string(argv[i]));
+                for (std::string line; std::getline(list, line);)
+                    if (!line.empty() && line[0] != '#') images.push_back(line);
+            }
+            else if (!a.empty() && a[0] == '-') return usage(argv[0]);
+            else images.push_back(a);
+        }
+        catch (const std::exception& e)
+        {
+            std::cerr << "naf_extract_features: " << e.what() << "\n";
+            return usage(argv[0]);
+        }
+    }
+    if (out.empty() || images.empty() || size < 64 || size % 32 != 0)
+    {
+        if (size % 32 != 0) std::cerr << "naf_extract_features: --size " << size << " must be a multiple of 32\n";
+        return usage(argv[0]);
+    }
+    try
+    {
+        if (threads > 0) cv::setNumThreads(threads);
+        std::filesystem::create_directories(out);
+        cv::naf::VfmSpec specHi = cv::naf::VfmRegistry::find(vfmName);
+        specHi.inputSize = size;
+        cv::Ptr<cv::naf::VisionFoundationModel> vfm;  // created on first use (a full cache loads nothing)
+        // padding colour: the normalization mean in BGR image units
+        const cv::Scalar meanBgr = specHi.rgb ? cv::Scalar(specHi.mean[2], specHi.mean[1], specHi.mean[0]) : specHi.mean;
+        int done = 0, skipped = 0, failed = 0;
+        for (const std::string& path : images)
+        {
+            const std::string dst = (std::filesystem::path(out) / naf_tools::cacheNameFor(path)).string();
+            if (std::filesystem::exists(dst))
+            {
+                ++skipped;
+                continue;
+            }
+            const cv::Mat src = cv::imread(path, cv::IMREAD_COLOR);
+            if (src.empty())
+            {
+                std::cerr << "naf_extract_features: cannot read image '" << path << "', skipped\n";
+                ++failed;
+                continue;
+            }
+            if (!vfm) vfm = cv::naf::VisionFoundationModel::create(specHi);
+            const auto t0 = std::chrono::steady_clock::now();
+            cv::Rect crop;
+            const cv::Mat square = naf_tools::centredSquare(src, size, &crop);
+            cv::Mat hi, canvasFeatures;
+            vfm->extract(square, hi);
+            cv::Mat canvas(size, size, CV_8UC3, meanBgr), half;
+            cv::resize(square, half, cv::Size(size / 2, size / 2), 0, 0, cv::INTER_AREA);
+            half.copyTo(canvas(cv::Rect(0, 0, size / 2, size / 2)));
+            vfm->extract(canvas, canvasFeatures);
+            const cv::Mat lo = topLeftCells(canvasFeatures, hi.size[2] / 2, hi.size[3] / 2);
+            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            std::map<std::string, std::string> meta = {
+                {"format", "cv-naf-feature-cache"},
+                {"format_version", "1"},
+                {"source", path},
+                {"crop_xywh", cv::format("%d,%d,%d,%d", crop.x, crop.y, crop.width, crop.height)},
+                {"vfm", specHi.name},
+                {"vfm_onnx", specHi.onnxPath},
+                {"input_hi", std::to_string(size)},
+                {"input_lo", std::to_string(size / 2)},
+                {"lo_mode", "S/2 image (INTER_AREA) top-left in an S canvas of the mean colour; its cells"},
+                {"seconds", cv::format("%.2f", seconds)},
+            };
+            naf_tools::writeSafetensors(dst, {{"image", square}, {"features_hi", hi}, {"features_lo", lo}}, meta);
+            ++done;
+            std::cout << "[" << done + skipped + failed << "/" << images.size() << "] " << dst << " "
+                      << cv::format("%.1f s", seconds) << std::endl;
+        }
+        std::cout << "naf_extract_features: " << done << " written, " << skipped << " already there, " << failed
+                  << " unreadable\n";
+        return failed ? 1 : 0;
+    }
+    catch (const std::exception& e)
+    {
+        std::cerr << "naf_extract_features: " << e.what() << "\n";
+        return 1;
+    }
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Evaluate feature upsamplers on a VFM feature cache: metric 1 of docs/EVALUATION.md.
+
+Feature reconstruction: the VFM features of the half-size image (cache "features_lo") are
+upsampled x2 by every method and compared with the VFM features of the full-size image
+("features_hi"): MSE over all values and cosine similarity per cell (mean over cells), per image,
+then mean and standard deviation over images. Every method runs in C++ through
+`naf_upsample_cached` (cv::naf::upsampleWith), so the numbers are those of the library.
+
+Prints the table and writes it between the markers of the feature-reconstruction section of
+--report (created when absent; the rest of the file is kept).
+
+  eval_naf.py --cache out/run1/cache_val --tool build/tools/cli/naf_upsample_cached \
+      --naf random=out/run1/naf_random_seed0.safetensors --naf trained=out/run1/naf_trained.safetensors \
+      --report docs/EVALUATION.md
+"""
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from feature_cache import list_entries, load_entry  # noqa: E402
+from safetensors_io import load_file  # noqa: E402
+
+BASELINES = ["nearest", "bilinear", "bicubic", "guided", "bilateral"]
+BEGIN = "<!-- eval:feature-reconstruction:begin (written by tools/eval_naf.py) -->"
+END = "<!-- eval:feature-reconstruction:end -->"
+
+
+def reconstruction_metrics(pred, target):
+    """(MSE, mean per-cell cosine similarity) of two [C,h,w] maps."""
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {target.shape}")
+    mse = float(np.mean((pred - target) ** 2))
+    dot = np.sum(pred * target, axis=0)
+    norms = np.linalg.norm(pred, axis=0) * np.linalg.norm(target, axis=0)
+    cosine = float(np.mean(dot / np.maximum(norms, 1e-12)))
+    return mse, cosine
+
+
+def run_method(tool, method, files, out_dir, weights=None, threads=2):
+    cmd = [tool, "--method", method, "--out", out_dir, "--threads", str(threads)]
+    if weights:
+        cmd += ["--weights", weights]
+    subprocess.run(cmd + list(files), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None):
+    """Rows [(label, mse_mean, mse_std, cos_mean, cos_std)] for the baselines and each (label, weights)."""
+    files = list_entries(cache)
+    if not files:
+        raise ValueError(f"no cache entries in {cache}")
+    targets = {os.path.basename(f): load_entry(f)["hi"] for f in files}
+    jobs = [(m, m, None) for m in (methods or BASELINES)] + [(f"naf ({label})", "naf", w) for label, w in nafs]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for i, (label, method, weights) in enumerate(jobs):
+            out = os.path.join(tmp, str(i))
+            run_method(tool, method, files, out, weights, threads)
+            scores = []
+            for name, target in targets.items():
+                up = load_file(os.path.join(out, name))[0]["upsampled"][0]
+                scores.append(reconstruction_metrics(up, target))
+            s = np.array(scores)
+            rows.append((label, s[:, 0].mean(), s[:, 0].std(), s[:, 1].mean(), s[:, 1].std()))
+    return rows, files
+
+
+def format_table(rows):
+    lines = ["| method | MSE (mean ± sd over images) | cosine (mean ± sd) |", "|---|---|---|"]
+    for label, mse, mse_sd, cos, cos_sd in rows:
+        lines.append(f"| {label} | {mse:.6f} ± {mse_sd:.6f} | {cos:.4f} ± {cos_sd:.4f} |")
+    return "\n".join(lines)
+
+
+def write_report(path, section):
+    block = f"{BEGIN}\n{section}\n{END}"
+    text = open(path).read() if os.path.exists(path) else "# Evaluation\n\n## Feature reconstruction\n\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", required=True, help="feature cache of held-out images (naf_extract_features)")
+    ap.add_argument("--tool", required=True, help="path of the naf_upsample_cached executable")
+    ap.add_argument("--naf", action="append", default=[], metavar="LABEL=WEIGHTS",
+                    help="NAF weights to evaluate (repeatable)")
+    ap.add_argument("--methods", nargs="*", help=f"baselines (default: {' '.join(BASELINES)})")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", help="markdown file whose feature-reconstruction section is (re)written")
+    args = ap.parse_args(argv)
+    nafs = []
+    for spec in args.naf:
+        label, sep, weights = spec.partition("=")
+        if not sep or not weights:
+            ap.error(f"--naf expects LABEL=WEIGHTS, got {spec!r}")
+        nafs.append((label, weights))
+    rows, files = evaluate(args.cache, args.tool, nafs, args.methods, args.threads)
+    first = load_entry(files[0])
+    c, h, w = first["hi"].shape
+    sets = sorted(set(os.path.dirname(load_entry(f)["meta"].get("source", f)) for f in files))
+    section = (f"{len(files)} images ({', '.join(sets)}), VFM `{first['meta'].get('vfm', '?')}`: "
+               f"{c} x {first['lo'].shape[1]} x {first['lo'].shape[2]} features of the half-size image "
+               f"upsampled to {c} x {h} x {w} and compared with the features of the full-size image.\n\n"
+               + format_table(rows) + "\n\nCommand: `/usr/bin/python3 tools/eval_naf.py "
+               + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
+    print(format_table(rows))
+    if args.report:
+        write_report(args.report, section)
+        print(f"wrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Train NAF weights on a VFM feature cache (recipe and choices: docs/TRAINING.md).
+
+Recipe (the official one of github valeoai/NAF, adapted to MobileSAM): AdamW (lr 2e-4, weight
+decay 1e-5), batch 4, loss = MSE between NAF(guide, features of the S/2 image) upsampled x2 and
+the features of the S image (S = 1024 for MobileSAM: 32x32 -> 64x64 grids).
+
+Each sample is a random window of `--crop` x `--crop` low-resolution cells (default 16, so the
+output is 32x32 cells as in the official 256 -> 512 px setting) of one cached image, with the
+matching 2*crop target cells and a guide of 4 px per target cell. The guide comes from the cached
+S x S image resized once to 4x the target grid (bilinear, no antialias) -- exactly what the C++
+library does with the full image at inference -- and is then cropped, so training and inference
+see the same guide statistics.
+
+Every step's batch is drawn from an RNG seeded by (seed, step): a run resumed from a checkpoint
+gives the same weights as an uninterrupted one. Writes in --out-dir: loss.csv (step, loss, lr,
+seconds), checkpoint.pt (every --checkpoint-every steps and at the end; atomic), and
+naf_trained.safetensors (cv-naf-weights with provenance: data, steps, time, hardware, loss).
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import naf_reference as ref  # noqa: E402
+from feature_cache import list_entries, load_entry  # noqa: E402
+
+GUIDE_PX_PER_CELL = 4  # official: guide at 4x the target grid
+
+
+class CachedPairs:
+    """All cache entries in memory as torch tensors: guide [3, 4h, 4w] RGB in [0,1], lo, hi."""
+
+    def __init__(self, paths):
+        if not paths:
+            raise ValueError("no cache entries")
+        self.paths = list(paths)
+        self.guides, self.lo, self.hi, self.sources = [], [], [], []
+        for p in self.paths:
+            e = load_entry(p)
+            hi = torch.from_numpy(e["hi"])
+            lo = torch.from_numpy(e["lo"])
+            if hi.shape[-2] != 2 * lo.shape[-2] or hi.shape[-1] != 2 * lo.shape[-1]:
+                raise ValueError(f"{p}: features_hi {tuple(hi.shape)} is not twice features_lo {tuple(lo.shape)}")
+            rgb = torch.from_numpy(e["image"][:, :, ::-1].copy()).permute(2, 0, 1).float().div_(255.0)
+            gh, gw = GUIDE_PX_PER_CELL * hi.shape[-2], GUIDE_PX_PER_CELL * hi.shape[-1]
+            if rgb.shape[-2:] != (gh, gw):
+                rgb = F.interpolate(rgb[None], size=(gh, gw), mode="bilinear", align_corners=False)[0]
+            self.guides.append(rgb.contiguous())
+            self.lo.append(lo)
+            self.hi.append(hi)
+            self.sources.append(e["meta"].get("source", p))
+        self.lo_size = tuple(self.lo[0].shape[-2:])
+        self.channels = self.lo[0].shape[0]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def batch(self, rng, batch_size, crop):
+        """A batch of random crops: guide [B,3,8c,8c], lo [B,C,c,c], hi [B,C,2c,2c] (c = crop cells)."""
+        g, lo, hi = [], [], []
+        for _ in range(batch_size):
+            i = int(rng.integers(len(self)))
+            h, w = self.lo[i].shape[-2:]
+            ch, cw = min(crop, h), min(crop, w)
+            y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            lo.append(self.lo[i][:, y:y + ch, x:x + cw])
+            hi.append(self.hi[i][:, 2 * y:2 * (y + ch), 2 * x:2 * (x + cw)])
+            s = 2 * GUIDE_PX_PER_CELL
+            g.append(self.guides[i][:, s * y:s * (y + ch), s * x:s * (x + cw)])
+        return torch.stack(g), torch.stack(lo), torch.stack(hi)
+
+
+def step_rng(seed, step):
+    return np.random.default_rng([int(seed), int(step)])
+
+
+def make_model(init_seed):
+    torch.manual_seed(init_seed)
+    model = ref.NAF()
+    model.train()
+    return model
+
+
+def make_optimizer(model, lr, weight_decay):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def predict(model, guide, lo, out_hw):
+    return model(guide, lo, out_hw, mode="direct")
+
+
+def save_checkpoint(path, model, optimizer, step, args_dict):
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "args": args_dict}, tmp)
+    os.replace(tmp, path)
+
+
+def truncate_log(path, last_step):
+    """Keep the loss rows up to last_step (a resumed run rewrites the later ones)."""
+    if not os.path.exists(path):
+        return 0.0
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds"])
+        w.writeheader()
+        w.writerows(rows)
+    return float(rows[-1]["seconds"]) if rows else 0.0
+
+
+@torch.no_grad()
+def full_map_loss(model, data, device=torch.device("cpu")):
+    """Mean MSE over whole images (lo grid -> hi grid, guide = the 4x guide), as at inference."""
+    model.eval()
+    losses = []
+    for i in range(len(data)):
+        hi = data.hi[i].to(device)
+        pred = predict(model, data.guides[i][None].to(device), data.lo[i][None].to(device), tuple(hi.shape[-2:]))
+        losses.append(F.mse_loss(pred[0], hi).item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def hardware_description(device):
+    if device.type == "cuda":
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(device), "torch_threads": torch.get_num_threads()}
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"device": "cpu", "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def train(args):
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    paths = list_entries(args.cache)
+    if args.limit:
+        paths = paths[:args.limit]
+    data = CachedPairs(paths)
+    device = torch.device(args.device)
+    model = make_model(args.init_seed).to(device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
+    log_path = os.path.join(args.out_dir, "loss.csv")
+    start, elapsed_before = 0, 0.0
+    if args.resume and os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+        elapsed_before = truncate_log(log_path, start)
+        print(f"resumed from {ckpt_path} at step {start}", flush=True)
+    elif os.path.exists(log_path):
+        os.remove(log_path)
+    new_log = not os.path.exists(log_path)
+    log = open(log_path, "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "loss", "lr", "seconds"])
+    args_dict = {k: v for k, v in vars(args).items()}
+    t0 = time.time()
+    recent = []
+    step = start
+    for step in range(start + 1, args.steps + 1):
+        guide, lo, hi = (t.to(device) for t in data.batch(step_rng(args.seed, step), args.batch, args.crop))
+        pred = predict(model, guide, lo, tuple(hi.shape[-2:]))
+        loss = F.mse_loss(pred, hi)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seconds = elapsed_before + time.time() - t0
+        writer.writerow([step, f"{loss.item():.6g}", args.lr, f"{seconds:.1f}"])
+        log.flush()
+        recent = (recent + [loss.item()])[-20:]
+        if step % args.print_every == 0 or step == args.steps:
+            print(f"step {step}/{args.steps} loss {loss.item():.5f} (last-20 mean {np.mean(recent):.5f}) "
+                  f"{seconds:.0f} s", flush=True)
+        out_of_time = args.max_minutes and time.time() - t0 > 60 * args.max_minutes
+        if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
+            save_checkpoint(ckpt_path, model, optimizer, step, args_dict)
+        if out_of_time:
+            print(f"stopping after {args.max_minutes} min at step {step} (resume with --resume)", flush=True)
+            break
+    log.close()
+    total_seconds = elapsed_before + time.time() - t0
+    result = {"steps": step, "final_loss_last20": float(np.mean(recent)) if recent else None,
+              "seconds": round(total_seconds, 1)}
+    if args.val_cache:
+        val = CachedPairs(list_entries(args.val_cache))
+        result["val_full_map_mse"] = full_map_loss(model, val, device)
+        result["val_images"] = len(val)
+    if args.weights_out:
+        provenance = {
+            "source": "trained", "trained": True, "tool": "tools/train_naf.py",
+            "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "vfm": data_meta_vfm(paths),
+            "data": {"cache": os.path.abspath(args.cache), "images": len(data),
+                     "sets": sorted(set(source_set(s) for s in data.sources)),
+                     "lo_grid": list(data.lo_size), "channels": data.channels},
+            "recipe": {"optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
+                       "batch": args.batch, "crop_cells": args.crop, "guide_px_per_target_cell": GUIDE_PX_PER_CELL,
+                       "loss": "MSE(NAF(lo) at 2x, hi)", "seed": args.seed, "init_seed": args.init_seed},
+            "steps": step, "seconds": result["seconds"], "hardware": hardware_description(device),
+            "final_loss": result["final_loss_last20"], "torch_version": torch.__version__.split("+")[0],
+        }
+        if "val_full_map_mse" in result:
+            provenance["val_full_map_mse"] = result["val_full_map_mse"]
+        ref.save_weights(args.weights_out, {k: v.cpu() for k, v in model.state_dict().items()}, provenance)
+        result["weights"] = args.weights_out
+    print(json.dumps(result), flush=True)
+    return model, result
+
+
+def data_meta_vfm(paths):
+    from safetensors_io import read_header
+    meta = read_header(paths[0])[0].get("__metadata__", {}) if paths else {}
+    return meta.get("vfm", "unknown")
+
+
+def source_set(path):
+    """'.../photos/urban100/x.png' -> 'photos/urban100' (the data set an image came from)."""
+    parts = os.path.normpath(path).split(os.sep)
+    for anchor in ("photos", "segmentation"):
+        if anchor in parts:
+            i = parts.index(anchor)
+            return "/".join(parts[i:-1])
+    return os.path.dirname(path)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", required=True, help="feature cache folder (naf_extract_features --out)")
+    ap.add_argument("--out-dir", required=True, help="run folder: loss.csv, checkpoint.pt")
+    ap.add_argument("--weights-out", help="final cv-naf-weights safetensors file")
+    ap.add_argument("--val-cache", help="cache folder for a full-map validation MSE at the end")
+    ap.add_argument("--steps", type=int, default=25000)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--weight-decay", type=float, default=1e-5)
+    ap.add_argument("--crop", type=int, default=16, help="low-res cells per crop side (output 2x)")
+    ap.add_argument("--seed", type=int, default=0, help="data sampling seed")
+    ap.add_argument("--init-seed", type=int, default=0, help="weight initialisation seed")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N cache entries")
+    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--print-every", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="stop (with a checkpoint and the weights) after this many minutes of this run")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda on the GPU machine")
+    ap.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

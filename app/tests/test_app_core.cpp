@@ -12,6 +12,7 @@
 
 #include "naf_app/batch.hpp"
 #include "naf_app/io.hpp"
+#include "safetensors.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -37,26 +38,12 @@ void writeText(const fs::path& p, const std::string& text)
     std::ofstream(p, std::ios::binary) << text;
 }
 
-// A safetensors file with the given F32 tensors and metadata.
+// A safetensors file with the given tensors and metadata (the module's writer).
 void writeSafetensors(const fs::path& p, const std::map<std::string, cv::Mat>& tensors,
                       const std::map<std::string, std::string>& metadata)
 {
-    nlohmann::json header;
-    header["__metadata__"] = metadata;
-    std::string data;
-    for (const auto& [name, m] : tensors)
-    {
-        std::vector<int64_t> shape;
-        for (int d = 0; d < m.dims; ++d) shape.push_back(m.size[d]);
-        if (m.cols == 1 && m.dims == 2) shape = {m.rows};
-        header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + m.total() * 4}}};
-        data.append(reinterpret_cast<const char*>(m.data), m.total() * 4);
-    }
-    const std::string h = header.dump();
-    std::string out(8, '\0');
-    const uint64_t n = h.size();
-    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-    writeText(p, out + h + data);
+    const std::vector<uint8_t> bytes = cv::naf::detail::serializeSafetensors(tensors, metadata);
+    writeText(p, std::string(bytes.begin(), bytes.end()));
 }
 
 }  // namespace

@@ -2,13 +2,17 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/naf.hpp>
 
+#include "safetensors.hpp"
 #include "test_support.hpp"
+
+using cv::naf::detail::SafetensorsFile;
 
 namespace {
 
@@ -165,5 +169,33 @@ TEST(Weights, DamagedFilesAreRejected)
         const float nan = std::numeric_limits<float>::quiet_NaN();
         std::memcpy(p.data.data() + begin, &nan, sizeof(float));
         expectRejected(p.bytes(), "NaN or Inf");
+    }
+}
+
+TEST(Safetensors, WriterIsTheInverseOfTheReader)
+{
+    cv::Mat image(5, 7, CV_8UC3), blob = naf_test::randomBlob(1, 3, 4, 6, 11), column(9, 1, CV_32F), index(2, 3, CV_32S);
+    cv::randu(image, 0, 256);
+    cv::randu(column, -1.f, 1.f);
+    cv::randu(index, -100, 100);
+    const std::vector<uint8_t> bytes = cv::naf::detail::serializeSafetensors(
+        {{"image", image}, {"blob", blob}, {"column", column}, {"index", index}}, {{"key", "value"}});
+    const SafetensorsFile file = SafetensorsFile::parse(bytes, "round trip");
+    EXPECT_EQ(file.metadata().at("key"), "value");
+    EXPECT_EQ(file.tensor("image").shape, (std::vector<int64_t>{5, 7, 3}));
+    EXPECT_EQ(file.tensor("column").shape, (std::vector<int64_t>{9}));
+    EXPECT_EQ(file.tensor("index").dtype, "I32");
+    EXPECT_EQ(0, std::memcmp(file.data("image"), image.data, image.total() * image.elemSize()));
+    EXPECT_EQ(cv::norm(file.mat("blob").reshape(1, 1), blob.reshape(1, 1), cv::NORM_INF), 0.0);
+    EXPECT_EQ(cv::norm(file.mat("column"), column, cv::NORM_INF), 0.0);
+    EXPECT_EQ(cv::norm(file.mat("index"), index, cv::NORM_INF), 0.0);
+    try
+    {
+        cv::naf::detail::serializeSafetensors({{"bad", cv::Mat(2, 2, CV_64F)}}, {});
+        FAIL() << "wrote a CV_64F tensor";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("'bad'"), std::string::npos) << e.what();
     }
 }

@@ -4,62 +4,21 @@
 #include <fstream>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "safetensors.hpp"
 
 namespace naf_tools {
 
-namespace {
-
-std::vector<int64_t> shapeOf(const cv::Mat& m)
-{
-    std::vector<int64_t> shape;
-    for (int i = 0; i < m.dims; ++i) shape.push_back(m.size[i]);
-    if (m.channels() > 1) shape.push_back(m.channels());
-    return shape;
-}
-
-std::string dtypeOf(const cv::Mat& m, const std::string& name)
-{
-    if (m.depth() == CV_8U) return "U8";
-    if (m.depth() == CV_32F) return "F32";
-    CV_Error(cv::Error::StsUnsupportedFormat,
-             "writeSafetensors: tensor '" + name + "' has type " + cv::typeToString(m.type()) + ", expected CV_8U or CV_32F");
-}
-
-}  // namespace
-
 void writeSafetensors(const std::string& path, const std::map<std::string, cv::Mat>& tensors,
                       const std::map<std::string, std::string>& metadata)
 {
-    nlohmann::json header = nlohmann::json::object();
-    if (!metadata.empty()) header["__metadata__"] = metadata;
-    size_t offset = 0;
-    std::vector<cv::Mat> ordered;
-    for (const auto& [name, mat] : tensors)
-    {
-        CV_Assert(!mat.empty());
-        const cv::Mat m = mat.isContinuous() ? mat : mat.clone();
-        const size_t bytes = m.total() * m.elemSize();
-        header[name] = {{"dtype", dtypeOf(m, name)}, {"shape", shapeOf(m)}, {"data_offsets", {offset, offset + bytes}}};
-        offset += bytes;
-        ordered.push_back(m);
-    }
-    std::string text = header.dump();
-    while (text.size() % 8) text += ' ';  // keeps the data section 8-byte aligned
+    const std::vector<uint8_t> bytes = cv::naf::detail::serializeSafetensors(tensors, metadata);
     const std::string tmp = path + ".tmp";
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) CV_Error(cv::Error::StsError, "writeSafetensors: cannot open '" + tmp + "' for writing");
-        uint64_t len = text.size();
-        unsigned char lenBytes[8];
-        for (int i = 0; i < 8; ++i) lenBytes[i] = static_cast<unsigned char>((len >> (8 * i)) & 0xff);
-        out.write(reinterpret_cast<const char*>(lenBytes), 8);
-        out.write(text.data(), static_cast<std::streamsize>(text.size()));
-        for (const cv::Mat& m : ordered)
-            out.write(reinterpret_cast<const char*>(m.data), static_cast<std::streamsize>(m.total() * m.elemSize()));
+        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
         if (!out) CV_Error(cv::Error::StsError, "writeSafetensors: write to '" + tmp + "' failed");
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0)

@@ -24,7 +24,7 @@ struct CacheEntry
     std::map<std::string, std::string> metadata;
 };
 
-/// Writes named tensors (CV_8U or CV_32F, continuous; 2-D Mats with channels become [rows, cols, ch])
+/// Writes named tensors (cv::naf::detail::serializeSafetensors: CV_8U / CV_32S / CV_32F; 2-D Mats with channels become [rows, cols, ch])
 /// and string metadata to `path` atomically. cv::Exception on unsupported types or I/O errors.
 void writeSafetensors(const std::string& path, const std::map<std::string, cv::Mat>& tensors,
                       const std::map<std::string, std::string>& metadata);

@@ -35,6 +35,42 @@ size_t dtypeSize(const std::string& dtype)
     return 0;
 }
 
+std::vector<uint8_t> serializeSafetensors(const std::map<std::string, Mat>& tensors,
+                                          const std::map<std::string, std::string>& metadata)
+{
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    std::vector<Mat> continuous;
+    size_t offset = 0;
+    for (const auto& [name, mat] : tensors)
+    {
+        const int depth = mat.depth();
+        const char* dtype = depth == CV_8U ? "U8" : depth == CV_32S ? "I32" : depth == CV_32F ? "F32" : nullptr;
+        if (mat.empty() || !dtype)
+            CV_Error(Error::StsUnsupportedFormat, "cv::naf: cannot write tensor '" + name + "' of type " +
+                                                      (mat.empty() ? std::string("empty") : typeToString(mat.type())) +
+                                                      " (expected CV_8U, CV_32S or CV_32F)");
+        std::vector<int64_t> shape;
+        if (mat.dims == 2 && mat.cols == 1 && mat.channels() == 1)
+            shape = {mat.rows};
+        else
+            for (int i = 0; i < mat.dims; ++i) shape.push_back(mat.size[i]);
+        if (mat.channels() > 1) shape.push_back(mat.channels());
+        const Mat m = mat.isContinuous() ? mat : mat.clone();
+        const size_t bytes = m.total() * m.elemSize();
+        header[name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
+        offset += bytes;
+        continuous.push_back(m);
+    }
+    std::string text = header.dump();
+    while ((8 + text.size()) % 8) text += ' ';
+    std::vector<uint8_t> out(8);
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
+    out.insert(out.end(), text.begin(), text.end());
+    for (const Mat& m : continuous) out.insert(out.end(), m.data, m.data + m.total() * m.elemSize());
+    return out;
+}
+
 SafetensorsFile SafetensorsFile::read(const std::string& path)
 {
     // Only regular files: a path from an untrusted graph must not make us block on a FIFO or a

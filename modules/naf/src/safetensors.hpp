@@ -52,6 +52,14 @@ private:
     std::map<std::string, SafetensorsTensor> tensors_;
 };
 
+/// The bytes of a safetensors file holding `tensors` (in map order) and string `metadata`: the
+/// inverse of SafetensorsFile::mat(). Types CV_8U -> U8, CV_32S -> I32, CV_32F -> F32; shape =
+/// the Mat's sizes plus the channel count when > 1, and an n x 1 single-channel Mat is 1-D [n].
+/// The header is padded so that the data section starts 8-byte aligned.
+/// @throws cv::Exception for an empty tensor or another type.
+std::vector<uint8_t> serializeSafetensors(const std::map<std::string, Mat>& tensors,
+                                          const std::map<std::string, std::string>& metadata);
+
 /// Bytes per element of a safetensors dtype, 0 when unknown.
 size_t dtypeSize(const std::string& dtype);
 

@@ -81,17 +81,35 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_report(path, section):
-    block = f"{BEGIN}\n{section}\n{END}"
+def section_markers(key="feature-reconstruction", writer="tools/eval_naf.py"):
+    """(begin, end) markers of a report section; the default key is metric 1's table."""
+    return (f"<!-- eval:{key}:begin (written by {writer}) -->", f"<!-- eval:{key}:end -->")
+
+
+def write_report(path, section, key="feature-reconstruction", writer="tools/eval_naf.py"):
+    """Replaces the section `key` of the markdown file `path` (appends it when absent), atomically."""
+    begin, end = section_markers(key, writer)
+    block = f"{begin}\n{section}\n{end}"
     text = open(path).read() if os.path.exists(path) else "# Evaluation\n\n## Feature reconstruction\n\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def parse_naf_specs(parser, specs):
+    """--naf LABEL=WEIGHTS options -> [(label, weights)]; a malformed one is a usage error."""
+    nafs = []
+    for spec in specs:
+        label, sep, weights = spec.partition("=")
+        if not sep or not weights:
+            parser.error(f"--naf expects LABEL=WEIGHTS, got {spec!r}")
+        nafs.append((label, weights))
+    return nafs
 
 
 def main(argv=None):
@@ -103,13 +121,10 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", help=f"baselines (default: {' '.join(BASELINES)})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", help="markdown file whose feature-reconstruction section is (re)written")
+    ap.add_argument("--section", default="feature-reconstruction",
+                    help="key of the report section to (re)write, e.g. zero-shot-mobilesam-trunk for metric 3")
     args = ap.parse_args(argv)
-    nafs = []
-    for spec in args.naf:
-        label, sep, weights = spec.partition("=")
-        if not sep or not weights:
-            ap.error(f"--naf expects LABEL=WEIGHTS, got {spec!r}")
-        nafs.append((label, weights))
+    nafs = parse_naf_specs(ap, args.naf)
     rows, files = evaluate(args.cache, args.tool, nafs, args.methods, args.threads)
     first = load_entry(files[0])
     c, h, w = first["hi"].shape
@@ -121,7 +136,7 @@ def main(argv=None):
                + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
     print(format_table(rows))
     if args.report:
-        write_report(args.report, section)
+        write_report(args.report, section, args.section)
         print(f"wrote {args.report}")
 
 

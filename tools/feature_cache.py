@@ -1,7 +1,8 @@
 """Python side of the VFM feature cache written by naf_extract_features (tools/cli/feature_cache.hpp).
 
 One safetensors file per image: "image" U8 [S,S,3] BGR, "features_hi" F32 [1,C,S/16,S/16] (the
-target), "features_lo" F32 [1,C,S/32,S/32] (the NAF input), metadata format "cv-naf-feature-cache".
+target), "features_lo" F32 [1,C,S/32,S/32] (the NAF input; absent in --hi-only caches), metadata format
+"cv-naf-feature-cache".
 """
 
 import glob
@@ -22,14 +23,19 @@ def list_entries(cache_dir):
 
 
 def load_entry(path):
-    """Returns dict(image=[S,S,3] uint8 BGR, hi=[C,h,w] float32, lo=[C,h/2,w/2] float32, meta=dict)."""
+    """Returns dict(image=[S,S,3] uint8 BGR, hi=[C,h,w] float32, lo=[C,h/2,w/2] float32 or None
+    (--hi-only cache), meta=dict)."""
     tensors, meta = load_file(path)
     if meta.get("format") != CACHE_FORMAT:
         raise SafetensorsError(f"{path}: not a {CACHE_FORMAT} file")
-    for name in ("image", "features_hi", "features_lo"):
+    for name in ("image", "features_hi"):
         if name not in tensors:
             raise SafetensorsError(f"{path}: lacks tensor {name!r}")
-    image, hi, lo = tensors["image"], tensors["features_hi"], tensors["features_lo"]
+    image, hi, lo = tensors["image"], tensors["features_hi"], tensors.get("features_lo")
+    if lo is None:
+        if hi.ndim != 4 or hi.shape[0] != 1:
+            raise SafetensorsError(f"{path}: features_hi must be [1,C,h,w], got {hi.shape}")
+        return {"image": image, "hi": hi[0], "lo": None, "meta": meta}
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise SafetensorsError(f"{path}: image must be U8 [S,S,3], got {image.dtype} {image.shape}")
     if hi.ndim != 4 or lo.ndim != 4 or hi.shape[0] != 1 or lo.shape[0] != 1 or hi.shape[1] != lo.shape[1]:

@@ -235,13 +235,57 @@ def _windowed_attention(q, k_src, v_src, rows, cols, heads, scale, probe=None, b
     return out.reshape(n, c, ho, wo), probe_w
 
 
+def cell_windows(length, low, kernel_size):
+    """Per low-res cell, the k_eff low-res indices of the window that all of its length/low output
+    pixels share, or None when length is not a multiple of low (windows then differ per pixel)."""
+    if length % low != 0:
+        return None
+    _, _, low_idx = axis_tables(length, low, kernel_size)
+    d = length // low
+    per_cell = low_idx.reshape(low, d, -1)
+    if not (per_cell == per_cell[:, :1]).all():
+        return None
+    return per_cell[:, 0]
+
+
+def _cell_attention(q, keys, values, rows, cols, heads, scale):
+    """Same result as _windowed_attention for outputs that are an integer multiple of the low-res grid:
+    the window is gathered once per low-res cell (not per output pixel) and the d_y x d_x output
+    pixels of a cell attend to it with one batched matmul. Much cheaper to differentiate (training)."""
+    n, dq, ho, wo = q.shape
+    _, c, h, w = values.shape
+    dy, dx = ho // h, wo // w
+    kh, kw = rows.shape[1], cols.shape[1]
+    dk, dv = dq // heads, c // heads
+    # row (head, batch, low-res y, low-res x) of every (head, batch, cell y, cell x, window y, window x)
+    cells = (rows[:, None, :, None] * w + cols[None, :, None, :]).reshape(1, -1)
+    flat = np.arange(heads * n)[:, None] * (h * w) + cells
+    flat = torch.as_tensor(flat.reshape(-1), dtype=torch.long, device=q.device)
+    hw, win = h * w, kh * kw
+
+    def windows(src, d):  # [n, heads*d, h, w] -> [heads*n*h*w, kh*kw, d]
+        # the small low-res grid is rearranged to one row of d channels per (head, batch, cell), so the
+        # gather is a dim-0 row copy and its backward one index_add (no per-head slices)
+        rows_major = src.view(n, heads, d, hw).permute(1, 0, 3, 2).reshape(heads * n * hw, d)
+        return rows_major.index_select(0, flat).view(heads * n * hw, win, d)
+
+    # queries of the dy x dx output pixels of every cell: [heads*n*h*w, dy*dx, dk]
+    qc = q.view(n, heads, dk, h, dy, w, dx).permute(1, 0, 3, 5, 4, 6, 2).reshape(heads * n * hw, dy * dx, dk)
+    logits = torch.bmm(qc, windows(keys, dk).transpose(1, 2)) * scale
+    out = torch.bmm(torch.softmax(logits, dim=-1), windows(values, dv))  # [heads*n*h*w, dy*dx, dv]
+    out = out.view(heads, n, h, w, dy, dx, dv).permute(1, 0, 6, 2, 4, 3, 5)
+    return out.reshape(n, c, ho, wo)
+
+
 def attend(queries, keys, values, kernel_size=9, heads=4, mode="direct", probe=None):
     """Neighbourhood cross-attention of NAF.
 
     queries [N,D,Ho,Wo], keys [N,D,h,w], values [N,C,h,w].
     mode "official": keys/values are upsampled to (Ho,Wo) with F.interpolate(nearest-exact) and
     the dilated window (NATTEN start rule) is gathered there; mode "direct": the same window is
-    gathered straight from the low-res grid through per-axis index tables.
+    gathered straight from the low-res grid through per-axis index tables; mode "cells": like
+    "direct", but one window per low-res cell when (Ho,Wo) is a multiple of (h,w) (what training
+    uses: same numbers, far cheaper backward); falls back to "direct" otherwise.
     probe: optional (n, y, x); then also returns softmax weights [heads, kh, kw] of that pixel."""
     n, dq, ho, wo = queries.shape
     _, c, h, w = values.shape
@@ -252,6 +296,11 @@ def attend(queries, keys, values, kernel_size=9, heads=4, mode="direct", probe=N
     if ho < h or wo < w:
         raise ValueError(f"output size {(ho, wo)} smaller than the feature size {(h, w)}")
     scale = (dq // heads) ** -0.5
+    if mode == "cells":
+        rows_c, cols_c = cell_windows(ho, h, kernel_size), cell_windows(wo, w, kernel_size)
+        if rows_c is not None and cols_c is not None and probe is None:
+            return _cell_attention(queries, keys, values, rows_c, cols_c, heads, scale)
+        mode = "direct"
     if mode == "official":
         _, rows, _ = axis_tables(ho, h, kernel_size, style="natten")
         _, cols, _ = axis_tables(wo, w, kernel_size, style="natten")

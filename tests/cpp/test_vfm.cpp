@@ -3,11 +3,13 @@
 // tools/export_vfm.py into NAF_VFM_TEST_DIR; vfm_mobilesam_reference evaluates the ORIGINAL
 // MobileSAM graph with our numpy evaluator on a real photo (skipped when MobileSAM is not fetched).
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -308,6 +310,23 @@ TEST(VisionFoundationModel, BadInputsGiveClearErrors)
 
 // ---------------------------------------------------------------- MobileSAM on a real photo
 
+// Cosine between `features` (1 x C x h x w, the valid cells of an extract) and the same cells of the
+// reference's full grid (1 x C x H x W, H >= h, W >= w); NaN when a value is not finite.
+double cosineOverValidCells(const cv::Mat& features, const cv::Mat& reference)
+{
+    double dot = 0, na = 0, nb = 0;
+    for (int c = 0; c < features.size[1]; ++c)
+        for (int y = 0; y < features.size[2]; ++y)
+            for (int x = 0; x < features.size[3]; ++x)
+            {
+                const double a = features.at<float>(cv::Vec4i(0, c, y, x));
+                const double b = reference.at<float>(cv::Vec4i(0, c, y, x));
+                if (!std::isfinite(a)) return std::numeric_limits<double>::quiet_NaN();
+                dot += a * b, na += a * a, nb += b * b;
+            }
+    return dot / std::sqrt(na * nb);
+}
+
 TEST(VisionFoundationModel, MobileSamMatchesTheOriginalGraphOnARealPhoto)
 {
     const VfmSpec spec = VfmRegistry::find("mobilesam");
@@ -335,18 +354,34 @@ TEST(VisionFoundationModel, MobileSamMatchesTheOriginalGraphOnARealPhoto)
     EXPECT_EQ(g.validCells, cv::Rect(0, 0, std::stoi(ref.metadata().at("valid_cells_w")),
                                      std::stoi(ref.metadata().at("valid_cells_h"))));
     ASSERT_EQ(features.size[1], 256);
-    // cosine over the valid cells of the reference's full grid
-    double dot = 0, na = 0, nb = 0;
-    for (int c = 0; c < 256; ++c)
-        for (int y = 0; y < features.size[2]; ++y)
-            for (int x = 0; x < features.size[3]; ++x)
-            {
-                const double a = features.at<float>(cv::Vec4i(0, c, y, x));
-                const double b = refFeatures.at<float>(cv::Vec4i(0, c, y, x));
-                dot += a * b, na += a * a, nb += b * b;
-            }
-    const double cosine = dot / std::sqrt(na * nb);
+    const double cosine = cosineOverValidCells(features, refFeatures);
     std::cout << "cosine(cv::dnn converted graph, numpy original graph) = " << std::setprecision(8) << cosine << "\n";
+    EXPECT_GE(cosine, 0.9999);
+}
+
+// The second shipped entry reads an inner layer of the same graph (the TinyViT trunk before the SAM
+// neck): the zero-shot feature source of docs/EVALUATION.md, metric 3.
+TEST(VisionFoundationModel, MobileSamTrunkEntryMatchesTheOriginalGraphsInnerLayer)
+{
+    const VfmSpec spec = VfmRegistry::find("mobilesam_trunk");
+    EXPECT_EQ(spec.channels, 320);
+    EXPECT_EQ(spec.onnxPath, VfmRegistry::find("mobilesam").onnxPath);
+    if (!cv::utils::fs::exists(spec.onnxPath))
+        GTEST_SKIP() << "MobileSAM not fetched (" << spec.onnxPath << " missing; run " << spec.fetchCommand << ")";
+    const auto ref = cv::naf::detail::SafetensorsFile::read(vfmTestDir() + "/mobilesam_bus_reference.safetensors");
+    ASSERT_TRUE(ref.has("extra:/Transpose_output_0")) << "the reference fixture saved no trunk output";
+    const cv::Mat refTrunk = ref.mat("extra:/Transpose_output_0");
+    const cv::Mat image = cv::imread(std::string(NAF_SAMPLE_DATA_DIR) + "/coco_000000000471_bus.jpg");
+    ASSERT_FALSE(image.empty());
+    cv::Mat features;
+    VfmGeometry g;
+    VisionFoundationModel::create(spec)->extract(image, features, &g);
+    ASSERT_EQ(features.dims, 4);
+    ASSERT_EQ(features.size[1], 320);
+    ASSERT_EQ(refTrunk.dims, 4);
+    ASSERT_EQ(refTrunk.size[1], 320);
+    const double cosine = cosineOverValidCells(features, refTrunk);
+    std::cout << "trunk: cosine(cv::dnn, numpy original graph) = " << std::setprecision(8) << cosine << "\n";
     EXPECT_GE(cosine, 0.9999);
 }
 

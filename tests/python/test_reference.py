@@ -88,6 +88,34 @@ def test_direct_attention_equals_float64_bruteforce(shape):
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [
+    # (h, w, ho, wo, kernel): integer multiples, as in training (2x), and other factors
+    (12, 12, 24, 24, 9),
+    (5, 7, 10, 21, 3),   # 2x rows, 3x columns
+    (3, 11, 12, 11, 9),  # kernel larger than the rows (extension); 1x columns
+    (9, 10, 18, 20, 9),
+])
+def test_cell_attention_equals_direct_with_gradients(shape):
+    h, w, ho, wo, k = shape
+    q, kk, v = random_qkv(2, 16, 12, h, w, ho, wo, seed=h * 10 + w)
+    q, kk, v = (t.double().requires_grad_() for t in (q, kk, v))
+    assert ref.cell_windows(ho, h, k) is not None and ref.cell_windows(wo, w, k) is not None
+    cells = ref.attend(q, kk, v, kernel_size=k, heads=4, mode="cells")
+    direct = ref.attend(q, kk, v, kernel_size=k, heads=4, mode="direct")
+    assert torch.allclose(cells, direct, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(direct)  # any loss: the gradients must agree too (training uses them)
+    g_cells = torch.autograd.grad((cells * weights).sum(), (q, kk, v))
+    g_direct = torch.autograd.grad((direct * weights).sum(), (q, kk, v))
+    for a, b in zip(g_cells, g_direct):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_cell_attention_falls_back_to_direct_for_non_multiples():
+    assert ref.cell_windows(13, 5, 3) is None
+    q, kk, v = random_qkv(1, 16, 8, 5, 7, 13, 22, seed=3)
+    assert torch.equal(ref.attend(q, kk, v, kernel_size=3, mode="cells"), ref.attend(q, kk, v, kernel_size=3, mode="direct"))
+
+
 @pytest.mark.parametrize("shape", [(7, 9, 37, 29, 5), (8, 8, 32, 32, 3), (10, 12, 23, 31, 9)])
 def test_direct_attention_equals_official_upsample_then_dilated_window(shape):
     h, w, ho, wo, k = shape

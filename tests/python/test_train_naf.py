@@ -79,3 +79,30 @@ def test_training_reduces_loss_on_fixed_batch(tmp_path):
     with open(tmp_path / "run" / "loss.csv") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_cosine_schedule_warms_up_peaks_and_ends_at_min_lr(tmp_path):
+    args = args_for(tmp_path, "unused", 110, lr=1e-3, lr_schedule="cosine", warmup=10, min_lr=1e-5)
+    lrs = [train_naf.learning_rate(s, args) for s in range(1, 111)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then never increases
+    assert lrs[59] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half-way through the decay
+    assert lrs[-1] == pytest.approx(1e-5)
+    constant = args_for(tmp_path, "unused", 110, lr=3e-4)
+    assert {train_naf.learning_rate(s, constant) for s in (1, 50, 110)} == {3e-4}
+
+
+def test_cosine_run_stopped_by_time_resumes_to_the_same_weights(tmp_path):
+    cache = make_cache(str(tmp_path / "cache"))
+    opts = dict(lr=1e-3, lr_schedule="cosine", warmup=1, min_lr=1e-5)
+    full, _ = train_naf.train(args_for(tmp_path, cache, 3, run="full", **opts))
+    # --max-minutes ~0 stops after the first step; the resumed run keeps the same schedule
+    train_naf.train(args_for(tmp_path, cache, 3, run="split", max_minutes=1e-9, **opts))
+    with open(tmp_path / "split" / "loss.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1]
+    resumed, _ = train_naf.train(args_for(tmp_path, cache, 3, run="split", resume=True, **opts))
+    for name, t in full.state_dict().items():
+        assert torch.equal(t, resumed.state_dict()[name]), name
+    with open(tmp_path / "split" / "loss.csv") as f:
+        logged = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert logged[-1] == pytest.approx(1e-5, rel=1e-4)

@@ -32,7 +32,7 @@ CacheEntry readCacheEntry(const std::string& path)
     const auto format = meta.find("format");
     if (format == meta.end() || format->second != "cv-naf-feature-cache")
         CV_Error(cv::Error::StsParseError, "'" + path + "' is not a cv-naf-feature-cache file (metadata 'format')");
-    for (const char* name : {"image", "features_hi", "features_lo"})
+    for (const char* name : {"image", "features_hi"})
         if (!file.has(name)) CV_Error(cv::Error::StsParseError, "'" + path + "' lacks tensor '" + name + "'");
     CacheEntry e;
     e.metadata = meta;
@@ -43,9 +43,10 @@ CacheEntry readCacheEntry(const std::string& path)
                       const_cast<uint8_t*>(file.data("image")))
                   .clone();
     e.featuresHi = file.mat("features_hi");
-    e.featuresLo = file.mat("features_lo");
-    if (e.featuresHi.dims != 4 || e.featuresLo.dims != 4 || e.featuresHi.type() != CV_32F ||
-        e.featuresLo.type() != CV_32F || e.featuresHi.size[1] != e.featuresLo.size[1])
+    if (file.has("features_lo")) e.featuresLo = file.mat("features_lo");  // absent in --hi-only caches
+    if (e.featuresHi.dims != 4 || e.featuresHi.type() != CV_32F ||
+        (!e.featuresLo.empty() && (e.featuresLo.dims != 4 || e.featuresLo.type() != CV_32F ||
+                                   e.featuresHi.size[1] != e.featuresLo.size[1])))
         CV_Error(cv::Error::StsParseError, "'" + path + "': features must be F32 [1, C, h, w] with equal C");
     return e;
 }

@@ -5,7 +5,8 @@
 //   "image"       U8  [S, S, 3]        the square BGR image the VFM saw at full resolution
 //   "features_hi" F32 [1, C, S/p, S/p] VFM features of the S x S image (the training target)
 //   "features_lo" F32 [1, C, S/2p, S/2p] VFM features of the same image at S/2 x S/2 (NAF input;
-//                 see naf_extract_features.cpp for how they are computed)
+//                 see naf_extract_features.cpp for how they are computed; absent in caches
+//                 written with --hi-only, which only serve as NAF input at full resolution)
 //   metadata: format "cv-naf-feature-cache" v1, source path, crop, vfm name, sizes.
 #pragma once
 
@@ -20,7 +21,7 @@ struct CacheEntry
 {
     cv::Mat image;       // S x S CV_8UC3 BGR
     cv::Mat featuresHi;  // 4-D 1 x C x h x w CV_32F
-    cv::Mat featuresLo;  // 4-D 1 x C x h/2 x w/2 CV_32F
+    cv::Mat featuresLo;  // 4-D 1 x C x h/2 x w/2 CV_32F, or empty (--hi-only cache)
     std::map<std::string, std::string> metadata;
 };
 

@@ -26,8 +26,10 @@ namespace {
 int usage(const char* argv0)
 {
     std::cerr << "usage: " << argv0
-              << " --out DIR [--vfm mobilesam] [--size 1024] [--threads N] [--list FILE] [IMAGE...]\n"
-                 "  FILE: one image path per line. Writes DIR/<last 4 path parts joined by __>.safetensors per image.\n";
+              << " --out DIR [--vfm mobilesam] [--size 1024] [--hi-only] [--threads N] [--list FILE] [IMAGE...]\n"
+                 "  FILE: one image path per line. Writes DIR/<last 4 path parts joined by __>.safetensors per image.\n"
+                 "  --hi-only: only the features of the full-size image (no features_lo; half the cost),\n"
+                 "             e.g. for the linear-probe evaluation (tools/probe_naf.py).\n";
     return 2;
 }
 
@@ -51,6 +53,7 @@ int main(int argc, char** argv)
 {
     std::string out, vfmName = "mobilesam";
     int size = 1024, threads = -1;
+    bool hiOnly = false;
     std::vector<std::string> images;
     for (int i = 1; i < argc; ++i)
     {
@@ -65,6 +68,7 @@ int main(int argc, char** argv)
             else if (a == "--vfm") vfmName = next();
             else if (a == "--size") size = std::stoi(next());
             else if (a == "--threads") threads = std::stoi(next());
+            else if (a == "--hi-only") hiOnly = true;
             else if (a == "--list")
             {
                 std::ifstream list(next());
@@ -115,13 +119,16 @@ int main(int argc, char** argv)
             const auto t0 = std::chrono::steady_clock::now();
             cv::Rect crop;
             const cv::Mat square = naf_tools::centredSquare(src, size, &crop);
-            cv::Mat hi, canvasFeatures;
+            cv::Mat hi, lo;
             vfm->extract(square, hi);
-            cv::Mat canvas(size, size, CV_8UC3, meanBgr), half;
-            cv::resize(square, half, cv::Size(size / 2, size / 2), 0, 0, cv::INTER_AREA);
-            half.copyTo(canvas(cv::Rect(0, 0, size / 2, size / 2)));
-            vfm->extract(canvas, canvasFeatures);
-            const cv::Mat lo = topLeftCells(canvasFeatures, hi.size[2] / 2, hi.size[3] / 2);
+            if (!hiOnly)
+            {
+                cv::Mat canvas(size, size, CV_8UC3, meanBgr), half, canvasFeatures;
+                cv::resize(square, half, cv::Size(size / 2, size / 2), 0, 0, cv::INTER_AREA);
+                half.copyTo(canvas(cv::Rect(0, 0, size / 2, size / 2)));
+                vfm->extract(canvas, canvasFeatures);
+                lo = topLeftCells(canvasFeatures, hi.size[2] / 2, hi.size[3] / 2);
+            }
             const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             std::map<std::string, std::string> meta = {
                 {"format", "cv-naf-feature-cache"},
@@ -131,11 +138,14 @@ int main(int argc, char** argv)
                 {"vfm", specHi.name},
                 {"vfm_onnx", specHi.onnxPath},
                 {"input_hi", std::to_string(size)},
-                {"input_lo", std::to_string(size / 2)},
-                {"lo_mode", "S/2 image (INTER_AREA) top-left in an S canvas of the mean colour; its cells"},
+                {"input_lo", hiOnly ? std::string("none") : std::to_string(size / 2)},
+                {"lo_mode", hiOnly ? "none (--hi-only)"
+                                   : "S/2 image (INTER_AREA) top-left in an S canvas of the mean colour; its cells"},
                 {"seconds", cv::format("%.2f", seconds)},
             };
-            naf_tools::writeSafetensors(dst, {{"image", square}, {"features_hi", hi}, {"features_lo", lo}}, meta);
+            std::map<std::string, cv::Mat> tensors = {{"image", square}, {"features_hi", hi}};
+            if (!hiOnly) tensors["features_lo"] = lo;
+            naf_tools::writeSafetensors(dst, tensors, meta);
             ++done;
             std::cout << "[" << done + skipped + failed << "/" << images.size() << "] " << dst << " "
                       << cv::format("%.1f s", seconds) << std::endl;

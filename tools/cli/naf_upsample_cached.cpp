@@ -1,13 +1,17 @@
-// naf_upsample_cached: upsamples the cached low-resolution features ("features_lo") of feature
-// cache files to the grid of their "features_hi" with one cv::naf::UpsampleMethod, so that the
-// evaluation (tools/eval_naf.py) compares every method on exactly the same inputs.
-// Writes OUT_DIR/<same file name> with the tensor "upsampled" (F32 [1, C, h, w]); the guide for
-// the guided methods and NAF is the cached full-resolution image.
+// naf_upsample_cached: upsamples cached VFM features with one cv::naf::UpsampleMethod, so that the
+// evaluations compare every method on exactly the same inputs.
+//  - default (--input lo): "features_lo" to the grid of "features_hi" (tools/eval_naf.py, metric 1);
+//  - --input hi --scale K: "features_hi" to K times its grid (tools/probe_naf.py, metric 2).
+// Writes OUT_DIR/<same file name> with the tensor "upsampled" (F32 [1, C, h, w]). The guide for
+// the guided methods and NAF is the cached full-resolution image, or with --guide-size N that
+// image resized to N x N (INTER_AREA), e.g. the output size, as the official probe protocol does.
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include <opencv2/imgproc.hpp>
 #include <opencv2/naf.hpp>
 #include <opencv2/naf/visualize.hpp>
 
@@ -19,7 +23,10 @@ int usage(const char* argv0)
 {
     std::cerr << "usage: " << argv0
               << " --method nearest|bilinear|bicubic|guided|bilateral|naf [--weights FILE.safetensors]\n"
-                 "       [--threads N] --out DIR CACHE.safetensors...\n";
+                 "       [--input lo|hi] [--scale K] [--guide-size N] [--threads N] --out DIR CACHE.safetensors...\n"
+                 "  --input lo (default): features_lo -> the features_hi grid; --input hi: features_hi -> K x its grid\n"
+                 "  --scale K: output grid = K x the input grid (default: the features_hi grid for lo, 4 for hi)\n"
+                 "  --guide-size N: guide = the cached image resized to N x N (default: the cached image)\n";
     return 2;
 }
 
@@ -29,25 +36,54 @@ std::string baseName(const std::string& path)
     return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+/// A whole decimal integer, or `bad` when the text is anything else ("0x", "", "3.5").
+int parseInt(const std::string& text, int bad = -1)
+{
+    try
+    {
+        size_t used = 0;
+        const int v = std::stoi(text, &used);
+        return used == text.size() ? v : bad;
+    }
+    catch (const std::exception&)
+    {
+        return bad;
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv)
 {
     std::string method, weights, out;
-    int threads = -1;
+    std::string input = "lo";
+    int threads = -1, scale = 0, guideSize = 0;  // 0: option not given
     std::vector<std::string> files;
     for (int i = 1; i < argc; ++i)
     {
         const std::string a = argv[i];
-        if ((a == "--method" || a == "--weights" || a == "--out" || a == "--threads") && i + 1 >= argc) return usage(argv[0]);
+        const bool takesValue = a == "--method" || a == "--weights" || a == "--out" || a == "--threads" ||
+                                a == "--input" || a == "--scale" || a == "--guide-size";
+        if (takesValue && i + 1 >= argc) return usage(argv[0]);
         if (a == "--method") method = argv[++i];
         else if (a == "--weights") weights = argv[++i];
         else if (a == "--out") out = argv[++i];
         else if (a == "--threads") threads = std::atoi(argv[++i]);
+        else if (a == "--input") input = argv[++i];
+        else if (a == "--scale") scale = parseInt(argv[++i]);
+        else if (a == "--guide-size") guideSize = parseInt(argv[++i]);
         else if (!a.empty() && a[0] == '-') return usage(argv[0]);
         else files.push_back(a);
     }
     if (method.empty() || out.empty() || files.empty()) return usage(argv[0]);
+    if ((input != "lo" && input != "hi") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384 ||
+        (scale == 0 && std::find(argv, argv + argc, std::string("--scale")) != argv + argc) ||
+        (guideSize == 0 && std::find(argv, argv + argc, std::string("--guide-size")) != argv + argc))
+    {
+        std::cerr << "naf_upsample_cached: bad option value (--input " << input << ", --scale " << scale
+                  << ", --guide-size " << guideSize << "): --input is lo or hi, 1 <= K <= 64, 1 <= N <= 16384\n";
+        return usage(argv[0]);
+    }
     try
     {
         if (threads > 0) cv::setNumThreads(threads);
@@ -64,11 +100,23 @@ int main(int argc, char** argv)
         for (const std::string& path : files)
         {
             const naf_tools::CacheEntry e = naf_tools::readCacheEntry(path);
-            const cv::Size target(e.featuresHi.size[3], e.featuresHi.size[2]);
+            const cv::Mat& features = input == "hi" ? e.featuresHi : e.featuresLo;
+            if (features.empty())
+                CV_Error(cv::Error::StsBadArg, "'" + path + "' has no features_lo (a --hi-only cache): use --input hi");
+            cv::Size target(e.featuresHi.size[3], e.featuresHi.size[2]);
+            if (input == "hi" || scale > 0)
+            {
+                const int k = scale > 0 ? scale : 4;
+                target = cv::Size(k * features.size[3], k * features.size[2]);
+            }
+            cv::Mat guide = e.image;
+            if (guideSize > 0)
+                cv::resize(e.image, guide, cv::Size(guideSize, guideSize), 0, 0,
+                           guideSize < e.image.cols ? cv::INTER_AREA : cv::INTER_LINEAR);
             cv::Mat up;
-            cv::naf::upsampleWith(m, e.image, e.featuresLo, up, target, naf);
+            cv::naf::upsampleWith(m, guide, features, up, target, naf);
             naf_tools::writeSafetensors((std::filesystem::path(out) / baseName(path)).string(), {{"upsampled", up}},
-                                        {{"method", method}, {"weights", weights}, {"source", path}});
+                                        {{"method", method}, {"weights", weights}, {"source", path}, {"input", input}});
         }
         return 0;
     }

@@ -234,9 +234,10 @@ def run_node(node, inputs):
     raise NotImplementedError(f"onnx_numpy: operator {op} (node {node.name or node.output[0]})")
 
 
-def evaluate(model, feeds, keep_all=False):
-    """Runs a ModelProto. feeds: name -> array. Returns the graph outputs as a dict, or every
-    value (initializers and intermediates included) when keep_all."""
+def evaluate(model, feeds, keep_all=False, keep=()):
+    """Runs a ModelProto. feeds: name -> array. Returns the graph outputs (plus the intermediate
+    values named in `keep`) as a dict, or every value (initializers and intermediates included)
+    when keep_all."""
     g = model.graph
     values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     values.update(feeds)
@@ -244,7 +245,7 @@ def evaluate(model, feeds, keep_all=False):
     for n in g.node:
         for i in n.input:
             consumers[i] = consumers.get(i, 0) + 1
-    outputs = {o.name for o in g.output}
+    outputs = {o.name for o in g.output} | set(keep)
     for n in g.node:
         ins = [values[i] if i else None for i in n.input]
         for name, v in zip(n.output, run_node(n, ins)):
@@ -257,4 +258,7 @@ def evaluate(model, feeds, keep_all=False):
                         values.pop(i, None)
     if keep_all:
         return values
+    missing = sorted(o for o in outputs if o not in values)
+    if missing:
+        raise KeyError(f"no value named {missing} in the graph")
     return {o: values[o] for o in outputs}

@@ -79,6 +79,9 @@ def main():
     parser.add_argument("--original", required=True, help="the original (unconverted) ONNX graph")
     parser.add_argument("--image", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--extra", action="append", default=[], metavar="TENSOR",
+                        help="also save this intermediate value of the original graph as 'extra:TENSOR' "
+                             "(e.g. /Transpose_output_0, MobileSAM's trunk before the neck)")
     args = parser.parse_args()
     if not os.path.exists(args.original):
         print(f"vfm_reference: {args.original} is missing (model not fetched: run scripts/fetch_models.sh); "
@@ -89,7 +92,8 @@ def main():
     spec = load_spec(args.model, args.registry)
     registry = args.registry or os.path.join(ROOT, "models", "vfm")
     key = input_key([args.original, args.image, os.path.join(registry, args.model + ".json"),
-                     os.path.join(HERE, "onnx_numpy.py"), os.path.abspath(__file__)])
+                     os.path.join(HERE, "onnx_numpy.py"), os.path.abspath(__file__)]) + "".join(
+                         f";extra={e}" for e in args.extra)
     if os.path.exists(args.out):
         try:
             if read_header(args.out)[0].get("__metadata__", {}).get("inputs_sha256") == key:
@@ -103,12 +107,14 @@ def main():
     blob, (cells_w, cells_h) = preprocess(bgr, spec)
     model = onnx.load(args.original)
     start = time.time()
-    outputs = onnx_numpy.evaluate(model, {model.graph.input[0].name: blob})
+    outputs = onnx_numpy.evaluate(model, {model.graph.input[0].name: blob}, keep=args.extra)
     name = spec["output"].get("name") or model.graph.output[0].name
     features = np.ascontiguousarray(outputs[name], dtype=np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".part"
-    save_file(tmp, {"input": blob, "features": features},
+    tensors = {"input": blob, "features": features}
+    tensors.update({f"extra:{e}": np.ascontiguousarray(outputs[e], dtype=np.float32) for e in args.extra})
+    save_file(tmp, tensors,
               {"model": args.model, "image": os.path.abspath(args.image), "valid_cells_w": str(cells_w),
                "valid_cells_h": str(cells_h), "evaluator": "tools/vfm/onnx_numpy.py",
                "inputs_sha256": key})

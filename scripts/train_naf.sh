@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
-# Feature cache -> training -> evaluation, resumable at every stage (docs/TRAINING.md).
+# Trains NAF weights the way the shipped models/naf/naf_default.safetensors were trained
+# (docs/TRAINING.md): MobileSAM feature cache of 48 training images -> tools/train_naf.py.
+# Every stage resumes where it stopped (finished cache files are skipped, training continues
+# from $RUN/checkpoint.pt), so it can run across sessions with MAX_MINUTES.
+# Then evaluate with: WEIGHTS=$RUN/naf_trained.safetensors bash scripts/evaluate_naf.sh
 # Environment (defaults in brackets):
-#   DATA [../shared/data]  RUN [out/train]  N_TRAIN [24]  N_VAL [8]  STEPS [25000]  CROP [16]
-#   THREADS [2]  BUILD [build]
+#   DATA [../shared/data]  RUN [out/train]  STEPS [2400]  CROP [12]  LR [4e-4]  MAX_MINUTES [0: no limit]
+#   THREADS [2]  BUILD [build]  DEVICE [cpu]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; N_TRAIN=${N_TRAIN:-24}; N_VAL=${N_VAL:-8}
-STEPS=${STEPS:-25000}; CROP=${CROP:-16}; THREADS=${THREADS:-2}; BUILD=${BUILD:-build}
+DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2400}; CROP=${CROP:-12}; LR=${LR:-4e-4}
+MAX_MINUTES=${MAX_MINUTES:-0}; THREADS=${THREADS:-2}; BUILD=${BUILD:-build}; DEVICE=${DEVICE:-cpu}
 PY=/usr/bin/python3
-mkdir -p "$RUN"
 [ -x "$BUILD/tools/cli/naf_extract_features" ] || { echo "build first: bash scripts/build.sh" >&2; exit 1; }
 bash scripts/fetch_models.sh
-# training images: photos (urban100, sunhays80, bsds500/train) and segmentation train images, interleaved
-if [ ! -f "$RUN/train_list.txt" ]; then
-  paste -d '\n' <(ls "$DATA"/photos/urban100/*.jpg) <(ls "$DATA"/photos/sunhays80/*.jpg) \
-                <(ls "$DATA"/photos/bsds500/train/*.jpg) <(ls "$DATA"/segmentation/coco128/train/images/*.jpg) <(ls "$DATA"/segmentation/camvid/train/images/*.jpg) \
-    | grep -v '^$' | head -n "$N_TRAIN" > "$RUN/train_list.txt"
-  ls "$DATA"/photos/bsds500/val/*.jpg | head -n "$N_VAL" > "$RUN/val_list.txt"
-fi
-"$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_val" --threads "$THREADS" --list "$RUN/val_list.txt"
+mkdir -p "$RUN"
+# training images (never the evaluation images): 16 photos of urban100/sunhays80 (interleaved,
+# every 5th / 4th), 24 of bsds500/train (every 8th), 8 of coco128/train (every 12th)
+{
+  paste -d '\n' <(ls "$DATA"/photos/urban100/*.jpg | awk 'NR%5==1') <(ls "$DATA"/photos/sunhays80/*.jpg | awk 'NR%4==1') \
+    | grep -v '^$' | head -16
+  ls "$DATA"/photos/bsds500/train/*.jpg | awk 'NR%8==1' | head -24
+  ls "$DATA"/segmentation/coco128/train/images/*.jpg | awk 'NR%12==1' | head -8
+} > "$RUN/train_list.txt"
+ls "$DATA"/photos/bsds500/val/*.jpg | head -16 > "$RUN/val_list.txt"
 "$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_train" --threads "$THREADS" --list "$RUN/train_list.txt"
+"$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_val" --threads "$THREADS" --list "$RUN/val_list.txt"
 $PY tools/train_naf.py --cache "$RUN/cache_train" --val-cache "$RUN/cache_val" --out-dir "$RUN" \
-    --steps "$STEPS" --crop "$CROP" --threads "$THREADS" --resume --weights-out "$RUN/naf_trained.safetensors"
-[ -f "$RUN/naf_random_seed0.safetensors" ] || $PY tools/make_random_weights.py --seed 0 --out "$RUN/naf_random_seed0.safetensors"
-$PY tools/eval_naf.py --cache "$RUN/cache_val" --tool "$BUILD/tools/cli/naf_upsample_cached" --threads "$THREADS" \
-    --naf random="$RUN/naf_random_seed0.safetensors" --naf trained="$RUN/naf_trained.safetensors" \
-    --report docs/EVALUATION.md
+    --steps "$STEPS" --batch 4 --crop "$CROP" --lr "$LR" --lr-schedule cosine --warmup 100 --min-lr 1e-5 \
+    --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
+    --weights-out "$RUN/naf_trained.safetensors"

@@ -54,7 +54,8 @@ def run_method(tool, method, files, out_dir, weights=None, threads=2):
 
 
 def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None):
-    """Rows [(label, mse_mean, mse_std, cos_mean, cos_std)] for the baselines and each (label, weights)."""
+    """Rows [(label, mse_mean, mse_std, cos_mean, cos_std, per-image MSE array)] for the baselines and
+    each (label, weights); images in the order of the cache listing."""
     files = list_entries(cache)
     if not files:
         raise ValueError(f"no cache entries in {cache}")
@@ -70,14 +71,27 @@ def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None):
                 up = load_file(os.path.join(out, name))[0]["upsampled"][0]
                 scores.append(reconstruction_metrics(up, target))
             s = np.array(scores)
-            rows.append((label, s[:, 0].mean(), s[:, 0].std(), s[:, 1].mean(), s[:, 1].std()))
+            rows.append((label, s[:, 0].mean(), s[:, 0].std(), s[:, 1].mean(), s[:, 1].std(), s[:, 0]))
     return rows, files
 
 
-def format_table(rows):
-    lines = ["| method | MSE (mean ± sd over images) | cosine (mean ± sd) |", "|---|---|---|"]
-    for label, mse, mse_sd, cos, cos_sd in rows:
-        lines.append(f"| {label} | {mse:.6f} ± {mse_sd:.6f} | {cos:.4f} ± {cos_sd:.4f} |")
+def format_table(rows, reference="bilinear"):
+    """Markdown table; with a `reference` row, also each method's MSE change against it, paired per
+    image (mean ± sd of the relative change; images where the method is better)."""
+    per_image = {r[0]: r[5] for r in rows if len(r) > 5}
+    paired = reference in per_image
+    head = "| method | MSE (mean ± sd over images) | cosine (mean ± sd) |"
+    if paired:
+        head += f" MSE vs {reference}, paired per image | images better than {reference} |"
+    lines = [head, "|---|---|---|" + ("---|---|" if paired else "")]
+    for row in rows:
+        label, mse, mse_sd, cos, cos_sd = row[:5]
+        line = f"| {label} | {mse:.6f} ± {mse_sd:.6f} | {cos:.4f} ± {cos_sd:.4f} |"
+        if paired:
+            change = 100.0 * (per_image[label] / per_image[reference] - 1.0)
+            better = int(np.sum(per_image[label] < per_image[reference]))
+            line += f" {change.mean():+.2f}% ± {change.std():.2f}% | {better}/{len(change)} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

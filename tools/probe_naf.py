@@ -22,6 +22,8 @@ category ids, 0 = unlabeled ignored).
 """
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -37,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eval_naf import parse_naf_specs, write_report  # noqa: E402
 from feature_cache import list_entries, load_entry  # noqa: E402
 from safetensors_io import load_file  # noqa: E402
+from train_naf import keep_freed_memory_in_the_heap  # noqa: E402
 
 import cv2  # noqa: E402  (Debian python3-opencv; only imread/resize)
 
@@ -212,6 +215,42 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     return scores  # [seeds, (mIoU, pixel accuracy)]
 
 
+class ResultStore:
+    """Scores per method kept in a JSON file (--results), so a later run with new weights recomputes
+    only what changed: an entry counts when the settings (files, seeds, sizes) and the weights'
+    SHA-256 are the same."""
+
+    def __init__(self, path, settings):
+        self.path, self.settings, self.entries = path, settings, {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved.get("settings") == settings:
+                self.entries = saved.get("methods", {})
+
+    @staticmethod
+    def _key(method, weights):
+        if not weights:
+            return method
+        with open(weights, "rb") as f:
+            return f"{method}:{hashlib.sha256(f.read()).hexdigest()}"
+
+    def get(self, label, method, weights):
+        entry = self.entries.get(label)
+        if entry and entry["key"] == self._key(method, weights):
+            return np.array(entry["scores"])
+        return None
+
+    def put(self, label, method, weights, scores):
+        if not self.path:
+            return
+        self.entries[label] = {"key": self._key(method, weights), "scores": np.asarray(scores).tolist()}
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"settings": self.settings, "methods": self.entries}, f, indent=1)
+        os.replace(tmp, self.path)
+
+
 def format_table(rows, seeds):
     lines = [f"| method | mIoU (mean ± sd over {len(seeds)} seeds) | pixel accuracy (mean ± sd) |", "|---|---|---|"]
     for label, scores in rows:
@@ -235,8 +274,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work-dir", help="folder for the temporary upsampled maps (default: the system's)")
     ap.add_argument("--report", help="markdown file whose linear-probe section for this data set is (re)written")
+    ap.add_argument("--results", help="JSON file of scores per method, reused when settings and weights match")
     args = ap.parse_args(argv)
     nafs = parse_naf_specs(ap, args.naf)
+    torch.set_num_threads(args.threads)
+    keep_freed_memory_in_the_heap()  # 64 MB maps are read and freed per image
     train_files, val_files = list_entries(args.train_cache), list_entries(args.val_cache)
     if not train_files or not val_files:
         ap.error(f"empty cache: {len(train_files)} train and {len(val_files)} val entries")
@@ -245,10 +287,18 @@ def main(argv=None):
     class_ids, ignore, _ = dataset_classes(args.dataset, data_root)
     jobs = [(m, m, None) for m in (args.methods if args.methods is not None else BASELINES)]
     jobs += [(f"naf ({label})", "naf", w) for label, w in nafs]
+    store = ResultStore(args.results, {
+        "dataset": args.dataset, "train": [os.path.basename(f) for f in train_files],
+        "val": [os.path.basename(f) for f in val_files], "seeds": args.seeds, "scale": args.scale,
+        "pixels_per_image": args.pixels_per_image, "probe_steps": args.probe_steps})
     rows = []
     for label, method, weights in jobs:
         t0 = time.time()
-        scores = evaluate_method(args.tool, method, weights, train_files, val_files, class_ids, ignore, args.seeds, args)
+        scores = store.get(label, method, weights)
+        if scores is None:
+            scores = evaluate_method(args.tool, method, weights, train_files, val_files, class_ids, ignore,
+                                     args.seeds, args)
+            store.put(label, method, weights, scores)
         rows.append((label, scores))
         print(f"{label}: mIoU {100 * scores[:, 0].mean():.2f} ± {100 * scores[:, 0].std():.2f} "
               f"({time.time() - t0:.0f} s)", flush=True)

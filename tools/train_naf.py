@@ -246,8 +246,9 @@ def train(args):
             "source": "trained", "trained": True, "tool": "tools/train_naf.py",
             "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
             "vfm": data_meta_vfm(paths),
-            "data": {"cache": os.path.abspath(args.cache), "images": len(data),
+            "data": {"cache": os.path.abspath(args.cache), "image_count": len(data),
                      "sets": sorted(set(source_set(s) for s in data.sources)),
+                     "images": [data_relative(s) for s in data.sources],
                      "lo_grid": list(data.lo_size), "channels": data.channels},
             "recipe": {"optimizer": "AdamW", "lr": args.lr, "lr_schedule": args.lr_schedule,
                        "warmup": args.warmup, "min_lr": args.min_lr, "weight_decay": args.weight_decay,
@@ -268,6 +269,15 @@ def data_meta_vfm(paths):
     from safetensors_io import read_header
     meta = read_header(paths[0])[0].get("__metadata__", {}) if paths else {}
     return meta.get("vfm", "unknown")
+
+
+def data_relative(path):
+    """'/x/shared/data/photos/urban100/a.jpg' -> 'photos/urban100/a.jpg' (else the path as is)."""
+    parts = os.path.normpath(path).split(os.sep)
+    for anchor in ("photos", "segmentation"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor):])
+    return path
 
 
 def source_set(path):

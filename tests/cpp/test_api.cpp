@@ -205,6 +205,22 @@ TEST_F(Fixture, OneShotFunctionUsesDefaultWeights)
     unsetenv("NAF_WEIGHTS");
 }
 
+TEST(DefaultWeights, ShippedTrainedWeightsAreTheDefault)
+{
+    // models/naf/naf_default.safetensors ships with the project (issue 4): without NAF_WEIGHTS the
+    // one-shot function and NAF::create("") use it, and its metadata says how it was trained.
+    unsetenv("NAF_WEIGHTS");
+    const std::string path = cv::naf::getDefaultWeightsPath();
+    const std::string suffix = "models/naf/naf_default.safetensors";
+    ASSERT_GE(path.size(), suffix.size());
+    EXPECT_EQ(path.substr(path.size() - suffix.size()), suffix);
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create();
+    EXPECT_TRUE(naf->isTrained()) << naf->getWeightsInfo();
+    const std::string meta = naf->getWeightsMetadata();
+    for (const char* field : {"\"trained\": true", "\"vfm\": \"mobilesam\"", "\"steps\"", "\"hardware\"", "\"final_loss\""})
+        EXPECT_NE(meta.find(field), std::string::npos) << "metadata lacks " << field << ": " << meta;
+}
+
 TEST(Concurrency, OneShotFunctionFromManyThreadsEqualsSerial)
 {
     // cv::naf::upsample keeps one upsampler per thread, so concurrent calls are safe.

@@ -112,3 +112,14 @@ def test_extract_features_layout_alignment_and_resume(tmp_path):
     before = os.path.getmtime(path)
     run = subprocess.run([EXTRACT, "--out", out, image], check=True, capture_output=True, text=True)
     assert "0 written, 1 already there" in run.stdout and os.path.getmtime(path) == before
+
+
+def test_table_pairs_each_method_with_bilinear_per_image():
+    rows = [("bilinear", 2.0, 0.0, 0.9, 0.0, np.array([1.0, 2.0, 4.0])),
+            ("naf", 1.9, 0.0, 0.9, 0.0, np.array([0.9, 2.2, 3.6]))]
+    table = eval_naf.format_table(rows)
+    naf_row = [line for line in table.splitlines() if line.startswith("| naf |")][0]
+    # relative changes -10%, +10%, -10%: mean -3.33%, 2 of 3 images better
+    assert "-3.33% ± 9.43%" in naf_row and "| 2/3 |" in naf_row
+    assert "| +0.00% ± 0.00% | 0/3 |" in table.splitlines()[2]
+    assert "paired" not in eval_naf.format_table([r[:5] for r in rows])  # no per-image data: plain table

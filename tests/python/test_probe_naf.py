@@ -128,3 +128,20 @@ def test_whole_probe_run_separates_a_feature_defined_class(tmp_path):
                                                           work_dir=None)))
     assert scores.shape == (1, 2) and scores[0, 0] > 0.95
     assert load_file(train_files[0])[1]["crop_xywh"] == f"0,0,{IMG},{IMG}"
+
+
+def test_result_store_reuses_scores_only_for_the_same_settings_and_weights(tmp_path):
+    path = str(tmp_path / "results.json")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"one")
+    settings = {"seeds": [0, 1], "val": ["a"]}
+    store = probe_naf.ResultStore(path, settings)
+    assert store.get("naf (x)", "naf", str(weights)) is None
+    store.put("naf (x)", "naf", str(weights), np.array([[0.5, 0.9], [0.6, 0.8]]))
+    store.put("nearest", "nearest", None, np.array([[0.4, 0.7], [0.4, 0.7]]))
+    again = probe_naf.ResultStore(path, settings)
+    np.testing.assert_array_equal(again.get("naf (x)", "naf", str(weights)), [[0.5, 0.9], [0.6, 0.8]])
+    assert again.get("nearest", "nearest", None) is not None
+    weights.write_bytes(b"two")  # retrained weights: computed again
+    assert again.get("naf (x)", "naf", str(weights)) is None
+    assert probe_naf.ResultStore(path, dict(settings, seeds=[0])).get("nearest", "nearest", None) is None

@@ -52,7 +52,9 @@ def test_three_steps_write_log_checkpoint_and_weights(tmp_path):
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     sd, cfg, prov = ref.load_weights(out)
     assert prov["source"] == "trained" and prov["trained"] is True and prov["steps"] == 3
-    assert prov["data"]["images"] == 2 and prov["data"]["sets"] == ["photos/synthetic"]
+    assert prov["data"]["image_count"] == 2
+    assert prov["data"]["images"] == ["photos/synthetic/img0.png", "photos/synthetic/img1.png"]
+    assert prov["data"]["sets"] == ["photos/synthetic"]
     assert prov["final_loss"] == pytest.approx(np.mean([float(r["loss"]) for r in rows]), rel=1e-4)
     assert np.isfinite(result["val_full_map_mse"])
     # the weights changed from the initialisation

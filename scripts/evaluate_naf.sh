@@ -48,10 +48,12 @@ echo "== 1. feature reconstruction"
 $PY tools/eval_naf.py --cache "$RUN/cache_val" --tool "$CLI/naf_upsample_cached" --threads "$THREADS" \
     "${nafs[@]}" --report docs/EVALUATION.md
 echo "== 2. linear probe"
-for set in camvid coco128; do
+# probe steps: 1500 for camvid's 11 classes; 600 for coco128's 133 (12x the cost per step)
+for spec in camvid:1500 coco128:600; do
+  set=${spec%%:*}; steps=${spec##*:}
   # shellcheck disable=SC2086
   $PY tools/probe_naf.py --dataset "$set" --train-cache "$RUN/${set}_train" --val-cache "$RUN/${set}_val" \
-      --tool "$CLI/naf_upsample_cached" --threads "$THREADS" --seeds $SEEDS --work-dir "$RUN" \
+      --tool "$CLI/naf_upsample_cached" --threads "$THREADS" --seeds $SEEDS --probe-steps "$steps" --work-dir "$RUN" \
       --results "$RUN/probe_$set.json" "${nafs[@]}" --report docs/EVALUATION.md
 done
 echo "== 3. zero-shot (mobilesam_trunk)"

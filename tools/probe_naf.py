@@ -109,16 +109,17 @@ def load_label(meta, size, class_ids, ignore):
 # Upsampled features from the C++ tool
 # ----------------------------------------------------------------------------------------------
 
-def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8, work_dir=None):
+def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8, work_dir=None, guide_scale=1):
     """Yields (file, upsampled [C, H, W] float32) for every cache file, computed by naf_upsample_cached
-    in chunks (a 256-channel 256 x 256 map is 64 MB)."""
+    in chunks (a 256-channel 256 x 256 map is 64 MB). The guide is the cached image resized to
+    guide_scale x the output side."""
     for i in range(0, len(files), chunk):
         part = files[i:i + chunk]
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
             first = load_entry(part[0])
             out_side = scale * first["hi"].shape[-1]
             cmd = [tool, "--method", method, "--input", "hi", "--scale", str(scale), "--guide-size",
-                   str(out_side), "--out", tmp, "--threads", str(threads)]
+                   str(guide_scale * out_side), "--out", tmp, "--threads", str(threads)]
             if weights:
                 cmd += ["--weights", weights]
             proc = subprocess.run(cmd + list(part), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -197,7 +198,7 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     xs = {s: [] for s in seeds}
     ys = {s: [] for s in seeds}
     for i, (f, up) in enumerate(upsampled_maps(tool, method, train_files, args.scale, weights, args.threads,
-                                               work_dir=args.work_dir)):
+                                               work_dir=args.work_dir, guide_scale=args.guide_scale)):
         label = load_label(load_entry(f)["meta"], up.shape[-1], class_ids, ignore)
         flat = up.reshape(up.shape[0], -1)
         for s in seeds:
@@ -207,7 +208,8 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     probes = {s: train_probe(np.concatenate(xs[s]), np.concatenate(ys[s]), classes, s, args.probe_steps)
               for s in seeds}
     confs = {s: np.zeros((classes, classes), np.int64) for s in seeds}
-    for f, up in upsampled_maps(tool, method, val_files, args.scale, weights, args.threads, work_dir=args.work_dir):
+    for f, up in upsampled_maps(tool, method, val_files, args.scale, weights, args.threads, work_dir=args.work_dir,
+                                guide_scale=args.guide_scale):
         label = load_label(load_entry(f)["meta"], up.shape[-1], class_ids, ignore)
         for s in seeds:
             confs[s] += confusion(predict(probes[s], up), label, classes)
@@ -269,6 +271,9 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", help=f"baselines (default: {' '.join(BASELINES)})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scale", type=int, default=4, help="output grid = scale x the feature grid")
+    ap.add_argument("--guide-scale", type=int, default=1,
+                    help="guide image side = this x the output side (1: the official protocol; NAF resizes "
+                         "guides above 4x the output down to 4x)")
     ap.add_argument("--pixels-per-image", type=int, default=2000, help="training pixels per image and seed")
     ap.add_argument("--probe-steps", type=int, default=1500, help="optimizer steps of the probe (batch 4096)")
     ap.add_argument("--threads", type=int, default=2)
@@ -290,7 +295,8 @@ def main(argv=None):
     store = ResultStore(args.results, {
         "dataset": args.dataset, "train": [os.path.basename(f) for f in train_files],
         "val": [os.path.basename(f) for f in val_files], "seeds": args.seeds, "scale": args.scale,
-        "pixels_per_image": args.pixels_per_image, "probe_steps": args.probe_steps})
+        "pixels_per_image": args.pixels_per_image, "probe_steps": args.probe_steps,
+        **({"guide_scale": args.guide_scale} if args.guide_scale != 1 else {})})
     rows = []
     for label, method, weights in jobs:
         t0 = time.time()
@@ -307,7 +313,7 @@ def main(argv=None):
     out_side = args.scale * w
     section = (f"**{args.dataset}**: {len(train_files)} train -> {len(val_files)} val images (largest centred "
                f"square), VFM `{first['meta'].get('vfm', '?')}` features {c} x {h} x {w} upsampled to "
-               f"{out_side} x {out_side} (guide image {out_side} px); probe trained on "
+               f"{out_side} x {out_side} (guide image {args.guide_scale * out_side} px); probe trained on "
                f"{args.pixels_per_image} labelled pixels per train image ({args.probe_steps} AdamW steps); mIoU over the "
                f"classes present in the val labels (ignore label excluded), seeds {' '.join(map(str, args.seeds))}.\n\n"
                + format_table(rows, args.seeds) + "\n\nCommand: `/usr/bin/python3 tools/probe_naf.py "

@@ -124,7 +124,7 @@ def test_whole_probe_run_separates_a_feature_defined_class(tmp_path):
     train_files = feature_cache.list_entries(train)
     scores = probe_naf.evaluate_method(TOOL, "nearest", None, train_files, feature_cache.list_entries(val),
                                        list(range(11)), 11, [0],
-                                       type("A", (), dict(scale=2, pixels_per_image=200, probe_steps=300, threads=1,
+                                       type("A", (), dict(scale=2, guide_scale=1, pixels_per_image=200, probe_steps=300, threads=1,
                                                           work_dir=None)))
     assert scores.shape == (1, 2) and scores[0, 0] > 0.95
     assert load_file(train_files[0])[1]["crop_xywh"] == f"0,0,{IMG},{IMG}"

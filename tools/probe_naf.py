@@ -22,6 +22,7 @@ category ids, 0 = unlabeled ignored).
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eval_naf import parse_naf_specs, write_report  # noqa: E402
 from feature_cache import list_entries, load_entry  # noqa: E402
-from safetensors_io import load_file  # noqa: E402
+from safetensors_io import load_file, read_header  # noqa: E402
 from train_naf import keep_freed_memory_in_the_heap  # noqa: E402
 
 import cv2  # noqa: E402  (Debian python3-opencv; only imread/resize)
@@ -103,6 +104,14 @@ def load_label(meta, size, class_ids, ignore):
     if unknown.any():
         raise ValueError(f"{path}: label values {sorted(set(crop[unknown].tolist()))[:8]} are not classes")
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def cached_label(cache_file, size, class_ids, ignore):
+    """load_label for a cache entry, read once per run (every method scores the same images): only
+    the entry's header is read, not its tensors. class_ids: a tuple (hashable)."""
+    meta = read_header(cache_file)[0].get("__metadata__", {})
+    return load_label(meta, size, class_ids, ignore)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +208,7 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     ys = {s: [] for s in seeds}
     for i, (f, up) in enumerate(upsampled_maps(tool, method, train_files, args.scale, weights, args.threads,
                                                work_dir=args.work_dir, guide_scale=args.guide_scale)):
-        label = load_label(load_entry(f)["meta"], up.shape[-1], class_ids, ignore)
+        label = cached_label(f, up.shape[-1], tuple(class_ids), ignore)
         flat = up.reshape(up.shape[0], -1)
         for s in seeds:
             idx = sample_pixels(label, args.pixels_per_image, np.random.default_rng([s, i]))
@@ -210,7 +219,7 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     confs = {s: np.zeros((classes, classes), np.int64) for s in seeds}
     for f, up in upsampled_maps(tool, method, val_files, args.scale, weights, args.threads, work_dir=args.work_dir,
                                 guide_scale=args.guide_scale):
-        label = load_label(load_entry(f)["meta"], up.shape[-1], class_ids, ignore)
+        label = cached_label(f, up.shape[-1], tuple(class_ids), ignore)
         for s in seeds:
             confs[s] += confusion(predict(probes[s], up), label, classes)
     scores = np.array([miou(confs[s]) for s in seeds])

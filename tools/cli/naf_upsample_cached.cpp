@@ -5,14 +5,13 @@
 // Writes OUT_DIR/<same file name> with the tensor "upsampled" (F32 [1, C, h, w]). The guide for
 // the guided methods and NAF is the cached full-resolution image, or with --guide-size N that
 // image resized to N x N (INTER_AREA), e.g. the output size, as the official probe protocol does.
-#include <algorithm>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 #include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
+#if defined(__GLIBC__)  // defined by the C++ headers above
+#include <malloc.h>
+#endif
 
 #include <opencv2/imgproc.hpp>
 #include <opencv2/naf.hpp>
@@ -39,18 +38,18 @@ std::string baseName(const std::string& path)
     return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-/// A whole decimal integer, or `bad` when the text is anything else ("0x", "", "3.5").
-int parseInt(const std::string& text, int bad = -1)
+/// A whole decimal integer >= 1, or -1 when the text is anything else ("0", "0x", "", "3.5").
+int parsePositiveInt(const std::string& text)
 {
     try
     {
         size_t used = 0;
         const int v = std::stoi(text, &used);
-        return used == text.size() ? v : bad;
+        return used == text.size() && v >= 1 ? v : -1;
     }
     catch (const std::exception&)
     {
-        return bad;
+        return -1;
     }
 }
 
@@ -73,15 +72,13 @@ int main(int argc, char** argv)
         else if (a == "--out") out = argv[++i];
         else if (a == "--threads") threads = std::atoi(argv[++i]);
         else if (a == "--input") input = argv[++i];
-        else if (a == "--scale") scale = parseInt(argv[++i]);
-        else if (a == "--guide-size") guideSize = parseInt(argv[++i]);
+        else if (a == "--scale") scale = parsePositiveInt(argv[++i]);
+        else if (a == "--guide-size") guideSize = parsePositiveInt(argv[++i]);
         else if (!a.empty() && a[0] == '-') return usage(argv[0]);
         else files.push_back(a);
     }
     if (method.empty() || out.empty() || files.empty()) return usage(argv[0]);
-    if ((input != "lo" && input != "hi") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384 ||
-        (scale == 0 && std::find(argv, argv + argc, std::string("--scale")) != argv + argc) ||
-        (guideSize == 0 && std::find(argv, argv + argc, std::string("--guide-size")) != argv + argc))
+    if ((input != "lo" && input != "hi") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384)
     {
         std::cerr << "naf_upsample_cached: bad option value (--input " << input << ", --scale " << scale
                   << ", --guide-size " << guideSize << "): --input is lo or hi, 1 <= K <= 64, 1 <= N <= 16384\n";

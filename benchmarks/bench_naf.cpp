@@ -136,7 +136,15 @@ void BM_NafForward(benchmark::State& state, const BenchConfig& c)
     naf->setBackend(cv::naf::BACKEND_CPU);
     const cv::Mat image = randomImage(c), features = randomFeatures(c);
     cv::Mat out;
-    naf->upsample(image, features, out, cv::Size(c.outW, c.outH));  // warm-up: scratch allocated once
+    try
+    {
+        naf->upsample(image, features, out, cv::Size(c.outW, c.outH));  // warm-up: scratch allocated once
+    }
+    catch (const cv::Exception& e)  // e.g. over the memory budget (NAF_MEMORY_BUDGET raises it)
+    {
+        state.SkipWithError(e.what());
+        return;
+    }
     for (auto _ : state)
     {
         naf->upsample(image, features, out, cv::Size(c.outW, c.outH));

@@ -158,6 +158,268 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
 }
 
 constexpr int kPointTile = 256;  // pixels per 1x1-convolution task
+
+// ---- Winograd F(2x2, 3x3) for the wide 3x3 convolutions -------------------------------------------
+// Per 2x2 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 16 multiplies
+// instead of 36: the 16 element-wise products over the input channels become 16 GEMMs
+// [cout x cin] x [cin x tiles] run by the same micro-kernel, with cheap additions before
+// (input transform) and after (output transform). Used for 3x3 convolutions with at least
+// kWinogradMinChannels inputs (the encoder blocks' 128 -> 128), where the GEMMs dominate; the
+// results differ from the direct sum by rounding only (~1e-6 relative; tests bound it).
+constexpr int kWinogradMinChannels = 32;
+constexpr int kWinogradTiles = 32;  // output tiles (along a tile row) per task: V and M stay in L2
+
+// U[xi][co][ci] = (G g G^T)[xi] with G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], packed per xi like
+// packWeights (blocks of mr output channels, [cin][mr]).
+std::vector<float> winogradWeights(const ConvWeights& conv, int mr)
+{
+    const int cout = conv.cout, cin = conv.cin;
+    std::vector<float> u(static_cast<size_t>(16) * cout * cin);
+    const size_t plane = static_cast<size_t>(cout) * cin;
+    for (int co = 0; co < cout; ++co)
+        for (int ci = 0; ci < cin; ++ci)
+        {
+            const float* g = conv.weight + (static_cast<size_t>(co) * cin + ci) * 9;
+            double gg[4][3];  // G g
+            for (int c = 0; c < 3; ++c)
+            {
+                const double a = g[c], b = g[3 + c], d = g[6 + c];
+                gg[0][c] = a;
+                gg[1][c] = 0.5 * (a + b + d);
+                gg[2][c] = 0.5 * (a - b + d);
+                gg[3][c] = d;
+            }
+            for (int r = 0; r < 4; ++r)
+            {
+                const double a = gg[r][0], b = gg[r][1], d = gg[r][2];
+                const double row[4] = {a, 0.5 * (a + b + d), 0.5 * (a - b + d), d};  // (G g) G^T
+                for (int c = 0; c < 4; ++c)
+                    u[(r * 4 + c) * plane + static_cast<size_t>(co) * cin + ci] = static_cast<float>(row[c]);
+            }
+        }
+    const int blocks = (cout + mr - 1) / mr;
+    const size_t perXi = static_cast<size_t>(blocks) * cin * mr;
+    std::vector<float> packed(16 * perXi);
+    for (int xi = 0; xi < 16; ++xi)
+    {
+        const ConvWeights m{u.data() + xi * plane, nullptr, cout, cin, 1};
+        const std::vector<float> one = packWeights(m, cin, mr);
+        std::copy(one.begin(), one.end(), packed.begin() + xi * perXi);
+    }
+    return packed;
+}
+
+// Input transform of one channel for the nt tiles of a task: rows[r] are the 4 input rows of the
+// tile row, split into e[j] = row[2(t0+j)-1] and o[j] = row[2(t0+j)] (reflect padded), so tile j
+// spans e[j], o[j], e[j+1], o[j+1] and every loop below is contiguous.
+// v[xi * vStride + j] = (B^T d B)[xi] with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[4], int w, int t0, int nt, float* v,
+                                                size_t vStride)
+{
+    float h[4][4][kWinogradTiles];  // [input row][column component][tile]
+    // Tiles whose columns need no reflection: x - 1 >= 0 and x <= w - 1 for x = 2 (t0 + j).
+    const int jLo = t0 == 0 ? 1 : 0;
+    const int jHi = std::min(nt, (w - 1) / 2 - t0);
+    for (int r = 0; r < 4; ++r)
+    {
+        float e[kWinogradTiles + 1], o[kWinogradTiles + 1];
+        const float* row = rows[r];
+        for (int j = 0; j <= nt; ++j)
+            if (j < jLo || j > jHi)
+            {
+                const int x = 2 * (t0 + j);
+                e[j] = row[reflectIndex(x - 1, w)];
+                o[j] = row[reflectIndex(x, w)];
+            }
+        const float* in = row + 2 * t0;
+        for (int j = jLo; j <= jHi; ++j)
+        {
+            e[j] = in[2 * j - 1];
+            o[j] = in[2 * j];
+        }
+        for (int j = 0; j < nt; ++j)
+        {
+            h[r][0][j] = e[j] - e[j + 1];
+            h[r][1][j] = o[j] + e[j + 1];
+            h[r][2][j] = e[j + 1] - o[j];
+            h[r][3][j] = o[j] - o[j + 1];
+        }
+    }
+    for (int k = 0; k < 4; ++k)
+    {
+        float* v0 = v + (0 + k) * vStride;
+        float* v1 = v + (4 + k) * vStride;
+        float* v2 = v + (8 + k) * vStride;
+        float* v3 = v + (12 + k) * vStride;
+        for (int j = 0; j < nt; ++j)
+        {
+            v0[j] = h[0][k][j] - h[2][k][j];
+            v1[j] = h[1][k][j] + h[2][k][j];
+            v2[j] = h[2][k][j] - h[1][k][j];
+            v3[j] = h[1][k][j] - h[3][k][j];
+        }
+    }
+}
+
+// Output transform of one output channel: m[xi * mStride + j] -> the tile row's two output rows
+// (A^T = [1 1 1 0; 0 1 -1 -1]) plus bias; y1 is null when the second row is past the image, and
+// the last column is dropped when it is past the image (odd widths).
+NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias, float* y0,
+                                                 float* y1, int cols)
+{
+    float s[2][4][kWinogradTiles];
+    for (int k = 0; k < 4; ++k)
+    {
+        const float* m0 = m + (0 + k) * mStride;
+        const float* m1 = m + (4 + k) * mStride;
+        const float* m2 = m + (8 + k) * mStride;
+        const float* m3 = m + (12 + k) * mStride;
+        for (int j = 0; j < nt; ++j)
+        {
+            s[0][k][j] = m0[j] + m1[j] + m2[j];
+            s[1][k][j] = m1[j] - m2[j] - m3[j];
+        }
+    }
+    float out[2][2][kWinogradTiles];
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < nt; ++j)
+        {
+            out[i][0][j] = s[i][0][j] + s[i][1][j] + s[i][2][j] + bias;
+            out[i][1][j] = s[i][1][j] - s[i][2][j] - s[i][3][j] + bias;
+        }
+    float* rows[2] = {y0, y1};
+    for (int i = 0; i < 2; ++i)
+    {
+        if (!rows[i]) continue;
+        float* y = rows[i];
+        for (int j = 0; j < nt; ++j)
+        {
+            if (2 * j < cols) y[2 * j] = out[i][0][j];
+            if (2 * j + 1 < cols) y[2 * j + 1] = out[i][1][j];
+        }
+    }
+}
+
+NAF_TARGET_AVX512 void winogradInputAvx512(const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
+{
+    winogradInputImpl(r, w, t0, nt, v, vs);
+}
+NAF_TARGET_AVX2 void winogradInputAvx2(const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
+{
+    winogradInputImpl(r, w, t0, nt, v, vs);
+}
+void winogradInputGeneric(const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
+{
+    winogradInputImpl(r, w, t0, nt, v, vs);
+}
+NAF_TARGET_AVX512 void winogradOutputAvx512(const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
+{
+    winogradOutputImpl(m, ms, nt, b, y0, y1, c);
+}
+NAF_TARGET_AVX2 void winogradOutputAvx2(const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
+{
+    winogradOutputImpl(m, ms, nt, b, y0, y1, c);
+}
+void winogradOutputGeneric(const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
+{
+    winogradOutputImpl(m, ms, nt, b, y0, y1, c);
+}
+
+void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, const std::vector<float>& packed,
+                     float* dst, const ParallelFor& parallel)
+{
+    const GemmIsa isa = gemmIsa();
+    const int mr = gemmRows(isa);
+    const int cin = conv.cin, cout = conv.cout;
+    const size_t perXi = static_cast<size_t>((cout + mr - 1) / mr) * cin * mr;
+    const ConvWeights shape{conv.weight, nullptr, cout, cin, 1};  // gemmTile reads cout and bias only
+    const int tileRows = (h + 1) / 2, tileCols = (w + 1) / 2;
+    const int chunks = (tileCols + kWinogradTiles - 1) / kWinogradTiles;
+    const size_t hw = static_cast<size_t>(h) * w;
+    std::vector<ptrdiff_t> off(cin);
+    for (int ci = 0; ci < cin; ++ci) off[ci] = static_cast<ptrdiff_t>(ci) * kWinogradTiles;
+    parallel(static_cast<int64_t>(tileRows) * chunks, [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> v, m;
+        v.resize(static_cast<size_t>(16) * cin * kWinogradTiles);
+        m.resize(static_cast<size_t>(16) * cout * kWinogradTiles);
+        for (int64_t task = begin; task < end; ++task)
+        {
+            const int ty = static_cast<int>(task / chunks);
+            const int t0 = static_cast<int>(task % chunks) * kWinogradTiles;
+            const int nt = std::min(kWinogradTiles, tileCols - t0);
+            size_t rowOffset[4];
+            for (int r = 0; r < 4; ++r) rowOffset[r] = static_cast<size_t>(reflectIndex(2 * ty - 1 + r, h)) * w;
+            const size_t vs = static_cast<size_t>(cin) * kWinogradTiles;
+            for (int ci = 0; ci < cin; ++ci)
+            {
+                const float* plane = src + ci * hw;
+                const float* const rows[4] = {plane + rowOffset[0], plane + rowOffset[1], plane + rowOffset[2],
+                                              plane + rowOffset[3]};
+                float* vc = v.data() + static_cast<size_t>(ci) * kWinogradTiles;
+                if (isa == GemmIsa::Avx512)
+                    winogradInputAvx512(rows, w, t0, nt, vc, vs);
+                else if (isa == GemmIsa::Avx2)
+                    winogradInputAvx2(rows, w, t0, nt, vc, vs);
+                else
+                    winogradInputGeneric(rows, w, t0, nt, vc, vs);
+            }
+            for (int xi = 0; xi < 16; ++xi)
+                gemmTile(isa, packed.data() + xi * perXi, shape, cin,
+                         v.data() + static_cast<size_t>(xi) * cin * kWinogradTiles, off.data(), nt,
+                         m.data() + static_cast<size_t>(xi) * cout * kWinogradTiles, kWinogradTiles);
+            const size_t ms = static_cast<size_t>(cout) * kWinogradTiles;
+            const int y = 2 * ty;
+            const int cols = std::min(w - 2 * t0, 2 * nt);
+            for (int co = 0; co < cout; ++co)
+            {
+                float* out0 = dst + co * hw + static_cast<size_t>(y) * w + 2 * t0;
+                float* out1 = y + 1 < h ? out0 + w : nullptr;
+                const float* mc = m.data() + static_cast<size_t>(co) * kWinogradTiles;
+                const float b = conv.bias ? conv.bias[co] : 0.f;
+                if (isa == GemmIsa::Avx512)
+                    winogradOutputAvx512(mc, ms, nt, b, out0, out1, cols);
+                else if (isa == GemmIsa::Avx2)
+                    winogradOutputAvx2(mc, ms, nt, b, out0, out1, cols);
+                else
+                    winogradOutputGeneric(mc, ms, nt, b, out0, out1, cols);
+            }
+        }
+    });
+}
+// The GEMM layout of conv's weights (Winograd-transformed when `winograd`): from `cache` when
+// it holds them for the same address, shape and values, else packed (into the cache when given,
+// else into `uncached`).
+const std::vector<float>& packedWeights(const ConvWeights& conv, bool winograd, std::vector<PackedConvWeights>* cache,
+                                        std::vector<float>& uncached)
+{
+    const int mr = gemmRows(gemmIsa());
+    auto pack = [&] { return winograd ? winogradWeights(conv, mr) : packWeights(conv, conv.cin * conv.k * conv.k, mr); };
+    if (!cache)
+    {
+        uncached = pack();
+        return uncached;
+    }
+    const size_t count = static_cast<size_t>(conv.cout) * conv.cin * conv.k * conv.k;
+    for (PackedConvWeights& entry : *cache)
+        if (entry.source == conv.weight && entry.cout == conv.cout && entry.cin == conv.cin && entry.k == conv.k)
+        {
+            if (std::memcmp(entry.original.data(), conv.weight, count * sizeof(float)) != 0)
+            {
+                entry.original.assign(conv.weight, conv.weight + count);
+                entry.packed = pack();
+            }
+            return entry.packed;
+        }
+    PackedConvWeights entry;
+    entry.source = conv.weight;
+    entry.cout = conv.cout;
+    entry.cin = conv.cin;
+    entry.k = conv.k;
+    entry.original.assign(conv.weight, conv.weight + count);
+    entry.packed = pack();
+    cache->push_back(std::move(entry));
+    return cache->back().packed;
+}
 }  // namespace
 
 // ---- resize ------------------------------------------------------------------------------------
@@ -208,7 +470,8 @@ void resizeBilinear(const float* src, int planes, int srcH, int srcW, float* dst
 
 // ---- convolution -------------------------------------------------------------------------------
 
-void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel)
+void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel,
+                   std::vector<PackedConvWeights>* cache)
 {
     if (!conv.weight || conv.cout <= 0 || conv.cin <= 0 || conv.k <= 0 || conv.k % 2 == 0)
         throw std::invalid_argument("conv2dReflect: invalid convolution parameters (k=" + std::to_string(conv.k) +
@@ -218,10 +481,17 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
         throw std::invalid_argument("conv2dReflect: reflect padding " + std::to_string(pad) + " needs an input larger "
                                     "than " + std::to_string(pad) + " on both axes, got " + std::to_string(h) + "x" +
                                     std::to_string(w));
+    const bool winograd = conv.k == 3 && conv.cin >= kWinogradMinChannels && h >= 4 && w >= 4;
+    std::vector<float> uncached;
+    const std::vector<float>& packed = packedWeights(conv, winograd, cache, uncached);
+    if (winograd)
+    {
+        conv3x3Winograd(src, h, w, conv, packed, dst, parallel);
+        return;
+    }
     const size_t hw = static_cast<size_t>(h) * w;
     const int K = conv.cin * conv.k * conv.k;
     const GemmIsa isa = gemmIsa();
-    const std::vector<float> packed = packWeights(conv, K, gemmRows(isa));
     if (conv.k == 1)
     {
         // 1x1: the k-th row of a pixel tile is channel plane k itself.

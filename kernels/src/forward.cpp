@@ -17,8 +17,10 @@ namespace kernels {
 
 size_t Workspace::bytes() const
 {
-    return (guide.capacity() + bufA.capacity() + bufB.capacity() + queries.capacity() + keys.capacity()) *
-           sizeof(float);
+    size_t floats = normalized.capacity() + guide.capacity() + bufA.capacity() + bufB.capacity() + queries.capacity() +
+                    keys.capacity();
+    for (const PackedConvWeights& p : packedConvs) floats += p.original.capacity() + p.packed.capacity();
+    return floats * sizeof(float);
 }
 
 void guideSize(int imageH, int imageW, int outH, int outW, int maxGuideScale, int* guideH, int* guideW)
@@ -87,19 +89,19 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
     const size_t plane = static_cast<size_t>(gh) * gw;
     ws.bufA.resize(hidden * plane);
     ws.bufB.resize(hidden * plane);
-    conv2dReflect(guide, gh, gw, branch.stem, ws.bufA.data(), parallel);
+    conv2dReflect(guide, gh, gw, branch.stem, ws.bufA.data(), parallel, &ws.packedConvs);
     for (const EncBlockWeights& block : branch.blocks)
     {
         groupNormSiLU(ws.bufA.data(), hidden, gh, gw, cfg.numGroups, block.norm1Gamma, block.norm1Beta, cfg.gnEps,
                       parallel);
-        conv2dReflect(ws.bufA.data(), gh, gw, block.conv1, ws.bufB.data(), parallel);
+        conv2dReflect(ws.bufA.data(), gh, gw, block.conv1, ws.bufB.data(), parallel, &ws.packedConvs);
         groupNormSiLU(ws.bufB.data(), hidden, gh, gw, cfg.numGroups, block.norm2Gamma, block.norm2Beta, cfg.gnEps,
                       parallel);
         // When the guide already has the output size, pooling is the identity: the last
         // convolution writes straight into the queries.
         const bool last = &block == &branch.blocks.back();
         float* conv2Out = last && gh == outH && gw == outW ? pooledOut : ws.bufA.data();
-        conv2dReflect(ws.bufB.data(), gh, gw, block.conv2, conv2Out, parallel);
+        conv2dReflect(ws.bufB.data(), gh, gw, block.conv2, conv2Out, parallel, &ws.packedConvs);
         if (conv2Out == pooledOut) return;
     }
     adaptiveAvgPool(ws.bufA.data(), hidden, gh, gw, pooledOut, outH, outW, parallel);
@@ -116,8 +118,7 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
     const bool resize = gh != imageH || gw != imageW;
     // Normalize first, then resize, in the order of the official pipeline. Without a resize the
     // normalized image is the guide, kept in the workspace (no allocation on later calls).
-    std::vector<float> normalizedFull;
-    std::vector<float>& normalized = resize ? normalizedFull : ws.guide;
+    std::vector<float>& normalized = resize ? ws.normalized : ws.guide;
     normalized.resize(3 * imagePlane);
     for (int c = 0; c < 3; ++c)
     {
@@ -137,6 +138,23 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
     runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, queries + hidden * outPlane, outH, outW, ws,
               parallel);
     applyRope(queries, cfg.dim, outH, outW, cfg.headsRope, weights.ropePeriods, parallel);
+}
+
+void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const ForwardShape& shape, Workspace& ws)
+{
+    checkForwardShape(cfg, shape);
+    int gh = 0, gw = 0;
+    guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
+    const size_t imagePlane = static_cast<size_t>(shape.imageH) * shape.imageW;
+    const size_t guidePlane = static_cast<size_t>(gh) * gw;
+    const size_t hidden = static_cast<size_t>(std::max(weights.pointBranch.stem.cout, weights.contextBranch.stem.cout));
+    const bool resize = gh != shape.imageH || gw != shape.imageW;
+    if (resize) ws.normalized.reserve(3 * imagePlane);
+    ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
+    ws.bufA.reserve(hidden * guidePlane);
+    ws.bufB.reserve(hidden * guidePlane);
+    ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+    ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
 }
 
 void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,

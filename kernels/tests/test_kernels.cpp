@@ -155,6 +155,77 @@ TEST(Kernels, ConvReflectMatchesDirectConvolution)
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
 
+// Wide 3x3 convolutions take the Winograd F(2x2, 3x3) path (>= 32 input channels, both sides >= 4):
+// odd and even sizes (partial last tiles), more tiles than one task holds, against the direct
+// sum in double; and bit-identical for any thread split.
+TEST(Kernels, WinogradConvMatchesDirectConvolution)
+{
+    struct Case
+    {
+        int cin, cout, h, w;
+    };
+    for (const Case c : {Case{32, 7, 4, 4}, Case{40, 12, 9, 13}, Case{33, 9, 5, 4}, Case{64, 17, 7, 150}})
+    {
+        const int k = 3;
+        const auto src = randomUniform(c.cin * c.h * c.w, 11);
+        const auto weight = randomUniform(c.cout * c.cin * k * k, 12);
+        const auto bias = randomUniform(c.cout, 13);
+        ConvWeights conv{weight.data(), bias.data(), c.cout, c.cin, k};
+        std::vector<float> dst(static_cast<size_t>(c.cout) * c.h * c.w, std::nanf(""));
+        conv2dReflect(src.data(), c.h, c.w, conv, dst.data(), pool());
+        auto reflect = [](int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+        double worst = 0;
+        for (int co = 0; co < c.cout; ++co)
+            for (int y = 0; y < c.h; ++y)
+                for (int x = 0; x < c.w; ++x)
+                {
+                    double acc = bias[co], mag = std::fabs(bias[co]);
+                    for (int ci = 0; ci < c.cin; ++ci)
+                        for (int ky = 0; ky < k; ++ky)
+                            for (int kx = 0; kx < k; ++kx)
+                            {
+                                const double t = static_cast<double>(weight[((co * c.cin + ci) * k + ky) * k + kx]) *
+                                                 src[(ci * c.h + reflect(y + ky - 1, c.h)) * c.w + reflect(x + kx - 1, c.w)];
+                                acc += t;
+                                mag += std::fabs(t);
+                            }
+                    const float got = dst[(static_cast<size_t>(co) * c.h + y) * c.w + x];
+                    ASSERT_TRUE(std::isfinite(got)) << "unwritten output at co " << co << " y " << y << " x " << x;
+                    // fp32 rounding of a sum of cin*9 terms, relative to the sum of their magnitudes.
+                    worst = std::max(worst, std::fabs(got - acc) / mag);
+                }
+        EXPECT_LT(worst, 2e-6) << "cin " << c.cin << " " << c.h << "x" << c.w;
+        std::vector<float> serial(dst.size());
+        conv2dReflect(src.data(), c.h, c.w, conv, serial.data(), serialParallelFor());
+        EXPECT_EQ(0, std::memcmp(dst.data(), serial.data(), dst.size() * sizeof(float)));
+    }
+}
+
+// The packed-weight cache: a second call reuses the entry; weights changed in place (same
+// address) are noticed and repacked, so a cached call always equals an uncached one.
+TEST(Kernels, ConvWeightCacheFollowsTheWeightsValues)
+{
+    for (int cin : {5, 40})  // direct and Winograd paths
+    {
+        const int cout = 9, h = 11, w = 10, k = 3;
+        const auto src = randomUniform(cin * h * w, 21);
+        auto weight = randomUniform(cout * cin * k * k, 22);
+        ConvWeights conv{weight.data(), nullptr, cout, cin, k};
+        std::vector<PackedConvWeights> cache;
+        std::vector<float> cached(cout * h * w), uncached(cout * h * w);
+        conv2dReflect(src.data(), h, w, conv, cached.data(), pool(), &cache);
+        conv2dReflect(src.data(), h, w, conv, cached.data(), pool(), &cache);
+        ASSERT_EQ(cache.size(), 1u);
+        conv2dReflect(src.data(), h, w, conv, uncached.data(), pool());
+        EXPECT_EQ(0, std::memcmp(cached.data(), uncached.data(), cached.size() * sizeof(float)));
+        for (float& v : weight) v = -2.f * v;
+        conv2dReflect(src.data(), h, w, conv, cached.data(), pool(), &cache);
+        conv2dReflect(src.data(), h, w, conv, uncached.data(), pool());
+        EXPECT_EQ(cache.size(), 1u);
+        EXPECT_EQ(0, std::memcmp(cached.data(), uncached.data(), cached.size() * sizeof(float))) << "cin " << cin;
+    }
+}
+
 TEST(Kernels, ConvRejectsInputTooSmallForReflectPadding)
 {
     const auto weight = randomUniform(9, 1);
@@ -364,6 +435,31 @@ TEST(Forward, RepeatedCallsReuseTheWorkspace)
                                              ws.keys.data()};
     EXPECT_EQ(buffers, after);
     EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
+}
+
+// The module writes into the caller's dst only after reserveWorkspace() for every batch item:
+// the forward must then not grow any scratch buffer (an allocation failure after the first
+// output byte would leave dst half-written). One item needs the guide resize, one does not.
+TEST(Forward, ReservedWorkspaceIsNotGrownByForward)
+{
+    RandomNafWeights weights(41);
+    const std::vector<ForwardShape> shapes = {makeShape(90, 70, 8, 5, 4, 20, 16), makeShape(40, 52, 8, 5, 7, 40, 52)};
+    Workspace ws;
+    for (const ForwardShape& shape : shapes) reserveWorkspace(weights.cfg, weights.view, shape, ws);
+    auto capacities = [&] {
+        return std::vector<size_t>{ws.normalized.capacity(), ws.guide.capacity(), ws.bufA.capacity(),
+                                   ws.bufB.capacity(), ws.queries.capacity(), ws.keys.capacity()};
+    };
+    const std::vector<size_t> reserved = capacities();
+    EXPECT_GT(reserved[0], 0u);  // the first shape resizes its guide (90 x 70 > 4 x 20 x 16)
+    for (const ForwardShape& shape : shapes)
+    {
+        const auto image = randomUniform(3 * shape.imageH * shape.imageW, 42, 0.f, 1.f);
+        const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 43);
+        std::vector<float> out(static_cast<size_t>(shape.channels) * shape.outH * shape.outW);
+        forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), shape, ws, pool());
+        EXPECT_EQ(capacities(), reserved);
+    }
 }
 
 TEST(Forward, GuideSizeFollowsTheOfficialRule)

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include <opencv2/naf.hpp>
@@ -109,6 +110,66 @@ TEST_F(Fixture, BatchOfImagesEqualsOneByOne)
         const cv::Mat slice(1, static_cast<int>(single.total()), CV_32F, batch.ptr<float>(n));
         EXPECT_EQ(cv::norm(slice, single.reshape(1, 1), cv::NORM_INF), 0.0) << "item " << n;
     }
+}
+
+// A dst that already has the output shape is written in place (no fresh blob per call, as
+// cv::Mat::create does), with exactly the values a fresh call gives.
+TEST_F(Fixture, MatchingDstIsWrittenInPlaceWithTheSameValues)
+{
+    cv::Mat fresh;
+    naf->upsample(image, feats, fresh, out);
+    const int sizes[4] = {1, 8, out.height, out.width};
+    cv::Mat dst(4, sizes, CV_32F, cv::Scalar(1e6));
+    const cv::Mat view = dst;  // another header on the same buffer sees the result, as with cv::resize
+    const uchar* before = dst.data;
+    naf->upsample(image, feats, dst, out);
+    EXPECT_EQ(dst.data, before);
+    EXPECT_EQ(cv::norm(dst.reshape(1, 1), fresh.reshape(1, 1), cv::NORM_INF), 0.0);
+    EXPECT_EQ(cv::norm(view.reshape(1, 1), fresh.reshape(1, 1), cv::NORM_INF), 0.0);
+
+    // A batch of images of different sizes into a reused 2-item dst.
+    const cv::Mat image2 = randomImage(33, 61, 9);
+    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
+    cv::Mat batchFresh;
+    naf->upsample(std::vector<cv::Mat>{image, image2}, feats2, batchFresh, out);
+    const int batchSizes[4] = {2, 8, out.height, out.width};
+    cv::Mat batch(4, batchSizes, CV_32F, cv::Scalar(-3));
+    const uchar* batchBefore = batch.data;
+    naf->upsample(std::vector<cv::Mat>{image, image2}, feats2, batch, out);
+    EXPECT_EQ(batch.data, batchBefore);
+    EXPECT_EQ(cv::norm(batch.reshape(1, 1), batchFresh.reshape(1, 1), cv::NORM_INF), 0.0);
+
+    // Other shapes or types are replaced by a new blob, as create() would.
+    cv::Mat wrongType(4, sizes, CV_64F, cv::Scalar(0));
+    naf->upsample(image, feats, wrongType, out);
+    EXPECT_EQ(wrongType.type(), CV_32F);
+    EXPECT_EQ(cv::norm(wrongType.reshape(1, 1), fresh.reshape(1, 1), cv::NORM_INF), 0.0);
+}
+
+// The same Mat as features and dst (possible when dstSize equals the feature grid): the
+// features are read whole before anything is written.
+TEST_F(Fixture, DstThatIsTheFeaturesGivesTheSameResult)
+{
+    const cv::Size same(feats.size[3], feats.size[2]);
+    cv::Mat expected;
+    naf->upsample(image, feats, expected, same);
+    cv::Mat inOut = feats.clone();
+    naf->upsample(image, inOut, inOut, same);
+    EXPECT_EQ(cv::norm(inOut.reshape(1, 1), expected.reshape(1, 1), cv::NORM_INF), 0.0);
+}
+
+// Refused input leaves a dst of the right shape (which would be written in place) untouched.
+TEST_F(Fixture, RefusedInputLeavesAMatchingDstUntouched)
+{
+    const int sizes[4] = {1, 8, out.height, out.width};
+    cv::Mat dst(4, sizes, CV_32F, cv::Scalar(7));
+    cv::Mat bad = feats.clone();
+    bad.ptr<float>(0, 3)[4] = std::numeric_limits<float>::quiet_NaN();
+    expectError([&] { naf->upsample(image, bad, dst, out); }, {"NaN"});
+    double lo = 0, hi = 0;
+    cv::minMaxIdx(dst.reshape(1, 1), &lo, &hi);
+    EXPECT_EQ(lo, 7.0);
+    EXPECT_EQ(hi, 7.0);
 }
 
 TEST_F(Fixture, ColourOrderFlagSwapsChannels)

@@ -94,12 +94,28 @@ struct AttentionProbe
     std::vector<int> lowY, lowX;   ///< [kh], [kw] low-res row/column of each window entry
 };
 
+/// Convolution weights in the layout of the CPU GEMM (and, for wide 3x3 convolutions, already
+/// Winograd-transformed), kept between calls. An entry is reused only when the weights at
+/// `source` still have the same shape and values (`original` is compared on every use), so a
+/// workspace may serve any weights.
+struct PackedConvWeights
+{
+    const float* source = nullptr;
+    int cout = 0, cin = 0, k = 0;
+    std::vector<float> original, packed;
+};
+
 /// Reusable scratch memory of the CPU forward; keep one per concurrent caller.
 struct Workspace
 {
-    std::vector<float> guide, bufA, bufB, queries, keys;
+    std::vector<float> normalized, guide, bufA, bufB, queries, keys;
+    std::vector<PackedConvWeights> packedConvs;
     size_t bytes() const;
 };
+
+/// Grows `ws` so that forward() with `shape` allocates nothing: call it for every item before
+/// writing into a caller's output, so a std::bad_alloc cannot come after the first output byte.
+void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const ForwardShape& shape, Workspace& ws);
 
 /// Size of the guide image the encoder runs on (official rule: resized only when larger than
 /// maxGuideScale x output on either side, to min(side, 4*outH, 4*outW) per axis).
@@ -116,7 +132,11 @@ void resizeBilinear(const float* src, int planes, int srcH, int srcW, float* dst
                     const ParallelFor& parallel);
 
 /// Stride-1 convolution with reflect padding k/2 (k odd), plus bias: src [cin,h,w] -> dst [cout,h,w].
-void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel);
+/// 3x3 convolutions with >= 32 input channels (both sides >= 4) use Winograd F(2x2, 3x3): the
+/// same result up to fp32 rounding (~1e-7 of the sum of the terms' magnitudes). With `cache`,
+/// the packed weights are kept there and reused by later calls with the same weights.
+void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel,
+                   std::vector<PackedConvWeights>* cache = nullptr);
 
 /// In-place GroupNorm (affine) followed by SiLU on data [c,h,w].
 void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,

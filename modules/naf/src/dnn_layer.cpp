@@ -120,9 +120,11 @@ public:
         inputsArr.getMatVector(inputs);
         outputsArr.getMatVector(outputs);
         CV_Assert(inputs.size() == 2 && outputs.size() == 1);
-        Mat result;
+        // A header on dnn's own output buffer: NAF writes into it in place when the shape matches
+        // (it always should); otherwise NAF makes a new blob, which is copied into the buffer.
+        Mat result = outputs[0];
         naf_->upsampleBlob(inputs[0], inputs[1], result, Size(outputWidth_, outputHeight_));
-        result.copyTo(outputs[0]);  // same shape and type: writes into dnn's buffer
+        if (result.data != outputs[0].data) result.copyTo(outputs[0]);
     }
 
 private:

@@ -371,15 +371,25 @@ private:
              const Mat& features, OutputArray dst, Size dstSize, const Settings& settings)
     {
         const int n = features.size[0], c = features.size[1], h = features.size[2], w = features.size[3];
-        // Compute into a fresh blob and hand it over only when every item succeeded, so dst is
-        // never left half-written.
         const int outSizes[4] = {n, c, dstSize.height, dstSize.width};
-        Mat result(4, outSizes, CV_32F);
         const bool cuda = useCuda(settings.backend);
         Mat probeWeights, probePositions;
         const size_t featPer = static_cast<size_t>(c) * h * w;
         const size_t outPer = static_cast<size_t>(c) * dstSize.height * dstSize.width;
         WorkspaceLease workspace(*this);
+        // The CPU path writes straight into a dst that already has the output's shape (the usual
+        // loop that reuses one Mat): a fresh 4-D output costs a page fault per 4 KiB on first touch,
+        // a large part of a call. Every allocation happens before that (reserveWorkspace), and the
+        // kernels write the output last, so nothing after the first output byte can fail on
+        // valid input. Otherwise (CUDA, another shape, dst aliasing the features) the result goes
+        // to a fresh blob that is handed over only when every item succeeded.
+        Mat reused = cuda ? Mat() : reusableDst(dst, outSizes, features);
+        if (!cuda)
+            callKernel("CPU forward", [&] {
+                for (const K::ForwardShape& shape : shapes)
+                    K::reserveWorkspace(weights_->cfg, weights_->view, shape, workspace.get());
+            });
+        Mat result = reused.empty() ? Mat(4, outSizes, CV_32F) : reused;
         for (int i = 0; i < n; ++i)
         {
             K::AttentionProbe probe;
@@ -426,7 +436,22 @@ private:
             probeWeights_ = probeWeights;
             probePositions_ = probePositions;
         }
-        dst.assign(result);
+        if (reused.empty()) dst.assign(result);
+    }
+
+    // dst's own Mat when it is a continuous CV_32F blob of exactly `outSizes` that does not share
+    // memory with the features (the same Mat passed as input and output); empty otherwise.
+    static Mat reusableDst(OutputArray dst, const int outSizes[4], const Mat& features)
+    {
+        if (dst.kind() != _InputArray::MAT) return Mat();
+        Mat& m = dst.getMatRef();
+        if (m.empty() || m.dims != 4 || m.type() != CV_32F || !m.isContinuous()) return Mat();
+        for (int d = 0; d < 4; ++d)
+            if (m.size[d] != outSizes[d]) return Mat();
+        const uchar* fBegin = features.datastart;
+        const uchar* fEnd = features.dataend;
+        if (m.datastart < fEnd && fBegin < m.dataend) return Mat();
+        return m;
     }
 
     const std::shared_ptr<const detail::LoadedWeights> weights_;  // immutable, shared freely

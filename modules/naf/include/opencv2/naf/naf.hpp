@@ -89,7 +89,10 @@ public:
     batch item; sizes may differ), at least 2x2, channel order as setImageColorOrder() (BGR by default).
     @param lowResFeatures 4-D CV_32F blob N x C x h x w (NCHW, as cv::dnn produces), continuous,
     finite; C a multiple of the 4 attention heads (each head takes C/4 consecutive channels).
-    @param dst output, 4-D CV_32F N x C x dstSize.height x dstSize.width.
+    @param dst output, 4-D CV_32F N x C x dstSize.height x dstSize.width. As with
+    Mat::create(), a continuous dst that already has this shape and type is written in place
+    (reuse one Mat across calls to avoid a fresh allocation per call, which costs page faults);
+    otherwise dst gets a new buffer. Input that is refused leaves dst untouched.
     @param dstSize output size, at least w x h.
     */
     CV_WRAP virtual void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst,

@@ -227,3 +227,24 @@ def test_onnx_writer_refuses_impossible_graphs(tmp_path):
     assert make_naf_onnx.main(["--out", str(tmp_path / "x.onnx"), "--image-size", "32", "32",
                                "--features", "1", "8", "8", "8", "--output-size", "4", "4"]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_scaled_attention_logits_are_factor_times_the_original(tmp_path):
+    """tools/scale_attention_logits.py: queries x sqrt(T) and keys x sqrt(T), so every logit x T."""
+    import math
+    import torch
+    import naf_reference
+    import scale_attention_logits
+    torch.manual_seed(0)
+    model = naf_reference.NAF()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    scaled = naf_reference.NAF()
+    scaled.load_state_dict(scale_attention_logits.scaled_state_dict(sd, 3.0))
+    image = torch.rand(1, 3, 24, 20)
+    with torch.no_grad():
+        q, q3 = model.encode(image, (12, 10)), scaled.encode(image, (12, 10))
+    assert torch.allclose(q3, q * math.sqrt(3.0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(q3, q)
+    import pytest
+    with pytest.raises(ValueError, match="positive"):
+        scale_attention_logits.scaled_state_dict(sd, 0.0)

@@ -155,6 +155,9 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     ws.bufB.reserve(hidden * guidePlane);
     ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
+    // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.
+    for (std::vector<float>* buffer : {&ws.bufA, &ws.bufB, &ws.queries})
+        adviseHugePages(buffer->data(), buffer->capacity() * sizeof(float));
 }
 
 void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,

@@ -45,7 +45,7 @@ def mem_available_mb():
 def timed(cmd):
     """Runs cmd under /usr/bin/time -v; returns (stdout, max RSS in MB)."""
     # The library refuses calls over its memory budget (8 GiB by default); x72 needs ~15 GB, so
-    # the budget is the memory this machine has available now (checked before each config).
+    # the budget is the memory this machine has available when the command starts.
     env = dict(os.environ, NAF_MEMORY_BUDGET=f"{int(mem_available_mb())}M")
     p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:

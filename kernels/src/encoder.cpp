@@ -325,6 +325,26 @@ void winogradOutputGeneric(const float* m, size_t ms, int nt, float b, float* y0
     winogradOutputImpl(m, ms, nt, b, y0, y1, c);
 }
 
+void winogradInput(GemmIsa isa, const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
+{
+    switch (isa)
+    {
+    case GemmIsa::Avx512: winogradInputAvx512(r, w, t0, nt, v, vs); break;
+    case GemmIsa::Avx2: winogradInputAvx2(r, w, t0, nt, v, vs); break;
+    default: winogradInputGeneric(r, w, t0, nt, v, vs); break;
+    }
+}
+
+void winogradOutput(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
+{
+    switch (isa)
+    {
+    case GemmIsa::Avx512: winogradOutputAvx512(m, ms, nt, b, y0, y1, c); break;
+    case GemmIsa::Avx2: winogradOutputAvx2(m, ms, nt, b, y0, y1, c); break;
+    default: winogradOutputGeneric(m, ms, nt, b, y0, y1, c); break;
+    }
+}
+
 void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, const std::vector<float>& packed,
                      float* dst, const ParallelFor& parallel)
 {
@@ -355,13 +375,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                 const float* plane = src + ci * hw;
                 const float* const rows[4] = {plane + rowOffset[0], plane + rowOffset[1], plane + rowOffset[2],
                                               plane + rowOffset[3]};
-                float* vc = v.data() + static_cast<size_t>(ci) * kWinogradTiles;
-                if (isa == GemmIsa::Avx512)
-                    winogradInputAvx512(rows, w, t0, nt, vc, vs);
-                else if (isa == GemmIsa::Avx2)
-                    winogradInputAvx2(rows, w, t0, nt, vc, vs);
-                else
-                    winogradInputGeneric(rows, w, t0, nt, vc, vs);
+                winogradInput(isa, rows, w, t0, nt, v.data() + static_cast<size_t>(ci) * kWinogradTiles, vs);
             }
             for (int xi = 0; xi < 16; ++xi)
                 gemmTile(isa, packed.data() + xi * perXi, shape, cin,
@@ -375,13 +389,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                 float* out0 = dst + co * hw + static_cast<size_t>(y) * w + 2 * t0;
                 float* out1 = y + 1 < h ? out0 + w : nullptr;
                 const float* mc = m.data() + static_cast<size_t>(co) * kWinogradTiles;
-                const float b = conv.bias ? conv.bias[co] : 0.f;
-                if (isa == GemmIsa::Avx512)
-                    winogradOutputAvx512(mc, ms, nt, b, out0, out1, cols);
-                else if (isa == GemmIsa::Avx2)
-                    winogradOutputAvx2(mc, ms, nt, b, out0, out1, cols);
-                else
-                    winogradOutputGeneric(mc, ms, nt, b, out0, out1, cols);
+                winogradOutput(isa, mc, ms, nt, conv.bias ? conv.bias[co] : 0.f, out0, out1, cols);
             }
         }
     });

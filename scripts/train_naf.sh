@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Trains NAF weights the way the shipped models/naf/naf_default.safetensors were trained
-# (docs/TRAINING.md): MobileSAM feature cache of 48 training images -> tools/train_naf.py.
+# (docs/TRAINING.md), in two stages:
+#   1. MobileSAM features of 48 training images, pairs 512 px -> 1024 px image, every crop its own
+#      RoPE frame (the first shipped weights, $RUN/naf_trained.safetensors, 2600 steps);
+#   2. from those weights, the same pairs with every crop in the RoPE frame of its image, frames
+#      up to 2x the image ($RUN/stage2/naf_trained.safetensors, 1200 steps: the shipped file).
 # Every stage resumes where it stopped (finished cache files are skipped, training continues
 # from $RUN/checkpoint.pt), so it can run across sessions with MAX_MINUTES.
-# Then evaluate with: WEIGHTS=$RUN/naf_trained.safetensors bash scripts/evaluate_naf.sh
+# Then evaluate with: WEIGHTS=$RUN/stage2/naf_trained.safetensors bash scripts/evaluate_naf.sh
 # Environment (defaults in brackets):
-#   DATA [../shared/data]  RUN [out/train]  STEPS [2400]  CROP [12]  LR [4e-4]  MAX_MINUTES [0: no limit]
+#   DATA [../shared/data]  RUN [out/train]  STEPS [2600]  CROP [12]  LR [4e-4]  MAX_MINUTES [0: no limit]
+#   STEPS2 [1200]  LR2 [4e-4]
 #   THREADS [2]  BUILD [build]  DEVICE [cpu]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2400}; CROP=${CROP:-12}; LR=${LR:-4e-4}
+DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2600}; STEPS2=${STEPS2:-1200}; LR2=${LR2:-4e-4}; CROP=${CROP:-12}; LR=${LR:-4e-4}
 MAX_MINUTES=${MAX_MINUTES:-0}; THREADS=${THREADS:-2}; BUILD=${BUILD:-build}; DEVICE=${DEVICE:-cpu}
 PY=/usr/bin/python3
 [ -x "$BUILD/tools/cli/naf_extract_features" ] || { echo "build first: bash scripts/build.sh" >&2; exit 1; }
@@ -27,6 +32,19 @@ ls "$DATA"/photos/bsds500/val/*.jpg | head -16 > "$RUN/val_list.txt"
 "$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_train" --threads "$THREADS" --list "$RUN/train_list.txt"
 "$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_val" --threads "$THREADS" --list "$RUN/val_list.txt"
 $PY tools/train_naf.py --cache "$RUN/cache_train" --val-cache "$RUN/cache_val" --out-dir "$RUN" \
+    --low-res image --rope-frame crop \
     --steps "$STEPS" --batch 4 --crop "$CROP" --lr "$LR" --lr-schedule cosine --warmup 100 --min-lr 1e-5 \
     --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
     --weights-out "$RUN/naf_trained.safetensors"
+
+# stage 2: fine-tune stage 1 on the same images with each crop in the RoPE frame of its image
+stage1="$RUN/naf_trained.safetensors"
+# stage 1 writes its weights also when --max-minutes stops it: go on only from the finished run
+$PY -c "import sys; sys.path.insert(0, 'tools'); import naf_reference as r
+sys.exit(0 if r.load_weights('$stage1')[2].get('steps', 0) >= $STEPS else 1)" 2>/dev/null \
+  || { echo "train_naf.sh: stage 1 has not reached $STEPS steps ($stage1): run again to resume it" >&2; exit 1; }
+$PY tools/train_naf.py --cache "$RUN/cache_train" --val-cache "$RUN/cache_val" --out-dir "$RUN/stage2" \
+    --init-weights "$stage1" --low-res image --rope-frame image --rope-frame-scale-max 2 --seed 1 \
+    --steps "$STEPS2" --batch 4 --crop "$CROP" --lr "$LR2" --lr-schedule cosine --warmup 50 --min-lr 1e-5 \
+    --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
+    --weights-out "$RUN/stage2/naf_trained.safetensors"

@@ -46,14 +46,14 @@ def reconstruction_metrics(pred, target):
     return mse, cosine
 
 
-def run_method(tool, method, files, out_dir, weights=None, threads=2):
-    cmd = [tool, "--method", method, "--out", out_dir, "--threads", str(threads)]
+def run_method(tool, method, files, out_dir, weights=None, threads=2, low_res="lo"):
+    cmd = [tool, "--method", method, "--input", low_res, "--out", out_dir, "--threads", str(threads)]
     if weights:
         cmd += ["--weights", weights]
     subprocess.run(cmd + list(files), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None):
+def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None, low_res="lo"):
     """Rows [(label, mse_mean, mse_std, cos_mean, cos_std, per-image MSE array)] for the baselines and
     each (label, weights); images in the order of the cache listing."""
     files = list_entries(cache)
@@ -65,7 +65,7 @@ def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None):
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for i, (label, method, weights) in enumerate(jobs):
             out = os.path.join(tmp, str(i))
-            run_method(tool, method, files, out, weights, threads)
+            run_method(tool, method, files, out, weights, threads, low_res)
             scores = []
             for name, target in targets.items():
                 up = load_file(os.path.join(out, name))[0]["upsampled"][0]
@@ -137,14 +137,18 @@ def main(argv=None):
     ap.add_argument("--report", help="markdown file whose feature-reconstruction section is (re)written")
     ap.add_argument("--section", default="feature-reconstruction",
                     help="key of the report section to (re)write, e.g. zero-shot-mobilesam-trunk for metric 3")
+    ap.add_argument("--input", choices=["lo", "pooled"], default="lo",
+                    help="low-res input: lo = the features of the half-size image (metric 1); pooled = the "
+                         "full-size image's features averaged over 2 x 2 cells (a coherent low-res input)")
     args = ap.parse_args(argv)
     nafs = parse_naf_specs(ap, args.naf)
-    rows, files = evaluate(args.cache, args.tool, nafs, args.methods, args.threads)
+    rows, files = evaluate(args.cache, args.tool, nafs, args.methods, args.threads, low_res=args.input)
     first = load_entry(files[0])
     c, h, w = first["hi"].shape
     sets = sorted(set(os.path.dirname(load_entry(f)["meta"].get("source", f)) for f in files))
-    section = (f"{len(files)} images ({', '.join(sets)}), VFM `{first['meta'].get('vfm', '?')}`: "
-               f"{c} x {first['lo'].shape[1]} x {first['lo'].shape[2]} features of the half-size image "
+    low = (f"{c} x {first['lo'].shape[1]} x {first['lo'].shape[2]} features of the half-size image"
+           if args.input == "lo" else f"{c} x {h // 2} x {w // 2} features of the full-size image averaged over 2 x 2 cells")
+    section = (f"{len(files)} images ({', '.join(sets)}), VFM `{first['meta'].get('vfm', '?')}`: {low} "
                f"upsampled to {c} x {h} x {w} and compared with the features of the full-size image.\n\n"
                + format_table(rows) + "\n\nCommand: `/usr/bin/python3 tools/eval_naf.py "
                + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")

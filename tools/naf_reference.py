@@ -95,10 +95,15 @@ class AxialRoPE(nn.Module):
         self.heads = heads
         self.register_buffer("periods", rope_periods(dim, heads, base).float(), persistent=True)
 
-    def angles(self, h, w):
-        """Angles [h, w, d_head]: [row freqs, col freqs] repeated twice."""
-        ch = torch.arange(0.5, h, dtype=torch.float32, device=self.periods.device) / h
-        cw = torch.arange(0.5, w, dtype=torch.float32, device=self.periods.device) / w
+    def angles(self, h, w, frame=None):
+        """Angles [h, w, d_head]: [row freqs, col freqs] repeated twice.
+
+        Pixel centres are normalised to [-1, 1] over the map (inference). frame = (top, left,
+        frame_h, frame_w) places the map as a window of a larger frame instead (training on
+        crops): the crop then gets the coordinates it has inside the whole image."""
+        top, left, fh, fw = (0.0, 0.0, float(h), float(w)) if frame is None else (float(v) for v in frame)
+        ch = (top + torch.arange(0.5, h, dtype=torch.float32, device=self.periods.device)) / fh
+        cw = (left + torch.arange(0.5, w, dtype=torch.float32, device=self.periods.device)) / fw
         ch = 2.0 * ch - 1.0
         cw = 2.0 * cw - 1.0
         a_h = 2 * math.pi * ch[:, None] / self.periods[None, :]  # [h, F]
@@ -107,10 +112,16 @@ class AxialRoPE(nn.Module):
         a = torch.cat([a_h[:, None, :].expand(h, w, nf), a_w[None, :, :].expand(h, w, nf)], dim=-1)
         return torch.cat([a, a], dim=-1)
 
-    def forward(self, x):
+    def forward(self, x, frames=None):
+        """frames: None (each map is a whole image) or one (top, left, frame_h, frame_w) per sample."""
         n, c, h, w = x.shape
         d = c // self.heads
-        ang = self.angles(h, w).permute(2, 0, 1)  # [d, h, w]
+        if frames is None:
+            ang = self.angles(h, w).permute(2, 0, 1)  # [d, h, w]
+        else:
+            if len(frames) != n:
+                raise ValueError(f"{len(frames)} RoPE frames for a batch of {n}")
+            ang = torch.stack([self.angles(h, w, f).permute(2, 0, 1) for f in frames])[:, None]  # [n, 1, d, h, w]
         cos, sin = torch.cos(ang), torch.sin(ang)
         xh = x.reshape(n, self.heads, d, h, w)
         first, second = xh[:, :, : d // 2], xh[:, :, d // 2:]
@@ -371,16 +382,16 @@ class NAF(nn.Module):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x
 
-    def encode(self, image, output_size):
-        """RoPE'd queries [N, dim, Ho, Wo]."""
+    def encode(self, image, output_size, rope_frames=None):
+        """RoPE'd queries [N, dim, Ho, Wo] (rope_frames: see AxialRoPE.forward; training only)."""
         enc = self.image_encoder
         x = self.prepare_guide(image, output_size)
         x = torch.cat([enc.encoder(x), enc.sem_encoder(x)], dim=1)
         x = F.adaptive_avg_pool2d(x, output_size)
-        return enc.rope(x)
+        return enc.rope(x, rope_frames)
 
     def forward(self, image, features, output_size, kernel_size=None, mode="direct", probe=None,
-                return_queries=False):
+                return_queries=False, rope_frames=None):
         output_size = (int(output_size[0]), int(output_size[1]))
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError("image must be [N,3,H,W]")
@@ -391,7 +402,7 @@ class NAF(nn.Module):
         if output_size[0] < features.shape[-2] or output_size[1] < features.shape[-1]:
             raise ValueError("output size smaller than the feature size")
         k = self.config["kernel_size"] if kernel_size is None else int(kernel_size)
-        queries = self.encode(image, output_size)
+        queries = self.encode(image, output_size, rope_frames)
         keys = F.adaptive_avg_pool2d(queries, features.shape[-2:])
         res = attend(queries, keys, features.to(queries.dtype), k, self.config["heads_attn"], mode, probe)
         if return_queries:

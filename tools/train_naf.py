@@ -38,20 +38,37 @@ from feature_cache import list_entries, load_entry  # noqa: E402
 GUIDE_PX_PER_CELL = 4  # official: guide at 4x the target grid
 
 
-class CachedPairs:
-    """All cache entries in memory as torch tensors: guide [3, 4h, 4w] RGB in [0,1], lo, hi."""
+LOW_RES_SOURCES = ("image", "pooled")
 
-    def __init__(self, paths):
+
+class CachedPairs:
+    """All cache entries in memory as torch tensors: guide [3, 4h, 4w] RGB in [0,1], lo, hi.
+
+    low_res picks the NAF input of a pair: "image" = the cached features of the half-size image
+    (the official pair), "pooled" = the full-size image's features averaged over 2 x 2 cells (a
+    --hi-only cache is enough). MobileSAM's features of the 512 px image are degraded (it was
+    trained at 1024 px), so the "image" pair also teaches NAF to undo that degradation by
+    smoothing, which then blurs the coherent 1024 px features it is used on (docs/TRAINING.md)."""
+
+    def __init__(self, paths, low_res="image"):
         if not paths:
             raise ValueError("no cache entries")
+        if low_res not in LOW_RES_SOURCES:
+            raise ValueError(f"low_res must be one of {LOW_RES_SOURCES}, got {low_res!r}")
         self.paths = list(paths)
+        self.low_res = low_res
         self.guides, self.lo, self.hi, self.sources = [], [], [], []
         for p in self.paths:
             e = load_entry(p)
-            if e["lo"] is None:
-                raise ValueError(f"{p}: no features_lo (a --hi-only cache cannot be used for training)")
             hi = torch.from_numpy(e["hi"])
-            lo = torch.from_numpy(e["lo"])
+            if low_res == "pooled":
+                if hi.shape[-2] % 2 or hi.shape[-1] % 2:
+                    raise ValueError(f"{p}: features_hi {tuple(hi.shape)} has an odd side, cannot pool 2 x 2")
+                lo = F.avg_pool2d(hi[None], 2)[0]
+            elif e["lo"] is None:
+                raise ValueError(f"{p}: no features_lo (a --hi-only cache needs --low-res pooled)")
+            else:
+                lo = torch.from_numpy(e["lo"])
             if hi.shape[-2] != 2 * lo.shape[-2] or hi.shape[-1] != 2 * lo.shape[-1]:
                 raise ValueError(f"{p}: features_hi {tuple(hi.shape)} is not twice features_lo {tuple(lo.shape)}")
             rgb = torch.from_numpy(e["image"][:, :, ::-1].copy()).permute(2, 0, 1).float().div_(255.0)
@@ -68,9 +85,11 @@ class CachedPairs:
     def __len__(self):
         return len(self.paths)
 
-    def batch(self, rng, batch_size, crop):
-        """A batch of random crops: guide [B,3,8c,8c], lo [B,C,c,c], hi [B,C,2c,2c] (c = crop cells)."""
-        g, lo, hi = [], [], []
+    def batch(self, rng, batch_size, crop, rope_frame="crop", frame_scale_max=1.0):
+        """A batch of random crops: guide [B,3,8c,8c], lo [B,C,c,c], hi [B,C,2c,2c] (c = crop cells),
+        and the RoPE frames of the crops (None, or (top, left, frame_h, frame_w) per crop in output
+        cells, see rope_frame_of)."""
+        g, lo, hi, frames = [], [], [], []
         for _ in range(batch_size):
             i = int(rng.integers(len(self)))
             h, w = self.lo[i].shape[-2:]
@@ -80,7 +99,34 @@ class CachedPairs:
             hi.append(self.hi[i][:, 2 * y:2 * (y + ch), 2 * x:2 * (x + cw)])
             s = 2 * GUIDE_PX_PER_CELL
             g.append(self.guides[i][:, s * y:s * (y + ch), s * x:s * (x + cw)])
-        return torch.stack(g), torch.stack(lo), torch.stack(hi)
+            frames.append(rope_frame_of(rng, rope_frame, (2 * y, 2 * x), (2 * h, 2 * w), frame_scale_max))
+        return torch.stack(g), torch.stack(lo), torch.stack(hi), None if rope_frame == "crop" else frames
+
+
+ROPE_FRAMES = ("image", "crop")
+
+
+def rope_frame_of(rng, rope_frame, offset, image_hw, frame_scale_max):
+    """The RoPE coordinates of a crop at `offset` (output cells) of an image of `image_hw` cells.
+
+    "image": the crop's place in the whole image, as when the library runs on the whole image:
+    RoPE normalises coordinates to [-1, 1] over the map it sees, so a crop treated as a whole map
+    has cells 64/12 times further apart than a 64-cell map at inference, and weights trained that
+    way attend too broadly there (docs/TRAINING.md). With frame_scale_max > 1 the image sits in a
+    frame s times its size (s log-uniform in [1, frame_scale_max], random place): maps with more
+    cells than the training images, e.g. the probe's 64 x 64 features, see such spacings.
+    "crop": every crop is a whole map (the shipped weights before 2026-11-26); returns None."""
+    if rope_frame == "crop":
+        return None
+    if rope_frame != "image":
+        raise ValueError(f"rope_frame must be one of {ROPE_FRAMES}, got {rope_frame!r}")
+    (top, left), (fh, fw) = offset, image_hw
+    if frame_scale_max > 1.0:
+        scale = float(np.exp(rng.uniform(0.0, np.log(frame_scale_max))))
+        top += float(rng.uniform(0.0, fh * (scale - 1.0)))
+        left += float(rng.uniform(0.0, fw * (scale - 1.0)))
+        fh, fw = fh * scale, fw * scale
+    return (float(top), float(left), float(fh), float(fw))
 
 
 def step_rng(seed, step):
@@ -110,10 +156,10 @@ def make_optimizer(model, lr, weight_decay):
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
-def predict(model, guide, lo, out_hw):
+def predict(model, guide, lo, out_hw, rope_frames=None):
     # "cells": one attention window per low-res cell (the 2x training grid allows it); same numbers
     # as "direct", 5-10x cheaper forward + backward on CPU
-    return model(guide, lo, out_hw, mode="cells")
+    return model(guide, lo, out_hw, mode="cells", rope_frames=rope_frames)
 
 
 def keep_freed_memory_in_the_heap():
@@ -182,12 +228,17 @@ def train(args):
     torch.set_num_threads(args.threads)
     keep_freed_memory_in_the_heap()
     os.makedirs(args.out_dir, exist_ok=True)
-    paths = list_entries(args.cache)
+    paths = [p for folder in args.cache for p in list_entries(folder)]
     if args.limit:
         paths = paths[:args.limit]
-    data = CachedPairs(paths)
+    data = CachedPairs(paths, args.low_res)
     device = torch.device(args.device)
-    model = make_model(args.init_seed).to(device)
+    model = make_model(args.init_seed)
+    if args.init_weights:
+        state, _, _ = ref.load_weights(args.init_weights)
+        model.load_state_dict(state, strict=True)
+        model.train()
+    model = model.to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
     log_path = os.path.join(args.out_dir, "loss.csv")
@@ -211,11 +262,13 @@ def train(args):
     recent = []
     step = start
     for step in range(start + 1, args.steps + 1):
-        guide, lo, hi = (t.to(device) for t in data.batch(step_rng(args.seed, step), args.batch, args.crop))
+        guide, lo, hi, frames = data.batch(step_rng(args.seed, step), args.batch, args.crop, args.rope_frame,
+                                           args.rope_frame_scale_max)
+        guide, lo, hi = guide.to(device), lo.to(device), hi.to(device)
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pred = predict(model, guide, lo, tuple(hi.shape[-2:]))
+        pred = predict(model, guide, lo, tuple(hi.shape[-2:]), frames)
         loss = F.mse_loss(pred, hi)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,7 +291,7 @@ def train(args):
     result = {"steps": step, "final_loss_last20": float(np.mean(recent)) if recent else None,
               "seconds": round(total_seconds, 1)}
     if args.val_cache:
-        val = CachedPairs(list_entries(args.val_cache))
+        val = CachedPairs(list_entries(args.val_cache), args.low_res)
         result["val_full_map_mse"] = full_map_loss(model, val, device)
         result["val_images"] = len(val)
     if args.weights_out:
@@ -246,14 +299,17 @@ def train(args):
             "source": "trained", "trained": True, "tool": "tools/train_naf.py",
             "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
             "vfm": data_meta_vfm(paths),
-            "data": {"cache": os.path.abspath(args.cache), "image_count": len(data),
+            "data": {"cache": [os.path.abspath(c) for c in args.cache], "image_count": len(data),
                      "sets": sorted(set(source_set(s) for s in data.sources)),
                      "images": [data_relative(s) for s in data.sources],
                      "lo_grid": list(data.lo_size), "channels": data.channels},
             "recipe": {"optimizer": "AdamW", "lr": args.lr, "lr_schedule": args.lr_schedule,
                        "warmup": args.warmup, "min_lr": args.min_lr, "weight_decay": args.weight_decay,
                        "batch": args.batch, "crop_cells": args.crop, "guide_px_per_target_cell": GUIDE_PX_PER_CELL,
-                       "loss": "MSE(NAF(lo) at 2x, hi)", "seed": args.seed, "init_seed": args.init_seed},
+                       "loss": "MSE(NAF(lo) at 2x, hi)", "low_res": LOW_RES_NOTE[args.low_res],
+                       "rope_frame": args.rope_frame, "rope_frame_scale_max": args.rope_frame_scale_max,
+                       "seed": args.seed, "init_seed": args.init_seed,
+                       **({"init_weights": init_weights_note(args.init_weights)} if args.init_weights else {})},
             "steps": step, "seconds": result["seconds"], "hardware": hardware_description(device),
             "final_loss": result["final_loss_last20"], "torch_version": torch.__version__.split("+")[0],
         }
@@ -263,6 +319,21 @@ def train(args):
         result["weights"] = args.weights_out
     print(json.dumps(result), flush=True)
     return model, result
+
+
+LOW_RES_NOTE = {"image": "features of the half-size image", "pooled": "features of the full-size image, 2x2 average"}
+
+
+def init_weights_note(path):
+    """Where a fine-tuned run started: the file name and its own provenance (steps, data, recipe)."""
+    prov = ref.load_weights(path)[2] or {}
+    recipe = prov.get("recipe", {})
+    note = {"file": os.path.basename(path), "steps": prov.get("steps"),
+            "low_res": recipe.get("low_res", LOW_RES_NOTE["image"]), "rope_frame": recipe.get("rope_frame", "crop"),
+            "image_count": prov.get("data", {}).get("image_count")}
+    if "init_weights" in recipe:  # a chain of fine-tunings stays readable from the last file
+        note["init_weights"] = recipe["init_weights"]
+    return note
 
 
 def data_meta_vfm(paths):
@@ -292,7 +363,7 @@ def source_set(path):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", required=True, help="feature cache folder (naf_extract_features --out)")
+    ap.add_argument("--cache", required=True, nargs="+", help="feature cache folder(s) (naf_extract_features --out)")
     ap.add_argument("--out-dir", required=True, help="run folder: loss.csv, checkpoint.pt")
     ap.add_argument("--weights-out", help="final cv-naf-weights safetensors file")
     ap.add_argument("--val-cache", help="cache folder for a full-map validation MSE at the end")
@@ -307,6 +378,16 @@ def parse_args(argv=None):
     ap.add_argument("--crop", type=int, default=16, help="low-res cells per crop side (output 2x)")
     ap.add_argument("--seed", type=int, default=0, help="data sampling seed")
     ap.add_argument("--init-seed", type=int, default=0, help="weight initialisation seed")
+    ap.add_argument("--init-weights", help="start from these cv-naf weights (fine-tuning) instead of a random init")
+    ap.add_argument("--rope-frame", choices=ROPE_FRAMES, default="image",
+                    help="RoPE coordinates of a crop: its place in the whole image (as at inference) or the "
+                         "crop as a whole map (the first shipped weights)")
+    ap.add_argument("--rope-frame-scale-max", type=float, default=1.0,
+                    help="with --rope-frame image: the image sits in a frame up to this many times its size "
+                         "(random, log-uniform), for maps with more cells than the training images")
+    ap.add_argument("--low-res", choices=LOW_RES_SOURCES, default="image",
+                    help="NAF input of a pair: the half-size image's features (official) or the full-size "
+                         "image's features pooled 2x2 (hi-only caches work)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N cache entries")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--print-every", type=int, default=10)
@@ -315,7 +396,10 @@ def parse_args(argv=None):
                     help="stop (with a checkpoint and the weights) after this many minutes of this run")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda on the GPU machine")
     ap.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not args.rope_frame_scale_max >= 1.0:
+        ap.error(f"--rope-frame-scale-max must be >= 1, got {args.rope_frame_scale_max}")
+    return args
 
 
 def main(argv=None):

@@ -144,3 +144,15 @@ def test_shipped_weights_beat_bilinear_on_held_out_photos(tmp_path):
     assert len(files) == 3
     assert (naf < bilinear).all(), f"NAF MSE {naf} vs bilinear {bilinear}"
     assert by["naf (shipped)"][3] > by["bilinear"][3]  # and a higher mean cosine
+
+
+@needs_tool
+def test_pooled_input_is_the_2x2_mean_of_features_hi(tmp_path):
+    # nearest from the pooled input repeats each 2x2 mean of features_hi: the exact expected map
+    files = make_cache(str(tmp_path / "cache"))
+    eval_naf.run_method(TOOL, "nearest", files, str(tmp_path / "out"), low_res="pooled")
+    for f in files:
+        up = load_file(str(tmp_path / "out" / os.path.basename(f)))[0]["upsampled"][0]
+        hi = feature_cache.load_entry(f)["hi"]
+        pooled = hi.reshape(C, LO, 2, LO, 2).mean(axis=(2, 4))
+        np.testing.assert_allclose(up, pooled.repeat(2, axis=1).repeat(2, axis=2), rtol=1e-6, atol=1e-6)

@@ -210,3 +210,25 @@ def test_encoder_matches_a_layer_by_layer_recomputation():
         got = model.encode(img, (30, 26))
         want = model.image_encoder.rope(feats)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_rope_frame_gives_a_crop_the_coordinates_of_its_place_in_the_whole_map():
+    rope = ref.AxialRoPE(64, 4, 100.0)
+    whole = rope.angles(20, 16)
+    # a 6 x 5 window at (7, 9) of the 20 x 16 map
+    assert torch.allclose(rope.angles(6, 5, (7, 9, 20, 16)), whole[7:13, 9:14], atol=1e-5)
+    # the frame of the whole map is the default
+    assert torch.equal(rope.angles(20, 16, (0, 0, 20, 16)), whole)
+    # a crop without a frame is normalised over itself: other coordinates than its window (the
+    # mismatch the frame removes)
+    assert not torch.allclose(rope.angles(6, 5), whole[7:13, 9:14], atol=1e-2)
+    # per-sample frames in a batch: each sample rotated with its own frame
+    x = torch.randn(2, 64, 6, 5)
+    framed = rope(x, [(7, 9, 20, 16), (0, 0, 6, 5)])
+    assert torch.allclose(framed[1:], rope(x[1:]), atol=1e-6)
+    cos, sin = torch.cos(whole[7:13, 9:14]).permute(2, 0, 1), torch.sin(whole[7:13, 9:14]).permute(2, 0, 1)
+    xh = x[:1].reshape(1, 4, 16, 6, 5)
+    rotated = torch.cat([-xh[:, :, 8:], xh[:, :, :8]], dim=2)
+    assert torch.allclose(framed[:1], (xh * cos + rotated * sin).reshape(1, 64, 6, 5), atol=1e-5)
+    with pytest.raises(ValueError, match="frames"):
+        rope(x, [(0, 0, 6, 5)])

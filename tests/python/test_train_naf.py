@@ -35,7 +35,8 @@ def args_for(tmp_path, cache, steps, **extra):
 
 def test_batch_shapes_and_alignment(tmp_path):
     data = train_naf.CachedPairs(feature_cache.list_entries(make_cache(str(tmp_path / "cache"))))
-    guide, lo, hi = data.batch(np.random.default_rng(0), 3, 4)
+    guide, lo, hi, frames = data.batch(np.random.default_rng(0), 3, 4)
+    assert frames is None  # "crop" (the default of batch): each crop is a whole map
     assert guide.shape == (3, 3, 32, 32) and lo.shape == (3, C, 4, 4) and hi.shape == (3, C, 8, 8)
     # the low-res crop is the 2x2 mean of the target crop (how the synthetic cache was made):
     # it fails if the lo/hi windows are not aligned
@@ -108,3 +109,79 @@ def test_cosine_run_stopped_by_time_resumes_to_the_same_weights(tmp_path):
     with open(tmp_path / "split" / "loss.csv") as f:
         logged = [float(r["lr"]) for r in csv.DictReader(f)]
     assert logged[-1] == pytest.approx(1e-5, rel=1e-4)
+
+
+def test_pooled_low_res_is_the_2x2_mean_of_the_target_and_needs_no_cached_lo(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = str(tmp_path / "cache")
+    os.makedirs(folder)
+    image = rng.integers(0, 256, size=(8 * LO, 8 * LO, 3), dtype=np.uint8)
+    hi = rng.standard_normal((C, 2 * LO, 2 * LO)).astype(np.float32)
+    unrelated_lo = rng.standard_normal((C, LO, LO)).astype(np.float32)  # not the mean of hi
+    feature_cache.write_entry(os.path.join(folder, "a.safetensors"), image, hi, unrelated_lo, {"source": "a"})
+    files = feature_cache.list_entries(folder)
+    cached = train_naf.CachedPairs(files, "image")
+    pooled = train_naf.CachedPairs(files, "pooled")
+    assert torch.equal(cached.lo[0], torch.from_numpy(unrelated_lo))
+    assert torch.allclose(pooled.lo[0], torch.from_numpy(hi.reshape(C, LO, 2, LO, 2).mean(axis=(2, 4))), atol=1e-6)
+    assert torch.equal(pooled.hi[0], cached.hi[0]) and torch.equal(pooled.guides[0], cached.guides[0])
+    with pytest.raises(ValueError, match="low_res"):
+        train_naf.CachedPairs(files, "nearest")
+
+
+def test_hi_only_cache_is_refused_for_image_pairs_and_used_for_pooled_pairs(tmp_path, monkeypatch):
+    folder = make_cache(str(tmp_path / "cache"), count=1)
+    real_load = feature_cache.load_entry
+
+    def hi_only(path):  # what load_entry returns for a naf_extract_features --hi-only file
+        return dict(real_load(path), lo=None)
+
+    monkeypatch.setattr(train_naf, "load_entry", hi_only)
+    files = feature_cache.list_entries(folder)
+    with pytest.raises(ValueError, match="--low-res pooled"):
+        train_naf.CachedPairs(files, "image")
+    assert train_naf.CachedPairs(files, "pooled").lo[0].shape == (C, LO, LO)
+
+
+def test_fine_tuning_starts_from_the_given_weights_over_several_caches(tmp_path):
+    first, second = make_cache(str(tmp_path / "c1"), seed=1), make_cache(str(tmp_path / "c2"), count=1, seed=2)
+    start = str(tmp_path / "start.safetensors")
+    train_naf.train(args_for(tmp_path, first, 2, run="a", weights_out=start))
+    tuned = str(tmp_path / "tuned.safetensors")
+    # lr 0: AdamW leaves the weights as loaded, so the result must equal the starting file
+    argv = args_for(tmp_path, first, 1, run="b", weights_out=tuned, init_weights=start, low_res="pooled", lr=0)
+    argv.cache = [first, second]
+    train_naf.train(argv)
+    start_sd, _, _ = ref.load_weights(start)
+    tuned_sd, _, prov = ref.load_weights(tuned)
+    for name, t in start_sd.items():
+        assert torch.equal(t, tuned_sd[name]), name
+    assert prov["data"]["image_count"] == 3
+    assert prov["recipe"]["low_res"] == train_naf.LOW_RES_NOTE["pooled"]
+    assert prov["recipe"]["init_weights"] == {"file": "start.safetensors", "steps": 2,
+                                              "low_res": train_naf.LOW_RES_NOTE["image"], "rope_frame": "image",
+                                              "image_count": 2}
+
+
+def test_rope_frames_place_each_crop_in_its_image(tmp_path):
+    data = train_naf.CachedPairs(feature_cache.list_entries(make_cache(str(tmp_path / "cache"))))
+    *_, frames = data.batch(np.random.default_rng(5), 4, 4, "image")
+    # same draws as the crop itself: the frame is the crop's offset in the 2x output grid of the image
+    for top, left, fh, fw in frames:
+        assert (fh, fw) == (2 * LO, 2 * LO) and top % 2 == 0 and left % 2 == 0
+        assert 0 <= top <= 2 * (LO - 4) and 0 <= left <= 2 * (LO - 4)
+    assert data.batch(np.random.default_rng(5), 4, 4, "crop")[3] is None
+    # a crop as large as the image has the frame of the whole map: the same prediction as inference
+    g, lo, hi, frames = data.batch(np.random.default_rng(1), 1, LO, "image")
+    assert frames == [(0.0, 0.0, 2.0 * LO, 2.0 * LO)]
+    model = train_naf.make_model(0)
+    with torch.no_grad():
+        assert torch.allclose(train_naf.predict(model, g, lo, (2 * LO, 2 * LO), frames),
+                              train_naf.predict(model, g, lo, (2 * LO, 2 * LO)), atol=1e-6)
+    # a larger frame (scale in [1, 3]) keeps the crop inside it
+    for _ in range(20):
+        top, left, fh, fw = train_naf.rope_frame_of(np.random.default_rng(_), "image", (4, 6), (12, 12), 3.0)
+        assert 12 <= fh <= 36 and fh == fw and 4 <= top <= 4 + fh - 12 + 1e-9 and 6 <= left <= 6 + fw - 12 + 1e-9
+    with pytest.raises(SystemExit):
+        train_naf.parse_args(["--cache", "c", "--out-dir", "o", "--rope-frame-scale-max", "0.5"])
+

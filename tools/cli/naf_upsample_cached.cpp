@@ -1,7 +1,9 @@
 // naf_upsample_cached: upsamples cached VFM features with one cv::naf::UpsampleMethod, so that the
 // evaluations compare every method on exactly the same inputs.
 //  - default (--input lo): "features_lo" to the grid of "features_hi" (tools/eval_naf.py, metric 1);
-//  - --input hi --scale K: "features_hi" to K times its grid (tools/probe_naf.py, metric 2).
+//  - --input hi --scale K: "features_hi" to K times its grid (tools/probe_naf.py, metric 2);
+//  - --input pooled: "features_hi" averaged over 2 x 2 cells, back to the features_hi grid (the
+//    coherent low-res input of docs/TRAINING.md's pooled pairs; tools/eval_naf.py --input pooled).
 // Writes OUT_DIR/<same file name> with the tensor "upsampled" (F32 [1, C, h, w]). The guide for
 // the guided methods and NAF is the cached full-resolution image, or with --guide-size N that
 // image resized to N x N (INTER_AREA), e.g. the output size, as the official probe protocol does.
@@ -25,8 +27,9 @@ int usage(const char* argv0)
 {
     std::cerr << "usage: " << argv0
               << " --method nearest|bilinear|bicubic|guided|bilateral|naf [--weights FILE.safetensors]\n"
-                 "       [--input lo|hi] [--scale K] [--guide-size N] [--threads N] --out DIR CACHE.safetensors...\n"
+                 "       [--input lo|hi|pooled] [--scale K] [--guide-size N] [--threads N] --out DIR CACHE.safetensors...\n"
                  "  --input lo (default): features_lo -> the features_hi grid; --input hi: features_hi -> K x its grid\n"
+                 "  --input pooled: features_hi averaged over 2 x 2 cells -> the features_hi grid\n"
                  "  --scale K: output grid = K x the input grid (default: the features_hi grid for lo, 4 for hi)\n"
                  "  --guide-size N: guide = the cached image resized to N x N (default: the cached image)\n";
     return 2;
@@ -36,6 +39,27 @@ std::string baseName(const std::string& path)
 {
     const size_t slash = path.find_last_of("/\\");
     return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+/// features [1, C, h, w] (F32) averaged over 2 x 2 cells: [1, C, h/2, w/2]; h and w must be even.
+cv::Mat pool2x2(const cv::Mat& features, const std::string& path)
+{
+    const int channels = features.size[1], h = features.size[2], w = features.size[3];
+    if (h % 2 != 0 || w % 2 != 0)
+        CV_Error(cv::Error::StsBadSize, cv::format("'%s': features_hi is %d x %d, --input pooled needs even sides",
+                                                   path.c_str(), h, w));
+    const int dims[4] = {1, channels, h / 2, w / 2};
+    cv::Mat pooled(4, dims, CV_32F);
+    const float* src = features.ptr<float>();
+    float* dst = pooled.ptr<float>();
+    for (int c = 0; c < channels; ++c)
+        for (int y = 0; y < h / 2; ++y)
+            for (int x = 0; x < w / 2; ++x)
+            {
+                const float* p = src + (static_cast<size_t>(c) * h + 2 * y) * w + 2 * x;
+                dst[(static_cast<size_t>(c) * (h / 2) + y) * (w / 2) + x] = 0.25f * (p[0] + p[1] + p[w] + p[w + 1]);
+            }
+    return pooled;
 }
 
 /// A whole decimal integer >= 1, or -1 when the text is anything else ("0", "0x", "", "3.5").
@@ -78,10 +102,10 @@ int main(int argc, char** argv)
         else files.push_back(a);
     }
     if (method.empty() || out.empty() || files.empty()) return usage(argv[0]);
-    if ((input != "lo" && input != "hi") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384)
+    if ((input != "lo" && input != "hi" && input != "pooled") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384)
     {
         std::cerr << "naf_upsample_cached: bad option value (--input " << input << ", --scale " << scale
-                  << ", --guide-size " << guideSize << "): --input is lo or hi, 1 <= K <= 64, 1 <= N <= 16384\n";
+                  << ", --guide-size " << guideSize << "): --input is lo, hi or pooled, 1 <= K <= 64, 1 <= N <= 16384\n";
         return usage(argv[0]);
     }
 #if defined(__GLIBC__)
@@ -106,7 +130,9 @@ int main(int argc, char** argv)
         for (const std::string& path : files)
         {
             const naf_tools::CacheEntry e = naf_tools::readCacheEntry(path);
-            const cv::Mat& features = input == "hi" ? e.featuresHi : e.featuresLo;
+            const cv::Mat features = input == "hi"       ? e.featuresHi
+                                     : input == "pooled" ? pool2x2(e.featuresHi, path)
+                                                         : e.featuresLo;
             if (features.empty())
                 CV_Error(cv::Error::StsBadArg, "'" + path + "' has no features_lo (a --hi-only cache): use --input hi");
             cv::Size target(e.featuresHi.size[3], e.featuresHi.size[2]);

@@ -4,7 +4,8 @@
 # with the trained weights, on
 #   1. feature reconstruction: MobileSAM features of 16 held-out photos (photos/bsds500/val);
 #   2. linear-probe segmentation: camvid and coco128 (train -> val), several probe seeds;
-#   3. zero-shot: the same as 1 on a feature source training never saw (mobilesam_trunk, 320 ch).
+#   3. zero-shot: the same as 1 on a feature source training never saw (mobilesam_trunk, 320 ch);
+#   and a diagnostic: the same as 1 from the full-size features pooled 2 x 2 (a coherent input).
 # Prints every table and rewrites its section of docs/EVALUATION.md. Feature caches and probe
 # scores are kept in $RUN, so a rerun only computes what is missing or changed.
 # Environment (defaults in brackets): DATA [../shared/data] RUN [out/eval]
@@ -59,3 +60,6 @@ done
 echo "== 3. zero-shot (mobilesam_trunk)"
 $PY tools/eval_naf.py --cache "$RUN/cache_val_trunk" --tool "$CLI/naf_upsample_cached" --threads "$THREADS" \
     "${nafs[@]}" --section zero-shot-mobilesam-trunk --report docs/EVALUATION.md
+echo "== diagnostic: reconstruction from pooled features"
+$PY tools/eval_naf.py --cache "$RUN/cache_val" --input pooled --tool "$CLI/naf_upsample_cached" --threads "$THREADS" \
+    "${nafs[@]}" --section reconstruction-from-pooled --report docs/EVALUATION.md

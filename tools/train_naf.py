@@ -56,7 +56,6 @@ class CachedPairs:
         if low_res not in LOW_RES_SOURCES:
             raise ValueError(f"low_res must be one of {LOW_RES_SOURCES}, got {low_res!r}")
         self.paths = list(paths)
-        self.low_res = low_res
         self.guides, self.lo, self.hi, self.sources = [], [], [], []
         for p in self.paths:
             e = load_entry(p)
@@ -234,10 +233,11 @@ def train(args):
     data = CachedPairs(paths, args.low_res)
     device = torch.device(args.device)
     model = make_model(args.init_seed)
+    init_note = None
     if args.init_weights:
-        state, _, _ = ref.load_weights(args.init_weights)
+        state, _, init_provenance = ref.load_weights(args.init_weights)
         model.load_state_dict(state, strict=True)
-        model.train()
+        init_note = init_weights_note(args.init_weights, init_provenance)
     model = model.to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
@@ -309,7 +309,7 @@ def train(args):
                        "loss": "MSE(NAF(lo) at 2x, hi)", "low_res": LOW_RES_NOTE[args.low_res],
                        "rope_frame": args.rope_frame, "rope_frame_scale_max": args.rope_frame_scale_max,
                        "seed": args.seed, "init_seed": args.init_seed,
-                       **({"init_weights": init_weights_note(args.init_weights)} if args.init_weights else {})},
+                       **({"init_weights": init_note} if init_note else {})},
             "steps": step, "seconds": result["seconds"], "hardware": hardware_description(device),
             "final_loss": result["final_loss_last20"], "torch_version": torch.__version__.split("+")[0],
         }
@@ -324,9 +324,9 @@ def train(args):
 LOW_RES_NOTE = {"image": "features of the half-size image", "pooled": "features of the full-size image, 2x2 average"}
 
 
-def init_weights_note(path):
+def init_weights_note(path, provenance):
     """Where a fine-tuned run started: the file name and its own provenance (steps, data, recipe)."""
-    prov = ref.load_weights(path)[2] or {}
+    prov = provenance or {}
     recipe = prov.get("recipe", {})
     note = {"file": os.path.basename(path), "steps": prov.get("steps"),
             "low_res": recipe.get("low_res", LOW_RES_NOTE["image"]), "rope_frame": recipe.get("rope_frame", "crop"),

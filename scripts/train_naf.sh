@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Trains NAF weights the way the shipped models/naf/naf_default.safetensors were trained
-# (docs/TRAINING.md), in two stages:
+# (docs/TRAINING.md), in three stages:
 #   1. MobileSAM features of 48 training images, pairs 512 px -> 1024 px image, every crop its own
 #      RoPE frame (the first shipped weights, $RUN/naf_trained.safetensors, 2600 steps);
 #   2. from those weights, the same pairs with every crop in the RoPE frame of its image, frames
-#      up to 2x the image ($RUN/stage2/naf_trained.safetensors, 1200 steps: the shipped file).
+#      up to 2x the image ($RUN/stage2/naf_trained.safetensors, 1200 steps);
+#   3. from stage 2, the same recipe on 326 more training images (scripts/train_naf_more_images.txt:
+#      bsds500/train, coco128/train, the probe's camvid train images, urban100/sunhays80 photos)
+#      ($RUN/stage3/naf_trained.safetensors, 800 steps: the shipped file).
 # Every stage resumes where it stopped (finished cache files are skipped, training continues
 # from $RUN/checkpoint.pt), so it can run across sessions with MAX_MINUTES.
-# Then evaluate with: WEIGHTS=$RUN/stage2/naf_trained.safetensors bash scripts/evaluate_naf.sh
+# Then evaluate with: WEIGHTS=$RUN/stage3/naf_trained.safetensors bash scripts/evaluate_naf.sh
 # Environment (defaults in brackets):
 #   DATA [../shared/data]  RUN [out/train]  STEPS [2600]  CROP [12]  LR [4e-4]  MAX_MINUTES [0: no limit]
-#   STEPS2 [1200]  LR2 [4e-4]
+#   STEPS2 [1200]  LR2 [4e-4]  STEPS3 [800]  LR3 [4e-4]
 #   THREADS [2]  BUILD [build]  DEVICE [cpu]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2600}; STEPS2=${STEPS2:-1200}; LR2=${LR2:-4e-4}; CROP=${CROP:-12}; LR=${LR:-4e-4}
+DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2600}; STEPS2=${STEPS2:-1200}; LR2=${LR2:-4e-4}; STEPS3=${STEPS3:-800}; LR3=${LR3:-4e-4}; CROP=${CROP:-12}; LR=${LR:-4e-4}
 MAX_MINUTES=${MAX_MINUTES:-0}; THREADS=${THREADS:-2}; BUILD=${BUILD:-build}; DEVICE=${DEVICE:-cpu}
 PY=/usr/bin/python3
 [ -x "$BUILD/tools/cli/naf_extract_features" ] || { echo "build first: bash scripts/build.sh" >&2; exit 1; }
@@ -48,3 +51,17 @@ $PY tools/train_naf.py --cache "$RUN/cache_train" --val-cache "$RUN/cache_val" -
     --steps "$STEPS2" --batch 4 --crop "$CROP" --lr "$LR2" --lr-schedule cosine --warmup 50 --min-lr 1e-5 \
     --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
     --weights-out "$RUN/stage2/naf_trained.safetensors"
+
+# stage 3: the same recipe as stage 2 on 326 more images (never an evaluation image: bsds500/val
+# and the camvid/coco128 val images stay out; the probe's train images are in, labels unread)
+stage2="$RUN/stage2/naf_trained.safetensors"
+$PY -c "import sys; sys.path.insert(0, 'tools'); import naf_reference as r
+sys.exit(0 if r.load_weights('$stage2')[2].get('steps', 0) >= $STEPS2 else 1)" 2>/dev/null \
+  || { echo "train_naf.sh: stage 2 has not reached $STEPS2 steps ($stage2): run again to resume it" >&2; exit 1; }
+grep -v '^#' scripts/train_naf_more_images.txt | sed "s|^|$DATA/|" > "$RUN/more_list.txt"
+"$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_more" --threads "$THREADS" --list "$RUN/more_list.txt"
+$PY tools/train_naf.py --cache "$RUN/cache_train" "$RUN/cache_more" --val-cache "$RUN/cache_val" --out-dir "$RUN/stage3" \
+    --init-weights "$stage2" --low-res image --rope-frame image --rope-frame-scale-max 2 --seed 2 \
+    --steps "$STEPS3" --batch 4 --crop "$CROP" --lr "$LR3" --lr-schedule cosine --warmup 50 --min-lr 1e-5 \
+    --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
+    --weights-out "$RUN/stage3/naf_trained.safetensors"

@@ -161,6 +161,25 @@ def predict(model, guide, lo, out_hw, rope_frames=None):
     return model(guide, lo, out_hw, mode="cells", rope_frames=rope_frames)
 
 
+OUTPUT_SCALES = (1, 2, 4)  # divisors of GUIDE_PX_PER_CELL: the output never exceeds the guide
+
+
+def predict_at_target(model, guide, lo, target_hw, output_scale=1, rope_frames=None):
+    """NAF's output at output_scale x the target grid, averaged over output_scale^2 pixels back to
+    the target grid (the loss compares it with the target features).
+
+    At output_scale 1 (the official pair) the queries are the guide encoder's features averaged
+    over 4 x 4 guide pixels, while a user's output (and the probe's) is usually as large as the
+    guide, with queries from single guide pixels. At output_scale 4 the output is as large as the
+    guide, as at inference, and only its cell means are supervised (the target grid is all the
+    VFM gives)."""
+    k = int(output_scale)
+    out_hw = (k * target_hw[0], k * target_hw[1])
+    frames = None if rope_frames is None else [tuple(k * v for v in f) for f in rope_frames]
+    pred = predict(model, guide, lo, out_hw, frames)
+    return F.avg_pool2d(pred, k) if k > 1 else pred
+
+
 def keep_freed_memory_in_the_heap():
     """glibc serves large blocks with mmap and returns them on free, so every step page-faults its
     tens of MB of activations afresh (measured: the attention 1.8 s -> 0.5 s, the whole CPU step ~2x,
@@ -268,7 +287,10 @@ def train(args):
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pred = predict(model, guide, lo, tuple(hi.shape[-2:]), frames)
+        # one output scale per step, from the step's own RNG (a resumed run draws the same)
+        scale = args.output_scales[0] if len(args.output_scales) == 1 else \
+            int(step_rng(args.seed + 7919, step).choice(args.output_scales))
+        pred = predict_at_target(model, guide, lo, tuple(hi.shape[-2:]), scale, frames)
         loss = F.mse_loss(pred, hi)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -306,7 +328,9 @@ def train(args):
             "recipe": {"optimizer": "AdamW", "lr": args.lr, "lr_schedule": args.lr_schedule,
                        "warmup": args.warmup, "min_lr": args.min_lr, "weight_decay": args.weight_decay,
                        "batch": args.batch, "crop_cells": args.crop, "guide_px_per_target_cell": GUIDE_PX_PER_CELL,
-                       "loss": "MSE(NAF(lo) at 2x, hi)", "low_res": LOW_RES_NOTE[args.low_res],
+                       "loss": "MSE(NAF(lo) at 2x, hi)" if args.output_scales == [1] else
+                       "MSE(NAF(lo) at 2k x, averaged over k x k, hi), k per step from output_scales",
+                       "output_scales": args.output_scales, "low_res": LOW_RES_NOTE[args.low_res],
                        "rope_frame": args.rope_frame, "rope_frame_scale_max": args.rope_frame_scale_max,
                        "seed": args.seed, "init_seed": args.init_seed,
                        **({"init_weights": init_note} if init_note else {})},
@@ -388,6 +412,9 @@ def parse_args(argv=None):
     ap.add_argument("--low-res", choices=LOW_RES_SOURCES, default="image",
                     help="NAF input of a pair: the half-size image's features (official) or the full-size "
                          "image's features pooled 2x2 (hi-only caches work)")
+    ap.add_argument("--output-scales", type=int, nargs="+", default=[1], metavar="K",
+                    help="NAF output at K x the target grid (K in 1 2 4), averaged K x K for the loss; one K "
+                         "per step, drawn from these (4: output as large as the guide, as at inference)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N cache entries")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--print-every", type=int, default=10)
@@ -397,6 +424,9 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda on the GPU machine")
     ap.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")
     args = ap.parse_args(argv)
+    bad = [k for k in args.output_scales if k not in OUTPUT_SCALES]
+    if bad:
+        ap.error(f"--output-scales takes {' '.join(map(str, OUTPUT_SCALES))}, got {' '.join(map(str, bad))}")
     if not args.rope_frame_scale_max >= 1.0:
         ap.error(f"--rope-frame-scale-max must be >= 1, got {args.rope_frame_scale_max}")
     return args

@@ -277,6 +277,9 @@ TEST(DefaultWeights, ShippedTrainedWeightsAreTheDefault)
     EXPECT_EQ(path.substr(path.size() - suffix.size()), suffix);
     cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create();
     EXPECT_TRUE(naf->isTrained()) << naf->getWeightsInfo();
+    // says "trained" once (its source), not "trained, trained"
+    EXPECT_NE(naf->getWeightsInfo().find("(trained, "), std::string::npos) << naf->getWeightsInfo();
+    EXPECT_EQ(naf->getWeightsInfo().find("trained, trained"), std::string::npos) << naf->getWeightsInfo();
     const std::string meta = naf->getWeightsMetadata();
     for (const char* field : {"\"trained\": true", "\"vfm\": \"mobilesam\"", "\"steps\"", "\"hardware\"", "\"final_loss\""})
         EXPECT_NE(meta.find(field), std::string::npos) << "metadata lacks " << field << ": " << meta;

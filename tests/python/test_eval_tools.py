@@ -112,6 +112,25 @@ def test_extract_features_layout_alignment_and_resume(tmp_path):
     before = os.path.getmtime(path)
     run = subprocess.run([EXTRACT, "--out", out, image], check=True, capture_output=True, text=True)
     assert "0 written, 1 already there" in run.stdout and os.path.getmtime(path) == before
+    # a --hi-only entry is completed by a run without --hi-only: features_hi kept as they are,
+    # features_lo the same as a full extraction's
+    partial = str(tmp_path / "partial")
+    subprocess.run([EXTRACT, "--out", partial, "--hi-only", image], check=True, capture_output=True)
+    (partial_path,) = feature_cache.list_entries(partial)
+    hi_only = feature_cache.load_entry(partial_path)
+    assert hi_only["lo"] is None
+    run = subprocess.run([EXTRACT, "--out", partial, image], check=True, capture_output=True, text=True)
+    assert "(features_lo added)" in run.stdout and "1 written" in run.stdout
+    completed = feature_cache.load_entry(partial_path)
+    np.testing.assert_array_equal(completed["hi"], hi_only["hi"])
+    np.testing.assert_array_equal(completed["image"], hi_only["image"])
+    np.testing.assert_allclose(completed["lo"], e["lo"], rtol=1e-4, atol=1e-5)
+    assert completed["meta"]["source"] == image and "seconds_lo_added" in completed["meta"]
+    # an entry of another size is not completed (and not overwritten)
+    before = os.path.getmtime(partial_path)
+    run = subprocess.run([EXTRACT, "--out", partial, "--size", "512", image], capture_output=True, text=True)
+    assert run.returncode == 1 and "cannot be completed with --size 512" in run.stderr
+    assert os.path.getmtime(partial_path) == before
 
 
 def test_table_pairs_each_method_with_bilinear_per_image():

@@ -29,7 +29,7 @@ def args_for(tmp_path, cache, steps, **extra):
     argv = ["--cache", cache, "--out-dir", str(tmp_path / extra.pop("run", "run")), "--steps", str(steps),
             "--batch", "2", "--crop", "4", "--checkpoint-every", "1", "--print-every", "1", "--threads", "1"]
     for k, v in extra.items():
-        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else str(v).split())
     return train_naf.parse_args(argv)
 
 
@@ -185,3 +185,36 @@ def test_rope_frames_place_each_crop_in_its_image(tmp_path):
     with pytest.raises(SystemExit):
         train_naf.parse_args(["--cache", "c", "--out-dir", "o", "--rope-frame-scale-max", "0.5"])
 
+
+
+def test_output_scales_supervise_the_cell_means_of_a_finer_output(tmp_path):
+    data = train_naf.CachedPairs(feature_cache.list_entries(make_cache(str(tmp_path / "cache"))))
+    model = train_naf.make_model(0)
+    # a crop as large as the image (guide 48 px = 4 px per target cell): output scale K is the
+    # library's forward at K x the target grid, averaged over K x K pixels
+    g, lo, hi, frames = data.batch(np.random.default_rng(1), 1, LO, "image")
+    with torch.no_grad():
+        for k in (1, 2, 4):
+            full = model(g, lo, (2 * LO * k, 2 * LO * k), mode="direct")
+            expected = torch.nn.functional.avg_pool2d(full, k) if k > 1 else full
+            got = train_naf.predict_at_target(model, g, lo, (2 * LO, 2 * LO), k, frames)
+            assert got.shape == hi.shape
+            assert torch.allclose(got, expected, atol=1e-5), k
+        # a crop's frame scales with the output: at K = 4 its RoPE angles are the window of the
+        # whole image's angles at 4x the target grid
+        rope = model.image_encoder.rope
+        (top, left, fh, fw), = data.batch(np.random.default_rng(5), 1, 4, "image")[3]
+        k, side = 4, 2 * 4
+        scaled = rope.angles(k * side, k * side, (k * top, k * left, k * fh, k * fw))
+        whole = rope.angles(int(k * fh), int(k * fw))
+        window = whole[int(k * top):int(k * top) + k * side, int(k * left):int(k * left) + k * side]
+        assert torch.allclose(scaled, window, atol=1e-5)
+    # a run mixing scales trains, resumes to the same weights, and records the scales
+    argv = dict(output_scales="1 4", lr=1e-3)
+    full_run = train_naf.train(args_for(tmp_path, data.paths[0].rsplit("/", 1)[0], 4, run="a", **argv))[0]
+    train_naf.train(args_for(tmp_path, data.paths[0].rsplit("/", 1)[0], 2, run="b", **argv))
+    resumed = train_naf.train(args_for(tmp_path, data.paths[0].rsplit("/", 1)[0], 4, run="b", resume=True, **argv))[0]
+    for (name, a), b in zip(full_run.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(SystemExit):
+        train_naf.parse_args(["--cache", "c", "--out-dir", "o", "--output-scales", "3"])

@@ -7,7 +7,9 @@
 // covering it are kept (S/32 grid). MobileSAM's converted graph only runs at its fixed input size,
 // so this is also the only way to get its features of a smaller image.
 // One safetensors file per image in --out (see feature_cache.hpp); existing files are skipped,
-// so an interrupted run resumes where it stopped.
+// so an interrupted run resumes where it stopped. Without --hi-only, an existing --hi-only entry
+// is completed instead: its image and features_hi are kept and only features_lo is computed
+// (half the cost), so that the probe's hi-only caches can also serve as training pairs.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -29,7 +31,8 @@ int usage(const char* argv0)
               << " --out DIR [--vfm mobilesam] [--size 1024] [--hi-only] [--threads N] [--list FILE] [IMAGE...]\n"
                  "  FILE: one image path per line. Writes DIR/<last 4 path parts joined by __>.safetensors per image.\n"
                  "  --hi-only: only the features of the full-size image (no features_lo; half the cost),\n"
-                 "             e.g. for the linear-probe evaluation (tools/probe_naf.py).\n";
+                 "             e.g. for the linear-probe evaluation (tools/probe_naf.py).\n"
+                 "  Existing entries are skipped; without --hi-only, a --hi-only entry gets its features_lo added.\n";
     return 2;
 }
 
@@ -103,24 +106,66 @@ int main(int argc, char** argv)
         for (const std::string& path : images)
         {
             const std::string dst = (std::filesystem::path(out) / naf_tools::cacheNameFor(path)).string();
+            naf_tools::CacheEntry existing;
             if (std::filesystem::exists(dst))
             {
-                ++skipped;
-                continue;
+                if (hiOnly)
+                {
+                    ++skipped;
+                    continue;
+                }
+                std::string problem;
+                try
+                {
+                    existing = naf_tools::readCacheEntry(dst);
+                    if (existing.image.rows != size || existing.image.cols != size ||
+                        existing.metadata["vfm"] != specHi.name)
+                        problem = cv::format("a %dx%d px entry from VFM '%s' cannot be completed with --size %d --vfm %s",
+                                             existing.image.cols, existing.image.rows,
+                                             existing.metadata["vfm"].c_str(), size, specHi.name.c_str());
+                }
+                catch (const cv::Exception& e)
+                {
+                    problem = e.err;
+                }
+                if (!problem.empty())
+                {
+                    std::cerr << "naf_extract_features: existing entry '" << dst << "': " << problem << ", skipped\n";
+                    ++failed;
+                    continue;
+                }
+                if (!existing.featuresLo.empty())
+                {
+                    ++skipped;
+                    continue;
+                }
             }
-            const cv::Mat src = cv::imread(path, cv::IMREAD_COLOR);
-            if (src.empty())
+            const bool completing = !existing.featuresHi.empty();
+            cv::Mat src;
+            if (!completing)
             {
-                std::cerr << "naf_extract_features: cannot read image '" << path << "', skipped\n";
-                ++failed;
-                continue;
+                src = cv::imread(path, cv::IMREAD_COLOR);
+                if (src.empty())
+                {
+                    std::cerr << "naf_extract_features: cannot read image '" << path << "', skipped\n";
+                    ++failed;
+                    continue;
+                }
             }
             if (!vfm) vfm = cv::naf::VisionFoundationModel::create(specHi);
             const auto t0 = std::chrono::steady_clock::now();
             cv::Rect crop;
-            const cv::Mat square = naf_tools::centredSquare(src, size, &crop);
-            cv::Mat hi, lo;
-            vfm->extract(square, hi);
+            cv::Mat square, hi, lo;
+            if (completing)
+            {
+                square = existing.image;
+                hi = existing.featuresHi;
+            }
+            else
+            {
+                square = naf_tools::centredSquare(src, size, &crop);
+                vfm->extract(square, hi);
+            }
             if (!hiOnly)
             {
                 cv::Mat canvas(size, size, CV_8UC3, meanBgr), half, canvasFeatures;
@@ -143,15 +188,22 @@ int main(int argc, char** argv)
                                    : "S/2 image (INTER_AREA) top-left in an S canvas of the mean colour; its cells"},
                 {"seconds", cv::format("%.2f", seconds)},
             };
+            if (completing)
+            {
+                // the entry's own source and crop describe its image; record that features_lo came later
+                for (const char* key : {"source", "crop_xywh", "vfm_onnx", "seconds"})
+                    if (existing.metadata.count(key)) meta[key] = existing.metadata[key];
+                meta["seconds_lo_added"] = cv::format("%.2f", seconds);
+            }
             std::map<std::string, cv::Mat> tensors = {{"image", square}, {"features_hi", hi}};
             if (!hiOnly) tensors["features_lo"] = lo;
             naf_tools::writeSafetensors(dst, tensors, meta);
             ++done;
             std::cout << "[" << done + skipped + failed << "/" << images.size() << "] " << dst << " "
-                      << cv::format("%.1f s", seconds) << std::endl;
+                      << cv::format("%.1f s", seconds) << (completing ? " (features_lo added)" : "") << std::endl;
         }
         std::cout << "naf_extract_features: " << done << " written, " << skipped << " already there, " << failed
-                  << " unreadable\n";
+                  << " unreadable or not completable\n";
         return failed ? 1 : 0;
     }
     catch (const std::exception& e)

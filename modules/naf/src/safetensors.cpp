@@ -64,10 +64,18 @@ std::vector<uint8_t> serializeSafetensors(const std::map<std::string, Mat>& tens
     }
     std::string text = header.dump();
     while ((8 + text.size()) % 8) text += ' ';
-    std::vector<uint8_t> out(8);
+    // one allocation of the final size, filled with memcpy (vector::insert of the header text
+    // also tripped a GCC 12 -Warray-bounds false positive)
+    std::vector<uint8_t> out(8 + text.size() + offset);
     for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
-    out.insert(out.end(), text.begin(), text.end());
-    for (const Mat& m : continuous) out.insert(out.end(), m.data, m.data + m.total() * m.elemSize());
+    std::memcpy(out.data() + 8, text.data(), text.size());
+    size_t position = 8 + text.size();
+    for (const Mat& m : continuous)
+    {
+        const size_t bytes = m.total() * m.elemSize();
+        if (bytes) std::memcpy(out.data() + position, m.data, bytes);
+        position += bytes;
+    }
     return out;
 }
 

@@ -290,10 +290,13 @@ std::shared_ptr<const LoadedWeights> loadWeightsFromFile(const SafetensorsFile& 
     w->provenanceJson = provenanceText;
     w->trained = provenance["trained"].get<bool>();
     std::ostringstream info;
-    info << path << " (" << provenance["source"].get<std::string>();
+    const std::string source = provenance["source"].get<std::string>();
+    info << path << " (" << source;
     if (provenance.contains("seed") && (provenance["seed"].is_number() || provenance["seed"].is_string()))
         info << ", seed " << provenance["seed"].dump();
-    info << (w->trained ? ", trained" : ", NOT TRAINED") << ", " << checksum << ")";
+    if (!w->trained) info << ", NOT TRAINED";
+    else if (source != "trained") info << ", trained";  // source "trained" says it already
+    info << ", " << checksum << ")";
     w->info = info.str();
     return w;
 }

@@ -40,28 +40,32 @@ $PY tools/train_naf.py --cache "$RUN/cache_train" --val-cache "$RUN/cache_val" -
     --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
     --weights-out "$RUN/naf_trained.safetensors"
 
-# stage 2: fine-tune stage 1 on the same images with each crop in the RoPE frame of its image
-stage1="$RUN/naf_trained.safetensors"
-# stage 1 writes its weights also when --max-minutes stops it: go on only from the finished run
-$PY -c "import sys; sys.path.insert(0, 'tools'); import naf_reference as r
-sys.exit(0 if r.load_weights('$stage1')[2].get('steps', 0) >= $STEPS else 1)" 2>/dev/null \
-  || { echo "train_naf.sh: stage 1 has not reached $STEPS steps ($stage1): run again to resume it" >&2; exit 1; }
-$PY tools/train_naf.py --cache "$RUN/cache_train" --val-cache "$RUN/cache_val" --out-dir "$RUN/stage2" \
-    --init-weights "$stage1" --low-res image --rope-frame image --rope-frame-scale-max 2 --seed 1 \
-    --steps "$STEPS2" --batch 4 --crop "$CROP" --lr "$LR2" --lr-schedule cosine --warmup 50 --min-lr 1e-5 \
-    --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
-    --weights-out "$RUN/stage2/naf_trained.safetensors"
+# A stage writes its weights also when --max-minutes stops it: the next one starts only from a
+# finished run.  usage: require_finished WEIGHTS STEPS NAME
+require_finished() {
+  $PY -c "import sys; sys.path.insert(0, 'tools'); import naf_reference as r
+sys.exit(0 if r.load_weights('$1')[2].get('steps', 0) >= $2 else 1)" 2>/dev/null \
+    || { echo "train_naf.sh: $3 has not reached $2 steps ($1): run again to resume it" >&2; exit 1; }
+}
+# Stages 2 and 3: fine-tuning with each crop in the RoPE frame of its image (frames up to 2x the
+# image).  usage: fine_tune OUT_DIR INIT_WEIGHTS SEED STEPS LR CACHE...
+fine_tune() {
+  local out=$1 init=$2 seed=$3 steps=$4 lr=$5
+  shift 5
+  $PY tools/train_naf.py --cache "$@" --val-cache "$RUN/cache_val" --out-dir "$out" \
+      --init-weights "$init" --low-res image --rope-frame image --rope-frame-scale-max 2 --seed "$seed" \
+      --steps "$steps" --batch 4 --crop "$CROP" --lr "$lr" --lr-schedule cosine --warmup 50 --min-lr 1e-5 \
+      --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
+      --weights-out "$out/naf_trained.safetensors"
+}
+
+# stage 2: fine-tune stage 1 on the same images
+require_finished "$RUN/naf_trained.safetensors" "$STEPS" "stage 1"
+fine_tune "$RUN/stage2" "$RUN/naf_trained.safetensors" 1 "$STEPS2" "$LR2" "$RUN/cache_train"
 
 # stage 3: the same recipe as stage 2 on 326 more images (never an evaluation image: bsds500/val
 # and the camvid/coco128 val images stay out; the probe's train images are in, labels unread)
-stage2="$RUN/stage2/naf_trained.safetensors"
-$PY -c "import sys; sys.path.insert(0, 'tools'); import naf_reference as r
-sys.exit(0 if r.load_weights('$stage2')[2].get('steps', 0) >= $STEPS2 else 1)" 2>/dev/null \
-  || { echo "train_naf.sh: stage 2 has not reached $STEPS2 steps ($stage2): run again to resume it" >&2; exit 1; }
+require_finished "$RUN/stage2/naf_trained.safetensors" "$STEPS2" "stage 2"
 grep -v '^#' scripts/train_naf_more_images.txt | sed "s|^|$DATA/|" > "$RUN/more_list.txt"
 "$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_more" --threads "$THREADS" --list "$RUN/more_list.txt"
-$PY tools/train_naf.py --cache "$RUN/cache_train" "$RUN/cache_more" --val-cache "$RUN/cache_val" --out-dir "$RUN/stage3" \
-    --init-weights "$stage2" --low-res image --rope-frame image --rope-frame-scale-max 2 --seed 2 \
-    --steps "$STEPS3" --batch 4 --crop "$CROP" --lr "$LR3" --lr-schedule cosine --warmup 50 --min-lr 1e-5 \
-    --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
-    --weights-out "$RUN/stage3/naf_trained.safetensors"
+fine_tune "$RUN/stage3" "$RUN/stage2/naf_trained.safetensors" 2 "$STEPS3" "$LR3" "$RUN/cache_train" "$RUN/cache_more"

@@ -287,9 +287,9 @@ def train(args):
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # one output scale per step, from the step's own RNG (a resumed run draws the same)
-        scale = args.output_scales[0] if len(args.output_scales) == 1 else \
-            int(step_rng(args.seed + 7919, step).choice(args.output_scales))
+        # one output scale per step, from an RNG of its own (the batches stay those of other runs;
+        # a resumed run draws the same)
+        scale = int(step_rng(args.seed + 7919, step).choice(args.output_scales))
         pred = predict_at_target(model, guide, lo, tuple(hi.shape[-2:]), scale, frames)
         loss = F.mse_loss(pred, hi)
         optimizer.zero_grad(set_to_none=True)
@@ -412,7 +412,7 @@ def parse_args(argv=None):
     ap.add_argument("--low-res", choices=LOW_RES_SOURCES, default="image",
                     help="NAF input of a pair: the half-size image's features (official) or the full-size "
                          "image's features pooled 2x2 (hi-only caches work)")
-    ap.add_argument("--output-scales", type=int, nargs="+", default=[1], metavar="K",
+    ap.add_argument("--output-scales", type=int, nargs="+", default=[1], choices=OUTPUT_SCALES, metavar="K",
                     help="NAF output at K x the target grid (K in 1 2 4), averaged K x K for the loss; one K "
                          "per step, drawn from these (4: output as large as the guide, as at inference)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N cache entries")
@@ -424,9 +424,6 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda on the GPU machine")
     ap.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")
     args = ap.parse_args(argv)
-    bad = [k for k in args.output_scales if k not in OUTPUT_SCALES]
-    if bad:
-        ap.error(f"--output-scales takes {' '.join(map(str, OUTPUT_SCALES))}, got {' '.join(map(str, bad))}")
     if not args.rope_frame_scale_max >= 1.0:
         ap.error(f"--rope-frame-scale-max must be >= 1, got {args.rope_frame_scale_max}")
     return args

@@ -7,17 +7,19 @@
 #      up to 2x the image ($RUN/stage2/naf_trained.safetensors, 1200 steps);
 #   3. from stage 2, the same recipe on 326 more training images (scripts/train_naf_more_images.txt:
 #      bsds500/train, coco128/train, the probe's camvid train images, urban100/sunhays80 photos)
-#      ($RUN/stage3/naf_trained.safetensors, 800 steps: the shipped file).
+#      ($RUN/stage3/naf_trained.safetensors, 800 steps);
+#   4. from stage 3, the same recipe on every other training image of the data folder
+#      (scripts/train_naf_rest_images.txt) ($RUN/stage4/naf_trained.safetensors, STEPS4 steps).
 # Every stage resumes where it stopped (finished cache files are skipped, training continues
 # from $RUN/checkpoint.pt), so it can run across sessions with MAX_MINUTES.
-# Then evaluate with: WEIGHTS=$RUN/stage3/naf_trained.safetensors bash scripts/evaluate_naf.sh
+# Then evaluate with: WEIGHTS=$RUN/stage4/naf_trained.safetensors bash scripts/evaluate_naf.sh
 # Environment (defaults in brackets):
 #   DATA [../shared/data]  RUN [out/train]  STEPS [2600]  CROP [12]  LR [4e-4]  MAX_MINUTES [0: no limit]
-#   STEPS2 [1200]  LR2 [4e-4]  STEPS3 [800]  LR3 [4e-4]
+#   STEPS2 [1200]  LR2 [4e-4]  STEPS3 [800]  LR3 [4e-4]  STEPS4 [1200]  LR4 [4e-4]
 #   THREADS [2]  BUILD [build]  DEVICE [cpu]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2600}; STEPS2=${STEPS2:-1200}; LR2=${LR2:-4e-4}; STEPS3=${STEPS3:-800}; LR3=${LR3:-4e-4}; CROP=${CROP:-12}; LR=${LR:-4e-4}
+DATA=${DATA:-../shared/data}; RUN=${RUN:-out/train}; STEPS=${STEPS:-2600}; STEPS2=${STEPS2:-1200}; LR2=${LR2:-4e-4}; STEPS3=${STEPS3:-800}; LR3=${LR3:-4e-4}; STEPS4=${STEPS4:-1200}; LR4=${LR4:-4e-4}; CROP=${CROP:-12}; LR=${LR:-4e-4}
 MAX_MINUTES=${MAX_MINUTES:-0}; THREADS=${THREADS:-2}; BUILD=${BUILD:-build}; DEVICE=${DEVICE:-cpu}
 PY=/usr/bin/python3
 [ -x "$BUILD/tools/cli/naf_extract_features" ] || { echo "build first: bash scripts/build.sh" >&2; exit 1; }
@@ -69,3 +71,11 @@ require_finished "$RUN/stage2/naf_trained.safetensors" "$STEPS2" "stage 2"
 grep -v '^#' scripts/train_naf_more_images.txt | sed "s|^|$DATA/|" > "$RUN/more_list.txt"
 "$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_more" --threads "$THREADS" --list "$RUN/more_list.txt"
 fine_tune "$RUN/stage3" "$RUN/stage2/naf_trained.safetensors" 2 "$STEPS3" "$LR3" "$RUN/cache_train" "$RUN/cache_more"
+
+# stage 4: the same recipe on the rest of the training images: every camvid/coco128 train image,
+# bsds500/train image and urban100/sunhays80 photo not used above (still no evaluation image)
+require_finished "$RUN/stage3/naf_trained.safetensors" "$STEPS3" "stage 3"
+grep -v '^#' scripts/train_naf_rest_images.txt | sed "s|^|$DATA/|" > "$RUN/rest_list.txt"
+"$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_rest" --threads "$THREADS" --list "$RUN/rest_list.txt"
+fine_tune "$RUN/stage4" "$RUN/stage3/naf_trained.safetensors" 3 "$STEPS4" "$LR4" \
+    "$RUN/cache_train" "$RUN/cache_more" "$RUN/cache_rest"

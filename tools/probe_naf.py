@@ -118,10 +118,12 @@ def cached_label(cache_file, size, class_ids, ignore):
 # Upsampled features from the C++ tool
 # ----------------------------------------------------------------------------------------------
 
-def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8, work_dir=None, guide_scale=1):
+def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8, work_dir=None, guide_scale=1,
+                   append_guide_rgb=False):
     """Yields (file, upsampled [C, H, W] float32) for every cache file, computed by naf_upsample_cached
     in chunks (a 256-channel 256 x 256 map is 64 MB). The guide is the cached image resized to
-    guide_scale x the output side."""
+    guide_scale x the output side. append_guide_rgb (a diagnostic): 3 more channels, the cached image
+    at the output size (area resize), RGB in [0, 1], so the probe can read the colours directly."""
     for i in range(0, len(files), chunk):
         part = files[i:i + chunk]
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -135,7 +137,17 @@ def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8,
             if proc.returncode != 0:
                 raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
             for f in part:
-                yield f, load_file(os.path.join(tmp, os.path.basename(f)))[0]["upsampled"][0]
+                up = load_file(os.path.join(tmp, os.path.basename(f)))[0]["upsampled"][0]
+                if append_guide_rgb:
+                    up = np.concatenate([up, guide_rgb(f, up.shape[1:])])
+                yield f, up
+
+
+def guide_rgb(cache_file, size_hw):
+    """The cached image of an entry at size_hw (area resize) as [3, H, W] float32 RGB in [0, 1]."""
+    bgr = load_entry(cache_file)["image"]
+    small = cv2.resize(bgr, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA)
+    return small[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +219,8 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     xs = {s: [] for s in seeds}
     ys = {s: [] for s in seeds}
     for i, (f, up) in enumerate(upsampled_maps(tool, method, train_files, args.scale, weights, args.threads,
-                                               work_dir=args.work_dir, guide_scale=args.guide_scale)):
+                                               work_dir=args.work_dir, guide_scale=args.guide_scale,
+                                               append_guide_rgb=args.append_guide_rgb)):
         label = cached_label(f, up.shape[-1], tuple(class_ids), ignore)
         flat = up.reshape(up.shape[0], -1)
         for s in seeds:
@@ -218,7 +231,7 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
               for s in seeds}
     confs = {s: np.zeros((classes, classes), np.int64) for s in seeds}
     for f, up in upsampled_maps(tool, method, val_files, args.scale, weights, args.threads, work_dir=args.work_dir,
-                                guide_scale=args.guide_scale):
+                                guide_scale=args.guide_scale, append_guide_rgb=args.append_guide_rgb):
         label = cached_label(f, up.shape[-1], tuple(class_ids), ignore)
         for s in seeds:
             confs[s] += confusion(predict(probes[s], up), label, classes)
@@ -283,6 +296,9 @@ def main(argv=None):
     ap.add_argument("--guide-scale", type=int, default=1,
                     help="guide image side = this x the output side (1: the official protocol; NAF resizes "
                          "guides above 4x the output down to 4x)")
+    ap.add_argument("--append-guide-rgb", action="store_true",
+                    help="diagnostic: give the probe the guide's RGB at the output size as 3 more channels "
+                         "(does an edge-aware filter win by passing image colour into the features?)")
     ap.add_argument("--pixels-per-image", type=int, default=2000, help="training pixels per image and seed")
     ap.add_argument("--probe-steps", type=int, default=1500, help="optimizer steps of the probe (batch 4096)")
     ap.add_argument("--threads", type=int, default=2)
@@ -305,7 +321,8 @@ def main(argv=None):
         "dataset": args.dataset, "train": [os.path.basename(f) for f in train_files],
         "val": [os.path.basename(f) for f in val_files], "seeds": args.seeds, "scale": args.scale,
         "pixels_per_image": args.pixels_per_image, "probe_steps": args.probe_steps,
-        **({"guide_scale": args.guide_scale} if args.guide_scale != 1 else {})})
+        **({"guide_scale": args.guide_scale} if args.guide_scale != 1 else {}),
+        **({"append_guide_rgb": True} if args.append_guide_rgb else {})})
     rows = []
     for label, method, weights in jobs:
         t0 = time.time()
@@ -322,7 +339,8 @@ def main(argv=None):
     out_side = args.scale * w
     section = (f"**{args.dataset}**: {len(train_files)} train -> {len(val_files)} val images (largest centred "
                f"square), VFM `{first['meta'].get('vfm', '?')}` features {c} x {h} x {w} upsampled to "
-               f"{out_side} x {out_side} (guide image {args.guide_scale * out_side} px); probe trained on "
+               f"{out_side} x {out_side} (guide image {args.guide_scale * out_side} px)"
+               f"{' + the guide RGB as 3 more channels' if args.append_guide_rgb else ''}; probe trained on "
                f"{args.pixels_per_image} labelled pixels per train image ({args.probe_steps} AdamW steps); mIoU over the "
                f"classes present in the val labels (ignore label excluded), seeds {' '.join(map(str, args.seeds))}.\n\n"
                + format_table(rows, args.seeds) + "\n\nCommand: `/usr/bin/python3 tools/probe_naf.py "

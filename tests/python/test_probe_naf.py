@@ -107,6 +107,20 @@ def test_upsampling_a_hi_only_cache(tmp_path):
 
 
 @needs_tool
+def test_guide_rgb_channels_are_the_image_at_the_output_size(tmp_path):
+    cache = make_segmentation_set(tmp_path, "train", 1, np.random.default_rng(2))
+    files = feature_cache.list_entries(cache)
+    (_, plain), = probe_naf.upsampled_maps(TOOL, "nearest", files, 2)
+    (_, with_rgb), = probe_naf.upsampled_maps(TOOL, "nearest", files, 2, append_guide_rgb=True)
+    assert with_rgb.shape == (C + 3, 2 * HI, 2 * HI)
+    np.testing.assert_array_equal(with_rgb[:C], plain)
+    # 64 px image -> 16 px output: each output pixel is the mean of a 4 x 4 block, channels RGB
+    image = feature_cache.load_entry(files[0])["image"].astype(np.float64)
+    blocks = image.reshape(2 * HI, 4, 2 * HI, 4, 3).mean(axis=(1, 3))[:, :, ::-1].transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(with_rgb[C:], blocks, atol=0.6 / 255.0)
+
+
+@needs_tool
 def test_whole_probe_run_separates_a_feature_defined_class(tmp_path):
     rng = np.random.default_rng(0)
     train = make_segmentation_set(tmp_path, "train", 3, rng)
@@ -124,7 +138,7 @@ def test_whole_probe_run_separates_a_feature_defined_class(tmp_path):
     train_files = feature_cache.list_entries(train)
     scores = probe_naf.evaluate_method(TOOL, "nearest", None, train_files, feature_cache.list_entries(val),
                                        list(range(11)), 11, [0],
-                                       type("A", (), dict(scale=2, guide_scale=1, pixels_per_image=200, probe_steps=300, threads=1,
+                                       type("A", (), dict(scale=2, guide_scale=1, append_guide_rgb=False, pixels_per_image=200, probe_steps=300, threads=1,
                                                           work_dir=None)))
     assert scores.shape == (1, 2) and scores[0, 0] > 0.95
     assert load_file(train_files[0])[1]["crop_xywh"] == f"0,0,{IMG},{IMG}"

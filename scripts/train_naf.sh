@@ -49,7 +49,7 @@ require_finished() {
 sys.exit(0 if r.load_weights('$1')[2].get('steps', 0) >= $2 else 1)" 2>/dev/null \
     || { echo "train_naf.sh: $3 has not reached $2 steps ($1): run again to resume it" >&2; exit 1; }
 }
-# Stages 2 and 3: fine-tuning with each crop in the RoPE frame of its image (frames up to 2x the
+# Stages 2 to 4: fine-tuning with each crop in the RoPE frame of its image (frames up to 2x the
 # image).  usage: fine_tune OUT_DIR INIT_WEIGHTS SEED STEPS LR CACHE...
 fine_tune() {
   local out=$1 init=$2 seed=$3 steps=$4 lr=$5
@@ -60,6 +60,12 @@ fine_tune() {
       --threads "$THREADS" --device "$DEVICE" --max-minutes "$MAX_MINUTES" --resume \
       --weights-out "$out/naf_trained.safetensors"
 }
+# The feature cache of a committed image list (paths relative to $DATA, '#' lines are comments).
+# usage: extract_listed LIST_FILE CACHE_DIR
+extract_listed() {
+  grep -v '^#' "$1" | sed "s|^|$DATA/|" > "$2.list.txt"
+  "$BUILD/tools/cli/naf_extract_features" --out "$2" --threads "$THREADS" --list "$2.list.txt"
+}
 
 # stage 2: fine-tune stage 1 on the same images
 require_finished "$RUN/naf_trained.safetensors" "$STEPS" "stage 1"
@@ -68,14 +74,12 @@ fine_tune "$RUN/stage2" "$RUN/naf_trained.safetensors" 1 "$STEPS2" "$LR2" "$RUN/
 # stage 3: the same recipe as stage 2 on 326 more images (never an evaluation image: bsds500/val
 # and the camvid/coco128 val images stay out; the probe's train images are in, labels unread)
 require_finished "$RUN/stage2/naf_trained.safetensors" "$STEPS2" "stage 2"
-grep -v '^#' scripts/train_naf_more_images.txt | sed "s|^|$DATA/|" > "$RUN/more_list.txt"
-"$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_more" --threads "$THREADS" --list "$RUN/more_list.txt"
+extract_listed scripts/train_naf_more_images.txt "$RUN/cache_more"
 fine_tune "$RUN/stage3" "$RUN/stage2/naf_trained.safetensors" 2 "$STEPS3" "$LR3" "$RUN/cache_train" "$RUN/cache_more"
 
 # stage 4: the same recipe on the rest of the training images: every camvid/coco128 train image,
 # bsds500/train image and urban100/sunhays80 photo not used above (still no evaluation image)
 require_finished "$RUN/stage3/naf_trained.safetensors" "$STEPS3" "stage 3"
-grep -v '^#' scripts/train_naf_rest_images.txt | sed "s|^|$DATA/|" > "$RUN/rest_list.txt"
-"$BUILD/tools/cli/naf_extract_features" --out "$RUN/cache_rest" --threads "$THREADS" --list "$RUN/rest_list.txt"
+extract_listed scripts/train_naf_rest_images.txt "$RUN/cache_rest"
 fine_tune "$RUN/stage4" "$RUN/stage3/naf_trained.safetensors" 3 "$STEPS4" "$LR4" \
     "$RUN/cache_train" "$RUN/cache_more" "$RUN/cache_rest"

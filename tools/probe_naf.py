@@ -119,17 +119,20 @@ def cached_label(cache_file, size, class_ids, ignore):
 # ----------------------------------------------------------------------------------------------
 
 def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8, work_dir=None, guide_scale=1,
-                   append_guide_rgb=False):
+                   append_guide_rgb=False, feature_input="hi"):
     """Yields (file, upsampled [C, H, W] float32) for every cache file, computed by naf_upsample_cached
-    in chunks (a 256-channel 256 x 256 map is 64 MB). The guide is the cached image resized to
-    guide_scale x the output side. append_guide_rgb (a diagnostic): 3 more channels, the cached image
+    in chunks (a 256-channel 256 x 256 map is 64 MB): feature_input "hi" (features of the full-size
+    image) or "lo" (of the half-size image, the NAF input of training) upsampled scale x its grid.
+    The guide is the cached image resized to guide_scale x the output side. append_guide_rgb (a diagnostic): 3 more channels, the cached image
     at the output size (area resize), RGB in [0, 1], so the probe can read the colours directly."""
     for i in range(0, len(files), chunk):
         part = files[i:i + chunk]
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
             first = load_entry(part[0])
-            out_side = scale * first["hi"].shape[-1]
-            cmd = [tool, "--method", method, "--input", "hi", "--scale", str(scale), "--guide-size",
+            if first[feature_input] is None:
+                raise ValueError(f"{part[0]}: no features_{feature_input} (a --hi-only cache has only features_hi)")
+            out_side = scale * first[feature_input].shape[-1]
+            cmd = [tool, "--method", method, "--input", feature_input, "--scale", str(scale), "--guide-size",
                    str(guide_scale * out_side), "--out", tmp, "--threads", str(threads)]
             if weights:
                 cmd += ["--weights", weights]
@@ -220,7 +223,8 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
     ys = {s: [] for s in seeds}
     for i, (f, up) in enumerate(upsampled_maps(tool, method, train_files, args.scale, weights, args.threads,
                                                work_dir=args.work_dir, guide_scale=args.guide_scale,
-                                               append_guide_rgb=args.append_guide_rgb)):
+                                               append_guide_rgb=args.append_guide_rgb,
+                                               feature_input=args.input)):
         label = cached_label(f, up.shape[-1], tuple(class_ids), ignore)
         flat = up.reshape(up.shape[0], -1)
         for s in seeds:
@@ -231,7 +235,8 @@ def evaluate_method(tool, method, weights, train_files, val_files, class_ids, ig
               for s in seeds}
     confs = {s: np.zeros((classes, classes), np.int64) for s in seeds}
     for f, up in upsampled_maps(tool, method, val_files, args.scale, weights, args.threads, work_dir=args.work_dir,
-                                guide_scale=args.guide_scale, append_guide_rgb=args.append_guide_rgb):
+                                guide_scale=args.guide_scale, append_guide_rgb=args.append_guide_rgb,
+                                feature_input=args.input):
         label = cached_label(f, up.shape[-1], tuple(class_ids), ignore)
         for s in seeds:
             confs[s] += confusion(predict(probes[s], up), label, classes)
@@ -292,6 +297,9 @@ def main(argv=None):
     ap.add_argument("--naf", action="append", default=[], metavar="LABEL=WEIGHTS", help="NAF weights (repeatable)")
     ap.add_argument("--methods", nargs="*", help=f"baselines (default: {' '.join(BASELINES)})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--input", choices=["hi", "lo"], default="hi",
+                    help="features to upsample: hi = of the full-size image (the protocol), lo = of the half-size "
+                         "image (a diagnostic: the input NAF is trained on; needs a cache without --hi-only)")
     ap.add_argument("--scale", type=int, default=4, help="output grid = scale x the feature grid")
     ap.add_argument("--guide-scale", type=int, default=1,
                     help="guide image side = this x the output side (1: the official protocol; NAF resizes "
@@ -304,6 +312,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work-dir", help="folder for the temporary upsampled maps (default: the system's)")
     ap.add_argument("--report", help="markdown file whose linear-probe section for this data set is (re)written")
+    ap.add_argument("--section", help="name of that section (default: linear-probe-<dataset>)")
     ap.add_argument("--results", help="JSON file of scores per method, reused when settings and weights match")
     args = ap.parse_args(argv)
     nafs = parse_naf_specs(ap, args.naf)
@@ -312,6 +321,11 @@ def main(argv=None):
     train_files, val_files = list_entries(args.train_cache), list_entries(args.val_cache)
     if not train_files or not val_files:
         ap.error(f"empty cache: {len(train_files)} train and {len(val_files)} val entries")
+    if args.input == "lo":
+        missing = [f for f in train_files + val_files if "features_lo" not in read_header(f)[0]]
+        if missing:
+            ap.error(f"--input lo: {len(missing)} cache entries have no features_lo, e.g. {missing[0]} "
+                     "(extract the cache without --hi-only)")
     source = load_entry(val_files[0])["meta"]["source"]
     data_root = os.path.dirname(os.path.dirname(os.path.dirname(source)))
     class_ids, ignore, _ = dataset_classes(args.dataset, data_root)
@@ -322,7 +336,8 @@ def main(argv=None):
         "val": [os.path.basename(f) for f in val_files], "seeds": args.seeds, "scale": args.scale,
         "pixels_per_image": args.pixels_per_image, "probe_steps": args.probe_steps,
         **({"guide_scale": args.guide_scale} if args.guide_scale != 1 else {}),
-        **({"append_guide_rgb": True} if args.append_guide_rgb else {})})
+        **({"append_guide_rgb": True} if args.append_guide_rgb else {}),
+        **({"input": args.input} if args.input != "hi" else {})})
     rows = []
     for label, method, weights in jobs:
         t0 = time.time()
@@ -335,10 +350,12 @@ def main(argv=None):
         print(f"{label}: mIoU {100 * scores[:, 0].mean():.2f} ± {100 * scores[:, 0].std():.2f} "
               f"({time.time() - t0:.0f} s)", flush=True)
     first = load_entry(val_files[0])
-    c, h, w = first["hi"].shape
+    c, h, w = first[args.input].shape
     out_side = args.scale * w
+    image_side = first["image"].shape[0] // (2 if args.input == "lo" else 1)
     section = (f"**{args.dataset}**: {len(train_files)} train -> {len(val_files)} val images (largest centred "
-               f"square), VFM `{first['meta'].get('vfm', '?')}` features {c} x {h} x {w} upsampled to "
+               f"square), VFM `{first['meta'].get('vfm', '?')}` features {c} x {h} x {w} (of the {image_side} px "
+               f"image) upsampled to "
                f"{out_side} x {out_side} (guide image {args.guide_scale * out_side} px)"
                f"{' + the guide RGB as 3 more channels' if args.append_guide_rgb else ''}; probe trained on "
                f"{args.pixels_per_image} labelled pixels per train image ({args.probe_steps} AdamW steps); mIoU over the "
@@ -347,7 +364,7 @@ def main(argv=None):
                + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
     print(format_table(rows, args.seeds))
     if args.report:
-        write_report(args.report, section, f"linear-probe-{args.dataset}", "tools/probe_naf.py")
+        write_report(args.report, section, args.section or f"linear-probe-{args.dataset}", "tools/probe_naf.py")
         print(f"wrote {args.report}")
 
 

@@ -1,5 +1,5 @@
 """Linear-probe evaluation (tools/probe_naf.py): labels, metrics, the probe, and a whole run through
-the C++ tool (naf_upsample_cached --input hi) on a synthetic segmentation set."""
+the C++ tool (naf_upsample_cached --input hi, or lo) on a synthetic segmentation set."""
 import os
 
 import cv2
@@ -121,6 +121,41 @@ def test_guide_rgb_channels_are_the_image_at_the_output_size(tmp_path):
 
 
 @needs_tool
+def test_lo_input_upsamples_the_half_size_features_and_needs_them(tmp_path):
+    cache = make_segmentation_set(tmp_path, "train", 2, np.random.default_rng(3))
+    files = feature_cache.list_entries(cache)
+    # give the first entry features_lo (what naf_extract_features without --hi-only adds)
+    entry = feature_cache.load_entry(files[0])
+    lo = np.random.default_rng(4).standard_normal((C, HI // 2, HI // 2)).astype(np.float32)
+    feature_cache.write_entry(files[0], entry["image"], entry["hi"], lo, entry["meta"])
+    (_, up), = probe_naf.upsampled_maps(TOOL, "nearest", files[:1], 4, feature_input="lo")
+    # lo at 4x is the hi grid at 2x: the same output size as the protocol's hi input at 2x
+    assert up.shape == (C, 2 * HI, 2 * HI)
+    np.testing.assert_array_equal(up, lo.repeat(4, axis=1).repeat(4, axis=2))
+    with pytest.raises(ValueError, match="no features_lo"):
+        list(probe_naf.upsampled_maps(TOOL, "nearest", files[1:], 4, feature_input="lo"))
+    # the command line refuses a --hi-only cache before computing anything
+    with pytest.raises(SystemExit):
+        probe_naf.main(["--dataset", "camvid", "--train-cache", cache, "--val-cache", cache, "--tool", TOOL,
+                        "--methods", "nearest", "--input", "lo", "--seeds", "0"])
+    # with features_lo everywhere the run goes through and writes its own report section
+    entry = feature_cache.load_entry(files[1])
+    feature_cache.write_entry(files[1], entry["image"], entry["hi"], lo, entry["meta"])
+    report = tmp_path / "EVAL.md"
+    report.write_text("<!-- eval:linear-probe-camvid:begin (written by tools/probe_naf.py) -->\nkept\n"
+                      "<!-- eval:linear-probe-camvid:end -->\n")
+    probe_naf.main(["--dataset", "camvid", "--train-cache", cache, "--val-cache", cache, "--tool", TOOL,
+                    "--methods", "nearest", "--input", "lo", "--scale", "4", "--seeds", "0", "--pixels-per-image",
+                    "50", "--probe-steps", "20", "--threads", "1", "--report", str(report),
+                    "--section", "linear-probe-camvid-lo"])
+    text = report.read_text()
+    assert "\nkept\n" in text  # the protocol's section is left alone
+    lo_section = text[text.index("<!-- eval:linear-probe-camvid-lo:begin"):]
+    assert f"features {C} x {HI // 2} x {HI // 2} (of the {IMG // 2} px image) upsampled to {2 * HI} x {2 * HI}" in lo_section
+    assert "| nearest |" in lo_section
+
+
+@needs_tool
 def test_whole_probe_run_separates_a_feature_defined_class(tmp_path):
     rng = np.random.default_rng(0)
     train = make_segmentation_set(tmp_path, "train", 3, rng)
@@ -138,7 +173,8 @@ def test_whole_probe_run_separates_a_feature_defined_class(tmp_path):
     train_files = feature_cache.list_entries(train)
     scores = probe_naf.evaluate_method(TOOL, "nearest", None, train_files, feature_cache.list_entries(val),
                                        list(range(11)), 11, [0],
-                                       type("A", (), dict(scale=2, guide_scale=1, append_guide_rgb=False, pixels_per_image=200, probe_steps=300, threads=1,
+                                       type("A", (), dict(scale=2, guide_scale=1, append_guide_rgb=False, input="hi", pixels_per_image=200,
+                                                          probe_steps=300, threads=1,
                                                           work_dir=None)))
     assert scores.shape == (1, 2) and scores[0, 0] > 0.95
     assert load_file(train_files[0])[1]["crop_xywh"] == f"0,0,{IMG},{IMG}"

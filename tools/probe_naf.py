@@ -123,8 +123,9 @@ def upsampled_maps(tool, method, files, scale, weights=None, threads=2, chunk=8,
     """Yields (file, upsampled [C, H, W] float32) for every cache file, computed by naf_upsample_cached
     in chunks (a 256-channel 256 x 256 map is 64 MB): feature_input "hi" (features of the full-size
     image) or "lo" (of the half-size image, the NAF input of training) upsampled scale x its grid.
-    The guide is the cached image resized to guide_scale x the output side. append_guide_rgb (a diagnostic): 3 more channels, the cached image
-    at the output size (area resize), RGB in [0, 1], so the probe can read the colours directly."""
+    The guide is the cached image resized to guide_scale x the output side. append_guide_rgb (a
+    diagnostic): 3 more channels, the cached image at the output size (area resize), RGB in [0, 1],
+    so the probe can read the colours directly."""
     for i in range(0, len(files), chunk):
         part = files[i:i + chunk]
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -326,7 +327,8 @@ def main(argv=None):
         if missing:
             ap.error(f"--input lo: {len(missing)} cache entries have no features_lo, e.g. {missing[0]} "
                      "(extract the cache without --hi-only)")
-    source = load_entry(val_files[0])["meta"]["source"]
+    first = load_entry(val_files[0])  # its source locates the labels; its shapes go into the report
+    source = first["meta"]["source"]
     data_root = os.path.dirname(os.path.dirname(os.path.dirname(source)))
     class_ids, ignore, _ = dataset_classes(args.dataset, data_root)
     jobs = [(m, m, None) for m in (args.methods if args.methods is not None else BASELINES)]
@@ -349,7 +351,6 @@ def main(argv=None):
         rows.append((label, scores))
         print(f"{label}: mIoU {100 * scores[:, 0].mean():.2f} ± {100 * scores[:, 0].std():.2f} "
               f"({time.time() - t0:.0f} s)", flush=True)
-    first = load_entry(val_files[0])
     c, h, w = first[args.input].shape
     out_side = args.scale * w
     image_side = first["image"].shape[0] // (2 if args.input == "lo" else 1)

@@ -8,7 +8,13 @@ guided filter), median times, output megapixels/s, peak memory (max RSS of a sep
 configuration, /usr/bin/time -v), analytic FLOPs and the fraction of the measured FMA peak.
 
 Usage: /usr/bin/python3 benchmarks/run_benchmarks.py [--build build] [--configs paper,x32,...]
-       [--reps 3] [--torch-configs paper] [--no-write]
+       [--reps 3] [--torch-configs paper] [--no-write] [--doc docs/PERFORMANCE.md]
+
+GPU table: python3 benchmarks/run_benchmarks.py --gpu-results FILE [FILE...] reads JSON lines of
+kernels' naf_cuda_bench and of bench_reference.py --device cuda (lines that are not JSON are
+skipped), runs nothing, prints the table and writes it under "## GPU" of the page, between the
+BEGIN/END GENERATED GPU markers.
+
 The machine's load average is recorded before each measurement: other jobs on the same cores
 slow every number down, so compare only numbers from the same run."""
 import argparse
@@ -26,6 +32,9 @@ from bench_reference import CONFIGS  # noqa: E402
 PYTHON = "/usr/bin/python3"
 DOC = os.path.join(ROOT, "docs", "PERFORMANCE.md")
 BEGIN, END = "<!-- BEGIN GENERATED (benchmarks/run_benchmarks.py) -->", "<!-- END GENERATED -->"
+GPU_BEGIN = "<!-- BEGIN GENERATED GPU (benchmarks/run_benchmarks.py --gpu-results) -->"
+GPU_END = "<!-- END GENERATED GPU -->"
+GPU_CONFIG_ORDER = ["paper", "x32", "x72", "mobilesam", "tiny"]
 HIDDEN = 128  # encoder branch width (NafConfig.dim / 2)
 
 
@@ -102,6 +111,232 @@ def fmt_ratio(peer, ours):
     return "—" if peer is None or ours is None else f"{peer / ours:.2g}x"
 
 
+# ---- GPU table (--gpu-results) ----------------------------------------------------------------
+
+def read_gpu_results(paths):
+    """JSON lines of naf_cuda_bench and bench_reference.py --device cuda. Returns (ours, peers,
+    errors, devices): ours[(config, path, mode)] and peers[(config, "tf32" | "fp32")] are the last
+    result line seen for that key; errors are (where, message) of the lines with "error"."""
+    ours, peers, errors, devices = {}, {}, [], []
+    for path in paths:
+        with open(path, errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(d, dict):
+                    continue
+                dev = d.get("device")
+                if isinstance(dev, str) and dev not in devices and dev != "cuda" and "error" not in d:
+                    devices.append(dev)
+                is_peer = "forward_s" in d or "max_cuda_MB" in d or ("tf32" in d and "path" not in d)
+                if "error" in d:
+                    where = " ".join(str(d[k]) for k in ("config", "path", "mode") if d.get(k) is not None)
+                    if is_peer:
+                        where = f"PyTorch {where} tf32 {'on' if d.get('tf32') else 'off'}"
+                    errors.append((where or "run", str(d["error"])))
+                    cfg = d.get("config")
+                    if cfg and is_peer:
+                        peers.setdefault((cfg, "tf32" if d.get("tf32") else "fp32"), {"error": d["error"]})
+                    elif cfg:  # (config, path, mode), (config, path, None) or (config, None, None)
+                        ours.setdefault((cfg, d.get("path"), d.get("mode")), {"error": d["error"]})
+                    continue
+                if "median_ms" in d and "mode" in d and "config" in d:
+                    if d.get("attention", "tiled") != "tiled":
+                        continue  # runs of the fallback attention kernel (--attention general) are not the table's
+                    ours[(d["config"], d.get("path", "auto"), d["mode"])] = d
+                elif "forward_s" in d and "max_cuda_MB" in d and "config" in d:
+                    peers[(d["config"], "tf32" if d.get("tf32") else "fp32")] = d
+    return ours, peers, errors, devices
+
+
+def _num(x):
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x else None
+
+
+def fmt_ms(ms):
+    ms = _num(ms)
+    if ms is None:
+        return "—"
+    return f"{ms:.2f} ms" if ms < 10 else (f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms")
+
+
+def fmt_fps(fps):
+    fps = _num(fps)
+    if fps is None:
+        return "—"
+    return f"{fps:.1f} FPS" if fps < 10 else f"{fps:.0f} FPS"
+
+
+def fmt_x(x):
+    return "—" if x is None else (f"{x:.0f}x" if x >= 10 else f"{x:.2g}x")
+
+
+def fmt_mb(mb):
+    mb = _num(mb)
+    return "—" if mb is None else (f"{mb:.1f}" if mb < 10 else f"{mb:.0f}")
+
+
+def gpu_table(ours, peers, errors, devices, sources):
+    """Lines of the generated GPU section (markers included)."""
+    configs = sorted({k[0] for k in ours} | {k[0] for k in peers},
+                     key=lambda c: (GPU_CONFIG_ORDER.index(c) if c in GPU_CONFIG_ORDER else 99, c))
+
+    def ok(d):
+        return d is not None and "error" not in d and _num(d.get("median_ms")) is not None
+
+    def cell_ours(d, with_err=False):
+        if d is None:
+            return "—"
+        if "error" in d:
+            return "error (below)"
+        text = f"{fmt_ms(d.get('median_ms'))}, {fmt_fps(d.get('fps'))}"
+        if d.get("path", "auto") != "auto":
+            text += f" ({d['path']})"
+        if with_err:
+            rel = _num(d.get("rel_l2_vs_fp32"))
+            text += f", rel. L2 {rel:.1e}" if rel is not None else ", rel. L2 —"
+        if d.get("nonfinite"):
+            text += f", {d['nonfinite']} non-finite!"
+        return text
+
+    lines = [GPU_BEGIN, "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
+             + ", ".join(f"`{os.path.basename(p)}`" for p in sources)
+             + (f" (device: {'; '.join(devices)})" if devices else "") + ". Command: "
+             "`python3 benchmarks/run_benchmarks.py --gpu-results " + " ".join(os.path.basename(p) for p in sources)
+             + "`.", "",
+             "| config | ours fp32 (auto) | ours tf32 (auto), error vs fp32 | builtin conv tf32 | auto conv path | "
+             "encoder / attention (best) | PyTorch CUDA fp32 (ratio) | PyTorch CUDA tf32 (ratio) | "
+             "engine MB (device used) | io MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for cfg in configs:
+        shape = ""
+        if cfg in CONFIGS:
+            ih, iw, c, h, w, oh, ow = CONFIGS[cfg]
+            shape = f": {c}x{h}x{w} -> {oh}x{ow}"
+        # an error of the whole config or of its auto engine stands for the lines it prevented
+        failed = ours.get((cfg, "auto", None)) or ours.get((cfg, None, None))
+        fp32 = ours.get((cfg, "auto", "fp32"))
+        tf32 = ours.get((cfg, "auto", "tf32"))
+        b_tf32 = ours.get((cfg, "builtin", "tf32")) or ours.get((cfg, "builtin", None)) \
+            or ours.get((cfg, None, None))
+        mine = [d for (c_, _, _), d in ours.items() if c_ == cfg and ok(d)]
+        best = min(mine, key=lambda d: d["median_ms"]) if mine else None
+        if fp32 is None and tf32 is None:  # no auto engine run: show another path's lines
+            for (c_, p_, m_), d in ours.items():
+                if c_ == cfg and p_ != "auto":
+                    if m_ == "fp32" and fp32 is None:
+                        fp32 = d
+                    if m_ == "tf32" and tf32 is None:
+                        tf32 = d
+        conv = next((d.get("conv_path") for d in (fp32, tf32) if d and d.get("conv_path")), None)
+        fp32, tf32 = fp32 or failed, tf32 or failed
+        enc_att = "—"
+        if best is not None:
+            enc_att = (f"{fmt_ms(best.get('encoder_ms'))} / {fmt_ms(best.get('attention_ms'))} "
+                       f"({best.get('path', '?')} {best.get('mode', '?')})")
+
+        def peer_cell(d, same_mode):
+            # like for like: the fp32 peer against our fp32 line, the tf32 peer against our tf32 line
+            ref = same_mode if ok(same_mode) else best
+            if d is None:
+                return "—"
+            if "error" in d:
+                return "out of memory" if d["error"] == "out of memory" else "error (below)"
+            fw = sorted(x for x in d.get("forward_s", []) if _num(x) is not None)
+            if not fw:
+                return "—"
+            ms = fw[len(fw) // 2] * 1e3
+            ratio = fmt_x(ms / ref["median_ms"]) if ref is not None and ref["median_ms"] > 0 else "—"
+            mem = _num(d.get("max_cuda_MB"))
+            return f"{fmt_ms(ms)} ({ratio}; {mem:.0f} MB)" if mem is not None else f"{fmt_ms(ms)} ({ratio})"
+
+        mem_src = best or fp32 or tf32
+        engine_mb = "—"
+        if mem_src is not None and "error" not in mem_src:
+            engine_mb = fmt_mb(mem_src.get("engine_MB"))
+            if _num(mem_src.get("device_used_delta_MB")) is not None:
+                engine_mb += f" ({fmt_mb(mem_src.get('device_used_delta_MB'))})"
+        io_mb = next((fmt_mb(d.get("io_MB")) for d in (mem_src, fp32, tf32, b_tf32)
+                      if d is not None and _num(d.get("io_MB")) is not None), "—")
+        lines.append(f"| {cfg}{shape} | {cell_ours(fp32)} | {cell_ours(tf32, True)} | "
+                     f"{fmt_ms(b_tf32.get('median_ms')) if ok(b_tf32) else ('error (below)' if b_tf32 else '—')} | "
+                     f"{conv or '—'} | {enc_att} | {peer_cell(peers.get((cfg, 'fp32')), fp32)} | "
+                     f"{peer_cell(peers.get((cfg, 'tf32')), tf32)} | {engine_mb} | {io_mb} |")
+    lines += ["", "Ours: `naf_cuda_bench` (kernels/bench), batch 1, `Engine::forwardDevice` on device-resident "
+              "inputs, median wall time of the timed calls (each returns when the output is written), FPS = "
+              "1000 / median. auto: cuDNN convolutions when built in and usable (auto conv path), else the "
+              "builtin kernels; builtin conv: the same engine forced to the builtin convolutions. Error vs fp32: "
+              "relative L2 of the tf32 output against the fp32 output of the same engine. Encoder / attention: "
+              "device stage times (CUDA events) of the fastest of our runs (path and mode in parentheses). "
+              "PyTorch: `bench_reference.py --device cuda` (tools/naf_reference.py, official mode: K/V upsampled "
+              "to the output), median forward time; ratio = PyTorch time / our time in the same mode (fp32 / "
+              "tf32, auto path; above 1: we are faster); its peak `torch.cuda.max_memory_allocated` after the semicolon. Engine MB: "
+              "`Engine::deviceBytes()` (weights + scratch), in parentheses the growth of the device's used "
+              "memory (cudaMemGetInfo) from before the engine was built to after the timed calls; io MB: "
+              "image + features + output tensors."]
+    if errors:
+        lines += ["", "Errors:", ""]
+        for where, msg in errors:
+            msg = " ".join(msg.split())
+            lines.append(f"- {where}: {msg[:300]}{'...' if len(msg) > 300 else ''}")
+    lines += ["", GPU_END]
+    return lines
+
+
+def write_gpu_section(doc, block):
+    """Puts block (markers included) into doc: over the old markers; else over the hand-written
+    table under "## GPU" (one that starts with "| config | ours CUDA fp32 |"); else after the first
+    paragraph under that heading; else in a new "## GPU" section at the end."""
+    text = open(doc).read() if os.path.exists(doc) else "# Performance\n"
+    if GPU_BEGIN in text and GPU_END in text and text.index(GPU_BEGIN) < text.index(GPU_END):
+        text = text[:text.index(GPU_BEGIN)] + block + text[text.index(GPU_END) + len(GPU_END):]
+    else:
+        lines = text.split("\n")
+        head = next((i for i, l in enumerate(lines) if l.strip() == "## GPU"), None)
+        if head is None:
+            text = text.rstrip("\n") + "\n\n## GPU\n\n" + block + "\n"
+        else:
+            end = next((i for i in range(head + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+            start = next((i for i in range(head + 1, end)
+                          if lines[i].replace(" ", "").startswith("|config|oursCUDAfp32|")), None)
+            if start is not None:
+                stop = start
+                while stop < end and lines[stop].startswith("|"):
+                    stop += 1
+                lines[start:stop] = block.split("\n")
+            else:
+                # after the heading's first paragraph (the first blank line after some text)
+                i = head + 1
+                while i < end and not lines[i].strip():
+                    i += 1
+                while i < end and lines[i].strip():
+                    i += 1
+                lines[i:i] = [""] + block.split("\n")
+            text = "\n".join(lines)
+    with open(doc, "w") as f:
+        f.write(text)
+
+
+def gpu_main(args):
+    missing = [p for p in args.gpu_results if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"--gpu-results: no such file: {', '.join(missing)}")
+    ours, peers, errors, devices = read_gpu_results(args.gpu_results)
+    if not ours and not peers and not errors:
+        sys.exit(f"--gpu-results: no result lines in {', '.join(args.gpu_results)}")
+    block = "\n".join(gpu_table(ours, peers, errors, devices, args.gpu_results))
+    print(block)
+    if not args.no_write:
+        write_gpu_section(args.doc, block)
+        print(f"wrote {args.doc}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -111,7 +346,14 @@ def main():
     ap.add_argument("--torch-configs", default="paper", help="configs where the PyTorch peer runs (1 rep)")
     ap.add_argument("--torch-reps", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/PERFORMANCE.md alone")
+    ap.add_argument("--doc", default=DOC, help="page to write the generated table into (default: %(default)s)")
+    ap.add_argument("--gpu-results", nargs="+", metavar="FILE",
+                    help="JSON lines of naf_cuda_bench / bench_reference.py --device cuda: write the GPU table "
+                         "from them (runs nothing)")
     args = ap.parse_args()
+    if args.gpu_results:
+        gpu_main(args)
+        return
     binary = os.path.join(args.build, "benchmarks", "naf_benchmarks")
     configs = [c for c in args.configs.split(",") if c]
     torch_configs = set(c for c in args.torch_configs.split(",") if c)
@@ -220,14 +462,14 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        text = open(DOC).read() if os.path.exists(DOC) else f"# Performance\n\n{BEGIN}\n{END}\n"
+        text = open(args.doc).read() if os.path.exists(args.doc) else f"# Performance\n\n{BEGIN}\n{END}\n"
         if BEGIN in text and END in text:
             text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
         else:
             text += "\n" + table + "\n"
-        with open(DOC, "w") as f:
+        with open(args.doc, "w") as f:
             f.write(text)
-        print(f"wrote {DOC}")
+        print(f"wrote {args.doc}")
 
 
 if __name__ == "__main__":

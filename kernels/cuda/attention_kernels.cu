@@ -20,8 +20,7 @@ namespace {
 
 constexpr int kAttnThreads = 256;  // 8 warps
 constexpr int kAttnWarps = kAttnThreads / 32;
-constexpr int kAttnTileX = 8;      // output pixels per block: 8 x 4 tile
-constexpr int kAttnTileY = 4;
+constexpr int kAttnRun = 32;       // output pixels per block: a run of 32 along a row
 constexpr int kQPerLane = kMaxHeadDim / 32;  // query/key channels per lane (head dim <= 128)
 constexpr int kVPerLane = 4;                 // value channels per lane and pass (128 per pass)
 
@@ -44,49 +43,52 @@ __device__ __forceinline__ float warpSum(float v)
     return v;
 }
 
-// One block per 8x4 tile of output pixels (grid-stride over tiles); one warp per output pixel at
-// a time, looping over heads. For a (pixel, head) the warp keeps the query slice in registers
-// (lane holds channels lane, lane+32, ...), walks the kh x kw window in row-major order, reduces
-// q.k across the warp, and folds each entry into an online softmax together with the value
-// slice (lane holds value channels lane + 32*i of the current 128-channel pass). Keys/values are
-// read at low resolution through rowTable/colTable, never upsampled; neighbouring pixels of a
-// block share most of their windows, which the L1/L2 caches serve.
+// One block per run of 32 consecutive output pixels of one row (grid-stride over runs); warp w
+// handles pixels w, w+8, w+16, w+24 of the run, looping over heads and 128-channel value passes.
+// For a (pixel, head) the warp keeps the query slice in registers (lane holds channels lane,
+// lane+32, ...), walks the kh x kw window in row-major order, reduces q.k across the warp, and
+// folds each entry into an online softmax together with the value slice (lane holds value
+// channels lane + 32*i of the pass). Keys/values are read at low resolution through
+// rowTable/colTable, never upsampled; the pixels of a run share most of their windows, which the
+// L1/L2 caches serve. The results of a pass are staged in shared memory and written channel-major
+// ([C, outH, outW], 32 consecutive pixels per channel: coalesced), so no transpose follows.
 __global__ void __launch_bounds__(kAttnThreads)
     neighborhoodAttentionKernel(const float* __restrict__ qT, const float* __restrict__ kT,
-                                const float* __restrict__ vT, float* __restrict__ outT, int dim, int channels,
+                                const float* __restrict__ vT, float* __restrict__ out, int dim, int channels,
                                 int heads, int lowW, int outH, int outW, const int* __restrict__ rowTable,
                                 const int* __restrict__ colTable, int kh, int kw, float scale)
 {
+    __shared__ float staged[32 * kVPerLane][kAttnRun + 1];
     const int headDim = dim / heads;
     const int vPerHead = channels / heads;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const int tilesX = (outW + kAttnTileX - 1) / kAttnTileX;
-    const int64_t tiles = int64_t(tilesX) * ((outH + kAttnTileY - 1) / kAttnTileY);
-    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x)
+    const int runsX = (outW + kAttnRun - 1) / kAttnRun;
+    const int64_t runs = int64_t(runsX) * outH;
+    const int64_t outPlane = int64_t(outH) * outW;
+    for (int64_t run = blockIdx.x; run < runs; run += gridDim.x)
     {
-        const int y0 = static_cast<int>(tile / tilesX) * kAttnTileY;
-        const int x0 = static_cast<int>(tile % tilesX) * kAttnTileX;
-        for (int i = warp; i < kAttnTileX * kAttnTileY; i += kAttnWarps)
+        const int y = static_cast<int>(run / runsX);
+        const int x0 = static_cast<int>(run - int64_t(y) * runsX) * kAttnRun;
+        const int* rows = rowTable + static_cast<size_t>(y) * kh;
+        for (int h = 0; h < heads; ++h)
         {
-            const int y = y0 + i / kAttnTileX;
-            const int x = x0 + i % kAttnTileX;
-            if (y >= outH || x >= outW) continue;  // warp-uniform
-            const int64_t pix = int64_t(y) * outW + x;
-            const int* rows = rowTable + static_cast<size_t>(y) * kh;
-            const int* cols = colTable + static_cast<size_t>(x) * kw;
-            for (int h = 0; h < heads; ++h)
+            for (int v0 = 0; v0 < vPerHead; v0 += 32 * kVPerLane)
             {
-                const float* qp = qT + pix * dim + h * headDim;
-                float q[kQPerLane];
+                for (int i = warp; i < kAttnRun; i += kAttnWarps)
+                {
+                    const int x = x0 + i;
+                    if (x >= outW) continue;  // warp-uniform
+                    const int64_t pix = int64_t(y) * outW + x;
+                    const int* cols = colTable + static_cast<size_t>(x) * kw;
+                    const float* qp = qT + pix * dim + h * headDim;
+                    float q[kQPerLane];
 #pragma unroll
-                for (int j = 0; j < kQPerLane; ++j)
-                {
-                    const int c = lane + 32 * j;
-                    q[j] = c < headDim ? qp[c] : 0.f;
-                }
-                for (int v0 = 0; v0 < vPerHead; v0 += 32 * kVPerLane)
-                {
+                    for (int j = 0; j < kQPerLane; ++j)
+                    {
+                        const int c = lane + 32 * j;
+                        q[j] = c < headDim ? qp[c] : 0.f;
+                    }
                     float m = -INFINITY, l = 0.f;
                     float acc[kVPerLane];
 #pragma unroll
@@ -122,17 +124,232 @@ __global__ void __launch_bounds__(kAttnThreads)
                         }
                     }
                     const float inv = 1.f / l;
-                    float* op = outT + pix * channels + h * vPerHead + v0;
 #pragma unroll
-                    for (int j = 0; j < kVPerLane; ++j)
-                    {
-                        const int c = lane + 32 * j;
-                        if (v0 + c < vPerHead) op[c] = acc[j] * inv;
-                    }
+                    for (int j = 0; j < kVPerLane; ++j) staged[lane + 32 * j][i] = acc[j] * inv;
                 }
+                __syncthreads();
+                // Channel-major store of the pass: lanes along pixels.
+                const int passChannels = min(32 * kVPerLane, vPerHead - v0);
+                for (int e = threadIdx.x; e < passChannels * kAttnRun; e += kAttnThreads)
+                {
+                    const int c = e / kAttnRun;
+                    const int i = e - c * kAttnRun;
+                    if (x0 + i < outW)
+                        out[static_cast<size_t>(h * vPerHead + v0 + c) * outPlane + int64_t(y) * outW + x0 + i] =
+                            staged[c][i];
+                }
+                __syncthreads();
             }
         }
     }
+}
+
+// ---- tiled kernel: one thread per output pixel, the tile's window union in shared memory -------
+//
+// A block owns a 4 x 32 tile of output pixels. Neighbouring pixels share most of their windows
+// (a whole low-res cell of pixels has the same one), so the union of the tile's windows is a
+// small rectangle of low-res cells (about 10 x 11 at 16x): per head, its keys and values are
+// copied to shared memory once, and each thread computes its pixel's attention from there.
+// Pass 1: logits (query in registers, four FMA chains) into the thread's row of shared memory,
+// then softmax weights in place; pass 2: values in chunks of 32 channels, accumulated in
+// registers and stored channel-major (a warp writes 32 consecutive pixels of a channel).
+
+constexpr int kTileY = 4;
+constexpr int kTileX = 32;
+constexpr int kTileThreads = kTileY * kTileX;
+constexpr int kValueChunk = 32;
+
+__device__ __forceinline__ int warpMin(int v)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+__device__ __forceinline__ int warpMax(int v)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kTileThreads)
+    tiledAttentionKernel(const float* __restrict__ qT, const float* __restrict__ kT, const float* __restrict__ vT,
+                         float* __restrict__ out, int dim, int channels, int heads, int lowW, int outH, int outW,
+                         const int* __restrict__ rowTable, const int* __restrict__ colTable, int kh, int kw,
+                         float scale, int unionCap, int vStride, int pStride)
+{
+    extern __shared__ float4 attnShared[];
+    float* sK = reinterpret_cast<float*>(attnShared);  // [unionCap][HD]
+    float* sV = sK + static_cast<size_t>(unionCap) * HD;  // [unionCap][vStride], zero-padded channels
+    float* sP = sV + static_cast<size_t>(unionCap) * vStride;  // [kTileThreads][pStride]
+    __shared__ int unionBox[4];  // first row, rows, first column, columns
+
+    const int tid = threadIdx.x;
+    const int y0 = blockIdx.y * kTileY, x0 = blockIdx.x * kTileX;
+    const int y = y0 + tid / kTileX, x = x0 + tid % kTileX;
+    const bool active = y < outH && x < outW;
+
+    // Union of the tile's windows: warp 0 scans the columns, warp 1 the rows.
+    if (tid < 64)
+    {
+        const int lane = tid & 31;
+        int lo = 0x7fffffff, hi = -1;
+        if (tid < 32)
+        {
+            if (x0 + lane < outW)
+                for (int t = 0; t < kw; ++t)
+                {
+                    const int v = colTable[static_cast<size_t>(x0 + lane) * kw + t];
+                    lo = min(lo, v);
+                    hi = max(hi, v);
+                }
+        }
+        else if (lane < kTileY && y0 + lane < outH)
+        {
+            for (int t = 0; t < kh; ++t)
+            {
+                const int v = rowTable[static_cast<size_t>(y0 + lane) * kh + t];
+                lo = min(lo, v);
+                hi = max(hi, v);
+            }
+        }
+        lo = warpMin(lo);
+        hi = warpMax(hi);
+        if (lane == 0)
+        {
+            unionBox[tid < 32 ? 2 : 0] = lo;
+            unionBox[tid < 32 ? 3 : 1] = hi - lo + 1;
+        }
+    }
+    __syncthreads();
+    const int firstRow = unionBox[0], rowsU = unionBox[1], firstCol = unionBox[2], colsU = unionBox[3];
+    const int unionSize = rowsU * colsU;
+    const int vPerHead = channels / heads;
+    const int64_t outPlane = int64_t(outH) * outW;
+    const int64_t pix = int64_t(y) * outW + x;
+    if (unionSize > unionCap)
+    {
+        // Cannot happen (the host sized unionCap with the same tables); poison rather than overrun.
+        if (active)
+            for (int c = 0; c < channels; ++c) out[static_cast<size_t>(c) * outPlane + pix] = nanf("");
+        return;
+    }
+    const int* rows = rowTable + static_cast<size_t>(active ? y : 0) * kh;
+    const int* cols = colTable + static_cast<size_t>(active ? x : 0) * kw;
+    float* myP = sP + static_cast<size_t>(tid) * pStride;
+
+    for (int h = 0; h < heads; ++h)
+    {
+        for (int e = tid; e < unionSize * (HD / 4); e += kTileThreads)
+        {
+            const int u = e / (HD / 4), c4 = e - u * (HD / 4);
+            const int r = firstRow + u / colsU, c = firstCol + u % colsU;
+            reinterpret_cast<float4*>(sK)[e] =
+                *reinterpret_cast<const float4*>(kT + (int64_t(r) * lowW + c) * dim + h * HD + 4 * c4);
+        }
+        for (int e = tid; e < unionSize * vStride; e += kTileThreads)
+        {
+            const int u = e / vStride, c = e - u * vStride;
+            const int r = firstRow + u / colsU, cc = firstCol + u % colsU;
+            sV[e] = c < vPerHead ? vT[(int64_t(r) * lowW + cc) * channels + h * vPerHead + c] : 0.f;
+        }
+        __syncthreads();
+        if (active)
+        {
+            float q[HD];
+            const float4* q4 = reinterpret_cast<const float4*>(qT + pix * dim + h * HD);
+#pragma unroll
+            for (int c4 = 0; c4 < HD / 4; ++c4)
+            {
+                const float4 v = q4[c4];
+                q[4 * c4] = v.x;
+                q[4 * c4 + 1] = v.y;
+                q[4 * c4 + 2] = v.z;
+                q[4 * c4 + 3] = v.w;
+            }
+            float m = -INFINITY;
+            for (int a = 0; a < kh; ++a)
+            {
+                const int rowOffset = (rows[a] - firstRow) * colsU - firstCol;
+                for (int b = 0; b < kw; ++b)
+                {
+                    const float4* k4 = reinterpret_cast<const float4*>(sK + (rowOffset + cols[b]) * HD);
+                    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll
+                    for (int c4 = 0; c4 < HD / 4; ++c4)
+                    {
+                        const float4 k = k4[c4];
+                        s0 = fmaf(q[4 * c4], k.x, s0);
+                        s1 = fmaf(q[4 * c4 + 1], k.y, s1);
+                        s2 = fmaf(q[4 * c4 + 2], k.z, s2);
+                        s3 = fmaf(q[4 * c4 + 3], k.w, s3);
+                    }
+                    const float logit = ((s0 + s1) + (s2 + s3)) * scale;
+                    myP[a * kw + b] = logit;
+                    m = fmaxf(m, logit);
+                }
+            }
+            const int n = kh * kw;
+            float l = 0.f;
+            for (int e = 0; e < n; ++e)
+            {
+                const float p = expf(myP[e] - m);
+                myP[e] = p;
+                l += p;
+            }
+            const float inv = 1.f / l;
+            for (int c0 = 0; c0 < vPerHead; c0 += kValueChunk)
+            {
+                float acc[kValueChunk];
+#pragma unroll
+                for (int j = 0; j < kValueChunk; ++j) acc[j] = 0.f;
+                for (int a = 0; a < kh; ++a)
+                {
+                    const int rowOffset = (rows[a] - firstRow) * colsU - firstCol;
+                    for (int b = 0; b < kw; ++b)
+                    {
+                        const float p = myP[a * kw + b];
+                        const float4* v4 = reinterpret_cast<const float4*>(sV + (rowOffset + cols[b]) * vStride + c0);
+#pragma unroll
+                        for (int j = 0; j < kValueChunk / 4; ++j)
+                        {
+                            const float4 v = v4[j];
+                            acc[4 * j] = fmaf(p, v.x, acc[4 * j]);
+                            acc[4 * j + 1] = fmaf(p, v.y, acc[4 * j + 1]);
+                            acc[4 * j + 2] = fmaf(p, v.z, acc[4 * j + 2]);
+                            acc[4 * j + 3] = fmaf(p, v.w, acc[4 * j + 3]);
+                        }
+                    }
+                }
+                float* o = out + static_cast<size_t>(h * vPerHead + c0) * outPlane + pix;
+#pragma unroll
+                for (int j = 0; j < kValueChunk; ++j)
+                    if (c0 + j < vPerHead) o[static_cast<size_t>(j) * outPlane] = acc[j] * inv;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+/// Largest union of windows over the tiles of one axis (tile of `tile` output positions).
+int maxWindowUnion(int outLen, int lowLen, int kernel, int tile)
+{
+    int best = 0;
+    for (int i0 = 0; i0 < outLen; i0 += tile)
+    {
+        int lo = lowLen, hi = -1;
+        for (int i = i0; i < std::min(outLen, i0 + tile); ++i)
+            for (int t = 0; t < kernel; ++t)
+            {
+                const int v = neighborLowIndex(i, t, outLen, lowLen, kernel);
+                lo = std::min(lo, v);
+                hi = std::max(hi, v);
+            }
+        best = std::max(best, hi - lo + 1);
+    }
+    return best;
 }
 
 // One warp per head: logits of the window of pixel (y,x), then a plain softmax by lane 0.
@@ -187,16 +404,58 @@ void launchWindowTable(int* table, int outLen, int lowLen, int kernel, cudaStrea
     checkLaunch("window table kernel launch");
 }
 
-void launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* outT, int dim,
-                                 int channels, int heads, int lowW, int outH, int outW, const int* rowTable,
-                                 const int* colTable, int kh, int kw, float scale, cudaStream_t stream)
+void launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
+                                 int channels, int heads, int lowH, int lowW, int outH, int outW,
+                                 const int* rowTable, const int* colTable, int kh, int kw, float scale,
+                                 cudaStream_t stream, AttentionKernel kernel)
 {
+    const bool allowTiled = kernel != AttentionKernel::General;
     if (heads <= 0 || dim % heads != 0 || channels % heads != 0 || dim / heads > kMaxHeadDim)
         throw std::invalid_argument("naf::kernels::cuda: attention needs dim and channels divisible by heads and a "
                                     "head dimension <= " + std::to_string(kMaxHeadDim));
-    const int64_t tiles = int64_t((outW + kAttnTileX - 1) / kAttnTileX) * ((outH + kAttnTileY - 1) / kAttnTileY);
-    const unsigned int blocks = static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(tiles, 1 << 20)));
-    neighborhoodAttentionKernel<<<blocks, kAttnThreads, 0, stream>>>(qT, kT, vT, outT, dim, channels, heads, lowW,
+    const int headDim = dim / heads;
+    const int vPerHead = channels / heads;
+    if (allowTiled && (headDim == 64 || headDim == 32) && dim % 4 == 0 && (outH + kTileY - 1) / kTileY <= 65535)
+    {
+        const int unionCap = maxWindowUnion(outH, lowH, kh, kTileY) * maxWindowUnion(outW, lowW, kw, kTileX);
+        const int vStride = (vPerHead + kValueChunk - 1) / kValueChunk * kValueChunk;
+        const int pStride = (kh * kw) | 1;  // odd: the threads' rows fall in different banks
+        const size_t shared =
+            (static_cast<size_t>(unionCap) * (headDim + vStride) + static_cast<size_t>(kTileThreads) * pStride) *
+            sizeof(float);
+        int device = 0, optin = 0;
+        check(cudaGetDevice(&device), "querying the current CUDA device");
+        check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+              "querying the shared memory size");
+        if (shared + 64 <= static_cast<size_t>(optin))
+        {
+            const dim3 grid((outW + kTileX - 1) / kTileX, (outH + kTileY - 1) / kTileY);
+            if (headDim == 64)
+            {
+                check(cudaFuncSetAttribute(tiledAttentionKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared)),
+                      "sizing the attention kernel's shared memory");
+                tiledAttentionKernel<64><<<grid, kTileThreads, shared, stream>>>(
+                    qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
+                    unionCap, vStride, pStride);
+            }
+            else
+            {
+                check(cudaFuncSetAttribute(tiledAttentionKernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared)),
+                      "sizing the attention kernel's shared memory");
+                tiledAttentionKernel<32><<<grid, kTileThreads, shared, stream>>>(
+                    qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
+                    unionCap, vStride, pStride);
+            }
+            checkLaunch("tiled neighborhood attention kernel launch");
+            return;
+        }
+    }
+    // General path: one warp per pixel, keys/values from global memory.
+    const int64_t runs = int64_t((outW + kAttnRun - 1) / kAttnRun) * outH;
+    const unsigned int blocks = static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(runs, 1 << 20)));
+    neighborhoodAttentionKernel<<<blocks, kAttnThreads, 0, stream>>>(qT, kT, vT, out, dim, channels, heads, lowW,
                                                                      outH, outW, rowTable, colTable, kh, kw, scale);
     checkLaunch("neighborhood attention kernel launch");
 }

@@ -24,11 +24,16 @@ std::string deviceDescription()
     return "built without CUDA";
 }
 
+bool cudnnCompiled()
+{
+    return false;
+}
+
 struct Engine::Impl
 {
 };
 
-Engine::Engine(const NafConfig&, const NafWeights&)
+Engine::Engine(const NafConfig&, const NafWeights&, ConvolutionPath)
 {
     throw std::runtime_error("naf::kernels::cuda::Engine: this build of naf_kernels has no CUDA support "
                              "(built without CUDA)");
@@ -41,9 +46,33 @@ void Engine::forward(const float*, const float*, float*, const ForwardShape&, Ma
     throw std::runtime_error("naf::kernels::cuda::Engine::forward: built without CUDA");
 }
 
+void Engine::forwardDevice(const float*, const float*, float*, const ForwardShape&, MathMode, AttentionProbe*)
+{
+    throw std::runtime_error("naf::kernels::cuda::Engine::forwardDevice: built without CUDA");
+}
+
 size_t Engine::deviceBytes() const
 {
     return 0;
+}
+
+ConvolutionPath Engine::convolutionPath() const
+{
+    return ConvolutionPath::Builtin;
+}
+
+std::string Engine::convolutionPathNote() const
+{
+    return "built without CUDA";
+}
+
+void Engine::setStageTiming(bool) {}
+
+void Engine::setAttentionKernel(AttentionKernel) {}
+
+StageTimes Engine::lastStageTimes() const
+{
+    return StageTimes();
 }
 
 }  // namespace cuda

@@ -38,53 +38,64 @@ struct Norm3
     float invStd[3];  // 1 / stdev, multiplied like the CPU path
 };
 
+// One block per row of the padded destination [3, dstH+2*pad, dstW+2*pad]; a padded position
+// takes the value of its reflection inside the dstH x dstW guide (reflect padding of the conv
+// that reads it, done here instead of in the convolution).
 __global__ void __launch_bounds__(kThreads)
-    normalizeResizeKernel(const float* __restrict__ src, int srcH, int srcW, float* __restrict__ dst, int dstH,
-                          int dstW, Norm3 nrm)
+    normalizeResizePaddedKernel(const float* __restrict__ src, int srcH, int srcW, float* __restrict__ dst, int dstH,
+                                int dstW, int pad, Norm3 nrm)
 {
-    const int64_t total = int64_t(3) * dstH * dstW;
+    const int paddedH = dstH + 2 * pad, paddedW = dstW + 2 * pad;
+    const int row = blockIdx.x;  // c * paddedH + yp
+    const int c = row / paddedH;
+    const int y = reflectIndex(row - c * paddedH - pad, dstH);
     const bool same = srcH == dstH && srcW == dstW;
+    const float mean = c == 0 ? nrm.mean[0] : (c == 1 ? nrm.mean[1] : nrm.mean[2]);
+    const float inv = c == 0 ? nrm.invStd[0] : (c == 1 ? nrm.invStd[1] : nrm.invStd[2]);
+    const float* s = src + static_cast<size_t>(c) * srcH * srcW;
+    float* d = dst + static_cast<size_t>(row) * paddedW;
     // PyTorch area_pixel_compute_source_index (align_corners=False) in float, as on the CPU.
     const float scaleY = static_cast<float>(srcH) / static_cast<float>(dstH);
     const float scaleX = static_cast<float>(srcW) / static_cast<float>(dstW);
-    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
+    int y0 = y, y1 = y;
+    float wy0 = 1.f, wy1 = 0.f;
+    if (!same)
     {
-        const int x = static_cast<int>(idx % dstW);
-        const int64_t t = idx / dstW;
-        const int y = static_cast<int>(t % dstH);
-        const int c = static_cast<int>(t / dstH);
-        const float mean = c == 0 ? nrm.mean[0] : (c == 1 ? nrm.mean[1] : nrm.mean[2]);
-        const float inv = c == 0 ? nrm.invStd[0] : (c == 1 ? nrm.invStd[1] : nrm.invStd[2]);
-        const float* s = src + static_cast<size_t>(c) * srcH * srcW;
-        if (same)
-        {
-            dst[idx] = (s[static_cast<size_t>(y) * srcW + x] - mean) * inv;
-            continue;
-        }
         float fy = scaleY * (static_cast<float>(y) + 0.5f) - 0.5f;
         if (fy < 0.f) fy = 0.f;
-        int y0 = static_cast<int>(fy);
+        y0 = static_cast<int>(fy);
         if (y0 > srcH - 1) y0 = srcH - 1;
-        const int y1 = y0 < srcH - 1 ? y0 + 1 : y0;
-        const float wy1 = fy - static_cast<float>(y0), wy0 = 1.f - wy1;
+        y1 = y0 < srcH - 1 ? y0 + 1 : y0;
+        wy1 = fy - static_cast<float>(y0);
+        wy0 = 1.f - wy1;
+    }
+    const float* r0 = s + static_cast<size_t>(y0) * srcW;
+    const float* r1 = s + static_cast<size_t>(y1) * srcW;
+    for (int xp = threadIdx.x; xp < paddedW; xp += blockDim.x)
+    {
+        const int x = reflectIndex(xp - pad, dstW);
+        if (same)
+        {
+            d[xp] = (r0[x] - mean) * inv;
+            continue;
+        }
         float fx = scaleX * (static_cast<float>(x) + 0.5f) - 0.5f;
         if (fx < 0.f) fx = 0.f;
         int x0 = static_cast<int>(fx);
         if (x0 > srcW - 1) x0 = srcW - 1;
         const int x1 = x0 < srcW - 1 ? x0 + 1 : x0;
         const float wx1 = fx - static_cast<float>(x0), wx0 = 1.f - wx1;
-        const float* r0 = s + static_cast<size_t>(y0) * srcW;
-        const float* r1 = s + static_cast<size_t>(y1) * srcW;
         const float v00 = (r0[x0] - mean) * inv, v01 = (r0[x1] - mean) * inv;
         const float v10 = (r1[x0] - mean) * inv, v11 = (r1[x1] - mean) * inv;
-        dst[idx] = wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11);
+        d[xp] = wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11);
     }
 }
 
 // ---- convolution: implicit GEMM out[co, p] = bias[co] + sum_k W[co, k] * col[k, p] --------------
 //
-// M = cout, N = h*w pixels, K = cin*k*k (PyTorch weight layout [cout][cin][ky][kx]). One block
+// M = cout, N = h*w pixels, K = cin*k*k (PyTorch weight layout [cout][cin][ky][kx]); the input
+// arrives reflect-padded by k/2 (written so by the previous kernel), so the gather has no
+// border logic. One block
 // computes a 64x64 output tile; K is walked in steps of 16 staged in shared memory: As holds the
 // weight tile transposed (As[k][m]), Bs the im2col tile gathered on the fly with reflect padding
 // (Bs[k][n]). Everything outside [cout) x [hw) x [K) is zero-filled and never written.
@@ -105,6 +116,8 @@ __global__ void __launch_bounds__(kConvThreads)
     const int K = cin * kk2;
     const int pad = ks / 2;
     const int hw = h * w;
+    const int paddedW = w + 2 * pad;
+    const size_t paddedPlane = static_cast<size_t>(h + 2 * pad) * paddedW;
     const int m0 = blockIdx.y * kConvBM;
     const int n0 = blockIdx.x * kConvBN;
     const int tid = threadIdx.x;
@@ -174,9 +187,8 @@ __global__ void __launch_bounds__(kConvThreads)
                 const int r = kk - ci * kk2;
                 const int ky = r / ks;
                 const int kx = r - ky * ks;
-                const int yy = reflectIndex(py + ky - pad, h);
-                const int xx = reflectIndex(px + kx - pad, w);
-                v = src[static_cast<size_t>(ci) * hw + static_cast<size_t>(yy) * w + xx];
+                // src is already reflect-padded by `pad`: tap (ky,kx) of pixel (py,px) is at (py+ky, px+kx).
+                v = src[static_cast<size_t>(ci) * paddedPlane + static_cast<size_t>(py + ky) * paddedW + (px + kx)];
             }
             Bs[kr * kConvLd + nB] = v;
         }
@@ -280,9 +292,12 @@ void launchConvT(const float* src, int h, int w, const DevConv& conv, float* dst
 
 // ---- GroupNorm + SiLU --------------------------------------------------------------------------
 //
-// Two-pass statistics in double like the CPU (mean, then mean squared deviation), with a fixed
-// reduction tree: each block reduces one kGnChunk-element chunk of one group into a partial sum,
-// a finalize kernel reduces the partials of a group in a fixed order. Deterministic.
+// The input is a convolution's output without its bias (x + bias[c] is the tensor normalized).
+// Statistics in double with a fixed reduction tree: each block reduces one kGnChunk-element
+// chunk of one group into a partial (sum, sum of squares), a finalize kernel reduces the
+// partials of a group in a fixed order; variance = E[x^2] - mean^2 in double (fp32 inputs: the
+// cancellation costs nothing measurable against the CPU's two-pass fp64 statistics).
+// Deterministic. The apply kernel writes the activation reflect-padded for the next convolution.
 
 __device__ __forceinline__ double blockReduceSum(double v, double* shared)
 {
@@ -293,79 +308,93 @@ __device__ __forceinline__ double blockReduceSum(double v, double* shared)
         if (static_cast<int>(threadIdx.x) < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
         __syncthreads();
     }
-    return shared[0];
+    const double total = shared[0];
+    __syncthreads();  // shared[] is reused by the next reduction
+    return total;
 }
 
-template <bool SQ>
+// grid (chunks per channel, channels): each block sums one kGnChunk-element chunk of one channel.
 __global__ void __launch_bounds__(kThreads)
-    gnPartialKernel(const float* __restrict__ data, int64_t groupLen, int chunks, const double* __restrict__ meanD,
+    gnPartialKernel(const float* __restrict__ data, const float* __restrict__ bias, int64_t hw, int chunksPerChannel,
                     double* __restrict__ partial)
 {
     __shared__ double red[kThreads];
-    const int g = blockIdx.y;
-    const float* base = data + static_cast<size_t>(g) * groupLen;
+    const int ch = blockIdx.y;
+    const float* base = data + static_cast<size_t>(ch) * hw;
     const int64_t start = int64_t(blockIdx.x) * kGnChunk;
-    const int64_t end = start + kGnChunk < groupLen ? start + kGnChunk : groupLen;
-    const double m = SQ ? meanD[g] : 0.0;
-    double acc = 0.0;
+    const int64_t end = start + kGnChunk < hw ? start + kGnChunk : hw;
+    const float b = bias ? bias[ch] : 0.f;
+    double sum = 0.0, sumSq = 0.0;
     for (int64_t i = start + threadIdx.x; i < end; i += kThreads)
     {
-        const double v = static_cast<double>(base[i]);
-        if (SQ)
-        {
-            const double d = v - m;
-            acc += d * d;
-        }
-        else
-        {
-            acc += v;
-        }
+        const double v = static_cast<double>(base[i] + b);
+        sum += v;
+        sumSq += v * v;
     }
-    const double total = blockReduceSum(acc, red);
-    if (threadIdx.x == 0) partial[static_cast<size_t>(g) * chunks + blockIdx.x] = total;
+    const double totalSum = blockReduceSum(sum, red);
+    const double totalSq = blockReduceSum(sumSq, red);
+    if (threadIdx.x == 0)
+    {
+        const size_t slot = static_cast<size_t>(ch) * chunksPerChannel + blockIdx.x;
+        partial[2 * slot] = totalSum;
+        partial[2 * slot + 1] = totalSq;
+    }
 }
 
-template <bool SQ>
+// One block per group: the partials of its channels, in a fixed order.
 __global__ void __launch_bounds__(kThreads)
-    gnFinalizeKernel(const double* __restrict__ partial, int chunks, int64_t groupLen, float eps, double* meanD,
+    gnFinalizeKernel(const double* __restrict__ partial, int partialsPerGroup, int64_t groupLen, float eps,
                      float* meanF, float* invStdF)
 {
     __shared__ double red[kThreads];
     const int g = blockIdx.x;
-    double acc = 0.0;
-    for (int i = threadIdx.x; i < chunks; i += kThreads) acc += partial[static_cast<size_t>(g) * chunks + i];
-    const double total = blockReduceSum(acc, red);
+    double sum = 0.0, sumSq = 0.0;
+    for (int i = threadIdx.x; i < partialsPerGroup; i += kThreads)
+    {
+        const size_t slot = static_cast<size_t>(g) * partialsPerGroup + i;
+        sum += partial[2 * slot];
+        sumSq += partial[2 * slot + 1];
+    }
+    const double totalSum = blockReduceSum(sum, red);
+    const double totalSq = blockReduceSum(sumSq, red);
     if (threadIdx.x == 0)
     {
-        if (!SQ)
-        {
-            const double m = total / static_cast<double>(groupLen);
-            meanD[g] = m;
-            meanF[g] = static_cast<float>(m);
-        }
-        else
-        {
-            const double var = total / static_cast<double>(groupLen);  // biased, as GroupNorm
-            invStdF[g] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
-        }
+        const double n = static_cast<double>(groupLen);
+        const double mean = totalSum / n;
+        double var = totalSq / n - mean * mean;  // biased, as GroupNorm
+        if (var < 0.0) var = 0.0;
+        meanF[g] = static_cast<float>(mean);
+        invStdF[g] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
     }
 }
 
+// Blocks stride over the rows of the padded destination [c, h+2*pad, w+2*pad] (a block per row
+// made 57,600 short blocks per call at 448x448).
 __global__ void __launch_bounds__(kThreads)
-    gnApplySiLUKernel(float* __restrict__ data, int c, int64_t hw, int perGroup, const float* __restrict__ gamma,
-                      const float* __restrict__ beta, const float* __restrict__ meanF,
-                      const float* __restrict__ invStdF)
+    gnApplySiLUPaddedKernel(const float* __restrict__ src, const float* __restrict__ bias, int c, int h, int w,
+                            int perGroup, const float* __restrict__ gamma, const float* __restrict__ beta,
+                            const float* __restrict__ meanF, const float* __restrict__ invStdF,
+                            float* __restrict__ dst, int pad)
 {
-    const int64_t total = int64_t(c) * hw;
-    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-         idx += int64_t(gridDim.x) * blockDim.x)
+    const int paddedH = h + 2 * pad, paddedW = w + 2 * pad;
+    const int rows = c * paddedH;
+    for (int row = blockIdx.x; row < rows; row += gridDim.x)
     {
-        const int ch = static_cast<int>(idx / hw);
+        const int ch = row / paddedH;
+        const int y = reflectIndex(row - ch * paddedH - pad, h);
         const int g = ch / perGroup;
         const float scale = invStdF[g] * (gamma ? gamma[ch] : 1.f);
         const float shift = (beta ? beta[ch] : 0.f) - meanF[g] * scale;
-        const float v = data[idx] * scale + shift;
-        data[idx] = v / (1.f + expf(-v));
+        const float b = bias ? bias[ch] : 0.f;
+        const float* s = src + (static_cast<size_t>(ch) * h + y) * w;
+        float* d = dst + static_cast<size_t>(row) * paddedW;
+        for (int xp = threadIdx.x; xp < paddedW; xp += blockDim.x)
+        {
+            const float v = (s[reflectIndex(xp - pad, w)] + b) * scale + shift;
+            // Fast intrinsics (a few ulp; the full-precision pair cost ~1 ms per call at 2016x2016).
+            // For v < -88, __expf(-v) is inf and __fdividef gives 0: SiLU's limit.
+            d[xp] = __fdividef(v, 1.f + __expf(-v));
+        }
     }
 }
 
@@ -382,8 +411,8 @@ __device__ __forceinline__ int poolStop(int i, int in, int out)
 }
 
 __global__ void __launch_bounds__(kThreads)
-    adaptiveAvgPoolKernel(const float* __restrict__ src, int c, int srcH, int srcW, float* __restrict__ dst,
-                          int dstH, int dstW)
+    adaptiveAvgPoolKernel(const float* __restrict__ src, const float* __restrict__ bias, int c, int srcH, int srcW,
+                          float* __restrict__ dst, int dstH, int dstW)
 {
     const int64_t total = int64_t(c) * dstH * dstW;
     for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -396,9 +425,10 @@ __global__ void __launch_bounds__(kThreads)
         const int y0 = poolStart(oy, srcH, dstH), y1 = poolStop(oy, srcH, dstH);
         const int x0 = poolStart(ox, srcW, dstW), x1 = poolStop(ox, srcW, dstW);
         const float* plane = src + static_cast<size_t>(ch) * srcH * srcW;
+        const float b = bias ? bias[ch] : 0.f;
         double sum = 0.0;
         for (int y = y0; y < y1; ++y)
-            for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x];
+            for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
         dst[idx] = static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
     }
 }
@@ -467,6 +497,95 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// ---- one encoder branch's output -> RoPE'd queries, pixel-major --------------------------------
+//
+// Fuses adaptive pooling (+ the last convolution's bias), RoPE and the CHW -> HWC transpose for
+// one branch (its channels [offset, offset+hidden) of the queries), when no RoPE head straddles
+// two branches. One block per 32 consecutive output pixels: the tile [hidden][32] is read
+// along pixels (coalesced), rotated in shared memory, written along channels (coalesced).
+
+constexpr int kRopeTilePixels = 32;
+
+// cos/sin of every RoPE angle: rows [h][quarter] from the row coordinate, columns [w][quarter]
+// from the column coordinate (the angle of channel pair a is 2*pi*coord/period[a], in float32
+// like the CPU's tables).
+__global__ void __launch_bounds__(kThreads)
+    ropeTablesKernel(float2* __restrict__ rowCS, float2* __restrict__ colCS, int h, int w, int quarter,
+                     const float* __restrict__ periods)
+{
+    const int total = (h + w) * quarter;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x)
+    {
+        const bool isRow = idx < h * quarter;
+        const int rel = isRow ? idx : idx - h * quarter;
+        const int pos = rel / quarter, a = rel - pos * quarter;
+        const int len = isRow ? h : w;
+        const float coord = 2.f * ((static_cast<float>(pos) + 0.5f) / static_cast<float>(len)) - 1.f;
+        const float angle = 6.283185307179586f * coord / periods[a];
+        float sn, cs;
+        sincosf(angle, &sn, &cs);
+        (isRow ? rowCS : colCS)[rel] = make_float2(cs, sn);
+    }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    poolRopeToHwcKernel(const float* __restrict__ src, const float* __restrict__ bias, int hidden, int srcH,
+                        int srcW, float* __restrict__ qT, int dim, int offset, int outH, int outW, int headDim,
+                        const float2* __restrict__ rowCS, const float2* __restrict__ colCS)
+{
+    extern __shared__ float tile[];  // [hidden][kRopeTilePixels + 1]
+    constexpr int ld = kRopeTilePixels + 1;
+    const int64_t outPlane = int64_t(outH) * outW;
+    const int64_t pix0 = int64_t(blockIdx.x) * kRopeTilePixels;
+    const bool identity = srcH == outH && srcW == outW;
+    for (int e = threadIdx.x; e < hidden * kRopeTilePixels; e += blockDim.x)
+    {
+        const int c = e / kRopeTilePixels;
+        const int i = e - c * kRopeTilePixels;
+        const int64_t pix = pix0 + i;
+        float v = 0.f;
+        if (pix < outPlane)
+        {
+            const float b = bias ? bias[c] : 0.f;
+            const float* plane = src + static_cast<size_t>(c) * srcH * srcW;
+            if (identity)
+            {
+                v = plane[pix] + b;
+            }
+            else
+            {
+                const int oy = static_cast<int>(pix / outW), ox = static_cast<int>(pix - int64_t(oy) * outW);
+                const int y0 = poolStart(oy, srcH, outH), y1 = poolStop(oy, srcH, outH);
+                const int x0 = poolStart(ox, srcW, outW), x1 = poolStop(ox, srcW, outW);
+                double sum = 0.0;
+                for (int y = y0; y < y1; ++y)
+                    for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
+                v = static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
+            }
+        }
+        tile[c * ld + i] = v;
+    }
+    __syncthreads();
+    const int half = headDim / 2, quarter = headDim / 4;
+    for (int e = threadIdx.x; e < hidden * kRopeTilePixels; e += blockDim.x)
+    {
+        const int i = e / hidden;
+        const int c = e - i * hidden;
+        const int64_t pix = pix0 + i;
+        if (pix >= outPlane) continue;
+        const int y = static_cast<int>(pix / outW), x = static_cast<int>(pix - int64_t(y) * outW);
+        const int j = (offset + c) % headDim;  // offset is a multiple of headDim
+        const bool low = j < half;
+        const int a = low ? j : j - half;
+        const float2 t = a < quarter ? rowCS[static_cast<size_t>(y) * quarter + a]
+                                     : colCS[static_cast<size_t>(x) * quarter + a - quarter];
+        const int cLo = low ? c : c - half;
+        const float lo = tile[cLo * ld + i];
+        const float hi = tile[(cLo + half) * ld + i];
+        qT[pix * dim + offset + c] = low ? lo * t.x - hi * t.y : hi * t.x + lo * t.y;
+    }
+}
+
 // ---- transpose -------------------------------------------------------------------------------
 
 constexpr int kTile = 32;
@@ -500,28 +619,27 @@ __global__ void __launch_bounds__(kTile * 8)
 
 // ---- launchers -------------------------------------------------------------------------------------
 
-void launchNormalizeResize(const float* src, int srcH, int srcW, float* dst, int dstH, int dstW, const float mean[3],
-                           const float stdev[3], cudaStream_t stream)
+void launchNormalizeResizePadded(const float* src, int srcH, int srcW, float* dst, int dstH, int dstW, int pad,
+                                 const float mean[3], const float stdev[3], cudaStream_t stream)
 {
+    if (pad < 0 || dstH <= pad || dstW <= pad)
+        throw std::invalid_argument("naf::kernels::cuda: reflect padding " + std::to_string(pad) +
+                                    " needs a guide larger than " + std::to_string(pad) + " on both axes, got " +
+                                    std::to_string(dstH) + "x" + std::to_string(dstW));
     Norm3 nrm;
     for (int c = 0; c < 3; ++c)
     {
         nrm.mean[c] = mean[c];
         nrm.invStd[c] = 1.f / stdev[c];
     }
-    normalizeResizeKernel<<<gridFor(int64_t(3) * dstH * dstW), kThreads, 0, stream>>>(src, srcH, srcW, dst, dstH,
-                                                                                        dstW, nrm);
+    normalizeResizePaddedKernel<<<3 * (dstH + 2 * pad), kThreads, 0, stream>>>(src, srcH, srcW, dst, dstH, dstW, pad,
+                                                                              nrm);
     checkLaunch("normalize/resize kernel launch");
 }
 
-void launchConv2dReflect(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
-                         cudaStream_t stream)
+void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
+                        cudaStream_t stream)
 {
-    const int pad = conv.k / 2;
-    if (h <= pad || w <= pad)
-        throw std::invalid_argument("naf::kernels::cuda: reflect padding " + std::to_string(pad) +
-                                    " needs an input larger than " + std::to_string(pad) + " on both axes, got " +
-                                    std::to_string(h) + "x" + std::to_string(w));
     if ((conv.cout + kConvBM - 1) / kConvBM > 65535)
         throw std::invalid_argument("naf::kernels::cuda: too many output channels");
     if (int64_t(h) * w + kConvBN > int64_t(0x7fffffff))
@@ -535,46 +653,85 @@ void launchConv2dReflect(const float* src, int h, int w, const DevConv& conv, fl
 
 size_t groupNormStatsBytes(int groups)
 {
-    return static_cast<size_t>(groups) * (sizeof(double) + 2 * sizeof(float));
+    return static_cast<size_t>(groups) * 2 * sizeof(float);
 }
 
-void launchGroupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta,
-                         float eps, double* partial, void* stats, cudaStream_t stream)
+void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h, int w, int groups,
+                               const float* gamma, const float* beta, float eps, float* dst, int pad, double* partial,
+                               void* stats, cudaStream_t stream)
 {
     if (groups <= 0 || c % groups != 0)
         throw std::invalid_argument("naf::kernels::cuda: " + std::to_string(c) + " channels not divisible into " +
                                     std::to_string(groups) + " groups");
     if (groups > 65535) throw std::invalid_argument("naf::kernels::cuda: too many GroupNorm groups");
+    if (pad < 0 || h <= pad || w <= pad)
+        throw std::invalid_argument("naf::kernels::cuda: reflect padding " + std::to_string(pad) +
+                                    " needs an input larger than " + std::to_string(pad) + " on both axes, got " +
+                                    std::to_string(h) + "x" + std::to_string(w));
     const int perGroup = c / groups;
     const int64_t hw = int64_t(h) * w;
     const int64_t groupLen = int64_t(perGroup) * hw;
-    const int64_t chunks = gnChunks(groupLen);
-    if (chunks > int64_t(0x7fffffff)) throw std::invalid_argument("naf::kernels::cuda: GroupNorm input too large");
-    double* meanD = static_cast<double*>(stats);
-    float* meanF = reinterpret_cast<float*>(meanD + groups);
+    const int64_t chunks = gnChunksPerChannel(hw);
+    const int64_t rows = int64_t(c) * (h + 2 * pad);
+    if (chunks * perGroup > int64_t(0x7fffffff) || rows > int64_t(0x7fffffff) || c > 65535)
+        throw std::invalid_argument("naf::kernels::cuda: GroupNorm input too large");
+    float* meanF = static_cast<float*>(stats);
     float* invStdF = meanF + groups;
-    const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(groups));
-    gnPartialKernel<false><<<grid, kThreads, 0, stream>>>(data, groupLen, static_cast<int>(chunks), meanD, partial);
-    checkLaunch("GroupNorm sum kernel launch");
-    gnFinalizeKernel<false><<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks), groupLen, eps, meanD,
-                                                             meanF, invStdF);
-    checkLaunch("GroupNorm mean kernel launch");
-    gnPartialKernel<true><<<grid, kThreads, 0, stream>>>(data, groupLen, static_cast<int>(chunks), meanD, partial);
-    checkLaunch("GroupNorm variance sum kernel launch");
-    gnFinalizeKernel<true><<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks), groupLen, eps, meanD,
-                                                            meanF, invStdF);
-    checkLaunch("GroupNorm variance kernel launch");
-    gnApplySiLUKernel<<<gridFor(int64_t(c) * hw), kThreads, 0, stream>>>(data, c, hw, perGroup, gamma, beta, meanF,
-                                                                        invStdF);
+    const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(c));
+    gnPartialKernel<<<grid, kThreads, 0, stream>>>(src, bias, hw, static_cast<int>(chunks), partial);
+    checkLaunch("GroupNorm statistics kernel launch");
+    gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
+                                                      meanF, invStdF);
+    checkLaunch("GroupNorm finalize kernel launch");
+    gnApplySiLUPaddedKernel<<<static_cast<unsigned int>(std::min<int64_t>(rows, 4096)), kThreads, 0, stream>>>(
+        src, bias, c, h, w, perGroup, gamma, beta, meanF, invStdF, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }
 
-void launchAdaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, int dstH, int dstW,
-                           cudaStream_t stream)
+void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
+                           int dstW, cudaStream_t stream)
 {
-    adaptiveAvgPoolKernel<<<gridFor(int64_t(c) * dstH * dstW), kThreads, 0, stream>>>(src, c, srcH, srcW, dst, dstH,
-                                                                                        dstW);
+    adaptiveAvgPoolKernel<<<gridFor(int64_t(c) * dstH * dstW), kThreads, 0, stream>>>(src, bias, c, srcH, srcW, dst,
+                                                                                        dstH, dstW);
     checkLaunch("adaptive average pool kernel launch");
+}
+
+bool poolRopeFusable(int dim, int hidden, int offset, int ropeHeads)
+{
+    if (ropeHeads <= 0 || dim % ropeHeads != 0) return false;
+    const int headDim = dim / ropeHeads;
+    return hidden <= kMaxFusedRopeChannels && headDim % 4 == 0 && hidden % headDim == 0 && offset % headDim == 0;
+}
+
+size_t ropeTablesBytes(int h, int w, int dim, int ropeHeads)
+{
+    return static_cast<size_t>(h + w) * (dim / ropeHeads / 4) * sizeof(float2);
+}
+
+void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const float* periods, cudaStream_t stream)
+{
+    const int quarter = dim / ropeHeads / 4;
+    float2* rowCS = static_cast<float2*>(tables);
+    float2* colCS = rowCS + static_cast<size_t>(h) * quarter;
+    ropeTablesKernel<<<gridFor(int64_t(h + w) * quarter), kThreads, 0, stream>>>(rowCS, colCS, h, w, quarter,
+                                                                                periods);
+    checkLaunch("RoPE table kernel launch");
+}
+
+void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
+                         int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream)
+{
+    if (!poolRopeFusable(dim, hidden, offset, ropeHeads))
+        throw std::invalid_argument("naf::kernels::cuda: fused pool+RoPE needs whole RoPE heads inside the branch");
+    const int64_t blocks = (int64_t(outH) * outW + kRopeTilePixels - 1) / kRopeTilePixels;
+    if (blocks > int64_t(0x7fffffff)) throw std::invalid_argument("naf::kernels::cuda: output too large");
+    const size_t shared = static_cast<size_t>(hidden) * (kRopeTilePixels + 1) * sizeof(float);
+    const int quarter = dim / ropeHeads / 4;
+    const float2* rowCS = static_cast<const float2*>(ropeTables);
+    const float2* colCS = rowCS + static_cast<size_t>(outH) * quarter;
+    poolRopeToHwcKernel<<<static_cast<unsigned int>(blocks), kThreads, shared, stream>>>(
+        src, bias, hidden, srcH, srcW, qT, dim, offset, outH, outW, dim / ropeHeads, rowCS, colCS);
+    checkLaunch("pool+RoPE kernel launch");
 }
 
 void launchRopeToHwc(const float* q, float* qT, int dim, int h, int w, int heads, const float* periods,

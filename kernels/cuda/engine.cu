@@ -2,6 +2,8 @@
 // sequence of kernels of one forward (same steps as kernels::forward on the CPU).
 #include <cuda_runtime.h>
 
+#include <memory>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -21,6 +23,15 @@ using detail::check;
 bool compiled()
 {
     return true;
+}
+
+bool cudnnCompiled()
+{
+#if NAF_HAVE_CUDNN
+    return true;
+#else
+    return false;
+#endif
 }
 
 bool available()
@@ -146,57 +157,263 @@ struct Engine::Impl
     int device = 0;
     bool tensorCoresTf32 = false;
     cudaStream_t stream = nullptr;
+    ConvolutionPath path = ConvolutionPath::Builtin;
+    std::string pathNote;
+#if NAF_HAVE_CUDNN
+    std::unique_ptr<detail::CudnnConvolver> cudnn;
+#endif
 
     DeviceBuffer weights;  // every parameter, packed
     DevBranch point, context;
     const float* ropePeriods = nullptr;
 
-    // Scratch (grow only).
-    DeviceBuffer image, guide, bufA, bufB, queries, queriesT, keysT, features, valuesT, outT, out;
-    DeviceBuffer gnPartial, gnStats, tables, probe;
+    // Scratch (grow only). guide and padded are reflect-padded for the next convolution.
+    DeviceBuffer image, features, out;  // host-pointer forward only
+    DeviceBuffer guide, convOut, padded, queries, queriesT, keysT, valuesT;
+    DeviceBuffer gnPartial, gnStats, tables, probe, ropeTables;
+
+    AttentionKernel attentionKernel = AttentionKernel::Tiled;
+    bool stageTiming = false;
+    cudaEvent_t events[3] = {nullptr, nullptr, nullptr};
+    std::vector<cudaEvent_t> convEvents;  // start/stop pairs around each convolution (stage timing)
+    int convCalls = 0;
+    StageTimes lastTimes;
+
+    std::vector<DeviceBuffer*> scratch()
+    {
+        return {&image,   &features, &out,       &guide,   &convOut, &padded, &queries, &queriesT,
+                &keysT,   &valuesT,  &gnPartial, &gnStats, &tables,  &probe,   &ropeTables};
+    }
 
     ~Impl()
     {
-        DeviceBuffer* all[] = {&weights, &image,    &guide, &bufA,      &bufB,      &queries, &queriesT, &keysT,
-                               &features, &valuesT, &outT,  &out,       &gnPartial, &gnStats, &tables,   &probe};
         int previous = -1;
         const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
                               cudaSetDevice(device) == cudaSuccess;
         if (stream) (void)cudaStreamSynchronize(stream);
-        for (DeviceBuffer* b : all) b->release();
+#if NAF_HAVE_CUDNN
+        cudnn.reset();
+#endif
+        weights.release();
+        for (DeviceBuffer* b : scratch()) b->release();
+        for (cudaEvent_t& e : events)
+            if (e) (void)cudaEventDestroy(e);
+        for (cudaEvent_t& e : convEvents)
+            if (e) (void)cudaEventDestroy(e);
         if (stream) (void)cudaStreamDestroy(stream);
         if (switched) (void)cudaSetDevice(previous);
     }
 
-    size_t scratchBytes() const
+    size_t scratchBytes()
     {
-        const DeviceBuffer* all[] = {&image,   &guide, &bufA, &bufB,      &queries, &queriesT, &keysT, &features,
-                                     &valuesT, &outT,  &out,  &gnPartial, &gnStats, &tables,   &probe};
         size_t total = 0;
-        for (const DeviceBuffer* b : all) total += b->bytes;
+        for (const DeviceBuffer* b : scratch()) total += b->bytes;
+#if NAF_HAVE_CUDNN
+        if (cudnn) total += cudnn->workspaceBytes();
+#endif
         return total;
     }
 
-    void runBranch(const DevBranch& branch, int gh, int gw, float* pooled, int outH, int outW, bool tf32)
+    void convolve(const float* srcPadded, int h, int w, const detail::DevConv& conv, float* dst, bool tf32)
+    {
+        detail::DevConv noBias = conv;
+        noBias.bias = nullptr;  // added by the consumer of dst
+        const bool timed = stageTiming && 2 * convCalls + 1 < static_cast<int>(convEvents.size());
+        if (timed) check(cudaEventRecord(convEvents[2 * convCalls], stream), "recording a timing event");
+#if NAF_HAVE_CUDNN
+        if (cudnn)
+            cudnn->run(srcPadded, h, w, noBias, dst, tf32);
+        else
+#endif
+            detail::launchConv2dPadded(srcPadded, h, w, noBias, dst, tf32, stream);
+        if (timed) check(cudaEventRecord(convEvents[2 * convCalls + 1], stream), "recording a timing event");
+        ++convCalls;
+    }
+
+    /// One encoder branch on the guide; leaves its last convolution's output (without bias) in
+    /// convOut and returns that bias.
+    const float* runBranch(const DevBranch& branch, const float* imageDev, int imageH, int imageW, int gh, int gw,
+                           bool tf32)
     {
         const int hidden = branch.stem.cout;
-        float* a = bufA.as<float>();
-        float* b = bufB.as<float>();
-        detail::launchConv2dReflect(guide.as<float>(), gh, gw, branch.stem, a, tf32, stream);
+        float* conv = convOut.as<float>();
+        float* pad = padded.as<float>();
+        detail::launchNormalizeResizePadded(imageDev, imageH, imageW, guide.as<float>(), gh, gw, branch.stem.k / 2,
+                                            cfg.mean, cfg.stdev, stream);
+        convolve(guide.as<float>(), gh, gw, branch.stem, conv, tf32);
+        const float* bias = branch.stem.bias;
         for (const DevBlock& blk : branch.blocks)
         {
-            detail::launchGroupNormSiLU(a, hidden, gh, gw, cfg.numGroups, blk.norm1Gamma, blk.norm1Beta, cfg.gnEps,
-                                        gnPartial.as<double>(), gnStats.ptr, stream);
-            detail::launchConv2dReflect(a, gh, gw, blk.conv1, b, tf32, stream);
-            detail::launchGroupNormSiLU(b, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma, blk.norm2Beta, cfg.gnEps,
-                                        gnPartial.as<double>(), gnStats.ptr, stream);
-            detail::launchConv2dReflect(b, gh, gw, blk.conv2, a, tf32, stream);
+            detail::launchGroupNormSiLUPadded(conv, bias, hidden, gh, gw, cfg.numGroups, blk.norm1Gamma,
+                                              blk.norm1Beta, cfg.gnEps, pad, blk.conv1.k / 2, gnPartial.as<double>(),
+                                              gnStats.ptr, stream);
+            convolve(pad, gh, gw, blk.conv1, conv, tf32);
+            detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
+                                              blk.norm2Beta, cfg.gnEps, pad, blk.conv2.k / 2, gnPartial.as<double>(),
+                                              gnStats.ptr, stream);
+            convolve(pad, gh, gw, blk.conv2, conv, tf32);
+            bias = blk.conv2.bias;
         }
-        detail::launchAdaptiveAvgPool(a, hidden, gh, gw, pooled, outH, outW, stream);
+        return bias;
+    }
+
+    void record(int i)
+    {
+        if (stageTiming) check(cudaEventRecord(events[i], stream), "recording a timing event");
+    }
+
+    /// The forward on device pointers; everything is enqueued on `stream` (no synchronization).
+    void enqueue(const float* imageDev, const float* featuresDev, float* outDev, const ForwardShape& shape, bool tf32,
+                 AttentionProbe* probe)
+    {
+        int gh = 0, gw = 0;
+        guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
+        const int hidden = cfg.dim / 2;
+        const int C = shape.channels;
+        const size_t outPlane = static_cast<size_t>(shape.outH) * shape.outW;
+        const size_t lowPlane = static_cast<size_t>(shape.lowH) * shape.lowW;
+        const int kh = effectiveKernel(shape.kernelSize, shape.lowH);
+        const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
+        const bool fused = detail::poolRopeFusable(cfg.dim, hidden, 0, cfg.headsRope) &&
+                           detail::poolRopeFusable(cfg.dim, hidden, hidden, cfg.headsRope);
+
+        convCalls = 0;
+        record(0);
+        // Guide encoder -> RoPE'd queries, pixel-major [outH*outW, dim].
+        if (fused)
+            detail::launchRopeTables(ropeTables.ptr, shape.outH, shape.outW, cfg.dim, cfg.headsRope, ropePeriods,
+                                     stream);
+        const DevBranch* branches[2] = {&point, &context};
+        for (int bi = 0; bi < 2; ++bi)
+        {
+            const float* bias = runBranch(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32);
+            if (fused)
+                detail::launchPoolRopeToHwc(convOut.as<float>(), bias, hidden, gh, gw, queriesT.as<float>(), cfg.dim,
+                                            bi * hidden, shape.outH, shape.outW, cfg.headsRope, ropeTables.ptr,
+                                            stream);
+            else
+                detail::launchAdaptiveAvgPool(convOut.as<float>(), bias, hidden, gh, gw,
+                                              queries.as<float>() + bi * hidden * outPlane, shape.outH, shape.outW,
+                                              stream);
+        }
+        if (!fused)
+            detail::launchRopeToHwc(queries.as<float>(), queriesT.as<float>(), cfg.dim, shape.outH, shape.outW,
+                                    cfg.headsRope, ropePeriods, stream);
+        // Keys = pooled RoPE'd queries.
+        detail::launchAdaptiveAvgPoolHwc(queriesT.as<float>(), cfg.dim, shape.outH, shape.outW, keysT.as<float>(),
+                                         shape.lowH, shape.lowW, stream);
+        record(1);
+
+        // Attention, written channel-major straight into the output.
+        detail::launchTranspose(featuresDev, C, static_cast<int64_t>(lowPlane), valuesT.as<float>(), stream);
+        int* rowTable = tables.as<int>();
+        int* colTable = rowTable + static_cast<size_t>(shape.outH) * kh;
+        detail::launchWindowTable(rowTable, shape.outH, shape.lowH, kh, stream);
+        detail::launchWindowTable(colTable, shape.outW, shape.lowW, kw, stream);
+        const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
+        detail::launchNeighborhoodAttention(queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev,
+                                            cfg.dim, C, cfg.headsAttn, shape.lowH, shape.lowW, shape.outH, shape.outW,
+                                            rowTable, colTable, kh, kw, scale, stream, attentionKernel);
+        if (probe)
+            detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
+                                         shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
+                                         this->probe.as<float>(), stream);
+        record(2);
+    }
+
+    /// Grow-only scratch for `shape` (before anything of the call is queued).
+    void reserve(const ForwardShape& shape, bool hostIO, bool withProbe)
+    {
+        int gh = 0, gw = 0;
+        guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
+        const int hidden = cfg.dim / 2;
+        const size_t f = sizeof(float);
+        const size_t imagePlane = static_cast<size_t>(shape.imageH) * shape.imageW;
+        const size_t outPlane = static_cast<size_t>(shape.outH) * shape.outW;
+        const size_t lowPlane = static_cast<size_t>(shape.lowH) * shape.lowW;
+        const int kh = effectiveKernel(shape.kernelSize, shape.lowH);
+        const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
+        int stemPad = 0, blockPad = 0;
+        for (const DevBranch* br : {&point, &context})
+        {
+            stemPad = std::max(stemPad, br->stem.k / 2);
+            for (const DevBlock& blk : br->blocks) blockPad = std::max({blockPad, blk.conv1.k / 2, blk.conv2.k / 2});
+        }
+        const size_t gnChunks = static_cast<size_t>(detail::gnChunksPerChannel(static_cast<int64_t>(gh) * gw));
+        const bool fused = detail::poolRopeFusable(cfg.dim, hidden, 0, cfg.headsRope) &&
+                           detail::poolRopeFusable(cfg.dim, hidden, hidden, cfg.headsRope);
+        if (hostIO)
+        {
+            image.ensure(3 * imagePlane * f, "allocating the image buffer");
+            features.ensure(static_cast<size_t>(shape.channels) * lowPlane * f, "allocating the feature buffer");
+            out.ensure(static_cast<size_t>(shape.channels) * outPlane * f, "allocating the output buffer");
+        }
+        guide.ensure(3 * static_cast<size_t>(gh + 2 * stemPad) * (gw + 2 * stemPad) * f, "allocating the guide buffer");
+        convOut.ensure(static_cast<size_t>(hidden) * gh * gw * f, "allocating encoder scratch");
+        padded.ensure(static_cast<size_t>(hidden) * (gh + 2 * blockPad) * (gw + 2 * blockPad) * f,
+                      "allocating encoder scratch");
+        if (!fused) queries.ensure(static_cast<size_t>(cfg.dim) * outPlane * f, "allocating the query buffer");
+        queriesT.ensure(static_cast<size_t>(cfg.dim) * outPlane * f, "allocating the query buffer");
+        keysT.ensure(static_cast<size_t>(cfg.dim) * lowPlane * f, "allocating the key buffer");
+        valuesT.ensure(static_cast<size_t>(shape.channels) * lowPlane * f, "allocating the value buffer");
+        if (fused)
+            ropeTables.ensure(detail::ropeTablesBytes(shape.outH, shape.outW, cfg.dim, cfg.headsRope),
+                              "allocating the RoPE tables");
+        gnPartial.ensure(2 * static_cast<size_t>(hidden) * gnChunks * sizeof(double),
+                         "allocating GroupNorm scratch");
+        gnStats.ensure(detail::groupNormStatsBytes(cfg.numGroups), "allocating GroupNorm scratch");
+        tables.ensure((static_cast<size_t>(shape.outH) * kh + static_cast<size_t>(shape.outW) * kw) * sizeof(int),
+                      "allocating the window tables");
+        if (withProbe)
+            probe.ensure(static_cast<size_t>(cfg.headsAttn) * kh * kw * f, "allocating the probe buffer");
+        if (stageTiming)
+        {
+            for (cudaEvent_t& e : events)
+                if (!e) check(cudaEventCreate(&e), "creating a timing event");
+            const size_t convs = 2 * (1 + 2 * static_cast<size_t>(cfg.imgLayers));
+            while (convEvents.size() < 2 * convs)
+            {
+                cudaEvent_t e = nullptr;
+                check(cudaEventCreate(&e), "creating a timing event");
+                convEvents.push_back(e);
+            }
+        }
+    }
+
+    /// After the stream has finished: stage times and the probe's host side.
+    void finish(const ForwardShape& shape, AttentionProbe* probe, std::vector<float>& probeWeights)
+    {
+        lastTimes = StageTimes();
+        if (stageTiming)
+        {
+            check(cudaEventElapsedTime(&lastTimes.encoderMs, events[0], events[1]), "reading a timing event");
+            check(cudaEventElapsedTime(&lastTimes.attentionMs, events[1], events[2]), "reading a timing event");
+            lastTimes.totalMs = lastTimes.encoderMs + lastTimes.attentionMs;
+            // Events recorded between the stage events run in between: the sum is part of encoderMs.
+            for (int i = 0; i < convCalls && 2 * i + 1 < static_cast<int>(convEvents.size()); ++i)
+            {
+                float ms = 0.f;
+                check(cudaEventElapsedTime(&ms, convEvents[2 * i], convEvents[2 * i + 1]), "reading a timing event");
+                lastTimes.convolutionMs += ms;
+            }
+        }
+        if (probe)
+        {
+            const int kh = effectiveKernel(shape.kernelSize, shape.lowH);
+            const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
+            probe->heads = cfg.headsAttn;
+            probe->kh = kh;
+            probe->kw = kw;
+            probe->weights = std::move(probeWeights);
+            probe->lowY.resize(kh);
+            probe->lowX.resize(kw);
+            for (int t = 0; t < kh; ++t) probe->lowY[t] = neighborLowIndex(probe->y, t, shape.outH, shape.lowH, kh);
+            for (int t = 0; t < kw; ++t) probe->lowX[t] = neighborLowIndex(probe->x, t, shape.outW, shape.lowW, kw);
+        }
     }
 };
 
-Engine::Engine(const NafConfig& cfg, const NafWeights& w)
+Engine::Engine(const NafConfig& cfg, const NafWeights& w, ConvolutionPath path)
     : impl_(new Impl)
 {
     Impl& s = *impl_;
@@ -247,6 +464,25 @@ Engine::Engine(const NafConfig& cfg, const NafWeights& w)
     check(cudaGetDeviceProperties(&prop, s.device), "querying device properties");
     s.tensorCoresTf32 = prop.major >= 8;
     check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "creating the CUDA stream");
+#if NAF_HAVE_CUDNN
+    if (path != ConvolutionPath::Builtin)
+    {
+        try
+        {
+            s.cudnn.reset(new detail::CudnnConvolver(s.stream));
+        }
+        catch (const std::exception& e)
+        {
+            if (path == ConvolutionPath::CuDnn) throw;
+            s.pathNote = std::string("cuDNN unavailable, using the built-in convolution: ") + e.what();
+        }
+    }
+    s.path = s.cudnn ? ConvolutionPath::CuDnn : ConvolutionPath::Builtin;
+#else
+    if (path == ConvolutionPath::CuDnn)
+        throw std::runtime_error("naf::kernels::cuda::Engine: this build of naf_kernels has no cuDNN support");
+    s.path = ConvolutionPath::Builtin;
+#endif
 
     // Pack every parameter into one host vector (each tensor 64-float aligned), upload once.
     std::vector<float> packed;
@@ -302,115 +538,119 @@ size_t Engine::deviceBytes() const
     return impl_->weights.bytes + impl_->scratchBytes();
 }
 
+ConvolutionPath Engine::convolutionPath() const
+{
+    return impl_->path;
+}
+
+std::string Engine::convolutionPathNote() const
+{
+#if NAF_HAVE_CUDNN
+    if (impl_->cudnn) return impl_->cudnn->plans();
+#endif
+    return impl_->pathNote;
+}
+
+void Engine::setStageTiming(bool enable)
+{
+    impl_->stageTiming = enable;
+}
+
+void Engine::setAttentionKernel(AttentionKernel kernel)
+{
+    impl_->attentionKernel = kernel;
+}
+
+StageTimes Engine::lastStageTimes() const
+{
+    return impl_->lastTimes;
+}
+
+namespace {
+
+void checkCall(const char* where, const ForwardShape& shape, const void* image, const void* features, const void* out,
+               const AttentionProbe* probe)
+{
+    if (!image || !features || !out)
+        throw std::invalid_argument(std::string("naf::kernels::cuda::Engine::") + where + ": null tensor pointer");
+    if (probe && (probe->y < 0 || probe->y >= shape.outH || probe->x < 0 || probe->x >= shape.outW))
+        throw std::invalid_argument(std::string("naf::kernels::cuda::Engine::") + where + ": probe pixel (x=" +
+                                    std::to_string(probe->x) + ", y=" + std::to_string(probe->y) +
+                                    ") is outside the " + std::to_string(shape.outW) + "x" +
+                                    std::to_string(shape.outH) + " output");
+}
+
+}  // namespace
+
 void Engine::forward(const float* hostImage, const float* hostFeatures, float* hostOut, const ForwardShape& shape,
                      MathMode mode, AttentionProbe* probe)
 {
     Impl& s = *impl_;
-    const NafConfig& cfg = s.cfg;
-    checkForwardShape(cfg, shape);
-    if (!hostImage || !hostFeatures || !hostOut)
-        throw std::invalid_argument("naf::kernels::cuda::Engine::forward: null tensor pointer");
-    if (probe && (probe->y < 0 || probe->y >= shape.outH || probe->x < 0 || probe->x >= shape.outW))
-        throw std::invalid_argument("naf::kernels::cuda::Engine::forward: probe pixel (x=" + std::to_string(probe->x) +
-                                    ", y=" + std::to_string(probe->y) + ") is outside the " +
-                                    std::to_string(shape.outW) + "x" + std::to_string(shape.outH) + " output");
+    checkForwardShape(s.cfg, shape);
+    checkCall("forward", shape, hostImage, hostFeatures, hostOut, probe);
     DeviceScope scope(s.device);
     const bool tf32 = mode == MathMode::TF32 && s.tensorCoresTf32;
-
-    int gh = 0, gw = 0;
-    guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
-    const int hidden = cfg.dim / 2;
-    const int C = shape.channels;
-    const size_t imagePlane = static_cast<size_t>(shape.imageH) * shape.imageW;
-    const size_t guidePlane = static_cast<size_t>(gh) * gw;
-    const size_t outPlane = static_cast<size_t>(shape.outH) * shape.outW;
-    const size_t lowPlane = static_cast<size_t>(shape.lowH) * shape.lowW;
-    const int kh = effectiveKernel(shape.kernelSize, shape.lowH);
-    const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
-    const int64_t gnChunks = detail::gnChunks(static_cast<int64_t>(hidden / cfg.numGroups) * gh * gw);
-
-    // Scratch: grow only (allocation happens before any kernel of this call is queued).
     const size_t f = sizeof(float);
-    s.image.ensure(3 * imagePlane * f, "allocating the image buffer");
-    s.guide.ensure(3 * guidePlane * f, "allocating the guide buffer");
-    s.bufA.ensure(hidden * guidePlane * f, "allocating encoder scratch");
-    s.bufB.ensure(hidden * guidePlane * f, "allocating encoder scratch");
-    s.queries.ensure(cfg.dim * outPlane * f, "allocating the query buffer");
-    s.queriesT.ensure(cfg.dim * outPlane * f, "allocating the query buffer");
-    s.keysT.ensure(cfg.dim * lowPlane * f, "allocating the key buffer");
-    s.features.ensure(C * lowPlane * f, "allocating the feature buffer");
-    s.valuesT.ensure(C * lowPlane * f, "allocating the value buffer");
-    s.outT.ensure(C * outPlane * f, "allocating the output buffer");
-    s.out.ensure(C * outPlane * f, "allocating the output buffer");
-    s.gnPartial.ensure(static_cast<size_t>(cfg.numGroups) * gnChunks * sizeof(double),
-                       "allocating GroupNorm scratch");
-    s.gnStats.ensure(detail::groupNormStatsBytes(cfg.numGroups), "allocating GroupNorm scratch");
-    s.tables.ensure((static_cast<size_t>(shape.outH) * kh + static_cast<size_t>(shape.outW) * kw) * sizeof(int),
-                    "allocating the window tables");
-    if (probe) s.probe.ensure(static_cast<size_t>(cfg.headsAttn) * kh * kw * f, "allocating the probe buffer");
-
+    const size_t imageBytes = 3 * static_cast<size_t>(shape.imageH) * shape.imageW * f;
+    const size_t featureBytes = static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW * f;
+    const size_t outBytes = static_cast<size_t>(shape.channels) * shape.outH * shape.outW * f;
+    s.reserve(shape, true, probe != nullptr);
     try
     {
-        check(cudaMemcpyAsync(s.image.ptr, hostImage, 3 * imagePlane * f, cudaMemcpyHostToDevice, s.stream),
+        check(cudaMemcpyAsync(s.image.ptr, hostImage, imageBytes, cudaMemcpyHostToDevice, s.stream),
               "copying the image to the device");
-        check(cudaMemcpyAsync(s.features.ptr, hostFeatures, C * lowPlane * f, cudaMemcpyHostToDevice, s.stream),
+        check(cudaMemcpyAsync(s.features.ptr, hostFeatures, featureBytes, cudaMemcpyHostToDevice, s.stream),
               "copying the features to the device");
-
-        // Guide encoder -> queries [dim, outH, outW] (CHW, like the CPU path).
-        detail::launchNormalizeResize(s.image.as<float>(), shape.imageH, shape.imageW, s.guide.as<float>(), gh, gw,
-                                      cfg.mean, cfg.stdev, s.stream);
-        s.runBranch(s.point, gh, gw, s.queries.as<float>(), shape.outH, shape.outW, tf32);
-        s.runBranch(s.context, gh, gw, s.queries.as<float>() + hidden * outPlane, shape.outH, shape.outW, tf32);
-        // RoPE, written pixel-major for the attention; keys = pooled RoPE'd queries.
-        detail::launchRopeToHwc(s.queries.as<float>(), s.queriesT.as<float>(), cfg.dim, shape.outH, shape.outW,
-                                cfg.headsRope, s.ropePeriods, s.stream);
-        detail::launchAdaptiveAvgPoolHwc(s.queriesT.as<float>(), cfg.dim, shape.outH, shape.outW, s.keysT.as<float>(),
-                                         shape.lowH, shape.lowW, s.stream);
-        detail::launchTranspose(s.features.as<float>(), C, static_cast<int64_t>(lowPlane), s.valuesT.as<float>(),
-                                s.stream);
-
-        // Attention.
-        int* rowTable = s.tables.as<int>();
-        int* colTable = rowTable + static_cast<size_t>(shape.outH) * kh;
-        detail::launchWindowTable(rowTable, shape.outH, shape.lowH, kh, s.stream);
-        detail::launchWindowTable(colTable, shape.outW, shape.lowW, kw, s.stream);
-        const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
-        detail::launchNeighborhoodAttention(s.queriesT.as<float>(), s.keysT.as<float>(), s.valuesT.as<float>(),
-                                            s.outT.as<float>(), cfg.dim, C, cfg.headsAttn, shape.lowW, shape.outH,
-                                            shape.outW, rowTable, colTable, kh, kw, scale, s.stream);
-        detail::launchTranspose(s.outT.as<float>(), static_cast<int64_t>(outPlane), C, s.out.as<float>(), s.stream);
-        if (probe)
-            detail::launchAttentionProbe(s.queriesT.as<float>(), s.keysT.as<float>(), cfg.dim, cfg.headsAttn,
-                                         shape.lowW, shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
-                                         s.probe.as<float>(), s.stream);
-
-        check(cudaMemcpyAsync(hostOut, s.out.ptr, C * outPlane * f, cudaMemcpyDeviceToHost, s.stream),
+        s.enqueue(s.image.as<float>(), s.features.as<float>(), s.out.as<float>(), shape, tf32, probe);
+        check(cudaMemcpyAsync(hostOut, s.out.ptr, outBytes, cudaMemcpyDeviceToHost, s.stream),
               "copying the output to the host");
         std::vector<float> probeWeights;
         if (probe)
         {
-            probeWeights.resize(static_cast<size_t>(cfg.headsAttn) * kh * kw);
+            probeWeights.resize(static_cast<size_t>(s.cfg.headsAttn) * effectiveKernel(shape.kernelSize, shape.lowH) *
+                                effectiveKernel(shape.kernelSize, shape.lowW));
             check(cudaMemcpyAsync(probeWeights.data(), s.probe.ptr, probeWeights.size() * f, cudaMemcpyDeviceToHost,
                                   s.stream),
                   "copying the attention probe to the host");
         }
         check(cudaStreamSynchronize(s.stream), "running the NAF forward on the device");
-
-        if (probe)
-        {
-            probe->heads = cfg.headsAttn;
-            probe->kh = kh;
-            probe->kw = kw;
-            probe->weights = std::move(probeWeights);
-            probe->lowY.resize(kh);
-            probe->lowX.resize(kw);
-            for (int t = 0; t < kh; ++t) probe->lowY[t] = neighborLowIndex(probe->y, t, shape.outH, shape.lowH, kh);
-            for (int t = 0; t < kw; ++t) probe->lowX[t] = neighborLowIndex(probe->x, t, shape.outW, shape.lowW, kw);
-        }
+        s.finish(shape, probe, probeWeights);
     }
     catch (...)
     {
         // Leave no work of this call in flight on the scratch buffers.
+        (void)cudaStreamSynchronize(s.stream);
+        (void)cudaGetLastError();
+        throw;
+    }
+}
+
+void Engine::forwardDevice(const float* deviceImage, const float* deviceFeatures, float* deviceOut,
+                           const ForwardShape& shape, MathMode mode, AttentionProbe* probe)
+{
+    Impl& s = *impl_;
+    checkForwardShape(s.cfg, shape);
+    checkCall("forwardDevice", shape, deviceImage, deviceFeatures, deviceOut, probe);
+    DeviceScope scope(s.device);
+    const bool tf32 = mode == MathMode::TF32 && s.tensorCoresTf32;
+    s.reserve(shape, false, probe != nullptr);
+    try
+    {
+        s.enqueue(deviceImage, deviceFeatures, deviceOut, shape, tf32, probe);
+        std::vector<float> probeWeights;
+        if (probe)
+        {
+            probeWeights.resize(static_cast<size_t>(s.cfg.headsAttn) * effectiveKernel(shape.kernelSize, shape.lowH) *
+                                effectiveKernel(shape.kernelSize, shape.lowW));
+            check(cudaMemcpyAsync(probeWeights.data(), s.probe.ptr, probeWeights.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s.stream),
+                  "copying the attention probe to the host");
+        }
+        check(cudaStreamSynchronize(s.stream), "running the NAF forward on the device");
+        s.finish(shape, probe, probeWeights);
+    }
+    catch (...)
+    {
         (void)cudaStreamSynchronize(s.stream);
         (void)cudaGetLastError();
         throw;

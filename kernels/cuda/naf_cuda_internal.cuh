@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 
 namespace naf {
@@ -38,41 +39,91 @@ struct DevConv
     int cout = 0, cin = 0, k = 0;
 };
 
+// ---- cuDNN convolutions (cudnn_conv.cpp; only when built with cuDNN) -------------------------
+
+/// Runs the encoder convolutions through cuDNN on one stream: input reflect-padded by k/2 (same
+/// contract as launchConv2dPadded, bias never added). Algorithms are chosen once per shape and
+/// math mode by timing (cudnnFindConvolutionForwardAlgorithmEx) within a bounded workspace.
+class CudnnConvolver
+{
+public:
+    /// Throws std::runtime_error when cuDNN cannot be initialized (message says why).
+    explicit CudnnConvolver(cudaStream_t stream);
+    ~CudnnConvolver();
+    CudnnConvolver(const CudnnConvolver&) = delete;
+    CudnnConvolver& operator=(const CudnnConvolver&) = delete;
+
+    void run(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32);
+    /// Device bytes of the workspace held.
+    size_t workspaceBytes() const;
+    /// The algorithm chosen for each convolution shape so far, for diagnostics.
+    std::string plans() const;
+    /// "cuDNN 9.19.0" (the runtime library's version).
+    static std::string version();
+
+private:
+    struct Impl;
+    Impl* impl_;
+};
+
 /// Threads per block of the elementwise kernels.
 constexpr int kThreads = 256;
 /// Elements reduced by one block of the GroupNorm statistics (fixed: results never depend on
 /// the device or launch configuration).
-constexpr int kGnChunk = 4096;
+constexpr int kGnChunk = 8192;
 
-/// Number of GroupNorm partial sums per group for a group of `groupLen` elements.
-inline int64_t gnChunks(int64_t groupLen)
+/// Number of GroupNorm partial sums per channel of `hw` elements.
+inline int64_t gnChunksPerChannel(int64_t hw)
 {
-    return (groupLen + kGnChunk - 1) / kGnChunk;
+    return (hw + kGnChunk - 1) / kGnChunk;
 }
 
 // ---- encoder kernels (encoder_kernels.cu) -----------------------------------------------------
 
-/// dst [3,dstH,dstW] = bilinear resize (half-pixel, no antialias) of ((src - mean) / stdev);
-/// a plain normalization when the sizes are equal.
-void launchNormalizeResize(const float* src, int srcH, int srcW, float* dst, int dstH, int dstW, const float mean[3],
-                           const float stdev[3], cudaStream_t stream);
+/// dst [3, dstH+2*pad, dstW+2*pad] = bilinear resize (half-pixel, no antialias) of
+/// ((src - mean) / stdev), reflect-padded by `pad` for the stem convolution; a plain
+/// normalization when the sizes are equal.
+void launchNormalizeResizePadded(const float* src, int srcH, int srcW, float* dst, int dstH, int dstW, int pad,
+                                 const float mean[3], const float stdev[3], cudaStream_t stream);
 
-/// Stride-1 reflect-padded convolution + bias, src [cin,h,w] -> dst [cout,h,w]. TF32 uses tensor
-/// cores when the device supports them (the caller decides; sm < 80 builds fall back to FP32).
-void launchConv2dReflect(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
-                         cudaStream_t stream);
+/// Stride-1 convolution without bias on an input already reflect-padded by k/2:
+/// src [cin, h+2*(k/2), w+2*(k/2)] -> dst [cout,h,w] (+ conv.bias when non-null). The library's own
+/// implicit GEMM; TF32 uses tensor cores on sm >= 80 (older builds fall back to FP32).
+void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
+                        cudaStream_t stream);
 
-/// In-place GroupNorm (affine) + SiLU on data [c,h,w]. `partial` holds groups*gnChunks(c/groups*h*w)
-/// doubles, `stats` holds 2*groups doubles + 2*groups floats (see the implementation).
-void launchGroupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta,
-                         float eps, double* partial, void* stats, cudaStream_t stream);
+/// GroupNorm (affine) + SiLU of (src + bias[c]) (bias may be null), src [c,h,w], written
+/// reflect-padded by `pad` to dst [c, h+2*pad, w+2*pad] (a different buffer). `partial` holds
+/// 2*c*gnChunksPerChannel(h*w) doubles, `stats` groupNormStatsBytes(groups) bytes.
+void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h, int w, int groups,
+                               const float* gamma, const float* beta, float eps, float* dst, int pad, double* partial,
+                               void* stats, cudaStream_t stream);
 
-/// Bytes of the `stats` scratch of launchGroupNormSiLU for `groups` groups.
+/// Bytes of the `stats` scratch of launchGroupNormSiLUPadded for `groups` groups.
 size_t groupNormStatsBytes(int groups);
 
-/// PyTorch adaptive_avg_pool2d, CHW -> CHW: src [c,srcH,srcW] -> dst [c,dstH,dstW].
-void launchAdaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, int dstH, int dstW,
-                           cudaStream_t stream);
+/// PyTorch adaptive_avg_pool2d of (src + bias[c]), CHW -> CHW: src [c,srcH,srcW] -> dst [c,dstH,dstW].
+void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
+                           int dstW, cudaStream_t stream);
+
+/// Largest branch width the fused pool + RoPE kernel takes (its shared-memory tile).
+constexpr int kMaxFusedRopeChannels = 256;
+
+/// True when channels [offset, offset+hidden) of the queries hold whole RoPE heads, so one
+/// branch can be pooled, rotated and transposed on its own (launchPoolRopeToHwc).
+bool poolRopeFusable(int dim, int hidden, int offset, int ropeHeads);
+
+/// Bytes of the RoPE cos/sin tables of an h x w query grid.
+size_t ropeTablesBytes(int h, int w, int dim, int ropeHeads);
+
+/// Fills the RoPE cos/sin tables (rows, then columns) of an h x w query grid.
+void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const float* periods, cudaStream_t stream);
+
+/// One branch's output src [hidden,srcH,srcW] (+ bias) -> adaptive pool to outH x outW -> axial
+/// RoPE (tables of launchRopeTables) -> qT[:, offset:offset+hidden] of the pixel-major queries
+/// qT [outH*outW, dim].
+void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
+                         int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream);
 
 /// Axial RoPE of queries [dim,h,w] (CHW), written transposed to qT [h*w,dim] (HWC).
 void launchRopeToHwc(const float* q, float* qT, int dim, int h, int w, int heads, const float* periods,
@@ -90,11 +141,14 @@ void launchTranspose(const float* src, int64_t rows, int64_t cols, float* dst, c
 /// table[i*kernel + t] = neighborLowIndex(i, t, outLen, lowLen, kernel) for i < outLen, t < kernel.
 void launchWindowTable(int* table, int outLen, int lowLen, int kernel, cudaStream_t stream);
 
-/// Fused neighborhood attention on HWC tensors: qT [outH*outW,dim], kT [lowH*lowW,dim],
-/// vT [lowH*lowW,channels] -> outT [outH*outW,channels]. rowTable [outH,kh], colTable [outW,kw].
-void launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* outT, int dim,
-                                 int channels, int heads, int lowW, int outH, int outW, const int* rowTable,
-                                 const int* colTable, int kh, int kw, float scale, cudaStream_t stream);
+/// Fused neighborhood attention: qT [outH*outW,dim], kT [lowH*lowW,dim], vT [lowH*lowW,channels]
+/// (pixel-major) -> out [channels,outH,outW] (channel-major, the API layout). rowTable [outH,kh],
+/// colTable [outW,kw]. Head dims 32 and 64 run a tiled kernel (window unions in shared memory)
+/// when the union fits; otherwise, or with AttentionKernel::General, the warp-per-pixel one.
+void launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
+                                 int channels, int heads, int lowH, int lowW, int outH, int outW,
+                                 const int* rowTable, const int* colTable, int kh, int kw, float scale,
+                                 cudaStream_t stream, AttentionKernel kernel);
 
 /// Softmax probabilities [heads,kh,kw] of output pixel (y,x) into probs (device).
 void launchAttentionProbe(const float* qT, const float* kT, int dim, int heads, int lowW, int outW, int y, int x,

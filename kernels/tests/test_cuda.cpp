@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime.h>
+
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
@@ -137,20 +139,147 @@ TEST(Cuda, CompiledAndEngineConstructionMatchesAvailability)
     }
 }
 
+static const char* pathName(cuda::ConvolutionPath p)
+{
+    return p == cuda::ConvolutionPath::CuDnn ? "cuDNN" : (p == cuda::ConvolutionPath::Builtin ? "builtin" : "auto");
+}
+
+// Both convolution paths: cuDNN (when built in and it initializes) and the library's own kernel.
+static std::vector<cuda::ConvolutionPath> convolutionPaths()
+{
+    std::vector<cuda::ConvolutionPath> paths = {cuda::ConvolutionPath::Builtin};
+    if (cuda::cudnnCompiled()) paths.insert(paths.begin(), cuda::ConvolutionPath::CuDnn);
+    return paths;
+}
+
 TEST(Cuda, ForwardMatchesCpuOnOddSizes)
 {
     NAF_SKIP_WITHOUT_GPU();
     const RandomNafWeights w(21);
+    for (cuda::ConvolutionPath path : convolutionPaths())
+    {
+        SCOPED_TRACE(pathName(path));
+        cuda::Engine engine(w.cfg, w.view, path);
+        EXPECT_EQ(engine.convolutionPath(), path);
+        std::printf("[ cuda     ] convolution path %s\n", pathName(engine.convolutionPath()));
+        uint32_t seed = 100;
+        for (const ForwardShape& s : comparisonShapes()) expectMatchesCpu(engine, w, s, seed++);
+    }
+}
+
+TEST(Cuda, AutoPathPrefersCudnnWhenBuiltIn)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(22);
     cuda::Engine engine(w.cfg, w.view);
-    uint32_t seed = 100;
+    if (cuda::cudnnCompiled())
+        EXPECT_EQ(engine.convolutionPath(), cuda::ConvolutionPath::CuDnn) << engine.convolutionPathNote();
+    else
+        EXPECT_EQ(engine.convolutionPath(), cuda::ConvolutionPath::Builtin);
+}
+
+// RoPE heads of 256 channels span both encoder branches: the unfused pool -> RoPE path.
+TEST(Cuda, ForwardMatchesCpuWhenRopeHeadsSpanBothBranches)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    NafConfig cfg;
+    cfg.headsRope = 1;
+    const RandomNafWeights w(23, cfg);
+    for (cuda::ConvolutionPath path : convolutionPaths())
+    {
+        SCOPED_TRACE(pathName(path));
+        cuda::Engine engine(w.cfg, w.view, path);
+        expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), 120);
+        expectMatchesCpu(engine, w, makeShape(300, 260, 12, 13, 11, 61, 50, 5), 121);
+    }
+}
+
+// The general warp-per-pixel attention kernel (the tiled one's fallback) on its own.
+TEST(Cuda, GeneralAttentionKernelMatchesCpu)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(25);
+    cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+    engine.setAttentionKernel(cuda::AttentionKernel::General);
+    uint32_t seed = 130;
     for (const ForwardShape& s : comparisonShapes()) expectMatchesCpu(engine, w, s, seed++);
+    expectMatchesCpu(engine, w, makeShape(40, 44, 8, 40, 44, 40, 44, 9), seed++);
+    expectMatchesCpu(engine, w, makeShape(129, 97, 24, 9, 7, 129, 97, 9), seed++);
+}
+
+// Head dims 32 (tiled kernel) and 128 (general kernel only), and an output as fine as the low
+// grid: the largest window unions per tile (12 x 40 cells, 225 KB of shared memory at head dim 64).
+TEST(Cuda, ForwardMatchesCpuForOtherHeadDimsAndUnitScale)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    for (int heads : {8, 2})
+    {
+        SCOPED_TRACE("attention heads " + std::to_string(heads));
+        NafConfig cfg;
+        cfg.headsAttn = heads;
+        const RandomNafWeights w(26, cfg);
+        cuda::Engine engine(w.cfg, w.view);
+        expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), 140);
+        expectMatchesCpu(engine, w, makeShape(37, 45, 16, 7, 6, 30, 27, 9), 141);
+    }
+    const RandomNafWeights w(27);
+    cuda::Engine engine(w.cfg, w.view);
+    expectMatchesCpu(engine, w, makeShape(40, 44, 8, 40, 44, 40, 44, 9), 142);
+}
+
+TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(24);
+    const ForwardShape s = makeShape(100, 130, 64, 20, 24, 100, 130, 9);
+    const Inputs in = makeInputs(s, 9);
+    for (cuda::ConvolutionPath path : convolutionPaths())
+    {
+        SCOPED_TRACE(pathName(path));
+        cuda::Engine engine(w.cfg, w.view, path);
+        for (cuda::MathMode mode : {cuda::MathMode::FP32, cuda::MathMode::TF32})
+        {
+            const std::vector<float> viaHost = gpuForward(engine, in, s, mode);
+            float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
+            const size_t outCount = viaHost.size();
+            ASSERT_EQ(cudaMalloc(&dImage, in.image.size() * sizeof(float)), cudaSuccess);
+            ASSERT_EQ(cudaMalloc(&dFeatures, in.features.size() * sizeof(float)), cudaSuccess);
+            ASSERT_EQ(cudaMalloc(&dOut, outCount * sizeof(float)), cudaSuccess);
+            ASSERT_EQ(cudaMemcpy(dImage, in.image.data(), in.image.size() * sizeof(float), cudaMemcpyHostToDevice),
+                      cudaSuccess);
+            ASSERT_EQ(cudaMemcpy(dFeatures, in.features.data(), in.features.size() * sizeof(float),
+                                 cudaMemcpyHostToDevice),
+                      cudaSuccess);
+            ASSERT_EQ(cudaMemset(dOut, 0xff, outCount * sizeof(float)), cudaSuccess);  // NaN pattern
+            engine.setStageTiming(true);
+            engine.forwardDevice(dImage, dFeatures, dOut, s, mode);
+            const cuda::StageTimes t = engine.lastStageTimes();
+            engine.setStageTiming(false);
+            std::vector<float> viaDevice(outCount);
+            ASSERT_EQ(cudaMemcpy(viaDevice.data(), dOut, outCount * sizeof(float), cudaMemcpyDeviceToHost),
+                      cudaSuccess);
+            cudaFree(dImage);
+            cudaFree(dFeatures);
+            cudaFree(dOut);
+            EXPECT_EQ(0, std::memcmp(viaHost.data(), viaDevice.data(), outCount * sizeof(float)));
+            EXPECT_GT(t.encoderMs, 0.f);
+            EXPECT_GT(t.attentionMs, 0.f);
+            EXPECT_FLOAT_EQ(t.totalMs, t.encoderMs + t.attentionMs);
+            EXPECT_GT(t.convolutionMs, 0.f);
+            EXPECT_LT(t.convolutionMs, t.encoderMs);
+            std::printf("[ cuda     ] %s %s: encoder %.3f ms (convolutions %.3f), attention %.3f ms; %s\n",
+                        pathName(path), mode == cuda::MathMode::TF32 ? "tf32" : "fp32", t.encoderMs,
+                        t.convolutionMs, t.attentionMs, engine.convolutionPathNote().c_str());
+        }
+    }
 }
 
 TEST(Cuda, OneEngineServesDifferentlySizedCalls)
 {
     NAF_SKIP_WITHOUT_GPU();
     const RandomNafWeights w(31);
-    cuda::Engine engine(w.cfg, w.view);
+    // Builtin path: cuDNN may pick an algorithm with a larger workspace for a smaller shape.
+    cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
     // Large, small, large again, then a new mid size: scratch grows and is reused.
     const std::vector<ForwardShape> shapes = {
         makeShape(100, 130, 64, 20, 24, 100, 130, 9), makeShape(37, 45, 8, 7, 6, 30, 27, 9),
@@ -173,11 +302,13 @@ TEST(Cuda, RepeatedCallsAreBitIdentical)
 {
     NAF_SKIP_WITHOUT_GPU();
     const RandomNafWeights w(41);
-    cuda::Engine engine(w.cfg, w.view);
     const ForwardShape s = makeShape(300, 260, 12, 13, 11, 61, 50, 5);
     const Inputs in = makeInputs(s, 7);
+    for (cuda::ConvolutionPath path : convolutionPaths())
     for (cuda::MathMode mode : {cuda::MathMode::FP32, cuda::MathMode::TF32})
     {
+        SCOPED_TRACE(pathName(path));
+        cuda::Engine engine(w.cfg, w.view, path);
         const std::vector<float> a = gpuForward(engine, in, s, mode);
         const std::vector<float> b = gpuForward(engine, in, s, mode);
         ASSERT_EQ(a.size(), b.size());

@@ -17,6 +17,8 @@ bool compiled();
 bool available();
 /// Short description of the current device ("NVIDIA H100 80GB HBM3, cc 9.0"), or why none.
 std::string deviceDescription();
+/// True when the CUDA library was built against cuDNN (the convolutions can run through it).
+bool cudnnCompiled();
 
 /// Numeric mode of the encoder convolutions on the GPU.
 enum class MathMode
@@ -25,13 +27,37 @@ enum class MathMode
     TF32   ///< tensor-core TF32 convolutions (matches CPU to ~1e-3 relative L2)
 };
 
+/// Which code runs the encoder convolutions.
+enum class ConvolutionPath
+{
+    Auto,    ///< cuDNN when the library was built with it and it initializes, else Builtin
+    CuDnn,   ///< cuDNN (construction throws when it is not built in or does not initialize)
+    Builtin  ///< the library's own implicit-GEMM kernel (FP32 SIMT or TF32 WMMA)
+};
+
+/// Neighborhood-attention kernel of the CUDA path.
+enum class AttentionKernel
+{
+    Tiled,       ///< one thread per pixel, each 4 x 32 tile's window union in shared memory (default)
+    General      ///< one warp per pixel, keys and values from global memory (any head dim)
+};
+
+/// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).
+struct StageTimes
+{
+    float encoderMs = 0.f;    ///< guide normalization + both encoder branches + RoPE + key pooling
+    float convolutionMs = 0.f;  ///< the encoder's convolutions alone (part of encoderMs)
+    float attentionMs = 0.f;  ///< value layout + neighborhood attention (output written)
+    float totalMs = 0.f;      ///< the whole forward on the device (no host copies)
+};
+
 /// Owns device copies of the weights and device scratch memory; reusable across calls.
 /// Not thread-safe: one Engine per concurrent caller.
 class Engine
 {
 public:
     /// Uploads `hostWeights` (host pointers, shapes as in NafConfig) to the current device.
-    Engine(const NafConfig& cfg, const NafWeights& hostWeights);
+    Engine(const NafConfig& cfg, const NafWeights& hostWeights, ConvolutionPath path = ConvolutionPath::Auto);
     ~Engine();
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
@@ -41,8 +67,30 @@ public:
     void forward(const float* hostImage, const float* hostFeatures, float* hostOut, const ForwardShape& shape,
                  MathMode mode, AttentionProbe* probe = nullptr);
 
-    /// Device bytes held by this engine (weights + scratch).
+    /// The same forward on device memory of this engine's device: image [3,H,W], features
+    /// [C,h,w] and out [C,outH,outW], fp32, contiguous. The inputs must be ready (their producers
+    /// synchronized); returns when `deviceOut` is written. No host copies of the tensors.
+    void forwardDevice(const float* deviceImage, const float* deviceFeatures, float* deviceOut,
+                       const ForwardShape& shape, MathMode mode, AttentionProbe* probe = nullptr);
+
+    /// Device bytes held by this engine (weights + scratch, cuDNN workspace included).
     size_t deviceBytes() const;
+
+    /// The convolution path in use (never Auto): CuDnn or Builtin.
+    ConvolutionPath convolutionPath() const;
+    /// With cuDNN: its version and the algorithm chosen per convolution shape so far; with the
+    /// built-in path: why Auto did not take cuDNN (empty when cuDNN is not built in).
+    std::string convolutionPathNote() const;
+
+    /// Records CUDA events between the stages of each forward (a little overhead when on).
+    void setStageTiming(bool enable);
+    /// The attention kernel (for tests and benchmarks: all give the same result to fp32
+    /// rounding). Tiled kernels need head dim 32 or 64 and a window union per tile that fits in
+    /// shared memory, else the general one runs.
+    void setAttentionKernel(AttentionKernel kernel);
+
+    /// Stage times of the last forward (zeros when stage timing was off).
+    StageTimes lastStageTimes() const;
 
 private:
     struct Impl;

@@ -1,0 +1,89 @@
+#!/bin/bash
+# GPU check of the CUDA path, for a session that is lent a GPU machine (no OpenCV, GTest or
+# Google Benchmark there). Build here, carry the binaries, run this there from the repo root:
+#
+#   scripts/gpu_check.sh --build            # here: build-gpu/{cudnn,nocudnn}/ (sm_90, kernels only)
+#   scripts/gpu_check.sh [--quick]          # there: tests, naf_cuda_bench, PyTorch peer on CUDA
+#
+# Logs and JSON lines go to $OUT (the device tool's result folder) or ./build-gpu/results.
+set -u
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+if [ "${1:-}" = "--build" ]; then
+    set -e
+    for variant in cudnn nocudnn; do
+        flag=ON; [ "$variant" = nocudnn ] && flag=OFF
+        cmake -S kernels -B "build-gpu/$variant" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+            -DCMAKE_CUDA_ARCHITECTURES=90 -DNAF_WITH_CUDNN=$flag -DNAF_BUILD_TESTS=ON >/dev/null
+        cmake --build "build-gpu/$variant" --target naf_kernels_tests naf_cuda_bench
+    done
+    # Only the executables travel (the carry limit is 64 MiB).
+    for variant in cudnn nocudnn; do
+        mkdir -p "build-gpu/bin-$variant"
+        cp "build-gpu/$variant/naf_kernels_tests" "build-gpu/$variant/naf_cuda_bench" "build-gpu/bin-$variant/"
+    done
+    du -sh build-gpu/bin-*
+    exit 0
+fi
+
+QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+RESULTS="${OUT:-$ROOT/build-gpu/results}"
+mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/gpu_check.log") 2>&1
+echo "== $(date -u) on $(hostname)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+
+# cuDNN: the toolkit's, else the one PyTorch ships.
+CUDNN_DIRS=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib; do
+    [ -e "$d/libcudnn.so.9" ] && CUDNN_DIRS="$CUDNN_DIRS:$d"
+done
+TORCH_CUDNN=$(python3 -c "import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], 'lib'))" 2>/dev/null)
+[ -n "$TORCH_CUDNN" ] && [ -d "$TORCH_CUDNN" ] && CUDNN_DIRS="$CUDNN_DIRS:$TORCH_CUDNN"
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}$CUDNN_DIRS:/usr/local/cuda/lib64"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+BIN=build-gpu/bin-cudnn
+if ! ldd "$BIN/naf_kernels_tests" | grep -q "libcudnn.so.9 => /"; then
+    echo "libcudnn.so.9 not found: using the build without cuDNN"
+    BIN=build-gpu/bin-nocudnn
+fi
+ldd "$BIN/naf_kernels_tests" | grep -E "cud|not found"
+
+echo "== tests (CUDA against the CPU path)"
+timeout 150 "$BIN/naf_kernels_tests" --gtest_filter='Cuda*' 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
+
+echo "== naf_cuda_bench"
+# Environment overrides: NAF_GPU_CONFIGS, NAF_GPU_BUILTIN_CONFIGS, NAF_GPU_TORCH_CONFIGS.
+CONFIGS=${NAF_GPU_CONFIGS:-paper,x32,mobilesam,x72}; [ $QUICK = 1 ] && CONFIGS=paper
+BUILTIN_CONFIGS=${NAF_GPU_BUILTIN_CONFIGS:-paper,mobilesam}; [ $QUICK = 1 ] && BUILTIN_CONFIGS=paper
+TORCH_CONFIGS=${NAF_GPU_TORCH_CONFIGS-paper mobilesam x32 x72}  # set but empty: no PyTorch run; [ $QUICK = 1 ] && TORCH_CONFIGS=paper
+timeout 200 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes fp32,tf32 --paths auto --reps 20 --warmup 3 \
+    --max-seconds 4 --roundtrip-reps 1 | tee "$RESULTS/bench.jsonl"
+timeout 60 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes fp32,tf32 --paths builtin --reps 10 \
+    --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
+# The other attention kernels (Engine::setAttentionKernel), for the comparison in PERFORMANCE.md.
+for kernel in ${NAF_GPU_ATTENTION_KERNELS:-general}; do
+    timeout 60 "$BIN/naf_cuda_bench" --configs "${NAF_GPU_ATTENTION_CONFIGS:-paper}" --modes tf32 --paths auto \
+        --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"
+done
+
+echo "== PyTorch reference on CUDA"
+python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"
+for cfg in $TORCH_CONFIGS; do
+    for tf32 in off on; do
+        timeout 60 python3 benchmarks/bench_reference.py $cfg --device cuda --tf32 $tf32 --reps 5 \
+            | tee -a "$RESULTS/torch.jsonl"
+    done
+done
+if [ "${NAF_GPU_NCU:-0}" = 1 ]; then
+    # Per-kernel device time of our own kernels (cuDNN's are left out by the name filter).
+    NCU=$(command -v ncu || find /opt/nvidia /usr/local/cuda* -name ncu -type f 2>/dev/null | head -1)
+    echo "== ncu ($NCU): our kernels at paper, tf32"
+    [ -n "$NCU" ] && timeout 120 "$NCU" --metrics gpu__time_duration.sum --print-summary per-kernel \
+        -k 'regex:gn|Pool|pool|normalize|Attention|rope|Rope|transpose|window' -c 150 \
+        "$BIN/naf_cuda_bench" --configs paper --modes tf32 --paths auto --reps 2 --warmup 1 \
+        --roundtrip-reps 0 > "$RESULTS/ncu.txt" 2>&1
+    grep -E "^  [a-zA-Z_]|gpu__time_duration|Function Name|calls" "$RESULTS/ncu.txt" | head -80
+fi
+echo "== done $(date -u)"

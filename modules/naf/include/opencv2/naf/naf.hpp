@@ -124,7 +124,8 @@ public:
     CV_WRAP virtual int getBackend() const = 0;
     /** @brief The backend the last call ran on (BACKEND_CPU or BACKEND_CUDA). */
     CV_WRAP virtual int getActiveBackend() const = 0;
-    /** @brief On CUDA, allow TF32 tensor cores in the encoder (about 1e-3 relative error). */
+    /** @brief On CUDA, allow TF32 tensor cores in the encoder (relative L2 error 1e-5 to 7e-4 against
+     *  FP32, measured on H100/H200; the encoder runs 2-2.5x faster). */
     CV_WRAP virtual void setUseTF32(bool enable) = 0;
     CV_WRAP virtual bool getUseTF32() const = 0;
 

@@ -1,9 +1,10 @@
 // Cross-scale neighborhood attention on the GPU: window tables (the rule of window.hpp, run in
-// device code), the fused QK -> online softmax -> AV kernel, and the probe of one pixel.
+// device code), the tiled kernel (window unions in shared memory, the default), the general
+// warp-per-pixel kernel (its fallback) and the probe of one pixel.
 //
-// Layouts (internal to the CUDA path): queries qT [outH*outW, dim], keys kT [lowH*lowW, dim],
-// values vT [lowH*lowW, channels], output outT [outH*outW, channels], i.e. channels contiguous,
-// so a warp reads one window entry's key (or value) slice with one coalesced access.
+// Layouts: queries qT [outH*outW, dim], keys kT [lowH*lowW, dim] and values vT [lowH*lowW,
+// channels] pixel-major (channels contiguous: one window entry's key or value slice is one
+// coalesced read); the output is channel-major [channels, outH, outW], the API layout.
 #include <algorithm>
 #include <cmath>
 #include <string>

@@ -1,6 +1,8 @@
-// Guide-encoder kernels of the CUDA path: normalize + bilinear resize, reflect-padded
-// convolution (implicit GEMM, FP32 SIMT or TF32 tensor cores), GroupNorm + SiLU, adaptive
-// average pooling, RoPE, layout transposes. Semantics follow naf_kernels.hpp step by step.
+// Guide-encoder kernels of the CUDA path: normalize + bilinear resize (written reflect-padded),
+// the built-in convolution on padded input (implicit GEMM, FP32 SIMT or TF32 tensor cores; cuDNN
+// runs the convolutions instead when built in, cudnn_conv.cpp), GroupNorm + SiLU (written
+// reflect-padded), adaptive average pooling, RoPE (fused with pooling and the transpose to
+// pixel-major queries), layout transposes. Semantics follow naf_kernels.hpp step by step.
 #include <mma.h>
 
 #include <algorithm>

@@ -109,9 +109,7 @@ int main(int argc, char** argv)
             const double display = static_cast<double>(maxSide) / std::max(original.cols, original.rows);
             cv::Mat image;
             cv::resize(original, image, cv::Size(), display, display, display < 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
-            const double cellPx = spec.stride / geometry.scale * display;  // one cell in panel pixels
-            const cv::Size covered(std::max(image.cols, static_cast<int>(std::lround(geometry.validCells.width * cellPx))),
-                                   std::max(image.rows, static_cast<int>(std::lround(geometry.validCells.height * cellPx))));
+            const cv::Size covered = cv::naf::coveredOutputSize(geometry, image.size());
             cv::Mat guide;
             cv::copyMakeBorder(image, guide, 0, covered.height - image.rows, 0, covered.width - image.cols,
                                cv::BORDER_CONSTANT, cv::Scalar::all(0));

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -12,6 +13,7 @@
 
 #include "naf_app/batch.hpp"
 #include "naf_app/io.hpp"
+#include "naf_app/pipeline.hpp"
 #include "safetensors.hpp"
 #include "test_support.hpp"
 
@@ -244,6 +246,61 @@ TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
     EXPECT_EQ(shard.computed, 1);
     EXPECT_NE(shard.manifestPath.find("manifest.shard-2-of-3.json"), std::string::npos);
     fs::remove_all(dir);
+}
+
+// The bear photo (293 x 320) fills 938 of MobileSAM's 1024 input columns, so its last cell column
+// is partly padding: the 59 cells span 944 columns. Upsampled onto the output, every cell must stay
+// where it lies in the image, not be stretched over the image's width (3.7 output pixels off at
+// the right border before the pipeline upsampled onto the covered area).
+TEST(AppPipeline, CellsStayWhereTheyLieInTheImage)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    if (app_test::vfmName() != "mobilesam") GTEST_SKIP() << "geometry of this test is MobileSAM's";
+    const cv::Mat bgr = cv::imread(app_test::sampleImage("coco_000000000285_bear.jpg"));
+    ASSERT_EQ(bgr.size(), cv::Size(293, 320));
+    naf_app::PipelineSettings settings;
+    settings.outputLongSide = 640;
+    settings.methods = {cv::naf::UPSAMPLE_NEAREST};
+    naf_app::Pipeline pipeline;
+    const naf_app::PipelineResult r = pipeline.run(bgr, settings);
+    const cv::naf::VfmGeometry& g = r.geometry;
+    ASSERT_EQ(g.validCells.width, 59);
+    EXPECT_GT(r.coveredSize.width, r.outputSize.width);
+    EXPECT_EQ(r.coveredSize.height, r.outputSize.height);
+    const cv::Mat& up = r.upsampled.at(cv::naf::UPSAMPLE_NEAREST);
+    ASSERT_EQ(up.size[2], r.outputSize.height);
+    ASSERT_EQ(up.size[3], r.outputSize.width);
+
+    // Ground truth from the geometry alone: the cell under an output pixel's centre.
+    const int stride = g.inputSize.width / g.gridSize.width;
+    const double inputPerOutX = static_cast<double>(g.imageInInput.width) / r.outputSize.width;
+    const double inputPerOutY = static_cast<double>(g.imageInInput.height) / r.outputSize.height;
+    int checked = 0, wrong = 0;
+    for (int y = 0; y < r.outputSize.height; y += 7)
+        for (int x = 0; x < r.outputSize.width; ++x)
+        {
+            const double inX = (x + 0.5) * inputPerOutX, inY = (y + 0.5) * inputPerOutY;
+            // Skip pixels within 1.5 output pixels of a cell border (rounding of the nearest rule).
+            const double toBorderX = std::abs(inX - stride * std::round(inX / stride)) / inputPerOutX;
+            const double toBorderY = std::abs(inY - stride * std::round(inY / stride)) / inputPerOutY;
+            if (toBorderX < 1.5 || toBorderY < 1.5) continue;
+            const int cx = static_cast<int>(inX / stride), cy = static_cast<int>(inY / stride);
+            ++checked;
+            for (int c = 0; c < 3; ++c)
+                if (up.at<float>(cv::Vec4i(0, c, y, x)) != r.lowRes.at<float>(cv::Vec4i(0, c, cy, cx)))
+                {
+                    ++wrong;
+                    break;
+                }
+        }
+    EXPECT_GT(checked, 10000);
+    EXPECT_EQ(wrong, 0) << "of " << checked << " pixels, " << wrong << " show another cell than the one under them";
+
+    // The low-res rendering puts the cells at the same places (it is the nearest map, in PCA colours).
+    const cv::Mat lowPca = naf_app::renderLowResPca(r), nearestPca = naf_app::renderMethodPca(r, cv::naf::UPSAMPLE_NEAREST);
+    ASSERT_EQ(lowPca.size(), r.outputSize);
+    EXPECT_LT(cv::norm(lowPca, nearestPca, cv::NORM_L1) / lowPca.total(), 1.0);
 }
 
 TEST(AppPipeline, PixelInspectionAttentionIsTheWindowsSoftmax)

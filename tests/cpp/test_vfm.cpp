@@ -217,6 +217,26 @@ TEST(VisionFoundationModel, GeometryLandscapeAndPortrait)
     EXPECT_EQ(features.size[3], 4);
 }
 
+TEST(VisionFoundationModel, CoveredOutputSizeAddsThePaddedPartOfTheLastCells)
+{
+    cv::Ptr<VisionFoundationModel> vfm = tinyVit();  // input 64, stride 8
+    cv::Mat features;
+    VfmGeometry g;
+    vfm->extract(naf_test::randomImage(30, 100, 1), features, &g);
+    // 3 cell rows = 24 network rows for the image's 19: 30 * 24 / 19 = 37.9 output rows; the
+    // 8 columns end at the image's right border.
+    EXPECT_EQ(cv::naf::coveredOutputSize(g, cv::Size(100, 30)), cv::Size(100, 38));
+    EXPECT_EQ(cv::naf::coveredOutputSize(g, cv::Size(200, 60)), cv::Size(200, 76));
+    // A grid that ends exactly at the image: nothing is added.
+    vfm->extract(naf_test::randomImage(64, 64, 2), features, &g);
+    EXPECT_EQ(cv::naf::coveredOutputSize(g, cv::Size(64, 64)), cv::Size(64, 64));
+    EXPECT_EQ(cv::naf::coveredOutputSize(g, cv::Size(333, 333)), cv::Size(333, 333));
+
+    expectErrorMentions([] { cv::naf::coveredOutputSize(VfmGeometry(), cv::Size(64, 64)); },
+                        {"empty or inconsistent geometry"});
+    expectErrorMentions([&] { cv::naf::coveredOutputSize(g, cv::Size(0, 64)); }, {"0x64"});
+}
+
 TEST(VisionFoundationModel, ExtractIsTheValidCropOfTheFullGrid)
 {
     cv::Ptr<VisionFoundationModel> vfm = tinyVit();

@@ -75,6 +75,30 @@ cv::Ptr<cv::naf::NAF> Pipeline::naf(const std::string& weightsPath)
     return it->second;
 }
 
+namespace {
+
+/// Output pixels the low-res grid spans (see PipelineResult::coveredSize).
+cv::Size gridSpan(const PipelineResult& result)
+{
+    return result.coveredSize.empty() ? result.outputSize : result.coveredSize;
+}
+
+const cv::Mat& upsamplingGuide(const PipelineResult& result)
+{
+    return result.coveredGuide.empty() ? result.guide : result.coveredGuide;
+}
+
+/// The top-left rows x cols of a 1 x C x H x W blob, continuous.
+cv::Mat cropBlob(const cv::Mat& blob, cv::Size size)
+{
+    if (blob.size[2] == size.height && blob.size[3] == size.width) return blob;
+    const cv::Range ranges[4] = {cv::Range::all(), cv::Range::all(), cv::Range(0, size.height),
+                                 cv::Range(0, size.width)};
+    return blob(ranges).clone();
+}
+
+}  // namespace
+
 PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& settings, const ProgressFn& progress)
 {
     if (bgr.empty() || bgr.type() != CV_8UC3 || bgr.cols < 2 || bgr.rows < 2)
@@ -116,15 +140,18 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
                                            " is smaller than the feature grid " + std::to_string(result.lowRes.size[3]) +
                                            "x" + std::to_string(result.lowRes.size[2]) + "; choose a larger output size");
     result.pca.fit(result.lowRes);
+    result.coveredSize = cv::naf::coveredOutputSize(result.geometry, result.outputSize);
+    cv::copyMakeBorder(result.guide, result.coveredGuide, 0, result.coveredSize.height - result.outputSize.height, 0,
+                       result.coveredSize.width - result.outputSize.width, cv::BORDER_CONSTANT, cv::Scalar::all(0));
 
     for (int method : settings.methods)
     {
         step(cv::naf::upsampleMethodName(method));
         start = Clock::now();
         cv::Mat up;
-        cv::naf::upsampleWith(method, result.guide, result.lowRes, up, result.outputSize, upsampler);
+        cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
         result.timings.push_back({cv::naf::upsampleMethodName(method), millisecondsSince(start)});
-        result.upsampled[method] = up;
+        result.upsampled[method] = cropBlob(up, result.outputSize);
     }
     const bool usedNaf = result.upsampled.count(cv::naf::UPSAMPLE_NAF) != 0;
     result.device = "NAF: " + (usedNaf ? backendName(upsampler->getActiveBackend()) : std::string("not run")) + ", " +
@@ -152,7 +179,7 @@ PixelInspection inspectPixel(const PipelineResult& result, cv::naf::NAF& naf, cv
     naf.setAttentionProbe(pixel);
     try
     {
-        naf.upsample(result.guide, result.lowRes, unused, result.outputSize);
+        naf.upsample(upsamplingGuide(result), result.lowRes, unused, gridSpan(result));
     }
     catch (...)
     {
@@ -187,8 +214,8 @@ cv::Mat renderLowResPca(const PipelineResult& result)
 {
     cv::Mat small, out;
     result.pca.apply(result.lowRes, small);
-    cv::resize(small, out, result.outputSize, 0, 0, cv::INTER_NEAREST);
-    return out;
+    cv::resize(small, out, gridSpan(result), 0, 0, cv::INTER_NEAREST);
+    return out(cv::Rect(cv::Point(), result.outputSize)).clone();
 }
 
 cv::Mat renderMethodPca(const PipelineResult& result, int method)
@@ -203,11 +230,11 @@ cv::Mat renderMethodPca(const PipelineResult& result, int method)
 
 namespace {
 
-// Low-res cell rectangle in output pixels.
+// Low-res cell rectangle in output pixels (may reach past the output: the padded part of the grid).
 cv::Rect cellRect(const PipelineResult& result, cv::Rect cells)
 {
-    const double sx = static_cast<double>(result.outputSize.width) / result.lowRes.size[3];
-    const double sy = static_cast<double>(result.outputSize.height) / result.lowRes.size[2];
+    const double sx = static_cast<double>(gridSpan(result).width) / result.lowRes.size[3];
+    const double sy = static_cast<double>(gridSpan(result).height) / result.lowRes.size[2];
     const cv::Point a(cvRound(cells.x * sx), cvRound(cells.y * sy));
     const cv::Point b(cvRound((cells.x + cells.width) * sx), cvRound((cells.y + cells.height) * sy));
     return cv::Rect(a, b);
@@ -239,7 +266,8 @@ cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& ins
     cv::minMaxLoc(inspection.attentionGrid, nullptr, &hi);
     cv::Mat heat, big, out;
     cv::naf::colorizeScalarMap(inspection.attentionGrid, 0, std::max(hi, 1e-6), heat);
-    cv::resize(heat, big, result.outputSize, 0, 0, cv::INTER_NEAREST);
+    cv::resize(heat, big, gridSpan(result), 0, 0, cv::INTER_NEAREST);
+    big = big(cv::Rect(cv::Point(), result.outputSize));
     // Outside the window the weight is 0 by definition: show the image there, dimmed.
     cv::Mat mask = cv::Mat::zeros(result.outputSize, CV_8U);
     mask(cellRect(result, inspection.window) & cv::Rect(cv::Point(), result.outputSize)).setTo(255);

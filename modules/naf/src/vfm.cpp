@@ -291,6 +291,27 @@ private:
 
 }  // namespace
 
+Size coveredOutputSize(const VfmGeometry& g, Size outputSize)
+{
+    if (outputSize.width <= 0 || outputSize.height <= 0)
+        CV_Error(Error::StsBadArg, format("cv::naf::coveredOutputSize: the output size must be positive, got %dx%d",
+                                          outputSize.width, outputSize.height));
+    if (g.gridSize.width <= 0 || g.gridSize.height <= 0 || g.imageInInput.width <= 0 ||
+        g.imageInInput.height <= 0 || g.validCells.width <= 0 || g.validCells.height <= 0 ||
+        g.inputSize.width < g.gridSize.width || g.inputSize.height < g.gridSize.height)
+        CV_Error(Error::StsBadArg,
+                 format("cv::naf::coveredOutputSize: empty or inconsistent geometry (grid %dx%d, input %dx%d, image "
+                        "in input %dx%d, valid cells %dx%d); pass the one VisionFoundationModel::extract() filled",
+                        g.gridSize.width, g.gridSize.height, g.inputSize.width, g.inputSize.height,
+                        g.imageInInput.width, g.imageInInput.height, g.validCells.width, g.validCells.height));
+    // Network-input pixels under the valid cells, against those under the image.
+    const double cellsW = static_cast<double>(g.validCells.width) * g.inputSize.width / g.gridSize.width;
+    const double cellsH = static_cast<double>(g.validCells.height) * g.inputSize.height / g.gridSize.height;
+    const int w = static_cast<int>(std::lround(outputSize.width * cellsW / g.imageInInput.width));
+    const int h = static_cast<int>(std::lround(outputSize.height * cellsH / g.imageInInput.height));
+    return Size(std::max(outputSize.width, w), std::max(outputSize.height, h));
+}
+
 String VfmRegistry::defaultDirectory()
 {
     const char* env = std::getenv("NAF_VFM_REGISTRY");

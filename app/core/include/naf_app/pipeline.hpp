@@ -45,8 +45,15 @@ struct StageTiming
 struct PipelineResult
 {
     cv::Mat image;                       ///< the input, CV_8UC3 BGR
-    cv::Mat guide;                       ///< the input resized to outputSize (the upsampling guide)
+    cv::Mat guide;                       ///< the input resized to outputSize (what the panels show)
     cv::Size outputSize;
+    /// The area the feature cells cover, in output pixels (cv::naf::coveredOutputSize): outputSize
+    /// plus the part of the last cell row/column that lies in the network's padding. Every method
+    /// upsamples onto it, guided by coveredGuide (guide padded with black, as the network saw the
+    /// image), and keeps the top-left outputSize, so each cell stays where it lies in the image.
+    /// Empty in a result built by hand: then the cells span outputSize and guide is the guide.
+    cv::Size coveredSize;
+    cv::Mat coveredGuide;
     cv::Mat lowRes;                      ///< 1 x C x h x w CV_32F from the VFM
     cv::naf::VfmGeometry geometry;
     std::map<int, cv::Mat> upsampled;    ///< method -> 1 x C x H x W CV_32F

@@ -76,6 +76,29 @@ struct CV_EXPORTS VfmGeometry
     Rect validCells;    //!< grid cells that overlap the image; extract() returns only these
 };
 
+/** @brief The size, in pixels of an output of `outputSize` (the whole image scaled to it), of the
+area that the valid feature cells cover.
+
+The last cell row and column usually reach past the image into the network's padding, so the cells
+cover more than the image. The result is outputSize where they end at the image border, and larger
+by that extra part where they do not. Upsampling the features straight to outputSize stretches
+the grid by up to one cell. To keep every cell where it lies in the image:
+- pad the guide at the right and bottom to this size (black, as the network saw it);
+- upsample onto this size;
+- keep the top-left outputSize.
+
+@code
+    cv::Size covered = cv::naf::coveredOutputSize(geometry, image.size());
+    cv::Mat guide, full;
+    cv::copyMakeBorder(image, guide, 0, covered.height - image.rows, 0, covered.width - image.cols,
+                       cv::BORDER_CONSTANT, cv::Scalar::all(0));
+    cv::naf::upsample(guide, lowRes, full, covered);  // then crop rows/cols to image.size()
+@endcode
+@param geometry as filled by VisionFoundationModel::extract().
+@param outputSize positive size of the output the image is scaled to.
+@throws cv::Exception when the geometry is empty or inconsistent, or outputSize is not positive. */
+CV_EXPORTS Size coveredOutputSize(const VfmGeometry& geometry, Size outputSize);
+
 /** @brief Runs a registered vision foundation model with cv::dnn and returns its low-resolution
 feature map, ready for cv::naf::upsample().
 

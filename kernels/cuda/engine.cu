@@ -389,7 +389,7 @@ struct Engine::Impl
             check(cudaEventElapsedTime(&lastTimes.encoderMs, events[0], events[1]), "reading a timing event");
             check(cudaEventElapsedTime(&lastTimes.attentionMs, events[1], events[2]), "reading a timing event");
             lastTimes.totalMs = lastTimes.encoderMs + lastTimes.attentionMs;
-            // Events recorded between the stage events run in between: the sum is part of encoderMs.
+            // Each convolution between its own start/stop events (all inside the encoder stage).
             for (int i = 0; i < convCalls && 2 * i + 1 < static_cast<int>(convEvents.size()); ++i)
             {
                 float ms = 0.f;

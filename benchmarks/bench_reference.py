@@ -53,6 +53,33 @@ def set_tf32(enabled):
     return f"allow_tf32={enabled}"
 
 
+def warm_up(model, image, features, out_size, mode, count):
+    """Untimed whole forwards."""
+    with torch.no_grad():
+        for _ in range(count):
+            out = model(image, features, out_size, mode=mode)
+            del out
+
+
+def timed_forwards(model, image, features, out_size, mode, reps, sync=lambda: None):
+    """Per repetition, the guide encoder alone, then the whole forward: two lists of seconds. sync()
+    runs before each clock reading (torch.cuda.synchronize on the GPU, where calls return early)."""
+    encoder_s, forward_s = [], []
+    with torch.no_grad():
+        for _ in range(reps):
+            sync()
+            t0 = time.perf_counter()
+            model.encode(image, out_size)
+            sync()
+            encoder_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = model(image, features, out_size, mode=mode)
+            sync()
+            forward_s.append(time.perf_counter() - t0)
+            del out
+    return encoder_s, forward_s
+
+
 def run_cuda(args, model, image, features, oh, ow):
     """Timed forwards on the GPU; returns the JSON dict (raises on errors)."""
     dev = torch.device("cuda")
@@ -62,25 +89,11 @@ def run_cuda(args, model, image, features, oh, ow):
     model = model.to(dev)
     image, features = image.to(dev), features.to(dev)
     warmup = 1 if args.warmup is None else args.warmup
-    encoder_s, forward_s = [], []
-    with torch.no_grad():
-        for _ in range(warmup):
-            model.encode(image, (oh, ow))
-            out = model(image, features, (oh, ow), mode=args.mode)
-            del out
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.reps):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model.encode(image, (oh, ow))
-            torch.cuda.synchronize()
-            encoder_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = model(image, features, (oh, ow), mode=args.mode)
-            torch.cuda.synchronize()
-            forward_s.append(time.perf_counter() - t0)
-            del out
+    warm_up(model, image, features, (oh, ow), args.mode, warmup)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    encoder_s, forward_s = timed_forwards(model, image, features, (oh, ow), args.mode, args.reps,
+                                          sync=torch.cuda.synchronize)
     info.update({"threads": args.threads, "glibc_heap": args.glibc_heap, "warmup": warmup,
                  "encoder_s": encoder_s, "forward_s": forward_s,
                  "max_cuda_MB": torch.cuda.max_memory_allocated() / 2**20,
@@ -134,20 +147,8 @@ def main():
                 pass
             print(json.dumps(err), flush=True)
             return 1
-    with torch.no_grad():
-        for _ in range(args.warmup or 0):
-            out = model(image, features, (oh, ow), mode=args.mode)
-            del out
-    encoder_s, forward_s = [], []
-    with torch.no_grad():
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            model.encode(image, (oh, ow))
-            encoder_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = model(image, features, (oh, ow), mode=args.mode)
-            forward_s.append(time.perf_counter() - t0)
-            del out
+    warm_up(model, image, features, (oh, ow), args.mode, args.warmup or 0)
+    encoder_s, forward_s = timed_forwards(model, image, features, (oh, ow), args.mode, args.reps)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"config": args.config, "threads": args.threads, "mode": args.mode, "glibc_heap": args.glibc_heap,
                       "encoder_s": encoder_s, "forward_s": forward_s, "maxrss_MB": maxrss}))

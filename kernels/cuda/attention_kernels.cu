@@ -145,6 +145,20 @@ __global__ void __launch_bounds__(kAttnThreads)
     }
 }
 
+/// p[e] = exp(p[e] - m) for the n logits of one window, in order; returns their sum (the softmax
+/// denominator).
+__device__ __forceinline__ float expInPlace(float* p, int n, float m)
+{
+    float sum = 0.f;
+    for (int e = 0; e < n; ++e)
+    {
+        const float v = expf(p[e] - m);
+        p[e] = v;
+        sum += v;
+    }
+    return sum;
+}
+
 // ---- tiled kernel: one thread per output pixel, the tile's window union in shared memory -------
 //
 // A block owns a 4 x 32 tile of output pixels. Neighbouring pixels share most of their windows
@@ -292,15 +306,7 @@ __global__ void __launch_bounds__(kTileThreads)
                     m = fmaxf(m, logit);
                 }
             }
-            const int n = kh * kw;
-            float l = 0.f;
-            for (int e = 0; e < n; ++e)
-            {
-                const float p = expf(myP[e] - m);
-                myP[e] = p;
-                l += p;
-            }
-            const float inv = 1.f / l;
+            const float inv = 1.f / expInPlace(myP, kh * kw, m);
             for (int c0 = 0; c0 < vPerHead; c0 += kValueChunk)
             {
                 float acc[kValueChunk];
@@ -382,14 +388,7 @@ __global__ void __launch_bounds__(32)
         const int n = kh * kw;
         float mx = -INFINITY;
         for (int e = 0; e < n; ++e) mx = fmaxf(mx, out[e]);
-        float sum = 0.f;
-        for (int e = 0; e < n; ++e)
-        {
-            const float p = expf(out[e] - mx);
-            out[e] = p;
-            sum += p;
-        }
-        const float inv = 1.f / sum;
+        const float inv = 1.f / expInPlace(out, n, mx);
         for (int e = 0; e < n; ++e) out[e] *= inv;
     }
 }

@@ -60,8 +60,7 @@ struct CudnnConvolver::Impl
     cudnnTensorDescriptor_t xDesc = nullptr, yDesc = nullptr;
     cudnnFilterDescriptor_t wDesc = nullptr;
     cudnnConvolutionDescriptor_t convDesc = nullptr;
-    void* workspace = nullptr;
-    size_t workspaceBytes = 0;
+    DeviceBuffer workspace;  // grows to the largest chosen algorithm's need
     std::string log;  // one entry per plan chosen
 
     struct Plan
@@ -73,19 +72,9 @@ struct CudnnConvolver::Impl
     // (h, w, cin, cout, k, tf32) -> plan
     std::map<std::tuple<int, int, int, int, int, bool>, Plan> plans;
 
-    void ensureWorkspace(size_t bytes)
-    {
-        if (bytes <= workspaceBytes) return;
-        if (workspace) (void)cudaFree(workspace);
-        workspace = nullptr;
-        workspaceBytes = 0;
-        check(cudaMalloc(&workspace, bytes), "allocating the cuDNN workspace");
-        workspaceBytes = bytes;
-    }
-
     ~Impl()
     {
-        if (workspace) (void)cudaFree(workspace);
+        workspace.release();
         if (convDesc) (void)cudnnDestroyConvolutionDescriptor(convDesc);
         if (wDesc) (void)cudnnDestroyFilterDescriptor(wDesc);
         if (yDesc) (void)cudnnDestroyTensorDescriptor(yDesc);
@@ -121,7 +110,7 @@ CudnnConvolver::~CudnnConvolver()
 
 size_t CudnnConvolver::workspaceBytes() const
 {
-    return impl_->workspaceBytes;
+    return impl_->workspace.bytes;
 }
 
 std::string CudnnConvolver::plans() const
@@ -203,10 +192,10 @@ void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& co
     }
     const Impl::Plan& plan = it->second;
     checkCudnn(cudnnSetConvolutionMathType(s.convDesc, plan.math), "math type");
-    s.ensureWorkspace(plan.workspace);
+    s.workspace.ensure(plan.workspace, "allocating the cuDNN workspace");
     const float alpha = 1.f, beta = 0.f;
     checkCudnn(cudnnConvolutionForward(s.handle, &alpha, s.xDesc, srcPadded, s.wDesc, conv.weight, s.convDesc,
-                                       plan.algo, s.workspace, plan.workspace, &beta, s.yDesc, dst),
+                                       plan.algo, s.workspace.ptr, plan.workspace, &beta, s.yDesc, dst),
                "convolution");
 }
 

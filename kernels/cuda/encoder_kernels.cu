@@ -412,6 +412,19 @@ __device__ __forceinline__ int poolStop(int i, int in, int out)
     return static_cast<int>((static_cast<int64_t>(i + 1) * in + out - 1) / out);
 }
 
+/// Output cell (oy, ox) of PyTorch adaptive_avg_pool2d of (plane + b), plane [srcH, srcW], summed in
+/// double.
+__device__ __forceinline__ float pooledValue(const float* __restrict__ plane, int srcH, int srcW, int oy, int ox,
+                                             int dstH, int dstW, float b)
+{
+    const int y0 = poolStart(oy, srcH, dstH), y1 = poolStop(oy, srcH, dstH);
+    const int x0 = poolStart(ox, srcW, dstW), x1 = poolStop(ox, srcW, dstW);
+    double sum = 0.0;
+    for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
+    return static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
+}
+
 __global__ void __launch_bounds__(kThreads)
     adaptiveAvgPoolKernel(const float* __restrict__ src, const float* __restrict__ bias, int c, int srcH, int srcW,
                           float* __restrict__ dst, int dstH, int dstW)
@@ -424,14 +437,8 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t t = idx / dstW;
         const int oy = static_cast<int>(t % dstH);
         const int ch = static_cast<int>(t / dstH);
-        const int y0 = poolStart(oy, srcH, dstH), y1 = poolStop(oy, srcH, dstH);
-        const int x0 = poolStart(ox, srcW, dstW), x1 = poolStop(ox, srcW, dstW);
-        const float* plane = src + static_cast<size_t>(ch) * srcH * srcW;
-        const float b = bias ? bias[ch] : 0.f;
-        double sum = 0.0;
-        for (int y = y0; y < y1; ++y)
-            for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
-        dst[idx] = static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
+        dst[idx] = pooledValue(src + static_cast<size_t>(ch) * srcH * srcW, srcH, srcW, oy, ox, dstH, dstW,
+                               bias ? bias[ch] : 0.f);
     }
 }
 
@@ -557,12 +564,7 @@ __global__ void __launch_bounds__(kThreads)
             else
             {
                 const int oy = static_cast<int>(pix / outW), ox = static_cast<int>(pix - int64_t(oy) * outW);
-                const int y0 = poolStart(oy, srcH, outH), y1 = poolStop(oy, srcH, outH);
-                const int x0 = poolStart(ox, srcW, outW), x1 = poolStop(ox, srcW, outW);
-                double sum = 0.0;
-                for (int y = y0; y < y1; ++y)
-                    for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
-                v = static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
+                v = pooledValue(plane, srcH, srcW, oy, ox, outH, outW, b);
             }
         }
         tile[c * ld + i] = v;

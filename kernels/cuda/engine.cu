@@ -19,6 +19,7 @@ namespace kernels {
 namespace cuda {
 
 using detail::check;
+using detail::DeviceBuffer;
 
 bool compiled()
 {
@@ -69,33 +70,6 @@ std::string deviceDescription()
 }
 
 namespace {
-
-/// Grow-only device allocation.
-struct DeviceBuffer
-{
-    void* ptr = nullptr;
-    size_t bytes = 0;
-
-    void ensure(size_t need, const char* what)
-    {
-        if (need <= bytes) return;
-        release();
-        need = (need + 255) / 256 * 256;
-        check(cudaMalloc(&ptr, need), what);
-        bytes = need;
-    }
-    void release() noexcept
-    {
-        if (ptr) (void)cudaFree(ptr);
-        ptr = nullptr;
-        bytes = 0;
-    }
-    template <typename T>
-    T* as() const
-    {
-        return static_cast<T*>(ptr);
-    }
-};
 
 /// Makes `device` current for a scope and restores the caller's device afterwards.
 class DeviceScope
@@ -214,6 +188,15 @@ struct Engine::Impl
         return total;
     }
 
+    /// True when each encoder branch holds whole RoPE heads: the fused pool+RoPE kernel writes the
+    /// pixel-major queries, and no CHW query buffer is needed.
+    bool ropeFused() const
+    {
+        const int hidden = cfg.dim / 2;
+        return detail::poolRopeFusable(cfg.dim, hidden, 0, cfg.headsRope) &&
+               detail::poolRopeFusable(cfg.dim, hidden, hidden, cfg.headsRope);
+    }
+
     void convolve(const float* srcPadded, int h, int w, const detail::DevConv& conv, float* dst, bool tf32)
     {
         detail::DevConv noBias = conv;
@@ -274,8 +257,7 @@ struct Engine::Impl
         const size_t lowPlane = static_cast<size_t>(shape.lowH) * shape.lowW;
         const int kh = effectiveKernel(shape.kernelSize, shape.lowH);
         const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
-        const bool fused = detail::poolRopeFusable(cfg.dim, hidden, 0, cfg.headsRope) &&
-                           detail::poolRopeFusable(cfg.dim, hidden, hidden, cfg.headsRope);
+        const bool fused = ropeFused();
 
         convCalls = 0;
         record(0);
@@ -340,8 +322,7 @@ struct Engine::Impl
             for (const DevBlock& blk : br->blocks) blockPad = std::max({blockPad, blk.conv1.k / 2, blk.conv2.k / 2});
         }
         const size_t gnChunks = static_cast<size_t>(detail::gnChunksPerChannel(static_cast<int64_t>(gh) * gw));
-        const bool fused = detail::poolRopeFusable(cfg.dim, hidden, 0, cfg.headsRope) &&
-                           detail::poolRopeFusable(cfg.dim, hidden, hidden, cfg.headsRope);
+        const bool fused = ropeFused();
         if (hostIO)
         {
             image.ensure(3 * imagePlane * f, "allocating the image buffer");
@@ -378,6 +359,40 @@ struct Engine::Impl
                 convEvents.push_back(e);
             }
         }
+    }
+
+    /// Runs `work` (which enqueues a call's steps); on an error, leaves no work of the call in
+    /// flight on the scratch buffers before rethrowing.
+    template <typename Work>
+    void guarded(Work&& work)
+    {
+        try
+        {
+            work();
+        }
+        catch (...)
+        {
+            (void)cudaStreamSynchronize(stream);
+            (void)cudaGetLastError();
+            throw;
+        }
+    }
+
+    /// Ends a call whose steps are enqueued: copies the probe's weights back, waits for the
+    /// stream, then fills the stage times and the probe.
+    void complete(const ForwardShape& shape, AttentionProbe* probe)
+    {
+        std::vector<float> probeWeights;
+        if (probe)
+        {
+            probeWeights.resize(static_cast<size_t>(cfg.headsAttn) * effectiveKernel(shape.kernelSize, shape.lowH) *
+                                effectiveKernel(shape.kernelSize, shape.lowW));
+            check(cudaMemcpyAsync(probeWeights.data(), this->probe.ptr, probeWeights.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream),
+                  "copying the attention probe to the host");
+        }
+        check(cudaStreamSynchronize(stream), "running the NAF forward on the device");
+        finish(shape, probe, probeWeights);
     }
 
     /// After the stream has finished: stage times and the probe's host side.
@@ -595,8 +610,7 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
     const size_t featureBytes = static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW * f;
     const size_t outBytes = static_cast<size_t>(shape.channels) * shape.outH * shape.outW * f;
     s.reserve(shape, true, probe != nullptr);
-    try
-    {
+    s.guarded([&] {
         check(cudaMemcpyAsync(s.image.ptr, hostImage, imageBytes, cudaMemcpyHostToDevice, s.stream),
               "copying the image to the device");
         check(cudaMemcpyAsync(s.features.ptr, hostFeatures, featureBytes, cudaMemcpyHostToDevice, s.stream),
@@ -604,25 +618,8 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
         s.enqueue(s.image.as<float>(), s.features.as<float>(), s.out.as<float>(), shape, tf32, probe);
         check(cudaMemcpyAsync(hostOut, s.out.ptr, outBytes, cudaMemcpyDeviceToHost, s.stream),
               "copying the output to the host");
-        std::vector<float> probeWeights;
-        if (probe)
-        {
-            probeWeights.resize(static_cast<size_t>(s.cfg.headsAttn) * effectiveKernel(shape.kernelSize, shape.lowH) *
-                                effectiveKernel(shape.kernelSize, shape.lowW));
-            check(cudaMemcpyAsync(probeWeights.data(), s.probe.ptr, probeWeights.size() * f, cudaMemcpyDeviceToHost,
-                                  s.stream),
-                  "copying the attention probe to the host");
-        }
-        check(cudaStreamSynchronize(s.stream), "running the NAF forward on the device");
-        s.finish(shape, probe, probeWeights);
-    }
-    catch (...)
-    {
-        // Leave no work of this call in flight on the scratch buffers.
-        (void)cudaStreamSynchronize(s.stream);
-        (void)cudaGetLastError();
-        throw;
-    }
+        s.complete(shape, probe);
+    });
 }
 
 void Engine::forwardDevice(const float* deviceImage, const float* deviceFeatures, float* deviceOut,
@@ -634,27 +631,10 @@ void Engine::forwardDevice(const float* deviceImage, const float* deviceFeatures
     DeviceScope scope(s.device);
     const bool tf32 = mode == MathMode::TF32 && s.tensorCoresTf32;
     s.reserve(shape, false, probe != nullptr);
-    try
-    {
+    s.guarded([&] {
         s.enqueue(deviceImage, deviceFeatures, deviceOut, shape, tf32, probe);
-        std::vector<float> probeWeights;
-        if (probe)
-        {
-            probeWeights.resize(static_cast<size_t>(s.cfg.headsAttn) * effectiveKernel(shape.kernelSize, shape.lowH) *
-                                effectiveKernel(shape.kernelSize, shape.lowW));
-            check(cudaMemcpyAsync(probeWeights.data(), s.probe.ptr, probeWeights.size() * sizeof(float),
-                                  cudaMemcpyDeviceToHost, s.stream),
-                  "copying the attention probe to the host");
-        }
-        check(cudaStreamSynchronize(s.stream), "running the NAF forward on the device");
-        s.finish(shape, probe, probeWeights);
-    }
-    catch (...)
-    {
-        (void)cudaStreamSynchronize(s.stream);
-        (void)cudaGetLastError();
-        throw;
-    }
+        s.complete(shape, probe);
+    });
 }
 
 }  // namespace cuda

@@ -31,6 +31,33 @@ inline void checkLaunch(const char* what)
     check(cudaGetLastError(), what);
 }
 
+/// Grow-only device allocation (released explicitly by its owner, on the owner's device).
+struct DeviceBuffer
+{
+    void* ptr = nullptr;
+    size_t bytes = 0;
+
+    void ensure(size_t need, const char* what)
+    {
+        if (need <= bytes) return;
+        release();
+        need = (need + 255) / 256 * 256;
+        check(cudaMalloc(&ptr, need), what);
+        bytes = need;
+    }
+    void release() noexcept
+    {
+        if (ptr) (void)cudaFree(ptr);
+        ptr = nullptr;
+        bytes = 0;
+    }
+    template <typename T>
+    T* as() const
+    {
+        return static_cast<T*>(ptr);
+    }
+};
+
 /// One convolution with device pointers (bias may be null).
 struct DevConv
 {

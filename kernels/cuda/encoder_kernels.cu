@@ -343,12 +343,16 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// One block per group: the partials of its channels, in a fixed order.
+// One block per group: the partials of its channels, in a fixed order; then each channel's
+// affine map with the convolution bias folded in: GN(x + b) = x * scale[c] + shift[c], so the
+// apply kernel waits on two loads per row instead of a chain through the group statistics.
 __global__ void __launch_bounds__(kThreads)
     gnFinalizeKernel(const double* __restrict__ partial, int partialsPerGroup, int64_t groupLen, float eps,
-                     float* meanF, float* invStdF)
+                     int perGroup, const float* __restrict__ bias, const float* __restrict__ gamma,
+                     const float* __restrict__ beta, float* __restrict__ scaleC, float* __restrict__ shiftC)
 {
     __shared__ double red[kThreads];
+    __shared__ float groupStats[2];
     const int g = blockIdx.x;
     double sum = 0.0, sumSq = 0.0;
     for (int i = threadIdx.x; i < partialsPerGroup; i += kThreads)
@@ -365,18 +369,25 @@ __global__ void __launch_bounds__(kThreads)
         const double mean = totalSum / n;
         double var = totalSq / n - mean * mean;  // biased, as GroupNorm
         if (var < 0.0) var = 0.0;
-        meanF[g] = static_cast<float>(mean);
-        invStdF[g] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+        groupStats[0] = static_cast<float>(mean);
+        groupStats[1] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < perGroup; j += kThreads)
+    {
+        const int ch = g * perGroup + j;
+        const float scale = groupStats[1] * (gamma ? gamma[ch] : 1.f);
+        const float b = bias ? bias[ch] : 0.f;
+        scaleC[ch] = scale;
+        shiftC[ch] = (beta ? beta[ch] : 0.f) - groupStats[0] * scale + b * scale;
     }
 }
 
 // Blocks stride over the rows of the padded destination [c, h+2*pad, w+2*pad] (a block per row
 // made 57,600 short blocks per call at 448x448).
 __global__ void __launch_bounds__(kThreads)
-    gnApplySiLUPaddedKernel(const float* __restrict__ src, const float* __restrict__ bias, int c, int h, int w,
-                            int perGroup, const float* __restrict__ gamma, const float* __restrict__ beta,
-                            const float* __restrict__ meanF, const float* __restrict__ invStdF,
-                            float* __restrict__ dst, int pad)
+    gnApplySiLUPaddedKernel(const float* __restrict__ src, int c, int h, int w, const float* __restrict__ scaleC,
+                            const float* __restrict__ shiftC, float* __restrict__ dst, int pad)
 {
     const int paddedH = h + 2 * pad, paddedW = w + 2 * pad;
     const int rows = c * paddedH;
@@ -384,15 +395,12 @@ __global__ void __launch_bounds__(kThreads)
     {
         const int ch = row / paddedH;
         const int y = reflectIndex(row - ch * paddedH - pad, h);
-        const int g = ch / perGroup;
-        const float scale = invStdF[g] * (gamma ? gamma[ch] : 1.f);
-        const float shift = (beta ? beta[ch] : 0.f) - meanF[g] * scale;
-        const float b = bias ? bias[ch] : 0.f;
+        const float scale = scaleC[ch], shift = shiftC[ch];
         const float* s = src + (static_cast<size_t>(ch) * h + y) * w;
         float* d = dst + static_cast<size_t>(row) * paddedW;
         for (int xp = threadIdx.x; xp < paddedW; xp += blockDim.x)
         {
-            const float v = (s[reflectIndex(xp - pad, w)] + b) * scale + shift;
+            const float v = s[reflectIndex(xp - pad, w)] * scale + shift;
             // Fast intrinsics (a few ulp; the full-precision pair cost ~1 ms per call at 2016x2016).
             // For v < -88, __expf(-v) is inf and __fdividef gives 0: SiLU's limit.
             d[xp] = __fdividef(v, 1.f + __expf(-v));
@@ -543,10 +551,20 @@ __global__ void __launch_bounds__(kThreads)
                         const float2* __restrict__ rowCS, const float2* __restrict__ colCS)
 {
     extern __shared__ float tile[];  // [hidden][kRopeTilePixels + 1]
+    __shared__ int pixY[kRopeTilePixels], pixX[kRopeTilePixels];
     constexpr int ld = kRopeTilePixels + 1;
     const int64_t outPlane = int64_t(outH) * outW;
     const int64_t pix0 = int64_t(blockIdx.x) * kRopeTilePixels;
     const bool identity = srcH == outH && srcW == outW;
+    // The 64-bit divisions once per pixel, not once per element (ncu: 238 us per call at 448x448).
+    if (threadIdx.x < kRopeTilePixels)
+    {
+        const int64_t pix = pix0 + threadIdx.x;
+        const int y = pix < outPlane ? static_cast<int>(pix / outW) : 0;
+        pixY[threadIdx.x] = y;
+        pixX[threadIdx.x] = pix < outPlane ? static_cast<int>(pix - int64_t(y) * outW) : 0;
+    }
+    __syncthreads();
     for (int e = threadIdx.x; e < hidden * kRopeTilePixels; e += blockDim.x)
     {
         const int c = e / kRopeTilePixels;
@@ -563,8 +581,7 @@ __global__ void __launch_bounds__(kThreads)
             }
             else
             {
-                const int oy = static_cast<int>(pix / outW), ox = static_cast<int>(pix - int64_t(oy) * outW);
-                v = pooledValue(plane, srcH, srcW, oy, ox, outH, outW, b);
+                v = pooledValue(plane, srcH, srcW, pixY[i], pixX[i], outH, outW, b);
             }
         }
         tile[c * ld + i] = v;
@@ -577,8 +594,8 @@ __global__ void __launch_bounds__(kThreads)
         const int c = e - i * hidden;
         const int64_t pix = pix0 + i;
         if (pix >= outPlane) continue;
-        const int y = static_cast<int>(pix / outW), x = static_cast<int>(pix - int64_t(y) * outW);
-        const int j = (offset + c) % headDim;  // offset is a multiple of headDim
+        const int y = pixY[i], x = pixX[i];
+        const int j = c % headDim;  // offset is a multiple of headDim
         const bool low = j < half;
         const int a = low ? j : j - half;
         const float2 t = a < quarter ? rowCS[static_cast<size_t>(y) * quarter + a]
@@ -655,9 +672,9 @@ void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, flo
     checkLaunch("convolution kernel launch");
 }
 
-size_t groupNormStatsBytes(int groups)
+size_t groupNormStatsBytes(int channels)
 {
-    return static_cast<size_t>(groups) * 2 * sizeof(float);
+    return static_cast<size_t>(channels) * 2 * sizeof(float);
 }
 
 void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h, int w, int groups,
@@ -679,16 +696,16 @@ void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h
     const int64_t rows = int64_t(c) * (h + 2 * pad);
     if (chunks * perGroup > int64_t(0x7fffffff) || rows > int64_t(0x7fffffff) || c > 65535)
         throw std::invalid_argument("naf::kernels::cuda: GroupNorm input too large");
-    float* meanF = static_cast<float*>(stats);
-    float* invStdF = meanF + groups;
+    float* scaleC = static_cast<float*>(stats);
+    float* shiftC = scaleC + c;
     const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(c));
     gnPartialKernel<<<grid, kThreads, 0, stream>>>(src, bias, hw, static_cast<int>(chunks), partial);
     checkLaunch("GroupNorm statistics kernel launch");
     gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
-                                                      meanF, invStdF);
+                                                      perGroup, bias, gamma, beta, scaleC, shiftC);
     checkLaunch("GroupNorm finalize kernel launch");
     gnApplySiLUPaddedKernel<<<static_cast<unsigned int>(std::min<int64_t>(rows, 4096)), kThreads, 0, stream>>>(
-        src, bias, c, h, w, perGroup, gamma, beta, meanF, invStdF, dst, pad);
+        src, c, h, w, scaleC, shiftC, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }
 

@@ -342,7 +342,7 @@ struct Engine::Impl
                               "allocating the RoPE tables");
         gnPartial.ensure(2 * static_cast<size_t>(hidden) * gnChunks * sizeof(double),
                          "allocating GroupNorm scratch");
-        gnStats.ensure(detail::groupNormStatsBytes(cfg.numGroups), "allocating GroupNorm scratch");
+        gnStats.ensure(detail::groupNormStatsBytes(hidden), "allocating GroupNorm scratch");
         tables.ensure((static_cast<size_t>(shape.outH) * kh + static_cast<size_t>(shape.outW) * kw) * sizeof(int),
                       "allocating the window tables");
         if (withProbe)

@@ -121,13 +121,14 @@ void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, flo
 
 /// GroupNorm (affine) + SiLU of (src + bias[c]) (bias may be null), src [c,h,w], written
 /// reflect-padded by `pad` to dst [c, h+2*pad, w+2*pad] (a different buffer). `partial` holds
-/// 2*c*gnChunksPerChannel(h*w) doubles, `stats` groupNormStatsBytes(groups) bytes.
+/// 2*c*gnChunksPerChannel(h*w) doubles, `stats` groupNormStatsBytes(c) bytes.
 void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h, int w, int groups,
                                const float* gamma, const float* beta, float eps, float* dst, int pad, double* partial,
                                void* stats, cudaStream_t stream);
 
-/// Bytes of the `stats` scratch of launchGroupNormSiLUPadded for `groups` groups.
-size_t groupNormStatsBytes(int groups);
+/// Bytes of the `stats` scratch of launchGroupNormSiLUPadded for `channels` channels (per-channel
+/// scale and shift).
+size_t groupNormStatsBytes(int channels);
 
 /// PyTorch adaptive_avg_pool2d of (src + bias[c]), CHW -> CHW: src [c,srcH,srcW] -> dst [c,dstH,dstW].
 void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,

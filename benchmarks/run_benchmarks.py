@@ -146,8 +146,11 @@ def read_gpu_results(paths):
                         ours.setdefault((cfg, d.get("path"), d.get("mode")), {"error": d["error"]})
                     continue
                 if "median_ms" in d and "mode" in d and "config" in d:
-                    if d.get("attention", "tiled") != "tiled":
-                        continue  # runs of the fallback attention kernel (--attention general) are not the table's
+                    # the table shows the engine's default attention kernel (--attention default; older
+                    # lines without "attention_used" ran the then default, tiled)
+                    att = d.get("attention", "tiled")
+                    if not (att == "default" or ("attention_used" not in d and att == "tiled")):
+                        continue
                     ours[(d["config"], d.get("path", "auto"), d["mode"])] = d
                 elif "forward_s" in d and "max_cuda_MB" in d and "config" in d:
                     peers[(d["config"], "tf32" if d.get("tf32") else "fp32")] = d
@@ -272,7 +275,8 @@ def gpu_table(ours, peers, errors, devices, sources):
               "inputs, median wall time of the timed calls (each returns when the output is written), FPS = "
               "1000 / median. auto: cuDNN convolutions when built in and usable (auto conv path), else the "
               "builtin kernels; builtin conv: the same engine forced to the builtin convolutions. Error vs fp32: "
-              "relative L2 of the tf32 output against the fp32 output of the same engine. Encoder / attention: "
+              "relative L2 of the tf32 output against an fp32 forward of the same engine with the tiled "
+              "attention kernel. Encoder / attention: "
               "device stage times (CUDA events) of the fastest of our runs (path and mode in parentheses). "
               "PyTorch: `bench_reference.py --device cuda` (tools/naf_reference.py, official mode: K/V upsampled "
               "to the output), median forward time; ratio = PyTorch time / our time in the same mode (fp32 / "

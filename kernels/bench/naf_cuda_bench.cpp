@@ -264,6 +264,23 @@ std::vector<std::string> splitList(const std::string& s)
     return out;
 }
 
+const char* attentionName(KC::AttentionKernel k)
+{
+    switch (k)
+    {
+    case KC::AttentionKernel::Tiled: return "tiled";
+    case KC::AttentionKernel::General: return "general";
+    }
+    return "?";
+}
+
+KC::AttentionKernel parseAttention(const std::string& name)
+{
+    for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General})
+        if (name == attentionName(k)) return k;
+    throw std::invalid_argument("--attention takes default, tiled or general, got " + name);
+}
+
 const char* pathName(KC::ConvolutionPath p)
 {
     switch (p)
@@ -280,7 +297,7 @@ struct Options
     std::vector<std::string> configs{"paper", "x32", "mobilesam", "x72"};
     std::vector<std::string> modes{"fp32", "tf32"};
     std::vector<std::string> paths{"auto", "builtin"};
-    std::string attention = "tiled";  // --attention tiled|general (Engine::setAttentionKernel)
+    std::string attention = "default";  // --attention (Engine::setAttentionKernel; default: the engine's)
     int reps = 20;
     int warmup = 3;
     double maxSeconds = 15.0;
@@ -290,7 +307,7 @@ struct Options
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention tiled|general]\n"
+    "                      [--attention default|tiled|general]\n"
     "configs: tiny, paper, x32, x72, mobilesam; modes: fp32, tf32; paths: auto, builtin, cudnn.\n"
     "--max-seconds: the timed loop of one mode stops (after at least 3 reps) once it took longer.\n"
     "--roundtrip-reps 0 skips the host round trip (Engine::forward with host pointers).\n";
@@ -327,8 +344,7 @@ Options parseArgs(int argc, char** argv)
         else if (a == "--attention")
         {
             o.attention = value();
-            if (o.attention != "tiled" && o.attention != "general")
-                throw std::invalid_argument("--attention takes tiled or general, got " + o.attention);
+            if (o.attention != "default") parseAttention(o.attention);  // throws on an unknown name
         }
         else if (a == "--paths")
             o.paths = splitList(value());
@@ -495,10 +511,6 @@ bool runMode(KC::Engine& engine, ConfigData& d, const std::string& pathReq, cons
         const double usedAfter = deviceUsedBytes();
         const double engineBytes = static_cast<double>(engine.deviceBytes());
 
-        // FP32 reference of this engine: the output of the last timed FP32 forward.
-        const bool isRef = mode == KC::MathMode::FP32 && d.ref.empty();
-        if (isRef) d.download(d.ref);
-
         KC::StageTimes st;
         {
             StageTimingOn on(engine);
@@ -527,12 +539,12 @@ bool runMode(KC::Engine& engine, ConfigData& d, const std::string& pathReq, cons
             .num("rel_l2_vs_fp32", cmp.relL2)
             .num("max_abs_vs_fp32", cmp.maxAbs)
             .integer("nonfinite", cmp.nonFinite)
-            .boolean("fp32_reference_self", isRef)
             .integer("reps", static_cast<long long>(times.size()))
             .integer("warmup", warm < opt.warmup ? warm + 1 : warm)
             .nums("times_ms", times)
             .str("conv_path_note", engine.convolutionPathNote())
             .str("attention", opt.attention)
+            .str("attention_used", attentionName(engine.lastAttentionKernel()))
             .str("shape", std::to_string(d.c.channels) + "x" + std::to_string(d.c.lowH) + "x" +
                               std::to_string(d.c.lowW) + " -> " + std::to_string(d.c.outH) + "x" +
                               std::to_string(d.c.outW) + " (image " + std::to_string(d.c.imageH) + "x" +
@@ -557,17 +569,15 @@ bool runPath(ConfigData& d, const std::string& pathReq, const Options& opt, cons
         d.ref.clear();
         const double usedBefore = deviceUsedBytes();
         KC::Engine engine(w.cfg, w.view, parsePath(pathReq));
-        engine.setAttentionKernel(opt.attention == "general" ? KC::AttentionKernel::General
-                                                             : KC::AttentionKernel::Tiled);
         const std::string convPath = pathName(engine.convolutionPath());
-        const bool hasFp32 = std::find(opt.modes.begin(), opt.modes.end(), "fp32") != opt.modes.end();
-        if (!hasFp32)
-        {
-            // No fp32 line asked for: one untimed FP32 forward as the reference.
-            d.poisonOutput();
-            engine.forwardDevice(d.dImage.get(), d.dFeatures.get(), d.dOut.get(), d.shape, KC::MathMode::FP32);
-            d.download(d.ref);
-        }
+        const KC::AttentionKernel requested =
+            opt.attention == "default" ? engine.attentionKernel() : parseAttention(opt.attention);
+        // The reference of every line: one untimed FP32 forward with the fp32 tiled attention.
+        engine.setAttentionKernel(KC::AttentionKernel::Tiled);
+        d.poisonOutput();
+        engine.forwardDevice(d.dImage.get(), d.dFeatures.get(), d.dOut.get(), d.shape, KC::MathMode::FP32);
+        d.download(d.ref);
+        engine.setAttentionKernel(requested);
         std::vector<ModeResult> results;
         for (const auto& m : opt.modes)
             ok = runMode(engine, d, pathReq, m, opt, device, usedBefore, convPath, results) && ok;

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <string>
 
+#include <cuda_pipeline.h>
+
 #include "naf_cuda_internal.cuh"
 #include "naf_kernels/window.hpp"
 
@@ -159,12 +161,56 @@ __device__ __forceinline__ float expInPlace(float* p, int n, float m)
     return sum;
 }
 
+/// Copies one head's slice of a pixel-major low-res tensor, for the union of a tile's windows
+/// (rowsU x colsU cells from (firstRow, firstCol), cell u at row u / colsU), into shared rows of
+/// `ld` floats: dst[u*ld + c] = src[pixel(u)*pixelStride + c] for c < width; zero for c in
+/// [width, padWidth) and rows u in [unionSize, rows). Asynchronous copies (cp.async), 16 bytes
+/// when everything is 4-float aligned: every copy of the block is in flight at once instead of one
+/// load per thread at a time. Ends with the block synchronized and the data visible.
+__device__ __forceinline__ void stageUnion(float* dst, int ld, int rows, int padWidth, const float* src,
+                                           int64_t pixelStride, int width, int unionSize, int firstRow,
+                                           int firstCol, int colsU, int lowW, bool vec4)
+{
+    const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int u = warp; u < rows; u += warps)
+    {
+        const float* row = u < unionSize
+                               ? src + (int64_t(firstRow + u / colsU) * lowW + firstCol + u % colsU) * pixelStride
+                               : nullptr;
+        float* d = dst + static_cast<size_t>(u) * ld;
+        if (vec4)
+        {
+            for (int c = 4 * lane; c < padWidth; c += 128)
+            {
+                if (row && c < width)
+                    __pipeline_memcpy_async(d + c, row + c, 16);
+                else
+                    *reinterpret_cast<float4*>(d + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+        }
+        else
+        {
+            for (int c = lane; c < padWidth; c += 32)
+            {
+                if (row && c < width)
+                    __pipeline_memcpy_async(d + c, row + c, 4);
+                else
+                    d[c] = 0.f;
+            }
+        }
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();
+}
+
 // ---- tiled kernel: one thread per output pixel, the tile's window union in shared memory -------
 //
 // A block owns a 4 x 32 tile of output pixels. Neighbouring pixels share most of their windows
 // (a whole low-res cell of pixels has the same one), so the union of the tile's windows is a
 // small rectangle of low-res cells (about 10 x 11 at 16x): per head, its keys and values are
-// copied to shared memory once, and each thread computes its pixel's attention from there.
+// copied to shared memory once (stageUnion: asynchronous copies, all in flight together), and
+// each thread computes its pixel's attention from there.
 // Pass 1: logits (query in registers, four FMA chains) into the thread's row of shared memory,
 // then softmax weights in place; pass 2: values in chunks of 32 channels, accumulated in
 // registers and stored channel-major (a warp writes 32 consecutive pixels of a channel).
@@ -255,22 +301,13 @@ __global__ void __launch_bounds__(kTileThreads)
     const int* cols = colTable + static_cast<size_t>(active ? x : 0) * kw;
     float* myP = sP + static_cast<size_t>(tid) * pStride;
 
+    const bool valuesVec4 = channels % 4 == 0 && vPerHead % 4 == 0;
     for (int h = 0; h < heads; ++h)
     {
-        for (int e = tid; e < unionSize * (HD / 4); e += kTileThreads)
-        {
-            const int u = e / (HD / 4), c4 = e - u * (HD / 4);
-            const int r = firstRow + u / colsU, c = firstCol + u % colsU;
-            reinterpret_cast<float4*>(sK)[e] =
-                *reinterpret_cast<const float4*>(kT + (int64_t(r) * lowW + c) * dim + h * HD + 4 * c4);
-        }
-        for (int e = tid; e < unionSize * vStride; e += kTileThreads)
-        {
-            const int u = e / vStride, c = e - u * vStride;
-            const int r = firstRow + u / colsU, cc = firstCol + u % colsU;
-            sV[e] = c < vPerHead ? vT[(int64_t(r) * lowW + cc) * channels + h * vPerHead + c] : 0.f;
-        }
-        __syncthreads();
+        // Keys and values of the union (vStride is a multiple of 32: 4-float aligned rows).
+        stageUnion(sK, HD, unionSize, HD, kT + h * HD, dim, HD, unionSize, firstRow, firstCol, colsU, lowW, true);
+        stageUnion(sV, vStride, unionSize, vStride, vT + h * vPerHead, channels, vPerHead, unionSize, firstRow,
+                   firstCol, colsU, lowW, valuesVec4);
         if (active)
         {
             float q[HD];
@@ -404,60 +441,71 @@ void launchWindowTable(int* table, int outLen, int lowLen, int kernel, cudaStrea
     checkLaunch("window table kernel launch");
 }
 
-void launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
-                                 int channels, int heads, int lowH, int lowW, int outH, int outW,
-                                 const int* rowTable, const int* colTable, int kh, int kw, float scale,
-                                 cudaStream_t stream, AttentionKernel kernel)
+namespace {
+
+int sharedMemoryOptin()
 {
-    const bool allowTiled = kernel != AttentionKernel::General;
+    int device = 0, optin = 0;
+    check(cudaGetDevice(&device), "querying the current CUDA device");
+    check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+          "querying the shared memory size");
+    return optin;
+}
+
+template <typename Kernel>
+void allowSharedMemory(Kernel kernelFunction, size_t bytes)
+{
+    check(cudaFuncSetAttribute(kernelFunction, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+          "sizing the attention kernel's shared memory");
+}
+
+/// The tiled kernel when its limits hold (head dim 32/64, the union in shared memory).
+bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
+              int lowH, int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw,
+              float scale, cudaStream_t stream)
+{
+    const int headDim = dim / heads;
+    const int vPerHead = channels / heads;
+    if ((headDim != 64 && headDim != 32) || dim % 4 != 0 || (outH + kTileY - 1) / kTileY > 65535) return false;
+    const int unionCap = maxWindowUnion(outH, lowH, kh, kTileY) * maxWindowUnion(outW, lowW, kw, kTileX);
+    const int vStride = (vPerHead + kValueChunk - 1) / kValueChunk * kValueChunk;
+    const int pStride = (kh * kw) | 1;  // odd: the threads' rows fall in different banks
+    const size_t shared =
+        (static_cast<size_t>(unionCap) * (headDim + vStride) + static_cast<size_t>(kTileThreads) * pStride) *
+        sizeof(float);
+    if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
+    const dim3 grid((outW + kTileX - 1) / kTileX, (outH + kTileY - 1) / kTileY);
+    auto kernelFunction = headDim == 64 ? tiledAttentionKernel<64> : tiledAttentionKernel<32>;
+    allowSharedMemory(kernelFunction, shared);
+    kernelFunction<<<grid, kTileThreads, shared, stream>>>(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW,
+                                                           rowTable, colTable, kh, kw, scale, unionCap, vStride,
+                                                           pStride);
+    checkLaunch("tiled neighborhood attention kernel launch");
+    return true;
+}
+
+}  // namespace
+
+AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
+                                            int channels, int heads, int lowH, int lowW, int outH, int outW,
+                                            const int* rowTable, const int* colTable, int kh, int kw, float scale,
+                                            cudaStream_t stream, AttentionKernel kernel)
+{
     if (heads <= 0 || dim % heads != 0 || channels % heads != 0 || dim / heads > kMaxHeadDim)
         throw std::invalid_argument("naf::kernels::cuda: attention needs dim and channels divisible by heads and a "
                                     "head dimension <= " + std::to_string(kMaxHeadDim));
-    const int headDim = dim / heads;
-    const int vPerHead = channels / heads;
-    if (allowTiled && (headDim == 64 || headDim == 32) && dim % 4 == 0 && (outH + kTileY - 1) / kTileY <= 65535)
-    {
-        const int unionCap = maxWindowUnion(outH, lowH, kh, kTileY) * maxWindowUnion(outW, lowW, kw, kTileX);
-        const int vStride = (vPerHead + kValueChunk - 1) / kValueChunk * kValueChunk;
-        const int pStride = (kh * kw) | 1;  // odd: the threads' rows fall in different banks
-        const size_t shared =
-            (static_cast<size_t>(unionCap) * (headDim + vStride) + static_cast<size_t>(kTileThreads) * pStride) *
-            sizeof(float);
-        int device = 0, optin = 0;
-        check(cudaGetDevice(&device), "querying the current CUDA device");
-        check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-              "querying the shared memory size");
-        if (shared + 64 <= static_cast<size_t>(optin))
-        {
-            const dim3 grid((outW + kTileX - 1) / kTileX, (outH + kTileY - 1) / kTileY);
-            if (headDim == 64)
-            {
-                check(cudaFuncSetAttribute(tiledAttentionKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(shared)),
-                      "sizing the attention kernel's shared memory");
-                tiledAttentionKernel<64><<<grid, kTileThreads, shared, stream>>>(
-                    qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
-                    unionCap, vStride, pStride);
-            }
-            else
-            {
-                check(cudaFuncSetAttribute(tiledAttentionKernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(shared)),
-                      "sizing the attention kernel's shared memory");
-                tiledAttentionKernel<32><<<grid, kTileThreads, shared, stream>>>(
-                    qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
-                    unionCap, vStride, pStride);
-            }
-            checkLaunch("tiled neighborhood attention kernel launch");
-            return;
-        }
-    }
+    // The tiled kernel falls back to the general one when its limits do not hold.
+    if (kernel != AttentionKernel::General &&
+        tryTiled(qT, kT, vT, out, dim, channels, heads, lowH, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
+                 stream))
+        return AttentionKernel::Tiled;
     // General path: one warp per pixel, keys/values from global memory.
     const int64_t runs = int64_t((outW + kAttnRun - 1) / kAttnRun) * outH;
     const unsigned int blocks = static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(runs, 1 << 20)));
     neighborhoodAttentionKernel<<<blocks, kAttnThreads, 0, stream>>>(qT, kT, vT, out, dim, channels, heads, lowW,
                                                                      outH, outW, rowTable, colTable, kh, kw, scale);
     checkLaunch("neighborhood attention kernel launch");
+    return AttentionKernel::General;
 }
 
 void launchAttentionProbe(const float* qT, const float* kT, int dim, int heads, int lowW, int outW, int y, int x,

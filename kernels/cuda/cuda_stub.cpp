@@ -70,6 +70,16 @@ void Engine::setStageTiming(bool) {}
 
 void Engine::setAttentionKernel(AttentionKernel) {}
 
+AttentionKernel Engine::attentionKernel() const
+{
+    return AttentionKernel::Tiled;
+}
+
+AttentionKernel Engine::lastAttentionKernel() const
+{
+    return AttentionKernel::Tiled;
+}
+
 StageTimes Engine::lastStageTimes() const
 {
     return StageTimes();

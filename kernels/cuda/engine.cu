@@ -147,6 +147,7 @@ struct Engine::Impl
     DeviceBuffer gnPartial, gnStats, tables, probe, ropeTables;
 
     AttentionKernel attentionKernel = AttentionKernel::Tiled;
+    AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
     bool stageTiming = false;
     cudaEvent_t events[3] = {nullptr, nullptr, nullptr};
     std::vector<cudaEvent_t> convEvents;  // start/stop pairs around each convolution (stage timing)
@@ -293,9 +294,9 @@ struct Engine::Impl
         detail::launchWindowTable(rowTable, shape.outH, shape.lowH, kh, stream);
         detail::launchWindowTable(colTable, shape.outW, shape.lowW, kw, stream);
         const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
-        detail::launchNeighborhoodAttention(queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev,
-                                            cfg.dim, C, cfg.headsAttn, shape.lowH, shape.lowW, shape.outH, shape.outW,
-                                            rowTable, colTable, kh, kw, scale, stream, attentionKernel);
+        attentionKernelUsed = detail::launchNeighborhoodAttention(
+            queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev, cfg.dim, C, cfg.headsAttn, shape.lowH,
+            shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream, attentionKernel);
         if (probe)
             detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
                                          shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
@@ -574,6 +575,16 @@ void Engine::setStageTiming(bool enable)
 void Engine::setAttentionKernel(AttentionKernel kernel)
 {
     impl_->attentionKernel = kernel;
+}
+
+AttentionKernel Engine::attentionKernel() const
+{
+    return impl_->attentionKernel;
+}
+
+AttentionKernel Engine::lastAttentionKernel() const
+{
+    return impl_->attentionKernelUsed;
 }
 
 StageTimes Engine::lastStageTimes() const

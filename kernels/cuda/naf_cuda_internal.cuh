@@ -171,12 +171,13 @@ void launchWindowTable(int* table, int outLen, int lowLen, int kernel, cudaStrea
 
 /// Fused neighborhood attention: qT [outH*outW,dim], kT [lowH*lowW,dim], vT [lowH*lowW,channels]
 /// (pixel-major) -> out [channels,outH,outW] (channel-major, the API layout). rowTable [outH,kh],
-/// colTable [outW,kw]. Head dims 32 and 64 run a tiled kernel (window unions in shared memory)
+/// colTable [outW,kw]. Head dims 32 and 64 run the tiled kernel (window unions in shared memory)
 /// when the union fits; otherwise, or with AttentionKernel::General, the warp-per-pixel one.
-void launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
-                                 int channels, int heads, int lowH, int lowW, int outH, int outW,
-                                 const int* rowTable, const int* colTable, int kh, int kw, float scale,
-                                 cudaStream_t stream, AttentionKernel kernel);
+/// Returns the kernel that was launched.
+AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
+                                            int channels, int heads, int lowH, int lowW, int outH, int outW,
+                                            const int* rowTable, const int* colTable, int kh, int kw, float scale,
+                                            cudaStream_t stream, AttentionKernel kernel);
 
 /// Softmax probabilities [heads,kh,kw] of output pixel (y,x) into probs (device).
 void launchAttentionProbe(const float* qT, const float* kT, int dim, int heads, int lowW, int outW, int y, int x,

@@ -205,6 +205,8 @@ TEST(Cuda, GeneralAttentionKernelMatchesCpu)
     for (const ForwardShape& s : comparisonShapes()) expectMatchesCpu(engine, w, s, seed++);
     expectMatchesCpu(engine, w, makeShape(40, 44, 8, 40, 44, 40, 44, 9), seed++);
     expectMatchesCpu(engine, w, makeShape(129, 97, 24, 9, 7, 129, 97, 9), seed++);
+    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::General);
+    EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::General);
 }
 
 // Head dims 32 (tiled kernel) and 128 (general kernel only), and an output as fine as the low
@@ -221,6 +223,9 @@ TEST(Cuda, ForwardMatchesCpuForOtherHeadDimsAndUnitScale)
         cuda::Engine engine(w.cfg, w.view);
         expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), 140);
         expectMatchesCpu(engine, w, makeShape(37, 45, 16, 7, 6, 30, 27, 9), 141);
+        // Head dim 32 runs the tiled kernel; 128 falls back to the general one.
+        EXPECT_EQ(engine.lastAttentionKernel(),
+                  heads == 8 ? cuda::AttentionKernel::Tiled : cuda::AttentionKernel::General);
     }
     const RandomNafWeights w(27);
     cuda::Engine engine(w.cfg, w.view);

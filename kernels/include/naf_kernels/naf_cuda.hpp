@@ -38,8 +38,8 @@ enum class ConvolutionPath
 /// Neighborhood-attention kernel of the CUDA path.
 enum class AttentionKernel
 {
-    Tiled,       ///< one thread per pixel, each 4 x 32 tile's window union in shared memory (default)
-    General      ///< one warp per pixel, keys and values from global memory (any head dim)
+    Tiled,   ///< one thread per pixel, each 4 x 32 tile's window union in shared memory (default)
+    General  ///< one warp per pixel, keys and values from global memory (any head dim)
 };
 
 /// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).
@@ -88,6 +88,12 @@ public:
     /// rounding). Tiled kernels need head dim 32 or 64 and a window union per tile that fits in
     /// shared memory, else the general one runs.
     void setAttentionKernel(AttentionKernel kernel);
+
+    /// The attention kernel asked for (setAttentionKernel; Tiled unless set).
+    AttentionKernel attentionKernel() const;
+    /// The attention kernel the last forward ran (the requested one, or its fallback when the
+    /// requested one's limits did not hold).
+    AttentionKernel lastAttentionKernel() const;
 
     /// Stage times of the last forward (zeros when stage timing was off).
     StageTimes lastStageTimes() const;

@@ -57,6 +57,17 @@ def test_gpu_table_leaves_out_runs_of_the_fallback_attention_kernel(tmp_path):
     assert "5.00 ms, 200 FPS" in paper_row(out) and "12.00 ms" not in paper_row(out)
 
 
+def test_gpu_table_shows_the_engines_default_kernel_of_newer_bench_lines(tmp_path):
+    # newer lines name the kernel asked for ("default": the engine's) and the one that ran; an
+    # explicit --attention run stays out of the table even when it asked for the default kernel
+    out, _ = run_table(tmp_path, [ours("fp32", 10.0, attention="default", attention_used="tiled"),
+                                  ours("tf32", 4.5, attention="default", attention_used="tiled"),
+                                  ours("tf32", 4.0, attention="tiled", attention_used="tiled"),
+                                  ours("tf32", 3.0, attention="general", attention_used="general")])
+    row = paper_row(out)
+    assert "4.50 ms, 222 FPS" in row and "4.00 ms" not in row and "3.00 ms" not in row
+
+
 def test_gpu_table_lists_errors(tmp_path):
     out, _ = run_table(tmp_path, [ours("fp32", 10.0), {"config": "x72", "path": "auto", "mode": "tf32",
                                                        "error": "cudaMalloc failed: out of memory"}])

@@ -77,13 +77,17 @@ for cfg in $TORCH_CONFIGS; do
     done
 done
 if [ "${NAF_GPU_NCU:-0}" = 1 ]; then
-    # Per-kernel device time of our own kernels (cuDNN's are left out by the name filter).
+    # Per-kernel device time and DRAM traffic of our own kernels in one forward (the first one the
+    # bench runs: its untimed FP32 reference; our kernels do not depend on the math mode). cuDNN's
+    # kernels are left out by the name filter (ours end in "Kernel"). Summary: scripts/ncu_summary.py.
     NCU=$(command -v ncu || find /opt/nvidia /usr/local/cuda* -name ncu -type f 2>/dev/null | head -1)
-    echo "== ncu ($NCU): our kernels at paper, tf32"
-    [ -n "$NCU" ] && timeout 120 "$NCU" --metrics gpu__time_duration.sum --print-summary per-kernel \
-        -k 'regex:gn|Pool|pool|normalize|Attention|rope|Rope|transpose|window' -c 150 \
-        "$BIN/naf_cuda_bench" --configs paper --modes tf32 --paths auto --reps 2 --warmup 1 \
-        --roundtrip-reps 0 > "$RESULTS/ncu.txt" 2>&1
-    grep -E "^  [a-zA-Z_]|gpu__time_duration|Function Name|calls" "$RESULTS/ncu.txt" | head -80
+    for cfg in ${NAF_GPU_NCU_CONFIGS:-paper x72}; do
+        echo "== ncu ($NCU): our kernels at $cfg"
+        [ -n "$NCU" ] && timeout 150 "$NCU" --clock-control none --csv \
+            --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum -k regex:Kernel -c 40 \
+            "$BIN/naf_cuda_bench" --configs "$cfg" --modes tf32 --paths auto --reps 1 --warmup 0 \
+            --max-seconds 1 --roundtrip-reps 0 > "$RESULTS/ncu_$cfg.csv" 2>&1
+        python3 scripts/ncu_summary.py "$RESULTS/ncu_$cfg.csv" || tail -5 "$RESULTS/ncu_$cfg.csv"
+    done
 fi
 echo "== done $(date -u)"

@@ -1,0 +1,40 @@
+"""tools/reduced_precision_study.py: its rounding emulations and the forward it wraps."""
+import torch
+
+import naf_reference as ref
+import reduced_precision_study as study
+
+
+def test_tf32_rounding_keeps_ten_mantissa_bits_to_nearest():
+    one_ulp = 2.0 ** -10  # TF32's spacing above 1
+    x = torch.tensor([1.0, 1.0 + one_ulp, 1.0 + 0.49 * one_ulp, 1.0 + 0.51 * one_ulp, -(1.0 + 0.51 * one_ulp),
+                      3.0e-20, 6.5e4])
+    y = study.round_tf32(x)
+    expected = torch.tensor([1.0, 1.0 + one_ulp, 1.0, 1.0 + one_ulp, -(1.0 + one_ulp)])
+    assert torch.equal(y[:5], expected)
+    # Every result has its 13 low mantissa bits clear and is within half a TF32 ulp.
+    assert torch.all((y.view(torch.int32) & 0x1FFF) == 0)
+    assert torch.all((y - x).abs() <= x.abs() * 2.0 ** -11)
+
+
+def test_emulation_rounds_inside_and_restores_the_weights_after():
+    torch.manual_seed(0)
+    model = ref.NAF({"dim": 32, "heads_attn": 2, "heads_rope": 2, "num_groups": 4})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    image = torch.rand(1, 3, 24, 20)
+    features = torch.randn(1, 8, 6, 5)
+    reference = study.forward(model, image, features, (24, 20))
+    errors = {name: study.relative_l2(study.forward(model, image, features, (24, 20), name), reference)
+              for name in study.VARIANTS}
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert study.relative_l2(study.forward(model, image, features, (24, 20)), reference) == 0.0
+    # Each variant changes the output, by about its format's precision: TF32 operands the least
+    # (10-bit mantissa), bfloat16 everywhere (7-bit) more than float16 everywhere (10-bit).
+    assert all(e > 0.0 for e in errors.values()), errors
+    assert errors["tf32-conv"] < errors["bf16-all"]
+    assert errors["fp16-all"] < errors["bf16-all"]
+    assert errors["bf16-all"] < 0.1

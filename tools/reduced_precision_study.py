@@ -18,9 +18,10 @@ prints the relative L2 error of each variant's output against the float32 one:
 - fp16-all:         bf16-all in float16.
 
 The emulation rounds at the points the CUDA path stores tensors; it does not model summation
-order. --random-weights uses weights drawn like naf_cuda_bench's (kernels/tests/test_support.hpp:
-uniform +-1/sqrt(fan_in), GroupNorm gamma in [0.5, 1.5), beta in [-0.2, 0.2)) and its inputs
-(image uniform [0, 1), features uniform [-1, 1)), to compare with the error the GPU measured. Images: the first photos of ../shared/data/photos when present, else a seeded synthetic
+order. --random-weights uses tools/make_random_weights.py's weights, drawn like naf_cuda_bench's
+(uniform +-1/sqrt(fan_in), GroupNorm gamma in [0.5, 1.5), beta in [-0.2, 0.2)), and inputs drawn
+like its inputs (image uniform [0, 1), features uniform [-1, 1)), to compare with the error the
+GPU measured. Images: the first photos of ../shared/data/photos when present, else a seeded synthetic
 image. Features: seeded random, either independent per cell ("random") or smooth (random 7x7,
 bilinearly enlarged: spatially correlated like a VFM's).
 
@@ -38,6 +39,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import naf_reference  # noqa: E402
+from make_golden import rel_l2  # noqa: E402
+from make_random_weights import random_state_dict  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,34 +134,19 @@ def load_images(count, size):
     return images
 
 
+FEATURE_KINDS = ("random", "smooth")
+
+
 def make_features(kind, channels, low, seed):
     gen = torch.Generator().manual_seed(seed)
     if kind == "random":
         return torch.randn(1, channels, low, low, generator=gen)
-    coarse = torch.randn(1, channels, 7, 7, generator=gen)
-    return F.interpolate(coarse, size=(low, low), mode="bilinear", align_corners=False)
-
-
-def randomize_like_the_bench(model, seed):
-    """Weights drawn like kernels/tests/test_support.hpp's RandomNafWeights (not the same numbers)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def uniform(t, lo, hi):
-        t.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
-
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                bound = 1.0 / (module.in_channels * module.kernel_size[0] * module.kernel_size[1]) ** 0.5
-                uniform(module.weight, -bound, bound)
-                uniform(module.bias, -bound, bound)
-            elif isinstance(module, torch.nn.GroupNorm):
-                uniform(module.weight, 0.5, 1.5)
-                uniform(module.bias, -0.2, 0.2)
-
-
-def relative_l2(a, b):
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+    if kind == "smooth":
+        coarse = torch.randn(1, channels, 7, 7, generator=gen)
+        return F.interpolate(coarse, size=(low, low), mode="bilinear", align_corners=False)
+    if kind == "uniform":  # naf_cuda_bench's features
+        return torch.rand(1, channels, low, low, generator=gen) * 2 - 1
+    raise ValueError(f"unknown feature kind {kind!r}")
 
 
 def main():
@@ -168,7 +156,8 @@ def main():
     parser.add_argument("--low", type=int, default=28, help="feature grid size (square)")
     parser.add_argument("--channels", type=int, default=384)
     parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--features", default="random,smooth", help="comma-separated: random, smooth")
+    parser.add_argument("--features", default=",".join(FEATURE_KINDS),
+                        help=f"comma-separated: {', '.join(FEATURE_KINDS)} (ignored with --random-weights)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--random-weights", action="store_true",
                         help="weights and inputs drawn like naf_cuda_bench's instead of --weights and photos")
@@ -177,34 +166,31 @@ def main():
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    kinds = args.features.split(",")
+    if not args.random_weights and any(k not in FEATURE_KINDS for k in kinds):
+        parser.error(f"unknown feature kinds in {kinds}; known: {', '.join(FEATURE_KINDS)}")
     torch.set_num_threads(os.cpu_count() or 1)
     size = (args.size, args.size)
     if args.random_weights:
         model = naf_reference.NAF()
-        randomize_like_the_bench(model, seed=0)
+        model.load_state_dict(random_state_dict(0))
         gen = torch.Generator().manual_seed(1)
         images = [("uniform random", torch.rand(1, 3, args.size, args.size, generator=gen))]
-        weights_name = "random (like naf_cuda_bench)"
+        kinds = ["uniform"]
+        weights_name = "make_random_weights.py seed 0 (drawn like naf_cuda_bench's)"
     else:
         model = naf_reference.load_model(args.weights)
         images = load_images(args.images, args.size)
         weights_name = os.path.basename(args.weights)
+    feature_sets = [(kind, make_features(kind, args.channels, args.low, seed=1)) for kind in kinds]
     rows = []
     for name, image in images:
-        for kind in args.features.split(","):
-            if args.random_weights:
-                gen = torch.Generator().manual_seed(2)
-                features = torch.rand(1, args.channels, args.low, args.low, generator=gen) * 2 - 1
-                kind = "uniform random"
-            else:
-                features = make_features(kind, args.channels, args.low, seed=1)
+        for kind, features in feature_sets:
             reference = forward(model, image, features, size)
-            errors = [relative_l2(forward(model, image, features, size, v), reference) for v in variants]
+            errors = [rel_l2(forward(model, image, features, size, v), reference) for v in variants]
             rows.append((name, kind, errors))
             print(f"{name} / {kind}: " + ", ".join(f"{v} {e:.2e}" for v, e in zip(variants, errors)),
                   file=sys.stderr, flush=True)
-            if args.random_weights:
-                break
     print(f"Relative L2 against float32, {args.size}x{args.size} output from {args.low}x{args.low}x"
           f"{args.channels} features, weights {weights_name}:\n")
     print("| image | features | " + " | ".join(variants) + " |")

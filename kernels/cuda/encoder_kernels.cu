@@ -490,19 +490,19 @@ __global__ void __launch_bounds__(kThreads)
 {
     using Vec = typename std::conditional<kVec == 4, float4, float>::type;
     extern __shared__ double groupSums[];  // [groups][lanesPerPass * kVec]
-    const int oy = blockIdx.x / dstW, ox = blockIdx.x - (blockIdx.x / dstW) * dstW;
+    const int oy = blockIdx.x / dstW, ox = blockIdx.x - oy * dstW;
     const int y0 = poolStart(oy, srcH, dstH), y1 = poolStop(oy, srcH, dstH);
     const int x0 = poolStart(ox, srcW, dstW), x1 = poolStop(ox, srcW, dstW);
     const double inv = 1.0 / static_cast<double>((y1 - y0) * (x1 - x0));
     const int lanes = c / kVec;
     const int lanesPerPass = lanes < kThreads ? lanes : kThreads;
-    const int groups = kThreads / lanesPerPass;
+    const int groups = blockDim.x / lanesPerPass;  // the launcher sends whole groups
     const int group = threadIdx.x / lanesPerPass;
     const int laneInPass = threadIdx.x - group * lanesPerPass;
     for (int lane0 = 0; lane0 < lanes; lane0 += lanesPerPass)
     {
         const int lane = lane0 + laneInPass;
-        const bool active = group < groups && lane < lanes;
+        const bool active = lane < lanes;
         double sum[kVec] = {};
         if (active)
         {

@@ -27,11 +27,11 @@ def test_emulation_rounds_inside_and_restores_the_weights_after():
     image = torch.rand(1, 3, 24, 20)
     features = torch.randn(1, 8, 6, 5)
     reference = study.forward(model, image, features, (24, 20))
-    errors = {name: study.relative_l2(study.forward(model, image, features, (24, 20), name), reference)
+    errors = {name: study.rel_l2(study.forward(model, image, features, (24, 20), name), reference)
               for name in study.VARIANTS}
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
-    assert study.relative_l2(study.forward(model, image, features, (24, 20)), reference) == 0.0
+    assert study.rel_l2(study.forward(model, image, features, (24, 20)), reference) == 0.0
     # Each variant changes the output, by about its format's precision: TF32 operands the least
     # (10-bit mantissa), bfloat16 everywhere (7-bit) more than float16 everywhere (10-bit).
     assert all(e > 0.0 for e in errors.values()), errors

@@ -213,10 +213,11 @@ def gpu_table(ours, peers, errors, devices, sources):
              + (f" (device: {'; '.join(devices)})" if devices else "") + ". Command: "
              "`python3 benchmarks/run_benchmarks.py --gpu-results " + " ".join(os.path.basename(p) for p in sources)
              + "`.", "",
-             "| config | ours fp32 (auto) | ours tf32 (auto), error vs fp32 | builtin conv tf32 | auto conv path | "
+             "| config | ours fp32 (auto) | ours tf32 (auto), error vs fp32 | ours fp16 (auto), error vs fp32 | "
+             "builtin conv tf32 | auto conv path | "
              "encoder / attention (best) | PyTorch CUDA fp32 (ratio) | PyTorch CUDA tf32 (ratio) | "
              "engine MB (device used) | io MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cfg in configs:
         shape = ""
         if cfg in CONFIGS:
@@ -226,6 +227,7 @@ def gpu_table(ours, peers, errors, devices, sources):
         failed = ours.get((cfg, "auto", None)) or ours.get((cfg, None, None))
         fp32 = ours.get((cfg, "auto", "fp32"))
         tf32 = ours.get((cfg, "auto", "tf32"))
+        fp16 = ours.get((cfg, "auto", "fp16"))
         b_tf32 = ours.get((cfg, "builtin", "tf32")) or ours.get((cfg, "builtin", None)) \
             or ours.get((cfg, None, None))
         mine = [d for (c_, _, _), d in ours.items() if c_ == cfg and ok(d)]
@@ -267,7 +269,7 @@ def gpu_table(ours, peers, errors, devices, sources):
                 engine_mb += f" ({fmt_mb(mem_src.get('device_used_delta_MB'))})"
         io_mb = next((fmt_mb(d.get("io_MB")) for d in (mem_src, fp32, tf32, b_tf32)
                       if d is not None and _num(d.get("io_MB")) is not None), "—")
-        lines.append(f"| {cfg}{shape} | {cell_ours(fp32)} | {cell_ours(tf32, True)} | "
+        lines.append(f"| {cfg}{shape} | {cell_ours(fp32)} | {cell_ours(tf32, True)} | {cell_ours(fp16, True)} | "
                      f"{fmt_ms(b_tf32.get('median_ms')) if ok(b_tf32) else ('error (below)' if b_tf32 else '—')} | "
                      f"{conv or '—'} | {enc_att} | {peer_cell(peers.get((cfg, 'fp32')), fp32)} | "
                      f"{peer_cell(peers.get((cfg, 'tf32')), tf32)} | {engine_mb} | {io_mb} |")
@@ -275,8 +277,8 @@ def gpu_table(ours, peers, errors, devices, sources):
               "inputs, median wall time of the timed calls (each returns when the output is written), FPS = "
               "1000 / median. auto: cuDNN convolutions when built in and usable (auto conv path), else the "
               "builtin kernels; builtin conv: the same engine forced to the builtin convolutions. Error vs fp32: "
-              "relative L2 of the tf32 output against an fp32 forward of the same engine with the tiled "
-              "attention kernel. Encoder / attention: "
+              "relative L2 of the tf32 or fp16 output against an fp32 forward of the same engine with the tiled "
+              "attention kernel (fp16: `MathMode::FP16`, the float16 encoder). Encoder / attention: "
               "device stage times (CUDA events) of the fastest of our runs (path and mode in parentheses). "
               "PyTorch: `bench_reference.py --device cuda` (tools/naf_reference.py, official mode: K/V upsampled "
               "to the output), median forward time; ratio = PyTorch time / our time in the same mode (fp32 / "

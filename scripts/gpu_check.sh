@@ -58,9 +58,10 @@ echo "== naf_cuda_bench"
 CONFIGS=${NAF_GPU_CONFIGS:-paper,x32,mobilesam,x72}; [ $QUICK = 1 ] && CONFIGS=paper
 BUILTIN_CONFIGS=${NAF_GPU_BUILTIN_CONFIGS:-paper,mobilesam}; [ $QUICK = 1 ] && BUILTIN_CONFIGS=paper
 TORCH_CONFIGS=${NAF_GPU_TORCH_CONFIGS-paper mobilesam x32 x72}  # set but empty: no PyTorch run; [ $QUICK = 1 ] && TORCH_CONFIGS=paper
-timeout 200 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes fp32,tf32 --paths auto --reps 20 --warmup 3 \
+MODES=${NAF_GPU_MODES:-fp32,tf32,fp16}
+timeout 260 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes "$MODES" --paths auto --reps 20 --warmup 3 \
     --max-seconds 4 --roundtrip-reps 1 | tee "$RESULTS/bench.jsonl"
-timeout 60 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes fp32,tf32 --paths builtin --reps 10 \
+timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" --paths builtin --reps 10 \
     --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
 # The other attention kernels (Engine::setAttentionKernel), for the comparison in PERFORMANCE.md.
 for kernel in ${NAF_GPU_ATTENTION_KERNELS:-general}; do
@@ -77,17 +78,19 @@ for cfg in $TORCH_CONFIGS; do
     done
 done
 if [ "${NAF_GPU_NCU:-0}" = 1 ]; then
-    # Per-kernel device time and DRAM traffic of our own kernels in one forward (the first one the
-    # bench runs: its untimed FP32 reference; our kernels do not depend on the math mode). cuDNN's
-    # kernels are left out by the name filter (ours end in "Kernel"). Summary: scripts/ncu_summary.py.
+    # Per-kernel device time and DRAM traffic of our own kernels in one forward: the first one the
+    # bench runs, in the mode named (--no-reference: no FP32 forward before it). TF32 runs our
+    # kernels on float tensors like FP32; FP16 on float16 ones. cuDNN's kernels are left out by the
+    # name filter (ours end in "Kernel"). Summary: scripts/ncu_summary.py.
     NCU=$(command -v ncu || find /opt/nvidia /usr/local/cuda* -name ncu -type f 2>/dev/null | head -1)
-    for cfg in ${NAF_GPU_NCU_CONFIGS:-paper x72}; do
-        echo "== ncu ($NCU): our kernels at $cfg"
+    for run in ${NAF_GPU_NCU_RUNS:-paper:tf32 x72:tf32 x72:fp16}; do
+        cfg=${run%%:*}; mode=${run##*:}
+        echo "== ncu ($NCU): our kernels at $cfg, $mode"
         [ -n "$NCU" ] && timeout 150 "$NCU" --clock-control none --csv \
             --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum -k regex:Kernel -c 40 \
-            "$BIN/naf_cuda_bench" --configs "$cfg" --modes tf32 --paths auto --reps 1 --warmup 0 \
-            --max-seconds 1 --roundtrip-reps 0 > "$RESULTS/ncu_$cfg.csv" 2>&1
-        python3 scripts/ncu_summary.py "$RESULTS/ncu_$cfg.csv" || tail -5 "$RESULTS/ncu_$cfg.csv"
+            "$BIN/naf_cuda_bench" --configs "$cfg" --modes "$mode" --paths auto --reps 1 --warmup 0 \
+            --max-seconds 1 --roundtrip-reps 0 --no-reference > "$RESULTS/ncu_${cfg}_$mode.csv" 2>&1
+        python3 scripts/ncu_summary.py "$RESULTS/ncu_${cfg}_$mode.csv" || tail -5 "$RESULTS/ncu_${cfg}_$mode.csv"
     done
 fi
 echo "== done $(date -u)"

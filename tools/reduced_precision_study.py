@@ -16,6 +16,13 @@ prints the relative L2 error of each variant's output against the float32 one:
                     convolution outputs, queries and keys stay float32.
 - fp16-activations: the same in float16 (more mantissa, less range).
 - fp16-all:         bf16-all in float16.
+- fp16-encoder:     every tensor the encoder stores (guide, convolution outputs, GroupNorm+SiLU
+                    outputs) and the convolution weights in float16, the queries and keys in
+                    float32: a float16 encoder on cuDNN's legacy API, whose convolutions read and
+                    write one type (float16 storage, float32 accumulation).
+- fp16-encoder-tf32-last: fp16-encoder, except the last convolution of each branch (the one the
+                    queries come from): its input (the last GroupNorm+SiLU output) and output stay
+                    float32 and its operands are rounded to TF32 (CUDA MathMode::FP16).
 
 The emulation rounds at the points the CUDA path stores tensors; it does not model summation
 order. --random-weights uses tools/make_random_weights.py's weights, drawn like naf_cuda_bench's
@@ -64,10 +71,11 @@ def identity(x):
     return x
 
 
-def rounding(conv=identity, silu=identity, conv_out=identity, guide=identity, qk=identity, stems=True):
+def rounding(conv=identity, silu=identity, conv_out=identity, guide=identity, qk=identity, stems=True, last=None):
     """Rounding of: convolution operands (weights and inputs), GroupNorm+SiLU outputs, convolution
-    outputs, the guide, queries and keys; stems=False leaves the stems' operands in float32."""
-    return {"conv": conv, "silu": silu, "conv_out": conv_out, "guide": guide, "qk": qk, "stems": stems}
+    outputs, the guide, queries and keys; stems=False leaves the stems' operands in float32.
+    last: a rounding (conv, silu, conv_out used) for the last convolution of each branch instead."""
+    return {"conv": conv, "silu": silu, "conv_out": conv_out, "guide": guide, "qk": qk, "stems": stems, "last": last}
 
 
 VARIANTS = {
@@ -77,25 +85,40 @@ VARIANTS = {
     "bf16-activations": rounding(conv=round_bf16, silu=round_bf16, stems=False),
     "fp16-activations": rounding(conv=round_fp16, silu=round_fp16, stems=False),
     "fp16-all": rounding(conv=round_fp16, silu=round_fp16, conv_out=round_fp16, guide=round_fp16, qk=round_fp16),
+    "fp16-encoder": rounding(conv=round_fp16, silu=round_fp16, conv_out=round_fp16, guide=round_fp16),
+    "fp16-encoder-tf32-last": rounding(conv=round_fp16, silu=round_fp16, conv_out=round_fp16, guide=round_fp16,
+                                       last=rounding(conv=round_tf32)),
 }
+
+
+def last_convolutions(model):
+    """The last convolution of each encoder branch (a Sequential that starts with a stem on RGB)."""
+    last = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Sequential) and isinstance(module[0], torch.nn.Conv2d) \
+                and module[0].in_channels == 3:
+            last.add([m for m in module.modules() if isinstance(m, torch.nn.Conv2d)][-1])
+    return last
 
 
 @contextlib.contextmanager
 def emulated(model, spec):
-    """Rounds convolution operands and stored encoder tensors while inside the block."""
+    """Rounds convolution operands and stored encoder tensors while inside the block. A block's
+    GroupNorm+SiLU output feeds only the next convolution, so its rounding is applied to that
+    convolution's input (the last convolution of a branch may round differently)."""
     handles, saved = [], []
+    last = last_convolutions(model) if spec["last"] else set()
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
+            own = spec["last"] if module in last else spec
             stem = module.in_channels == 3
-            operand = identity if stem and not spec["stems"] else spec["conv"]
-            before = spec["guide"] if stem else identity
+            operand = identity if stem and not spec["stems"] else own["conv"]
+            before = spec["guide"] if stem else own["silu"]
             saved.append((module, module.weight.data.clone()))
             module.weight.data = operand(module.weight.data)
             handles.append(module.register_forward_pre_hook(
                 lambda m, inputs, operand=operand, before=before: (operand(before(inputs[0])),)))
-            handles.append(module.register_forward_hook(lambda m, inputs, out: spec["conv_out"](out)))
-        elif isinstance(module, torch.nn.SiLU):
-            handles.append(module.register_forward_hook(lambda m, inputs, out: spec["silu"](out)))
+            handles.append(module.register_forward_hook(lambda m, inputs, out, r=own["conv_out"]: r(out)))
     try:
         yield
     finally:

@@ -2,9 +2,9 @@
 // configurations of benchmarks/bench_naf.cpp, without Google Benchmark (plain C++17 + the CUDA
 // runtime), for GPU machines that have neither OpenCV nor libbenchmark.
 //
-// Usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32]
+// Usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16]
 //                       [--paths auto,builtin] [--reps 20] [--warmup 3] [--max-seconds 15]
-//                       [--roundtrip-reps 3]
+//                       [--roundtrip-reps 3] [--no-reference]
 //
 // Prints one JSON line per (config, path, mode) on stdout; a failure prints a JSON line with an
 // "error" key for that config, (config, path) or (config, path, mode) and the run goes on.
@@ -15,7 +15,8 @@
 // after at least 3 reps, once it has taken more than --max-seconds), one forward with stage
 // timing on (encoder/attention/total device times), the output copied back and compared with
 // the FP32 output of the same engine (for fp32 itself: the stage-timed forward against the last
-// timed one, i.e. run-to-run determinism). Memory (engine_MB, device_used_delta_MB) is read
+// timed one, i.e. run-to-run determinism). --no-reference skips the untimed FP32 forward that
+// makes that reference (so that a profiler's first kernels are those of the first mode listed). Memory (engine_MB, device_used_delta_MB) is read
 // right after the timed calls. After all modes of an engine, `roundtrip-reps` host round trips
 // per mode (Engine::forward with host pointers: copies included; it adds device staging buffers,
 // engine_MB_after_roundtrip), median reported; then that engine's lines are printed.
@@ -302,13 +303,15 @@ struct Options
     int warmup = 3;
     double maxSeconds = 15.0;
     int roundtripReps = 3;
+    bool reference = true;  // --no-reference: no FP32 reference forward, no rel_l2_vs_fp32
 };
 
 const char* kUsage =
-    "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32] [--paths auto,builtin]\n"
+    "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|tiled|general]\n"
-    "configs: tiny, paper, x32, x72, mobilesam; modes: fp32, tf32; paths: auto, builtin, cudnn.\n"
+    "                      [--attention default|tiled|general] [--no-reference]\n"
+    "configs: tiny, paper, x32, x72, mobilesam; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
+    "--no-reference: no untimed FP32 forward before the modes (their lines have no error vs FP32).\n"
     "--max-seconds: the timed loop of one mode stops (after at least 3 reps) once it took longer.\n"
     "--roundtrip-reps 0 skips the host round trip (Engine::forward with host pointers).\n";
 
@@ -366,6 +369,8 @@ Options parseArgs(int argc, char** argv)
                 throw std::invalid_argument("not a number after --max-seconds: " + v);
             }
         }
+        else if (a == "--no-reference")
+            o.reference = false;
         else if (a == "--help" || a == "-h")
         {
             std::fputs(kUsage, stderr);
@@ -381,13 +386,15 @@ Options parseArgs(int argc, char** argv)
         if (!known) throw std::invalid_argument("unknown config: " + c);
     }
     for (const auto& m : o.modes)
-        if (m != "fp32" && m != "tf32") throw std::invalid_argument("unknown mode: " + m);
+        if (m != "fp32" && m != "tf32" && m != "fp16") throw std::invalid_argument("unknown mode: " + m);
     for (const auto& p : o.paths)
         if (p != "auto" && p != "builtin" && p != "cudnn") throw std::invalid_argument("unknown path: " + p);
     if (o.configs.empty() || o.modes.empty() || o.paths.empty())
         throw std::invalid_argument("--configs, --modes and --paths need at least one entry");
-    // FP32 first: its output is the reference of the other modes.
-    std::stable_partition(o.modes.begin(), o.modes.end(), [](const std::string& m) { return m == "fp32"; });
+    // FP32 first: its output is the reference of the other modes (kept in the order given when
+    // there is no reference, e.g. to profile one mode's first forward).
+    if (o.reference)
+        std::stable_partition(o.modes.begin(), o.modes.end(), [](const std::string& m) { return m == "fp32"; });
     o.modes.erase(std::unique(o.modes.begin(), o.modes.end()), o.modes.end());
     return o;
 }
@@ -401,7 +408,9 @@ KC::ConvolutionPath parsePath(const std::string& p)
 
 KC::MathMode parseMode(const std::string& m)
 {
-    return m == "tf32" ? KC::MathMode::TF32 : KC::MathMode::FP32;
+    if (m == "tf32") return KC::MathMode::TF32;
+    if (m == "fp16") return KC::MathMode::FP16;
+    return KC::MathMode::FP32;
 }
 
 /// Turns stage timing back off however the scope is left.
@@ -573,10 +582,13 @@ bool runPath(ConfigData& d, const std::string& pathReq, const Options& opt, cons
         const KC::AttentionKernel requested =
             opt.attention == "default" ? engine.attentionKernel() : parseAttention(opt.attention);
         // The reference of every line: one untimed FP32 forward with the fp32 tiled attention.
-        engine.setAttentionKernel(KC::AttentionKernel::Tiled);
-        d.poisonOutput();
-        engine.forwardDevice(d.dImage.get(), d.dFeatures.get(), d.dOut.get(), d.shape, KC::MathMode::FP32);
-        d.download(d.ref);
+        if (opt.reference)
+        {
+            engine.setAttentionKernel(KC::AttentionKernel::Tiled);
+            d.poisonOutput();
+            engine.forwardDevice(d.dImage.get(), d.dFeatures.get(), d.dOut.get(), d.shape, KC::MathMode::FP32);
+            d.download(d.ref);
+        }
         engine.setAttentionKernel(requested);
         std::vector<ModeResult> results;
         for (const auto& m : opt.modes)

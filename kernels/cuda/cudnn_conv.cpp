@@ -1,5 +1,6 @@
-// Encoder convolutions through cuDNN (legacy convolution API, NCHW fp32): FP32 mode restricts
-// cuDNN to FMA kernels, TF32 mode allows tensor-core kernels. The input is already reflect-padded
+// Encoder convolutions through cuDNN (legacy convolution API, NCHW): on fp32 tensors, FP32 mode
+// restricts cuDNN to FMA kernels and TF32 mode allows tensor-core kernels; fp16 tensors
+// (MathMode::FP16) run with float32 accumulation (PSEUDO_HALF_CONFIG) on tensor cores. The input is already reflect-padded
 // (cuDNN only zero-pads), so the convolution itself has no padding; the bias is added by the
 // kernel that consumes the output (GroupNorm statistics or the final pooling).
 #include <cudnn.h>
@@ -69,8 +70,17 @@ struct CudnnConvolver::Impl
         cudnnMathType_t math;
         size_t workspace;
     };
-    // (h, w, cin, cout, k, tf32) -> plan
-    std::map<std::tuple<int, int, int, int, int, bool>, Plan> plans;
+    /// How a convolution's tensors are stored and multiplied.
+    enum class Numeric
+    {
+        FP32,
+        TF32,
+        FP16
+    };
+    // (h, w, cin, cout, k, numeric) -> plan
+    std::map<std::tuple<int, int, int, int, int, Numeric>, Plan> plans;
+
+    void run(const void* srcPadded, int h, int w, const DevConv& conv, const void* weight, void* dst, Numeric numeric);
 
     ~Impl()
     {
@@ -127,31 +137,46 @@ std::string CudnnConvolver::version()
 
 void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32)
 {
-    Impl& s = *impl_;
+    impl_->run(srcPadded, h, w, conv, conv.weight, dst, tf32 ? Impl::Numeric::TF32 : Impl::Numeric::FP32);
+}
+
+void CudnnConvolver::run(const __half* srcPadded, int h, int w, const DevConv& conv, __half* dst)
+{
+    if (!conv.weightHalf) throw std::invalid_argument("naf::kernels::cuda: float16 convolution without float16 weights");
+    impl_->run(srcPadded, h, w, conv, conv.weightHalf, dst, Impl::Numeric::FP16);
+}
+
+void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevConv& conv, const void* weight, void* dst,
+                               Numeric numeric)
+{
+    Impl& s = *this;
+    const bool tf32 = numeric == Numeric::TF32;
+    const bool fp16 = numeric == Numeric::FP16;
+    const cudnnDataType_t storage = fp16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
+    const size_t elementBytes = fp16 ? sizeof(__half) : sizeof(float);
     const int pad = conv.k / 2;
-    checkCudnn(cudnnSetTensor4dDescriptor(s.xDesc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, conv.cin, h + 2 * pad,
-                                          w + 2 * pad),
+    checkCudnn(cudnnSetTensor4dDescriptor(s.xDesc, CUDNN_TENSOR_NCHW, storage, 1, conv.cin, h + 2 * pad, w + 2 * pad),
                "input descriptor");
-    checkCudnn(cudnnSetTensor4dDescriptor(s.yDesc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, conv.cout, h, w),
+    checkCudnn(cudnnSetTensor4dDescriptor(s.yDesc, CUDNN_TENSOR_NCHW, storage, 1, conv.cout, h, w),
                "output descriptor");
-    checkCudnn(cudnnSetFilter4dDescriptor(s.wDesc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, conv.cout, conv.cin, conv.k,
-                                          conv.k),
+    checkCudnn(cudnnSetFilter4dDescriptor(s.wDesc, storage, CUDNN_TENSOR_NCHW, conv.cout, conv.cin, conv.k, conv.k),
                "filter descriptor");
+    // Accumulation in float32 for every storage type (for fp16: cuDNN's PSEUDO_HALF_CONFIG).
     checkCudnn(cudnnSetConvolution2dDescriptor(s.convDesc, 0, 0, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
                                                CUDNN_DATA_FLOAT),
                "convolution descriptor");
     // FP32: FMA kernels only (cuDNN would otherwise use TF32 for fp32 data on sm >= 80).
-    const cudnnMathType_t wanted = tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+    const cudnnMathType_t wanted = tf32 || fp16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
     checkCudnn(cudnnSetConvolutionMathType(s.convDesc, wanted), "math type");
 
-    const auto key = std::make_tuple(h, w, conv.cin, conv.cout, conv.k, tf32);
+    const auto key = std::make_tuple(h, w, conv.cin, conv.cout, conv.k, numeric);
     auto it = s.plans.find(key);
     if (it == s.plans.end())
     {
         // Time the candidates once for this shape on the real buffers (dst is overwritten below),
         // in a temporary workspace: only the chosen algorithm's need is kept afterwards.
         const size_t tensorBytes = (static_cast<size_t>(conv.cin) * (h + 2 * pad) * (w + 2 * pad) +
-                                    static_cast<size_t>(conv.cout) * h * w) * sizeof(float);
+                                    static_cast<size_t>(conv.cout) * h * w) * elementBytes;
         const size_t limit = workspaceLimit(tensorBytes);
         void* searchSpace = nullptr;
         check(cudaMalloc(&searchSpace, limit), "allocating the cuDNN search workspace");
@@ -159,7 +184,7 @@ void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& co
         cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
         int returned = 0;
         const cudnnStatus_t found = cudnnFindConvolutionForwardAlgorithmEx(
-            s.handle, s.xDesc, srcPadded, s.wDesc, conv.weight, s.convDesc, s.yDesc, dst, kMaxAlgos, &returned, perf,
+            s.handle, s.xDesc, srcPadded, s.wDesc, weight, s.convDesc, s.yDesc, dst, kMaxAlgos, &returned, perf,
             searchSpace, limit);
         (void)cudaStreamSynchronize(s.stream);
         (void)cudaFree(searchSpace);
@@ -170,12 +195,13 @@ void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& co
         {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > limit) continue;
             if (perf[i].determinism != CUDNN_DETERMINISTIC) continue;  // repeated calls must be bit-identical
-            if (!tf32 && (perf[i].mathType == CUDNN_TENSOR_OP_MATH ||
-                          perf[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
+            if (numeric == Numeric::FP32 && (perf[i].mathType == CUDNN_TENSOR_OP_MATH ||
+                                             perf[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
                 continue;
             if (tf32 && perf[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;  // no fp16 downcast
             // FP32 always executes with FMA math: cuDNN's default math allows TF32 on sm >= 80.
-            candidate = Impl::Plan{perf[i].algo, tf32 ? perf[i].mathType : CUDNN_FMA_MATH, perf[i].memory};
+            candidate = Impl::Plan{perf[i].algo, numeric == Numeric::FP32 ? CUDNN_FMA_MATH : perf[i].mathType,
+                                   perf[i].memory};
             chosen = &candidate;
         }
         if (!chosen)
@@ -186,7 +212,7 @@ void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& co
         it = s.plans.emplace(key, candidate).first;
         s.log += std::to_string(conv.cout) + "x" + std::to_string(conv.cin) + "x" + std::to_string(conv.k) + "x" +
                  std::to_string(conv.k) + " on " + std::to_string(h) + "x" + std::to_string(w) +
-                 (tf32 ? " tf32: " : " fp32: ") + algoName(candidate.algo) + " (" +
+                 (fp16 ? " fp16: " : (tf32 ? " tf32: " : " fp32: ")) + algoName(candidate.algo) + " (" +
                  std::to_string(perf[0].time) + " ms fastest found, workspace " +
                  std::to_string(candidate.workspace >> 20) + " MiB); ";
     }
@@ -194,7 +220,7 @@ void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& co
     checkCudnn(cudnnSetConvolutionMathType(s.convDesc, plan.math), "math type");
     s.workspace.ensure(plan.workspace, "allocating the cuDNN workspace");
     const float alpha = 1.f, beta = 0.f;
-    checkCudnn(cudnnConvolutionForward(s.handle, &alpha, s.xDesc, srcPadded, s.wDesc, conv.weight, s.convDesc,
+    checkCudnn(cudnnConvolutionForward(s.handle, &alpha, s.xDesc, srcPadded, s.wDesc, weight, s.convDesc,
                                        plan.algo, s.workspace.ptr, plan.workspace, &beta, s.yDesc, dst),
                "convolution");
 }

@@ -33,6 +33,28 @@ __device__ __forceinline__ int reflectIndex(int i, int n)
     return i;
 }
 
+// Storage of the encoder tensors: float, or __half in MathMode::FP16 (arithmetic in float either way).
+__device__ __forceinline__ float toFloat(float v)
+{
+    return v;
+}
+__device__ __forceinline__ float toFloat(__half v)
+{
+    return __half2float(v);
+}
+template <typename T>
+__device__ __forceinline__ T fromFloat(float v);
+template <>
+__device__ __forceinline__ float fromFloat<float>(float v)
+{
+    return v;
+}
+template <>
+__device__ __forceinline__ __half fromFloat<__half>(float v)
+{
+    return __float2half_rn(v);
+}
+
 // ---- normalize + bilinear resize ---------------------------------------------------------------
 
 struct Norm3
@@ -44,8 +66,9 @@ struct Norm3
 // One block per row of the padded destination [3, dstH+2*pad, dstW+2*pad]; a padded position
 // takes the value of its reflection inside the dstH x dstW guide (reflect padding of the conv
 // that reads it, done here instead of in the convolution).
+template <typename Dst>
 __global__ void __launch_bounds__(kThreads)
-    normalizeResizePaddedKernel(const float* __restrict__ src, int srcH, int srcW, float* __restrict__ dst, int dstH,
+    normalizeResizePaddedKernel(const float* __restrict__ src, int srcH, int srcW, Dst* __restrict__ dst, int dstH,
                                 int dstW, int pad, Norm3 nrm)
 {
     const int paddedH = dstH + 2 * pad, paddedW = dstW + 2 * pad;
@@ -56,7 +79,7 @@ __global__ void __launch_bounds__(kThreads)
     const float mean = c == 0 ? nrm.mean[0] : (c == 1 ? nrm.mean[1] : nrm.mean[2]);
     const float inv = c == 0 ? nrm.invStd[0] : (c == 1 ? nrm.invStd[1] : nrm.invStd[2]);
     const float* s = src + static_cast<size_t>(c) * srcH * srcW;
-    float* d = dst + static_cast<size_t>(row) * paddedW;
+    Dst* d = dst + static_cast<size_t>(row) * paddedW;
     // PyTorch area_pixel_compute_source_index (align_corners=False) in float, as on the CPU.
     const float scaleY = static_cast<float>(srcH) / static_cast<float>(dstH);
     const float scaleX = static_cast<float>(srcW) / static_cast<float>(dstW);
@@ -79,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
         const int x = reflectIndex(xp - pad, dstW);
         if (same)
         {
-            d[xp] = (r0[x] - mean) * inv;
+            d[xp] = fromFloat<Dst>((r0[x] - mean) * inv);
             continue;
         }
         float fx = scaleX * (static_cast<float>(x) + 0.5f) - 0.5f;
@@ -90,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
         const float wx1 = fx - static_cast<float>(x0), wx0 = 1.f - wx1;
         const float v00 = (r0[x0] - mean) * inv, v01 = (r0[x1] - mean) * inv;
         const float v10 = (r1[x0] - mean) * inv, v11 = (r1[x1] - mean) * inv;
-        d[xp] = wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11);
+        d[xp] = fromFloat<Dst>(wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11));
     }
 }
 
@@ -109,10 +132,11 @@ constexpr int kConvBK = 16;
 constexpr int kConvLd = 68;  // padded leading dimension: multiple of 4 floats, 32-byte aligned wmma tiles
 constexpr int kConvThreads = 256;
 
-template <int KS, bool TF32>
+// T: the storage of src, weight and dst (float, or __half: converted to float when staged).
+template <int KS, bool TF32, typename T>
 __global__ void __launch_bounds__(kConvThreads)
-    conv2dReflectKernel(const float* __restrict__ src, int h, int w, int cin, const float* __restrict__ weight,
-                        const float* __restrict__ bias, int cout, int ksRuntime, float* __restrict__ dst)
+    conv2dReflectKernel(const T* __restrict__ src, int h, int w, int cin, const T* __restrict__ weight,
+                        const float* __restrict__ bias, int cout, int ksRuntime, T* __restrict__ dst)
 {
     const int ks = KS > 0 ? KS : ksRuntime;
     const int kk2 = ks * ks;
@@ -139,7 +163,7 @@ __global__ void __launch_bounds__(kConvThreads)
     const int mA = tid >> 2;
     const int kA0 = (tid & 3) * 4;
     const int mRow = m0 + mA;
-    const float* wRow = weight + static_cast<size_t>(mRow < cout ? mRow : 0) * K;
+    const T* wRow = weight + static_cast<size_t>(mRow < cout ? mRow : 0) * K;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr bool useWmma = TF32;
@@ -176,7 +200,7 @@ __global__ void __launch_bounds__(kConvThreads)
         for (int i = 0; i < 4; ++i)
         {
             const int kk = k0 + kA0 + i;
-            As[(kA0 + i) * kConvLd + mA] = (mRow < cout && kk < K) ? wRow[kk] : 0.f;
+            As[(kA0 + i) * kConvLd + mA] = (mRow < cout && kk < K) ? toFloat(wRow[kk]) : 0.f;
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -191,7 +215,8 @@ __global__ void __launch_bounds__(kConvThreads)
                 const int ky = r / ks;
                 const int kx = r - ky * ks;
                 // src is already reflect-padded by `pad`: tap (ky,kx) of pixel (py,px) is at (py+ky, px+kx).
-                v = src[static_cast<size_t>(ci) * paddedPlane + static_cast<size_t>(py + ky) * paddedW + (px + kx)];
+                v = toFloat(
+                    src[static_cast<size_t>(ci) * paddedPlane + static_cast<size_t>(py + ky) * paddedW + (px + kx)]);
             }
             Bs[kr * kConvLd + nB] = v;
         }
@@ -254,7 +279,7 @@ __global__ void __launch_bounds__(kConvThreads)
             const int m = m0 + mi;
             const int n = n0 + ni;
             if (m < cout && n < hw)
-                dst[static_cast<size_t>(m) * hw + n] = Cs[mi * kConvLd + ni] + (bias ? bias[m] : 0.f);
+                dst[static_cast<size_t>(m) * hw + n] = fromFloat<T>(Cs[mi * kConvLd + ni] + (bias ? bias[m] : 0.f));
         }
 #endif
     }
@@ -270,27 +295,27 @@ __global__ void __launch_bounds__(kConvThreads)
             for (int j = 0; j < 4; ++j)
             {
                 const int n = n0 + tx + 16 * j;
-                if (n < hw) dst[static_cast<size_t>(m) * hw + n] = acc[i][j] + b;
+                if (n < hw) dst[static_cast<size_t>(m) * hw + n] = fromFloat<T>(acc[i][j] + b);
             }
         }
     }
 }
 
-template <bool TF32>
-void launchConvT(const float* src, int h, int w, const DevConv& conv, float* dst, cudaStream_t stream)
+template <bool TF32, typename T>
+void launchConvT(const T* src, int h, int w, const DevConv& conv, const T* weight, T* dst, cudaStream_t stream)
 {
     const int64_t hw = int64_t(h) * w;
     const dim3 grid(static_cast<unsigned int>((hw + kConvBN - 1) / kConvBN),
                     static_cast<unsigned int>((conv.cout + kConvBM - 1) / kConvBM));
     if (conv.k == 1)
-        conv2dReflectKernel<1, TF32><<<grid, kConvThreads, 0, stream>>>(src, h, w, conv.cin, conv.weight, conv.bias,
-                                                                        conv.cout, 1, dst);
+        conv2dReflectKernel<1, TF32, T><<<grid, kConvThreads, 0, stream>>>(src, h, w, conv.cin, weight, conv.bias,
+                                                                           conv.cout, 1, dst);
     else if (conv.k == 3)
-        conv2dReflectKernel<3, TF32><<<grid, kConvThreads, 0, stream>>>(src, h, w, conv.cin, conv.weight, conv.bias,
-                                                                        conv.cout, 3, dst);
+        conv2dReflectKernel<3, TF32, T><<<grid, kConvThreads, 0, stream>>>(src, h, w, conv.cin, weight, conv.bias,
+                                                                           conv.cout, 3, dst);
     else
-        conv2dReflectKernel<0, TF32><<<grid, kConvThreads, 0, stream>>>(src, h, w, conv.cin, conv.weight, conv.bias,
-                                                                        conv.cout, conv.k, dst);
+        conv2dReflectKernel<0, TF32, T><<<grid, kConvThreads, 0, stream>>>(src, h, w, conv.cin, weight, conv.bias,
+                                                                           conv.cout, conv.k, dst);
 }
 
 // ---- GroupNorm + SiLU --------------------------------------------------------------------------
@@ -317,22 +342,39 @@ __device__ __forceinline__ double blockReduceSum(double v, double* shared)
 }
 
 // grid (chunks per channel, channels): each block sums one kGnChunk-element chunk of one channel.
+template <typename Src>
 __global__ void __launch_bounds__(kThreads)
-    gnPartialKernel(const float* __restrict__ data, const float* __restrict__ bias, int64_t hw, int chunksPerChannel,
+    gnPartialKernel(const Src* __restrict__ data, const float* __restrict__ bias, int64_t hw, int chunksPerChannel,
                     double* __restrict__ partial)
 {
     __shared__ double red[kThreads];
     const int ch = blockIdx.y;
-    const float* base = data + static_cast<size_t>(ch) * hw;
+    const Src* base = data + static_cast<size_t>(ch) * hw;
     const int64_t start = int64_t(blockIdx.x) * kGnChunk;
     const int64_t end = start + kGnChunk < hw ? start + kGnChunk : hw;
     const float b = bias ? bias[ch] : 0.f;
     double sum = 0.0, sumSq = 0.0;
-    for (int64_t i = start + threadIdx.x; i < end; i += kThreads)
+    if (std::is_same<Src, __half>::value && hw % 2 == 0)
     {
-        const double v = static_cast<double>(base[i] + b);
-        sum += v;
-        sumSq += v * v;
+        // float16 pairs: one 4-byte load per thread and step (a warp's scalar 2-byte loads would
+        // fill half of each 128-byte request). start, end and each channel's base are even here.
+        const __half2* pairs = reinterpret_cast<const __half2*>(base);
+        for (int64_t i = start / 2 + threadIdx.x; i < end / 2; i += kThreads)
+        {
+            const float2 f = __half22float2(pairs[i]);
+            const double v0 = static_cast<double>(f.x + b), v1 = static_cast<double>(f.y + b);
+            sum += v0 + v1;
+            sumSq += v0 * v0 + v1 * v1;
+        }
+    }
+    else
+    {
+        for (int64_t i = start + threadIdx.x; i < end; i += kThreads)
+        {
+            const double v = static_cast<double>(toFloat(base[i]) + b);
+            sum += v;
+            sumSq += v * v;
+        }
     }
     const double totalSum = blockReduceSum(sum, red);
     const double totalSq = blockReduceSum(sumSq, red);
@@ -395,9 +437,10 @@ __global__ void __launch_bounds__(kThreads)
 //   and a call went from ~99 to ~113 us. Several short rows per step would win that back.
 constexpr int kApplyUnroll = 4;
 
+template <typename Src, typename Dst>
 __global__ void __launch_bounds__(kThreads)
-    gnApplySiLUPaddedKernel(const float* __restrict__ src, int c, int h, int w, const float* __restrict__ scaleC,
-                            const float* __restrict__ shiftC, float* __restrict__ dst, int pad)
+    gnApplySiLUPaddedKernel(const Src* __restrict__ src, int c, int h, int w, const float* __restrict__ scaleC,
+                            const float* __restrict__ shiftC, Dst* __restrict__ dst, int pad)
 {
     const int paddedH = h + 2 * pad, paddedW = w + 2 * pad;
     const int rows = c * paddedH;
@@ -406,11 +449,12 @@ __global__ void __launch_bounds__(kThreads)
         const int ch = row / paddedH;
         const int y = reflectIndex(row - ch * paddedH - pad, h);
         const float scale = scaleC[ch], shift = shiftC[ch];
-        const float* s = src + (static_cast<size_t>(ch) * h + y) * w;
+        const Src* s = src + (static_cast<size_t>(ch) * h + y) * w;
         const size_t rowStart = static_cast<size_t>(row) * paddedW;
-        float* d = dst + rowStart;
+        Dst* d = dst + rowStart;
         // Row elements before the first 128-byte line boundary of the row (dst is 128-byte aligned).
-        const int lead = static_cast<int>(rowStart & 31);
+        constexpr int kPerLine = 128 / static_cast<int>(sizeof(Dst));
+        const int lead = static_cast<int>(rowStart & (kPerLine - 1));
         for (int xp0 = static_cast<int>(threadIdx.x) - lead; xp0 < paddedW; xp0 += kApplyUnroll * blockDim.x)
         {
             float v[kApplyUnroll];
@@ -418,7 +462,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int k = 0; k < kApplyUnroll; ++k)
             {
                 const int xp = xp0 + k * blockDim.x;
-                v[k] = xp >= 0 && xp < paddedW ? s[reflectIndex(xp - pad, w)] : 0.f;
+                v[k] = xp >= 0 && xp < paddedW ? toFloat(s[reflectIndex(xp - pad, w)]) : 0.f;
             }
 #pragma unroll
             for (int k = 0; k < kApplyUnroll; ++k)
@@ -427,7 +471,7 @@ __global__ void __launch_bounds__(kThreads)
                 const float t = v[k] * scale + shift;
                 // Fast intrinsics (a few ulp; the full-precision pair cost ~1 ms per call at
                 // 2016x2016). For t < -88, __expf(-t) is inf and __fdividef gives 0: SiLU's limit.
-                if (xp >= 0 && xp < paddedW) d[xp] = __fdividef(t, 1.f + __expf(-t));
+                if (xp >= 0 && xp < paddedW) d[xp] = fromFloat<Dst>(__fdividef(t, 1.f + __expf(-t)));
             }
         }
     }
@@ -447,19 +491,21 @@ __device__ __forceinline__ int poolStop(int i, int in, int out)
 
 /// Output cell (oy, ox) of PyTorch adaptive_avg_pool2d of (plane + b), plane [srcH, srcW], summed in
 /// double.
-__device__ __forceinline__ float pooledValue(const float* __restrict__ plane, int srcH, int srcW, int oy, int ox,
+template <typename Src>
+__device__ __forceinline__ float pooledValue(const Src* __restrict__ plane, int srcH, int srcW, int oy, int ox,
                                              int dstH, int dstW, float b)
 {
     const int y0 = poolStart(oy, srcH, dstH), y1 = poolStop(oy, srcH, dstH);
     const int x0 = poolStart(ox, srcW, dstW), x1 = poolStop(ox, srcW, dstW);
     double sum = 0.0;
     for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
+        for (int x = x0; x < x1; ++x) sum += toFloat(plane[static_cast<size_t>(y) * srcW + x]) + b;
     return static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
 }
 
+template <typename Src>
 __global__ void __launch_bounds__(kThreads)
-    adaptiveAvgPoolKernel(const float* __restrict__ src, const float* __restrict__ bias, int c, int srcH, int srcW,
+    adaptiveAvgPoolKernel(const Src* __restrict__ src, const float* __restrict__ bias, int c, int srcH, int srcW,
                           float* __restrict__ dst, int dstH, int dstW)
 {
     const int64_t total = int64_t(c) * dstH * dstW;
@@ -623,8 +669,9 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+template <typename Src>
 __global__ void __launch_bounds__(kThreads)
-    poolRopeToHwcKernel(const float* __restrict__ src, const float* __restrict__ bias, int hidden, int srcH,
+    poolRopeToHwcKernel(const Src* __restrict__ src, const float* __restrict__ bias, int hidden, int srcH,
                         int srcW, float* __restrict__ qT, int dim, int offset, int outH, int outW, int headDim,
                         const float2* __restrict__ rowCS, const float2* __restrict__ colCS)
 {
@@ -659,7 +706,7 @@ __global__ void __launch_bounds__(kThreads)
                 const int e = e0 + k * blockDim.x;
                 const int c = e / kRopeTilePixels;
                 const int64_t pix = pix0 + (e - c * kRopeTilePixels);
-                v[k] = e < elements && pix < outPlane ? src[static_cast<size_t>(c) * outPlane + pix] : 0.f;
+                v[k] = e < elements && pix < outPlane ? toFloat(src[static_cast<size_t>(c) * outPlane + pix]) : 0.f;
             }
 #pragma unroll
             for (int k = 0; k < kRopeUnroll; ++k)
@@ -740,7 +787,8 @@ __global__ void __launch_bounds__(kTile * 8)
 
 // ---- launchers -------------------------------------------------------------------------------------
 
-void launchNormalizeResizePadded(const float* src, int srcH, int srcW, float* dst, int dstH, int dstW, int pad,
+template <typename Dst>
+void launchNormalizeResizePadded(const float* src, int srcH, int srcW, Dst* dst, int dstH, int dstW, int pad,
                                  const float mean[3], const float stdev[3], cudaStream_t stream)
 {
     if (pad < 0 || dstH <= pad || dstW <= pad)
@@ -753,23 +801,46 @@ void launchNormalizeResizePadded(const float* src, int srcH, int srcW, float* ds
         nrm.mean[c] = mean[c];
         nrm.invStd[c] = 1.f / stdev[c];
     }
-    normalizeResizePaddedKernel<<<3 * (dstH + 2 * pad), kThreads, 0, stream>>>(src, srcH, srcW, dst, dstH, dstW, pad,
-                                                                              nrm);
+    normalizeResizePaddedKernel<Dst><<<3 * (dstH + 2 * pad), kThreads, 0, stream>>>(src, srcH, srcW, dst, dstH, dstW,
+                                                                                   pad, nrm);
     checkLaunch("normalize/resize kernel launch");
 }
 
-void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
-                        cudaStream_t stream)
+template void launchNormalizeResizePadded<float>(const float*, int, int, float*, int, int, int, const float[3],
+                                                 const float[3], cudaStream_t);
+template void launchNormalizeResizePadded<__half>(const float*, int, int, __half*, int, int, int, const float[3],
+                                                  const float[3], cudaStream_t);
+
+namespace {
+
+template <typename T>
+void launchConv2dPaddedT(const T* src, int h, int w, const DevConv& conv, const T* weight, T* dst, bool tf32,
+                         cudaStream_t stream)
 {
     if ((conv.cout + kConvBM - 1) / kConvBM > 65535)
         throw std::invalid_argument("naf::kernels::cuda: too many output channels");
     if (int64_t(h) * w + kConvBN > int64_t(0x7fffffff))
         throw std::invalid_argument("naf::kernels::cuda: convolution input too large");
+    if (!weight) throw std::invalid_argument("naf::kernels::cuda: convolution without weights of the tensors' type");
     if (tf32)
-        launchConvT<true>(src, h, w, conv, dst, stream);
+        launchConvT<true>(src, h, w, conv, weight, dst, stream);
     else
-        launchConvT<false>(src, h, w, conv, dst, stream);
+        launchConvT<false>(src, h, w, conv, weight, dst, stream);
     checkLaunch("convolution kernel launch");
+}
+
+}  // namespace
+
+void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
+                        cudaStream_t stream)
+{
+    launchConv2dPaddedT(src, h, w, conv, conv.weight, dst, tf32, stream);
+}
+
+void launchConv2dPadded(const __half* src, int h, int w, const DevConv& conv, __half* dst, bool tf32,
+                        cudaStream_t stream)
+{
+    launchConv2dPaddedT(src, h, w, conv, conv.weightHalf, dst, tf32, stream);
 }
 
 size_t groupNormStatsBytes(int channels)
@@ -777,8 +848,9 @@ size_t groupNormStatsBytes(int channels)
     return static_cast<size_t>(channels) * 2 * sizeof(float);
 }
 
-void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h, int w, int groups,
-                               const float* gamma, const float* beta, float eps, float* dst, int pad, double* partial,
+template <typename Src, typename Dst>
+void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, int w, int groups,
+                               const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
                                void* stats, cudaStream_t stream)
 {
     if (groups <= 0 || c % groups != 0)
@@ -799,23 +871,37 @@ void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h
     float* scaleC = static_cast<float*>(stats);
     float* shiftC = scaleC + c;
     const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(c));
-    gnPartialKernel<<<grid, kThreads, 0, stream>>>(src, bias, hw, static_cast<int>(chunks), partial);
+    gnPartialKernel<Src><<<grid, kThreads, 0, stream>>>(src, bias, hw, static_cast<int>(chunks), partial);
     checkLaunch("GroupNorm statistics kernel launch");
     gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
                                                       perGroup, bias, gamma, beta, scaleC, shiftC);
     checkLaunch("GroupNorm finalize kernel launch");
-    gnApplySiLUPaddedKernel<<<static_cast<unsigned int>(std::min<int64_t>(rows, 4096)), kThreads, 0, stream>>>(
-        src, c, h, w, scaleC, shiftC, dst, pad);
+    gnApplySiLUPaddedKernel<Src, Dst>
+        <<<static_cast<unsigned int>(std::min<int64_t>(rows, 4096)), kThreads, 0, stream>>>(src, c, h, w, scaleC,
+                                                                                            shiftC, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }
 
-void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
+#define NAF_INSTANTIATE_GROUPNORM(Src, Dst)                                                                       \
+    template void launchGroupNormSiLUPadded<Src, Dst>(const Src*, const float*, int, int, int, int, const float*, \
+                                                      const float*, float, Dst*, int, double*, void*, cudaStream_t);
+NAF_INSTANTIATE_GROUPNORM(float, float)
+NAF_INSTANTIATE_GROUPNORM(__half, __half)
+NAF_INSTANTIATE_GROUPNORM(__half, float)
+#undef NAF_INSTANTIATE_GROUPNORM
+
+template <typename Src>
+void launchAdaptiveAvgPool(const Src* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
                            int dstW, cudaStream_t stream)
 {
-    adaptiveAvgPoolKernel<<<gridFor(int64_t(c) * dstH * dstW), kThreads, 0, stream>>>(src, bias, c, srcH, srcW, dst,
-                                                                                        dstH, dstW);
+    adaptiveAvgPoolKernel<Src><<<gridFor(int64_t(c) * dstH * dstW), kThreads, 0, stream>>>(src, bias, c, srcH, srcW,
+                                                                                             dst, dstH, dstW);
     checkLaunch("adaptive average pool kernel launch");
 }
+
+template void launchAdaptiveAvgPool<float>(const float*, const float*, int, int, int, float*, int, int, cudaStream_t);
+template void launchAdaptiveAvgPool<__half>(const __half*, const float*, int, int, int, float*, int, int,
+                                            cudaStream_t);
 
 bool poolRopeFusable(int dim, int hidden, int offset, int ropeHeads)
 {
@@ -839,7 +925,8 @@ void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const 
     checkLaunch("RoPE table kernel launch");
 }
 
-void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
+template <typename Src>
+void launchPoolRopeToHwc(const Src* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
                          int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream)
 {
     if (!poolRopeFusable(dim, hidden, offset, ropeHeads))
@@ -850,10 +937,15 @@ void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int sr
     const int quarter = dim / ropeHeads / 4;
     const float2* rowCS = static_cast<const float2*>(ropeTables);
     const float2* colCS = rowCS + static_cast<size_t>(outH) * quarter;
-    poolRopeToHwcKernel<<<static_cast<unsigned int>(blocks), kThreads, shared, stream>>>(
+    poolRopeToHwcKernel<Src><<<static_cast<unsigned int>(blocks), kThreads, shared, stream>>>(
         src, bias, hidden, srcH, srcW, qT, dim, offset, outH, outW, dim / ropeHeads, rowCS, colCS);
     checkLaunch("pool+RoPE kernel launch");
 }
+
+template void launchPoolRopeToHwc<float>(const float*, const float*, int, int, int, float*, int, int, int, int, int,
+                                         const void*, cudaStream_t);
+template void launchPoolRopeToHwc<__half>(const __half*, const float*, int, int, int, float*, int, int, int, int, int,
+                                          const void*, cudaStream_t);
 
 void launchRopeToHwc(const float* q, float* qT, int dim, int h, int w, int heads, const float* periods,
                      cudaStream_t stream)

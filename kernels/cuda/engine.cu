@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "naf_cuda_internal.cuh"
@@ -137,7 +138,8 @@ struct Engine::Impl
     std::unique_ptr<detail::CudnnConvolver> cudnn;
 #endif
 
-    DeviceBuffer weights;  // every parameter, packed
+    DeviceBuffer weights;      // every parameter, packed
+    DeviceBuffer weightsHalf;  // the convolution weights rounded to float16 (MathMode::FP16), packed
     DevBranch point, context;
     const float* ropePeriods = nullptr;
 
@@ -170,6 +172,7 @@ struct Engine::Impl
         cudnn.reset();
 #endif
         weights.release();
+        weightsHalf.release();
         for (DeviceBuffer* b : scratch()) b->release();
         for (cudaEvent_t& e : events)
             if (e) (void)cudaEventDestroy(e);
@@ -198,7 +201,10 @@ struct Engine::Impl
                detail::poolRopeFusable(cfg.dim, hidden, hidden, cfg.headsRope);
     }
 
-    void convolve(const float* srcPadded, int h, int w, const detail::DevConv& conv, float* dst, bool tf32)
+    /// One convolution on float (tf32: TF32 tensor cores) or float16 tensors (FP16 tensor cores
+    /// through cuDNN; the built-in kernel multiplies them on TF32 tensor cores when tf32, exactly).
+    template <typename T>
+    void convolve(const T* srcPadded, int h, int w, const detail::DevConv& conv, T* dst, bool tf32)
     {
         detail::DevConv noBias = conv;
         noBias.bias = nullptr;  // added by the consumer of dst
@@ -206,7 +212,7 @@ struct Engine::Impl
         if (timed) check(cudaEventRecord(convEvents[2 * convCalls], stream), "recording a timing event");
 #if NAF_HAVE_CUDNN
         if (cudnn)
-            cudnn->run(srcPadded, h, w, noBias, dst, tf32);
+            runCudnn(srcPadded, h, w, noBias, dst, tf32);
         else
 #endif
             detail::launchConv2dPadded(srcPadded, h, w, noBias, dst, tf32, stream);
@@ -214,28 +220,60 @@ struct Engine::Impl
         ++convCalls;
     }
 
-    /// One encoder branch on the guide; leaves its last convolution's output (without bias) in
-    /// convOut and returns that bias.
+#if NAF_HAVE_CUDNN
+    void runCudnn(const float* src, int h, int w, const detail::DevConv& conv, float* dst, bool tf32)
+    {
+        cudnn->run(src, h, w, conv, dst, tf32);
+    }
+    void runCudnn(const __half* src, int h, int w, const detail::DevConv& conv, __half* dst, bool)
+    {
+        cudnn->run(src, h, w, conv, dst);
+    }
+#endif
+
+    /// One encoder branch on the guide; leaves its last convolution's output (without bias, float)
+    /// in convOut and returns that bias. T is the storage of the encoder tensors: float, or __half
+    /// in MathMode::FP16. With __half, the guide, the convolution outputs and the GroupNorm+SiLU
+    /// outputs are float16 except around the branch's last convolution, which reads float (the
+    /// last GroupNorm+SiLU writes float) and writes float with `tf32` math: rounding that output,
+    /// where the queries come from, to float16 would cost 2-3x the error of TF32
+    /// (tools/reduced_precision_study.py, fp16-encoder against fp16-encoder-tf32-last).
+    template <typename T>
     const float* runBranch(const DevBranch& branch, const float* imageDev, int imageH, int imageW, int gh, int gw,
                            bool tf32)
     {
+        if (branch.blocks.empty() && !std::is_same<T, float>::value)
+            return runBranch<float>(branch, imageDev, imageH, imageW, gh, gw, tf32);  // the stem is the last
         const int hidden = branch.stem.cout;
-        float* conv = convOut.as<float>();
-        float* pad = padded.as<float>();
-        detail::launchNormalizeResizePadded(imageDev, imageH, imageW, guide.as<float>(), gh, gw, branch.stem.k / 2,
+        T* conv = convOut.as<T>();
+        T* pad = padded.as<T>();
+        detail::launchNormalizeResizePadded(imageDev, imageH, imageW, guide.as<T>(), gh, gw, branch.stem.k / 2,
                                             cfg.mean, cfg.stdev, stream);
-        convolve(guide.as<float>(), gh, gw, branch.stem, conv, tf32);
+        convolve(guide.as<T>(), gh, gw, branch.stem, conv, tf32);
         const float* bias = branch.stem.bias;
-        for (const DevBlock& blk : branch.blocks)
+        for (size_t l = 0; l < branch.blocks.size(); ++l)
         {
+            const DevBlock& blk = branch.blocks[l];
             detail::launchGroupNormSiLUPadded(conv, bias, hidden, gh, gw, cfg.numGroups, blk.norm1Gamma,
                                               blk.norm1Beta, cfg.gnEps, pad, blk.conv1.k / 2, gnPartial.as<double>(),
                                               gnStats.ptr, stream);
             convolve(pad, gh, gw, blk.conv1, conv, tf32);
-            detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
-                                              blk.norm2Beta, cfg.gnEps, pad, blk.conv2.k / 2, gnPartial.as<double>(),
-                                              gnStats.ptr, stream);
-            convolve(pad, gh, gw, blk.conv2, conv, tf32);
+            // The last convolution reads and writes float (convOut is read as T and padded
+            // written as float: different buffers).
+            const bool last = l + 1 == branch.blocks.size();
+            float* padFloat = padded.as<float>();
+            if (last)
+                detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
+                                                  blk.norm2Beta, cfg.gnEps, padFloat, blk.conv2.k / 2,
+                                                  gnPartial.as<double>(), gnStats.ptr, stream);
+            else
+                detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
+                                                  blk.norm2Beta, cfg.gnEps, pad, blk.conv2.k / 2,
+                                                  gnPartial.as<double>(), gnStats.ptr, stream);
+            if (last)
+                convolve(static_cast<const float*>(padFloat), gh, gw, blk.conv2, convOut.as<float>(), tf32);
+            else
+                convolve(static_cast<const T*>(pad), gh, gw, blk.conv2, conv, tf32);
             bias = blk.conv2.bias;
         }
         return bias;
@@ -248,7 +286,7 @@ struct Engine::Impl
 
     /// The forward on device pointers; everything is enqueued on `stream` (no synchronization).
     void enqueue(const float* imageDev, const float* featuresDev, float* outDev, const ForwardShape& shape, bool tf32,
-                 AttentionProbe* probe)
+                 bool fp16, AttentionProbe* probe)
     {
         int gh = 0, gw = 0;
         guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
@@ -269,7 +307,9 @@ struct Engine::Impl
         const DevBranch* branches[2] = {&point, &context};
         for (int bi = 0; bi < 2; ++bi)
         {
-            const float* bias = runBranch(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32);
+            const float* bias =
+                fp16 ? runBranch<__half>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32)
+                     : runBranch<float>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32);
             if (fused)
                 detail::launchPoolRopeToHwc(convOut.as<float>(), bias, hidden, gh, gw, queriesT.as<float>(), cfg.dim,
                                             bi * hidden, shape.outH, shape.outW, cfg.headsRope, ropeTables.ptr,
@@ -514,12 +554,20 @@ Engine::Engine(const NafConfig& cfg, const NafWeights& w, ConvolutionPath path)
         std::memcpy(packed.data() + offset, src, n * sizeof(float));
         fixups.emplace_back(slot, offset);
     };
+    // The convolution weights again, rounded to float16 (each tensor 64 halves aligned).
+    std::vector<__half> packedHalf;
+    std::vector<std::pair<const __half**, size_t>> fixupsHalf;
     auto addConv = [&](const ConvWeights& c, detail::DevConv& d) {
         d.cout = c.cout;
         d.cin = c.cin;
         d.k = c.k;
-        add(c.weight, static_cast<size_t>(c.cout) * c.cin * c.k * c.k, &d.weight);
+        const size_t n = static_cast<size_t>(c.cout) * c.cin * c.k * c.k;
+        add(c.weight, n, &d.weight);
         add(c.bias, static_cast<size_t>(c.cout), &d.bias);
+        const size_t offset = (packedHalf.size() + 63) / 64 * 64;
+        packedHalf.resize(offset + n, __float2half_rn(0.f));
+        for (size_t i = 0; i < n; ++i) packedHalf[offset + i] = __float2half_rn(c.weight[i]);
+        fixupsHalf.emplace_back(&d.weightHalf, offset);
     };
     DevBranch* devBranches[2] = {&s.point, &s.context};
     for (int bi = 0; bi < 2; ++bi)
@@ -545,13 +593,19 @@ Engine::Engine(const NafConfig& cfg, const NafWeights& w, ConvolutionPath path)
     check(cudaMemcpy(s.weights.ptr, packed.data(), packed.size() * sizeof(float), cudaMemcpyHostToDevice),
           "uploading the weights");
     for (const auto& f : fixups) *f.first = s.weights.as<float>() + f.second;
+    s.weightsHalf.ensure(std::max<size_t>(packedHalf.size(), 1) * sizeof(__half),
+                         "allocating device memory for the float16 weights");
+    check(cudaMemcpy(s.weightsHalf.ptr, packedHalf.data(), packedHalf.size() * sizeof(__half),
+                     cudaMemcpyHostToDevice),
+          "uploading the float16 weights");
+    for (const auto& f : fixupsHalf) *f.first = s.weightsHalf.as<__half>() + f.second;
 }
 
 Engine::~Engine() = default;
 
 size_t Engine::deviceBytes() const
 {
-    return impl_->weights.bytes + impl_->scratchBytes();
+    return impl_->weights.bytes + impl_->weightsHalf.bytes + impl_->scratchBytes();
 }
 
 ConvolutionPath Engine::convolutionPath() const
@@ -594,11 +648,20 @@ StageTimes Engine::lastStageTimes() const
 
 namespace {
 
+/// TF32 convolutions: MathMode::TF32, and the last convolution of each branch in MathMode::FP16.
+bool usesTf32(MathMode mode)
+{
+    return mode == MathMode::TF32 || mode == MathMode::FP16;
+}
+
 void checkCall(const char* where, const ForwardShape& shape, const void* image, const void* features, const void* out,
-               const AttentionProbe* probe)
+               const AttentionProbe* probe, MathMode mode)
 {
     if (!image || !features || !out)
         throw std::invalid_argument(std::string("naf::kernels::cuda::Engine::") + where + ": null tensor pointer");
+    if (mode != MathMode::FP32 && mode != MathMode::TF32 && mode != MathMode::FP16)
+        throw std::invalid_argument(std::string("naf::kernels::cuda::Engine::") + where + ": unknown math mode " +
+                                    std::to_string(static_cast<int>(mode)));
     if (probe && (probe->y < 0 || probe->y >= shape.outH || probe->x < 0 || probe->x >= shape.outW))
         throw std::invalid_argument(std::string("naf::kernels::cuda::Engine::") + where + ": probe pixel (x=" +
                                     std::to_string(probe->x) + ", y=" + std::to_string(probe->y) +
@@ -613,9 +676,9 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
 {
     Impl& s = *impl_;
     checkForwardShape(s.cfg, shape);
-    checkCall("forward", shape, hostImage, hostFeatures, hostOut, probe);
+    checkCall("forward", shape, hostImage, hostFeatures, hostOut, probe, mode);
     DeviceScope scope(s.device);
-    const bool tf32 = mode == MathMode::TF32 && s.tensorCoresTf32;
+    const bool tf32 = usesTf32(mode) && s.tensorCoresTf32;
     const size_t f = sizeof(float);
     const size_t imageBytes = 3 * static_cast<size_t>(shape.imageH) * shape.imageW * f;
     const size_t featureBytes = static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW * f;
@@ -626,7 +689,8 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
               "copying the image to the device");
         check(cudaMemcpyAsync(s.features.ptr, hostFeatures, featureBytes, cudaMemcpyHostToDevice, s.stream),
               "copying the features to the device");
-        s.enqueue(s.image.as<float>(), s.features.as<float>(), s.out.as<float>(), shape, tf32, probe);
+        s.enqueue(s.image.as<float>(), s.features.as<float>(), s.out.as<float>(), shape, tf32, mode == MathMode::FP16,
+                  probe);
         check(cudaMemcpyAsync(hostOut, s.out.ptr, outBytes, cudaMemcpyDeviceToHost, s.stream),
               "copying the output to the host");
         s.complete(shape, probe);
@@ -638,12 +702,12 @@ void Engine::forwardDevice(const float* deviceImage, const float* deviceFeatures
 {
     Impl& s = *impl_;
     checkForwardShape(s.cfg, shape);
-    checkCall("forwardDevice", shape, deviceImage, deviceFeatures, deviceOut, probe);
+    checkCall("forwardDevice", shape, deviceImage, deviceFeatures, deviceOut, probe, mode);
     DeviceScope scope(s.device);
-    const bool tf32 = mode == MathMode::TF32 && s.tensorCoresTf32;
+    const bool tf32 = usesTf32(mode) && s.tensorCoresTf32;
     s.reserve(shape, false, probe != nullptr);
     s.guarded([&] {
-        s.enqueue(deviceImage, deviceFeatures, deviceOut, shape, tf32, probe);
+        s.enqueue(deviceImage, deviceFeatures, deviceOut, shape, tf32, mode == MathMode::FP16, probe);
         s.complete(shape, probe);
     });
 }

@@ -2,6 +2,7 @@
 // launchers of the kernels (defined in encoder_kernels.cu and attention_kernels.cu).
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -58,11 +59,13 @@ struct DeviceBuffer
     }
 };
 
-/// One convolution with device pointers (bias may be null).
+/// One convolution with device pointers (bias may be null). weightHalf: the same weights rounded
+/// to float16, read by convolutions on float16 tensors (MathMode::FP16).
 struct DevConv
 {
     const float* weight = nullptr;
     const float* bias = nullptr;
+    const __half* weightHalf = nullptr;
     int cout = 0, cin = 0, k = 0;
 };
 
@@ -81,6 +84,8 @@ public:
     CudnnConvolver& operator=(const CudnnConvolver&) = delete;
 
     void run(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32);
+    /// The same on float16 tensors (conv.weightHalf): FP16 tensor cores, float32 accumulation.
+    void run(const __half* srcPadded, int h, int w, const DevConv& conv, __half* dst);
     /// Device bytes of the workspace held.
     size_t workspaceBytes() const;
     /// The algorithm chosen for each convolution shape so far, for diagnostics.
@@ -110,7 +115,9 @@ inline int64_t gnChunksPerChannel(int64_t hw)
 /// dst [3, dstH+2*pad, dstW+2*pad] = bilinear resize (half-pixel, no antialias) of
 /// ((src - mean) / stdev), reflect-padded by `pad` for the stem convolution; a plain
 /// normalization when the sizes are equal.
-void launchNormalizeResizePadded(const float* src, int srcH, int srcW, float* dst, int dstH, int dstW, int pad,
+/// Dst: float or __half (rounded to nearest).
+template <typename Dst>
+void launchNormalizeResizePadded(const float* src, int srcH, int srcW, Dst* dst, int dstH, int dstW, int pad,
                                  const float mean[3], const float stdev[3], cudaStream_t stream);
 
 /// Stride-1 convolution without bias on an input already reflect-padded by k/2:
@@ -118,12 +125,18 @@ void launchNormalizeResizePadded(const float* src, int srcH, int srcW, float* ds
 /// implicit GEMM; TF32 uses tensor cores on sm >= 80 (older builds fall back to FP32).
 void launchConv2dPadded(const float* src, int h, int w, const DevConv& conv, float* dst, bool tf32,
                         cudaStream_t stream);
+/// The same on float16 tensors with conv.weightHalf (float32 accumulation; with tf32 the products
+/// run on TF32 tensor cores, exact for float16 operands).
+void launchConv2dPadded(const __half* src, int h, int w, const DevConv& conv, __half* dst, bool tf32,
+                        cudaStream_t stream);
 
 /// GroupNorm (affine) + SiLU of (src + bias[c]) (bias may be null), src [c,h,w], written
 /// reflect-padded by `pad` to dst [c, h+2*pad, w+2*pad] (a different buffer). `partial` holds
-/// 2*c*gnChunksPerChannel(h*w) doubles, `stats` groupNormStatsBytes(c) bytes.
-void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h, int w, int groups,
-                               const float* gamma, const float* beta, float eps, float* dst, int pad, double* partial,
+/// 2*c*gnChunksPerChannel(h*w) doubles, `stats` groupNormStatsBytes(c) bytes. Src/Dst: float/float,
+/// __half/__half or __half/float (statistics in double, arithmetic in float32 either way).
+template <typename Src, typename Dst>
+void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, int w, int groups,
+                               const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
                                void* stats, cudaStream_t stream);
 
 /// Bytes of the `stats` scratch of launchGroupNormSiLUPadded for `channels` channels (per-channel
@@ -131,7 +144,9 @@ void launchGroupNormSiLUPadded(const float* src, const float* bias, int c, int h
 size_t groupNormStatsBytes(int channels);
 
 /// PyTorch adaptive_avg_pool2d of (src + bias[c]), CHW -> CHW: src [c,srcH,srcW] -> dst [c,dstH,dstW].
-void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
+/// Src: float or __half.
+template <typename Src>
+void launchAdaptiveAvgPool(const Src* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
                            int dstW, cudaStream_t stream);
 
 /// Largest branch width the fused pool + RoPE kernel takes (its shared-memory tile).
@@ -149,8 +164,9 @@ void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const 
 
 /// One branch's output src [hidden,srcH,srcW] (+ bias) -> adaptive pool to outH x outW -> axial
 /// RoPE (tables of launchRopeTables) -> qT[:, offset:offset+hidden] of the pixel-major queries
-/// qT [outH*outW, dim].
-void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
+/// qT [outH*outW, dim]. Src: float or __half.
+template <typename Src>
+void launchPoolRopeToHwc(const Src* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
                          int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream);
 
 /// Axial RoPE of queries [dim,h,w] (CHW), written transposed to qT [h*w,dim] (HWC).

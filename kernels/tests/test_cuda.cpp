@@ -1,4 +1,4 @@
-// CUDA path against the CPU forward: FP32 and TF32 modes on odd sizes with fixed seeds, the
+// CUDA path against the CPU forward: FP32, TF32 and FP16 modes on odd sizes with fixed seeds, the
 // attention probe, reuse of one Engine across differently sized calls, and the behaviour of the
 // API on a machine without a GPU (these tests are compiled only when the CUDA library is built).
 #include <gtest/gtest.h>
@@ -101,8 +101,26 @@ void expectMatchesCpu(cuda::Engine& engine, const RandomNafWeights& w, const For
     ASSERT_TRUE(allFinite(tf32)) << "TF32 output has non-finite or unwritten elements";
     const double errTf32 = relativeL2(tf32.data(), ref.data(), ref.size());
     EXPECT_LE(errTf32, 1e-3) << "TF32 relative L2 " << errTf32;
-    std::printf("[ cuda     ] %s: FP32 rel L2 %.3g, TF32 rel L2 %.3g\n", describe(s).c_str(), errFp32, errTf32);
+
+    // FP16: the CPU emulation (tools/reduced_precision_study.py) puts it at about TF32's error.
+    const std::vector<float> fp16 = gpuForward(engine, in, s, cuda::MathMode::FP16);
+    ASSERT_TRUE(allFinite(fp16)) << "FP16 output has non-finite or unwritten elements";
+    const double errFp16 = relativeL2(fp16.data(), ref.data(), ref.size());
+    EXPECT_LE(errFp16, 1e-3) << "FP16 relative L2 " << errFp16;
+    // The float16 storage must really be in effect: its rounding moves the output well beyond
+    // the FP32 mode's 1e-7 to 5e-7.
+    const double fp16VsFp32 = relativeL2(fp16.data(), fp32.data(), fp32.size());
+    EXPECT_GT(fp16VsFp32, 2e-6) << "FP16 output is as close to FP32 as FP32 runs are to each other";
+    std::printf("[ cuda     ] %s: FP32 rel L2 %.3g, TF32 rel L2 %.3g, FP16 rel L2 %.3g (%.3g from FP32)\n",
+                describe(s).c_str(), errFp32, errTf32, errFp16, fp16VsFp32);
 }
+
+const char* modeName(cuda::MathMode mode)
+{
+    return mode == cuda::MathMode::TF32 ? "tf32" : (mode == cuda::MathMode::FP16 ? "fp16" : "fp32");
+}
+
+const cuda::MathMode kAllModes[] = {cuda::MathMode::FP32, cuda::MathMode::TF32, cuda::MathMode::FP16};
 
 #define NAF_SKIP_WITHOUT_GPU()                                                                  \
     do                                                                                          \
@@ -242,8 +260,9 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
     {
         SCOPED_TRACE(pathName(path));
         cuda::Engine engine(w.cfg, w.view, path);
-        for (cuda::MathMode mode : {cuda::MathMode::FP32, cuda::MathMode::TF32})
+        for (cuda::MathMode mode : kAllModes)
         {
+            SCOPED_TRACE(modeName(mode));
             const std::vector<float> viaHost = gpuForward(engine, in, s, mode);
             float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
             const size_t outCount = viaHost.size();
@@ -273,7 +292,7 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
             EXPECT_GT(t.convolutionMs, 0.f);
             EXPECT_LT(t.convolutionMs, t.encoderMs);
             std::printf("[ cuda     ] %s %s: encoder %.3f ms (convolutions %.3f), attention %.3f ms; %s\n",
-                        pathName(path), mode == cuda::MathMode::TF32 ? "tf32" : "fp32", t.encoderMs,
+                        pathName(path), modeName(mode), t.encoderMs,
                         t.convolutionMs, t.attentionMs, engine.convolutionPathNote().c_str());
         }
     }
@@ -310,9 +329,9 @@ TEST(Cuda, RepeatedCallsAreBitIdentical)
     const ForwardShape s = makeShape(300, 260, 12, 13, 11, 61, 50, 5);
     const Inputs in = makeInputs(s, 7);
     for (cuda::ConvolutionPath path : convolutionPaths())
-    for (cuda::MathMode mode : {cuda::MathMode::FP32, cuda::MathMode::TF32})
+    for (cuda::MathMode mode : kAllModes)
     {
-        SCOPED_TRACE(pathName(path));
+        SCOPED_TRACE(std::string(pathName(path)) + " " + modeName(mode));
         cuda::Engine engine(w.cfg, w.view, path);
         const std::vector<float> a = gpuForward(engine, in, s, mode);
         const std::vector<float> b = gpuForward(engine, in, s, mode);
@@ -387,6 +406,15 @@ TEST(Cuda, RejectsBadShapesAndProbes)
     probe.x = 0;
     EXPECT_THROW(engine.forward(in.image.data(), in.features.data(), out.data(), good, cuda::MathMode::FP32, &probe),
                  std::invalid_argument);
+    try
+    {
+        engine.forward(in.image.data(), in.features.data(), out.data(), good, static_cast<cuda::MathMode>(7));
+        ADD_FAILURE() << "an unknown math mode was accepted";
+    }
+    catch (const std::invalid_argument& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("unknown math mode 7"), std::string::npos) << e.what();
+    }
     // The engine still works after rejected calls.
     const std::vector<float> ref = cpuForward(w, in, good);
     const std::vector<float> gpu = gpuForward(engine, in, good, cuda::MathMode::FP32);

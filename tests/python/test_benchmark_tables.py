@@ -52,6 +52,19 @@ def test_gpu_table_compares_like_for_like_and_replaces_the_old_table(tmp_path):
     assert doc2.count("BEGIN GENERATED GPU") == 1
 
 
+def test_gpu_table_has_a_column_for_the_float16_encoder(tmp_path):
+    out, _ = run_table(tmp_path, [ours("fp32", 10.0), ours("tf32", 5.0), ours("fp16", 4.0, rel_l2_vs_fp32=3.1e-5)])
+    header = next(l for l in out.splitlines() if l.startswith("| config"))
+    row = paper_row(out)
+    assert "ours fp16 (auto)" in header and header.count("|") == row.count("|")
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[4] == "4.00 ms, 250 FPS, rel. L2 3.1e-05"
+    assert "(auto fp16)" in row  # the fastest run gives the encoder / attention split
+    # without fp16 lines the column is empty, not an error
+    out, _ = run_table(tmp_path, [ours("fp32", 10.0), ours("tf32", 5.0)])
+    assert [c.strip() for c in paper_row(out).split("|")][4] == "—"
+
+
 def test_gpu_table_leaves_out_runs_of_the_fallback_attention_kernel(tmp_path):
     out, _ = run_table(tmp_path, [ours("fp32", 10.0), ours("tf32", 5.0), ours("tf32", 12.0, attention="general")])
     assert "5.00 ms, 200 FPS" in paper_row(out) and "12.00 ms" not in paper_row(out)

@@ -24,7 +24,16 @@ bool cudnnCompiled();
 enum class MathMode
 {
     FP32,  ///< plain fp32 everywhere (relative L2 1e-7 to 5e-7 against the CPU path on H100/H200)
-    TF32   ///< tensor-core TF32 convolutions (relative L2 1e-5 to 7e-4 against the CPU path)
+    TF32,  ///< tensor-core TF32 convolutions (relative L2 1e-5 to 7e-4 against the CPU path)
+    /// float16 encoder: the guide, the convolution outputs and the GroupNorm+SiLU outputs stored in
+    /// float16, the convolutions on FP16 tensor cores (cuDNN; the built-in kernel multiplies the
+    /// float16 values on TF32 tensor cores) with float32 accumulation; GroupNorm statistics in
+    /// double. The last convolution of each branch, where the queries come from, runs as in TF32
+    /// on float tensors; queries, keys and attention are float32. Error emulated on the CPU
+    /// (tools/reduced_precision_study.py, fp16-encoder-tf32-last): about that of TF32. Values
+    /// beyond float16's range (65504) in an encoder tensor become inf: meant for the VFM-feature
+    /// inputs and trained weights the module ships, not arbitrary weights.
+    FP16
 };
 
 /// Which code runs the encoder convolutions.

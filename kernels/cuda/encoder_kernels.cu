@@ -392,7 +392,8 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     gnFinalizeKernel(const double* __restrict__ partial, int partialsPerGroup, int64_t groupLen, float eps,
                      int perGroup, const float* __restrict__ bias, const float* __restrict__ gamma,
-                     const float* __restrict__ beta, float* __restrict__ scaleC, float* __restrict__ shiftC)
+                     const float* __restrict__ beta, float* __restrict__ scaleC, float* __restrict__ shiftC,
+                     int* __restrict__ nonFinite)
 {
     __shared__ double red[kThreads];
     __shared__ float groupStats[2];
@@ -408,6 +409,8 @@ __global__ void __launch_bounds__(kThreads)
     const double totalSq = blockReduceSum(sumSq, red);
     if (threadIdx.x == 0)
     {
+        // A float16 input past its range arrives as inf (then NaN): flag it for the caller.
+        if (nonFinite && !(isfinite(totalSum) && isfinite(totalSq))) *nonFinite = 1;
         const double n = static_cast<double>(groupLen);
         const double mean = totalSum / n;
         double var = totalSq / n - mean * mean;  // biased, as GroupNorm
@@ -851,7 +854,7 @@ size_t groupNormStatsBytes(int channels)
 template <typename Src, typename Dst>
 void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, int w, int groups,
                                const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
-                               void* stats, cudaStream_t stream)
+                               void* stats, cudaStream_t stream, int* nonFinite)
 {
     if (groups <= 0 || c % groups != 0)
         throw std::invalid_argument("naf::kernels::cuda: " + std::to_string(c) + " channels not divisible into " +
@@ -874,7 +877,7 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
     gnPartialKernel<Src><<<grid, kThreads, 0, stream>>>(src, bias, hw, static_cast<int>(chunks), partial);
     checkLaunch("GroupNorm statistics kernel launch");
     gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
-                                                      perGroup, bias, gamma, beta, scaleC, shiftC);
+                                                      perGroup, bias, gamma, beta, scaleC, shiftC, nonFinite);
     checkLaunch("GroupNorm finalize kernel launch");
     gnApplySiLUPaddedKernel<Src, Dst>
         <<<static_cast<unsigned int>(std::min<int64_t>(rows, 4096)), kThreads, 0, stream>>>(src, c, h, w, scaleC,
@@ -884,7 +887,8 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
 
 #define NAF_INSTANTIATE_GROUPNORM(Src, Dst)                                                                       \
     template void launchGroupNormSiLUPadded<Src, Dst>(const Src*, const float*, int, int, int, int, const float*, \
-                                                      const float*, float, Dst*, int, double*, void*, cudaStream_t);
+                                                      const float*, float, Dst*, int, double*, void*, cudaStream_t, \
+                                                      int*);
 NAF_INSTANTIATE_GROUPNORM(float, float)
 NAF_INSTANTIATE_GROUPNORM(__half, __half)
 NAF_INSTANTIATE_GROUPNORM(__half, float)

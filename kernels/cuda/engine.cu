@@ -147,6 +147,7 @@ struct Engine::Impl
     DeviceBuffer image, features, out;  // host-pointer forward only
     DeviceBuffer guide, convOut, padded, queries, queriesT, keysT, valuesT;
     DeviceBuffer gnPartial, gnStats, tables, probe, ropeTables;
+    DeviceBuffer nonFinite;  // one int: set when MathMode::FP16 statistics were not finite
 
     AttentionKernel attentionKernel = AttentionKernel::Tiled;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
@@ -159,7 +160,7 @@ struct Engine::Impl
     std::vector<DeviceBuffer*> scratch()
     {
         return {&image,   &features, &out,       &guide,   &convOut, &padded, &queries, &queriesT,
-                &keysT,   &valuesT,  &gnPartial, &gnStats, &tables,  &probe,   &ropeTables};
+                &keysT,   &valuesT,  &gnPartial, &gnStats, &tables,  &probe,   &ropeTables, &nonFinite};
     }
 
     ~Impl()
@@ -247,6 +248,8 @@ struct Engine::Impl
         const int hidden = branch.stem.cout;
         T* conv = convOut.as<T>();
         T* pad = padded.as<T>();
+        // float16 tensors past float16's range reach the GroupNorm statistics as inf or NaN.
+        int* overflow = std::is_same<T, __half>::value ? nonFinite.as<int>() : nullptr;
         detail::launchNormalizeResizePadded(imageDev, imageH, imageW, guide.as<T>(), gh, gw, branch.stem.k / 2,
                                             cfg.mean, cfg.stdev, stream);
         convolve(guide.as<T>(), gh, gw, branch.stem, conv, tf32);
@@ -256,7 +259,7 @@ struct Engine::Impl
             const DevBlock& blk = branch.blocks[l];
             detail::launchGroupNormSiLUPadded(conv, bias, hidden, gh, gw, cfg.numGroups, blk.norm1Gamma,
                                               blk.norm1Beta, cfg.gnEps, pad, blk.conv1.k / 2, gnPartial.as<double>(),
-                                              gnStats.ptr, stream);
+                                              gnStats.ptr, stream, overflow);
             convolve(pad, gh, gw, blk.conv1, conv, tf32);
             // The last convolution reads and writes float (convOut is read as T and padded
             // written as float: different buffers).
@@ -265,11 +268,11 @@ struct Engine::Impl
             if (last)
                 detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
                                                   blk.norm2Beta, cfg.gnEps, padFloat, blk.conv2.k / 2,
-                                                  gnPartial.as<double>(), gnStats.ptr, stream);
+                                                  gnPartial.as<double>(), gnStats.ptr, stream, overflow);
             else
                 detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
                                                   blk.norm2Beta, cfg.gnEps, pad, blk.conv2.k / 2,
-                                                  gnPartial.as<double>(), gnStats.ptr, stream);
+                                                  gnPartial.as<double>(), gnStats.ptr, stream, overflow);
             if (last)
                 convolve(static_cast<const float*>(padFloat), gh, gw, blk.conv2, convOut.as<float>(), tf32);
             else
@@ -300,6 +303,7 @@ struct Engine::Impl
 
         convCalls = 0;
         record(0);
+        if (fp16) check(cudaMemsetAsync(nonFinite.ptr, 0, sizeof(int), stream), "clearing the float16 range flag");
         // Guide encoder -> RoPE'd queries, pixel-major [outH*outW, dim].
         if (fused)
             detail::launchRopeTables(ropeTables.ptr, shape.outH, shape.outW, cfg.dim, cfg.headsRope, ropePeriods,
@@ -326,6 +330,7 @@ struct Engine::Impl
         detail::launchAdaptiveAvgPoolHwc(queriesT.as<float>(), cfg.dim, shape.outH, shape.outW, keysT.as<float>(),
                                          shape.lowH, shape.lowW, stream);
         record(1);
+        if (fp16) refuseFloat16Overflow();
 
         // Attention, written channel-major straight into the output.
         detail::launchTranspose(featuresDev, C, static_cast<int64_t>(lowPlane), valuesT.as<float>(), stream);
@@ -342,6 +347,21 @@ struct Engine::Impl
                                          shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
                                          this->probe.as<float>(), stream);
         record(2);
+    }
+
+    /// MathMode::FP16: waits for the encoder and throws when a float16 tensor left float16's range,
+    /// before the attention writes any output (so the caller's output is left as it was).
+    void refuseFloat16Overflow()
+    {
+        int flag = 0;
+        check(cudaMemcpyAsync(&flag, nonFinite.ptr, sizeof(int), cudaMemcpyDeviceToHost, stream),
+              "reading the float16 range flag");
+        check(cudaStreamSynchronize(stream), "running the encoder on the device");
+        if (flag)
+            throw std::runtime_error(
+                "naf::kernels::cuda::Engine: MathMode::FP16: an encoder tensor went past float16's range "
+                "(|x| > 65504) and its GroupNorm statistics are not finite; no output was written. Use "
+                "MathMode::TF32 or FP32 for this input");
     }
 
     /// Grow-only scratch for `shape` (before anything of the call is queued).
@@ -384,6 +404,7 @@ struct Engine::Impl
         gnPartial.ensure(2 * static_cast<size_t>(hidden) * gnChunks * sizeof(double),
                          "allocating GroupNorm scratch");
         gnStats.ensure(detail::groupNormStatsBytes(hidden), "allocating GroupNorm scratch");
+        nonFinite.ensure(sizeof(int), "allocating the float16 range flag");
         tables.ensure((static_cast<size_t>(shape.outH) * kh + static_cast<size_t>(shape.outW) * kw) * sizeof(int),
                       "allocating the window tables");
         if (withProbe)

@@ -133,11 +133,13 @@ void launchConv2dPadded(const __half* src, int h, int w, const DevConv& conv, __
 /// GroupNorm (affine) + SiLU of (src + bias[c]) (bias may be null), src [c,h,w], written
 /// reflect-padded by `pad` to dst [c, h+2*pad, w+2*pad] (a different buffer). `partial` holds
 /// 2*c*gnChunksPerChannel(h*w) doubles, `stats` groupNormStatsBytes(c) bytes. Src/Dst: float/float,
-/// __half/__half or __half/float (statistics in double, arithmetic in float32 either way).
+/// __half/__half or __half/float (statistics in double, arithmetic in float32 either way). When
+/// `nonFinite` (device int) is given, a group whose statistics are not finite sets it to 1 (a
+/// float16 tensor that overflowed; the caller clears it).
 template <typename Src, typename Dst>
 void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, int w, int groups,
                                const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
-                               void* stats, cudaStream_t stream);
+                               void* stats, cudaStream_t stream, int* nonFinite = nullptr);
 
 /// Bytes of the `stats` scratch of launchGroupNormSiLUPadded for `channels` channels (per-channel
 /// scale and shift).

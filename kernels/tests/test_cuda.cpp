@@ -420,3 +420,35 @@ TEST(Cuda, RejectsBadShapesAndProbes)
     const std::vector<float> gpu = gpuForward(engine, in, good, cuda::MathMode::FP32);
     EXPECT_LE(relativeL2(gpu.data(), ref.data(), ref.size()), 1e-4);
 }
+
+// MathMode::FP16 stores the guide in float16: an image whose normalized values pass 65504 must be
+// refused with a clear error before any output is written, in both convolution paths, and the
+// engine must work afterwards (FP32 takes the same input).
+TEST(Cuda, Fp16RefusesInputsBeyondFloat16Range)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(71);
+    const ForwardShape s = makeShape(37, 45, 8, 7, 6, 30, 27, 9);
+    Inputs in = makeInputs(s, 3);
+    for (float& v : in.image) v *= 1e5f;  // normalized: ~4e5 > 65504
+    for (cuda::ConvolutionPath path : convolutionPaths())
+    {
+        SCOPED_TRACE(pathName(path));
+        cuda::Engine engine(w.cfg, w.view, path);
+        std::vector<float> out(static_cast<size_t>(s.channels) * s.outH * s.outW, 7.f);
+        try
+        {
+            engine.forward(in.image.data(), in.features.data(), out.data(), s, cuda::MathMode::FP16);
+            ADD_FAILURE() << "FP16 accepted an image beyond float16's range";
+        }
+        catch (const std::runtime_error& e)
+        {
+            EXPECT_NE(std::string(e.what()).find("float16"), std::string::npos) << e.what();
+        }
+        for (float v : out) ASSERT_EQ(v, 7.f) << "the output was written by a refused call";
+        const std::vector<float> fp32 = gpuForward(engine, in, s, cuda::MathMode::FP32);
+        EXPECT_TRUE(allFinite(fp32));
+        const std::vector<float> ref = cpuForward(w, in, s);
+        EXPECT_LE(relativeL2(fp32.data(), ref.data(), ref.size()), 1e-4);
+    }
+}

@@ -30,9 +30,10 @@ enum class MathMode
     /// float16 values on TF32 tensor cores) with float32 accumulation; GroupNorm statistics in
     /// double. The last convolution of each branch, where the queries come from, runs as in TF32
     /// on float tensors; queries, keys and attention are float32. Error emulated on the CPU
-    /// (tools/reduced_precision_study.py, fp16-encoder-tf32-last): about that of TF32. Values
-    /// beyond float16's range (65504) in an encoder tensor become inf: meant for the VFM-feature
-    /// inputs and trained weights the module ships, not arbitrary weights.
+    /// (tools/reduced_precision_study.py, fp16-encoder-tf32-last): about that of TF32. An encoder
+    /// tensor beyond float16's range (65504) makes the forward throw std::runtime_error after the
+    /// encoder, before any output is written (one extra synchronization per call); FP32 and TF32
+    /// take such inputs. Written and compiled, not yet run on a GPU.
     FP16
 };
 

@@ -87,22 +87,44 @@ struct RowScratch
 
 constexpr int kRun = 16;  // pixels computed together (one vector lane each)
 
-// One output row. Consecutive pixels that share the same window (the same column table; all
-// pixels of a row share the row table) form a run of up to 16; a run is computed with one vector
-// lane per pixel, so the keys/values of the window are loaded once per run and broadcast. Each
-// lane performs exactly the scalar sequence of operations of one pixel (dot products as
-// sequential FMA chains over channels, softmax, weighted sum in window order), so results do not
-// depend on how pixels are grouped, nor on the thread count.
-NAF_ALWAYS_INLINE inline void attentionRowImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
-                                               const float* valuesT, float* out, int y, RowScratch& s)
+// len floats of a run to or from lanes 0..len-1: one vector load or store for a full run (a
+// variable-length memcpy compiles to `rep movs`, which took 40 % of the attention at 896x896).
+NAF_ALWAYS_INLINE inline Vec16 loadRun(const float* p, int len)
+{
+    Vec16 v = {};
+    if (len == kRun)
+        loadVec16(v, p);
+    else
+        std::memcpy(&v, p, sizeof(float) * len);
+    return v;
+}
+
+NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
+{
+    if (len == kRun)
+        storeVec16(p, v);
+    else
+        std::memcpy(p, &v, sizeof(float) * len);
+}
+
+// R consecutive output rows that share their row table (R = 1, or 2 when the rows fall in the
+// same low-res cell row). Consecutive pixels of a row that share the same window (the same column
+// table) form a run of up to 16; a run is computed with one vector lane per pixel, so the keys and
+// values of the window are loaded once per run and broadcast, and with R = 2 each broadcast feeds
+// both rows' runs (half the loads per FMA). Each lane performs exactly the scalar sequence of
+// operations of one pixel (dot products as sequential FMA chains over channels, softmax, weighted
+// sum in window order), so results do not depend on how pixels or rows are grouped, nor on the
+// thread count.
+template <int R>
+NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
+                                                const float* valuesT, float* out, int y, RowScratch& s)
 {
     const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
     const int n = g.kh * g.kw;
-    Vec16* const queryBlock = s.queryBlock.resize(g.headDim);
-    Vec16* const logits = s.logits.resize(n);
+    Vec16* const queryBlock = s.queryBlock.resize(static_cast<size_t>(R) * g.headDim);  // [R][headDim]
+    Vec16* const logits = s.logits.resize(static_cast<size_t>(R) * n);                 // [R][n]
     s.keyPixel.resize(n);
     const int* rows = g.rowIndex.data() + static_cast<size_t>(y) * g.kh;
-    const size_t rowOffset = static_cast<size_t>(y) * g.outW;
     for (int x0 = 0; x0 < g.outW;)
     {
         const int* cols = g.colIndex.data() + static_cast<size_t>(x0) * g.kw;
@@ -112,99 +134,134 @@ NAF_ALWAYS_INLINE inline void attentionRowImpl(const AttentionGeometry& g, const
             ++len;
         for (int a = 0; a < g.kh; ++a)
             for (int b = 0; b < g.kw; ++b) s.keyPixel[a * g.kw + b] = rows[a] * g.lowW + cols[b];
+        // The next run's queries (dim planes per row, one or two cache lines each) are read from
+        // DRAM: ask for them now, while this run computes (its query loads were 18 % of the time).
+        if (x0 + len < g.outW)
+        {
+            const int last = std::min(g.outW, x0 + len + kRun) - 1;
+            for (int r = 0; r < R; ++r)
+            {
+                const float* next = queries + static_cast<size_t>(y + r) * g.outW;
+                for (int c = 0; c < g.dim; ++c)
+                {
+                    const float* plane = next + static_cast<size_t>(c) * outPlane;
+                    __builtin_prefetch(plane + x0 + len);
+                    __builtin_prefetch(plane + last);
+                }
+            }
+        }
         for (int h = 0; h < g.heads; ++h)
         {
-            for (int c = 0; c < g.headDim; ++c)
+            for (int r = 0; r < R; ++r)
             {
-                Vec16 q = {};
-                std::memcpy(&q, queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + rowOffset + x0,
-                            sizeof(float) * len);
-                queryBlock[c] = q;
+                const size_t pixel0 = static_cast<size_t>(y + r) * g.outW + x0;
+                for (int c = 0; c < g.headDim; ++c)
+                    queryBlock[r * g.headDim + c] =
+                        loadRun(queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + pixel0, len);
             }
-            const Vec16* qb = queryBlock;
-            // Logits, eight window entries at a time (eight independent FMA chains).
+            // Logits, eight window entries at a time (eight independent FMA chains per row).
             int j = 0;
             for (; j + 8 <= n; j += 8)
             {
                 const float* k[8];
                 for (int i = 0; i < 8; ++i)
                     k[i] = keysT + static_cast<size_t>(s.keyPixel[j + i]) * g.dim + h * g.headDim;
-                Vec16 d[8] = {};
+                Vec16 d[R][8] = {};
                 for (int c = 0; c < g.headDim; ++c)
-                {
-                    const Vec16 q = qb[c];
-                    for (int i = 0; i < 8; ++i) d[i] += q * k[i][c];
-                }
-                for (int i = 0; i < 8; ++i) logits[j + i] = d[i] * g.scale;
+                    for (int i = 0; i < 8; ++i)
+                    {
+                        const float kc = k[i][c];
+                        for (int r = 0; r < R; ++r) d[r][i] += queryBlock[r * g.headDim + c] * kc;
+                    }
+                for (int r = 0; r < R; ++r)
+                    for (int i = 0; i < 8; ++i) logits[r * n + j + i] = d[r][i] * g.scale;
             }
             for (; j < n; ++j)
             {
                 const float* k0 = keysT + static_cast<size_t>(s.keyPixel[j]) * g.dim + h * g.headDim;
-                Vec16 d0 = {};
-                for (int c = 0; c < g.headDim; ++c) d0 += qb[c] * k0[c];
-                logits[j] = d0 * g.scale;
+                Vec16 d0[R] = {};
+                for (int c = 0; c < g.headDim; ++c)
+                    for (int r = 0; r < R; ++r) d0[r] += queryBlock[r * g.headDim + c] * k0[c];
+                for (int r = 0; r < R; ++r) logits[r * n + j] = d0[r] * g.scale;
             }
             // Softmax per lane, in the order of the scalar code.
-            Vec16 maxLogit = logits[0];
-            for (int t = 1; t < n; ++t) maxLogit = logits[t] > maxLogit ? logits[t] : maxLogit;
-            Vec16 sum = {};
-            // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot change
-            // a float sum, while tiny and subnormal weights make every later FMA slow.
-            for (int t = 0; t < n; ++t)
+            for (int r = 0; r < R; ++r)
             {
-                const Vec16 x = logits[t] - maxLogit;
-                Vec16 e;
-                expVec16(e, x);
-                e = x < -60.f ? Vec16{} : e;
-                logits[t] = e;
-                sum += e;
+                Vec16* lr = logits + r * n;
+                Vec16 maxLogit = lr[0];
+                for (int t = 1; t < n; ++t) maxLogit = lr[t] > maxLogit ? lr[t] : maxLogit;
+                Vec16 sum = {};
+                // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot
+                // change a float sum, while tiny and subnormal weights make every later FMA slow.
+                for (int t = 0; t < n; ++t)
+                {
+                    const Vec16 x = lr[t] - maxLogit;
+                    Vec16 e;
+                    expVec16(e, x);
+                    e = x < -60.f ? Vec16{} : e;
+                    lr[t] = e;
+                    sum += e;
+                }
+                Vec16 inv;
+                for (int lane = 0; lane < kRun; ++lane) inv[lane] = lane < len ? 1.f / sum[lane] : 0.f;
+                for (int t = 0; t < n; ++t) lr[t] *= inv;
             }
-            Vec16 inv;
-            for (int lane = 0; lane < kRun; ++lane) inv[lane] = lane < len ? 1.f / sum[lane] : 0.f;
-            for (int t = 0; t < n; ++t) logits[t] *= inv;
             // Weighted sum of the values, eight value channels at a time, stored channel-major.
-            const Vec16* p = logits;
             const float* vHead = valuesT + static_cast<size_t>(h) * g.headValues;
-            float* outHead = out + static_cast<size_t>(h) * g.headValues * outPlane + rowOffset + x0;
+            float* outHead = out + static_cast<size_t>(h) * g.headValues * outPlane + static_cast<size_t>(y) * g.outW + x0;
             int cv = 0;
             for (; cv + 8 <= g.headValues; cv += 8)
             {
-                Vec16 acc[8] = {};
+                Vec16 acc[R][8] = {};
                 for (int t = 0; t < n; ++t)
                 {
                     const float* v = vHead + static_cast<size_t>(s.keyPixel[t]) * g.channels + cv;
-                    const Vec16 pt = p[t];
-                    for (int i = 0; i < 8; ++i) acc[i] += pt * v[i];
+                    for (int i = 0; i < 8; ++i)
+                    {
+                        const float vi = v[i];
+                        for (int r = 0; r < R; ++r) acc[r][i] += logits[r * n + t] * vi;
+                    }
                 }
-                for (int i = 0; i < 8; ++i) std::memcpy(outHead + (cv + i) * outPlane, &acc[i], sizeof(float) * len);
+                for (int r = 0; r < R; ++r)
+                    for (int i = 0; i < 8; ++i)
+                        storeRun(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW, acc[r][i], len);
             }
             for (; cv < g.headValues; ++cv)
             {
-                Vec16 acc = {};
-                for (int t = 0; t < n; ++t) acc += p[t] * vHead[static_cast<size_t>(s.keyPixel[t]) * g.channels + cv];
-                std::memcpy(outHead + cv * outPlane, &acc, sizeof(float) * len);
+                Vec16 acc[R] = {};
+                for (int t = 0; t < n; ++t)
+                {
+                    const float v = vHead[static_cast<size_t>(s.keyPixel[t]) * g.channels + cv];
+                    for (int r = 0; r < R; ++r) acc[r] += logits[r * n + t] * v;
+                }
+                for (int r = 0; r < R; ++r) storeRun(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
             }
         }
         x0 += len;
     }
 }
 
-NAF_TARGET_AVX512 void attentionRowAvx512(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
-                                          float* out, int y, RowScratch& s)
+// AVX-512 takes two rows at a time (32 vector registers hold both rows' accumulators); AVX2 and
+// the portable path one (a Vec16 is two registers there).
+NAF_TARGET_AVX512 void attentionRowsAvx512(const AttentionGeometry& g, const float* q, const float* kT,
+                                           const float* vT, float* out, int y, int rows, RowScratch& s)
 {
-    attentionRowImpl(g, q, kT, vT, out, y, s);
+    if (rows == 2)
+        attentionRowsImpl<2>(g, q, kT, vT, out, y, s);
+    else
+        attentionRowsImpl<1>(g, q, kT, vT, out, y, s);
 }
 
 NAF_TARGET_AVX2 void attentionRowAvx2(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
                                       float* out, int y, RowScratch& s)
 {
-    attentionRowImpl(g, q, kT, vT, out, y, s);
+    attentionRowsImpl<1>(g, q, kT, vT, out, y, s);
 }
 
 void attentionRowGeneric(const AttentionGeometry& g, const float* q, const float* kT, const float* vT, float* out,
                          int y, RowScratch& s)
 {
-    attentionRowImpl(g, q, kT, vT, out, y, s);
+    attentionRowsImpl<1>(g, q, kT, vT, out, y, s);
 }
 
 // [c, n] -> [n, c]
@@ -258,16 +315,30 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
                                     std::to_string(probe->y) + ") outside the " + std::to_string(outW) + "x" +
                                     std::to_string(outH) + " output");
 
-    parallel(outH, [&](int64_t begin, int64_t end) {
+    // Work items: single rows, or with AVX-512 pairs of consecutive rows with the same row table.
+    std::vector<int> firstRow;
+    firstRow.reserve(outH);
+    for (int y = 0; y < outH;)
+    {
+        firstRow.push_back(y);
+        const bool pair = avx512 && y + 1 < outH &&
+                          std::equal(g.rowIndex.begin() + static_cast<size_t>(y) * g.kh,
+                                     g.rowIndex.begin() + static_cast<size_t>(y + 1) * g.kh,
+                                     g.rowIndex.begin() + static_cast<size_t>(y + 1) * g.kh);
+        y += pair ? 2 : 1;
+    }
+    firstRow.push_back(outH);
+    parallel(static_cast<int64_t>(firstRow.size()) - 1, [&](int64_t begin, int64_t end) {
         RowScratch scratch;
-        for (int64_t y = begin; y < end; ++y)
+        for (int64_t item = begin; item < end; ++item)
         {
+            const int y = firstRow[item], rows = firstRow[item + 1] - y;
             if (avx512)
-                attentionRowAvx512(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), scratch);
+                attentionRowsAvx512(g, queries, keysT.data(), valuesT.data(), out, y, rows, scratch);
             else if (avx2)
-                attentionRowAvx2(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), scratch);
+                attentionRowAvx2(g, queries, keysT.data(), valuesT.data(), out, y, scratch);
             else
-                attentionRowGeneric(g, queries, keysT.data(), valuesT.data(), out, static_cast<int>(y), scratch);
+                attentionRowGeneric(g, queries, keysT.data(), valuesT.data(), out, y, scratch);
         }
     });
 

@@ -431,16 +431,16 @@ __global__ void __launch_bounds__(kThreads)
 
 // Blocks stride over the rows of the padded destination [c, h+2*pad, w+2*pad] (a block per row
 // made 57,600 short blocks per call at 448x448).
-// - Each thread loads kApplyUnroll elements of a row before it computes and stores any (with one
-//   load in flight per thread: 1.78 ms per unpadded call at 2016x2016 on the H100; now 1.51).
+// - Each thread loads kUnroll elements of a row before it computes and stores any (with one
+//   load in flight per thread: 1.78 ms per unpadded call at 2016x2016 on the H100; 1.51 with 4).
 // - Each warp stores 32 floats on one 128-byte line. A padded row (w + 2 floats) starts anywhere
 //   inside a line, and stores that split sectors made the H100 read those sectors from DRAM first:
 //   3.2 GB read for 2.1 GB of input, 3.1 ms per padded call at 2016x2016; aligned, 1.7 ms.
-// - Cost: at 448x448 a row (448-450 floats) fills less than half of a block's 1024-element step,
-//   and a call went from ~99 to ~113 us. Several short rows per step would win that back.
-constexpr int kApplyUnroll = 4;
-
-template <typename Src, typename Dst>
+// - With 4, a 448x448 row (448-450 floats) fills less than half of a block's 1024-element step,
+//   and a call went from ~99 to ~113 us; so rows of up to 2 * kThreads elements take one load per
+//   thread and step (launchGroupNormSiLUPadded chooses; written in the fourth session, not yet
+//   measured on a GPU).
+template <typename Src, typename Dst, int kUnroll>
 __global__ void __launch_bounds__(kThreads)
     gnApplySiLUPaddedKernel(const Src* __restrict__ src, int c, int h, int w, const float* __restrict__ scaleC,
                             const float* __restrict__ shiftC, Dst* __restrict__ dst, int pad)
@@ -458,17 +458,17 @@ __global__ void __launch_bounds__(kThreads)
         // Row elements before the first 128-byte line boundary of the row (dst is 128-byte aligned).
         constexpr int kPerLine = 128 / static_cast<int>(sizeof(Dst));
         const int lead = static_cast<int>(rowStart & (kPerLine - 1));
-        for (int xp0 = static_cast<int>(threadIdx.x) - lead; xp0 < paddedW; xp0 += kApplyUnroll * blockDim.x)
+        for (int xp0 = static_cast<int>(threadIdx.x) - lead; xp0 < paddedW; xp0 += kUnroll * blockDim.x)
         {
-            float v[kApplyUnroll];
+            float v[kUnroll];
 #pragma unroll
-            for (int k = 0; k < kApplyUnroll; ++k)
+            for (int k = 0; k < kUnroll; ++k)
             {
                 const int xp = xp0 + k * blockDim.x;
                 v[k] = xp >= 0 && xp < paddedW ? toFloat(s[reflectIndex(xp - pad, w)]) : 0.f;
             }
 #pragma unroll
-            for (int k = 0; k < kApplyUnroll; ++k)
+            for (int k = 0; k < kUnroll; ++k)
             {
                 const int xp = xp0 + k * blockDim.x;
                 const float t = v[k] * scale + shift;
@@ -879,9 +879,13 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
     gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
                                                       perGroup, bias, gamma, beta, scaleC, shiftC, nonFinite);
     checkLaunch("GroupNorm finalize kernel launch");
-    gnApplySiLUPaddedKernel<Src, Dst>
-        <<<static_cast<unsigned int>(std::min<int64_t>(rows, 4096)), kThreads, 0, stream>>>(src, c, h, w, scaleC,
-                                                                                            shiftC, dst, pad);
+    const unsigned int applyBlocks = static_cast<unsigned int>(std::min<int64_t>(rows, 4096));
+    if (w + 2 * pad <= 2 * kThreads)  // short rows: more loads per thread would leave threads idle
+        gnApplySiLUPaddedKernel<Src, Dst, 1>
+            <<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
+    else
+        gnApplySiLUPaddedKernel<Src, Dst, 4>
+            <<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }
 

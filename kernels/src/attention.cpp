@@ -89,14 +89,15 @@ constexpr int kRun = 16;  // pixels computed together (one vector lane each)
 
 // len floats of a run to or from lanes 0..len-1: one vector load or store for a full run (a
 // variable-length memcpy compiles to `rep movs`, which took 40 % of the attention at 896x896).
-NAF_ALWAYS_INLINE inline Vec16 loadRun(const float* p, int len)
+NAF_ALWAYS_INLINE inline void loadRun(Vec16& v, const float* p, int len)
 {
-    Vec16 v = {};
     if (len == kRun)
+    {
         loadVec16(v, p);
-    else
-        std::memcpy(&v, p, sizeof(float) * len);
-    return v;
+        return;
+    }
+    v = Vec16{};
+    std::memcpy(&v, p, sizeof(float) * len);
 }
 
 NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
@@ -156,8 +157,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             {
                 const size_t pixel0 = static_cast<size_t>(y + r) * g.outW + x0;
                 for (int c = 0; c < g.headDim; ++c)
-                    queryBlock[r * g.headDim + c] =
-                        loadRun(queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + pixel0, len);
+                    loadRun(queryBlock[r * g.headDim + c],
+                            queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + pixel0, len);
             }
             // Logits, eight window entries at a time (eight independent FMA chains per row).
             int j = 0;

@@ -82,6 +82,7 @@ std::vector<ForwardShape> comparisonShapes()
         makeShape(37, 45, 8, 7, 6, 30, 27, 9),        // low grid smaller than the kernel (7x6 window)
         makeShape(100, 130, 64, 20, 24, 100, 130, 9), // typical: dilation 5, full kernel
         makeShape(300, 260, 12, 13, 11, 61, 50, 5),   // guide resized to 200x200 (> 4x output)
+        makeShape(40, 600, 8, 5, 30, 40, 600, 9),     // rows past 512: GroupNorm apply with 4 loads per thread
     };
 }
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -226,10 +227,32 @@ struct Engine::Impl
     {
         cudnn->run(src, h, w, conv, dst, tf32);
     }
-    void runCudnn(const __half* src, int h, int w, const detail::DevConv& conv, __half* dst, bool)
+    /// A float16 convolution that cuDNN refuses (no usable algorithm for the shape, or an
+    /// unsupported configuration) runs on the built-in kernel instead, for that shape from then
+    /// on; convolutionPathNote() says so.
+    void runCudnn(const __half* src, int h, int w, const detail::DevConv& conv, __half* dst, bool tf32)
     {
-        cudnn->run(src, h, w, conv, dst);
+        const auto shape = std::make_tuple(h, w, conv.cin, conv.cout, conv.k);
+        if (std::find(halfRefused.begin(), halfRefused.end(), shape) == halfRefused.end())
+        {
+            try
+            {
+                cudnn->run(src, h, w, conv, dst);
+                return;
+            }
+            catch (const std::runtime_error& e)
+            {
+                halfRefused.push_back(shape);
+                halfRefusedNote += "float16 " + std::to_string(conv.cout) + "x" + std::to_string(conv.cin) + "x" +
+                                   std::to_string(conv.k) + "x" + std::to_string(conv.k) + " on " +
+                                   std::to_string(h) + "x" + std::to_string(w) +
+                                   " runs on the built-in kernel (cuDNN: " + e.what() + "); ";
+            }
+        }
+        detail::launchConv2dPadded(src, h, w, conv, dst, tf32, stream);
     }
+    std::vector<std::tuple<int, int, int, int, int>> halfRefused;  // (h, w, cin, cout, k)
+    std::string halfRefusedNote;
 #endif
 
     /// One encoder branch on the guide; leaves its last convolution's output (without bias, float)
@@ -637,7 +660,7 @@ ConvolutionPath Engine::convolutionPath() const
 std::string Engine::convolutionPathNote() const
 {
 #if NAF_HAVE_CUDNN
-    if (impl_->cudnn) return impl_->cudnn->plans();
+    if (impl_->cudnn) return impl_->cudnn->plans() + impl_->halfRefusedNote;
 #endif
     return impl_->pathNote;
 }

@@ -88,7 +88,8 @@ public:
 
     /// The convolution path in use (never Auto): CuDnn or Builtin.
     ConvolutionPath convolutionPath() const;
-    /// With cuDNN: its version and the algorithm chosen per convolution shape so far; with the
+    /// With cuDNN: its version and the algorithm chosen per convolution shape so far, and any
+    /// float16 shape it refused (MathMode::FP16 runs those on the built-in kernel); with the
     /// built-in path: why Auto did not take cuDNN (empty when cuDNN is not built in).
     std::string convolutionPathNote() const;
 

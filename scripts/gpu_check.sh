@@ -86,7 +86,8 @@ if [ "${NAF_GPU_NCU:-0}" = 1 ]; then
     for run in ${NAF_GPU_NCU_RUNS:-paper:tf32 x72:tf32 x72:fp16}; do
         cfg=${run%%:*}; mode=${run##*:}
         echo "== ncu ($NCU): our kernels at $cfg, $mode"
-        [ -n "$NCU" ] && timeout 150 "$NCU" --clock-control none --csv \
+        if [ -z "$NCU" ]; then echo "ncu not found: no profile"; continue; fi
+        timeout 150 "$NCU" --clock-control none --csv \
             --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum -k regex:Kernel -c 40 \
             "$BIN/naf_cuda_bench" --configs "$cfg" --modes "$mode" --paths auto --reps 1 --warmup 0 \
             --max-seconds 1 --roundtrip-reps 0 --no-reference > "$RESULTS/ncu_${cfg}_$mode.csv" 2>&1

@@ -1,8 +1,8 @@
 // Encoder convolutions through cuDNN (legacy convolution API, NCHW): on fp32 tensors, FP32 mode
 // restricts cuDNN to FMA kernels and TF32 mode allows tensor-core kernels; fp16 tensors
-// (MathMode::FP16) run with float32 accumulation (PSEUDO_HALF_CONFIG) on tensor cores. The input is already reflect-padded
-// (cuDNN only zero-pads), so the convolution itself has no padding; the bias is added by the
-// kernel that consumes the output (GroupNorm statistics or the final pooling).
+// (MathMode::FP16) run with float32 accumulation (PSEUDO_HALF_CONFIG) on tensor cores. The input
+// is already reflect-padded (cuDNN only zero-pads), so the convolution itself has no padding; the
+// bias is added by the kernel that consumes the output (GroupNorm statistics or the final pooling).
 #include <cudnn.h>
 
 #include <algorithm>

@@ -494,21 +494,19 @@ __device__ __forceinline__ int poolStop(int i, int in, int out)
 
 /// Output cell (oy, ox) of PyTorch adaptive_avg_pool2d of (plane + b), plane [srcH, srcW], summed in
 /// double.
-template <typename Src>
-__device__ __forceinline__ float pooledValue(const Src* __restrict__ plane, int srcH, int srcW, int oy, int ox,
+__device__ __forceinline__ float pooledValue(const float* __restrict__ plane, int srcH, int srcW, int oy, int ox,
                                              int dstH, int dstW, float b)
 {
     const int y0 = poolStart(oy, srcH, dstH), y1 = poolStop(oy, srcH, dstH);
     const int x0 = poolStart(ox, srcW, dstW), x1 = poolStop(ox, srcW, dstW);
     double sum = 0.0;
     for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) sum += toFloat(plane[static_cast<size_t>(y) * srcW + x]) + b;
+        for (int x = x0; x < x1; ++x) sum += plane[static_cast<size_t>(y) * srcW + x] + b;
     return static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
 }
 
-template <typename Src>
 __global__ void __launch_bounds__(kThreads)
-    adaptiveAvgPoolKernel(const Src* __restrict__ src, const float* __restrict__ bias, int c, int srcH, int srcW,
+    adaptiveAvgPoolKernel(const float* __restrict__ src, const float* __restrict__ bias, int c, int srcH, int srcW,
                           float* __restrict__ dst, int dstH, int dstW)
 {
     const int64_t total = int64_t(c) * dstH * dstW;
@@ -672,9 +670,8 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-template <typename Src>
 __global__ void __launch_bounds__(kThreads)
-    poolRopeToHwcKernel(const Src* __restrict__ src, const float* __restrict__ bias, int hidden, int srcH,
+    poolRopeToHwcKernel(const float* __restrict__ src, const float* __restrict__ bias, int hidden, int srcH,
                         int srcW, float* __restrict__ qT, int dim, int offset, int outH, int outW, int headDim,
                         const float2* __restrict__ rowCS, const float2* __restrict__ colCS)
 {
@@ -709,7 +706,7 @@ __global__ void __launch_bounds__(kThreads)
                 const int e = e0 + k * blockDim.x;
                 const int c = e / kRopeTilePixels;
                 const int64_t pix = pix0 + (e - c * kRopeTilePixels);
-                v[k] = e < elements && pix < outPlane ? toFloat(src[static_cast<size_t>(c) * outPlane + pix]) : 0.f;
+                v[k] = e < elements && pix < outPlane ? src[static_cast<size_t>(c) * outPlane + pix] : 0.f;
             }
 #pragma unroll
             for (int k = 0; k < kRopeUnroll; ++k)
@@ -898,18 +895,13 @@ NAF_INSTANTIATE_GROUPNORM(__half, __half)
 NAF_INSTANTIATE_GROUPNORM(__half, float)
 #undef NAF_INSTANTIATE_GROUPNORM
 
-template <typename Src>
-void launchAdaptiveAvgPool(const Src* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
+void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
                            int dstW, cudaStream_t stream)
 {
-    adaptiveAvgPoolKernel<Src><<<gridFor(int64_t(c) * dstH * dstW), kThreads, 0, stream>>>(src, bias, c, srcH, srcW,
-                                                                                             dst, dstH, dstW);
+    adaptiveAvgPoolKernel<<<gridFor(int64_t(c) * dstH * dstW), kThreads, 0, stream>>>(src, bias, c, srcH, srcW, dst,
+                                                                                        dstH, dstW);
     checkLaunch("adaptive average pool kernel launch");
 }
-
-template void launchAdaptiveAvgPool<float>(const float*, const float*, int, int, int, float*, int, int, cudaStream_t);
-template void launchAdaptiveAvgPool<__half>(const __half*, const float*, int, int, int, float*, int, int,
-                                            cudaStream_t);
 
 bool poolRopeFusable(int dim, int hidden, int offset, int ropeHeads)
 {
@@ -933,8 +925,7 @@ void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const 
     checkLaunch("RoPE table kernel launch");
 }
 
-template <typename Src>
-void launchPoolRopeToHwc(const Src* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
+void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
                          int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream)
 {
     if (!poolRopeFusable(dim, hidden, offset, ropeHeads))
@@ -945,15 +936,10 @@ void launchPoolRopeToHwc(const Src* src, const float* bias, int hidden, int srcH
     const int quarter = dim / ropeHeads / 4;
     const float2* rowCS = static_cast<const float2*>(ropeTables);
     const float2* colCS = rowCS + static_cast<size_t>(outH) * quarter;
-    poolRopeToHwcKernel<Src><<<static_cast<unsigned int>(blocks), kThreads, shared, stream>>>(
+    poolRopeToHwcKernel<<<static_cast<unsigned int>(blocks), kThreads, shared, stream>>>(
         src, bias, hidden, srcH, srcW, qT, dim, offset, outH, outW, dim / ropeHeads, rowCS, colCS);
     checkLaunch("pool+RoPE kernel launch");
 }
-
-template void launchPoolRopeToHwc<float>(const float*, const float*, int, int, int, float*, int, int, int, int, int,
-                                         const void*, cudaStream_t);
-template void launchPoolRopeToHwc<__half>(const __half*, const float*, int, int, int, float*, int, int, int, int, int,
-                                          const void*, cudaStream_t);
 
 void launchRopeToHwc(const float* q, float* qT, int dim, int h, int w, int heads, const float* periods,
                      cudaStream_t stream)

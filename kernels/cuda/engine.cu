@@ -284,22 +284,23 @@ struct Engine::Impl
                                               blk.norm1Beta, cfg.gnEps, pad, blk.conv1.k / 2, gnPartial.as<double>(),
                                               gnStats.ptr, stream, overflow);
             convolve(pad, gh, gw, blk.conv1, conv, tf32);
-            // The last convolution reads and writes float (convOut is read as T and padded
-            // written as float: different buffers).
-            const bool last = l + 1 == branch.blocks.size();
-            float* padFloat = padded.as<float>();
-            if (last)
+            auto normalize2 = [&](auto* dst) {
                 detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
-                                                  blk.norm2Beta, cfg.gnEps, padFloat, blk.conv2.k / 2,
+                                                  blk.norm2Beta, cfg.gnEps, dst, blk.conv2.k / 2,
                                                   gnPartial.as<double>(), gnStats.ptr, stream, overflow);
+            };
+            if (l + 1 == branch.blocks.size())
+            {
+                // The last convolution reads and writes float (convOut is read as T and padded
+                // written as float: different buffers).
+                normalize2(padded.as<float>());
+                convolve(padded.as<float>(), gh, gw, blk.conv2, convOut.as<float>(), tf32);
+            }
             else
-                detail::launchGroupNormSiLUPadded(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups, blk.norm2Gamma,
-                                                  blk.norm2Beta, cfg.gnEps, pad, blk.conv2.k / 2,
-                                                  gnPartial.as<double>(), gnStats.ptr, stream, overflow);
-            if (last)
-                convolve(static_cast<const float*>(padFloat), gh, gw, blk.conv2, convOut.as<float>(), tf32);
-            else
-                convolve(static_cast<const T*>(pad), gh, gw, blk.conv2, conv, tf32);
+            {
+                normalize2(pad);
+                convolve(pad, gh, gw, blk.conv2, conv, tf32);
+            }
             bias = blk.conv2.bias;
         }
         return bias;

@@ -146,9 +146,7 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
 size_t groupNormStatsBytes(int channels);
 
 /// PyTorch adaptive_avg_pool2d of (src + bias[c]), CHW -> CHW: src [c,srcH,srcW] -> dst [c,dstH,dstW].
-/// Src: float or __half.
-template <typename Src>
-void launchAdaptiveAvgPool(const Src* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
+void launchAdaptiveAvgPool(const float* src, const float* bias, int c, int srcH, int srcW, float* dst, int dstH,
                            int dstW, cudaStream_t stream);
 
 /// Largest branch width the fused pool + RoPE kernel takes (its shared-memory tile).
@@ -166,9 +164,8 @@ void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const 
 
 /// One branch's output src [hidden,srcH,srcW] (+ bias) -> adaptive pool to outH x outW -> axial
 /// RoPE (tables of launchRopeTables) -> qT[:, offset:offset+hidden] of the pixel-major queries
-/// qT [outH*outW, dim]. Src: float or __half.
-template <typename Src>
-void launchPoolRopeToHwc(const Src* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
+/// qT [outH*outW, dim].
+void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
                          int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream);
 
 /// Axial RoPE of queries [dim,h,w] (CHW), written transposed to qT [h*w,dim] (HWC).

@@ -63,9 +63,11 @@ timeout 260 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes "$MODES" --paths 
     --max-seconds 4 --roundtrip-reps 1 | tee "$RESULTS/bench.jsonl"
 timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" --paths builtin --reps 10 \
     --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
-# The other attention kernels (Engine::setAttentionKernel), for the comparison in PERFORMANCE.md.
-for kernel in ${NAF_GPU_ATTENTION_KERNELS:-general}; do
-    timeout 60 "$BIN/naf_cuda_bench" --configs "${NAF_GPU_ATTENTION_CONFIGS:-paper}" --modes tf32 --paths auto \
+# The other attention kernels (Engine::setAttentionKernel), for the comparison in PERFORMANCE.md:
+# kernel:configs:modes, e.g. NAF_GPU_ATTENTION_RUNS="general:paper:tf32".
+for run in ${NAF_GPU_ATTENTION_RUNS:-general:paper:tf32}; do
+    IFS=: read -r kernel configs modes <<< "$run"
+    timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"
 done
 

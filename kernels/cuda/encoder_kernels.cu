@@ -429,25 +429,30 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// Blocks stride over the rows of the padded destination [c, h+2*pad, w+2*pad] (a block per row
-// made 57,600 short blocks per call at 448x448).
-// - Each thread loads kUnroll elements of a row before it computes and stores any (with one
-//   load in flight per thread: 1.78 ms per unpadded call at 2016x2016 on the H100; 1.51 with 4).
-// - Each warp stores 32 floats on one 128-byte line. A padded row (w + 2 floats) starts anywhere
-//   inside a line, and stores that split sectors made the H100 read those sectors from DRAM first:
-//   3.2 GB read for 2.1 GB of input, 3.1 ms per padded call at 2016x2016; aligned, 1.7 ms.
-// - With 4, a 448x448 row (448-450 floats) fills less than half of a block's 1024-element step,
-//   and a call went from ~99 to ~113 us; so rows of up to 2 * kThreads elements take one load per
-//   thread and step (launchGroupNormSiLUPadded chooses; written in the fourth session, not yet
-//   measured on a GPU).
-template <typename Src, typename Dst, int kUnroll>
+// One warp per row of the padded destination [c, h+2*pad, w+2*pad], warps striding over rows.
+// - Each lane loads kGnApplyUnroll elements of its row before it computes and stores any (with
+//   one load in flight per thread: 1.78 ms per unpadded call at 2016x2016 on the H100; 1.51
+//   with 4).
+// - Each warp stores 32 consecutive elements starting on a 128-byte line boundary. A padded row
+//   (w + 2 elements) starts anywhere inside a line, and stores that split sectors made the H100
+//   read those sectors from DRAM first: 3.2 GB read for 2.1 GB of input, 3.1 ms per padded call
+//   at 2016x2016; aligned, 1.7 ms.
+// - A warp, not a block, per row: a block of 256 threads per row left a 448x448 row (450
+//   elements) half a step, and each thread walked ~14 rows one dependent load at a time
+//   (~100 us per call at 448x448, ~1.1 TB/s); a warp covers a short row in a few steps.
+constexpr int kGnApplyUnroll = 4;
+
+template <typename Src, typename Dst>
 __global__ void __launch_bounds__(kThreads)
     gnApplySiLUPaddedKernel(const Src* __restrict__ src, int c, int h, int w, const float* __restrict__ scaleC,
                             const float* __restrict__ shiftC, Dst* __restrict__ dst, int pad)
 {
     const int paddedH = h + 2 * pad, paddedW = w + 2 * pad;
     const int rows = c * paddedH;
-    for (int row = blockIdx.x; row < rows; row += gridDim.x)
+    const int lane = static_cast<int>(threadIdx.x) & 31;
+    const int warpsPerBlock = static_cast<int>(blockDim.x) >> 5;
+    for (int row = blockIdx.x * warpsPerBlock + (static_cast<int>(threadIdx.x) >> 5); row < rows;
+         row += gridDim.x * warpsPerBlock)
     {
         const int ch = row / paddedH;
         const int y = reflectIndex(row - ch * paddedH - pad, h);
@@ -458,19 +463,19 @@ __global__ void __launch_bounds__(kThreads)
         // Row elements before the first 128-byte line boundary of the row (dst is 128-byte aligned).
         constexpr int kPerLine = 128 / static_cast<int>(sizeof(Dst));
         const int lead = static_cast<int>(rowStart & (kPerLine - 1));
-        for (int xp0 = static_cast<int>(threadIdx.x) - lead; xp0 < paddedW; xp0 += kUnroll * blockDim.x)
+        for (int xp0 = lane - lead; xp0 < paddedW; xp0 += kGnApplyUnroll * 32)
         {
-            float v[kUnroll];
+            float v[kGnApplyUnroll];
 #pragma unroll
-            for (int k = 0; k < kUnroll; ++k)
+            for (int k = 0; k < kGnApplyUnroll; ++k)
             {
-                const int xp = xp0 + k * blockDim.x;
+                const int xp = xp0 + k * 32;
                 v[k] = xp >= 0 && xp < paddedW ? toFloat(s[reflectIndex(xp - pad, w)]) : 0.f;
             }
 #pragma unroll
-            for (int k = 0; k < kUnroll; ++k)
+            for (int k = 0; k < kGnApplyUnroll; ++k)
             {
-                const int xp = xp0 + k * blockDim.x;
+                const int xp = xp0 + k * 32;
                 const float t = v[k] * scale + shift;
                 // Fast intrinsics (a few ulp; the full-precision pair cost ~1 ms per call at
                 // 2016x2016). For t < -88, __expf(-t) is inf and __fdividef gives 0: SiLU's limit.
@@ -734,23 +739,36 @@ __global__ void __launch_bounds__(kThreads)
         }
     }
     __syncthreads();
+    // Rotation pass. Each thread keeps fixed channels (lane, lane + lanes, ...) and walks the
+    // tile's pixels, so its RoPE pairing, table row and output offset are worked out once per
+    // channel instead of once per element (the per-element index arithmetic made this pass
+    // issue-bound: ~9 cycles per instruction at 2016x2016). A warp still writes 32 consecutive
+    // channels of one pixel: coalesced stores, and conflict-free shared reads (ld is odd).
     const int half = headDim / 2, quarter = headDim / 4;
-    for (int e = threadIdx.x; e < hidden * kRopeTilePixels; e += blockDim.x)
+    const int lanes = hidden < static_cast<int>(blockDim.x) ? hidden : static_cast<int>(blockDim.x);
+    const int pixelsPerPass = static_cast<int>(blockDim.x) / lanes;
+    const int lane = static_cast<int>(threadIdx.x) % lanes, firstPixel = static_cast<int>(threadIdx.x) / lanes;
+    if (firstPixel >= pixelsPerPass) return;  // no __syncthreads() below
+    const int tilePixels = static_cast<int>(outPlane - pix0 < kRopeTilePixels ? outPlane - pix0 : kRopeTilePixels);
+    for (int c = lane; c < hidden; c += lanes)
     {
-        const int i = e / hidden;
-        const int c = e - i * hidden;
-        const int64_t pix = pix0 + i;
-        if (pix >= outPlane) continue;
-        const int y = pixY[i], x = pixX[i];
         const int j = c % headDim;  // offset is a multiple of headDim
         const bool low = j < half;
         const int a = low ? j : j - half;
-        const float2 t = a < quarter ? rowCS[static_cast<size_t>(y) * quarter + a]
-                                     : colCS[static_cast<size_t>(x) * quarter + a - quarter];
-        const int cLo = low ? c : c - half;
-        const float lo = tile[cLo * ld + i];
-        const float hi = tile[(cLo + half) * ld + i];
-        qT[pix * dim + offset + c] = low ? lo * t.x - hi * t.y : hi * t.x + lo * t.y;
+        const bool fromRow = a < quarter;
+        const float2* table = fromRow ? rowCS + a : colCS + (a - quarter);
+        const int* coord = fromRow ? pixY : pixX;
+        const float* loCol = tile + (low ? c : c - half) * ld;
+        const float* hiCol = loCol + half * ld;
+        const float sign = low ? -1.f : 1.f;  // lo*cos - hi*sin for the low half, hi*cos + lo*sin above
+        float* out = qT + offset + c;
+        for (int i = firstPixel; i < tilePixels; i += pixelsPerPass)
+        {
+            const float2 t = table[static_cast<size_t>(coord[i]) * quarter];
+            const float lo = loCol[i], hi = hiCol[i];
+            const float mine = low ? lo : hi, other = low ? hi : lo;
+            out[(pix0 + i) * dim] = mine * t.x + sign * other * t.y;
+        }
     }
 }
 
@@ -876,13 +894,9 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
     gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
                                                       perGroup, bias, gamma, beta, scaleC, shiftC, nonFinite);
     checkLaunch("GroupNorm finalize kernel launch");
-    const unsigned int applyBlocks = static_cast<unsigned int>(std::min<int64_t>(rows, 4096));
-    if (w + 2 * pad <= 2 * kThreads)  // short rows: more loads per thread would leave threads idle
-        gnApplySiLUPaddedKernel<Src, Dst, 1>
-            <<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
-    else
-        gnApplySiLUPaddedKernel<Src, Dst, 4>
-            <<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
+    const int64_t applyWarps = kThreads / 32;
+    const unsigned int applyBlocks = static_cast<unsigned int>(std::min<int64_t>((rows + applyWarps - 1) / applyWarps, 4096));
+    gnApplySiLUPaddedKernel<Src, Dst><<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }
 

@@ -82,7 +82,7 @@ std::vector<ForwardShape> comparisonShapes()
         makeShape(37, 45, 8, 7, 6, 30, 27, 9),        // low grid smaller than the kernel (7x6 window)
         makeShape(100, 130, 64, 20, 24, 100, 130, 9), // typical: dilation 5, full kernel
         makeShape(300, 260, 12, 13, 11, 61, 50, 5),   // guide resized to 200x200 (> 4x output)
-        makeShape(40, 600, 8, 5, 30, 40, 600, 9),     // rows past 512: GroupNorm apply with 4 loads per thread
+        makeShape(40, 600, 8, 5, 30, 40, 600, 9),     // long rows: GroupNorm apply over 5 warp steps per row
     };
 }
 
@@ -416,6 +416,8 @@ TEST(Cuda, RejectsBadShapesAndProbes)
     {
         EXPECT_NE(std::string(e.what()).find("unknown math mode 7"), std::string::npos) << e.what();
     }
+    EXPECT_THROW(engine.setAttentionKernel(static_cast<cuda::AttentionKernel>(9)), std::invalid_argument);
+    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Tiled);
     // The engine still works after rejected calls.
     const std::vector<float> ref = cpuForward(w, in, good);
     const std::vector<float> gpu = gpuForward(engine, in, good, cuda::MathMode::FP32);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <thread>
 
@@ -249,6 +250,112 @@ TEST_F(Fixture, CudaBackendIsRefusedClearlyWhenUnavailable)
     cv::Mat dst;
     naf->upsample(image, feats, dst, out);
     EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CPU);
+}
+
+TEST_F(Fixture, GpuPrecisionDefaultsToFp32AndRoundTrips)
+{
+    EXPECT_EQ(naf->getGpuPrecision(), cv::naf::GPU_PRECISION_FP32);
+    EXPECT_FALSE(naf->getUseTF32());
+    for (int p : {cv::naf::GPU_PRECISION_TF32, cv::naf::GPU_PRECISION_FP16, cv::naf::GPU_PRECISION_FP32})
+    {
+        naf->setGpuPrecision(p);
+        EXPECT_EQ(naf->getGpuPrecision(), p);
+        EXPECT_EQ(naf->getUseTF32(), p == cv::naf::GPU_PRECISION_TF32);
+    }
+}
+
+TEST_F(Fixture, UseTF32IsAShorthandOfGpuPrecision)
+{
+    naf->setUseTF32(true);
+    EXPECT_EQ(naf->getGpuPrecision(), cv::naf::GPU_PRECISION_TF32);
+    EXPECT_TRUE(naf->getUseTF32());
+    naf->setUseTF32(false);
+    EXPECT_EQ(naf->getGpuPrecision(), cv::naf::GPU_PRECISION_FP32);
+    EXPECT_FALSE(naf->getUseTF32());
+    // FP16 is not TF32, and switching TF32 off leaves FP32, not the previous FP16.
+    naf->setGpuPrecision(cv::naf::GPU_PRECISION_FP16);
+    EXPECT_FALSE(naf->getUseTF32());
+    naf->setUseTF32(false);
+    EXPECT_EQ(naf->getGpuPrecision(), cv::naf::GPU_PRECISION_FP32);
+}
+
+TEST_F(Fixture, UnknownGpuPrecisionIsRefusedAndLeavesTheSettingUnchanged)
+{
+    for (int kept : {cv::naf::GPU_PRECISION_FP32, cv::naf::GPU_PRECISION_FP16})
+    {
+        naf->setGpuPrecision(kept);
+        for (int bad : {-1, 3})
+        {
+            SCOPED_TRACE(bad);
+            try
+            {
+                naf->setGpuPrecision(bad);
+                ADD_FAILURE() << "no cv::Exception thrown";
+            }
+            catch (const cv::Exception& e)
+            {
+                EXPECT_EQ(e.code, cv::Error::StsOutOfRange);
+                const std::string msg = e.what();
+                for (const std::string& frag : {std::string("setGpuPrecision"), "got " + std::to_string(bad),
+                                                std::string("GPU_PRECISION_FP32 (0)"), std::string("GPU_PRECISION_TF32 (1)"),
+                                                std::string("GPU_PRECISION_FP16 (2)")})
+                    EXPECT_NE(msg.find(frag), std::string::npos) << "message: " << msg << "\nmissing: " << frag;
+            }
+            EXPECT_EQ(naf->getGpuPrecision(), kept);
+        }
+    }
+}
+
+// The CPU backend always computes in float32: every precision gives the same bits.
+TEST_F(Fixture, GpuPrecisionIsIgnoredOnTheCpuBackend)
+{
+    naf->setBackend(cv::naf::BACKEND_CPU);
+    cv::Mat fp32;
+    naf->upsample(image, feats, fp32, out);
+    for (int p : {cv::naf::GPU_PRECISION_TF32, cv::naf::GPU_PRECISION_FP16})
+    {
+        SCOPED_TRACE(p);
+        naf->setGpuPrecision(p);
+        cv::Mat other;
+        naf->upsample(image, feats, other, out);
+        EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CPU);
+        ASSERT_EQ(other.total(), fp32.total());
+        EXPECT_EQ(std::memcmp(other.ptr<float>(), fp32.ptr<float>(), fp32.total() * sizeof(float)), 0);
+    }
+}
+
+// GPU only. Each precision against the CPU path (the bound of the kernels' CUDA tests), and
+// FP16's float16 range refusal reaching the caller as a cv::Exception with dst untouched.
+TEST_F(Fixture, CudaPrecisionsMatchTheCpuAndFp16RefusesOutOfRangeInput)
+{
+    if (!cv::naf::isCudaAvailable()) GTEST_SKIP() << "no CUDA device";
+    naf->setBackend(cv::naf::BACKEND_CPU);
+    cv::Mat cpu;
+    naf->upsample(image, feats, cpu, out);
+    naf->setBackend(cv::naf::BACKEND_CUDA);
+    for (int p : {cv::naf::GPU_PRECISION_FP32, cv::naf::GPU_PRECISION_TF32, cv::naf::GPU_PRECISION_FP16})
+    {
+        SCOPED_TRACE(p);
+        naf->setGpuPrecision(p);
+        cv::Mat gpu;
+        naf->upsample(image, feats, gpu, out);
+        EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CUDA);
+        EXPECT_LE(naf_test::relativeL2(gpu, cpu), p == cv::naf::GPU_PRECISION_FP32 ? 1e-4 : 1e-3);
+    }
+    // A guide blob of ~1e5: finite, so validation takes it, but its normalized values are past 65504.
+    const cv::Mat blob = randomBlob(1, 3, image.rows, image.cols, 5, 0.f, 1e5f);
+    const int sizes[4] = {1, 8, out.height, out.width};
+    cv::Mat dst(4, sizes, CV_32F, cv::Scalar(7));
+    naf->setGpuPrecision(cv::naf::GPU_PRECISION_FP16);
+    expectError([&] { naf->upsampleBlob(blob, feats, dst, out); }, {"CUDA forward", "float16"});
+    double lo = 0, hi = 0;
+    cv::minMaxIdx(dst.reshape(1, 1), &lo, &hi);
+    EXPECT_EQ(lo, 7.0);
+    EXPECT_EQ(hi, 7.0);
+    // The same object still runs, and FP32 takes that input.
+    naf->setGpuPrecision(cv::naf::GPU_PRECISION_FP32);
+    naf->upsampleBlob(blob, feats, dst, out);
+    EXPECT_TRUE(cv::checkRange(dst));
 }
 
 TEST_F(Fixture, OneShotFunctionUsesDefaultWeights)

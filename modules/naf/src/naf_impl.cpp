@@ -59,13 +59,24 @@ void callKernel(const char* what, F&& f)
 
 std::string sizeString(int w, int h) { return std::to_string(w) + "x" + std::to_string(h); }
 
+// The CUDA engine's mode for a GpuPrecision (validated by setGpuPrecision()).
+K::cuda::MathMode mathMode(int gpuPrecision)
+{
+    switch (gpuPrecision)
+    {
+    case GPU_PRECISION_TF32: return K::cuda::MathMode::TF32;
+    case GPU_PRECISION_FP16: return K::cuda::MathMode::FP16;
+    default: return K::cuda::MathMode::FP32;
+    }
+}
+
 // The settings one call runs with, copied under the object's lock when the call starts.
 struct Settings
 {
     int kernelSize = 9;
     int backend = BACKEND_AUTO;
     int colorOrder = IMAGE_BGR;
-    bool tf32 = false;
+    int gpuPrecision = GPU_PRECISION_FP32;
     Point probe{-1, -1};
 };
 
@@ -210,12 +221,18 @@ public:
         std::lock_guard<std::mutex> lock(stateMutex_);
         return activeBackend_;
     }
-    void setUseTF32(bool enable) CV_OVERRIDE
+    void setGpuPrecision(int precision) CV_OVERRIDE
     {
+        if (precision != GPU_PRECISION_FP32 && precision != GPU_PRECISION_TF32 && precision != GPU_PRECISION_FP16)
+            CV_Error(Error::StsOutOfRange, "cv::naf::NAF::setGpuPrecision: expected GPU_PRECISION_FP32 (0), "
+                                           "GPU_PRECISION_TF32 (1) or GPU_PRECISION_FP16 (2), got " +
+                                               std::to_string(precision));
         std::lock_guard<std::mutex> lock(stateMutex_);
-        settings_.tf32 = enable;
+        settings_.gpuPrecision = precision;
     }
-    bool getUseTF32() const CV_OVERRIDE { return snapshot().tf32; }
+    int getGpuPrecision() const CV_OVERRIDE { return snapshot().gpuPrecision; }
+    void setUseTF32(bool enable) CV_OVERRIDE { setGpuPrecision(enable ? GPU_PRECISION_TF32 : GPU_PRECISION_FP32); }
+    bool getUseTF32() const CV_OVERRIDE { return getGpuPrecision() == GPU_PRECISION_TF32; }
 
     void setImageColorOrder(int order) CV_OVERRIDE
     {
@@ -402,10 +419,12 @@ private:
             {
                 callKernel("CUDA forward", [&] {
                     // One device engine per object (device weights + scratch); calls take turns on it.
+                    // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
+                    // cv::Exception with its message, and `result` is never dst on this path.
                     std::lock_guard<std::mutex> lock(cudaMutex_);
                     if (!cudaEngine_) cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
-                    cudaEngine_->forward(planar[i].data(), feat, out, shapes[i],
-                                         settings.tf32 ? K::cuda::MathMode::TF32 : K::cuda::MathMode::FP32, probePtr);
+                    cudaEngine_->forward(planar[i].data(), feat, out, shapes[i], mathMode(settings.gpuPrecision),
+                                         probePtr);
                 });
             }
             else

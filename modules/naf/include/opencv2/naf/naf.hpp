@@ -18,6 +18,39 @@ enum Backend
     BACKEND_CUDA = 2   //!< CUDA path; cv::Exception when unavailable
 };
 
+/** @brief Numeric precision of the image encoder on the CUDA backend (NAF::setGpuPrecision()).
+
+Only the encoder (the two convolution branches that turn the guide image into queries) is
+reduced; queries, keys, values and the attention are float32 in every mode. The CPU backend
+ignores this setting and always computes in float32.
+
+Measured on one H100 (docs/PERFORMANCE.md): "vs FP32" is the relative L2 of the output against
+the FP32 output of the same GPU, random weights; "shipped weights" is the relative L2 of the
+mode's rounding emulated on the CPU with the default (trained) weights
+(tools/reduced_precision_study.py). */
+enum GpuPrecision
+{
+    /** float32 everywhere (default). Matches the CPU path to float32 rounding (relative L2 1e-7
+    to 5e-7). */
+    GPU_PRECISION_FP32 = 0,
+    /** The encoder's convolutions on TF32 tensor cores: their operands rounded to a 10-bit
+    mantissa, float32 accumulation and storage. vs FP32 1.8e-5 to 2.5e-5, shipped weights 1.4e-4
+    to 4.9e-4 (at most 7e-4 over every configuration measured on H100/H200). The encoder runs
+    2-2.5x faster than in FP32; paper configuration (448x448 output) 4.45 ms instead of 9.63 ms.
+    Takes any finite input. */
+    GPU_PRECISION_TF32 = 1,
+    /** The encoder in float16: the guide, the convolution outputs and the GroupNorm+SiLU
+    activations stored in float16, the convolutions on FP16 tensor cores with float32
+    accumulation, GroupNorm statistics in double. The last convolution of each branch, where the
+    queries come from, runs as in TF32. vs FP32 2.2e-5 to 3.1e-5, shipped weights 1.5e-4 to
+    4.8e-4, i.e. about TF32's error. Time against TF32 (H100, one run): 448x448 3.67 ms (TF32
+    4.45), 896x896 13.5 ms (16.7), 1024x1024 16.8 ms (21.0), 2016x2016 66.8 ms (82.9).
+    An encoder value beyond float16's range (65504; e.g. a guide blob far outside [0, 1]) makes
+    the call fail with cv::Exception (Error::StsError, carrying the engine's message) before any
+    output is written, so dst is left untouched; FP32 and TF32 take such input. */
+    GPU_PRECISION_FP16 = 2
+};
+
 /** @brief Channel order of 8-bit guide images. */
 enum ImageColorOrder
 {
@@ -47,10 +80,10 @@ Thread safety: every method may be called from any thread. upsample() and upsamp
 one shared object run concurrently, each with its own scratch memory taken from the object's pool,
 and give bit-identical results to the same calls made one after another (the CUDA backend runs
 the calls of one object one at a time on its device engine). Settings (setKernelSize(),
-setBackend(), setImageColorOrder(), setAttentionProbe(), setUseTF32()) are read once when a call
-starts: a call never sees half of a change, but a setter racing with a call may or may not apply
-to it, so configure first, then share. getAttentionWeights() and getActiveBackend() report the
-last call that finished.
+setBackend(), setImageColorOrder(), setAttentionProbe(), setGpuPrecision() and its shorthand
+setUseTF32()) are read once when a call starts: a call never sees half of a change, but a setter
+racing with a call may or may not apply to it, so configure first, then share.
+getAttentionWeights() and getActiveBackend() report the last call that finished.
 
 Limits: a call whose memory (output, scratch, guide copies) would exceed getMemoryBudget() is
 refused with cv::Exception (Error::StsNoMem) stating the bytes needed and the budget, before
@@ -124,9 +157,18 @@ public:
     CV_WRAP virtual int getBackend() const = 0;
     /** @brief The backend the last call ran on (BACKEND_CPU or BACKEND_CUDA). */
     CV_WRAP virtual int getActiveBackend() const = 0;
-    /** @brief On CUDA, allow TF32 tensor cores in the encoder (relative L2 error 1e-5 to 7e-4 against
-     *  FP32, measured on H100/H200; the encoder runs 2-2.5x faster). */
+    /** @brief Precision of the encoder on the CUDA backend, see cv::naf::GpuPrecision (default
+    GPU_PRECISION_FP32). The CPU backend, also when BACKEND_AUTO falls back to it, ignores it and
+    computes in float32.
+    @param precision GPU_PRECISION_FP32, GPU_PRECISION_TF32 or GPU_PRECISION_FP16.
+    @throws cv::Exception (Error::StsOutOfRange) naming the value for any other; the setting is
+    then unchanged. */
+    CV_WRAP virtual void setGpuPrecision(int precision) = 0;
+    CV_WRAP virtual int getGpuPrecision() const = 0;
+    /** @brief Shorthand of setGpuPrecision(): true selects GPU_PRECISION_TF32, false
+    GPU_PRECISION_FP32. */
     CV_WRAP virtual void setUseTF32(bool enable) = 0;
+    /** @brief True when getGpuPrecision() is GPU_PRECISION_TF32 (false for FP32 and FP16). */
     CV_WRAP virtual bool getUseTF32() const = 0;
 
     /** @brief Channel order of 8-bit guide images, see cv::naf::ImageColorOrder (default IMAGE_BGR). */

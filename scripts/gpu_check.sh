@@ -65,7 +65,7 @@ timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" -
     --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
 # The other attention kernels (Engine::setAttentionKernel), for the comparison in PERFORMANCE.md:
 # kernel:configs:modes, e.g. NAF_GPU_ATTENTION_RUNS="general:paper:tf32".
-for run in ${NAF_GPU_ATTENTION_RUNS:-general:paper:tf32}; do
+for run in ${NAF_GPU_ATTENTION_RUNS:-general:paper:tf32 cell:paper,x32,mobilesam,x72:tf32,fp16}; do
     IFS=: read -r kernel configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"

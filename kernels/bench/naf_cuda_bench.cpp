@@ -271,15 +271,16 @@ const char* attentionName(KC::AttentionKernel k)
     {
     case KC::AttentionKernel::Tiled: return "tiled";
     case KC::AttentionKernel::General: return "general";
+    case KC::AttentionKernel::Cell: return "cell";
     }
     return "?";
 }
 
 KC::AttentionKernel parseAttention(const std::string& name)
 {
-    for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General})
+    for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General, KC::AttentionKernel::Cell})
         if (name == attentionName(k)) return k;
-    throw std::invalid_argument("--attention takes default, tiled or general, got " + name);
+    throw std::invalid_argument("--attention takes default, tiled, cell or general, got " + name);
 }
 
 const char* pathName(KC::ConvolutionPath p)
@@ -309,7 +310,7 @@ struct Options
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|tiled|general] [--no-reference]\n"
+    "                      [--attention default|tiled|cell|general] [--no-reference]\n"
     "configs: tiny, paper, x32, x72, mobilesam; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
     "--no-reference: no untimed FP32 forward before the modes (their lines have no error vs FP32).\n"
     "--max-seconds: the timed loop of one mode stops (after at least 3 reps) once it took longer.\n"

@@ -7,10 +7,13 @@
 // coalesced read); the output is channel-major [channels, outH, outW], the API layout.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include <cuda_pipeline.h>
 
+#include "cell_attention.hpp"
 #include "naf_cuda_internal.cuh"
 #include "naf_kernels/window.hpp"
 
@@ -377,6 +380,36 @@ __global__ void __launch_bounds__(kTileThreads)
     }
 }
 
+// ---- cell kernel: one block per chunk of pixels sharing a window (cell_attention.hpp) ---------
+
+template <int HD>
+__global__ void __launch_bounds__(cell::kThreads)
+    cellAttentionKernel(cell::Params p, const cell::Chunk* __restrict__ chunks)
+{
+    extern __shared__ float4 cellShared[];
+    float* region1 = reinterpret_cast<float*>(cellShared);
+    float* region2 = region1 + cell::region1Floats<HD>();
+    const cell::Chunk c = chunks[blockIdx.x];
+    const int tid = threadIdx.x;
+    const int vPerHead = p.channels / p.heads;
+    for (int h = 0; h < p.heads; ++h)
+    {
+        cell::stageQueriesAndKeys<HD>(p, c, h, tid, region1);
+        __syncthreads();
+        cell::logits<HD>(p, tid, region1, region2);
+        __syncthreads();
+        cell::softmaxRows(p, tid, region1, region2);
+        __syncthreads();
+        for (int c0 = 0; c0 < vPerHead; c0 += cell::kChannelsPerPass)
+        {
+            cell::stageValues(p, c, h, c0, tid, region2);
+            __syncthreads();
+            cell::values(p, c, h, c0, tid, region1, region2);
+            __syncthreads();
+        }
+    }
+}
+
 /// Largest union of windows over the tiles of one axis (tile of `tile` output positions).
 int maxWindowUnion(int outLen, int lowLen, int kernel, int tile)
 {
@@ -484,16 +517,53 @@ bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int
     return true;
 }
 
+/// The cell kernel over the chunks the engine built (cell::buildChunks, uploaded to the device).
+bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
+             int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw, float scale,
+             const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream)
+{
+    const int headDim = dim / heads;
+    if ((headDim != 64 && headDim != 32) || kh * kw > cell::kMaxKeys || dim % 4 != 0 || chunkCount > 0x7fffffff)
+        return false;
+    const size_t shared = headDim == 64 ? cell::sharedBytes<64>() : cell::sharedBytes<32>();
+    if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
+    const cell::Params p{qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale};
+    auto kernelFunction = headDim == 64 ? cellAttentionKernel<64> : cellAttentionKernel<32>;
+    allowSharedMemory(kernelFunction, shared);
+    kernelFunction<<<static_cast<unsigned int>(chunkCount), cell::kThreads, shared, stream>>>(p, chunks);
+    checkLaunch("cell neighborhood attention kernel launch");
+    return true;
+}
+
 }  // namespace
+
+size_t cellChunkBytes()
+{
+    return sizeof(cell::Chunk);
+}
+
+std::vector<unsigned char> cellChunksFor(int outH, int outW, int lowH, int lowW, int kh, int kw, int headDim)
+{
+    const std::vector<cell::Chunk> chunks = cell::buildChunks(outH, outW, lowH, lowW, kh, kw);
+    if (!cell::worthwhile(chunks, outH, outW, headDim, kh, kw)) return {};
+    std::vector<unsigned char> bytes(chunks.size() * sizeof(cell::Chunk));
+    std::memcpy(bytes.data(), chunks.data(), bytes.size());
+    return bytes;
+}
 
 AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
                                             int channels, int heads, int lowH, int lowW, int outH, int outW,
                                             const int* rowTable, const int* colTable, int kh, int kw, float scale,
-                                            cudaStream_t stream, AttentionKernel kernel)
+                                            cudaStream_t stream, AttentionKernel kernel, const void* cellChunks,
+                                            int64_t cellChunkCount)
 {
     if (heads <= 0 || dim % heads != 0 || channels % heads != 0 || dim / heads > kMaxHeadDim)
         throw std::invalid_argument("naf::kernels::cuda: attention needs dim and channels divisible by heads and a "
                                     "head dimension <= " + std::to_string(kMaxHeadDim));
+    if (kernel == AttentionKernel::Cell && cellChunks && cellChunkCount > 0 &&
+        tryCell(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
+                static_cast<const cell::Chunk*>(cellChunks), cellChunkCount, stream))
+        return AttentionKernel::Cell;
     // The tiled kernel falls back to the general one when its limits do not hold.
     if (kernel != AttentionKernel::General &&
         tryTiled(qT, kT, vT, out, dim, channels, heads, lowH, lowW, outH, outW, rowTable, colTable, kh, kw, scale,

@@ -149,6 +149,11 @@ struct Engine::Impl
     DeviceBuffer guide, convOut, padded, queries, queriesT, keysT, valuesT;
     DeviceBuffer gnPartial, gnStats, tables, probe, ropeTables;
     DeviceBuffer nonFinite;  // one int: set when MathMode::FP16 statistics were not finite
+    // AttentionKernel::Cell's work list for the last shape it was built for (empty: not worthwhile).
+    DeviceBuffer cellChunks;
+    std::vector<unsigned char> cellChunksHost;
+    std::vector<int> cellChunksKey;
+    int64_t cellChunkCount = 0;
 
     AttentionKernel attentionKernel = AttentionKernel::Tiled;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
@@ -161,7 +166,8 @@ struct Engine::Impl
     std::vector<DeviceBuffer*> scratch()
     {
         return {&image,   &features, &out,       &guide,   &convOut, &padded, &queries, &queriesT,
-                &keysT,   &valuesT,  &gnPartial, &gnStats, &tables,  &probe,   &ropeTables, &nonFinite};
+                &keysT,   &valuesT,  &gnPartial, &gnStats, &tables,  &probe,   &ropeTables, &nonFinite,
+                &cellChunks};
     }
 
     ~Impl()
@@ -365,7 +371,8 @@ struct Engine::Impl
         const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
         attentionKernelUsed = detail::launchNeighborhoodAttention(
             queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev, cfg.dim, C, cfg.headsAttn, shape.lowH,
-            shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream, attentionKernel);
+            shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream, attentionKernel,
+            attentionKernel == AttentionKernel::Cell ? cellChunks.ptr : nullptr, cellChunkCount);
         if (probe)
             detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
                                          shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
@@ -433,6 +440,26 @@ struct Engine::Impl
                       "allocating the window tables");
         if (withProbe)
             probe.ensure(static_cast<size_t>(cfg.headsAttn) * kh * kw * f, "allocating the probe buffer");
+        if (attentionKernel == AttentionKernel::Cell)
+        {
+            // Built on the host once per size; uploaded in stream order, after any earlier call's
+            // attention has read the previous list.
+            const std::vector<int> key = {shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw};
+            if (key != cellChunksKey)
+            {
+                cellChunksHost = detail::cellChunksFor(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw,
+                                                       cfg.dim / cfg.headsAttn);
+                cellChunksKey = key;
+                cellChunkCount = static_cast<int64_t>(cellChunksHost.size() / detail::cellChunkBytes());
+                if (cellChunkCount > 0)
+                {
+                    cellChunks.ensure(cellChunksHost.size(), "allocating the cell attention work list");
+                    check(cudaMemcpyAsync(cellChunks.ptr, cellChunksHost.data(), cellChunksHost.size(),
+                                          cudaMemcpyHostToDevice, stream),
+                          "uploading the cell attention work list");
+                }
+            }
+        }
         if (stageTiming)
         {
             for (cudaEvent_t& e : events)
@@ -673,7 +700,7 @@ void Engine::setStageTiming(bool enable)
 
 void Engine::setAttentionKernel(AttentionKernel kernel)
 {
-    if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General)
+    if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General && kernel != AttentionKernel::Cell)
         throw std::invalid_argument("naf::kernels::cuda::Engine: unknown attention kernel " +
                                     std::to_string(static_cast<int>(kernel)));
     impl_->attentionKernel = kernel;

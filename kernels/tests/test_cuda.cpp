@@ -228,6 +228,34 @@ TEST(Cuda, GeneralAttentionKernelMatchesCpu)
     EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::General);
 }
 
+// The cell kernel (pixels sharing a window as two matrix products; its phases are also emulated
+// on the CPU in test_kernels.cpp) on shapes where it runs, one engine across sizes (its work list
+// rebuilt per size), and its fallback to the tiled kernel where rectangles are small.
+TEST(Cuda, CellAttentionKernelMatchesCpu)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    uint32_t seed = 160;
+    for (int heads : {4, 8})
+    {
+        SCOPED_TRACE("attention heads " + std::to_string(heads));
+        NafConfig cfg;
+        cfg.headsAttn = heads;
+        const RandomNafWeights w(29, cfg);
+        cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+        engine.setAttentionKernel(cuda::AttentionKernel::Cell);
+        for (const ForwardShape& s : {makeShape(96, 80, 40, 6, 5, 96, 80, 9), makeShape(100, 90, 200, 6, 5, 100, 90, 9),
+                                      makeShape(176, 144, 384, 11, 9, 176, 144, 7),
+                                      makeShape(120, 100, 24, 3, 2, 216, 144, 9)})
+        {
+            expectMatchesCpu(engine, w, s, seed++);
+            EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell) << describe(s);
+        }
+        expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled);
+        EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Cell);
+    }
+}
+
 // Head dims 32 (tiled kernel) and 128 (general kernel only), and an output as fine as the low
 // grid: the largest window unions per tile (12 x 40 cells, 225 KB of shared memory at head dim 64).
 TEST(Cuda, ForwardMatchesCpuForOtherHeadDimsAndUnitScale)

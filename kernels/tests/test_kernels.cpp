@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../cuda/cell_attention.hpp"  // host/device code: its phases run here thread by thread
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
 
@@ -374,6 +375,122 @@ TEST(Kernels, NeighborhoodAttentionMatchesOfficialStyleReference)
             EXPECT_NEAR(sum, 1.0, 1e-5);
         }
     }
+}
+
+// The CUDA cell attention kernel (kernels/cuda/cell_attention.hpp) is a sequence of phases
+// separated by block barriers that talk only through shared memory, so running each phase for
+// every thread of a block in turn is what the GPU computes. This runs them on the CPU against the
+// CPU attention: index arithmetic, partial chunks, padded window entries, channel passes and
+// masking are tested on every build; the GPU test (test_cuda.cpp) adds the device itself.
+template <int HD>
+void emulateCellAttention(const cell::Params& p, const std::vector<cell::Chunk>& chunks)
+{
+    std::vector<float> region1(static_cast<size_t>(cell::region1Floats<HD>()), std::nanf(""));
+    std::vector<float> region2(static_cast<size_t>(cell::region2Floats()), std::nanf(""));
+    const int vPerHead = p.channels / p.heads;
+    for (const cell::Chunk& c : chunks)
+        for (int h = 0; h < p.heads; ++h)
+        {
+            for (int t = 0; t < cell::kThreads; ++t) cell::stageQueriesAndKeys<HD>(p, c, h, t, region1.data());
+            for (int t = 0; t < cell::kThreads; ++t) cell::logits<HD>(p, t, region1.data(), region2.data());
+            for (int t = 0; t < cell::kThreads; ++t) cell::softmaxRows(p, t, region1.data(), region2.data());
+            for (int c0 = 0; c0 < vPerHead; c0 += cell::kChannelsPerPass)
+            {
+                for (int t = 0; t < cell::kThreads; ++t) cell::stageValues(p, c, h, c0, t, region2.data());
+                for (int t = 0; t < cell::kThreads; ++t)
+                    cell::values(p, c, h, c0, t, region1.data(), region2.data());
+            }
+        }
+}
+
+std::vector<float> pixelMajor(const std::vector<float>& chw, int c, int64_t plane)
+{
+    std::vector<float> hwc(chw.size());
+    for (int ch = 0; ch < c; ++ch)
+        for (int64_t i = 0; i < plane; ++i) hwc[static_cast<size_t>(i * c + ch)] = chw[static_cast<size_t>(ch * plane + i)];
+    return hwc;
+}
+
+TEST(Kernels, CellAttentionPhasesMatchCpuAttention)
+{
+    // Head dims 64 and 32; value channels per head 10, 50, 75 and 100 (two passes of 96);
+    // integer (16x) and non-integer (16.7x rows: 27 row bands of 3-4 windows) upsampling;
+    // kernels 9, 7, 3 and low grids smaller than the kernel (6x5 window entries); one case is a
+    // single 216x144 rectangle cut into 243 chunks, the last one partial.
+    struct Case { int outH, outW, lowH, lowW, channels, heads, kernel; };
+    const Case cases[] = {{96, 80, 6, 5, 40, 4, 9},     {100, 90, 6, 5, 200, 4, 9},
+                          {176, 144, 11, 9, 600, 8, 7}, {64, 64, 4, 4, 400, 4, 3},
+                          {216, 144, 3, 2, 24, 4, 9}};
+    const int dim = 256;
+    uint32_t seed = 40;
+    for (const Case& cs : cases)
+    {
+        SCOPED_TRACE(std::to_string(cs.lowH) + "x" + std::to_string(cs.lowW) + " -> " + std::to_string(cs.outH) +
+                     "x" + std::to_string(cs.outW) + ", " + std::to_string(cs.channels) + " channels, " +
+                     std::to_string(cs.heads) + " heads, kernel " + std::to_string(cs.kernel));
+        const int64_t outPlane = int64_t(cs.outH) * cs.outW, lowPlane = int64_t(cs.lowH) * cs.lowW;
+        const auto q = randomUniform(static_cast<size_t>(dim * outPlane), seed++, -2.f, 2.f);
+        const auto k = randomUniform(static_cast<size_t>(dim * lowPlane), seed++, -2.f, 2.f);
+        const auto v = randomUniform(static_cast<size_t>(cs.channels * lowPlane), seed++);
+        const float scale = 1.f / std::sqrt(static_cast<float>(dim / cs.heads));
+        std::vector<float> ref(static_cast<size_t>(cs.channels * outPlane));
+        neighborhoodAttention(q.data(), k.data(), v.data(), ref.data(), dim, cs.channels, cs.heads, cs.lowH, cs.lowW,
+                              cs.outH, cs.outW, cs.kernel, scale, pool());
+
+        const int kh = effectiveKernel(cs.kernel, cs.lowH), kw = effectiveKernel(cs.kernel, cs.lowW);
+        std::vector<int> rowTable(static_cast<size_t>(cs.outH * kh)), colTable(static_cast<size_t>(cs.outW * kw));
+        for (int y = 0; y < cs.outH; ++y)
+            for (int t = 0; t < kh; ++t) rowTable[static_cast<size_t>(y * kh + t)] = neighborLowIndex(y, t, cs.outH, cs.lowH, kh);
+        for (int x = 0; x < cs.outW; ++x)
+            for (int t = 0; t < kw; ++t) colTable[static_cast<size_t>(x * kw + t)] = neighborLowIndex(x, t, cs.outW, cs.lowW, kw);
+        const std::vector<cell::Chunk> chunks = cell::buildChunks(cs.outH, cs.outW, cs.lowH, cs.lowW, kh, kw);
+        ASSERT_TRUE(cell::worthwhile(chunks, cs.outH, cs.outW, dim / cs.heads, kh, kw));
+
+        // The chunks cover every pixel once, and every pixel of a chunk has its origin's window.
+        std::vector<int> covered(static_cast<size_t>(outPlane), 0);
+        for (const cell::Chunk& c : chunks)
+        {
+            ASSERT_GT(c.count, 0);
+            ASSERT_LE(c.count, cell::kPixels);
+            for (int i = 0; i < c.count; ++i)
+            {
+                const int64_t pix = cell::pixelOf(c, i, cs.outW);
+                ++covered[static_cast<size_t>(pix)];
+                const int y = static_cast<int>(pix / cs.outW), x = static_cast<int>(pix % cs.outW);
+                for (int t = 0; t < kh; ++t)
+                    ASSERT_EQ(rowTable[static_cast<size_t>(y * kh + t)], rowTable[static_cast<size_t>(c.y0 * kh + t)]);
+                for (int t = 0; t < kw; ++t)
+                    ASSERT_EQ(colTable[static_cast<size_t>(x * kw + t)], colTable[static_cast<size_t>(c.x0 * kw + t)]);
+            }
+        }
+        for (int n : covered) ASSERT_EQ(n, 1);
+
+        const auto qT = pixelMajor(q, dim, outPlane), kT = pixelMajor(k, dim, lowPlane);
+        const auto vT = pixelMajor(v, cs.channels, lowPlane);
+        std::vector<float> out(ref.size(), std::nanf(""));  // an element left unwritten cannot pass
+        const cell::Params p{qT.data(), kT.data(), vT.data(), out.data(), dim, cs.channels, cs.heads, cs.lowW,
+                             cs.outH, cs.outW, rowTable.data(), colTable.data(), kh, kw, scale};
+        if (dim / cs.heads == 64)
+            emulateCellAttention<64>(p, chunks);
+        else
+            emulateCellAttention<32>(p, chunks);
+        for (float x : out) ASSERT_TRUE(std::isfinite(x));
+        EXPECT_LT(relativeL2(out.data(), ref.data(), out.size()), 1e-6);
+    }
+}
+
+// The cell kernel is left to the tiled one where rectangles of shared windows are small or its
+// limits do not hold.
+TEST(Kernels, CellAttentionIsNotChosenWhereItWouldNotPay)
+{
+    const auto small = cell::buildChunks(100, 130, 20, 24, 9, 9);  // 5x: ~27 pixels per rectangle
+    EXPECT_FALSE(cell::worthwhile(small, 100, 130, 64, 9, 9));
+    const auto fine = cell::buildChunks(448, 448, 28, 28, 9, 9);  // 16x: 256 pixels, two full chunks each
+    EXPECT_EQ(fine.size(), static_cast<size_t>(28 * 28 * 2));
+    EXPECT_TRUE(cell::worthwhile(fine, 448, 448, 64, 9, 9));
+    EXPECT_FALSE(cell::worthwhile(fine, 448, 448, 128, 9, 9));  // head dim
+    const auto wide = cell::buildChunks(448, 448, 28, 28, 11, 11);
+    EXPECT_FALSE(cell::worthwhile(wide, 448, 448, 64, 11, 11));  // 121 window entries
 }
 
 TEST(Kernels, AttentionRejectsBadShapes)

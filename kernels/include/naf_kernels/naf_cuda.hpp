@@ -49,8 +49,13 @@ enum class ConvolutionPath
 /// Neighborhood-attention kernel of the CUDA path.
 enum class AttentionKernel
 {
-    Tiled,   ///< one thread per pixel, each 4 x 32 tile's window union in shared memory (default)
-    General  ///< one warp per pixel, keys and values from global memory (any head dim)
+    Tiled,    ///< one thread per pixel, each 4 x 32 tile's window union in shared memory (default)
+    General,  ///< one warp per pixel, keys and values from global memory (any head dim)
+    /// one block per 128 output pixels that share a window: two register-tiled matrix products
+    /// (kernels/cuda/cell_attention.hpp); for outputs much finer than the features (rectangles
+    /// of shared windows at least half a block on average), head dim 32/64, kernel <= 9; else Tiled.
+    /// Not the default: 10-25 % slower than Tiled on an H100 so far (docs/PERFORMANCE.md, GPU item 19)
+    Cell
 };
 
 /// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).

@@ -383,7 +383,7 @@ __global__ void __launch_bounds__(kTileThreads)
 // ---- cell kernel: one block per chunk of pixels sharing a window (cell_attention.hpp) ---------
 
 template <int HD>
-__global__ void __launch_bounds__(cell::kThreads)
+__global__ void __launch_bounds__(cell::kThreads, 2)  // 2 blocks per SM: what the shared memory allows
     cellAttentionKernel(cell::Params p, const cell::Chunk* __restrict__ chunks)
 {
     extern __shared__ float4 cellShared[];

@@ -139,36 +139,63 @@ NAF_HOST_DEVICE inline void accumulateOuterProduct(const float* a, const float* 
 /// Phase 1: Qt[d][px] = query channel d of the chunk's pixel px (zero past count), Kt[d][e] =
 /// key channel d of window entry e (zero past kh*kw), for head `head`. Items are numbered so that
 /// 8 consecutive threads read 8 pixels' (entries') 16-byte pieces and a warp reads 64 contiguous
-/// bytes per pixel.
+/// bytes per pixel. A thread issues all its loads before its first shared store, so they are in
+/// flight together (ncu of the first version, which stored each piece before loading the next:
+/// a third of the kernel's stall cycles waited on these loads).
 template <int HD>
 NAF_HOST_DEVICE inline void stageQueriesAndKeys(const Params& p, const Chunk& c, int head, int tid, float* region1)
 {
     constexpr int q4 = HD / 4;
-    float* Qt = region1;
-    float* Kt = region1 + HD * kQld;
-    for (int e = tid; e < kPixels * q4; e += kThreads)
-    {
-        const int px = (e / (8 * q4)) * 8 + (e & 7);
-        const int d4 = (e >> 3) % q4;
-        float v[4] = {0.f, 0.f, 0.f, 0.f};
-        if (px < c.count) load4(p.qT + pixelOf(c, px, p.outW) * p.dim + head * HD + 4 * d4, v);
-        for (int m = 0; m < 4; ++m) Qt[(4 * d4 + m) * kQld + px] = v[m];
-    }
+    constexpr int queryItems = kPixels * q4 / kThreads;  // 16-byte pieces per thread
+    constexpr int keyItems = kMaxKeys * q4 / kThreads;
+    static_assert(queryItems * kThreads == kPixels * q4 && keyItems * kThreads == kMaxKeys * q4,
+                  "the staged pieces divide evenly among the threads");
+    auto slot = [](int e, int* row, int* d4) {  // item -> pixel (entry) and channel quad
+        *row = (e / (8 * q4)) * 8 + (e & 7);
+        *d4 = (e >> 3) % q4;
+    };
     const int entries = p.kh * p.kw;
     const int* rows = p.rowTable + static_cast<size_t>(c.y0) * p.kh;
     const int* cols = p.colTable + static_cast<size_t>(c.x0) * p.kw;
-    for (int e = tid; e < kMaxKeys * q4; e += kThreads)
+    float qv[queryItems][4], kv[keyItems][4];
+    NAF_CELL_UNROLL
+    for (int r = 0; r < queryItems; ++r)
     {
-        const int key = (e / (8 * q4)) * 8 + (e & 7);
-        const int d4 = (e >> 3) % q4;
-        float v[4] = {0.f, 0.f, 0.f, 0.f};
+        int px, d4;
+        slot(tid + r * kThreads, &px, &d4);
+        qv[r][0] = qv[r][1] = qv[r][2] = qv[r][3] = 0.f;
+        if (px < c.count) load4(p.qT + pixelOf(c, px, p.outW) * p.dim + head * HD + 4 * d4, qv[r]);
+    }
+    NAF_CELL_UNROLL
+    for (int r = 0; r < keyItems; ++r)
+    {
+        int key, d4;
+        slot(tid + r * kThreads, &key, &d4);
+        kv[r][0] = kv[r][1] = kv[r][2] = kv[r][3] = 0.f;
         if (key < entries)
         {
             const int a = key / p.kw;
             const long long low = static_cast<long long>(rows[a]) * p.lowW + cols[key - a * p.kw];
-            load4(p.kT + low * p.dim + head * HD + 4 * d4, v);
+            load4(p.kT + low * p.dim + head * HD + 4 * d4, kv[r]);
         }
-        for (int m = 0; m < 4; ++m) Kt[(4 * d4 + m) * kKld + key] = v[m];
+    }
+    float* Qt = region1;
+    float* Kt = region1 + HD * kQld;
+    NAF_CELL_UNROLL
+    for (int r = 0; r < queryItems; ++r)
+    {
+        int px, d4;
+        slot(tid + r * kThreads, &px, &d4);
+        NAF_CELL_UNROLL
+        for (int m = 0; m < 4; ++m) Qt[(4 * d4 + m) * kQld + px] = qv[r][m];
+    }
+    NAF_CELL_UNROLL
+    for (int r = 0; r < keyItems; ++r)
+    {
+        int key, d4;
+        slot(tid + r * kThreads, &key, &d4);
+        NAF_CELL_UNROLL
+        for (int m = 0; m < 4; ++m) Kt[(4 * d4 + m) * kKld + key] = kv[r][m];
     }
 }
 
@@ -213,26 +240,37 @@ NAF_HOST_DEVICE inline void softmaxRows(const Params& p, int tid, float* region1
 }
 
 /// Phase 4: Vs[e][c] = value channel c0 + c of head `head` at window entry e (zero past the
-/// head's channels).
+/// head's channels). All of a thread's loads (at most kMaxKeys * kChannelsPerPass / kThreads = 36)
+/// before its stores, as in phase 1.
 NAF_HOST_DEVICE inline void stageValues(const Params& p, const Chunk& c, int head, int c0, int tid, float* region2)
 {
+    constexpr int items = kMaxKeys * kChannelsPerPass / kThreads;
+    static_assert(items * kThreads == kMaxKeys * kChannelsPerPass, "the staged values divide evenly");
     const int entries = p.kh * p.kw;
     const int vPerHead = p.channels / p.heads;
     const int* rows = p.rowTable + static_cast<size_t>(c.y0) * p.kh;
     const int* cols = p.colTable + static_cast<size_t>(c.x0) * p.kw;
-    float* Vs = region2;
-    for (int e = tid; e < entries * kChannelsPerPass; e += kThreads)
+    float v[items];
+    NAF_CELL_UNROLL
+    for (int r = 0; r < items; ++r)
     {
+        const int e = tid + r * kThreads;
         const int key = e / kChannelsPerPass;
         const int ch = e - key * kChannelsPerPass;
-        float v = 0.f;
-        if (c0 + ch < vPerHead)
+        v[r] = 0.f;
+        if (key < entries && c0 + ch < vPerHead)
         {
             const int a = key / p.kw;
             const long long low = static_cast<long long>(rows[a]) * p.lowW + cols[key - a * p.kw];
-            v = p.vT[low * p.channels + head * vPerHead + c0 + ch];
+            v[r] = p.vT[low * p.channels + head * vPerHead + c0 + ch];
         }
-        Vs[key * kVld + ch] = v;
+    }
+    float* Vs = region2;
+    NAF_CELL_UNROLL
+    for (int r = 0; r < items; ++r)
+    {
+        const int e = tid + r * kThreads;
+        if (e < entries * kChannelsPerPass) Vs[e] = v[r];  // row e / 96, column e % 96: kVld == 96
     }
 }
 

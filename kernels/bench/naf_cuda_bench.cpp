@@ -16,8 +16,8 @@
 // timing on (encoder/attention/total device times), the output copied back and compared with
 // the FP32 output of the same engine (for fp32 itself: the stage-timed forward against the last
 // timed one, i.e. run-to-run determinism). --no-reference skips the untimed FP32 forward that
-// makes that reference (so that a profiler's first kernels are those of the first mode listed). Memory (engine_MB, device_used_delta_MB) is read
-// right after the timed calls. After all modes of an engine, `roundtrip-reps` host round trips
+// makes that reference (so that a profiler's first kernels are those of the first mode listed).
+// Memory (engine_MB, device_used_delta_MB) is read right after the timed calls. After all modes of an engine, `roundtrip-reps` host round trips
 // per mode (Engine::forward with host pointers: copies included; it adds device staging buffers,
 // engine_MB_after_roundtrip), median reported; then that engine's lines are printed.
 // Exit status: 0 when every line was a result, 1 when any line carried an error (or no GPU).

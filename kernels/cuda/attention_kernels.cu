@@ -7,13 +7,10 @@
 // coalesced read); the output is channel-major [channels, outH, outW], the API layout.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
-#include <vector>
 
 #include <cuda_pipeline.h>
 
-#include "cell_attention.hpp"
 #include "naf_cuda_internal.cuh"
 #include "naf_kernels/window.hpp"
 
@@ -523,8 +520,7 @@ bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int 
              const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream)
 {
     const int headDim = dim / heads;
-    if ((headDim != 64 && headDim != 32) || kh * kw > cell::kMaxKeys || dim % 4 != 0 || chunkCount > 0x7fffffff)
-        return false;
+    if (!cell::fits(headDim, kh, kw) || dim % 4 != 0 || chunkCount > 0x7fffffff) return false;
     const size_t shared = headDim == 64 ? cell::sharedBytes<64>() : cell::sharedBytes<32>();
     if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
     const cell::Params p{qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale};
@@ -537,32 +533,18 @@ bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int 
 
 }  // namespace
 
-size_t cellChunkBytes()
-{
-    return sizeof(cell::Chunk);
-}
-
-std::vector<unsigned char> cellChunksFor(int outH, int outW, int lowH, int lowW, int kh, int kw, int headDim)
-{
-    const std::vector<cell::Chunk> chunks = cell::buildChunks(outH, outW, lowH, lowW, kh, kw);
-    if (!cell::worthwhile(chunks, outH, outW, headDim, kh, kw)) return {};
-    std::vector<unsigned char> bytes(chunks.size() * sizeof(cell::Chunk));
-    std::memcpy(bytes.data(), chunks.data(), bytes.size());
-    return bytes;
-}
-
 AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
                                             int channels, int heads, int lowH, int lowW, int outH, int outW,
                                             const int* rowTable, const int* colTable, int kh, int kw, float scale,
-                                            cudaStream_t stream, AttentionKernel kernel, const void* cellChunks,
-                                            int64_t cellChunkCount)
+                                            cudaStream_t stream, AttentionKernel kernel,
+                                            const cell::Chunk* cellChunks, int64_t cellChunkCount)
 {
     if (heads <= 0 || dim % heads != 0 || channels % heads != 0 || dim / heads > kMaxHeadDim)
         throw std::invalid_argument("naf::kernels::cuda: attention needs dim and channels divisible by heads and a "
                                     "head dimension <= " + std::to_string(kMaxHeadDim));
     if (kernel == AttentionKernel::Cell && cellChunks && cellChunkCount > 0 &&
         tryCell(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
-                static_cast<const cell::Chunk*>(cellChunks), cellChunkCount, stream))
+                cellChunks, cellChunkCount, stream))
         return AttentionKernel::Cell;
     // The tiled kernel falls back to the general one when its limits do not hold.
     if (kernel != AttentionKernel::General &&

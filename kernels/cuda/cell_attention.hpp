@@ -179,24 +179,19 @@ NAF_HOST_DEVICE inline void stageQueriesAndKeys(const Params& p, const Chunk& c,
             load4(p.kT + low * p.dim + head * HD + 4 * d4, kv[r]);
         }
     }
-    float* Qt = region1;
-    float* Kt = region1 + HD * kQld;
-    NAF_CELL_UNROLL
-    for (int r = 0; r < queryItems; ++r)
-    {
-        int px, d4;
-        slot(tid + r * kThreads, &px, &d4);
+    // Piece r of this thread into its transposed place: dst[channel][pixel or entry].
+    auto store = [&](const float(*pieces)[4], int count, float* dst, int ld) {
         NAF_CELL_UNROLL
-        for (int m = 0; m < 4; ++m) Qt[(4 * d4 + m) * kQld + px] = qv[r][m];
-    }
-    NAF_CELL_UNROLL
-    for (int r = 0; r < keyItems; ++r)
-    {
-        int key, d4;
-        slot(tid + r * kThreads, &key, &d4);
-        NAF_CELL_UNROLL
-        for (int m = 0; m < 4; ++m) Kt[(4 * d4 + m) * kKld + key] = kv[r][m];
-    }
+        for (int r = 0; r < count; ++r)
+        {
+            int row, d4;
+            slot(tid + r * kThreads, &row, &d4);
+            NAF_CELL_UNROLL
+            for (int m = 0; m < 4; ++m) dst[(4 * d4 + m) * ld + row] = pieces[r][m];
+        }
+    };
+    store(qv, queryItems, region1, kQld);            // Qt
+    store(kv, keyItems, region1 + HD * kQld, kKld);  // Kt
 }
 
 /// Phase 2: S[px][e] = scale * q(px) . k(e) for the thread's 4 pixels x 12 entries.
@@ -312,7 +307,8 @@ inline std::vector<Chunk> buildChunks(int outH, int outW, int lowH, int lowW, in
         std::vector<int> previous, current(static_cast<size_t>(kernel));
         for (int i = 0; i < outLen; ++i)
         {
-            for (int t = 0; t < kernel; ++t) current[static_cast<size_t>(t)] = neighborLowIndex(i, t, outLen, lowLen, kernel);
+            for (int t = 0; t < kernel; ++t)
+                current[static_cast<size_t>(t)] = neighborLowIndex(i, t, outLen, lowLen, kernel);
             if (current != previous) starts.push_back(i);
             previous = current;
         }
@@ -334,11 +330,18 @@ inline std::vector<Chunk> buildChunks(int outH, int outW, int lowH, int lowW, in
     return chunks;
 }
 
-/// Whether the cell kernel fits the problem: head dim 32 or 64, at most kMaxKeys window entries,
-/// and chunks at least half full on average (else the tiled kernel wastes less).
+/// Whether the kernel can run at all: head dim 32 or 64 (its instances), at most kMaxKeys window
+/// entries.
+inline bool fits(int headDim, int kh, int kw)
+{
+    return (headDim == 32 || headDim == 64) && kh * kw <= kMaxKeys;
+}
+
+/// Whether the cell kernel fits the problem and its chunks are at least half full on average
+/// (else the tiled kernel wastes less).
 inline bool worthwhile(const std::vector<Chunk>& chunks, int outH, int outW, int headDim, int kh, int kw)
 {
-    if ((headDim != 32 && headDim != 64) || kh * kw > kMaxKeys || chunks.empty()) return false;
+    if (!fits(headDim, kh, kw) || chunks.empty()) return false;
     return static_cast<double>(outH) * outW >= 0.5 * static_cast<double>(chunks.size()) * kPixels;
 }
 

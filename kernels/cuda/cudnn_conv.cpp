@@ -142,7 +142,8 @@ void CudnnConvolver::run(const float* srcPadded, int h, int w, const DevConv& co
 
 void CudnnConvolver::run(const __half* srcPadded, int h, int w, const DevConv& conv, __half* dst)
 {
-    if (!conv.weightHalf) throw std::invalid_argument("naf::kernels::cuda: float16 convolution without float16 weights");
+    if (!conv.weightHalf)
+        throw std::invalid_argument("naf::kernels::cuda: float16 convolution without float16 weights");
     impl_->run(srcPadded, h, w, conv, conv.weightHalf, dst, Impl::Numeric::FP16);
 }
 

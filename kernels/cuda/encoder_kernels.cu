@@ -895,7 +895,8 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
                                                       perGroup, bias, gamma, beta, scaleC, shiftC, nonFinite);
     checkLaunch("GroupNorm finalize kernel launch");
     const int64_t applyWarps = kThreads / 32;
-    const unsigned int applyBlocks = static_cast<unsigned int>(std::min<int64_t>((rows + applyWarps - 1) / applyWarps, 4096));
+    const unsigned int applyBlocks =
+        static_cast<unsigned int>(std::min<int64_t>((rows + applyWarps - 1) / applyWarps, 4096));
     gnApplySiLUPaddedKernel<Src, Dst><<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }

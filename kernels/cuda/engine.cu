@@ -151,9 +151,8 @@ struct Engine::Impl
     DeviceBuffer nonFinite;  // one int: set when MathMode::FP16 statistics were not finite
     // AttentionKernel::Cell's work list for the last shape it was built for (empty: not worthwhile).
     DeviceBuffer cellChunks;
-    std::vector<unsigned char> cellChunksHost;
+    std::vector<cell::Chunk> cellChunksHost;
     std::vector<int> cellChunksKey;
-    int64_t cellChunkCount = 0;
 
     AttentionKernel attentionKernel = AttentionKernel::Tiled;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
@@ -372,7 +371,8 @@ struct Engine::Impl
         attentionKernelUsed = detail::launchNeighborhoodAttention(
             queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev, cfg.dim, C, cfg.headsAttn, shape.lowH,
             shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream, attentionKernel,
-            attentionKernel == AttentionKernel::Cell ? cellChunks.ptr : nullptr, cellChunkCount);
+            attentionKernel == AttentionKernel::Cell ? cellChunks.as<cell::Chunk>() : nullptr,
+            static_cast<int64_t>(cellChunksHost.size()));
         if (probe)
             detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
                                          shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
@@ -447,15 +447,16 @@ struct Engine::Impl
             const std::vector<int> key = {shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw};
             if (key != cellChunksKey)
             {
-                cellChunksHost = detail::cellChunksFor(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw,
-                                                       cfg.dim / cfg.headsAttn);
+                cellChunksHost = cell::buildChunks(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw);
+                if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, cfg.dim / cfg.headsAttn, kh, kw))
+                    cellChunksHost.clear();
                 cellChunksKey = key;
-                cellChunkCount = static_cast<int64_t>(cellChunksHost.size() / detail::cellChunkBytes());
-                if (cellChunkCount > 0)
+                const size_t bytes = cellChunksHost.size() * sizeof(cell::Chunk);
+                if (bytes > 0)
                 {
-                    cellChunks.ensure(cellChunksHost.size(), "allocating the cell attention work list");
-                    check(cudaMemcpyAsync(cellChunks.ptr, cellChunksHost.data(), cellChunksHost.size(),
-                                          cudaMemcpyHostToDevice, stream),
+                    cellChunks.ensure(bytes, "allocating the cell attention work list");
+                    check(cudaMemcpyAsync(cellChunks.ptr, cellChunksHost.data(), bytes, cudaMemcpyHostToDevice,
+                                          stream),
                           "uploading the cell attention work list");
                 }
             }

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
+#include "cell_attention.hpp"
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 
@@ -190,19 +190,13 @@ void launchWindowTable(int* table, int outLen, int lowLen, int kernel, cudaStrea
 /// colTable [outW,kw]. Head dims 32 and 64 run the tiled kernel (window unions in shared memory)
 /// when the union fits; otherwise, or with AttentionKernel::General, the warp-per-pixel one.
 /// Returns the kernel that was launched.
-/// AttentionKernel::Cell runs when cellChunks (device, cellChunksFor's bytes) is given and the
-/// kernel fits; else Tiled's rules apply.
+/// AttentionKernel::Cell runs when cellChunks (device copy of cell::buildChunks, worthwhile) is
+/// given and the kernel fits; else Tiled's rules apply.
 AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
                                             int channels, int heads, int lowH, int lowW, int outH, int outW,
                                             const int* rowTable, const int* colTable, int kh, int kw, float scale,
                                             cudaStream_t stream, AttentionKernel kernel,
-                                            const void* cellChunks = nullptr, int64_t cellChunkCount = 0);
-
-/// The cell kernel's work list for an output/low-res size and effective kernel (kh, kw): its
-/// chunks as bytes (cellChunkBytes() each), or empty when the cell kernel would not pay off
-/// (small rectangles of shared windows, head dim other than 32/64, more than 96 window entries).
-std::vector<unsigned char> cellChunksFor(int outH, int outW, int lowH, int lowW, int kh, int kw, int headDim);
-size_t cellChunkBytes();
+                                            const cell::Chunk* cellChunks = nullptr, int64_t cellChunkCount = 0);
 
 /// Softmax probabilities [heads,kh,kw] of output pixel (y,x) into probs (device).
 void launchAttentionProbe(const float* qT, const float* kT, int dim, int heads, int lowW, int outW, int y, int x,

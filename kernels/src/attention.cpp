@@ -209,7 +209,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             }
             // Weighted sum of the values, eight value channels at a time, stored channel-major.
             const float* vHead = valuesT + static_cast<size_t>(h) * g.headValues;
-            float* outHead = out + static_cast<size_t>(h) * g.headValues * outPlane + static_cast<size_t>(y) * g.outW + x0;
+            float* outHead =
+                out + static_cast<size_t>(h) * g.headValues * outPlane + static_cast<size_t>(y) * g.outW + x0;
             int cv = 0;
             for (; cv + 8 <= g.headValues; cv += 8)
             {
@@ -235,7 +236,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                     const float v = vHead[static_cast<size_t>(s.keyPixel[t]) * g.channels + cv];
                     for (int r = 0; r < R; ++r) acc[r] += logits[r * n + t] * v;
                 }
-                for (int r = 0; r < R; ++r) storeRun(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
+                for (int r = 0; r < R; ++r)
+                    storeRun(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
             }
         }
         x0 += len;

@@ -407,7 +407,8 @@ std::vector<float> pixelMajor(const std::vector<float>& chw, int c, int64_t plan
 {
     std::vector<float> hwc(chw.size());
     for (int ch = 0; ch < c; ++ch)
-        for (int64_t i = 0; i < plane; ++i) hwc[static_cast<size_t>(i * c + ch)] = chw[static_cast<size_t>(ch * plane + i)];
+        for (int64_t i = 0; i < plane; ++i)
+            hwc[static_cast<size_t>(i * c + ch)] = chw[static_cast<size_t>(ch * plane + i)];
     return hwc;
 }
 
@@ -438,11 +439,15 @@ TEST(Kernels, CellAttentionPhasesMatchCpuAttention)
                               cs.outH, cs.outW, cs.kernel, scale, pool());
 
         const int kh = effectiveKernel(cs.kernel, cs.lowH), kw = effectiveKernel(cs.kernel, cs.lowW);
-        std::vector<int> rowTable(static_cast<size_t>(cs.outH * kh)), colTable(static_cast<size_t>(cs.outW * kw));
-        for (int y = 0; y < cs.outH; ++y)
-            for (int t = 0; t < kh; ++t) rowTable[static_cast<size_t>(y * kh + t)] = neighborLowIndex(y, t, cs.outH, cs.lowH, kh);
-        for (int x = 0; x < cs.outW; ++x)
-            for (int t = 0; t < kw; ++t) colTable[static_cast<size_t>(x * kw + t)] = neighborLowIndex(x, t, cs.outW, cs.lowW, kw);
+        auto windowTable = [](int outLen, int lowLen, int kernel) {  // [outLen][kernel], as the GPU builds it
+            std::vector<int> table(static_cast<size_t>(outLen) * kernel);
+            for (int i = 0; i < outLen; ++i)
+                for (int t = 0; t < kernel; ++t)
+                    table[static_cast<size_t>(i) * kernel + t] = neighborLowIndex(i, t, outLen, lowLen, kernel);
+            return table;
+        };
+        const std::vector<int> rowTable = windowTable(cs.outH, cs.lowH, kh);
+        const std::vector<int> colTable = windowTable(cs.outW, cs.lowW, kw);
         const std::vector<cell::Chunk> chunks = cell::buildChunks(cs.outH, cs.outW, cs.lowH, cs.lowW, kh, kw);
         ASSERT_TRUE(cell::worthwhile(chunks, cs.outH, cs.outW, dim / cs.heads, kh, kw));
 

@@ -296,9 +296,9 @@ TEST_F(Fixture, UnknownGpuPrecisionIsRefusedAndLeavesTheSettingUnchanged)
             {
                 EXPECT_EQ(e.code, cv::Error::StsOutOfRange);
                 const std::string msg = e.what();
-                for (const std::string& frag : {std::string("setGpuPrecision"), "got " + std::to_string(bad),
-                                                std::string("GPU_PRECISION_FP32 (0)"), std::string("GPU_PRECISION_TF32 (1)"),
-                                                std::string("GPU_PRECISION_FP16 (2)")})
+                for (const std::string& frag :
+                     {std::string("setGpuPrecision"), "got " + std::to_string(bad), std::string("GPU_PRECISION_FP32 (0)"),
+                      std::string("GPU_PRECISION_TF32 (1)"), std::string("GPU_PRECISION_FP16 (2)")})
                     EXPECT_NE(msg.find(frag), std::string::npos) << "message: " << msg << "\nmissing: " << frag;
             }
             EXPECT_EQ(naf->getGpuPrecision(), kept);

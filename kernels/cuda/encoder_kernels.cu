@@ -324,7 +324,7 @@ void launchConvT(const T* src, int h, int w, const DevConv& conv, const T* weigh
 // Statistics in double with a fixed reduction tree: each block reduces one kGnChunk-element
 // chunk of one group into a partial (sum, sum of squares), a finalize kernel reduces the
 // partials of a group in a fixed order; variance = E[x^2] - mean^2 in double (fp32 inputs: the
-// cancellation costs nothing measurable against the CPU's two-pass fp64 statistics).
+// cancellation costs nothing measurable against the CPU's fp64 statistics).
 // Deterministic. The apply kernel writes the activation reflect-padded for the next convolution.
 
 __device__ __forceinline__ double blockReduceSum(double v, double* shared)

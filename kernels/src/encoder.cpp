@@ -159,173 +159,209 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
 
 constexpr int kPointTile = 256;  // pixels per 1x1-convolution task
 
-// ---- Winograd F(2x2, 3x3) for the wide 3x3 convolutions -------------------------------------------
-// Per 2x2 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 16 multiplies
-// instead of 36: the 16 element-wise products over the input channels become 16 GEMMs
-// [cout x cin] x [cin x tiles] run by the same micro-kernel, with cheap additions before
-// (input transform) and after (output transform). Used for 3x3 convolutions with at least
-// kWinogradMinChannels inputs (the encoder blocks' 128 -> 128), where the GEMMs dominate; the
-// results differ from the direct sum by rounding only (~1e-6 relative; tests bound it).
+// ---- Winograd F(4x4, 3x3) for the wide 3x3 convolutions -------------------------------------------
+// Per 4x4 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 36 multiplies
+// instead of 144: the 36 element-wise products over the input channels become 36 GEMMs
+// [cout x cin] x [cin x tiles] run by the same micro-kernel, with short linear transforms before
+// (input) and after (output). Interpolation points 0, +-1, +-2 and infinity (Lavin & Gray). Used
+// for 3x3 convolutions with at least kWinogradMinChannels inputs (the encoder blocks' 128 -> 128),
+// where the GEMMs dominate; the results differ from the direct sum by rounding only (~1e-6 of the
+// sum of the terms' magnitudes; tests bound it). F(2x2, 3x3), used before, needs 4 products per
+// output instead of 2.25 and reads 4 input values per output instead of 2.25 (PERFORMANCE item 15).
 constexpr int kWinogradMinChannels = 32;
-constexpr int kWinogradTiles = 32;  // output tiles (along a tile row) per task: V and M stay in L2
+constexpr int kWinogradTiles = 32;   // output tiles (along a tile row) per task: V stays in L2
+constexpr int kWinogradPoints = 36;  // 6x6 transformed values per tile
 
-// U[xi][co][ci] = (G g G^T)[xi] with G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], packed per xi like
-// packWeights (blocks of mr output channels, [cin][mr]).
+// 1-D weight transform G (6x3): rows 1/4 (1 0 0), -1/6 (1 1 1), -1/6 (1 -1 1), 1/24 (1 2 4),
+// 1/24 (1 -2 4), (0 0 1).
+inline void winogradWeightRow(const double g[3], double out[6])
+{
+    out[0] = g[0] / 4;
+    out[1] = -(g[0] + g[1] + g[2]) / 6;
+    out[2] = -(g[0] - g[1] + g[2]) / 6;
+    out[3] = (g[0] + 2 * g[1] + 4 * g[2]) / 24;
+    out[4] = (g[0] - 2 * g[1] + 4 * g[2]) / 24;
+    out[5] = g[2];
+}
+
+// U[xi] = (G g G^T)[xi / 6][xi % 6] per (co, ci), packed per block of mr output channels and point
+// as [block][xi][cin][mr]: a task runs all 36 points of one block back to back.
 std::vector<float> winogradWeights(const ConvWeights& conv, int mr)
 {
     const int cout = conv.cout, cin = conv.cin;
-    std::vector<float> u(static_cast<size_t>(16) * cout * cin);
-    const size_t plane = static_cast<size_t>(cout) * cin;
+    const int blocks = (cout + mr - 1) / mr;
+    std::vector<float> packed(static_cast<size_t>(blocks) * kWinogradPoints * cin * mr, 0.f);
     for (int co = 0; co < cout; ++co)
         for (int ci = 0; ci < cin; ++ci)
         {
             const float* g = conv.weight + (static_cast<size_t>(co) * cin + ci) * 9;
-            double gg[4][3];  // G g
+            double gg[6][3];  // G g: column c of g transformed
             for (int c = 0; c < 3; ++c)
             {
-                const double a = g[c], b = g[3 + c], d = g[6 + c];
-                gg[0][c] = a;
-                gg[1][c] = 0.5 * (a + b + d);
-                gg[2][c] = 0.5 * (a - b + d);
-                gg[3][c] = d;
+                const double column[3] = {g[c], g[3 + c], g[6 + c]};
+                double t[6];
+                winogradWeightRow(column, t);
+                for (int r = 0; r < 6; ++r) gg[r][c] = t[r];
             }
-            for (int r = 0; r < 4; ++r)
+            for (int r = 0; r < 6; ++r)
             {
-                const double a = gg[r][0], b = gg[r][1], d = gg[r][2];
-                const double row[4] = {a, 0.5 * (a + b + d), 0.5 * (a - b + d), d};  // (G g) G^T
-                for (int c = 0; c < 4; ++c)
-                    u[(r * 4 + c) * plane + static_cast<size_t>(co) * cin + ci] = static_cast<float>(row[c]);
+                double u[6];  // (G g) G^T, row r
+                winogradWeightRow(gg[r], u);
+                for (int c = 0; c < 6; ++c)
+                {
+                    const size_t xi = static_cast<size_t>(r) * 6 + c;
+                    const size_t at = ((static_cast<size_t>(co / mr) * kWinogradPoints + xi) * cin + ci) * mr + co % mr;
+                    packed[at] = static_cast<float>(u[c]);
+                }
             }
         }
-    const int blocks = (cout + mr - 1) / mr;
-    const size_t perXi = static_cast<size_t>(blocks) * cin * mr;
-    std::vector<float> packed(16 * perXi);
-    for (int xi = 0; xi < 16; ++xi)
-    {
-        const ConvWeights m{u.data() + xi * plane, nullptr, cout, cin, 1};
-        const std::vector<float> one = packWeights(m, cin, mr);
-        std::copy(one.begin(), one.end(), packed.begin() + xi * perXi);
-    }
     return packed;
 }
 
-// Input transform of one channel for the nt tiles of a task: rows[r] are the 4 input rows of the
-// tile row, split into e[j] = row[2(t0+j)-1] and o[j] = row[2(t0+j)] (reflect padded), so tile j
-// spans e[j], o[j], e[j+1], o[j+1] and every loop below is contiguous.
-// v[xi * vStride + j] = (B^T d B)[xi] with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
-NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[4], int w, int t0, int nt, float* v,
+// B^T d for one 6-vector d: rows (4 0 -5 0 1 0), (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0),
+// (0 2 -1 -2 1 0), (0 4 0 -5 0 1).
+NAF_ALWAYS_INLINE inline void winogradInputRow(float d0, float d1, float d2, float d3, float d4, float d5, float t[6])
+{
+    const float a = d4 - 4.f * d2, b = d3 - 4.f * d1;  // shared by t1, t2
+    const float c = d4 - d2, e = 2.f * (d3 - d1);      // shared by t3, t4
+    t[0] = 4.f * d0 - 5.f * d2 + d4;
+    t[1] = a + b;
+    t[2] = a - b;
+    t[3] = c + e;
+    t[4] = c - e;
+    t[5] = 4.f * d1 - 5.f * d3 + d5;
+}
+
+// An input column (or row) index for tile data: reflect padded at -1 and n; further out the value
+// only feeds outputs past the image, which are dropped, so any in-range index serves.
+inline int tileIndex(int i, int n) { return std::max(0, std::min(reflectIndex(i, n), n - 1)); }
+
+// B^T over the rows for one column component of nt tiles, into six distinct rows of v. The
+// restrict parameters let the compiler vectorize: with six output pointers GCC would otherwise
+// need more run-time overlap checks than it is willing to emit and keeps the loop scalar.
+NAF_ALWAYS_INLINE inline void winogradInputColumns(const float* h0, const float* h1, const float* h2, const float* h3,
+                                                   const float* h4, const float* h5, int nt, float* __restrict v0,
+                                                   float* __restrict v1, float* __restrict v2, float* __restrict v3,
+                                                   float* __restrict v4, float* __restrict v5)
+{
+    for (int j = 0; j < nt; ++j)
+    {
+        float t[6];
+        winogradInputRow(h0[j], h1[j], h2[j], h3[j], h4[j], h5[j], t);
+        v0[j] = t[0];
+        v1[j] = t[1];
+        v2[j] = t[2];
+        v3[j] = t[3];
+        v4[j] = t[4];
+        v5[j] = t[5];
+    }
+}
+
+// Input transform of one channel for the nt tiles of a task. rows[r] are the 6 input rows of the
+// tile row; tile j spans columns 4 (t0 + j) - 1 ... + 4, split into four phases
+// p[k][j] = row[4 (t0 + j) - 1 + k], so tile j is p0..p3[j], p0[j + 1], p1[j + 1] and every loop
+// below is contiguous. v[xi * vStride + j] = (B^T d B)[xi].
+NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[6], int w, int t0, int nt, float* v,
                                                 size_t vStride)
 {
-    float h[4][4][kWinogradTiles];  // [input row][column component][tile]
-    // Tiles whose columns need no reflection: x - 1 >= 0 and x <= w - 1 for x = 2 (t0 + j).
+    float h[6][6][kWinogradTiles];  // [input row][column component][tile]
+    // Phases read without reflection: 4 (t0 + j) - 1 >= 0 and 4 (t0 + j) + 2 <= w - 1.
     const int jLo = t0 == 0 ? 1 : 0;
-    const int jHi = std::min(nt, (w - 1) / 2 - t0);
-    for (int r = 0; r < 4; ++r)
+    const int jHi = std::min(nt, (w - 3) / 4 - t0);
+    for (int r = 0; r < 6; ++r)
     {
-        float e[kWinogradTiles + 1], o[kWinogradTiles + 1];
+        float p[4][kWinogradTiles + 1];
         const float* row = rows[r];
-        for (int j = 0; j <= nt; ++j)
-            if (j < jLo || j > jHi)
-            {
-                const int x = 2 * (t0 + j);
-                e[j] = row[reflectIndex(x - 1, w)];
-                o[j] = row[reflectIndex(x, w)];
-            }
-        const float* in = row + 2 * t0;
+        auto reflected = [&](int j) {
+            for (int k = 0; k < 4; ++k) p[k][j] = row[tileIndex(4 * (t0 + j) - 1 + k, w)];
+        };
+        for (int j = 0; j < std::min(jLo, nt + 1); ++j) reflected(j);
+        for (int j = std::max(jHi + 1, 0); j <= nt; ++j) reflected(j);
+        const float* in = row + 4 * t0;
         for (int j = jLo; j <= jHi; ++j)
-        {
-            e[j] = in[2 * j - 1];
-            o[j] = in[2 * j];
-        }
+            for (int k = 0; k < 4; ++k) p[k][j] = in[4 * j - 1 + k];
         for (int j = 0; j < nt; ++j)
         {
-            h[r][0][j] = e[j] - e[j + 1];
-            h[r][1][j] = o[j] + e[j + 1];
-            h[r][2][j] = e[j + 1] - o[j];
-            h[r][3][j] = o[j] - o[j + 1];
+            float t[6];
+            winogradInputRow(p[0][j], p[1][j], p[2][j], p[3][j], p[0][j + 1], p[1][j + 1], t);
+            for (int k = 0; k < 6; ++k) h[r][k][j] = t[k];
         }
     }
-    for (int k = 0; k < 4; ++k)
-    {
-        float* v0 = v + (0 + k) * vStride;
-        float* v1 = v + (4 + k) * vStride;
-        float* v2 = v + (8 + k) * vStride;
-        float* v3 = v + (12 + k) * vStride;
+    for (int k = 0; k < 6; ++k)
+        winogradInputColumns(h[0][k], h[1][k], h[2][k], h[3][k], h[4][k], h[5][k], nt, v + k * vStride,
+                             v + (6 + k) * vStride, v + (12 + k) * vStride, v + (18 + k) * vStride,
+                             v + (24 + k) * vStride, v + (30 + k) * vStride);
+}
+
+// A^T m for one 6-vector m: rows (1 1 1 1 1 0), (0 1 -1 2 -2 0), (0 1 1 4 4 0), (0 1 -1 8 -8 1).
+NAF_ALWAYS_INLINE inline void winogradOutputRow(float m0, float m1, float m2, float m3, float m4, float m5, float o[4])
+{
+    const float sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
+    o[0] = m0 + sum12 + sum34;
+    o[1] = diff12 + 2.f * diff34;
+    o[2] = sum12 + 4.f * sum34;
+    o[3] = diff12 + 8.f * diff34 + m5;
+}
+
+// Output transform of one output channel: m[xi * mStride + j] -> the tile row's four output rows
+// plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
+NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
+                                                 float* const y[4], int cols)
+{
+    float s[4][6][kWinogradTiles];  // A^T over the rows: [output row][column component][tile]
+    for (int k = 0; k < 6; ++k)
         for (int j = 0; j < nt; ++j)
         {
-            v0[j] = h[0][k][j] - h[2][k][j];
-            v1[j] = h[1][k][j] + h[2][k][j];
-            v2[j] = h[2][k][j] - h[1][k][j];
-            v3[j] = h[1][k][j] - h[3][k][j];
+            float o[4];
+            winogradOutputRow(m[(0 + k) * mStride + j], m[(6 + k) * mStride + j], m[(12 + k) * mStride + j],
+                              m[(18 + k) * mStride + j], m[(24 + k) * mStride + j], m[(30 + k) * mStride + j], o);
+            for (int i = 0; i < 4; ++i) s[i][k][j] = o[i];
         }
+    for (int i = 0; i < 4; ++i)
+    {
+        if (!y[i]) continue;
+        float out[4][kWinogradTiles];
+        for (int j = 0; j < nt; ++j)
+        {
+            float o[4];
+            winogradOutputRow(s[i][0][j], s[i][1][j], s[i][2][j], s[i][3][j], s[i][4][j], s[i][5][j], o);
+            for (int c = 0; c < 4; ++c) out[c][j] = o[c] + bias;
+        }
+        float* row = y[i];
+        if (4 * nt <= cols)
+            for (int j = 0; j < nt; ++j)
+                for (int c = 0; c < 4; ++c) row[4 * j + c] = out[c][j];
+        else
+            for (int x = 0; x < cols; ++x) row[x] = out[x % 4][x / 4];
     }
 }
 
-// Output transform of one output channel: m[xi * mStride + j] -> the tile row's two output rows
-// (A^T = [1 1 1 0; 0 1 -1 -1]) plus bias; y1 is null when the second row is past the image, and
-// the last column is dropped when it is past the image (odd widths).
-NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias, float* y0,
-                                                 float* y1, int cols)
+NAF_TARGET_AVX512 void winogradInputAvx512(const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
 {
-    float s[2][4][kWinogradTiles];
-    for (int k = 0; k < 4; ++k)
-    {
-        const float* m0 = m + (0 + k) * mStride;
-        const float* m1 = m + (4 + k) * mStride;
-        const float* m2 = m + (8 + k) * mStride;
-        const float* m3 = m + (12 + k) * mStride;
-        for (int j = 0; j < nt; ++j)
-        {
-            s[0][k][j] = m0[j] + m1[j] + m2[j];
-            s[1][k][j] = m1[j] - m2[j] - m3[j];
-        }
-    }
-    float out[2][2][kWinogradTiles];
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < nt; ++j)
-        {
-            out[i][0][j] = s[i][0][j] + s[i][1][j] + s[i][2][j] + bias;
-            out[i][1][j] = s[i][1][j] - s[i][2][j] - s[i][3][j] + bias;
-        }
-    float* rows[2] = {y0, y1};
-    for (int i = 0; i < 2; ++i)
-    {
-        if (!rows[i]) continue;
-        float* y = rows[i];
-        for (int j = 0; j < nt; ++j)
-        {
-            if (2 * j < cols) y[2 * j] = out[i][0][j];
-            if (2 * j + 1 < cols) y[2 * j + 1] = out[i][1][j];
-        }
-    }
+    winogradInputImpl(r, w, t0, nt, v, vs);
+}
+NAF_TARGET_AVX2 void winogradInputAvx2(const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
+{
+    winogradInputImpl(r, w, t0, nt, v, vs);
+}
+void winogradInputGeneric(const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
+{
+    winogradInputImpl(r, w, t0, nt, v, vs);
+}
+NAF_TARGET_AVX512 void winogradOutputAvx512(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
+{
+    winogradOutputImpl(m, ms, nt, b, y, c);
+}
+NAF_TARGET_AVX2 void winogradOutputAvx2(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
+{
+    winogradOutputImpl(m, ms, nt, b, y, c);
+}
+void winogradOutputGeneric(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
+{
+    winogradOutputImpl(m, ms, nt, b, y, c);
 }
 
-NAF_TARGET_AVX512 void winogradInputAvx512(const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
-{
-    winogradInputImpl(r, w, t0, nt, v, vs);
-}
-NAF_TARGET_AVX2 void winogradInputAvx2(const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
-{
-    winogradInputImpl(r, w, t0, nt, v, vs);
-}
-void winogradInputGeneric(const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
-{
-    winogradInputImpl(r, w, t0, nt, v, vs);
-}
-NAF_TARGET_AVX512 void winogradOutputAvx512(const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
-{
-    winogradOutputImpl(m, ms, nt, b, y0, y1, c);
-}
-NAF_TARGET_AVX2 void winogradOutputAvx2(const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
-{
-    winogradOutputImpl(m, ms, nt, b, y0, y1, c);
-}
-void winogradOutputGeneric(const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
-{
-    winogradOutputImpl(m, ms, nt, b, y0, y1, c);
-}
-
-void winogradInput(GemmIsa isa, const float* const r[4], int w, int t0, int nt, float* v, size_t vs)
+void winogradInput(GemmIsa isa, const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
 {
     switch (isa)
     {
@@ -335,61 +371,71 @@ void winogradInput(GemmIsa isa, const float* const r[4], int w, int t0, int nt, 
     }
 }
 
-void winogradOutput(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* y0, float* y1, int c)
+void winogradOutput(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* const y[4], int c)
 {
     switch (isa)
     {
-    case GemmIsa::Avx512: winogradOutputAvx512(m, ms, nt, b, y0, y1, c); break;
-    case GemmIsa::Avx2: winogradOutputAvx2(m, ms, nt, b, y0, y1, c); break;
-    default: winogradOutputGeneric(m, ms, nt, b, y0, y1, c); break;
+    case GemmIsa::Avx512: winogradOutputAvx512(m, ms, nt, b, y, c); break;
+    case GemmIsa::Avx2: winogradOutputAvx2(m, ms, nt, b, y, c); break;
+    default: winogradOutputGeneric(m, ms, nt, b, y, c); break;
     }
 }
 
+// One task = one tile row x up to kWinogradTiles tiles: transform every input channel into V
+// [36][cin][tiles] (590 KB at 128 channels, in L2), then per block of mr output channels the 36
+// GEMMs into M [36][mr][tiles] (36 KB, in L1) and at once that block's output transform.
 void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, const std::vector<float>& packed,
                      float* dst, const ParallelFor& parallel)
 {
     const GemmIsa isa = gemmIsa();
     const int mr = gemmRows(isa);
     const int cin = conv.cin, cout = conv.cout;
-    const size_t perXi = static_cast<size_t>((cout + mr - 1) / mr) * cin * mr;
-    const ConvWeights shape{conv.weight, nullptr, cout, cin, 1};  // gemmTile reads cout and bias only
-    const int tileRows = (h + 1) / 2, tileCols = (w + 1) / 2;
+    const int blocks = (cout + mr - 1) / mr;
+    const size_t perPoint = static_cast<size_t>(cin) * mr;  // packed weights of one block and point
+    const int tileRows = (h + 3) / 4, tileCols = (w + 3) / 4;
     const int chunks = (tileCols + kWinogradTiles - 1) / kWinogradTiles;
     const size_t hw = static_cast<size_t>(h) * w;
     std::vector<ptrdiff_t> off(cin);
     for (int ci = 0; ci < cin; ++ci) off[ci] = static_cast<ptrdiff_t>(ci) * kWinogradTiles;
     parallel(static_cast<int64_t>(tileRows) * chunks, [&](int64_t begin, int64_t end) {
         thread_local std::vector<float> v, m;
-        v.resize(static_cast<size_t>(16) * cin * kWinogradTiles);
-        m.resize(static_cast<size_t>(16) * cout * kWinogradTiles);
+        v.resize(static_cast<size_t>(kWinogradPoints) * cin * kWinogradTiles);
+        m.resize(static_cast<size_t>(kWinogradPoints) * mr * kWinogradTiles);
         for (int64_t task = begin; task < end; ++task)
         {
             const int ty = static_cast<int>(task / chunks);
             const int t0 = static_cast<int>(task % chunks) * kWinogradTiles;
             const int nt = std::min(kWinogradTiles, tileCols - t0);
-            size_t rowOffset[4];
-            for (int r = 0; r < 4; ++r) rowOffset[r] = static_cast<size_t>(reflectIndex(2 * ty - 1 + r, h)) * w;
+            size_t rowOffset[6];
+            for (int r = 0; r < 6; ++r) rowOffset[r] = static_cast<size_t>(tileIndex(4 * ty - 1 + r, h)) * w;
             const size_t vs = static_cast<size_t>(cin) * kWinogradTiles;
             for (int ci = 0; ci < cin; ++ci)
             {
                 const float* plane = src + ci * hw;
-                const float* const rows[4] = {plane + rowOffset[0], plane + rowOffset[1], plane + rowOffset[2],
-                                              plane + rowOffset[3]};
+                const float* const rows[6] = {plane + rowOffset[0], plane + rowOffset[1], plane + rowOffset[2],
+                                              plane + rowOffset[3], plane + rowOffset[4], plane + rowOffset[5]};
                 winogradInput(isa, rows, w, t0, nt, v.data() + static_cast<size_t>(ci) * kWinogradTiles, vs);
             }
-            for (int xi = 0; xi < 16; ++xi)
-                gemmTile(isa, packed.data() + xi * perXi, shape, cin,
-                         v.data() + static_cast<size_t>(xi) * cin * kWinogradTiles, off.data(), nt,
-                         m.data() + static_cast<size_t>(xi) * cout * kWinogradTiles, kWinogradTiles);
-            const size_t ms = static_cast<size_t>(cout) * kWinogradTiles;
-            const int y = 2 * ty;
-            const int cols = std::min(w - 2 * t0, 2 * nt);
-            for (int co = 0; co < cout; ++co)
+            const int y0 = 4 * ty;
+            const int cols = std::min(w - 4 * t0, 4 * nt);
+            const size_t ms = static_cast<size_t>(mr) * kWinogradTiles;
+            for (int b = 0; b < blocks; ++b)
             {
-                float* out0 = dst + co * hw + static_cast<size_t>(y) * w + 2 * t0;
-                float* out1 = y + 1 < h ? out0 + w : nullptr;
-                const float* mc = m.data() + static_cast<size_t>(co) * kWinogradTiles;
-                winogradOutput(isa, mc, ms, nt, conv.bias ? conv.bias[co] : 0.f, out0, out1, cols);
+                const int co0 = b * mr, rows = std::min(mr, cout - co0);
+                const ConvWeights shape{conv.weight, nullptr, rows, cin, 1};  // gemmTile reads cout and bias only
+                for (int xi = 0; xi < kWinogradPoints; ++xi)
+                    gemmTile(isa, packed.data() + (static_cast<size_t>(b) * kWinogradPoints + xi) * perPoint, shape,
+                             cin, v.data() + static_cast<size_t>(xi) * cin * kWinogradTiles, off.data(), nt,
+                             m.data() + xi * ms, kWinogradTiles);
+                for (int r = 0; r < rows; ++r)
+                {
+                    const int co = co0 + r;
+                    float* y[4];
+                    for (int i = 0; i < 4; ++i)
+                        y[i] = y0 + i < h ? dst + co * hw + static_cast<size_t>(y0 + i) * w + 4 * t0 : nullptr;
+                    winogradOutput(isa, m.data() + static_cast<size_t>(r) * kWinogradTiles, ms, nt,
+                                   conv.bias ? conv.bias[co] : 0.f, y, cols);
+                }
             }
         }
     });
@@ -555,36 +601,37 @@ namespace {
 typedef float Vec8f __attribute__((vector_size(32)));
 typedef double Vec8d __attribute__((vector_size(64)));
 
-// Sum and sum of squared deviations from `mean` of n floats, in double, with 8 lane accumulators
-// combined in a fixed order (the order depends on n only, never on threads).
-NAF_ALWAYS_INLINE inline double sumImpl(const float* p, size_t n, double mean, bool squares)
+// Sums of d = p[i] - shift and of d^2 over n floats in one pass, in double, with 8 lane accumulators
+// combined in a fixed order (the order depends on n only, never on threads). The caller shifts by
+// a value of the data, so the variance sum/n - (sum/n)^2 does not cancel: its relative error is
+// ~1e-16 x (mean - shift)^2 / variance.
+NAF_ALWAYS_INLINE inline void shiftedSumsImpl(const float* p, size_t n, double shift, double* sum, double* squares)
 {
-    Vec8d acc = {};
-    const Vec8d m = Vec8d{} + mean;
+    Vec8d acc = {}, acc2 = {};
+    const Vec8d m = Vec8d{} + shift;
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
     {
         Vec8f f;
         std::memcpy(&f, p + i, sizeof f);
-        const Vec8d d = __builtin_convertvector(f, Vec8d);
-        if (squares)
-        {
-            const Vec8d e = d - m;
-            acc += e * e;
-        }
-        else
-        {
-            acc += d;
-        }
+        const Vec8d d = __builtin_convertvector(f, Vec8d) - m;
+        acc += d;
+        acc2 += d * d;
     }
-    double total = 0;
-    for (int l = 0; l < 8; ++l) total += acc[l];
+    double total = 0, total2 = 0;
+    for (int l = 0; l < 8; ++l)
+    {
+        total += acc[l];
+        total2 += acc2[l];
+    }
     for (; i < n; ++i)
     {
-        const double d = squares ? p[i] - mean : p[i];
-        total += squares ? d * d : d;
+        const double d = p[i] - shift;
+        total += d;
+        total2 += d * d;
     }
-    return total;
+    *sum = total;
+    *squares = total2;
 }
 
 // p[i] = silu(p[i] * scale + shift), vectorized with expVec16 (the tail with the same formula).
@@ -612,18 +659,30 @@ NAF_ALWAYS_INLINE inline void affineSiLUImpl(float* p, size_t n, float scale, fl
     }
 }
 
-NAF_TARGET_AVX512 double sumAvx512(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
-NAF_TARGET_AVX2 double sumAvx2(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
-double sumGeneric(const float* p, size_t n, double mean, bool sq) { return sumImpl(p, n, mean, sq); }
+NAF_TARGET_AVX512 void shiftedSumsAvx512(const float* p, size_t n, double shift, double* s, double* s2)
+{
+    shiftedSumsImpl(p, n, shift, s, s2);
+}
+NAF_TARGET_AVX2 void shiftedSumsAvx2(const float* p, size_t n, double shift, double* s, double* s2)
+{
+    shiftedSumsImpl(p, n, shift, s, s2);
+}
+void shiftedSumsGeneric(const float* p, size_t n, double shift, double* s, double* s2)
+{
+    shiftedSumsImpl(p, n, shift, s, s2);
+}
 NAF_TARGET_AVX512 void affineSiLUAvx512(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
 NAF_TARGET_AVX2 void affineSiLUAvx2(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
 void affineSiLUGeneric(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
 
-double sumFloats(const float* p, size_t n, double mean, bool squares)
+void shiftedSums(const float* p, size_t n, double shift, double* sum, double* squares)
 {
-    if (cpuHasAvx512f()) return sumAvx512(p, n, mean, squares);
-    if (cpuHasAvx2Fma()) return sumAvx2(p, n, mean, squares);
-    return sumGeneric(p, n, mean, squares);
+    if (cpuHasAvx512f())
+        shiftedSumsAvx512(p, n, shift, sum, squares);
+    else if (cpuHasAvx2Fma())
+        shiftedSumsAvx2(p, n, shift, sum, squares);
+    else
+        shiftedSumsGeneric(p, n, shift, sum, squares);
 }
 
 void affineSiLU(float* p, size_t n, float scale, float shift)
@@ -653,8 +712,13 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
         {
             const float* base = data + static_cast<size_t>(g) * perGroup * hw;
             const size_t n = static_cast<size_t>(perGroup) * hw;
-            const double m = sumFloats(base, n, 0.0, false) / static_cast<double>(n);
-            const double var = sumFloats(base, n, m, true) / static_cast<double>(n);  // biased, as GroupNorm
+            // One pass over the group (two passes cost ~4 % of the encoder), shifted by its first value.
+            const double shift = base[0];
+            double sum = 0, squares = 0;
+            shiftedSums(base, n, shift, &sum, &squares);
+            const double offset = sum / static_cast<double>(n);
+            const double m = shift + offset;
+            const double var = std::max(0.0, squares / static_cast<double>(n) - offset * offset);  // biased, as GroupNorm
             mean[g] = static_cast<float>(m);
             invStd[g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
         }

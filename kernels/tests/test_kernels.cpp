@@ -156,8 +156,9 @@ TEST(Kernels, ConvReflectMatchesDirectConvolution)
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
 
-// Wide 3x3 convolutions take the Winograd F(2x2, 3x3) path (>= 32 input channels, both sides >= 4):
-// odd and even sizes (partial last tiles), more tiles than one task holds, against the direct
+// Wide 3x3 convolutions take the Winograd F(4x4, 3x3) path (>= 32 input channels, both sides >= 4):
+// every size modulo the 4x4 tile on both axes (partial last tiles), more tiles than one task holds
+// (32 tiles = 128 columns), output channels not a multiple of the GEMM block, against the direct
 // sum in double; and bit-identical for any thread split.
 TEST(Kernels, WinogradConvMatchesDirectConvolution)
 {
@@ -165,7 +166,8 @@ TEST(Kernels, WinogradConvMatchesDirectConvolution)
     {
         int cin, cout, h, w;
     };
-    for (const Case c : {Case{32, 7, 4, 4}, Case{40, 12, 9, 13}, Case{33, 9, 5, 4}, Case{64, 17, 7, 150}})
+    for (const Case c : {Case{32, 7, 4, 4}, Case{40, 12, 9, 13}, Case{33, 9, 5, 4}, Case{64, 17, 7, 150},
+                         Case{48, 10, 6, 135}, Case{128, 16, 11, 7}})
     {
         const int k = 3;
         const auto src = randomUniform(c.cin * c.h * c.w, 11);
@@ -195,7 +197,10 @@ TEST(Kernels, WinogradConvMatchesDirectConvolution)
                     // fp32 rounding of a sum of cin*9 terms, relative to the sum of their magnitudes.
                     worst = std::max(worst, std::fabs(got - acc) / mag);
                 }
-        EXPECT_LT(worst, 2e-6) << "cin " << c.cin << " " << c.h << "x" << c.w;
+        std::cout << "  Winograd worst error / magnitude sum, cin " << c.cin << " " << c.h << "x" << c.w << ": " << worst << "\n";
+        // F(4x4)'s rounding reaches 1.6e-6 on these cases (F(2x2)'s stayed under 1e-7); one
+        // transform coefficient off by 0.1 % gives 4e-5.
+        EXPECT_LT(worst, 3e-6) << "cin " << c.cin << " " << c.h << "x" << c.w;
         std::vector<float> serial(dst.size());
         conv2dReflect(src.data(), c.h, c.w, conv, serial.data(), serialParallelFor());
         EXPECT_EQ(0, std::memcmp(dst.data(), serial.data(), dst.size() * sizeof(float)));
@@ -237,8 +242,13 @@ TEST(Kernels, ConvRejectsInputTooSmallForReflectPadding)
 
 TEST(Kernels, GroupNormSiLUMatchesReference)
 {
+    // Statistics are one shifted pass; the reference is the two-pass textbook form. The offset case
+    // has a mean 20x its spread, where the shift matters.
+    for (const float offset : {0.f, 40.f})
+    {
     const int c = 12, h = 5, w = 7, groups = 3;
-    const auto src = randomUniform(c * h * w, 7, -2.f, 3.f);
+    auto src = randomUniform(c * h * w, 7, -2.f, 3.f);
+    for (float& v : src) v += offset;
     const auto gamma = randomUniform(c, 8, 0.5f, 1.5f), beta = randomUniform(c, 9);
     std::vector<float> data = src;
     groupNormSiLU(data.data(), c, h, w, groups, gamma.data(), beta.data(), 1e-5f, pool());
@@ -254,8 +264,9 @@ TEST(Kernels, GroupNormSiLUMatchesReference)
         {
             const int ch = g * per + i / (h * w);
             const double v = (src[g * n + i] - mean) / std::sqrt(var + 1e-5) * gamma[ch] + beta[ch];
-            EXPECT_NEAR(data[g * n + i], v / (1 + std::exp(-v)), 1e-5);
+            ASSERT_NEAR(data[g * n + i], v / (1 + std::exp(-v)), 1e-5) << "offset " << offset;
         }
+    }
     }
 }
 

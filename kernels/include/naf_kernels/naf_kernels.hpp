@@ -132,8 +132,8 @@ void resizeBilinear(const float* src, int planes, int srcH, int srcW, float* dst
                     const ParallelFor& parallel);
 
 /// Stride-1 convolution with reflect padding k/2 (k odd), plus bias: src [cin,h,w] -> dst [cout,h,w].
-/// 3x3 convolutions with >= 32 input channels (both sides >= 4) use Winograd F(2x2, 3x3): the
-/// same result up to fp32 rounding (~1e-7 of the sum of the terms' magnitudes). With `cache`,
+/// 3x3 convolutions with >= 32 input channels (both sides >= 4) use Winograd F(4x4, 3x3): the
+/// same result up to fp32 rounding (~1e-6 of the sum of the terms' magnitudes). With `cache`,
 /// the packed weights are kept there and reused by later calls with the same weights.
 void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel,
                    std::vector<PackedConvWeights>* cache = nullptr);

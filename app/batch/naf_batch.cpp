@@ -24,6 +24,10 @@ options:
   --size N           output long side in pixels, default 448
   --kmeans K         clusters of the k-means panel, 0 = none, default 6
   --weights FILE     NAF weights (default: cv::naf default weights)
+  --backend NAME     where NAF runs: auto (CUDA when available, else CPU), cpu, cuda; default auto
+                     (the VFM always runs on cv::dnn's CPU backend)
+  --gpu-precision P  NAF's image encoder on CUDA: fp32, tf32, fp16; default fp32
+                     (the CPU backend ignores it and computes in float32)
   --jobs N           images processed at once, default 1
   --shard I/N        process only shard I of N (items I, I+N, ...), e.g. one per array-job task
   --force            recompute images that are already done
@@ -90,6 +94,8 @@ int main(int argc, char** argv)
             else if (key == "--size") options.settings.outputLongSide = std::stoi(value());
             else if (key == "--kmeans") options.kmeansClusters = std::stoi(value());
             else if (key == "--weights") options.settings.nafWeightsPath = value();
+            else if (key == "--backend") options.settings.nafBackend = naf_app::nafBackendFromName(value());
+            else if (key == "--gpu-precision") options.settings.gpuPrecision = naf_app::gpuPrecisionFromName(value());
             else if (key == "--jobs") options.jobs = std::stoi(value());
             else if (key == "--shard") naf_app::parseShard(value(), options.shardIndex, options.shardCount);
             else if (key == "--force") options.force = true;

@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
+
+#include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -38,6 +42,41 @@ std::string readAll(const fs::path& p)
 void writeText(const fs::path& p, const std::string& text)
 {
     std::ofstream(p, std::ios::binary) << text;
+}
+
+// The message of the cv::Exception `f` throws; empty when it throws none.
+std::string errorOf(const std::function<void()>& f)
+{
+    try
+    {
+        f();
+    }
+    catch (const cv::Exception& e)
+    {
+        return e.err;
+    }
+    return std::string();
+}
+
+struct CommandResult
+{
+    int exitCode = -1;
+    std::string output;  ///< stdout and stderr
+};
+
+// Runs the naf_batch executable with these arguments (each quoted for the shell).
+CommandResult runNafBatch(const std::vector<std::string>& args)
+{
+    std::string command = std::string("'") + NAF_BATCH_PATH + "'";
+    for (const std::string& a : args) command += " '" + a + "'";
+    CommandResult result;
+    FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+    if (!pipe) return result;
+    char buffer[4096];
+    for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) result.output.append(buffer, n);
+    const int status = ::pclose(pipe);
+    result.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return result;
 }
 
 // A safetensors file with the given tensors and metadata (the module's writer).
@@ -334,4 +373,152 @@ TEST(AppPipeline, PixelInspectionAttentionIsTheWindowsSoftmax)
     EXPECT_EQ(attention.size(), result.outputSize);
     EXPECT_THROW(naf_app::inspectPixel(result, *naf, cv::Point(96, 0), cv::naf::UPSAMPLE_NAF), cv::Exception);
     EXPECT_THROW(naf_app::inspectPixel(result, *naf, pixel, cv::naf::UPSAMPLE_BICUBIC), cv::Exception);
+}
+
+TEST(AppPipeline, NafBackendAndGpuPrecisionNamesAndRefusals)
+{
+    for (int backend : {cv::naf::BACKEND_AUTO, cv::naf::BACKEND_CPU, cv::naf::BACKEND_CUDA})
+        EXPECT_EQ(naf_app::nafBackendFromName(naf_app::nafBackendName(backend)), backend);
+    for (int precision : {cv::naf::GPU_PRECISION_FP32, cv::naf::GPU_PRECISION_TF32, cv::naf::GPU_PRECISION_FP16})
+        EXPECT_EQ(naf_app::gpuPrecisionFromName(naf_app::gpuPrecisionName(precision)), precision);
+    EXPECT_EQ(naf_app::nafBackendFromName("cpu"), cv::naf::BACKEND_CPU);
+    EXPECT_EQ(naf_app::gpuPrecisionFromName("fp16"), cv::naf::GPU_PRECISION_FP16);
+
+    // Unknown names: the value and the accepted names in the message.
+    std::string message = errorOf([] { naf_app::nafBackendFromName("gpu"); });
+    EXPECT_NE(message.find("'gpu'"), std::string::npos) << message;
+    EXPECT_NE(message.find("auto, cpu, cuda"), std::string::npos) << message;
+    message = errorOf([] { naf_app::gpuPrecisionFromName("bf16"); });
+    EXPECT_NE(message.find("'bf16'"), std::string::npos) << message;
+    EXPECT_NE(message.find("fp32, tf32, fp16"), std::string::npos) << message;
+
+    // Settings built in code are validated too.
+    naf_app::PipelineSettings settings;
+    settings.nafBackend = 7;
+    message = errorOf([&] { naf_app::Pipeline::validate(settings); });
+    EXPECT_NE(message.find("NAF backend 7"), std::string::npos) << message;
+    settings.nafBackend = cv::naf::BACKEND_CPU;
+    settings.gpuPrecision = -1;
+    message = errorOf([&] { naf_app::Pipeline::validate(settings); });
+    EXPECT_NE(message.find("GPU precision -1"), std::string::npos) << message;
+
+    // CUDA where there is none: the module's own refusal, up front.
+    settings.gpuPrecision = cv::naf::GPU_PRECISION_FP16;
+    settings.nafBackend = cv::naf::BACKEND_CUDA;
+    message = errorOf([&] { naf_app::Pipeline::validate(settings); });
+    if (cv::naf::isCudaAvailable())
+        EXPECT_EQ(message, "");
+    else
+        EXPECT_NE(message.find("cv::naf::NAF::setBackend: CUDA requested but not available"), std::string::npos)
+            << message;
+}
+
+// The CPU backend ignores the GPU precision (float32 always, opencv2/naf.hpp): the pipeline's
+// NAF object gets each setting, and the features are the same bits for every one.
+TEST(AppPipeline, CpuBackendComputesTheSameBitsForEveryGpuPrecision)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const cv::Mat bgr = cv::imread(app_test::sampleImage("coco_000000000285_bear.jpg"));
+    naf_app::PipelineSettings settings;
+    settings.vfmName = app_test::vfmName();
+    settings.outputLongSide = 128;
+    settings.methods = {cv::naf::UPSAMPLE_NAF};
+    settings.nafBackend = cv::naf::BACKEND_CPU;
+    naf_app::Pipeline pipeline;
+    cv::Mat lowRes32, features32;
+    for (int precision : {cv::naf::GPU_PRECISION_FP32, cv::naf::GPU_PRECISION_TF32, cv::naf::GPU_PRECISION_FP16})
+    {
+        const std::string name = naf_app::gpuPrecisionName(precision);
+        settings.gpuPrecision = precision;
+        const naf_app::PipelineResult r = pipeline.run(bgr, settings);
+        const cv::Ptr<cv::naf::NAF> naf = pipeline.naf(settings.nafWeightsPath);
+        EXPECT_EQ(naf->getBackend(), cv::naf::BACKEND_CPU) << name;
+        EXPECT_EQ(naf->getGpuPrecision(), precision) << name;
+        EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CPU) << name;
+        EXPECT_EQ(r.settings.gpuPrecision, precision) << name;
+        EXPECT_NE(r.device.find("NAF: CPU, "), std::string::npos) << r.device;
+        const cv::Mat& features = r.upsampled.at(cv::naf::UPSAMPLE_NAF);
+        if (precision == cv::naf::GPU_PRECISION_FP32)
+        {
+            lowRes32 = r.lowRes;
+            features32 = features;
+            continue;
+        }
+        ASSERT_EQ(cv::norm(r.lowRes, lowRes32, cv::NORM_INF), 0.0) << "the VFM's features differ between runs";
+        EXPECT_EQ(cv::norm(features, features32, cv::NORM_INF), 0.0) << name << " changed the CPU result";
+    }
+}
+
+TEST(AppBatchCommand, UnknownBackendOrPrecisionIsRefusedBeforeAnyWork)
+{
+    const CommandResult help = runNafBatch({"--help"});
+    EXPECT_EQ(help.exitCode, 0);
+    EXPECT_NE(help.output.find("--backend NAME"), std::string::npos) << help.output;
+    EXPECT_NE(help.output.find("--gpu-precision P"), std::string::npos) << help.output;
+
+    const fs::path dir = freshDir("badoptions");
+    const fs::path out = dir / "out";
+    const std::string image = app_test::sampleImage("coco_000000000285_bear.jpg");
+    struct Case
+    {
+        std::vector<std::string> option;
+        std::string value, accepted;
+    };
+    const Case cases[] = {{{"--backend", "gpu"}, "'gpu'", "auto, cpu, cuda"},
+                          {{"--backend=CPU"}, "'CPU'", "auto, cpu, cuda"},
+                          {{"--gpu-precision", "fp8"}, "'fp8'", "fp32, tf32, fp16"},
+                          {{"--gpu-precision="}, "''", "fp32, tf32, fp16"}};
+    for (const Case& c : cases)
+    {
+        std::vector<std::string> args = {image, "--out", out.string()};
+        args.insert(args.end(), c.option.begin(), c.option.end());
+        const CommandResult r = runNafBatch(args);
+        EXPECT_EQ(r.exitCode, 2) << c.option[0] << ": " << r.output;
+        EXPECT_NE(r.output.find(c.value), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find(c.accepted), std::string::npos) << r.output;
+        EXPECT_FALSE(fs::exists(out)) << c.option[0] << " wrote " << out;
+    }
+
+    if (!cv::naf::isCudaAvailable())
+    {
+        const CommandResult r = runNafBatch({image, "--out", out.string(), "--backend", "cuda"});
+        EXPECT_EQ(r.exitCode, 2) << r.output;
+        EXPECT_NE(r.output.find("CUDA requested but not available"), std::string::npos) << r.output;
+        EXPECT_FALSE(fs::exists(out)) << "--backend cuda wrote " << out;
+    }
+    fs::remove_all(dir);
+}
+
+TEST(AppBatchCommand, BackendAndPrecisionAreRecordedAndPartOfTheSettings)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const fs::path dir = freshDir("backendoptions");
+    const fs::path out = dir / "out";
+    const std::vector<std::string> args = {app_test::sampleImage("coco_000000000285_bear.jpg"), "--out", out.string(),
+                                           "--vfm", app_test::vfmName(), "--methods", "naf", "--size", "128",
+                                           "--kmeans", "0", "--backend", "cpu", "--gpu-precision", "fp16"};
+    const CommandResult first = runNafBatch(args);
+    ASSERT_EQ(first.exitCode, 0) << first.output;
+    EXPECT_NE(first.output.find("1 computed"), std::string::npos) << first.output;
+
+    const nlohmann::json manifest = nlohmann::json::parse(readAll(out / "manifest.json"));
+    EXPECT_EQ(manifest["settings"]["naf_backend"], "cpu");
+    EXPECT_EQ(manifest["settings"]["gpu_precision"], "fp16");
+    const std::string recordText = readAll(out / "coco_000000000285_bear.json");
+    const nlohmann::json record = nlohmann::json::parse(recordText);
+    EXPECT_EQ(record["settings"], manifest["settings"]);
+    // The CPU ran it (the precision only applies on CUDA).
+    EXPECT_EQ(record["device"].get<std::string>().rfind("NAF: CPU, ", 0), 0u) << record["device"];
+
+    // The same options again: already done. Another precision: due again (on CUDA it changes the output).
+    const CommandResult again = runNafBatch(args);
+    EXPECT_EQ(again.exitCode, 0) << again.output;
+    EXPECT_NE(again.output.find("0 computed, 1 already done"), std::string::npos) << again.output;
+    nlohmann::json otherPrecision = record["settings"];
+    otherPrecision["gpu_precision"] = "tf32";
+    EXPECT_FALSE(naf_app::recordedOutputs(recordText, record["settings"].dump(), record["input_stamp"].dump()).empty());
+    EXPECT_TRUE(naf_app::recordedOutputs(recordText, otherPrecision.dump(), record["input_stamp"].dump()).empty());
+    fs::remove_all(dir);
 }

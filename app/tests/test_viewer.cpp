@@ -4,6 +4,7 @@
 #include <QComboBox>
 #include <QDir>
 #include <QMimeData>
+#include <QProcess>
 #include <QScrollBar>
 #include <QSettings>
 #include <QUrl>
@@ -138,6 +139,74 @@ private slots:
         }
         if (previous.isNull()) qunsetenv("NAF_VFM_REGISTRY");
         else qputenv("NAF_VFM_REGISTRY", previous);
+    }
+
+    void nafBackendAndPrecisionChoices()
+    {
+        MainWindow window;
+        auto* backendBox = window.findChild<QComboBox*>("backendBox");
+        auto* precisionBox = window.findChild<QComboBox*>("gpuPrecisionBox");
+        QVERIFY(backendBox && precisionBox);
+        QCOMPARE(backendBox->count(), 3);
+        QCOMPARE(precisionBox->count(), 3);
+        QCOMPARE(backendBox->currentData().toInt(), int(cv::naf::BACKEND_AUTO));
+        QCOMPARE(precisionBox->currentData().toInt(), int(cv::naf::GPU_PRECISION_FP32));
+        window.setNafBackend(cv::naf::BACKEND_CPU);
+        window.setGpuPrecision(cv::naf::GPU_PRECISION_FP16);
+        QCOMPARE(backendBox->currentData().toInt(), int(cv::naf::BACKEND_CPU));
+        QCOMPARE(precisionBox->currentData().toInt(), int(cv::naf::GPU_PRECISION_FP16));
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        window.setGpuPrecision(7);  // not a GpuPrecision: a dialog, the choice stays
+        QCOMPARE(errors.count(), 1);
+        QCOMPARE(precisionBox->currentData().toInt(), int(cv::naf::GPU_PRECISION_FP16));
+
+        // The command line refuses unknown names before any window, naming the value and the choices.
+        for (const QStringList& args : {QStringList{"--backend", "gpu"}, QStringList{"--gpu-precision", "fp8"}})
+        {
+            QProcess viewer;
+            viewer.start(NAF_VIEWER_PATH, args);
+            QVERIFY(viewer.waitForFinished(60000));
+            const QString output = QString::fromUtf8(viewer.readAllStandardError());
+            QCOMPARE(viewer.exitCode(), 2);
+            QVERIFY2(output.contains("'" + args[1] + "'"), qPrintable(output));
+            const char* accepted = args[0] == "--backend" ? "auto, cpu, cuda" : "fp32, tf32, fp16";
+            QVERIFY2(output.contains(accepted), qPrintable(output));
+        }
+
+        if (cv::naf::isCudaAvailable()) QSKIP("CUDA is available here: nothing to refuse");
+        // CUDA where there is none: Run is refused with the module's message; the window keeps working.
+        QVERIFY(window.openImage(bear_));
+        errors.clear();
+        window.setNafBackend(cv::naf::BACKEND_CUDA);
+        QVERIFY(!window.startRun());
+        QVERIFY(!window.isRunning());
+        QCOMPARE(errors.count(), 1);
+        QVERIFY2(window.lastError().contains("CUDA requested but not available"), qPrintable(window.lastError()));
+    }
+
+    void cpuBackendWithFp16RunsAndInspects()
+    {
+        REQUIRE_VFM();
+        MainWindow window;
+        window.setVfm(QString::fromStdString(app_test::vfmName()));
+        window.setOutputLongSide(128);
+        window.setNafBackend(cv::naf::BACKEND_CPU);
+        window.setGpuPrecision(cv::naf::GPU_PRECISION_FP16);
+        QVERIFY(window.openImage(bear_));
+        QSignalSpy finished(&window, &MainWindow::runFinished);
+        QVERIFY(window.startRun());
+        QVERIFY(finished.wait(120000));
+        QCOMPARE(finished.first().first().toBool(), true);
+        // The worker computed with the chosen settings; the CPU ran NAF (it ignores the precision).
+        QCOMPARE(window.result()->settings.nafBackend, int(cv::naf::BACKEND_CPU));
+        QCOMPARE(window.result()->settings.gpuPrecision, int(cv::naf::GPU_PRECISION_FP16));
+        QVERIFY2(window.statusText().contains("NAF: CPU, "), qPrintable(window.statusText()));
+        // The pixel inspection runs NAF with the same settings.
+        QSignalSpy inspected(&window, &MainWindow::inspectionFinished);
+        window.inspectPixel(QPoint(40, 40));
+        QVERIFY(inspected.wait(60000));
+        QCOMPARE(inspected.first().first().toBool(), true);
+        QCOMPARE(window.attentionImage().size(), window.panelImage(0).size());
     }
 
     void tooLargeOutputIsRefused()

@@ -23,6 +23,11 @@ int main(int argc, char** argv)
     const QCommandLineOption openOpt("open", "Image to open.", "file");
     const QCommandLineOption vfmOpt("vfm", "Registry model to select.", "name");
     const QCommandLineOption sizeOpt("size", "Output long side in pixels.", "pixels");
+    const QCommandLineOption backendOpt("backend", "Where NAF runs: auto (CUDA when available, else CPU), cpu, cuda.",
+                                        "name");
+    const QCommandLineOption precisionOpt("gpu-precision",
+                                          "NAF's image encoder on CUDA: fp32, tf32, fp16 (the CPU backend ignores it).",
+                                          "precision");
     const QCommandLineOption runOpt("run", "Run as soon as the image is open.");
     const QCommandLineOption clickOpt("click", "After the run, inspect this output pixel.", "x,y");
     const QCommandLineOption panelsOpt("panels", "Panel contents, e.g. image,naf,attention (image, lowres, <method>, "
@@ -31,8 +36,22 @@ int main(int argc, char** argv)
                                      "png");
     const QCommandLineOption geometryOpt("window-size", "Window size WxH.", "WxH");
     const QCommandLineOption checkOpt("check-model", "Only check that the --vfm model can run: exit 0, or 77 with the reason.");
-    parser.addOptions({openOpt, vfmOpt, sizeOpt, runOpt, clickOpt, panelsOpt, shotOpt, geometryOpt, checkOpt});
+    parser.addOptions({openOpt, vfmOpt, sizeOpt, backendOpt, precisionOpt, runOpt, clickOpt, panelsOpt, shotOpt,
+                       geometryOpt, checkOpt});
     parser.process(app);
+    // Names are checked before the window opens: a typo ends here with the accepted names.
+    int nafBackend = cv::naf::BACKEND_AUTO, gpuPrecision = cv::naf::GPU_PRECISION_FP32;
+    try
+    {
+        if (parser.isSet(backendOpt)) nafBackend = naf_app::nafBackendFromName(parser.value(backendOpt).toStdString());
+        if (parser.isSet(precisionOpt))
+            gpuPrecision = naf_app::gpuPrecisionFromName(parser.value(precisionOpt).toStdString());
+    }
+    catch (const cv::Exception& e)
+    {
+        std::cerr << "naf_viewer: " << e.err << "\n";
+        return 2;
+    }
     if (parser.isSet(checkOpt))
     {
         const std::string name = parser.value(vfmOpt).toStdString();
@@ -64,6 +83,8 @@ int main(int argc, char** argv)
         window.resize(1500, 820);
     if (parser.isSet(vfmOpt)) window.setVfm(parser.value(vfmOpt));
     if (parser.isSet(sizeOpt)) window.setOutputLongSide(parser.value(sizeOpt).toInt());
+    window.setNafBackend(nafBackend);
+    window.setGpuPrecision(gpuPrecision);
     if (parser.isSet(panelsOpt))
     {
         const QStringList names = parser.value(panelsOpt).split(',');
@@ -131,8 +152,9 @@ int main(int argc, char** argv)
     if (parser.isSet(openOpt))
     {
         const bool opened = window.openImage(parser.value(openOpt));
-        if (opened && parser.isSet(runOpt)) window.startRun();
-        if (!opened && !shot.isEmpty()) grabAndQuit();
+        const bool refused = opened && parser.isSet(runOpt) && !window.startRun();  // e.g. CUDA where there is none
+        if (refused) std::cerr << "naf_viewer: run refused: " << window.lastError().toStdString() << "\n";
+        if ((!opened || refused) && !shot.isEmpty()) grabAndQuit();
     }
     else if (!shot.isEmpty())
         grabAndQuit();

@@ -143,6 +143,24 @@ void MainWindow::buildUi()
     sizeBox_->setValue(448);
     sizeBox_->setSuffix(" px");
     bar->addWidget(sizeBox_);
+    bar->addWidget(new QLabel("  NAF on "));
+    backendBox_ = new QComboBox;
+    backendBox_->setObjectName("backendBox");
+    backendBox_->addItem("auto", cv::naf::BACKEND_AUTO);
+    backendBox_->addItem("CPU", cv::naf::BACKEND_CPU);
+    backendBox_->addItem("CUDA", cv::naf::BACKEND_CUDA);
+    backendBox_->setToolTip(QString("Where NAF runs; auto: CUDA when available, else CPU (here: %1). "
+                                    "The VFM always runs on cv::dnn's CPU backend.")
+                                .arg(cv::naf::isCudaAvailable() ? "CUDA" : "CPU"));
+    bar->addWidget(backendBox_);
+    bar->addWidget(new QLabel("  GPU precision "));
+    precisionBox_ = new QComboBox;
+    precisionBox_->setObjectName("gpuPrecisionBox");
+    precisionBox_->addItem("FP32", cv::naf::GPU_PRECISION_FP32);
+    precisionBox_->addItem("TF32", cv::naf::GPU_PRECISION_TF32);
+    precisionBox_->addItem("FP16", cv::naf::GPU_PRECISION_FP16);
+    precisionBox_->setToolTip("Precision of NAF's image encoder on CUDA; the CPU backend ignores it (float32)");
+    bar->addWidget(precisionBox_);
     bar->addSeparator();
     runButton_ = new QPushButton("Run");
     runButton_->setObjectName("runButton");
@@ -358,12 +376,31 @@ void MainWindow::setVfm(const QString& name)
 
 void MainWindow::setOutputLongSide(int pixels) { sizeBox_->setValue(pixels); }
 
+void MainWindow::setNafBackend(int backend)
+{
+    const int index = backendBox_->findData(backend);
+    if (index >= 0) backendBox_->setCurrentIndex(index);
+    else
+        showError("Unknown NAF backend", QString("%1 is not a cv::naf::Backend (auto 0, CPU 1, CUDA 2).").arg(backend));
+}
+
+void MainWindow::setGpuPrecision(int precision)
+{
+    const int index = precisionBox_->findData(precision);
+    if (index >= 0) precisionBox_->setCurrentIndex(index);
+    else
+        showError("Unknown GPU precision",
+                  QString("%1 is not a cv::naf::GpuPrecision (FP32 0, TF32 1, FP16 2).").arg(precision));
+}
+
 naf_app::PipelineSettings MainWindow::currentSettings() const
 {
     naf_app::PipelineSettings s;
     s.vfmName = vfmBox_->currentData().toString().toStdString();
     s.outputLongSide = sizeBox_->value();
     s.methods.assign(std::begin(kMethods), std::end(kMethods));
+    s.nafBackend = backendBox_->currentData().toInt();
+    s.gpuPrecision = precisionBox_->currentData().toInt();
     return s;
 }
 
@@ -386,6 +423,8 @@ bool MainWindow::startRun()
     // Refuse sizes whose feature maps cannot fit: one map per method plus scratch, 4 bytes a value.
     try
     {
+        // Refused here rather than in the worker: e.g. CUDA where there is none (the module's message).
+        naf_app::Pipeline::validate(settings);
         const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
         const cv::Size out = naf_app::outputSizeFor(image_.size(), settings.outputLongSide);
         const double bytes = 4.0 * std::max(1, spec.channels) * out.area() * (settings.methods.size() + 2);
@@ -616,17 +655,16 @@ void MainWindow::inspectPixel(QPoint pixel)
         return;
     }
     pixelLabel_->setText(QString("Pixel (%1, %2): computing...").arg(pixel.x()).arg(pixel.y()));
-    if (!inspectNaf_)
+    try
     {
-        try
-        {
-            inspectNaf_ = cv::naf::NAF::create(currentSettings().nafWeightsPath);
-        }
-        catch (const std::exception& e)
-        {
-            showError("Cannot load NAF", errorText(e));
-            return;
-        }
+        if (!inspectNaf_) inspectNaf_ = cv::naf::NAF::create(currentSettings().nafWeightsPath);
+        // The attention shown is that of the run's features: same backend and precision.
+        naf_app::configureNaf(*inspectNaf_, run_.result->settings);
+    }
+    catch (const std::exception& e)
+    {
+        showError("Cannot set up NAF", errorText(e));
+        return;
     }
     const int method = run_.result->upsampled.count(cv::naf::UPSAMPLE_NAF) ? int(cv::naf::UPSAMPLE_NAF)
                                                                            : run_.result->upsampled.begin()->first;

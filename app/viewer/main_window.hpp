@@ -70,6 +70,11 @@ public:
     bool openImage(const QString& path);
     void setVfm(const QString& name);
     void setOutputLongSide(int pixels);
+    /// Where NAF runs (cv::naf::Backend) and its encoder's precision on CUDA (cv::naf::GpuPrecision),
+    /// for the next run; an unknown value shows an error dialog. Whether CUDA is usable is checked
+    /// when a run starts (startRun() then shows the module's refusal).
+    void setNafBackend(int backend);
+    void setGpuPrecision(int precision);
     /// Starts the worker for the current image and settings; false (with a dialog) if it cannot.
     bool startRun();
     void cancelRun();
@@ -123,6 +128,8 @@ private:
     // Controls.
     QComboBox* vfmBox_ = nullptr;
     QSpinBox* sizeBox_ = nullptr;
+    QComboBox* backendBox_ = nullptr;
+    QComboBox* precisionBox_ = nullptr;
     QPushButton* runButton_ = nullptr;
     QPushButton* cancelButton_ = nullptr;
     QProgressBar* progress_ = nullptr;

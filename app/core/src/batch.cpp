@@ -33,6 +33,9 @@ json settingsJson(const BatchOptions& options)
             {"output_long_side", options.settings.outputLongSide},
             {"methods", methods},
             {"naf_weights", options.settings.nafWeightsPath},
+            // Part of the settings a rerun compares: on CUDA the precision changes the output.
+            {"naf_backend", nafBackendName(options.settings.nafBackend)},
+            {"gpu_precision", gpuPrecisionName(options.settings.gpuPrecision)},
             {"kmeans_clusters", options.kmeansClusters}};
 }
 

@@ -25,7 +25,48 @@ std::string backendName(int backend)
     return backend == cv::naf::BACKEND_CUDA ? "CUDA" : "CPU";
 }
 
+// Indexed by the enum values (cv::naf::Backend, cv::naf::GpuPrecision).
+const char* const kBackendNames[] = {"auto", "cpu", "cuda"};
+const char* const kGpuPrecisionNames[] = {"fp32", "tf32", "fp16"};
+
+template <size_t N>
+std::string knownNames(const char* const (&names)[N])
+{
+    std::string all;
+    for (size_t i = 0; i < N; ++i) all += std::string(i ? ", " : "") + names[i];
+    return all;
+}
+
+template <size_t N>
+std::string nameOf(const char* const (&names)[N], int value, const char* what)
+{
+    if (value < 0 || value >= static_cast<int>(N))
+        CV_Error(cv::Error::StsOutOfRange,
+                 std::string("unknown ") + what + " " + std::to_string(value) + " (known: " + knownNames(names) + ")");
+    return names[value];
+}
+
+template <size_t N>
+int valueOf(const char* const (&names)[N], const std::string& name, const char* what)
+{
+    for (size_t i = 0; i < N; ++i)
+        if (name == names[i]) return static_cast<int>(i);
+    CV_Error(cv::Error::StsBadArg,
+             std::string("unknown ") + what + " '" + name + "' (known: " + knownNames(names) + ")");
+}
+
 }  // namespace
+
+std::string nafBackendName(int backend) { return nameOf(kBackendNames, backend, "NAF backend"); }
+int nafBackendFromName(const std::string& name) { return valueOf(kBackendNames, name, "NAF backend"); }
+std::string gpuPrecisionName(int precision) { return nameOf(kGpuPrecisionNames, precision, "GPU precision"); }
+int gpuPrecisionFromName(const std::string& name) { return valueOf(kGpuPrecisionNames, name, "GPU precision"); }
+
+void configureNaf(cv::naf::NAF& naf, const PipelineSettings& settings)
+{
+    naf.setBackend(settings.nafBackend);
+    naf.setGpuPrecision(settings.gpuPrecision);
+}
 
 double PipelineResult::totalMilliseconds() const
 {
@@ -59,6 +100,12 @@ void Pipeline::validate(const PipelineSettings& settings)
     if (settings.methods.empty()) CV_Error(cv::Error::StsBadArg, "no upsampling method chosen");
     for (int m : settings.methods) cv::naf::upsampleMethodName(m);  // throws for an unknown id
     cv::naf::VfmRegistry::find(settings.vfmName);                    // throws listing the known names
+    nafBackendName(settings.nafBackend);                             // throws for an unknown value
+    gpuPrecisionName(settings.gpuPrecision);
+    // CUDA asked for where there is none: the module's own refusal, which says why (no CUDA in
+    // this build, or no device), before any work. A random-weights object is the cheapest way to it.
+    if (settings.nafBackend == cv::naf::BACKEND_CUDA && !cv::naf::isCudaAvailable())
+        cv::naf::NAF::createRandom()->setBackend(cv::naf::BACKEND_CUDA);
 }
 
 cv::Ptr<cv::naf::VisionFoundationModel> Pipeline::vfm(const std::string& name)
@@ -115,6 +162,7 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
     };
 
     PipelineResult result;
+    result.settings = settings;
     result.image = bgr;
     result.outputSize = outputSizeFor(bgr.size(), settings.outputLongSide);
     cv::resize(bgr, result.guide, result.outputSize, 0, 0,
@@ -124,6 +172,7 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
     auto start = Clock::now();
     cv::Ptr<cv::naf::VisionFoundationModel> model = vfm(settings.vfmName);
     cv::Ptr<cv::naf::NAF> upsampler = naf(settings.nafWeightsPath);
+    configureNaf(*upsampler, settings);  // the cached object may have run with other settings
     result.vfmName = settings.vfmName;
     result.vfmDisplayName = model->getSpec().displayName;
     result.weightsInfo = upsampler->getWeightsInfo();
@@ -154,8 +203,15 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
         result.upsampled[method] = cropBlob(up, result.outputSize);
     }
     const bool usedNaf = result.upsampled.count(cv::naf::UPSAMPLE_NAF) != 0;
-    result.device = "NAF: " + (usedNaf ? backendName(upsampler->getActiveBackend()) : std::string("not run")) + ", " +
-                    std::to_string(cv::getNumThreads()) + " threads; VFM: cv::dnn CPU";
+    std::string nafDevice = "not run";
+    if (usedNaf)
+    {
+        const int active = upsampler->getActiveBackend();
+        // The precision only applies on CUDA; the CPU path always computes in float32.
+        nafDevice = backendName(active) +
+                    (active == cv::naf::BACKEND_CUDA ? " " + gpuPrecisionName(settings.gpuPrecision) : std::string());
+    }
+    result.device = "NAF: " + nafDevice + ", " + std::to_string(cv::getNumThreads()) + " threads; VFM: cv::dnn CPU";
     if (progress && !progress(1.0, "done")) throw Cancelled();
     return result;
 }

@@ -57,7 +57,9 @@ std::vector<std::string> recordedOutputs(const std::string& recordText, const st
 /// image) and `<out>/<stem>.json` (settings, timings, outputs; written last, so its presence with
 /// the same settings marks the image done). A bad image is recorded as skipped with the reason.
 /// The manifest `<out>/manifest.json` (or `manifest.shard-<i>-of-<n>.json`) lists everything.
-/// @throws cv::Exception only for bad options (unknown VFM or method, missing input path).
+/// The manifest and every record carry the settings, the NAF backend and GPU precision among them.
+/// @throws cv::Exception only for bad options (unknown VFM, method, NAF backend or GPU precision,
+/// CUDA asked for where it is unavailable, missing input path), before anything is written.
 BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress = BatchProgressFn());
 
 }  // namespace naf_app

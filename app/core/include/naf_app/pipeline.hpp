@@ -25,7 +25,22 @@ struct PipelineSettings
     std::vector<int> methods = {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
                                 cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF};
     std::string nafWeightsPath;         ///< empty: cv::naf default weights
+    int nafBackend = cv::naf::BACKEND_AUTO;           ///< cv::naf::Backend of the NAF method
+    int gpuPrecision = cv::naf::GPU_PRECISION_FP32;   ///< cv::naf::GpuPrecision (the CUDA backend's encoder)
 };
+
+/// Command-line / settings names of cv::naf::Backend: "auto", "cpu", "cuda".
+std::string nafBackendName(int backend);
+/// @throws cv::Exception naming `name` and the accepted names when it is none of them.
+int nafBackendFromName(const std::string& name);
+/// Command-line / settings names of cv::naf::GpuPrecision: "fp32", "tf32", "fp16".
+std::string gpuPrecisionName(int precision);
+/// @throws cv::Exception naming `name` and the accepted names when it is none of them.
+int gpuPrecisionFromName(const std::string& name);
+
+/// Gives `naf` the settings' backend and GPU precision (the module's setters, with their errors:
+/// BACKEND_CUDA where CUDA is unavailable throws the module's cv::Exception).
+void configureNaf(cv::naf::NAF& naf, const PipelineSettings& settings);
 
 /// Thrown by Pipeline::run() when the progress callback asked to stop.
 class Cancelled : public std::runtime_error
@@ -60,6 +75,7 @@ struct PipelineResult
     cv::naf::FeaturePca pca;             ///< fitted on lowRes, shared by every rendering
     std::vector<StageTiming> timings;
     std::string vfmName, vfmDisplayName, device, weightsInfo;
+    PipelineSettings settings;           ///< what it was computed with (device says where NAF ran)
 
     double totalMilliseconds() const;
     /// "vfm 3300 ms · nearest 2 ms · ... " for status bars and logs.
@@ -77,8 +93,9 @@ cv::Size outputSizeFor(cv::Size image, int longSide);
 class Pipeline
 {
 public:
-    /// Validates the settings (known methods, size in [16, 4096], VFM in the registry) with a
-    /// cv::Exception naming the bad value.
+    /// Validates the settings (known methods, size in [16, 4096], VFM in the registry, known NAF
+    /// backend and GPU precision, CUDA usable when asked for) with a cv::Exception naming the bad
+    /// value; a CUDA request where there is none gets the module's own refusal.
     static void validate(const PipelineSettings& settings);
 
     /// @throws cv::Exception (unreadable model, bad sizes...) or Cancelled.

@@ -87,24 +87,25 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
 {
     const int hidden = branch.stem.cout;
     const size_t plane = static_cast<size_t>(gh) * gw;
+    // Two activation buffers in turn: the stem and every conv2 write `even`, every conv1 writes
+    // `odd`. When the guide already has the output size, pooling is the identity and `even` is the
+    // branch's own slice of the queries: the last convolution lands there, and the slice serves as
+    // the second buffer until then (no convolution reads the buffer it writes), which saves one
+    // 128-channel buffer at guide resolution (2 GB at 2016x2016).
+    const bool poolIsIdentity = gh == outH && gw == outW;
     ws.bufA.resize(hidden * plane);
-    ws.bufB.resize(hidden * plane);
-    conv2dReflect(guide, gh, gw, branch.stem, ws.bufA.data(), parallel, &ws.packedConvs);
+    if (!poolIsIdentity) ws.bufB.resize(hidden * plane);
+    float* even = poolIsIdentity ? pooledOut : ws.bufB.data();
+    float* odd = ws.bufA.data();
+    conv2dReflect(guide, gh, gw, branch.stem, even, parallel, &ws.packedConvs);
     for (const EncBlockWeights& block : branch.blocks)
     {
-        groupNormSiLU(ws.bufA.data(), hidden, gh, gw, cfg.numGroups, block.norm1Gamma, block.norm1Beta, cfg.gnEps,
-                      parallel);
-        conv2dReflect(ws.bufA.data(), gh, gw, block.conv1, ws.bufB.data(), parallel, &ws.packedConvs);
-        groupNormSiLU(ws.bufB.data(), hidden, gh, gw, cfg.numGroups, block.norm2Gamma, block.norm2Beta, cfg.gnEps,
-                      parallel);
-        // When the guide already has the output size, pooling is the identity: the last
-        // convolution writes straight into the queries.
-        const bool last = &block == &branch.blocks.back();
-        float* conv2Out = last && gh == outH && gw == outW ? pooledOut : ws.bufA.data();
-        conv2dReflect(ws.bufB.data(), gh, gw, block.conv2, conv2Out, parallel, &ws.packedConvs);
-        if (conv2Out == pooledOut) return;
+        groupNormSiLU(even, hidden, gh, gw, cfg.numGroups, block.norm1Gamma, block.norm1Beta, cfg.gnEps, parallel);
+        conv2dReflect(even, gh, gw, block.conv1, odd, parallel, &ws.packedConvs);
+        groupNormSiLU(odd, hidden, gh, gw, cfg.numGroups, block.norm2Gamma, block.norm2Beta, cfg.gnEps, parallel);
+        conv2dReflect(odd, gh, gw, block.conv2, even, parallel, &ws.packedConvs);
     }
-    adaptiveAvgPool(ws.bufA.data(), hidden, gh, gw, pooledOut, outH, outW, parallel);
+    if (!poolIsIdentity) adaptiveAvgPool(even, hidden, gh, gw, pooledOut, outH, outW, parallel);
 }
 
 }  // namespace
@@ -152,7 +153,7 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     if (resize) ws.normalized.reserve(3 * imagePlane);
     ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
     ws.bufA.reserve(hidden * guidePlane);
-    ws.bufB.reserve(hidden * guidePlane);
+    if (gh != shape.outH || gw != shape.outW) ws.bufB.reserve(hidden * guidePlane);  // see runBranch
     ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.

@@ -562,6 +562,9 @@ TEST(Forward, RepeatedCallsReuseTheWorkspace)
                                                ws.keys.data()};
     const size_t bytes = ws.bytes();
     EXPECT_GT(bytes, 0u);
+    // The guide has the output size: each branch's slice of the queries is its second activation
+    // buffer, so bufB is never allocated.
+    EXPECT_EQ(ws.bufB.capacity(), 0u);
     forward(weights.cfg, weights.view, image.data(), features.data(), second.data(), shape, ws, pool());
     EXPECT_EQ(bytes, ws.bytes());
     const std::vector<const float*> after = {ws.guide.data(), ws.bufA.data(), ws.bufB.data(), ws.queries.data(),
@@ -585,6 +588,7 @@ TEST(Forward, ReservedWorkspaceIsNotGrownByForward)
     };
     const std::vector<size_t> reserved = capacities();
     EXPECT_GT(reserved[0], 0u);  // the first shape resizes its guide (90 x 70 > 4 x 20 x 16)
+    EXPECT_GT(reserved[3], 0u);  // and pools it to the output size, so it needs the second buffer
     for (const ForwardShape& shape : shapes)
     {
         const auto image = randomUniform(3 * shape.imageH * shape.imageW, 42, 0.f, 1.f);

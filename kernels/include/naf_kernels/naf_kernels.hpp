@@ -108,7 +108,8 @@ struct PackedConvWeights
 /// Reusable scratch memory of the CPU forward; keep one per concurrent caller.
 struct Workspace
 {
-    std::vector<float> normalized, guide, bufA, bufB, queries, keys;
+    std::vector<float> normalized, guide, bufA, queries, keys;
+    std::vector<float> bufB;  ///< second encoder buffer, only when the guide is not the output size
     std::vector<PackedConvWeights> packedConvs;
     size_t bytes() const;
 };

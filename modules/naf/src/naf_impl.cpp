@@ -101,7 +101,10 @@ size_t estimateCallBytes(const K::NafConfig& cfg, const std::vector<Size>& image
         K::guideSize(img.height, img.width, dstSize.height, dstSize.width, cfg.maxGuideScale, &gh, &gw);
         size_t item = checkedProduct({3, img.height, img.width, f}, what);                 // normalized image
         item = checkedSum(item, checkedProduct({3, gh, gw, f}, what), what);                // guide
-        item = checkedSum(item, checkedProduct({cfg.dim, gh, gw, f}, what), what);          // 2 x dim/2 branch buffers
+        // Encoder activations: 2 x dim/2 channels at guide size, 1 x when the guide has the output
+        // size (the queries' slice of the branch is the second buffer then).
+        const int64_t activationChannels = gh == dstSize.height && gw == dstSize.width ? cfg.dim / 2 : cfg.dim;
+        item = checkedSum(item, checkedProduct({activationChannels, gh, gw, f}, what), what);
         item = checkedSum(item, checkedProduct({cfg.dim, dstSize.height, dstSize.width, f}, what), what);  // queries
         item = checkedSum(item, checkedProduct({2 * static_cast<int64_t>(cfg.dim) + c, h, w, f}, what), what);
         item = checkedSum(item, checkedProduct({getNumThreads() + 1, cfg.dim + static_cast<int64_t>(c), dstSize.width, f}, what), what);

@@ -151,6 +151,8 @@ def read_gpu_results(paths):
                     att = d.get("attention", "tiled")
                     if not (att == "default" or ("attention_used" not in d and att == "tiled")):
                         continue
+                    if d.get("nhwc_tail"):  # Engine::setNhwcTail runs, compared by hand (not the default)
+                        continue
                     ours[(d["config"], d.get("path", "auto"), d["mode"])] = d
                 elif "forward_s" in d and "max_cuda_MB" in d and "config" in d:
                     peers[(d["config"], "tf32" if d.get("tf32") else "fp32")] = d

@@ -71,6 +71,14 @@ for run in ${NAF_GPU_ATTENTION_RUNS:-general:paper:tf32 cell:paper,x32,mobilesam
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"
 done
 
+# The channels-last tail (Engine::setNhwcTail), against the default lines above:
+# configs:modes, e.g. NAF_GPU_NHWC_RUNS="x72:fp16"; set but empty: none.
+for run in ${NAF_GPU_NHWC_RUNS-paper,x72:tf32,fp16}; do
+    IFS=: read -r configs modes <<< "$run"
+    timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
+        --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --nhwc-tail | tee -a "$RESULTS/bench.jsonl"
+done
+
 echo "== PyTorch reference on CUDA"
 python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"
 for cfg in $TORCH_CONFIGS; do

@@ -305,14 +305,17 @@ struct Options
     double maxSeconds = 15.0;
     int roundtripReps = 3;
     bool reference = true;  // --no-reference: no FP32 reference forward, no rel_l2_vs_fp32
+    bool nhwcTail = false;  // --nhwc-tail: Engine::setNhwcTail(true) for the timed modes (not the reference)
 };
 
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|tiled|cell|general] [--no-reference]\n"
+    "                      [--attention default|tiled|cell|general] [--nhwc-tail] [--no-reference]\n"
     "configs: tiny, paper, x32, x72, mobilesam; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
     "--no-reference: no untimed FP32 forward before the modes (their lines have no error vs FP32).\n"
+    "--nhwc-tail: the channels-last tail (Engine::setNhwcTail) in the timed modes; the FP32\n"
+    "reference keeps the usual tail, so rel_l2_vs_fp32 includes the tail's difference.\n"
     "--max-seconds: the timed loop of one mode stops (after at least 3 reps) once it took longer.\n"
     "--roundtrip-reps 0 skips the host round trip (Engine::forward with host pointers).\n";
 
@@ -350,6 +353,8 @@ Options parseArgs(int argc, char** argv)
             o.attention = value();
             if (o.attention != "default") parseAttention(o.attention);  // throws on an unknown name
         }
+        else if (a == "--nhwc-tail")
+            o.nhwcTail = true;
         else if (a == "--paths")
             o.paths = splitList(value());
         else if (a == "--reps")
@@ -555,6 +560,8 @@ bool runMode(KC::Engine& engine, ConfigData& d, const std::string& pathReq, cons
             .str("conv_path_note", engine.convolutionPathNote())
             .str("attention", opt.attention)
             .str("attention_used", attentionName(engine.lastAttentionKernel()))
+            .integer("nhwc_tail", opt.nhwcTail ? 1 : 0)
+            .integer("nhwc_tail_used", engine.lastUsedNhwcTail() ? 1 : 0)
             .str("shape", std::to_string(d.c.channels) + "x" + std::to_string(d.c.lowH) + "x" +
                               std::to_string(d.c.lowW) + " -> " + std::to_string(d.c.outH) + "x" +
                               std::to_string(d.c.outW) + " (image " + std::to_string(d.c.imageH) + "x" +
@@ -586,11 +593,13 @@ bool runPath(ConfigData& d, const std::string& pathReq, const Options& opt, cons
         if (opt.reference)
         {
             engine.setAttentionKernel(KC::AttentionKernel::Tiled);
+            engine.setNhwcTail(false);
             d.poisonOutput();
             engine.forwardDevice(d.dImage.get(), d.dFeatures.get(), d.dOut.get(), d.shape, KC::MathMode::FP32);
             d.download(d.ref);
         }
         engine.setAttentionKernel(requested);
+        engine.setNhwcTail(opt.nhwcTail);
         std::vector<ModeResult> results;
         for (const auto& m : opt.modes)
             ok = runMode(engine, d, pathReq, m, opt, device, usedBefore, convPath, results) && ok;

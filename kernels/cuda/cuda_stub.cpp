@@ -70,6 +70,18 @@ void Engine::setStageTiming(bool) {}
 
 void Engine::setAttentionKernel(AttentionKernel) {}
 
+void Engine::setNhwcTail(bool) {}
+
+bool Engine::nhwcTail() const
+{
+    return false;
+}
+
+bool Engine::lastUsedNhwcTail() const
+{
+    return false;
+}
+
 AttentionKernel Engine::attentionKernel() const
 {
     return AttentionKernel::Tiled;

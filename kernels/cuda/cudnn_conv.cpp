@@ -1,4 +1,5 @@
-// Encoder convolutions through cuDNN (legacy convolution API, NCHW): on fp32 tensors, FP32 mode
+// Encoder convolutions through cuDNN (legacy convolution API, NCHW; the last convolution of each
+// branch optionally NHWC, runNhwc): on fp32 tensors, FP32 mode
 // restricts cuDNN to FMA kernels and TF32 mode allows tensor-core kernels; fp16 tensors
 // (MathMode::FP16) run with float32 accumulation (PSEUDO_HALF_CONFIG) on tensor cores. The input
 // is already reflect-padded (cuDNN only zero-pads), so the convolution itself has no padding; the
@@ -77,10 +78,13 @@ struct CudnnConvolver::Impl
         TF32,
         FP16
     };
-    // (h, w, cin, cout, k, numeric) -> plan
-    std::map<std::tuple<int, int, int, int, int, Numeric>, Plan> plans;
+    // (h, w, cin, cout, k, numeric, layout) -> plan
+    std::map<std::tuple<int, int, int, int, int, Numeric, cudnnTensorFormat_t>, Plan> plans;
 
-    void run(const void* srcPadded, int h, int w, const DevConv& conv, const void* weight, void* dst, Numeric numeric);
+    /// layout: CUDNN_TENSOR_NCHW (weight [cout][cin][k][k]) or CUDNN_TENSOR_NHWC (tensors
+    /// pixel-major, weight [cout][k][k][cin]).
+    void run(const void* srcPadded, int h, int w, const DevConv& conv, const void* weight, void* dst, Numeric numeric,
+             cudnnTensorFormat_t layout = CUDNN_TENSOR_NCHW);
 
     ~Impl()
     {
@@ -147,8 +151,16 @@ void CudnnConvolver::run(const __half* srcPadded, int h, int w, const DevConv& c
     impl_->run(srcPadded, h, w, conv, conv.weightHalf, dst, Impl::Numeric::FP16);
 }
 
+void CudnnConvolver::runNhwc(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32)
+{
+    if (!conv.weightKrsc)
+        throw std::invalid_argument("naf::kernels::cuda: NHWC convolution without [cout][k][k][cin] weights");
+    impl_->run(srcPadded, h, w, conv, conv.weightKrsc, dst, tf32 ? Impl::Numeric::TF32 : Impl::Numeric::FP32,
+               CUDNN_TENSOR_NHWC);
+}
+
 void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevConv& conv, const void* weight, void* dst,
-                               Numeric numeric)
+                               Numeric numeric, cudnnTensorFormat_t layout)
 {
     Impl& s = *this;
     const bool tf32 = numeric == Numeric::TF32;
@@ -156,11 +168,11 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
     const cudnnDataType_t storage = fp16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
     const size_t elementBytes = fp16 ? sizeof(__half) : sizeof(float);
     const int pad = conv.k / 2;
-    checkCudnn(cudnnSetTensor4dDescriptor(s.xDesc, CUDNN_TENSOR_NCHW, storage, 1, conv.cin, h + 2 * pad, w + 2 * pad),
+    // Dimensions are given as N, C, H, W whatever the layout; the format says how they are stored.
+    checkCudnn(cudnnSetTensor4dDescriptor(s.xDesc, layout, storage, 1, conv.cin, h + 2 * pad, w + 2 * pad),
                "input descriptor");
-    checkCudnn(cudnnSetTensor4dDescriptor(s.yDesc, CUDNN_TENSOR_NCHW, storage, 1, conv.cout, h, w),
-               "output descriptor");
-    checkCudnn(cudnnSetFilter4dDescriptor(s.wDesc, storage, CUDNN_TENSOR_NCHW, conv.cout, conv.cin, conv.k, conv.k),
+    checkCudnn(cudnnSetTensor4dDescriptor(s.yDesc, layout, storage, 1, conv.cout, h, w), "output descriptor");
+    checkCudnn(cudnnSetFilter4dDescriptor(s.wDesc, storage, layout, conv.cout, conv.cin, conv.k, conv.k),
                "filter descriptor");
     // Accumulation in float32 for every storage type (for fp16: cuDNN's PSEUDO_HALF_CONFIG).
     checkCudnn(cudnnSetConvolution2dDescriptor(s.convDesc, 0, 0, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
@@ -170,7 +182,7 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
     const cudnnMathType_t wanted = tf32 || fp16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
     checkCudnn(cudnnSetConvolutionMathType(s.convDesc, wanted), "math type");
 
-    const auto key = std::make_tuple(h, w, conv.cin, conv.cout, conv.k, numeric);
+    const auto key = std::make_tuple(h, w, conv.cin, conv.cout, conv.k, numeric, layout);
     auto it = s.plans.find(key);
     if (it == s.plans.end())
     {
@@ -213,7 +225,8 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
         it = s.plans.emplace(key, candidate).first;
         s.log += std::to_string(conv.cout) + "x" + std::to_string(conv.cin) + "x" + std::to_string(conv.k) + "x" +
                  std::to_string(conv.k) + " on " + std::to_string(h) + "x" + std::to_string(w) +
-                 (fp16 ? " fp16: " : (tf32 ? " tf32: " : " fp32: ")) + algoName(candidate.algo) + " (" +
+                 (fp16 ? " fp16" : (tf32 ? " tf32" : " fp32")) + (layout == CUDNN_TENSOR_NHWC ? " nhwc: " : ": ") +
+                 algoName(candidate.algo) + " (" +
                  std::to_string(perf[0].time) + " ms fastest found, workspace " +
                  std::to_string(candidate.workspace >> 20) + " MiB); ";
     }

@@ -2,7 +2,7 @@
 // the built-in convolution on padded input (implicit GEMM, FP32 SIMT or TF32 tensor cores; cuDNN
 // runs the convolutions instead when built in, cudnn_conv.cpp), GroupNorm + SiLU (written
 // reflect-padded), adaptive average pooling, RoPE (fused with pooling and the transpose to
-// pixel-major queries), layout transposes. Semantics follow naf_kernels.hpp step by step.
+// pixel-major queries), the channels-last tail (hwc_tail.hpp), layout transposes. Semantics follow naf_kernels.hpp step by step.
 #include <mma.h>
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "hwc_tail.hpp"
 #include "naf_cuda_internal.cuh"
 
 namespace naf {
@@ -675,6 +676,52 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// Row and column of the block's kRopeTilePixels output pixels from pix0 on, into shared memory
+// (then a barrier): the 64-bit divisions once per pixel, not once per element (ncu: 238 us per
+// call at 448x448 when they were per element).
+__device__ __forceinline__ void tilePixelCoordinates(int64_t pix0, int64_t outPlane, int outW, int* pixY, int* pixX)
+{
+    if (threadIdx.x < kRopeTilePixels)
+    {
+        const int64_t pix = pix0 + threadIdx.x;
+        const int y = pix < outPlane ? static_cast<int>(pix / outW) : 0;
+        pixY[threadIdx.x] = y;
+        pixX[threadIdx.x] = pix < outPlane ? static_cast<int>(pix - int64_t(y) * outW) : 0;
+    }
+    __syncthreads();
+}
+
+// RoPE of a block's kRopeTilePixels output pixels into qTOffset[pixel * dim + c], c < hidden;
+// valueAt(c, i) is channel c of the block's pixel i (bias included). Each thread keeps fixed
+// channels (lane, lane + lanes, ...) and walks the pixels, so its RoPE pairing, table row and
+// output offset are worked out once per channel instead of once per element (the per-element
+// index arithmetic made pool + RoPE issue-bound: ~9 cycles per instruction at 2016x2016). A warp
+// writes 32 consecutive channels of one pixel: coalesced stores. No barrier inside.
+template <typename ValueAt>
+__device__ __forceinline__ void ropeRotatePixels(int hidden, int headDim, int64_t pix0, int64_t outPlane,
+                                                 const int* pixY, const int* pixX, const float2* rowCS,
+                                                 const float2* colCS, float* qTOffset, int dim, ValueAt valueAt)
+{
+    const int quarter = headDim / 4;
+    const int lanes = hidden < static_cast<int>(blockDim.x) ? hidden : static_cast<int>(blockDim.x);
+    const int pixelsPerPass = static_cast<int>(blockDim.x) / lanes;
+    const int lane = static_cast<int>(threadIdx.x) % lanes, firstPixel = static_cast<int>(threadIdx.x) / lanes;
+    if (firstPixel >= pixelsPerPass) return;
+    const int tilePixels = static_cast<int>(outPlane - pix0 < kRopeTilePixels ? outPlane - pix0 : kRopeTilePixels);
+    for (int c = lane; c < hidden; c += lanes)
+    {
+        const hwc::RopeChannel r = hwc::ropeChannel(c, headDim);  // the branch starts at a multiple of headDim
+        const float2* table = (r.fromRow ? rowCS : colCS) + r.angle;
+        const int* coord = r.fromRow ? pixY : pixX;
+        float* out = qTOffset + c;
+        for (int i = firstPixel; i < tilePixels; i += pixelsPerPass)
+        {
+            const float2 t = table[static_cast<size_t>(coord[i]) * quarter];
+            out[(pix0 + i) * dim] = hwc::ropeValue(valueAt(c, i), valueAt(r.partner, i), t.x, t.y, r.sign);
+        }
+    }
+}
+
 __global__ void __launch_bounds__(kThreads)
     poolRopeToHwcKernel(const float* __restrict__ src, const float* __restrict__ bias, int hidden, int srcH,
                         int srcW, float* __restrict__ qT, int dim, int offset, int outH, int outW, int headDim,
@@ -686,15 +733,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t outPlane = int64_t(outH) * outW;
     const int64_t pix0 = int64_t(blockIdx.x) * kRopeTilePixels;
     const bool identity = srcH == outH && srcW == outW;
-    // The 64-bit divisions once per pixel, not once per element (ncu: 238 us per call at 448x448).
-    if (threadIdx.x < kRopeTilePixels)
-    {
-        const int64_t pix = pix0 + threadIdx.x;
-        const int y = pix < outPlane ? static_cast<int>(pix / outW) : 0;
-        pixY[threadIdx.x] = y;
-        pixX[threadIdx.x] = pix < outPlane ? static_cast<int>(pix - int64_t(y) * outW) : 0;
-    }
-    __syncthreads();
+    tilePixelCoordinates(pix0, outPlane, outW, pixY, pixX);
     if (identity)
     {
         // kRopeUnroll loads in flight per thread before any store: 3.40 -> 3.26 ms per call at
@@ -739,37 +778,65 @@ __global__ void __launch_bounds__(kThreads)
         }
     }
     __syncthreads();
-    // Rotation pass. Each thread keeps fixed channels (lane, lane + lanes, ...) and walks the
-    // tile's pixels, so its RoPE pairing, table row and output offset are worked out once per
-    // channel instead of once per element (the per-element index arithmetic made this pass
-    // issue-bound: ~9 cycles per instruction at 2016x2016). A warp still writes 32 consecutive
-    // channels of one pixel: coalesced stores, and conflict-free shared reads (ld is odd).
-    const int half = headDim / 2, quarter = headDim / 4;
-    const int lanes = hidden < static_cast<int>(blockDim.x) ? hidden : static_cast<int>(blockDim.x);
-    const int pixelsPerPass = static_cast<int>(blockDim.x) / lanes;
-    const int lane = static_cast<int>(threadIdx.x) % lanes, firstPixel = static_cast<int>(threadIdx.x) / lanes;
-    if (firstPixel >= pixelsPerPass) return;  // no __syncthreads() below
-    const int tilePixels = static_cast<int>(outPlane - pix0 < kRopeTilePixels ? outPlane - pix0 : kRopeTilePixels);
-    for (int c = lane; c < hidden; c += lanes)
+    ropeRotatePixels(hidden, headDim, pix0, outPlane, pixY, pixX, rowCS, colCS, qT + offset, dim,
+                     [&](int c, int i) { return tile[c * ld + i]; });
+}
+
+// ---- channels-last tail (hwc_tail.hpp, Engine::setNhwcTail) -----------------------------------
+//
+// GroupNorm+SiLU into the padded pixel-major [h+2pad][w+2pad][c] float tensor of the branch's
+// last convolution (cuDNN NHWC), and RoPE from that convolution's pixel-major output.
+
+constexpr int kHwcTilePixels = 32;
+
+// grid (tiles of kHwcTilePixels padded columns, padded rows): the tile [c][32] is read along
+// columns (coalesced), normalized into shared memory, and written along channels (coalesced).
+template <typename Src>
+__global__ void __launch_bounds__(kThreads)
+    gnApplySiLUPaddedHwcKernel(const Src* __restrict__ src, int c, int h, int w, const float* __restrict__ scaleC,
+                               const float* __restrict__ shiftC, float* __restrict__ dst, int pad)
+{
+    extern __shared__ float tile[];  // [c][kHwcTilePixels + 1]: odd stride, conflict-free both ways
+    constexpr int ld = kHwcTilePixels + 1;
+    const int paddedW = w + 2 * pad;
+    const int yp = static_cast<int>(blockIdx.y);
+    const int xp0 = static_cast<int>(blockIdx.x) * kHwcTilePixels;
+    const int pixels = paddedW - xp0 < kHwcTilePixels ? paddedW - xp0 : kHwcTilePixels;
+    for (int e = threadIdx.x; e < c * kHwcTilePixels; e += blockDim.x)
     {
-        const int j = c % headDim;  // offset is a multiple of headDim
-        const bool low = j < half;
-        const int a = low ? j : j - half;
-        const bool fromRow = a < quarter;
-        const float2* table = fromRow ? rowCS + a : colCS + (a - quarter);
-        const int* coord = fromRow ? pixY : pixX;
-        const float* loCol = tile + (low ? c : c - half) * ld;
-        const float* hiCol = loCol + half * ld;
-        const float sign = low ? -1.f : 1.f;  // lo*cos - hi*sin for the low half, hi*cos + lo*sin above
-        float* out = qT + offset + c;
-        for (int i = firstPixel; i < tilePixels; i += pixelsPerPass)
+        const int ch = e / kHwcTilePixels, i = e - ch * kHwcTilePixels;
+        float v = 0.f;
+        if (i < pixels)
         {
-            const float2 t = table[static_cast<size_t>(coord[i]) * quarter];
-            const float lo = loCol[i], hi = hiCol[i];
-            const float mine = low ? lo : hi, other = low ? hi : lo;
-            out[(pix0 + i) * dim] = mine * t.x + sign * other * t.y;
+            const float t = toFloat(src[hwc::paddedSourceOffset(ch, yp, xp0 + i, h, w, pad)]) * scaleC[ch] + shiftC[ch];
+            v = __fdividef(t, 1.f + __expf(-t));  // as gnApplySiLUPaddedKernel
         }
+        tile[ch * ld + i] = v;
     }
+    __syncthreads();
+    float* out = dst + hwc::paddedHwcOffset(yp, xp0, 0, w, pad, c);
+    for (int e = threadIdx.x; e < pixels * c; e += blockDim.x)
+    {
+        const int i = e / c, ch = e - i * c;
+        out[e] = tile[ch * ld + i];
+    }
+}
+
+// One block per kRopeTilePixels output pixels, rotated as in poolRopeToHwcKernel but reading the
+// pixel-major source directly: a channel and its RoPE partner are in the same pixel's row, so no
+// tile is needed.
+__global__ void __launch_bounds__(kThreads)
+    ropeFromHwcKernel(const float* __restrict__ src, const float* __restrict__ bias, int hidden,
+                      float* __restrict__ qT, int dim, int offset, int outH, int outW, int headDim,
+                      const float2* __restrict__ rowCS, const float2* __restrict__ colCS)
+{
+    __shared__ int pixY[kRopeTilePixels], pixX[kRopeTilePixels];
+    const int64_t outPlane = int64_t(outH) * outW;
+    const int64_t pix0 = int64_t(blockIdx.x) * kRopeTilePixels;
+    tilePixelCoordinates(pix0, outPlane, outW, pixY, pixX);
+    ropeRotatePixels(hidden, headDim, pix0, outPlane, pixY, pixX, rowCS, colCS, qT + offset, dim, [&](int c, int i) {
+        return src[static_cast<size_t>(pix0 + i) * hidden + c] + (bias ? bias[c] : 0.f);
+    });
 }
 
 // ---- transpose -------------------------------------------------------------------------------
@@ -866,10 +933,14 @@ size_t groupNormStatsBytes(int channels)
     return static_cast<size_t>(channels) * 2 * sizeof(float);
 }
 
-template <typename Src, typename Dst>
-void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, int w, int groups,
-                               const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
-                               void* stats, cudaStream_t stream, int* nonFinite)
+namespace {
+
+/// Checks, then runs the statistics of launchGroupNormSiLUPadded(Hwc): leaves each channel's
+/// affine map (scale, shift; convolution bias folded in) at `stats`.
+template <typename Src>
+void launchGroupNormStats(const Src* src, const float* bias, int c, int h, int w, int groups, const float* gamma,
+                          const float* beta, float eps, int pad, double* partial, void* stats, cudaStream_t stream,
+                          int* nonFinite)
 {
     if (groups <= 0 || c % groups != 0)
         throw std::invalid_argument("naf::kernels::cuda: " + std::to_string(c) + " channels not divisible into " +
@@ -894,12 +965,51 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
     gnFinalizeKernel<<<groups, kThreads, 0, stream>>>(partial, static_cast<int>(chunks * perGroup), groupLen, eps,
                                                       perGroup, bias, gamma, beta, scaleC, shiftC, nonFinite);
     checkLaunch("GroupNorm finalize kernel launch");
+}
+
+}  // namespace
+
+template <typename Src, typename Dst>
+void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, int w, int groups,
+                               const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
+                               void* stats, cudaStream_t stream, int* nonFinite)
+{
+    launchGroupNormStats(src, bias, c, h, w, groups, gamma, beta, eps, pad, partial, stats, stream, nonFinite);
+    const float* scaleC = static_cast<const float*>(stats);
+    const float* shiftC = scaleC + c;
+    const int64_t rows = int64_t(c) * (h + 2 * pad);
     const int64_t applyWarps = kThreads / 32;
     const unsigned int applyBlocks =
         static_cast<unsigned int>(std::min<int64_t>((rows + applyWarps - 1) / applyWarps, 4096));
     gnApplySiLUPaddedKernel<Src, Dst><<<applyBlocks, kThreads, 0, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
     checkLaunch("GroupNorm+SiLU kernel launch");
 }
+
+template <typename Src>
+void launchGroupNormSiLUPaddedHwc(const Src* src, const float* bias, int c, int h, int w, int groups,
+                                  const float* gamma, const float* beta, float eps, float* dst, int pad,
+                                  double* partial, void* stats, cudaStream_t stream, int* nonFinite)
+{
+    if (c > kMaxFusedRopeChannels || h + 2 * pad > 65535)
+        throw std::invalid_argument("naf::kernels::cuda: channels-last GroupNorm takes at most " +
+                                    std::to_string(kMaxFusedRopeChannels) + " channels and 65535 padded rows, got " +
+                                    std::to_string(c) + " and " + std::to_string(h + 2 * pad));
+    launchGroupNormStats(src, bias, c, h, w, groups, gamma, beta, eps, pad, partial, stats, stream, nonFinite);
+    const float* scaleC = static_cast<const float*>(stats);
+    const float* shiftC = scaleC + c;
+    const dim3 grid(static_cast<unsigned int>((w + 2 * pad + kHwcTilePixels - 1) / kHwcTilePixels),
+                    static_cast<unsigned int>(h + 2 * pad));
+    const size_t shared = static_cast<size_t>(c) * (kHwcTilePixels + 1) * sizeof(float);
+    gnApplySiLUPaddedHwcKernel<Src><<<grid, kThreads, shared, stream>>>(src, c, h, w, scaleC, shiftC, dst, pad);
+    checkLaunch("channels-last GroupNorm+SiLU kernel launch");
+}
+
+template void launchGroupNormSiLUPaddedHwc<float>(const float*, const float*, int, int, int, int, const float*,
+                                                  const float*, float, float*, int, double*, void*, cudaStream_t,
+                                                  int*);
+template void launchGroupNormSiLUPaddedHwc<__half>(const __half*, const float*, int, int, int, int, const float*,
+                                                   const float*, float, float*, int, double*, void*, cudaStream_t,
+                                                   int*);
 
 #define NAF_INSTANTIATE_GROUPNORM(Src, Dst)                                                                       \
     template void launchGroupNormSiLUPadded<Src, Dst>(const Src*, const float*, int, int, int, int, const float*, \
@@ -954,6 +1064,22 @@ void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int sr
     poolRopeToHwcKernel<<<static_cast<unsigned int>(blocks), kThreads, shared, stream>>>(
         src, bias, hidden, srcH, srcW, qT, dim, offset, outH, outW, dim / ropeHeads, rowCS, colCS);
     checkLaunch("pool+RoPE kernel launch");
+}
+
+void launchRopeFromHwc(const float* src, const float* bias, int hidden, float* qT, int dim, int offset, int outH,
+                       int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream)
+{
+    if (!poolRopeFusable(dim, hidden, offset, ropeHeads))
+        throw std::invalid_argument("naf::kernels::cuda: RoPE from channels-last needs whole RoPE heads inside the "
+                                    "branch");
+    const int64_t blocks = (int64_t(outH) * outW + kRopeTilePixels - 1) / kRopeTilePixels;
+    if (blocks > int64_t(0x7fffffff)) throw std::invalid_argument("naf::kernels::cuda: output too large");
+    const int quarter = dim / ropeHeads / 4;
+    const float2* rowCS = static_cast<const float2*>(ropeTables);
+    const float2* colCS = rowCS + static_cast<size_t>(outH) * quarter;
+    ropeFromHwcKernel<<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+        src, bias, hidden, qT, dim, offset, outH, outW, dim / ropeHeads, rowCS, colCS);
+    checkLaunch("channels-last RoPE kernel launch");
 }
 
 void launchRopeToHwc(const float* q, float* qT, int dim, int h, int w, int heads, const float* periods,

@@ -156,6 +156,8 @@ struct Engine::Impl
 
     AttentionKernel attentionKernel = AttentionKernel::Tiled;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
+    bool nhwcTail = false;      // setNhwcTail
+    bool nhwcTailUsed = false;  // by the last forward
     bool stageTiming = false;
     cudaEvent_t events[3] = {nullptr, nullptr, nullptr};
     std::vector<cudaEvent_t> convEvents;  // start/stop pairs around each convolution (stage timing)
@@ -215,16 +217,48 @@ struct Engine::Impl
     {
         detail::DevConv noBias = conv;
         noBias.bias = nullptr;  // added by the consumer of dst
+        timedConvolution([&] {
+#if NAF_HAVE_CUDNN
+            if (cudnn)
+                runCudnn(srcPadded, h, w, noBias, dst, tf32);
+            else
+#endif
+                detail::launchConv2dPadded(srcPadded, h, w, noBias, dst, tf32, stream);
+        });
+    }
+
+    /// The branch's last convolution on pixel-major float tensors (cuDNN NHWC; setNhwcTail).
+    void convolveNhwc(const float* srcPaddedHwc, int h, int w, const detail::DevConv& conv, float* dstHwc, bool tf32)
+    {
+        timedConvolution([&] {
+#if NAF_HAVE_CUDNN
+            if (!cudnn) throw std::logic_error("naf::kernels::cuda::Engine: NHWC tail without cuDNN");
+            cudnn->runNhwc(srcPaddedHwc, h, w, conv, dstHwc, tf32);  // runNhwc never adds the bias
+#else
+            (void)srcPaddedHwc, (void)h, (void)w, (void)conv, (void)dstHwc, (void)tf32;
+            throw std::logic_error("naf::kernels::cuda::Engine: NHWC tail without cuDNN");
+#endif
+        });
+    }
+
+    /// Runs `enqueueConvolution` between the convolution timing events when stage timing is on.
+    template <typename Fn>
+    void timedConvolution(Fn&& enqueueConvolution)
+    {
         const bool timed = stageTiming && 2 * convCalls + 1 < static_cast<int>(convEvents.size());
         if (timed) check(cudaEventRecord(convEvents[2 * convCalls], stream), "recording a timing event");
-#if NAF_HAVE_CUDNN
-        if (cudnn)
-            runCudnn(srcPadded, h, w, noBias, dst, tf32);
-        else
-#endif
-            detail::launchConv2dPadded(srcPadded, h, w, noBias, dst, tf32, stream);
+        enqueueConvolution();
         if (timed) check(cudaEventRecord(convEvents[2 * convCalls + 1], stream), "recording a timing event");
         ++convCalls;
+    }
+
+    /// setNhwcTail applies to a forward when cuDNN runs the convolutions with tensor cores (TF32,
+    /// and FP16 whose last convolutions are TF32: NHWC is their native layout), the RoPE is fused
+    /// per branch and pooling is the identity (the guide has the output size); else the NCHW tail.
+    bool nhwcTailApplies(int gh, int gw, const ForwardShape& shape, bool tf32) const
+    {
+        return nhwcTail && tf32 && path == ConvolutionPath::CuDnn && ropeFused() && cfg.imgLayers > 0 &&
+               gh == shape.outH && gw == shape.outW;
     }
 
 #if NAF_HAVE_CUDNN
@@ -261,18 +295,20 @@ struct Engine::Impl
 #endif
 
     /// One encoder branch on the guide; leaves its last convolution's output (without bias, float)
-    /// in convOut and returns that bias. T is the storage of the encoder tensors: float, or __half
-    /// in MathMode::FP16. With __half, the guide, the convolution outputs and the GroupNorm+SiLU
-    /// outputs are float16 except around the branch's last convolution, which reads float (the
-    /// last GroupNorm+SiLU writes float) and writes float with `tf32` math: rounding that output,
-    /// where the queries come from, to float16 would cost 2-3x the error of TF32
+    /// in convOut and returns that bias. With `nhwc` (nhwcTailApplies), the last GroupNorm+SiLU
+    /// writes `padded` pixel-major and convOut is pixel-major [gh*gw][hidden]. T is the storage of
+    /// the encoder tensors: float, or __half in MathMode::FP16. With __half, the guide, the
+    /// convolution outputs and the GroupNorm+SiLU outputs are float16 except around the branch's
+    /// last convolution, which reads float (the last GroupNorm+SiLU writes float) and writes float
+    /// with `tf32` math: rounding that output, where the queries come from, to float16 would cost
+    /// 2-3x the error of TF32
     /// (tools/reduced_precision_study.py, fp16-encoder against fp16-encoder-tf32-last).
     template <typename T>
     const float* runBranch(const DevBranch& branch, const float* imageDev, int imageH, int imageW, int gh, int gw,
-                           bool tf32)
+                           bool tf32, bool nhwc)
     {
         if (branch.blocks.empty() && !std::is_same<T, float>::value)
-            return runBranch<float>(branch, imageDev, imageH, imageW, gh, gw, tf32);  // the stem is the last
+            return runBranch<float>(branch, imageDev, imageH, imageW, gh, gw, tf32, nhwc);  // the stem is the last
         const int hidden = branch.stem.cout;
         T* conv = convOut.as<T>();
         T* pad = padded.as<T>();
@@ -294,7 +330,17 @@ struct Engine::Impl
                                                   blk.norm2Beta, cfg.gnEps, dst, blk.conv2.k / 2,
                                                   gnPartial.as<double>(), gnStats.ptr, stream, overflow);
             };
-            if (l + 1 == branch.blocks.size())
+            if (l + 1 == branch.blocks.size() && nhwc)
+            {
+                // The same in channels-last: GroupNorm+SiLU transposes into `padded`, cuDNN
+                // convolves NHWC without staging layout transforms (hwc_tail.hpp).
+                detail::launchGroupNormSiLUPaddedHwc(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups,
+                                                     blk.norm2Gamma, blk.norm2Beta, cfg.gnEps, padded.as<float>(),
+                                                     blk.conv2.k / 2, gnPartial.as<double>(), gnStats.ptr, stream,
+                                                     overflow);
+                convolveNhwc(padded.as<float>(), gh, gw, blk.conv2, convOut.as<float>(), tf32);
+            }
+            else if (l + 1 == branch.blocks.size())
             {
                 // The last convolution reads and writes float (convOut is read as T and padded
                 // written as float: different buffers).
@@ -329,6 +375,8 @@ struct Engine::Impl
         const int kh = effectiveKernel(shape.kernelSize, shape.lowH);
         const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
         const bool fused = ropeFused();
+        const bool nhwc = nhwcTailApplies(gh, gw, shape, tf32);
+        nhwcTailUsed = nhwc;
 
         convCalls = 0;
         record(0);
@@ -341,9 +389,12 @@ struct Engine::Impl
         for (int bi = 0; bi < 2; ++bi)
         {
             const float* bias =
-                fp16 ? runBranch<__half>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32)
-                     : runBranch<float>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32);
-            if (fused)
+                fp16 ? runBranch<__half>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32, nhwc)
+                     : runBranch<float>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32, nhwc);
+            if (nhwc)
+                detail::launchRopeFromHwc(convOut.as<float>(), bias, hidden, queriesT.as<float>(), cfg.dim,
+                                          bi * hidden, shape.outH, shape.outW, cfg.headsRope, ropeTables.ptr, stream);
+            else if (fused)
                 detail::launchPoolRopeToHwc(convOut.as<float>(), bias, hidden, gh, gw, queriesT.as<float>(), cfg.dim,
                                             bi * hidden, shape.outH, shape.outW, cfg.headsRope, ropeTables.ptr,
                                             stream);
@@ -660,6 +711,18 @@ Engine::Engine(const NafConfig& cfg, const NafWeights& w, ConvolutionPath path)
             add(hb.norm2Beta, hidden, &db.norm2Beta);
             addConv(hb.conv2, db.conv2);
         }
+        if (!br.blocks.empty())
+        {
+            // The branch's last convolution also as [cout][k][k][cin], cuDNN's NHWC filter (setNhwcTail).
+            const ConvWeights& c = br.blocks.back().conv2;
+            std::vector<float> krsc(static_cast<size_t>(c.cout) * c.k * c.k * c.cin);
+            for (int co = 0; co < c.cout; ++co)
+                for (int ci = 0; ci < c.cin; ++ci)
+                    for (int t = 0; t < c.k * c.k; ++t)
+                        krsc[(static_cast<size_t>(co) * c.k * c.k + t) * c.cin + ci] =
+                            c.weight[(static_cast<size_t>(co) * c.cin + ci) * c.k * c.k + t];
+            add(krsc.data(), krsc.size(), &d.blocks.back().conv2.weightKrsc);
+        }
     }
     add(w.ropePeriods, static_cast<size_t>(cfg.dim / cfg.headsRope / 4), &s.ropePeriods);
     s.weights.ensure(std::max<size_t>(packed.size(), 1) * sizeof(float), "allocating device memory for the weights");
@@ -705,6 +768,21 @@ void Engine::setAttentionKernel(AttentionKernel kernel)
         throw std::invalid_argument("naf::kernels::cuda::Engine: unknown attention kernel " +
                                     std::to_string(static_cast<int>(kernel)));
     impl_->attentionKernel = kernel;
+}
+
+void Engine::setNhwcTail(bool enable)
+{
+    impl_->nhwcTail = enable;
+}
+
+bool Engine::nhwcTail() const
+{
+    return impl_->nhwcTail;
+}
+
+bool Engine::lastUsedNhwcTail() const
+{
+    return impl_->nhwcTailUsed;
 }
 
 AttentionKernel Engine::attentionKernel() const

@@ -61,12 +61,15 @@ struct DeviceBuffer
 };
 
 /// One convolution with device pointers (bias may be null). weightHalf: the same weights rounded
-/// to float16, read by convolutions on float16 tensors (MathMode::FP16).
+/// to float16, read by convolutions on float16 tensors (MathMode::FP16). weightKrsc: the same
+/// weights as [cout][k][k][cin] (cuDNN's NHWC filter layout), only for the last convolution of
+/// each branch (Engine::setNhwcTail), else null.
 struct DevConv
 {
     const float* weight = nullptr;
     const float* bias = nullptr;
     const __half* weightHalf = nullptr;
+    const float* weightKrsc = nullptr;
     int cout = 0, cin = 0, k = 0;
 };
 
@@ -87,6 +90,9 @@ public:
     void run(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32);
     /// The same on float16 tensors (conv.weightHalf): FP16 tensor cores, float32 accumulation.
     void run(const __half* srcPadded, int h, int w, const DevConv& conv, __half* dst);
+    /// The float convolution on pixel-major tensors (cuDNN NHWC, conv.weightKrsc): srcPadded
+    /// [h+2*(k/2)][w+2*(k/2)][cin] -> dst [h][w][cout]; no layout transforms around it.
+    void runNhwc(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32);
     /// Device bytes of the workspace held.
     size_t workspaceBytes() const;
     /// The algorithm chosen for each convolution shape so far, for diagnostics.
@@ -142,6 +148,13 @@ void launchGroupNormSiLUPadded(const Src* src, const float* bias, int c, int h, 
                                const float* gamma, const float* beta, float eps, Dst* dst, int pad, double* partial,
                                void* stats, cudaStream_t stream, int* nonFinite = nullptr);
 
+/// The same GroupNorm + SiLU written pixel-major: dst [h+2*pad][w+2*pad][c] float (the input of
+/// CudnnConvolver::runNhwc; hwc_tail.hpp). Src: float or __half; c <= kMaxFusedRopeChannels.
+template <typename Src>
+void launchGroupNormSiLUPaddedHwc(const Src* src, const float* bias, int c, int h, int w, int groups,
+                                  const float* gamma, const float* beta, float eps, float* dst, int pad,
+                                  double* partial, void* stats, cudaStream_t stream, int* nonFinite = nullptr);
+
 /// Bytes of the `stats` scratch of launchGroupNormSiLUPadded for `channels` channels (per-channel
 /// scale and shift).
 size_t groupNormStatsBytes(int channels);
@@ -168,6 +181,11 @@ void launchRopeTables(void* tables, int h, int w, int dim, int ropeHeads, const 
 /// qT [outH*outW, dim].
 void launchPoolRopeToHwc(const float* src, const float* bias, int hidden, int srcH, int srcW, float* qT, int dim,
                          int offset, int outH, int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream);
+
+/// launchPoolRopeToHwc without the pooling, from a pixel-major branch output src
+/// [outH*outW][hidden] (+ bias; CudnnConvolver::runNhwc's output) -> qT[:, offset:offset+hidden].
+void launchRopeFromHwc(const float* src, const float* bias, int hidden, float* qT, int dim, int offset, int outH,
+                       int outW, int ropeHeads, const void* ropeTables, cudaStream_t stream);
 
 /// Axial RoPE of queries [dim,h,w] (CHW), written transposed to qT [h*w,dim] (HWC).
 void launchRopeToHwc(const float* q, float* qT, int dim, int h, int w, int heads, const float* periods,

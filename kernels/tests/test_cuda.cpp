@@ -256,6 +256,51 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
     }
 }
 
+// The channels-last tail (Engine::setNhwcTail; its index arithmetic is also checked on the CPU in
+// test_kernels.cpp): every mode against the CPU where it applies (cuDNN, TF32 and FP16, guide of
+// the output size), and the usual tail where it does not (FP32, a pooled guide, RoPE heads
+// spanning both branches, the built-in convolution).
+TEST(Cuda, NhwcTailMatchesCpuWhereItApplies)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    if (!cuda::cudnnCompiled()) GTEST_SKIP() << "built without cuDNN: the channels-last tail needs it";
+    const RandomNafWeights w(26);
+    cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::CuDnn);
+    EXPECT_FALSE(engine.nhwcTail());
+    engine.setNhwcTail(true);
+    EXPECT_TRUE(engine.nhwcTail());
+    uint32_t seed = 140;
+    const bool tensorCores = [] {
+        cudaDeviceProp prop;
+        return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major >= 8;
+    }();
+    for (const ForwardShape& s : {makeShape(100, 130, 64, 20, 24, 100, 130, 9), makeShape(40, 600, 8, 5, 30, 40, 600, 9),
+                                  makeShape(97, 83, 16, 9, 8, 97, 83, 7)})
+    {
+        expectMatchesCpu(engine, w, s, seed++);  // FP32, TF32, then FP16
+        EXPECT_EQ(engine.lastUsedNhwcTail(), tensorCores) << describe(s);
+        const Inputs in = makeInputs(s, seed);
+        (void)gpuForward(engine, in, s, cuda::MathMode::FP32);
+        EXPECT_FALSE(engine.lastUsedNhwcTail()) << "FP32 keeps the usual tail";
+    }
+    expectMatchesCpu(engine, w, makeShape(300, 260, 12, 13, 11, 61, 50, 5), seed++);  // guide pooled to the output
+    EXPECT_FALSE(engine.lastUsedNhwcTail());
+    std::printf("[ cuda     ] %s\n", engine.convolutionPathNote().c_str());
+
+    NafConfig spanning;
+    spanning.headsRope = 1;  // RoPE heads of 256 channels: no per-branch RoPE, so no channels-last tail
+    const RandomNafWeights ws(27, spanning);
+    cuda::Engine spanningEngine(ws.cfg, ws.view, cuda::ConvolutionPath::CuDnn);
+    spanningEngine.setNhwcTail(true);
+    expectMatchesCpu(spanningEngine, ws, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
+    EXPECT_FALSE(spanningEngine.lastUsedNhwcTail());
+
+    cuda::Engine builtin(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+    builtin.setNhwcTail(true);
+    expectMatchesCpu(builtin, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
+    EXPECT_FALSE(builtin.lastUsedNhwcTail());
+}
+
 // Head dims 32 (tiled kernel) and 128 (general kernel only), and an output as fine as the low
 // grid: the largest window unions per tile (12 x 40 cells, 225 KB of shared memory at head dim 64).
 TEST(Cuda, ForwardMatchesCpuForOtherHeadDimsAndUnitScale)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../cuda/cell_attention.hpp"  // host/device code: its phases run here thread by thread
+#include "../cuda/hwc_tail.hpp"        // host/device index arithmetic of the CUDA channels-last tail
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
 
@@ -314,6 +315,60 @@ TEST(Kernels, RopeRotatesPairsByAxisAngles)
                     EXPECT_NEAR(data[lo], src[lo] * std::cos(angle) - src[hi] * std::sin(angle), 1e-5);
                     EXPECT_NEAR(data[hi], src[hi] * std::cos(angle) + src[lo] * std::sin(angle), 1e-5);
                 }
+}
+
+// The CUDA channels-last tail's index arithmetic (hwc_tail.hpp), run here on every build: the
+// padded pixel-major layout covers every slot once with the reflect-padded value, and RoPE from
+// a branch's pixel-major output (plus bias) gives the CPU's applyRope of the channel-major queries.
+TEST(Kernels, ChannelsLastTailIndexingMatchesCpuPaddingAndRope)
+{
+    auto reflect = [](int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+    for (int pad : {1, 2})
+    {
+        const int c = 5, h = 7, w = 9;
+        const auto src = randomUniform(c * h * w, 51);
+        std::vector<float> dst(static_cast<size_t>(c) * (h + 2 * pad) * (w + 2 * pad), std::nanf(""));
+        for (int yp = 0; yp < h + 2 * pad; ++yp)
+            for (int xp = 0; xp < w + 2 * pad; ++xp)
+                for (int ch = 0; ch < c; ++ch)
+                {
+                    const size_t at = hwc::paddedHwcOffset(yp, xp, ch, w, pad, c);
+                    ASSERT_LT(at, dst.size());
+                    ASSERT_TRUE(std::isnan(dst[at])) << "slot written twice";
+                    dst[at] = src[hwc::paddedSourceOffset(ch, yp, xp, h, w, pad)];
+                    EXPECT_EQ(dst[at], src[(ch * h + reflect(yp - pad, h)) * w + reflect(xp - pad, w)]);
+                }
+        for (float v : dst) ASSERT_FALSE(std::isnan(v)) << "slot never written";
+    }
+
+    const int dim = 32, heads = 2, h = 5, w = 3, hidden = dim / 2, headDim = dim / heads, quarter = headDim / 4;
+    const auto queries = randomUniform(dim * h * w, 52);
+    const auto bias = randomUniform(dim, 53);
+    const std::vector<float> periods = {1.f, 3.f, 10.f, 31.f};
+    std::vector<float> expected = queries;
+    applyRope(expected.data(), dim, h, w, heads, periods.data(), pool());
+    for (int branch = 0; branch < 2; ++branch)
+    {
+        const int offset = branch * hidden;
+        // The branch's convolution output, pixel-major and without its bias.
+        std::vector<float> pixelMajor(static_cast<size_t>(h) * w * hidden);
+        for (int p = 0; p < h * w; ++p)
+            for (int cc = 0; cc < hidden; ++cc)
+                pixelMajor[static_cast<size_t>(p) * hidden + cc] = queries[(offset + cc) * h * w + p] - bias[offset + cc];
+        for (int p = 0; p < h * w; ++p)
+            for (int cc = 0; cc < hidden; ++cc)
+            {
+                const hwc::RopeChannel r = hwc::ropeChannel(cc, headDim);
+                const int len = r.fromRow ? h : w, pos = r.fromRow ? p / w : p % w;
+                ASSERT_LT(r.angle, quarter);
+                const float coord = 2.f * ((static_cast<float>(pos) + 0.5f) / static_cast<float>(len)) - 1.f;
+                const float angle = 6.283185307179586f * coord / periods[r.angle];
+                const float mine = pixelMajor[static_cast<size_t>(p) * hidden + cc] + bias[offset + cc];
+                const float partner = pixelMajor[static_cast<size_t>(p) * hidden + r.partner] + bias[offset + r.partner];
+                const float got = hwc::ropeValue(mine, partner, std::cos(angle), std::sin(angle), r.sign);
+                ASSERT_NEAR(got, expected[(offset + cc) * h * w + p], 1e-5) << "branch " << branch << " channel " << cc;
+            }
+    }
 }
 
 // Official-style reference: keys/values nearest-exact upsampled to the output grid, then the

@@ -112,6 +112,18 @@ public:
     /// requested one's limits did not hold).
     AttentionKernel lastAttentionKernel() const;
 
+    /// Channels-last tail (not the default, not measured yet; docs/PERFORMANCE.md, GPU item 20):
+    /// each branch's last GroupNorm+SiLU writes pixel-major, cuDNN runs the last convolution on
+    /// NHWC tensors (no layout transforms staged around it) and RoPE reads its output pixel by
+    /// pixel. Applies with cuDNN in MathMode::TF32 and FP16 (on tensor cores, sm >= 80), when the
+    /// guide has the output size and each branch holds whole RoPE heads; other forwards run the
+    /// usual tail. Same result up to the convolution algorithm's rounding.
+    void setNhwcTail(bool enable);
+    /// setNhwcTail's value (false unless set).
+    bool nhwcTail() const;
+    /// Whether the last forward ran the channels-last tail.
+    bool lastUsedNhwcTail() const;
+
     /// Stage times of the last forward (zeros when stage timing was off).
     StageTimes lastStageTimes() const;
 

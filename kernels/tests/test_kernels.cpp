@@ -157,6 +157,29 @@ TEST(Kernels, ConvReflectMatchesDirectConvolution)
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
 
+// 1x1 convolutions run in tasks of 256 pixels: several tasks, a partial last task whose tail is
+// not a multiple of the micro-kernel's 32 or 16 pixels (23 x 29 = 667 pixels), wide channels,
+// against the direct sum in double, and bit-identical for any thread split.
+TEST(Kernels, PointConvMatchesDirectSumAcrossTasks)
+{
+    const int cin = 40, cout = 17, h = 23, w = 29;
+    const auto src = randomUniform(cin * h * w, 61);
+    const auto weight = randomUniform(cout * cin, 62);
+    const auto bias = randomUniform(cout, 63);
+    ConvWeights conv{weight.data(), bias.data(), cout, cin, 1};
+    std::vector<float> dst(static_cast<size_t>(cout) * h * w, std::nanf("")), serial(dst.size());
+    conv2dReflect(src.data(), h, w, conv, dst.data(), pool());
+    for (int co = 0; co < cout; ++co)
+        for (int p = 0; p < h * w; ++p)
+        {
+            double acc = bias[co];
+            for (int ci = 0; ci < cin; ++ci) acc += static_cast<double>(weight[co * cin + ci]) * src[ci * h * w + p];
+            ASSERT_NEAR(dst[static_cast<size_t>(co) * h * w + p], acc, 1e-5) << "co " << co << " pixel " << p;
+        }
+    conv2dReflect(src.data(), h, w, conv, serial.data(), serialParallelFor());
+    EXPECT_EQ(0, std::memcmp(dst.data(), serial.data(), dst.size() * sizeof(float)));
+}
+
 // Wide 3x3 convolutions take the Winograd F(4x4, 3x3) path (>= 32 input channels, both sides >= 4):
 // every size modulo the 4x4 tile on both axes (partial last tiles), more tiles than one task holds
 // (32 tiles = 128 columns), output channels not a multiple of the GEMM block, against the direct

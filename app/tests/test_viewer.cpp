@@ -172,6 +172,18 @@ private slots:
             const char* accepted = args[0] == "--backend" ? "auto, cpu, cuda" : "fp32, tf32, fp16";
             QVERIFY2(output.contains(accepted), qPrintable(output));
         }
+        // And malformed numbers, instead of a silently ignored or zero-sized value.
+        for (const QStringList& args : {QStringList{"--window-size", "1500x"}, QStringList{"--window-size", "0x820"},
+                                        QStringList{"--click", "200;150"}, QStringList{"--click", "-3,150"},
+                                        QStringList{"--size", "big"}, QStringList{"--size", "8"}})
+        {
+            QProcess viewer;
+            viewer.start(NAF_VIEWER_PATH, args);
+            QVERIFY(viewer.waitForFinished(60000));
+            const QString output = QString::fromUtf8(viewer.readAllStandardError());
+            QCOMPARE(viewer.exitCode(), 2);
+            QVERIFY2(output.contains(args[0] + " '" + args[1] + "': expected"), qPrintable(output));
+        }
 
         if (cv::naf::isCudaAvailable()) QSKIP("CUDA is available here: nothing to refuse");
         // CUDA where there is none: Run is refused with the module's message; the window keeps working.

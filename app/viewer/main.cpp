@@ -11,6 +11,25 @@
 
 #include "main_window.hpp"
 
+namespace {
+
+/// Integers of `text` separated by `separator` ("1500x820", "200,150"), each in [lo, hi]; false
+/// when there are not `count` of them or one is not a number in range.
+bool parseInts(const QString& text, QChar separator, int count, int lo, int hi, int* values)
+{
+    const QStringList parts = text.split(separator);
+    if (parts.size() != count) return false;
+    for (int i = 0; i < count; ++i)
+    {
+        bool ok = false;
+        values[i] = parts[i].trimmed().toInt(&ok);
+        if (!ok || values[i] < lo || values[i] > hi) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
 int main(int argc, char** argv)
 {
     QApplication app(argc, argv);
@@ -52,6 +71,18 @@ int main(int argc, char** argv)
         std::cerr << "naf_viewer: " << e.err << "\n";
         return 2;
     }
+    // Numbers too: a malformed value ends here, naming it and the expected form.
+    int windowSize[2] = {1500, 820}, click[2] = {-1, -1}, outputLongSide = 0;
+    auto refuse = [](const char* option, const QString& value, const char* expected) {
+        std::cerr << "naf_viewer: " << option << " '" << value.toStdString() << "': expected " << expected << "\n";
+        return 2;
+    };
+    if (parser.isSet(geometryOpt) && !parseInts(parser.value(geometryOpt), 'x', 2, 1, 16384, windowSize))
+        return refuse("--window-size", parser.value(geometryOpt), "WxH, two positive integers (e.g. 1500x820)");
+    if (parser.isSet(clickOpt) && !parseInts(parser.value(clickOpt), ',', 2, 0, 1 << 20, click))
+        return refuse("--click", parser.value(clickOpt), "x,y, two non-negative integers (e.g. 200,150)");
+    if (parser.isSet(sizeOpt) && !parseInts(parser.value(sizeOpt), ',', 1, 16, 4096, &outputLongSide))
+        return refuse("--size", parser.value(sizeOpt), "an integer from 16 to 4096 (output long side in pixels)");
     if (parser.isSet(checkOpt))
     {
         const std::string name = parser.value(vfmOpt).toStdString();
@@ -74,15 +105,9 @@ int main(int argc, char** argv)
     }
 
     MainWindow window;
-    if (parser.isSet(geometryOpt))
-    {
-        const QStringList wh = parser.value(geometryOpt).split('x');
-        if (wh.size() == 2) window.resize(wh[0].toInt(), wh[1].toInt());
-    }
-    else
-        window.resize(1500, 820);
+    window.resize(windowSize[0], windowSize[1]);
     if (parser.isSet(vfmOpt)) window.setVfm(parser.value(vfmOpt));
-    if (parser.isSet(sizeOpt)) window.setOutputLongSide(parser.value(sizeOpt).toInt());
+    if (parser.isSet(sizeOpt)) window.setOutputLongSide(outputLongSide);
     window.setNafBackend(nafBackend);
     window.setGpuPrecision(gpuPrecision);
     if (parser.isSet(panelsOpt))
@@ -122,12 +147,7 @@ int main(int argc, char** argv)
             QCoreApplication::exit(ok ? 0 : 1);
         });
     };
-    QPoint click(-1, -1);
-    if (parser.isSet(clickOpt))
-    {
-        const QStringList xy = parser.value(clickOpt).split(',');
-        if (xy.size() == 2) click = QPoint(xy[0].toInt(), xy[1].toInt());
-    }
+    const QPoint clickPoint(click[0], click[1]);  // (-1, -1): no click asked
     QObject::connect(&window, &MainWindow::runFinished, &window, [&](bool ok) {
         if (!ok && !shot.isEmpty())
         {
@@ -135,10 +155,10 @@ int main(int argc, char** argv)
             grabAndQuit();
             return;
         }
-        if (click.x() >= 0) window.inspectPixel(click);
+        if (clickPoint.x() >= 0) window.inspectPixel(clickPoint);
     });
     // The screenshot waits for everything asked: the run, its segmentation, the click.
-    int waiting = parser.isSet(runOpt) ? 2 + (click.x() >= 0 ? 1 : 0) : 0;
+    int waiting = parser.isSet(runOpt) ? 2 + (clickPoint.x() >= 0 ? 1 : 0) : 0;
     auto oneDone = [&, shot](bool) {
         if (shot.isEmpty() || waiting <= 0) return;
         if (--waiting == 0) grabAndQuit();

@@ -779,41 +779,49 @@ void applyRope(float* data, int dim, int h, int w, int heads, const float* perio
     const int headDim = dim / heads, half = headDim / 2, quarter = headDim / 4;
     const size_t hw = static_cast<size_t>(h) * w;
     const double twoPi = 6.283185307179586;
-    parallel(h, [&](int64_t begin, int64_t end) {
-        std::vector<float> cosY(quarter), sinY(quarter), cosX(static_cast<size_t>(w) * quarter),
-            sinX(static_cast<size_t>(w) * quarter);
-        // Angles as the reference computes them in float32: 2*pi*coord/period.
+    // Column angles once, channel-major ([quarter][w]) so that the rotation loops below run along
+    // contiguous memory; row angles per row. Angles as the reference computes them in float32:
+    // 2*pi*coord/period.
+    std::vector<float> cosX(static_cast<size_t>(quarter) * w), sinX(static_cast<size_t>(quarter) * w);
+    for (int j = 0; j < quarter; ++j)
         for (int x = 0; x < w; ++x)
         {
             const float cx = 2.f * ((static_cast<float>(x) + 0.5f) / static_cast<float>(w)) - 1.f;
-            for (int j = 0; j < quarter; ++j)
-            {
-                const float a = static_cast<float>(twoPi) * cx / periods[j];
-                cosX[static_cast<size_t>(x) * quarter + j] = std::cos(a);
-                sinX[static_cast<size_t>(x) * quarter + j] = std::sin(a);
-            }
+            const float a = static_cast<float>(twoPi) * cx / periods[j];
+            cosX[static_cast<size_t>(j) * w + x] = std::cos(a);
+            sinX[static_cast<size_t>(j) * w + x] = std::sin(a);
         }
+    parallel(h, [&](int64_t begin, int64_t end) {
         for (int64_t y = begin; y < end; ++y)
         {
             const float cy = 2.f * ((static_cast<float>(y) + 0.5f) / static_cast<float>(h)) - 1.f;
-            for (int j = 0; j < quarter; ++j)
-            {
-                const float a = static_cast<float>(twoPi) * cy / periods[j];
-                cosY[j] = std::cos(a);
-                sinY[j] = std::sin(a);
-            }
             for (int hd = 0; hd < heads; ++hd)
                 for (int j = 0; j < half; ++j)
                 {
                     float* lo = data + (static_cast<size_t>(hd) * headDim + j) * hw + static_cast<size_t>(y) * w;
                     float* hi = lo + static_cast<size_t>(half) * hw;
-                    for (int x = 0; x < w; ++x)
+                    if (j < quarter)
                     {
-                        const float cs = j < quarter ? cosY[j] : cosX[static_cast<size_t>(x) * quarter + j - quarter];
-                        const float sn = j < quarter ? sinY[j] : sinX[static_cast<size_t>(x) * quarter + j - quarter];
-                        const float a = lo[x], b = hi[x];
-                        lo[x] = a * cs - b * sn;
-                        hi[x] = b * cs + a * sn;
+                        // Row frequencies: one angle for the whole row.
+                        const float a = static_cast<float>(twoPi) * cy / periods[j];
+                        const float cs = std::cos(a), sn = std::sin(a);
+                        for (int x = 0; x < w; ++x)
+                        {
+                            const float u = lo[x], v = hi[x];
+                            lo[x] = u * cs - v * sn;
+                            hi[x] = v * cs + u * sn;
+                        }
+                    }
+                    else
+                    {
+                        const float* cs = cosX.data() + static_cast<size_t>(j - quarter) * w;
+                        const float* sn = sinX.data() + static_cast<size_t>(j - quarter) * w;
+                        for (int x = 0; x < w; ++x)
+                        {
+                            const float u = lo[x], v = hi[x];
+                            lo[x] = u * cs[x] - v * sn[x];
+                            hi[x] = v * cs[x] + u * sn[x];
+                        }
                     }
                 }
         }

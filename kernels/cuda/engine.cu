@@ -228,18 +228,41 @@ struct Engine::Impl
     }
 
     /// The branch's last convolution on pixel-major float tensors (cuDNN NHWC; setNhwcTail).
-    void convolveNhwc(const float* srcPaddedHwc, int h, int w, const detail::DevConv& conv, float* dstHwc, bool tf32)
+    /// Returns false when cuDNN has no usable NHWC algorithm for the shape (nothing enqueued; the
+    /// shape is remembered, convolutionPathNote() says so, and its later forwards skip the tail).
+    bool convolveNhwc(const float* srcPaddedHwc, int h, int w, const detail::DevConv& conv, float* dstHwc, bool tf32)
     {
+        bool done = false;
         timedConvolution([&] {
 #if NAF_HAVE_CUDNN
             if (!cudnn) throw std::logic_error("naf::kernels::cuda::Engine: NHWC tail without cuDNN");
-            cudnn->runNhwc(srcPaddedHwc, h, w, conv, dstHwc, tf32);  // runNhwc never adds the bias
+            try
+            {
+                cudnn->runNhwc(srcPaddedHwc, h, w, conv, dstHwc, tf32);  // runNhwc never adds the bias
+                done = true;
+            }
+            catch (const std::runtime_error& e)
+            {
+                nhwcRefused.push_back(std::make_tuple(h, w, conv.cin, conv.cout, conv.k, tf32));
+                nhwcRefusedNote += "NHWC " + std::to_string(conv.cout) + "x" + std::to_string(conv.cin) + "x" +
+                                   std::to_string(conv.k) + "x" + std::to_string(conv.k) + " on " +
+                                   std::to_string(h) + "x" + std::to_string(w) +
+                                   " runs the usual tail (cuDNN: " + e.what() + "); ";
+            }
 #else
             (void)srcPaddedHwc, (void)h, (void)w, (void)conv, (void)dstHwc, (void)tf32;
             throw std::logic_error("naf::kernels::cuda::Engine: NHWC tail without cuDNN");
 #endif
         });
+        return done;
     }
+    bool nhwcRefusedFor(int h, int w, const detail::DevConv& conv, bool tf32) const
+    {
+        return std::find(nhwcRefused.begin(), nhwcRefused.end(),
+                         std::make_tuple(h, w, conv.cin, conv.cout, conv.k, tf32)) != nhwcRefused.end();
+    }
+    std::vector<std::tuple<int, int, int, int, int, bool>> nhwcRefused;  // (h, w, cin, cout, k, tf32)
+    std::string nhwcRefusedNote;
 
     /// Runs `enqueueConvolution` between the convolution timing events when stage timing is on.
     template <typename Fn>
@@ -296,7 +319,8 @@ struct Engine::Impl
 
     /// One encoder branch on the guide; leaves its last convolution's output (without bias, float)
     /// in convOut and returns that bias. With `nhwc` (nhwcTailApplies), the last GroupNorm+SiLU
-    /// writes `padded` pixel-major and convOut is pixel-major [gh*gw][hidden]. T is the storage of
+    /// writes `padded` pixel-major and convOut is pixel-major [gh*gw][hidden], unless cuDNN
+    /// refused the NHWC convolution: *ranNhwc says which layout convOut has. T is the storage of
     /// the encoder tensors: float, or __half in MathMode::FP16. With __half, the guide, the
     /// convolution outputs and the GroupNorm+SiLU outputs are float16 except around the branch's
     /// last convolution, which reads float (the last GroupNorm+SiLU writes float) and writes float
@@ -305,10 +329,11 @@ struct Engine::Impl
     /// (tools/reduced_precision_study.py, fp16-encoder against fp16-encoder-tf32-last).
     template <typename T>
     const float* runBranch(const DevBranch& branch, const float* imageDev, int imageH, int imageW, int gh, int gw,
-                           bool tf32, bool nhwc)
+                           bool tf32, bool nhwc, bool* ranNhwc)
     {
+        *ranNhwc = false;
         if (branch.blocks.empty() && !std::is_same<T, float>::value)
-            return runBranch<float>(branch, imageDev, imageH, imageW, gh, gw, tf32, nhwc);  // the stem is the last
+            return runBranch<float>(branch, imageDev, imageH, imageW, gh, gw, tf32, nhwc, ranNhwc);  // the stem is the last
         const int hidden = branch.stem.cout;
         T* conv = convOut.as<T>();
         T* pad = padded.as<T>();
@@ -330,24 +355,26 @@ struct Engine::Impl
                                                   blk.norm2Beta, cfg.gnEps, dst, blk.conv2.k / 2,
                                                   gnPartial.as<double>(), gnStats.ptr, stream, overflow);
             };
-            if (l + 1 == branch.blocks.size() && nhwc)
+            const bool last = l + 1 == branch.blocks.size();
+            if (last && nhwc && !nhwcRefusedFor(gh, gw, blk.conv2, tf32))
             {
                 // The same in channels-last: GroupNorm+SiLU transposes into `padded`, cuDNN
-                // convolves NHWC without staging layout transforms (hwc_tail.hpp).
+                // convolves NHWC without staging layout transforms (hwc_tail.hpp). When cuDNN
+                // refuses, the usual tail below redoes the GroupNorm (its input is unchanged).
                 detail::launchGroupNormSiLUPaddedHwc(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups,
                                                      blk.norm2Gamma, blk.norm2Beta, cfg.gnEps, padded.as<float>(),
                                                      blk.conv2.k / 2, gnPartial.as<double>(), gnStats.ptr, stream,
                                                      overflow);
-                convolveNhwc(padded.as<float>(), gh, gw, blk.conv2, convOut.as<float>(), tf32);
+                *ranNhwc = convolveNhwc(padded.as<float>(), gh, gw, blk.conv2, convOut.as<float>(), tf32);
             }
-            else if (l + 1 == branch.blocks.size())
+            if (last && !*ranNhwc)
             {
                 // The last convolution reads and writes float (convOut is read as T and padded
                 // written as float: different buffers).
                 normalize2(padded.as<float>());
                 convolve(padded.as<float>(), gh, gw, blk.conv2, convOut.as<float>(), tf32);
             }
-            else
+            else if (!last)
             {
                 normalize2(pad);
                 convolve(pad, gh, gw, blk.conv2, conv, tf32);
@@ -376,7 +403,7 @@ struct Engine::Impl
         const int kw = effectiveKernel(shape.kernelSize, shape.lowW);
         const bool fused = ropeFused();
         const bool nhwc = nhwcTailApplies(gh, gw, shape, tf32);
-        nhwcTailUsed = nhwc;
+        nhwcTailUsed = nhwc;  // and both branches ran it (below)
 
         convCalls = 0;
         record(0);
@@ -388,10 +415,14 @@ struct Engine::Impl
         const DevBranch* branches[2] = {&point, &context};
         for (int bi = 0; bi < 2; ++bi)
         {
+            bool ranNhwc = false;
             const float* bias =
-                fp16 ? runBranch<__half>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32, nhwc)
-                     : runBranch<float>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32, nhwc);
-            if (nhwc)
+                fp16 ? runBranch<__half>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32, nhwc,
+                                         &ranNhwc)
+                     : runBranch<float>(*branches[bi], imageDev, shape.imageH, shape.imageW, gh, gw, tf32, nhwc,
+                                        &ranNhwc);
+            nhwcTailUsed = nhwcTailUsed && ranNhwc;
+            if (ranNhwc)
                 detail::launchRopeFromHwc(convOut.as<float>(), bias, hidden, queriesT.as<float>(), cfg.dim,
                                           bi * hidden, shape.outH, shape.outW, cfg.headsRope, ropeTables.ptr, stream);
             else if (fused)
@@ -752,7 +783,7 @@ ConvolutionPath Engine::convolutionPath() const
 std::string Engine::convolutionPathNote() const
 {
 #if NAF_HAVE_CUDNN
-    if (impl_->cudnn) return impl_->cudnn->plans() + impl_->halfRefusedNote;
+    if (impl_->cudnn) return impl_->cudnn->plans() + impl_->halfRefusedNote + impl_->nhwcRefusedNote;
 #endif
     return impl_->pathNote;
 }

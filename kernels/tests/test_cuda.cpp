@@ -278,7 +278,7 @@ TEST(Cuda, NhwcTailMatchesCpuWhereItApplies)
                                   makeShape(97, 83, 16, 9, 8, 97, 83, 7)})
     {
         expectMatchesCpu(engine, w, s, seed++);  // FP32, TF32, then FP16
-        EXPECT_EQ(engine.lastUsedNhwcTail(), tensorCores) << describe(s);
+        EXPECT_EQ(engine.lastUsedNhwcTail(), tensorCores) << describe(s) << "; " << engine.convolutionPathNote();
         const Inputs in = makeInputs(s, seed);
         (void)gpuForward(engine, in, s, cuda::MathMode::FP32);
         EXPECT_FALSE(engine.lastUsedNhwcTail()) << "FP32 keeps the usual tail";

@@ -117,7 +117,8 @@ public:
     /// NHWC tensors (no layout transforms staged around it) and RoPE reads its output pixel by
     /// pixel. Applies with cuDNN in MathMode::TF32 and FP16 (on tensor cores, sm >= 80), when the
     /// guide has the output size and each branch holds whole RoPE heads; other forwards run the
-    /// usual tail. Same result up to the convolution algorithm's rounding.
+    /// usual tail, as do shapes for which cuDNN has no NHWC algorithm (convolutionPathNote() names
+    /// them). Same result up to the convolution algorithm's rounding.
     void setNhwcTail(bool enable);
     /// setNhwcTail's value (false unless set).
     bool nhwcTail() const;

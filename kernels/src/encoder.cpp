@@ -157,7 +157,12 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
     }
 }
 
-constexpr int kPointTile = 256;  // pixels per 1x1-convolution task
+constexpr int kPointTile = 256;   // pixels per 1x1-convolution task
+constexpr int kPointGroup = 32;   // pixels per activated group of a 1x1 task (the micro-kernel's width)
+
+// Defined with GroupNorm below: dst rows = silu(src rows * scale[r] + shift[r]).
+void affineSiLURows(const float* src, size_t srcStride, int rows, int n, const float* scale, const float* shift,
+                    float* dst, size_t dstStride);
 
 // ---- Winograd F(4x4, 3x3) for the wide 3x3 convolutions -------------------------------------------
 // Per 4x4 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 36 multiplies
@@ -521,8 +526,11 @@ void resizeBilinear(const float* src, int planes, int srcH, int srcW, float* dst
 // ---- convolution -------------------------------------------------------------------------------
 
 void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel,
-                   std::vector<PackedConvWeights>* cache)
+                   std::vector<PackedConvWeights>* cache, const InputActivation* activation)
 {
+    if (activation && (conv.k != 1 || !activation->scale || !activation->shift))
+        throw std::invalid_argument("conv2dReflect: an input activation needs a 1x1 convolution and both of its maps "
+                                    "(k=" + std::to_string(conv.k) + ")");
     if (!conv.weight || conv.cout <= 0 || conv.cin <= 0 || conv.k <= 0 || conv.k % 2 == 0)
         throw std::invalid_argument("conv2dReflect: invalid convolution parameters (k=" + std::to_string(conv.k) +
                                     ")");
@@ -542,6 +550,32 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
     const size_t hw = static_cast<size_t>(h) * w;
     const int K = conv.cin * conv.k * conv.k;
     const GemmIsa isa = gemmIsa();
+    if (conv.k == 1 && activation)
+    {
+        // 1x1 with the previous GroupNorm+SiLU folded in: each group of 32 pixels of a task is
+        // read once through the activation into a contiguous [K][32] block, which the GEMM then
+        // reads (instead of the separate in-place pass, a read and a write of the whole tensor).
+        std::vector<ptrdiff_t> off(K);
+        for (int ci = 0; ci < K; ++ci) off[ci] = static_cast<ptrdiff_t>(ci) * kPointGroup;
+        const int64_t tasks = static_cast<int64_t>((hw + kPointTile - 1) / kPointTile);
+        parallel(tasks, [&](int64_t begin, int64_t end) {
+            thread_local std::vector<float> group;
+            group.resize(static_cast<size_t>(K) * kPointGroup);
+            for (int64_t t = begin; t < end; ++t)
+            {
+                const size_t p0 = static_cast<size_t>(t) * kPointTile;
+                const int np = static_cast<int>(std::min<size_t>(kPointTile, hw - p0));
+                for (int g0 = 0; g0 < np; g0 += kPointGroup)
+                {
+                    const int ng = std::min(kPointGroup, np - g0);
+                    affineSiLURows(src + p0 + g0, hw, K, ng, activation->scale, activation->shift, group.data(),
+                                   kPointGroup);
+                    gemmTile(isa, packed.data(), conv, K, group.data(), off.data(), ng, dst + p0 + g0, hw);
+                }
+            }
+        });
+        return;
+    }
     if (conv.k == 1)
     {
         // 1x1: the k-th row of a pixel tile is channel plane k itself.
@@ -630,29 +664,39 @@ NAF_ALWAYS_INLINE inline void shiftedSumsImpl(const float* p, size_t n, double s
     *squares = total2;
 }
 
-// p[i] = silu(p[i] * scale + shift), vectorized with expVec16 (the tail with the same formula).
-NAF_ALWAYS_INLINE inline void affineSiLUImpl(float* p, size_t n, float scale, float shift)
+// dst[i] = silu(src[i] * scale + shift), vectorized with expVec16 (the tail with the same formula,
+// so each element's result does not depend on where a run starts); src == dst is the in-place
+// GroupNorm apply, src != dst the 1x1 convolution's activated copy of its input: the same code,
+// so the same bits.
+NAF_ALWAYS_INLINE inline void affineSiLUImpl(const float* src, float* dst, size_t n, float scale, float shift)
 {
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
     {
         Vec16 v;
-        loadVec16(v, p + i);
+        loadVec16(v, src + i);
         v = v * scale + shift;
         Vec16 e;
         expVec16(e, -v);
-        storeVec16(p + i, v / (1.f + e));
+        storeVec16(dst + i, v / (1.f + e));
     }
     if (i < n)
     {
         Vec16 v = {};
-        std::memcpy(&v, p + i, (n - i) * sizeof(float));
+        std::memcpy(&v, src + i, (n - i) * sizeof(float));
         v = v * scale + shift;
         Vec16 e;
         expVec16(e, -v);
         v = v / (1.f + e);
-        std::memcpy(p + i, &v, (n - i) * sizeof(float));
+        std::memcpy(dst + i, &v, (n - i) * sizeof(float));
     }
+}
+
+// rows x n block: dst[r * dstStride + i] = silu(src[r * srcStride + i] * scale[r] + shift[r]).
+NAF_ALWAYS_INLINE inline void affineSiLURowsImpl(const float* src, size_t srcStride, int rows, int n,
+                                                 const float* scale, const float* shift, float* dst, size_t dstStride)
+{
+    for (int r = 0; r < rows; ++r) affineSiLUImpl(src + r * srcStride, dst + r * dstStride, n, scale[r], shift[r]);
 }
 
 NAF_TARGET_AVX512 void shiftedSumsAvx512(const float* p, size_t n, double shift, double* s, double* s2)
@@ -667,9 +711,24 @@ void shiftedSumsGeneric(const float* p, size_t n, double shift, double* s, doubl
 {
     shiftedSumsImpl(p, n, shift, s, s2);
 }
-NAF_TARGET_AVX512 void affineSiLUAvx512(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
-NAF_TARGET_AVX2 void affineSiLUAvx2(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
-void affineSiLUGeneric(float* p, size_t n, float a, float b) { affineSiLUImpl(p, n, a, b); }
+NAF_TARGET_AVX512 void affineSiLUAvx512(float* p, size_t n, float a, float b) { affineSiLUImpl(p, p, n, a, b); }
+NAF_TARGET_AVX2 void affineSiLUAvx2(float* p, size_t n, float a, float b) { affineSiLUImpl(p, p, n, a, b); }
+void affineSiLUGeneric(float* p, size_t n, float a, float b) { affineSiLUImpl(p, p, n, a, b); }
+NAF_TARGET_AVX512 void affineSiLURowsAvx512(const float* s, size_t ss, int r, int n, const float* a, const float* b,
+                                            float* d, size_t ds)
+{
+    affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
+}
+NAF_TARGET_AVX2 void affineSiLURowsAvx2(const float* s, size_t ss, int r, int n, const float* a, const float* b,
+                                        float* d, size_t ds)
+{
+    affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
+}
+void affineSiLURowsGeneric(const float* s, size_t ss, int r, int n, const float* a, const float* b, float* d,
+                           size_t ds)
+{
+    affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
+}
 
 void shiftedSums(const float* p, size_t n, double shift, double* sum, double* squares)
 {
@@ -679,6 +738,17 @@ void shiftedSums(const float* p, size_t n, double shift, double* sum, double* sq
         shiftedSumsAvx2(p, n, shift, sum, squares);
     else
         shiftedSumsGeneric(p, n, shift, sum, squares);
+}
+
+void affineSiLURows(const float* src, size_t srcStride, int rows, int n, const float* scale, const float* shift,
+                    float* dst, size_t dstStride)
+{
+    if (cpuHasAvx512f())
+        affineSiLURowsAvx512(src, srcStride, rows, n, scale, shift, dst, dstStride);
+    else if (cpuHasAvx2Fma())
+        affineSiLURowsAvx2(src, srcStride, rows, n, scale, shift, dst, dstStride);
+    else
+        affineSiLURowsGeneric(src, srcStride, rows, n, scale, shift, dst, dstStride);
 }
 
 void affineSiLU(float* p, size_t n, float scale, float shift)
@@ -693,11 +763,11 @@ void affineSiLU(float* p, size_t n, float scale, float shift)
 
 }  // namespace
 
-void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,
-                   const ParallelFor& parallel)
+void groupNormAffine(const float* data, int c, int h, int w, int groups, const float* gamma, const float* beta,
+                     float eps, const ParallelFor& parallel, float* scale, float* shift)
 {
     if (groups <= 0 || c % groups != 0)
-        throw std::invalid_argument("groupNormSiLU: " + std::to_string(c) + " channels not divisible into " +
+        throw std::invalid_argument("groupNorm: " + std::to_string(c) + " channels not divisible into " +
                                     std::to_string(groups) + " groups");
     const size_t hw = static_cast<size_t>(h) * w;
     const int perGroup = c / groups;
@@ -719,14 +789,22 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
             invStd[g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
         }
     });
+    for (int ch = 0; ch < c; ++ch)
+    {
+        const int g = ch / perGroup;
+        scale[ch] = invStd[g] * (gamma ? gamma[ch] : 1.f);
+        shift[ch] = (beta ? beta[ch] : 0.f) - mean[g] * scale[ch];
+    }
+}
+
+void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,
+                   const ParallelFor& parallel)
+{
+    std::vector<float> scale(c), shift(c);
+    groupNormAffine(data, c, h, w, groups, gamma, beta, eps, parallel, scale.data(), shift.data());
+    const size_t hw = static_cast<size_t>(h) * w;
     parallel(c, [&](int64_t begin, int64_t end) {
-        for (int64_t ch = begin; ch < end; ++ch)
-        {
-            const int g = static_cast<int>(ch) / perGroup;
-            const float scale = invStd[g] * (gamma ? gamma[ch] : 1.f);
-            const float shift = (beta ? beta[ch] : 0.f) - mean[g] * scale;
-            affineSiLU(data + static_cast<size_t>(ch) * hw, hw, scale, shift);
-        }
+        for (int64_t ch = begin; ch < end; ++ch) affineSiLU(data + static_cast<size_t>(ch) * hw, hw, scale[ch], shift[ch]);
     });
 }
 

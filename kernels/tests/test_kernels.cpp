@@ -264,6 +264,40 @@ TEST(Kernels, ConvRejectsInputTooSmallForReflectPadding)
     EXPECT_THROW(conv2dReflect(src.data(), 1, 3, conv, dst.data(), pool()), std::invalid_argument);
 }
 
+// GroupNorm+SiLU folded into the next 1x1 convolution (the point branch): the same bits as the
+// in-place pass followed by the convolution, across several tasks and a partial last group
+// (23 x 29 pixels), for any thread split; the input is left as it was; only 1x1 takes it.
+TEST(Kernels, PointConvThroughGroupNormActivationEqualsSeparatePasses)
+{
+    const int c = 48, cout = 20, h = 23, w = 29, groups = 8;
+    const auto src = randomUniform(c * h * w, 71, -2.f, 3.f);
+    const auto gamma = randomUniform(c, 72, 0.5f, 1.5f), beta = randomUniform(c, 73);
+    const auto weight = randomUniform(cout * c, 74), bias = randomUniform(cout, 75);
+    const ConvWeights conv{weight.data(), bias.data(), cout, c, 1};
+    std::vector<float> normalized = src;
+    groupNormSiLU(normalized.data(), c, h, w, groups, gamma.data(), beta.data(), 1e-5f, pool());
+    std::vector<float> separate(static_cast<size_t>(cout) * h * w);
+    conv2dReflect(normalized.data(), h, w, conv, separate.data(), pool());
+
+    std::vector<float> scale(c), shift(c);
+    groupNormAffine(src.data(), c, h, w, groups, gamma.data(), beta.data(), 1e-5f, pool(), scale.data(), shift.data());
+    InputActivation activation;
+    activation.scale = scale.data();
+    activation.shift = shift.data();
+    for (const ParallelFor& parallel : {pool(), serialParallelFor()})
+    {
+        std::vector<float> input = src, fused(separate.size(), std::nanf(""));
+        conv2dReflect(input.data(), h, w, conv, fused.data(), parallel, nullptr, &activation);
+        EXPECT_EQ(0, std::memcmp(fused.data(), separate.data(), fused.size() * sizeof(float)));
+        EXPECT_EQ(0, std::memcmp(input.data(), src.data(), src.size() * sizeof(float))) << "input modified";
+    }
+    const auto weight3 = randomUniform(cout * c * 9, 76);
+    std::vector<float> out(separate.size());
+    EXPECT_THROW(conv2dReflect(src.data(), h, w, ConvWeights{weight3.data(), nullptr, cout, c, 3}, out.data(), pool(),
+                               nullptr, &activation),
+                 std::invalid_argument);
+}
+
 TEST(Kernels, GroupNormSiLUMatchesReference)
 {
     // Statistics are one shifted pass; the reference is the two-pass textbook form. The offset case

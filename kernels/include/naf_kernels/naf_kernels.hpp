@@ -132,16 +132,31 @@ void checkForwardShape(const NafConfig& cfg, const ForwardShape& shape);
 void resizeBilinear(const float* src, int planes, int srcH, int srcW, float* dst, int dstH, int dstW,
                     const ParallelFor& parallel);
 
+/// Per-channel map silu(x * scale[c] + shift[c]) applied to a convolution's input as it is read
+/// (a GroupNorm + SiLU folded into the next 1x1 convolution; groupNormAffine gives the map).
+struct InputActivation
+{
+    const float* scale = nullptr;  ///< [cin]
+    const float* shift = nullptr;  ///< [cin]
+};
+
 /// Stride-1 convolution with reflect padding k/2 (k odd), plus bias: src [cin,h,w] -> dst [cout,h,w].
 /// 3x3 convolutions with >= 32 input channels (both sides >= 4) use Winograd F(4x4, 3x3): the
 /// same result up to fp32 rounding (~1e-6 of the sum of the terms' magnitudes). With `cache`,
-/// the packed weights are kept there and reused by later calls with the same weights.
+/// the packed weights are kept there and reused by later calls with the same weights. With
+/// `activation` (1x1 convolutions only, else std::invalid_argument) the input is read through it:
+/// the same bits as groupNormSiLU's in-place result convolved, without writing it back.
 void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel,
-                   std::vector<PackedConvWeights>* cache = nullptr);
+                   std::vector<PackedConvWeights>* cache = nullptr, const InputActivation* activation = nullptr);
 
 /// In-place GroupNorm (affine) followed by SiLU on data [c,h,w].
 void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* gamma, const float* beta, float eps,
                    const ParallelFor& parallel);
+
+/// The statistics half of groupNormSiLU: the per-channel map (scale, shift, each [c]) such that
+/// groupNormSiLU(data) = silu(data * scale[c] + shift[c]); data is not modified.
+void groupNormAffine(const float* data, int c, int h, int w, int groups, const float* gamma, const float* beta,
+                     float eps, const ParallelFor& parallel, float* scale, float* shift);
 
 /// PyTorch adaptive_avg_pool2d: src [c,srcH,srcW] -> dst [c,dstH,dstW] (dst may be a channel
 /// slice of a larger tensor).

@@ -161,7 +161,7 @@ constexpr int kPointTile = 256;   // pixels per 1x1-convolution task
 constexpr int kPointGroup = 32;   // pixels per activated group of a 1x1 task (the micro-kernel's width)
 
 // Defined with GroupNorm below: dst rows = silu(src rows * scale[r] + shift[r]).
-void affineSiLURows(const float* src, size_t srcStride, int rows, int n, const float* scale, const float* shift,
+void affineSiLURows(const float* src, size_t srcStride, int rows, size_t n, const float* scale, const float* shift,
                     float* dst, size_t dstStride);
 
 // ---- Winograd F(4x4, 3x3) for the wide 3x3 convolutions -------------------------------------------
@@ -693,7 +693,7 @@ NAF_ALWAYS_INLINE inline void affineSiLUImpl(const float* src, float* dst, size_
 }
 
 // rows x n block: dst[r * dstStride + i] = silu(src[r * srcStride + i] * scale[r] + shift[r]).
-NAF_ALWAYS_INLINE inline void affineSiLURowsImpl(const float* src, size_t srcStride, int rows, int n,
+NAF_ALWAYS_INLINE inline void affineSiLURowsImpl(const float* src, size_t srcStride, int rows, size_t n,
                                                  const float* scale, const float* shift, float* dst, size_t dstStride)
 {
     for (int r = 0; r < rows; ++r) affineSiLUImpl(src + r * srcStride, dst + r * dstStride, n, scale[r], shift[r]);
@@ -711,20 +711,17 @@ void shiftedSumsGeneric(const float* p, size_t n, double shift, double* s, doubl
 {
     shiftedSumsImpl(p, n, shift, s, s2);
 }
-NAF_TARGET_AVX512 void affineSiLUAvx512(float* p, size_t n, float a, float b) { affineSiLUImpl(p, p, n, a, b); }
-NAF_TARGET_AVX2 void affineSiLUAvx2(float* p, size_t n, float a, float b) { affineSiLUImpl(p, p, n, a, b); }
-void affineSiLUGeneric(float* p, size_t n, float a, float b) { affineSiLUImpl(p, p, n, a, b); }
-NAF_TARGET_AVX512 void affineSiLURowsAvx512(const float* s, size_t ss, int r, int n, const float* a, const float* b,
+NAF_TARGET_AVX512 void affineSiLURowsAvx512(const float* s, size_t ss, int r, size_t n, const float* a, const float* b,
                                             float* d, size_t ds)
 {
     affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
 }
-NAF_TARGET_AVX2 void affineSiLURowsAvx2(const float* s, size_t ss, int r, int n, const float* a, const float* b,
+NAF_TARGET_AVX2 void affineSiLURowsAvx2(const float* s, size_t ss, int r, size_t n, const float* a, const float* b,
                                         float* d, size_t ds)
 {
     affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
 }
-void affineSiLURowsGeneric(const float* s, size_t ss, int r, int n, const float* a, const float* b, float* d,
+void affineSiLURowsGeneric(const float* s, size_t ss, int r, size_t n, const float* a, const float* b, float* d,
                            size_t ds)
 {
     affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
@@ -740,7 +737,7 @@ void shiftedSums(const float* p, size_t n, double shift, double* sum, double* sq
         shiftedSumsGeneric(p, n, shift, sum, squares);
 }
 
-void affineSiLURows(const float* src, size_t srcStride, int rows, int n, const float* scale, const float* shift,
+void affineSiLURows(const float* src, size_t srcStride, int rows, size_t n, const float* scale, const float* shift,
                     float* dst, size_t dstStride)
 {
     if (cpuHasAvx512f())
@@ -749,16 +746,6 @@ void affineSiLURows(const float* src, size_t srcStride, int rows, int n, const f
         affineSiLURowsAvx2(src, srcStride, rows, n, scale, shift, dst, dstStride);
     else
         affineSiLURowsGeneric(src, srcStride, rows, n, scale, shift, dst, dstStride);
-}
-
-void affineSiLU(float* p, size_t n, float scale, float shift)
-{
-    if (cpuHasAvx512f())
-        affineSiLUAvx512(p, n, scale, shift);
-    else if (cpuHasAvx2Fma())
-        affineSiLUAvx2(p, n, scale, shift);
-    else
-        affineSiLUGeneric(p, n, scale, shift);
 }
 
 }  // namespace
@@ -804,7 +791,9 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
     groupNormAffine(data, c, h, w, groups, gamma, beta, eps, parallel, scale.data(), shift.data());
     const size_t hw = static_cast<size_t>(h) * w;
     parallel(c, [&](int64_t begin, int64_t end) {
-        for (int64_t ch = begin; ch < end; ++ch) affineSiLU(data + static_cast<size_t>(ch) * hw, hw, scale[ch], shift[ch]);
+        float* rows = data + static_cast<size_t>(begin) * hw;  // channels [begin, end), in place
+        affineSiLURows(rows, hw, static_cast<int>(end - begin), hw, scale.data() + begin, shift.data() + begin, rows,
+                       hw);
     });
 }
 

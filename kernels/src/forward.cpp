@@ -82,6 +82,13 @@ void adviseHugePages(void* data, size_t bytes)
 #endif
 }
 
+// When the guide has the output size, pooling is the identity and each branch's slice of the
+// queries serves as its second activation buffer (runBranch): no Workspace::bufB.
+bool poolIsIdentity(int gh, int gw, int outH, int outW)
+{
+    return gh == outH && gw == outW;
+}
+
 void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const float* guide, int gh, int gw,
                float* pooledOut, int outH, int outW, Workspace& ws, const ParallelFor& parallel)
 {
@@ -92,13 +99,13 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
     // branch's own slice of the queries: the last convolution lands there, and the slice serves as
     // the second buffer until then (no convolution reads the buffer it writes), which saves one
     // 128-channel buffer at guide resolution (2 GB at 2016x2016).
-    const bool poolIsIdentity = gh == outH && gw == outW;
+    const bool identity = poolIsIdentity(gh, gw, outH, outW);
     ws.bufA.resize(hidden * plane);
-    if (!poolIsIdentity) ws.bufB.resize(hidden * plane);
-    float* even = poolIsIdentity ? pooledOut : ws.bufB.data();
+    if (!identity) ws.bufB.resize(hidden * plane);
+    float* even = identity ? pooledOut : ws.bufB.data();
     float* odd = ws.bufA.data();
     // GroupNorm + SiLU of `in`, then conv into `out`. A 1x1 convolution reads its input through the
-    // activation (the same bits), which saves the in-place pass over the tensor: 3-4 % of the
+    // activation (the same bits), which saves the in-place pass over the tensor: 2-9 % of the
     // encoder (PERFORMANCE item 21).
     std::vector<float> scale(hidden), shift(hidden);
     auto normThenConv = [&](float* in, const float* gamma, const float* beta, const ConvWeights& conv, float* out) {
@@ -123,7 +130,7 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
         normThenConv(even, block.norm1Gamma, block.norm1Beta, block.conv1, odd);
         normThenConv(odd, block.norm2Gamma, block.norm2Beta, block.conv2, even);
     }
-    if (!poolIsIdentity) adaptiveAvgPool(even, hidden, gh, gw, pooledOut, outH, outW, parallel);
+    if (!identity) adaptiveAvgPool(even, hidden, gh, gw, pooledOut, outH, outW, parallel);
 }
 
 }  // namespace
@@ -171,7 +178,7 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     if (resize) ws.normalized.reserve(3 * imagePlane);
     ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
     ws.bufA.reserve(hidden * guidePlane);
-    if (gh != shape.outH || gw != shape.outW) ws.bufB.reserve(hidden * guidePlane);  // see runBranch
+    if (!poolIsIdentity(gh, gw, shape.outH, shape.outW)) ws.bufB.reserve(hidden * guidePlane);
     ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -26,8 +27,8 @@ inline int reflectIndex(int i, int n)
 
 // ---- convolution as an indirect GEMM -----------------------------------------------------------
 // out[co, p] = bias[co] + sum_k W[co, k] * base[off[k] + p]: the k-th "im2col row" of a pixel tile
-// is read in place at offset off[k] (a channel plane for 1x1 convs, a shifted row of a
-// reflect-padded row band for kxk convs), so no im2col matrix is ever written. Each output value
+// is read in place at offset off[k] (a row of a gathered pixel group for 1x1 convs, a shifted row
+// of a reflect-padded row band for kxk convs), so no im2col matrix is ever written. Each output value
 // is one sequential FMA chain over k plus the bias at the end, whatever the tiling or thread
 // count, so results are bit-identical for any split.
 
@@ -157,12 +158,23 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
     }
 }
 
-constexpr int kPointTile = 256;   // pixels per 1x1-convolution task
-constexpr int kPointGroup = 32;   // pixels per activated group of a 1x1 task (the micro-kernel's width)
+// Orders this thread's non-temporal stores before whatever follows (the end of a parallel task).
+inline void storeFence()
+{
+#ifdef NAF_X86_SIMD
+    _mm_sfence();
+#endif
+}
 
-// Defined with GroupNorm below: dst rows = silu(src rows * scale[r] + shift[r]).
-void affineSiLURows(const float* src, size_t srcStride, int rows, size_t n, const float* scale, const float* shift,
-                    float* dst, size_t dstStride);
+constexpr int kPointTile = 512;   // pixels per 1x1-convolution task
+constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)
+
+// Defined with GroupNorm below: the np pixels from src (K channel planes hw apart) into
+// ceil(np / kPointGroup) groups [K][kPointGroup] in dst, through silu(x * scale[c] + shift[c])
+// when `activation` is given.
+void gatherPointGroups(const float* src, size_t hw, int K, int np, const InputActivation* activation, float* dst);
+// The reverse for the results: groups [rows][kPointGroup] -> dst rows hw apart, np pixels each.
+void scatterPointGroups(const float* groups, int rows, int np, float* dst, size_t hw);
 
 // ---- Winograd F(4x4, 3x3) for the wide 3x3 convolutions -------------------------------------------
 // Per 4x4 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 36 multiplies
@@ -308,8 +320,22 @@ NAF_ALWAYS_INLINE inline void winogradOutputRow(float m0, float m1, float m2, fl
     o[3] = diff12 + 8.f * diff34 + m5;
 }
 
+// dst[0, n) = src[0, n) with non-temporal stores; dst on a 64-byte boundary, n a multiple of 16.
+NAF_TARGET_AVX512 void streamStoreAvx512(float* dst, const float* src, int n)
+{
+#ifdef NAF_X86_SIMD
+    for (int x = 0; x < n; x += 16) _mm512_stream_ps(dst + x, _mm512_loadu_ps(src + x));
+#else
+    std::memcpy(dst, src, sizeof(float) * n);
+#endif
+}
+
 // Output transform of one output channel: m[xi * mStride + j] -> the tile row's four output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
+// kStream (AVX-512 only): whole rows on 64-byte boundaries are written with non-temporal stores,
+// which skip reading each output line before writing it (the next layer reads it much later, from
+// DRAM anyway): 5-9 % of the convolution (PERFORMANCE item 23). The caller fences.
+template <bool kStream = false>
 NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
                                                  float* const y[4], int cols)
 {
@@ -333,6 +359,17 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
             for (int c = 0; c < 4; ++c) out[c][j] = o[c] + bias;
         }
         float* row = y[i];
+        if constexpr (kStream)
+        {
+            if (4 * nt <= cols && nt % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 63) == 0)
+            {
+                alignas(64) float line[4 * kWinogradTiles];
+                for (int j = 0; j < nt; ++j)
+                    for (int c = 0; c < 4; ++c) line[4 * j + c] = out[c][j];
+                streamStoreAvx512(row, line, 4 * nt);
+                continue;
+            }
+        }
         if (4 * nt <= cols)
             for (int j = 0; j < nt; ++j)
                 for (int c = 0; c < 4; ++c) row[4 * j + c] = out[c][j];
@@ -355,7 +392,7 @@ void winogradInputGeneric(const float* const r[6], int w, int t0, int nt, float*
 }
 NAF_TARGET_AVX512 void winogradOutputAvx512(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
 {
-    winogradOutputImpl(m, ms, nt, b, y, c);
+    winogradOutputImpl<true>(m, ms, nt, b, y, c);
 }
 NAF_TARGET_AVX2 void winogradOutputAvx2(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
 {
@@ -438,6 +475,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                 winogradOutput(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles, ms, nt,
                                conv.bias ? conv.bias[co] : 0.f, y, cols);
             }
+            if (isa == GemmIsa::Avx512) storeFence();  // the output's non-temporal stores
         }
     });
 }
@@ -550,44 +588,32 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
     const size_t hw = static_cast<size_t>(h) * w;
     const int K = conv.cin * conv.k * conv.k;
     const GemmIsa isa = gemmIsa();
-    if (conv.k == 1 && activation)
+    if (conv.k == 1)
     {
-        // 1x1 with the previous GroupNorm+SiLU folded in: each group of 32 pixels of a task is
-        // read once through the activation into a contiguous [K][32] block, which the GEMM then
-        // reads (instead of the separate in-place pass, a read and a write of the whole tensor).
+        // 1x1: a task's pixels are gathered first, channel by channel, into contiguous [K][32]
+        // groups (through the previous GroupNorm+SiLU when there is one, which saves its in-place
+        // pass over the tensor: PERFORMANCE item 21); the GEMM reads the groups from cache and
+        // writes [cout][32] groups, which go out channel by channel, non-temporal where aligned.
+        // Read and written in place, a tile's rows lie one channel plane apart: K + cout streams
+        // of 128 bytes that wait on DRAM latency; now each plane sees one 2 KB run per task
+        // (PERFORMANCE item 23: 9-43 % off a 128 -> 128 convolution, more at larger planes).
         std::vector<ptrdiff_t> off(K);
         for (int ci = 0; ci < K; ++ci) off[ci] = static_cast<ptrdiff_t>(ci) * kPointGroup;
         const int64_t tasks = static_cast<int64_t>((hw + kPointTile - 1) / kPointTile);
         parallel(tasks, [&](int64_t begin, int64_t end) {
-            thread_local std::vector<float> group;
-            group.resize(static_cast<size_t>(K) * kPointGroup);
+            thread_local std::vector<float> groups, results;
+            groups.resize(static_cast<size_t>(K) * kPointTile);
+            results.resize(static_cast<size_t>(conv.cout) * kPointTile);
             for (int64_t t = begin; t < end; ++t)
             {
                 const size_t p0 = static_cast<size_t>(t) * kPointTile;
                 const int np = static_cast<int>(std::min<size_t>(kPointTile, hw - p0));
+                gatherPointGroups(src + p0, hw, K, np, activation, groups.data());
                 for (int g0 = 0; g0 < np; g0 += kPointGroup)
-                {
-                    const int ng = std::min(kPointGroup, np - g0);
-                    affineSiLURows(src + p0 + g0, hw, K, ng, activation->scale, activation->shift, group.data(),
-                                   kPointGroup);
-                    gemmTile(isa, packed.data(), conv, K, group.data(), off.data(), ng, dst + p0 + g0, hw);
-                }
-            }
-        });
-        return;
-    }
-    if (conv.k == 1)
-    {
-        // 1x1: the k-th row of a pixel tile is channel plane k itself.
-        std::vector<ptrdiff_t> off(K);
-        for (int ci = 0; ci < K; ++ci) off[ci] = static_cast<ptrdiff_t>(ci * hw);  // can exceed 2^31
-        const int64_t tasks = static_cast<int64_t>((hw + kPointTile - 1) / kPointTile);
-        parallel(tasks, [&](int64_t begin, int64_t end) {
-            for (int64_t t = begin; t < end; ++t)
-            {
-                const size_t p0 = static_cast<size_t>(t) * kPointTile;
-                const int np = static_cast<int>(std::min<size_t>(kPointTile, hw - p0));
-                gemmTile(isa, packed.data(), conv, K, src + p0, off.data(), np, dst + p0, hw);
+                    gemmTile(isa, packed.data(), conv, K, groups.data() + static_cast<size_t>(g0) * K, off.data(),
+                             std::min(kPointGroup, np - g0), results.data() + static_cast<size_t>(g0) * conv.cout,
+                             kPointGroup);
+                scatterPointGroups(results.data(), conv.cout, np, dst + p0, hw);
             }
         });
         return;
@@ -699,6 +725,60 @@ NAF_ALWAYS_INLINE inline void affineSiLURowsImpl(const float* src, size_t srcStr
     for (int r = 0; r < rows; ++r) affineSiLUImpl(src + r * srcStride, dst + r * dstStride, n, scale[r], shift[r]);
 }
 
+// Channel by channel, so each plane is read as one run of np values (see conv2dReflect's 1x1 path).
+NAF_ALWAYS_INLINE inline void gatherPointGroupsImpl(const float* src, size_t hw, int K, int np,
+                                                    const InputActivation* activation, float* dst)
+{
+    for (int ci = 0; ci < K; ++ci)
+    {
+        const float* row = src + static_cast<size_t>(ci) * hw;
+        float* group = dst + static_cast<size_t>(ci) * kPointGroup;
+        const size_t groupStride = static_cast<size_t>(K) * kPointGroup;
+        for (int g0 = 0; g0 < np; g0 += kPointGroup, group += groupStride)
+        {
+            const size_t n = static_cast<size_t>(std::min(kPointGroup, np - g0));
+            if (activation)
+                affineSiLUImpl(row + g0, group, n, activation->scale[ci], activation->shift[ci]);
+            else
+                std::memcpy(group, row + g0, n * sizeof(float));
+        }
+    }
+}
+
+NAF_ALWAYS_INLINE inline void scatterPointGroupsImpl(const float* groups, int rows, int np, float* dst, size_t hw)
+{
+    for (int r = 0; r < rows; ++r)
+    {
+        float* row = dst + static_cast<size_t>(r) * hw;
+        for (int g0 = 0; g0 < np; g0 += kPointGroup)
+            std::memcpy(row + g0, groups + (static_cast<size_t>(g0) * rows + r * kPointGroup),
+                        sizeof(float) * std::min(kPointGroup, np - g0));
+    }
+}
+
+NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, int np, float* dst, size_t hw)
+{
+    bool streamed = false;
+    for (int r = 0; r < rows; ++r)
+    {
+        float* row = dst + static_cast<size_t>(r) * hw;
+        const bool aligned = (reinterpret_cast<uintptr_t>(row) & 63) == 0;
+        for (int g0 = 0; g0 < np; g0 += kPointGroup)
+        {
+            const float* g = groups + (static_cast<size_t>(g0) * rows + r * kPointGroup);
+            const int n = std::min(kPointGroup, np - g0);
+            if (aligned && n == kPointGroup)
+            {
+                streamStoreAvx512(row + g0, g, kPointGroup);
+                streamed = true;
+            }
+            else
+                std::memcpy(row + g0, g, sizeof(float) * n);
+        }
+    }
+    if (streamed) storeFence();
+}
+
 NAF_TARGET_AVX512 void shiftedSumsAvx512(const float* p, size_t n, double shift, double* s, double* s2)
 {
     shiftedSumsImpl(p, n, shift, s, s2);
@@ -721,6 +801,19 @@ NAF_TARGET_AVX2 void affineSiLURowsAvx2(const float* s, size_t ss, int r, size_t
 {
     affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
 }
+NAF_TARGET_AVX512 void gatherPointGroupsAvx512(const float* s, size_t hw, int K, int np, const InputActivation* a,
+                                               float* d)
+{
+    gatherPointGroupsImpl(s, hw, K, np, a, d);
+}
+NAF_TARGET_AVX2 void gatherPointGroupsAvx2(const float* s, size_t hw, int K, int np, const InputActivation* a, float* d)
+{
+    gatherPointGroupsImpl(s, hw, K, np, a, d);
+}
+void gatherPointGroupsGeneric(const float* s, size_t hw, int K, int np, const InputActivation* a, float* d)
+{
+    gatherPointGroupsImpl(s, hw, K, np, a, d);
+}
 void affineSiLURowsGeneric(const float* s, size_t ss, int r, size_t n, const float* a, const float* b, float* d,
                            size_t ds)
 {
@@ -735,6 +828,24 @@ void shiftedSums(const float* p, size_t n, double shift, double* sum, double* sq
         shiftedSumsAvx2(p, n, shift, sum, squares);
     else
         shiftedSumsGeneric(p, n, shift, sum, squares);
+}
+
+void scatterPointGroups(const float* groups, int rows, int np, float* dst, size_t hw)
+{
+    if (cpuHasAvx512f())
+        scatterPointGroupsAvx512(groups, rows, np, dst, hw);
+    else
+        scatterPointGroupsImpl(groups, rows, np, dst, hw);
+}
+
+void gatherPointGroups(const float* src, size_t hw, int K, int np, const InputActivation* activation, float* dst)
+{
+    if (cpuHasAvx512f())
+        gatherPointGroupsAvx512(src, hw, K, np, activation, dst);
+    else if (cpuHasAvx2Fma())
+        gatherPointGroupsAvx2(src, hw, K, np, activation, dst);
+    else
+        gatherPointGroupsGeneric(src, hw, K, np, activation, dst);
 }
 
 void affineSiLURows(const float* src, size_t srcStride, int rows, size_t n, const float* scale, const float* shift,

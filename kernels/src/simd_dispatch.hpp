@@ -3,6 +3,8 @@
 #pragma once
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define NAF_X86_SIMD 1  // x86 intrinsics usable inside NAF_TARGET_* functions
 #define NAF_ALWAYS_INLINE __attribute__((always_inline))
 #define NAF_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define NAF_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))

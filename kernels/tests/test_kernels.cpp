@@ -12,6 +12,7 @@
 #include "test_support.hpp"
 
 using namespace naf::kernels;
+using naf::kernels::testing::AlignedFloats;
 using naf::kernels::testing::randomUniform;
 using naf::kernels::testing::RandomNafWeights;
 using naf::kernels::testing::relativeL2;
@@ -160,24 +161,32 @@ TEST(Kernels, ConvReflectMatchesDirectConvolution)
 // 1x1 convolutions run in tasks of 256 pixels: several tasks, a partial last task whose tail is
 // not a multiple of the micro-kernel's 32 or 16 pixels (23 x 29 = 667 pixels), wide channels,
 // against the direct sum in double, and bit-identical for any thread split.
+// 1x1 tasks gather 512 pixels each and write whole 16-float runs with non-temporal stores where a
+// row starts on a 64-byte boundary: 23x29 has misaligned rows, a partial task and a partial group;
+// 32x48 (planes of a multiple of 16 floats, on an aligned base) takes the streamed stores in 3 tasks.
 TEST(Kernels, PointConvMatchesDirectSumAcrossTasks)
 {
-    const int cin = 40, cout = 17, h = 23, w = 29;
-    const auto src = randomUniform(cin * h * w, 61);
-    const auto weight = randomUniform(cout * cin, 62);
-    const auto bias = randomUniform(cout, 63);
-    ConvWeights conv{weight.data(), bias.data(), cout, cin, 1};
-    std::vector<float> dst(static_cast<size_t>(cout) * h * w, std::nanf("")), serial(dst.size());
-    conv2dReflect(src.data(), h, w, conv, dst.data(), pool());
-    for (int co = 0; co < cout; ++co)
-        for (int p = 0; p < h * w; ++p)
-        {
-            double acc = bias[co];
-            for (int ci = 0; ci < cin; ++ci) acc += static_cast<double>(weight[co * cin + ci]) * src[ci * h * w + p];
-            ASSERT_NEAR(dst[static_cast<size_t>(co) * h * w + p], acc, 1e-5) << "co " << co << " pixel " << p;
-        }
-    conv2dReflect(src.data(), h, w, conv, serial.data(), serialParallelFor());
-    EXPECT_EQ(0, std::memcmp(dst.data(), serial.data(), dst.size() * sizeof(float)));
+    for (const auto& [h, w] : {std::pair<int, int>{23, 29}, std::pair<int, int>{32, 48}})
+    {
+        const int cin = 40, cout = 17;
+        const auto src = randomUniform(cin * h * w, 61);
+        const auto weight = randomUniform(cout * cin, 62);
+        const auto bias = randomUniform(cout, 63);
+        ConvWeights conv{weight.data(), bias.data(), cout, cin, 1};
+        AlignedFloats dst(static_cast<size_t>(cout) * h * w, std::nanf("")), serial(dst.size(), 0.f);
+        conv2dReflect(src.data(), h, w, conv, dst.data(), pool());
+        for (int co = 0; co < cout; ++co)
+            for (int p = 0; p < h * w; ++p)
+            {
+                double acc = bias[co];
+                for (int ci = 0; ci < cin; ++ci)
+                    acc += static_cast<double>(weight[co * cin + ci]) * src[ci * h * w + p];
+                ASSERT_NEAR(dst.data()[static_cast<size_t>(co) * h * w + p], acc, 1e-5)
+                    << h << "x" << w << " co " << co << " pixel " << p;
+            }
+        conv2dReflect(src.data(), h, w, conv, serial.data(), serialParallelFor());
+        EXPECT_EQ(0, std::memcmp(dst.data(), serial.data(), dst.size() * sizeof(float))) << h << "x" << w;
+    }
 }
 
 // Wide 3x3 convolutions take the Winograd F(4x4, 3x3) path (>= 32 input channels, both sides >= 4):
@@ -190,15 +199,17 @@ TEST(Kernels, WinogradConvMatchesDirectConvolution)
     {
         int cin, cout, h, w;
     };
+    // 6x144 (rows of a multiple of 16 floats, on an aligned base) takes the output transform's
+    // non-temporal row stores, in a full task and a partial one of 4 tiles.
     for (const Case c : {Case{32, 7, 4, 4}, Case{40, 12, 9, 13}, Case{33, 9, 5, 4}, Case{64, 17, 7, 150},
-                         Case{48, 10, 6, 135}, Case{128, 16, 11, 7}})
+                         Case{48, 10, 6, 135}, Case{128, 16, 11, 7}, Case{32, 9, 6, 144}})
     {
         const int k = 3;
         const auto src = randomUniform(c.cin * c.h * c.w, 11);
         const auto weight = randomUniform(c.cout * c.cin * k * k, 12);
         const auto bias = randomUniform(c.cout, 13);
         ConvWeights conv{weight.data(), bias.data(), c.cout, c.cin, k};
-        std::vector<float> dst(static_cast<size_t>(c.cout) * c.h * c.w, std::nanf(""));
+        AlignedFloats dst(static_cast<size_t>(c.cout) * c.h * c.w, std::nanf(""));
         conv2dReflect(src.data(), c.h, c.w, conv, dst.data(), pool());
         auto reflect = [](int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
         double worst = 0;
@@ -216,7 +227,7 @@ TEST(Kernels, WinogradConvMatchesDirectConvolution)
                                 acc += t;
                                 mag += std::fabs(t);
                             }
-                    const float got = dst[(static_cast<size_t>(co) * c.h + y) * c.w + x];
+                    const float got = dst.data()[(static_cast<size_t>(co) * c.h + y) * c.w + x];
                     ASSERT_TRUE(std::isfinite(got)) << "unwritten output at co " << co << " y " << y << " x " << x;
                     // fp32 rounding of a sum of cin*9 terms, relative to the sum of their magnitudes.
                     worst = std::max(worst, std::fabs(got - acc) / mag);

@@ -137,6 +137,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             for (int b = 0; b < g.kw; ++b) s.keyPixel[a * g.kw + b] = rows[a] * g.lowW + cols[b];
         // The next run's queries (dim planes per row, one or two cache lines each) are read from
         // DRAM: ask for them now, while this run computes (its query loads were 18 % of the time).
+        // Into L2, not L1: planes a multiple of 4 KB apart share L1 sets, so 2 x 256 prefetched
+        // lines evicted each other there (x32 -5 %, PERFORMANCE item 26).
         if (x0 + len < g.outW)
         {
             const int last = std::min(g.outW, x0 + len + kRun) - 1;
@@ -146,8 +148,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                 for (int c = 0; c < g.dim; ++c)
                 {
                     const float* plane = next + static_cast<size_t>(c) * outPlane;
-                    __builtin_prefetch(plane + x0 + len);
-                    __builtin_prefetch(plane + last);
+                    __builtin_prefetch(plane + x0 + len, 0, 2);
+                    __builtin_prefetch(plane + last, 0, 2);
                 }
             }
         }

@@ -159,7 +159,7 @@ void BM_Encoder(benchmark::State& state, const BenchConfig& c)
     const auto& w = benchWeights();
     std::vector<float> image = randomVector(3 * static_cast<size_t>(c.imageH) * c.imageW, 3);
     for (float& v : image) v = 0.5f + 0.5f * v;
-    std::vector<float> queries(static_cast<size_t>(w.cfg.dim) * c.outH * c.outW);
+    K::AlignedFloatVector queries(static_cast<size_t>(w.cfg.dim) * c.outH * c.outW);
     K::Workspace ws;  // reused across iterations, as a NAF object does
     const K::ParallelFor parallel = opencvParallelFor();
     K::encodeQueries(w.cfg, w.view, image.data(), c.imageH, c.imageW, c.outH, c.outW, queries.data(), ws,

@@ -144,7 +144,7 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
     const bool resize = gh != imageH || gw != imageW;
     // Normalize first, then resize, in the order of the official pipeline. Without a resize the
     // normalized image is the guide, kept in the workspace (no allocation on later calls).
-    std::vector<float>& normalized = resize ? ws.normalized : ws.guide;
+    AlignedFloatVector& normalized = resize ? ws.normalized : ws.guide;
     normalized.resize(3 * imagePlane);
     for (int c = 0; c < 3; ++c)
     {
@@ -182,7 +182,7 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.
-    for (std::vector<float>* buffer : {&ws.bufA, &ws.bufB, &ws.queries})
+    for (AlignedFloatVector* buffer : {&ws.bufA, &ws.bufB, &ws.queries})
         adviseHugePages(buffer->data(), buffer->capacity() * sizeof(float));
 }
 

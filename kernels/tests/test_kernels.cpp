@@ -688,6 +688,9 @@ TEST(Forward, RepeatedCallsReuseTheWorkspace)
     // The guide has the output size: each branch's slice of the queries is its second activation
     // buffer, so bufB is never allocated.
     EXPECT_EQ(ws.bufB.capacity(), 0u);
+    // The scratch starts on cache lines, so that the convolutions' non-temporal stores apply.
+    for (const float* buffer : {ws.guide.data(), ws.bufA.data(), ws.queries.data(), ws.keys.data()})
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer) % 64, 0u);
     forward(weights.cfg, weights.view, image.data(), features.data(), second.data(), shape, ws, pool());
     EXPECT_EQ(bytes, ws.bytes());
     const std::vector<const float*> after = {ws.guide.data(), ws.bufA.data(), ws.bufB.data(), ws.queries.data(),

@@ -5,8 +5,10 @@
 // modules/naf layer validates user input first and turns these into cv::Exception.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -105,11 +107,41 @@ struct PackedConvWeights
     std::vector<float> original, packed;
 };
 
+/// Allocator on 64-byte (cache line) boundaries: the convolutions write whole lines of a channel
+/// plane with non-temporal stores only where the plane's rows start on one (a plain large
+/// std::vector starts 16 bytes past a page).
+template <class T>
+struct CacheLineAllocator
+{
+    using value_type = T;
+    static constexpr std::align_val_t kAlignment{64};
+    CacheLineAllocator() = default;
+    template <class U>
+    CacheLineAllocator(const CacheLineAllocator<U>&) noexcept
+    {
+    }
+    T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlignment)); }
+    void deallocate(T* p, size_t) noexcept { ::operator delete(p, kAlignment); }
+    template <class U>
+    bool operator==(const CacheLineAllocator<U>&) const noexcept
+    {
+        return true;
+    }
+    template <class U>
+    bool operator!=(const CacheLineAllocator<U>&) const noexcept
+    {
+        return false;
+    }
+};
+
+/// A float buffer on a 64-byte boundary (see CacheLineAllocator).
+using AlignedFloatVector = std::vector<float, CacheLineAllocator<float>>;
+
 /// Reusable scratch memory of the CPU forward; keep one per concurrent caller.
 struct Workspace
 {
-    std::vector<float> normalized, guide, bufA, queries, keys;
-    std::vector<float> bufB;  ///< second encoder buffer, only when the guide is not the output size
+    AlignedFloatVector normalized, guide, bufA, queries, keys;
+    AlignedFloatVector bufB;  ///< second encoder buffer, only when the guide is not the output size
     std::vector<PackedConvWeights> packedConvs;
     size_t bytes() const;
 };

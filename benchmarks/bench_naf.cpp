@@ -180,7 +180,7 @@ void BM_Attention(benchmark::State& state, const BenchConfig& c)
     const std::vector<float> queries = randomVector(static_cast<size_t>(dim) * c.outH * c.outW, 4);
     const std::vector<float> keys = randomVector(static_cast<size_t>(dim) * c.lowH * c.lowW, 5);
     const std::vector<float> values = randomVector(static_cast<size_t>(c.channels) * c.lowH * c.lowW, 6);
-    std::vector<float> out(static_cast<size_t>(c.channels) * c.outH * c.outW);
+    K::AlignedFloatVector out(static_cast<size_t>(c.channels) * c.outH * c.outW);
     const K::ParallelFor parallel = opencvParallelFor();
     const float scale = 1.f / std::sqrt(static_cast<float>(dim / w.cfg.headsAttn));
     for (auto _ : state)

@@ -108,6 +108,30 @@ NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
         std::memcpy(p, &v, sizeof(float) * len);
 }
 
+// One full run to a 64-byte boundary with a non-temporal store (AVX-512 only).
+NAF_TARGET_AVX512 void streamRunAvx512(float* p, const Vec16& v)
+{
+#ifdef NAF_X86_SIMD
+    _mm512_stream_ps(p, reinterpret_cast<const __m512&>(v));
+#else
+    storeVec16(p, v);
+#endif
+}
+
+// An output run: the output is written once and read by no later step of the forward, so whole
+// aligned lines skip the read for ownership (kStream; the caller fences at the end of its rows).
+template <bool kStream>
+NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
+{
+    if constexpr (kStream)
+        if (len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
+        {
+            streamRunAvx512(p, v);
+            return;
+        }
+    storeRun(p, v, len);
+}
+
 // R consecutive output rows that share their row table (R = 1, or 2 when the rows fall in the
 // same low-res cell row). Consecutive pixels of a row that share the same window (the same column
 // table) form a run of up to 16; a run is computed with one vector lane per pixel, so the keys and
@@ -116,7 +140,7 @@ NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
 // operations of one pixel (dot products as sequential FMA chains over channels, softmax, weighted
 // sum in window order), so results do not depend on how pixels or rows are grouped, nor on the
 // thread count.
-template <int R>
+template <int R, bool kStream = false>
 NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
                                                 const float* valuesT, float* out, int y, RowScratch& s)
 {
@@ -228,7 +252,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                 }
                 for (int r = 0; r < R; ++r)
                     for (int i = 0; i < 8; ++i)
-                        storeRun(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW, acc[r][i], len);
+                        storeOutputRun<kStream>(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW,
+                                                acc[r][i], len);
             }
             for (; cv < g.headValues; ++cv)
             {
@@ -239,7 +264,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                     for (int r = 0; r < R; ++r) acc[r] += logits[r * n + t] * v;
                 }
                 for (int r = 0; r < R; ++r)
-                    storeRun(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
+                    storeOutputRun<kStream>(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
             }
         }
         x0 += len;
@@ -252,9 +277,9 @@ NAF_TARGET_AVX512 void attentionRowsAvx512(const AttentionGeometry& g, const flo
                                            const float* vT, float* out, int y, int rows, RowScratch& s)
 {
     if (rows == 2)
-        attentionRowsImpl<2>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<2, true>(g, q, kT, vT, out, y, s);
     else
-        attentionRowsImpl<1>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<1, true>(g, q, kT, vT, out, y, s);
 }
 
 NAF_TARGET_AVX2 void attentionRowAvx2(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
@@ -345,6 +370,7 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
             else
                 attentionRowGeneric(g, queries, keysT.data(), valuesT.data(), out, y, scratch);
         }
+        if (avx512) storeFence();  // the output's non-temporal stores
     });
 
     if (probe)

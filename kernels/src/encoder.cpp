@@ -158,14 +158,6 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
     }
 }
 
-// Orders this thread's non-temporal stores before whatever follows (the end of a parallel task).
-inline void storeFence()
-{
-#ifdef NAF_X86_SIMD
-    _mm_sfence();
-#endif
-}
-
 constexpr int kPointTile = 512;   // pixels per 1x1-convolution task
 constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)
 

@@ -20,6 +20,8 @@ inline bool cpuHasAvx512f()
     static const bool has = cpuHasAvx2Fma() && __builtin_cpu_supports("avx512f");
     return has;
 }
+// Orders this thread's earlier non-temporal stores before its later stores (end of a task).
+inline void storeFence() { _mm_sfence(); }
 }  // namespace kernels
 }  // namespace naf
 #else
@@ -30,6 +32,7 @@ namespace naf {
 namespace kernels {
 inline bool cpuHasAvx2Fma() { return false; }
 inline bool cpuHasAvx512f() { return false; }
+inline void storeFence() {}
 }  // namespace kernels
 }  // namespace naf
 #endif

@@ -4,20 +4,36 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
+
+#include <cstdlib>
+#include <cstring>
 #define NAF_X86_SIMD 1  // x86 intrinsics usable inside NAF_TARGET_* functions
 #define NAF_ALWAYS_INLINE __attribute__((always_inline))
 #define NAF_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define NAF_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
 namespace naf {
 namespace kernels {
+// NAF_CPU_ISA=avx2 or =generic caps the choice below the CPU's best, so that an AVX-512 machine
+// can test the other builds of every kernel (the kernels' ctest runs them all); unset or any
+// other value: the best the CPU has. Read once.
+inline int cpuIsaCap()
+{
+    static const int cap = [] {
+        const char* value = std::getenv("NAF_CPU_ISA");
+        if (value && std::strcmp(value, "generic") == 0) return 0;
+        if (value && std::strcmp(value, "avx2") == 0) return 1;
+        return 2;
+    }();
+    return cap;
+}
 inline bool cpuHasAvx2Fma()
 {
-    static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    static const bool has = cpuIsaCap() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     return has;
 }
 inline bool cpuHasAvx512f()
 {
-    static const bool has = cpuHasAvx2Fma() && __builtin_cpu_supports("avx512f");
+    static const bool has = cpuIsaCap() >= 2 && cpuHasAvx2Fma() && __builtin_cpu_supports("avx512f");
     return has;
 }
 // Orders this thread's earlier non-temporal stores before its later stores (end of a task).

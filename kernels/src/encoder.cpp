@@ -313,7 +313,8 @@ NAF_ALWAYS_INLINE inline void winogradOutputRow(float m0, float m1, float m2, fl
     o[3] = diff12 + 8.f * diff34 + m5;
 }
 
-// dst[0, n) = src[0, n) with non-temporal stores; dst on a 64-byte boundary, n a multiple of 16.
+// dst[0, n) = src[0, n) with non-temporal stores; dst on a 64-byte boundary, n a multiple of 16
+// (src may be unaligned).
 NAF_TARGET_AVX512 void streamStoreAvx512(float* dst, const float* src, int n)
 {
 #ifdef NAF_X86_SIMD
@@ -325,7 +326,7 @@ NAF_TARGET_AVX512 void streamStoreAvx512(float* dst, const float* src, int n)
 
 // Output transform of one output channel: m[xi * mStride + j] -> the tile row's four output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
-// kStream (AVX-512 only): whole rows on 64-byte boundaries are written with non-temporal stores,
+// kStream (AVX-512 only): the whole 64-byte lines of each row are written with non-temporal stores,
 // which skip reading each output line before writing it (the next layer reads it much later, from
 // DRAM anyway): 5-9 % of the convolution (PERFORMANCE item 23). The caller fences.
 template <bool kStream = false>
@@ -354,12 +355,20 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
         float* row = y[i];
         if constexpr (kStream)
         {
-            if (4 * nt <= cols && nt % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 63) == 0)
+            // The whole 64-byte lines inside the row's run; a partial line at either end (shared
+            // with the neighbouring task's run when the width is not a multiple of 16) is stored
+            // normally.
+            const int n = 4 * nt;
+            const int head = static_cast<int>(((64 - (reinterpret_cast<uintptr_t>(row) & 63)) & 63) / sizeof(float));
+            const int body = n > head ? (n - head) / 16 * 16 : 0;
+            if (n <= cols && body > 0)
             {
-                alignas(64) float line[4 * kWinogradTiles];
+                float line[4 * kWinogradTiles];
                 for (int j = 0; j < nt; ++j)
                     for (int c = 0; c < 4; ++c) line[4 * j + c] = out[c][j];
-                streamStoreAvx512(row, line, 4 * nt);
+                std::memcpy(row, line, sizeof(float) * head);
+                streamStoreAvx512(row + head, line + head, body);
+                std::memcpy(row + head + body, line + head + body, sizeof(float) * (n - head - body));
                 continue;
             }
         }

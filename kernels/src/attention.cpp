@@ -108,25 +108,17 @@ NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
         std::memcpy(p, &v, sizeof(float) * len);
 }
 
-// One full run to a 64-byte boundary with a non-temporal store (AVX-512 only).
-NAF_TARGET_AVX512 void streamRunAvx512(float* p, const Vec16& v)
-{
-#ifdef NAF_X86_SIMD
-    _mm512_stream_ps(p, reinterpret_cast<const __m512&>(v));
-#else
-    storeVec16(p, v);
-#endif
-}
-
-// An output run: the output is written once and read by no later step of the forward, so whole
-// aligned lines skip the read for ownership (kStream; the caller fences at the end of its rows).
+// An output run: the output is written once and read by no later step of the forward, so a full
+// run that is one whole cache line skips the read for ownership (kStream; the caller fences at
+// the end of its rows). Other runs are stored as before: split across two lines, they would go
+// out as two partial copies.
 template <bool kStream>
 NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
 {
     if constexpr (kStream)
         if (len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
-            streamRunAvx512(p, v);
+            streamCopyAvx512(p, reinterpret_cast<const float*>(&v), kRun);
             return;
         }
     storeRun(p, v, len);

@@ -79,13 +79,13 @@ NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeight
     // Tiles of 16*NV pixels, then of 16, then the last n < 16 pixels, copied into a zero-padded
     // [K][16] block and run as a 16-pixel tile (one pixel at a time, they took ~3/4 of a
     // Winograd task whose last chunk had 28 tiles: 500x500 cost 1.8x 448x448 per pixel).
+    thread_local std::vector<float> tail;
+    thread_local std::vector<ptrdiff_t> tailOff;
     for (int p = 0; p < np;)
     {
         const int n = np - p >= 16 * NV ? 16 * NV : (np - p >= 16 ? 16 : np - p);
         const float* tileBase = base + p;
         const ptrdiff_t* tileOff = off;
-        thread_local std::vector<float> tail;
-        thread_local std::vector<ptrdiff_t> tailOff;
         if (n < 16)
         {
             tail.assign(static_cast<size_t>(K) * 16, 0.f);
@@ -320,22 +320,11 @@ NAF_ALWAYS_INLINE inline void winogradOutputRow(float m0, float m1, float m2, fl
     o[3] = diff12 + 8.f * diff34 + m5;
 }
 
-// dst[0, n) = src[0, n) with non-temporal stores; dst on a 64-byte boundary, n a multiple of 16
-// (src may be unaligned).
-NAF_TARGET_AVX512 void streamStoreAvx512(float* dst, const float* src, int n)
-{
-#ifdef NAF_X86_SIMD
-    for (int x = 0; x < n; x += 16) _mm512_stream_ps(dst + x, _mm512_loadu_ps(src + x));
-#else
-    std::memcpy(dst, src, sizeof(float) * n);
-#endif
-}
-
 // Output transform of one output channel: m[xi * mStride + j] -> the tile row's four output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
-// kStream (AVX-512 only): the whole 64-byte lines of each row are written with non-temporal stores,
-// which skip reading each output line before writing it (the next layer reads it much later, from
-// DRAM anyway): 5-9 % of the convolution (PERFORMANCE item 23). The caller fences.
+// kStream (AVX-512 only): each row's run goes out through streamCopyAvx512 (the next layer reads it
+// much later, from DRAM anyway): 5-9 % of the convolution (PERFORMANCE items 23, 31). The caller
+// fences.
 template <bool kStream = false>
 NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
                                                  float* const y[4], int cols)
@@ -361,24 +350,14 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
         }
         float* row = y[i];
         if constexpr (kStream)
-        {
-            // The whole 64-byte lines inside the row's run; a partial line at either end (shared
-            // with the neighbouring task's run when the width is not a multiple of 16) is stored
-            // normally.
-            const int n = 4 * nt;
-            const int head = static_cast<int>(((64 - (reinterpret_cast<uintptr_t>(row) & 63)) & 63) / sizeof(float));
-            const int body = n > head ? (n - head) / 16 * 16 : 0;
-            if (n <= cols && body > 0)
+            if (4 * nt <= cols)
             {
                 float line[4 * kWinogradTiles];
                 for (int j = 0; j < nt; ++j)
                     for (int c = 0; c < 4; ++c) line[4 * j + c] = out[c][j];
-                std::memcpy(row, line, sizeof(float) * head);
-                streamStoreAvx512(row + head, line + head, body);
-                std::memcpy(row + head + body, line + head + body, sizeof(float) * (n - head - body));
+                streamCopyAvx512(row, line, static_cast<size_t>(4 * nt));
                 continue;
             }
-        }
         if (4 * nt <= cols)
             for (int j = 0; j < nt; ++j)
                 for (int c = 0; c < 4; ++c) row[4 * j + c] = out[c][j];
@@ -788,25 +767,14 @@ NAF_ALWAYS_INLINE inline void scatterPointGroupsImpl(const float* groups, int ro
 
 NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, int np, float* dst, size_t hw)
 {
-    bool streamed = false;
     for (int r = 0; r < rows; ++r)
     {
         float* row = dst + static_cast<size_t>(r) * hw;
-        const bool aligned = (reinterpret_cast<uintptr_t>(row) & 63) == 0;
         for (int g0 = 0; g0 < np; g0 += kPointGroup)
-        {
-            const float* g = groups + (static_cast<size_t>(g0) * rows + r * kPointGroup);
-            const int n = std::min(kPointGroup, np - g0);
-            if (aligned && n == kPointGroup)
-            {
-                streamStoreAvx512(row + g0, g, kPointGroup);
-                streamed = true;
-            }
-            else
-                std::memcpy(row + g0, g, sizeof(float) * n);
-        }
+            streamCopyAvx512(row + g0, groups + (static_cast<size_t>(g0) * rows + r * kPointGroup),
+                             static_cast<size_t>(std::min(kPointGroup, np - g0)));
     }
-    if (streamed) storeFence();
+    storeFence();
 }
 
 NAF_TARGET_AVX512 void shiftedSumsAvx512(const float* p, size_t n, double shift, double* s, double* s2)

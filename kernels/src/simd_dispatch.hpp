@@ -5,6 +5,7 @@
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #define NAF_X86_SIMD 1  // x86 intrinsics usable inside NAF_TARGET_* functions
@@ -38,9 +39,23 @@ inline bool cpuHasAvx512f()
 }
 // Orders this thread's earlier non-temporal stores before its later stores (end of a task).
 inline void storeFence() { _mm_sfence(); }
+// dst[0, n) = src[0, n): the whole 64-byte lines of dst with non-temporal stores (they skip reading
+// a line that is only written), a partial line at either end with ordinary stores, so a run that
+// shares its end lines with a neighbour's is safe. The caller calls storeFence() before its task
+// ends. For outputs that no later step of the same pass reads.
+inline NAF_TARGET_AVX512 void streamCopyAvx512(float* dst, const float* src, size_t n)
+{
+    const size_t toLine = ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / sizeof(float);
+    const size_t head = toLine < n ? toLine : n;
+    const size_t end = head + (n - head) / 16 * 16;
+    if (head) std::memcpy(dst, src, sizeof(float) * head);
+    for (size_t x = head; x < end; x += 16) _mm512_stream_ps(dst + x, _mm512_loadu_ps(src + x));
+    if (end < n) std::memcpy(dst + end, src + end, sizeof(float) * (n - end));
+}
 }  // namespace kernels
 }  // namespace naf
 #else
+#include <cstring>
 #define NAF_ALWAYS_INLINE
 #define NAF_TARGET_AVX2
 #define NAF_TARGET_AVX512
@@ -49,6 +64,7 @@ namespace kernels {
 inline bool cpuHasAvx2Fma() { return false; }
 inline bool cpuHasAvx512f() { return false; }
 inline void storeFence() {}
+inline void streamCopyAvx512(float* dst, const float* src, size_t n) { std::memcpy(dst, src, sizeof(float) * n); }
 }  // namespace kernels
 }  // namespace naf
 #endif

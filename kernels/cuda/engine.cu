@@ -228,8 +228,9 @@ struct Engine::Impl
     }
 
     /// The branch's last convolution on pixel-major float tensors (cuDNN NHWC; setNhwcTail).
-    /// Returns false when cuDNN has no usable NHWC algorithm for the shape (nothing enqueued; the
-    /// shape is remembered, convolutionPathNote() says so, and its later forwards skip the tail).
+    /// Returns false when cuDNN has no usable NHWC algorithm for the shape. dstHwc may have been
+    /// written by the algorithm search even then; the shape is remembered, convolutionPathNote()
+    /// says so, and its later forwards skip the tail.
     bool convolveNhwc(const float* srcPaddedHwc, int h, int w, const detail::DevConv& conv, float* dstHwc, bool tf32)
     {
         bool done = false;
@@ -335,6 +336,7 @@ struct Engine::Impl
         if (branch.blocks.empty() && !std::is_same<T, float>::value)
             return runBranch<float>(branch, imageDev, imageH, imageW, gh, gw, tf32, nhwc, ranNhwc);  // the stem is the last
         const int hidden = branch.stem.cout;
+        const int convCallsAtStart = convCalls;
         T* conv = convOut.as<T>();
         T* pad = padded.as<T>();
         // float16 tensors past float16's range reach the GroupNorm statistics as inf or NaN.
@@ -359,13 +361,20 @@ struct Engine::Impl
             if (last && nhwc && !nhwcRefusedFor(gh, gw, blk.conv2, tf32))
             {
                 // The same in channels-last: GroupNorm+SiLU transposes into `padded`, cuDNN
-                // convolves NHWC without staging layout transforms (hwc_tail.hpp). When cuDNN
-                // refuses, the usual tail below redoes the GroupNorm (its input is unchanged).
+                // convolves NHWC without staging layout transforms (hwc_tail.hpp).
                 detail::launchGroupNormSiLUPaddedHwc(conv, blk.conv1.bias, hidden, gh, gw, cfg.numGroups,
                                                      blk.norm2Gamma, blk.norm2Beta, cfg.gnEps, padded.as<float>(),
                                                      blk.conv2.k / 2, gnPartial.as<double>(), gnStats.ptr, stream,
                                                      overflow);
                 *ranNhwc = convolveNhwc(padded.as<float>(), gh, gw, blk.conv2, convOut.as<float>(), tf32);
+                if (!*ranNhwc)
+                {
+                    // cuDNN's algorithm search ran its candidates into convOut, which was this
+                    // GroupNorm's input: the branch is recomputed, with the usual tail now that
+                    // the shape is refused, and its convolutions timed from the start again.
+                    convCalls = convCallsAtStart;
+                    return runBranch<T>(branch, imageDev, imageH, imageW, gh, gw, tf32, nhwc, ranNhwc);
+                }
             }
             if (last && !*ranNhwc)
             {

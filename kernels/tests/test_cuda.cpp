@@ -282,6 +282,26 @@ TEST(Cuda, NhwcTailMatchesCpuWhereItApplies)
         const Inputs in = makeInputs(s, seed);
         (void)gpuForward(engine, in, s, cuda::MathMode::FP32);
         EXPECT_FALSE(engine.lastUsedNhwcTail()) << "FP32 keeps the usual tail";
+        // The tail against the usual one in the same mode, on scratch that holds another input's
+        // tensors: a pixel or channel the tail leaves unwritten keeps a wrong value, not the
+        // FP32 run's nearly right one. A wrong border row of one branch moves the output by
+        // ~2.5e-3 (CPU emulation); TF32 runs are 2-3e-5 from FP32, so two differ by about 5e-5 at most.
+        const Inputs other = makeInputs(s, seed + 1000);
+        for (cuda::MathMode mode : {cuda::MathMode::TF32, cuda::MathMode::FP16})
+        {
+            engine.setNhwcTail(false);
+            const std::vector<float> usual = gpuForward(engine, in, s, mode);
+            engine.setNhwcTail(true);
+            (void)gpuForward(engine, other, s, cuda::MathMode::FP32);
+            const std::vector<float> tail = gpuForward(engine, in, s, mode);
+            EXPECT_EQ(engine.lastUsedNhwcTail(), tensorCores) << modeName(mode);
+            ASSERT_TRUE(allFinite(tail)) << modeName(mode);
+            const double err = relativeL2(tail.data(), usual.data(), usual.size());
+            EXPECT_LE(err, 2e-4) << modeName(mode) << ": channels-last tail against the usual tail";
+            std::printf("[ cuda     ] %s, %s: channels-last tail vs usual tail rel L2 %.3g\n", describe(s).c_str(),
+                        modeName(mode), err);
+        }
+        ++seed;
     }
     expectMatchesCpu(engine, w, makeShape(300, 260, 12, 13, 11, 61, 50, 5), seed++);  // guide pooled to the output
     EXPECT_FALSE(engine.lastUsedNhwcTail());

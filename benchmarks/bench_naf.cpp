@@ -35,13 +35,15 @@ struct BenchConfig
     int outH, outW;
 };
 
-// The configurations (+ a tiny one for the ctest smoke run).
+// The configurations (+ a tiny one for the ctest smoke run, and dinov2: sizes that are not
+// multiples of 4, 16 or 128 pixels, where the kernels' tails run; PERFORMANCE item 31).
 const BenchConfig kConfigs[] = {
     {"tiny", 64, 64, 16, 8, 8, 64, 64},
     {"paper", 448, 448, 384, 28, 28, 448, 448},       // NAF paper: 28x28x384 -> 448x448 (x16)
     {"x32", 896, 896, 384, 28, 28, 896, 896},         // same features -> 896x896
     {"x72", 2016, 2016, 384, 28, 28, 2016, 2016},     // same features -> 2016x2016
     {"mobilesam", 1024, 1024, 256, 64, 64, 1024, 1024},  // MobileSAM 64x64x256 -> 1024x1024
+    {"dinov2", 518, 518, 384, 37, 37, 518, 518},      // DINOv2 ViT-S/14 at 518: 37x37x384 -> 518x518 (x14)
 };
 
 const cv::naf::detail::LoadedWeights& benchWeights()

@@ -87,8 +87,11 @@ struct RowScratch
 
 constexpr int kRun = 16;  // pixels computed together (one vector lane each)
 
-// len floats of a run to or from lanes 0..len-1: one vector load or store for a full run (a
-// variable-length memcpy compiles to `rep movs`, which took 40 % of the attention at 896x896).
+// len floats of a run to or from lanes 0..len-1: one vector load or store for a full run, one
+// masked load or store for a partial run with AVX-512 (kAvx512). A variable-length memcpy
+// compiles to `rep movs`: it took 40 % of the attention at 896x896 when runs were split, and
+// 518x518 (14-pixel cells, so every run partial) spent 1/3 of its time in it (PERFORMANCE item 32).
+template <bool kAvx512>
 NAF_ALWAYS_INLINE inline void loadRun(Vec16& v, const float* p, int len)
 {
     if (len == kRun)
@@ -96,32 +99,44 @@ NAF_ALWAYS_INLINE inline void loadRun(Vec16& v, const float* p, int len)
         loadVec16(v, p);
         return;
     }
+#if NAF_X86_SIMD
+    if constexpr (kAvx512)
+    {
+        loadPartialAvx512(v, p, len);
+        return;
+    }
+#endif
     v = Vec16{};
     std::memcpy(&v, p, sizeof(float) * len);
 }
 
+template <bool kAvx512>
 NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
 {
     if (len == kRun)
         storeVec16(p, v);
+#if NAF_X86_SIMD
+    else if constexpr (kAvx512)
+        storePartialAvx512(p, v, len);
+#endif
     else
         std::memcpy(p, &v, sizeof(float) * len);
 }
 
-// An output run: the output is written once and read by no later step of the forward, so a full
-// run that is one whole cache line skips the read for ownership (kStream; the caller fences at
-// the end of its rows). Other runs are stored as before: split across two lines, they would go
+// An output run: the output is written once and read by no later step of the forward, so with
+// AVX-512 a full run that is one whole cache line skips the read for ownership (the caller fences
+// at the end of its rows). Other runs are stored as before: split across two lines, they would go
 // out as two partial copies.
-template <bool kStream>
+template <bool kAvx512>
 NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
 {
-    if constexpr (kStream)
+    if constexpr (kAvx512)
         if (len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
             streamCopyAvx512(p, reinterpret_cast<const float*>(&v), kRun);
             return;
         }
-    storeRun(p, v, len);
+    storeRun<kAvx512>(p, v, len);
 }
 
 // R consecutive output rows that share their row table (R = 1, or 2 when the rows fall in the
@@ -132,7 +147,7 @@ NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
 // operations of one pixel (dot products as sequential FMA chains over channels, softmax, weighted
 // sum in window order), so results do not depend on how pixels or rows are grouped, nor on the
 // thread count.
-template <int R, bool kStream = false>
+template <int R, bool kAvx512 = false>
 NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
                                                 const float* valuesT, float* out, int y, RowScratch& s)
 {
@@ -175,7 +190,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             {
                 const size_t pixel0 = static_cast<size_t>(y + r) * g.outW + x0;
                 for (int c = 0; c < g.headDim; ++c)
-                    loadRun(queryBlock[r * g.headDim + c],
+                    loadRun<kAvx512>(queryBlock[r * g.headDim + c],
                             queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + pixel0, len);
             }
             // Logits, eight window entries at a time (eight independent FMA chains per row).
@@ -244,7 +259,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                 }
                 for (int r = 0; r < R; ++r)
                     for (int i = 0; i < 8; ++i)
-                        storeOutputRun<kStream>(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW,
+                        storeOutputRun<kAvx512>(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW,
                                                 acc[r][i], len);
             }
             for (; cv < g.headValues; ++cv)
@@ -256,7 +271,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                     for (int r = 0; r < R; ++r) acc[r] += logits[r * n + t] * v;
                 }
                 for (int r = 0; r < R; ++r)
-                    storeOutputRun<kStream>(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
+                    storeOutputRun<kAvx512>(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
             }
         }
         x0 += len;
@@ -264,8 +279,9 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
 }
 
 // AVX-512 takes two rows at a time (32 vector registers hold both rows' accumulators); AVX2 and
-// the portable path one (a Vec16 is two registers there).
-NAF_TARGET_AVX512 void attentionRowsAvx512(const AttentionGeometry& g, const float* q, const float* kT,
+// the portable path one (a Vec16 is two registers there). flatten: the masked loads and stores of
+// partial runs (simd_vec.hpp) are inlined here, not called.
+NAF_TARGET_AVX512 __attribute__((flatten)) void attentionRowsAvx512(const AttentionGeometry& g, const float* q, const float* kT,
                                            const float* vT, float* out, int y, int rows, RowScratch& s)
 {
     if (rows == 2)

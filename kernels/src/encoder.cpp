@@ -425,7 +425,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
     const size_t perPoint = static_cast<size_t>((cout + mr - 1) / mr) * cin * mr;  // packed weights of a point
     const ConvWeights shape{conv.weight, nullptr, cout, cin, 1};  // gemmTile reads cout and bias only
     const int tileRows = (h + 3) / 4, tileCols = (w + 3) / 4;
-    const int chunks = (tileCols + kWinogradTiles - 1) / kWinogradTiles;
+    const int64_t totalTiles = static_cast<int64_t>(tileRows) * tileCols;
     const size_t hw = static_cast<size_t>(h) * w;
     std::vector<ptrdiff_t> off(cin);
     for (int ci = 0; ci < cin; ++ci) off[ci] = static_cast<ptrdiff_t>(ci) * kWinogradTiles;
@@ -434,52 +434,74 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
     // them (PERFORMANCE item 25).
     const size_t vs = static_cast<size_t>(cin) * kWinogradTiles + kSlabPad;
     const size_t ms = static_cast<size_t>(cout) * kWinogradTiles + kSlabPad;
-    parallel(static_cast<int64_t>(tileRows) * chunks, [&](int64_t begin, int64_t end) {
+    // A task is 32 consecutive tiles in raster order, so it may continue on the next tile row
+    // (a segment per tile row): with tasks cut at row ends, a row of 130 tiles (518 pixels) ended
+    // in a 2-tile task whose GEMM ran 16 columns, 11 % more GEMM work (PERFORMANCE item 33).
+    struct Segment
+    {
+        int ty, t0, nt, offset;  // tile row, first tile in it, tiles, first column of the task's V/M
+        size_t rowOffset[6];     // input rows of the tile row, reflect padded
+    };
+    parallel((totalTiles + kWinogradTiles - 1) / kWinogradTiles, [&](int64_t begin, int64_t end) {
         thread_local std::vector<float> v, m;
         v.resize(static_cast<size_t>(kWinogradPoints) * vs);
         m.resize(static_cast<size_t>(kWinogradPoints) * ms);
+        Segment segments[kWinogradTiles];
         for (int64_t task = begin; task < end; ++task)
         {
-            const int ty = static_cast<int>(task / chunks);
-            const int t0 = static_cast<int>(task % chunks) * kWinogradTiles;
-            const int nt = std::min(kWinogradTiles, tileCols - t0);
-            size_t rowOffset[6];
-            for (int r = 0; r < 6; ++r) rowOffset[r] = static_cast<size_t>(tileIndex(4 * ty - 1 + r, h)) * w;
+            const int64_t first = task * kWinogradTiles;
+            const int nt = static_cast<int>(std::min<int64_t>(kWinogradTiles, totalTiles - first));
+            int segmentCount = 0;
+            for (int done = 0; done < nt; ++segmentCount)
+            {
+                Segment& sg = segments[segmentCount];
+                sg.ty = static_cast<int>((first + done) / tileCols);
+                sg.t0 = static_cast<int>((first + done) % tileCols);
+                sg.nt = std::min(nt - done, tileCols - sg.t0);
+                sg.offset = done;
+                for (int r = 0; r < 6; ++r) sg.rowOffset[r] = static_cast<size_t>(tileIndex(4 * sg.ty - 1 + r, h)) * w;
+                done += sg.nt;
+            }
             // The rows of the channel two ahead are requested while this one is transformed: each
             // row run is only 544 bytes, too short for the hardware prefetchers (2016x2016 -8 %,
             // 448x448 -2 %: item 27).
-            const int firstCol = std::max(0, 4 * t0 - 1), lastCol = std::min(w - 1, 4 * (t0 + nt) + 1);
             for (int ci = 0; ci < cin; ++ci)
-            {
-                if (ci + 2 < cin)
+                for (int si = 0; si < segmentCount; ++si)
                 {
-                    const float* ahead = src + (ci + 2) * hw;
-                    for (int r = 0; r < 6; ++r)
+                    const Segment& sg = segments[si];
+                    if (ci + 2 < cin)
                     {
-                        const float* row = ahead + rowOffset[r];
-                        for (int x = firstCol; x <= lastCol; x += 16) __builtin_prefetch(row + x, 0, 3);
-                        __builtin_prefetch(row + lastCol, 0, 3);
+                        const float* ahead = src + (ci + 2) * hw;
+                        const int firstCol = std::max(0, 4 * sg.t0 - 1), lastCol = std::min(w - 1, 4 * (sg.t0 + sg.nt) + 1);
+                        for (int r = 0; r < 6; ++r)
+                        {
+                            const float* row = ahead + sg.rowOffset[r];
+                            for (int x = firstCol; x <= lastCol; x += 16) __builtin_prefetch(row + x, 0, 3);
+                            __builtin_prefetch(row + lastCol, 0, 3);
+                        }
                     }
+                    const float* plane = src + ci * hw;
+                    const float* const rows[6] = {plane + sg.rowOffset[0], plane + sg.rowOffset[1],
+                                                  plane + sg.rowOffset[2], plane + sg.rowOffset[3],
+                                                  plane + sg.rowOffset[4], plane + sg.rowOffset[5]};
+                    winogradInput(isa, rows, w, sg.t0, sg.nt,
+                                  v.data() + static_cast<size_t>(ci) * kWinogradTiles + sg.offset, vs);
                 }
-                const float* plane = src + ci * hw;
-                const float* const rows[6] = {plane + rowOffset[0], plane + rowOffset[1], plane + rowOffset[2],
-                                              plane + rowOffset[3], plane + rowOffset[4], plane + rowOffset[5]};
-                winogradInput(isa, rows, w, t0, nt, v.data() + static_cast<size_t>(ci) * kWinogradTiles, vs);
-            }
-            const int y0 = 4 * ty;
-            const int cols = std::min(w - 4 * t0, 4 * nt);
             for (int xi = 0; xi < kWinogradPoints; ++xi)
                 gemmTile(isa, packed.data() + xi * perPoint, shape, cin,
                          v.data() + xi * vs, off.data(), nt, m.data() + xi * ms,
                          kWinogradTiles);
             for (int co = 0; co < cout; ++co)
-            {
-                float* y[4];
-                for (int i = 0; i < 4; ++i)
-                    y[i] = y0 + i < h ? dst + co * hw + static_cast<size_t>(y0 + i) * w + 4 * t0 : nullptr;
-                winogradOutput(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles, ms, nt,
-                               conv.bias ? conv.bias[co] : 0.f, y, cols);
-            }
+                for (int si = 0; si < segmentCount; ++si)
+                {
+                    const Segment& sg = segments[si];
+                    const int y0 = 4 * sg.ty;
+                    float* y[4];
+                    for (int i = 0; i < 4; ++i)
+                        y[i] = y0 + i < h ? dst + co * hw + static_cast<size_t>(y0 + i) * w + 4 * sg.t0 : nullptr;
+                    winogradOutput(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles + sg.offset, ms, sg.nt,
+                                   conv.bias ? conv.bias[co] : 0.f, y, std::min(w - 4 * sg.t0, 4 * sg.nt));
+                }
             if (isa == GemmIsa::Avx512) storeFence();  // the output's non-temporal stores
         }
     });

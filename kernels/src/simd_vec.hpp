@@ -17,6 +17,20 @@ typedef int Vec16i __attribute__((vector_size(64)));
 NAF_ALWAYS_INLINE inline void loadVec16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 NAF_ALWAYS_INLINE inline void storeVec16(float* p, const Vec16& v) { std::memcpy(p, &v, sizeof v); }
 
+#if NAF_X86_SIMD
+// Lanes 0..n-1 (n < 16) from or to memory with one masked instruction; loaded lanes n..15 are
+// zero. Not always_inline: GCC refuses to inline an AVX-512 function into a template body without
+// the target; a caller marked flatten (attentionRowsAvx512) inlines them once the body is its own.
+NAF_TARGET_AVX512 inline void loadPartialAvx512(Vec16& v, const float* p, int n)
+{
+    v = reinterpret_cast<Vec16>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+}
+NAF_TARGET_AVX512 inline void storePartialAvx512(float* p, const Vec16& v, int n)
+{
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v));
+}
+#endif
+
 // exp on 16 lanes: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6
 // polynomial (Cephes expf coefficients); relative error ~1e-7 (a few float ulps).
 NAF_ALWAYS_INLINE inline void expVec16(Vec16& out, Vec16 x)

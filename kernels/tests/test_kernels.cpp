@@ -191,7 +191,8 @@ TEST(Kernels, PointConvMatchesDirectSumAcrossTasks)
 
 // Wide 3x3 convolutions take the Winograd F(4x4, 3x3) path (>= 32 input channels, both sides >= 4):
 // every size modulo the 4x4 tile on both axes (partial last tiles), more tiles than one task holds
-// (32 tiles = 128 columns), output channels not a multiple of the GEMM block, against the direct
+// (32 tiles) and tasks that continue on the next tile row (9x13, 7x150, 6x135, 11x7), output
+// channels not a multiple of the GEMM block, against the direct
 // sum in double; and bit-identical for any thread split.
 TEST(Kernels, WinogradConvMatchesDirectConvolution)
 {

@@ -348,7 +348,7 @@ def gpu_main(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--configs", default="paper,x32,mobilesam,x72")
+    ap.add_argument("--configs", default="paper,x32,mobilesam,x72,dinov2")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per benchmark (median reported)")
     ap.add_argument("--big-reps", type=int, default=1, help="repetitions for x72")
     ap.add_argument("--torch-configs", default="paper", help="configs where the PyTorch peer runs (1 rep)")
@@ -425,7 +425,8 @@ def main():
             ih, iw, c, h, w, oh, ow = CONFIGS[row["cfg"]]
             est = torch_paper * (oh * ow * c) / (448 * 448 * 384)
             kv_gb = (256 + c) * oh * ow * 4 / 2**30  # official: K and V upsampled to the output
-            row["torch_note"] = (f"not run: est. ~{est / 60:.0f} min from the paper run, "
+            est_text = f"~{est / 60:.0f} min" if est >= 90 else f"~{est:.0f} s"
+            row["torch_note"] = (f"not run: est. {est_text} from the paper run, "
                                  f"upsampled K/V alone {kv_gb:.1f} GB")
 
     p1 = peak.get(("avx512", 1)) or peak.get(("avx2", 1))
@@ -465,8 +466,8 @@ def main():
               "Ratios are peer time / our time (above 1: we are faster). Peak RSS: max resident memory "
               "of the separate process that ran the whole forward (includes the inputs, the weights and "
               "the process itself); bound: the issue's limit, 2x output tensor + encoder activations. "
-              "PyTorch peer RSS: " + ", ".join(f"{r['cfg']} {r['torch_rss']:.0f} MB" for r in rows
-                                               if r.get("torch_rss")) + ".", "", END]
+              "PyTorch peer RSS: " + (", ".join(f"{r['cfg']} {r['torch_rss']:.0f} MB" for r in rows
+                                                if r.get("torch_rss")) or "not run") + ".", "", END]
     table = "\n".join(lines)
     print(table)
     if not args.no_write:

@@ -133,7 +133,7 @@ NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
     if constexpr (kAvx512)
         if (len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
-            streamCopyAvx512(p, reinterpret_cast<const float*>(&v), kRun);
+            streamLineAvx512(p, v);
             return;
         }
     storeRun<kAvx512>(p, v, len);

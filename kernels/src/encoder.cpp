@@ -348,21 +348,17 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
             winogradOutputRow(s[i][0][j], s[i][1][j], s[i][2][j], s[i][3][j], s[i][4][j], s[i][5][j], o);
             for (int c = 0; c < 4; ++c) out[c][j] = o[c] + bias;
         }
-        float* row = y[i];
+        // Tiles interleaved into the row's run, then copied up to the image's edge (a last tile
+        // past it keeps only its first columns). One path for whole and cut runs: with tasks
+        // that continue on the next tile row, a run ending at the edge can hold 32 tiles.
+        float line[4 * kWinogradTiles];
+        for (int j = 0; j < nt; ++j)
+            for (int c = 0; c < 4; ++c) line[4 * j + c] = out[c][j];
+        const int n = std::min(cols, 4 * nt);
         if constexpr (kStream)
-            if (4 * nt <= cols)
-            {
-                float line[4 * kWinogradTiles];
-                for (int j = 0; j < nt; ++j)
-                    for (int c = 0; c < 4; ++c) line[4 * j + c] = out[c][j];
-                streamCopyAvx512(row, line, static_cast<size_t>(4 * nt));
-                continue;
-            }
-        if (4 * nt <= cols)
-            for (int j = 0; j < nt; ++j)
-                for (int c = 0; c < 4; ++c) row[4 * j + c] = out[c][j];
+            streamCopyAvx512(y[i], line, static_cast<size_t>(n));
         else
-            for (int x = 0; x < cols; ++x) row[x] = out[x % 4][x / 4];
+            std::copy(line, line + n, y[i]);
     }
 }
 

@@ -29,6 +29,11 @@ NAF_TARGET_AVX512 inline void storePartialAvx512(float* p, const Vec16& v, int n
 {
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v));
 }
+// One whole 64-byte line at p (aligned) with a non-temporal store; the caller fences.
+NAF_TARGET_AVX512 inline void streamLineAvx512(float* p, const Vec16& v)
+{
+    _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+}
 #endif
 
 // exp on 16 lanes: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6

@@ -34,7 +34,7 @@ DOC = os.path.join(ROOT, "docs", "PERFORMANCE.md")
 BEGIN, END = "<!-- BEGIN GENERATED (benchmarks/run_benchmarks.py) -->", "<!-- END GENERATED -->"
 GPU_BEGIN = "<!-- BEGIN GENERATED GPU (benchmarks/run_benchmarks.py --gpu-results) -->"
 GPU_END = "<!-- END GENERATED GPU -->"
-GPU_CONFIG_ORDER = ["paper", "x32", "x72", "mobilesam", "tiny"]
+GPU_CONFIG_ORDER = ["paper", "x32", "x72", "mobilesam", "dinov2", "tiny"]
 HIDDEN = 128  # encoder branch width (NafConfig.dim / 2)
 
 

@@ -60,6 +60,7 @@ const BenchConfig kConfigs[] = {
     {"x32", 896, 896, 384, 28, 28, 896, 896},
     {"x72", 2016, 2016, 384, 28, 28, 2016, 2016},
     {"mobilesam", 1024, 1024, 256, 64, 64, 1024, 1024},
+    {"dinov2", 518, 518, 384, 37, 37, 518, 518},  // 14-pixel cells; not in the default list
 };
 
 // ---- minimal JSON line writer ----------------------------------------------------------------
@@ -312,7 +313,7 @@ const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
     "                      [--attention default|tiled|cell|general] [--nhwc-tail] [--no-reference]\n"
-    "configs: tiny, paper, x32, x72, mobilesam; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
+    "configs: tiny, paper, x32, x72, mobilesam, dinov2; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
     "--no-reference: no untimed FP32 forward before the modes (their lines have no error vs FP32).\n"
     "--nhwc-tail: the channels-last tail (Engine::setNhwcTail) in the timed modes; the FP32\n"
     "reference keeps the usual tail, so rel_l2_vs_fp32 includes the tail's difference.\n"

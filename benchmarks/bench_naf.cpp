@@ -192,10 +192,21 @@ void BM_Attention(benchmark::State& state, const BenchConfig& c)
 {
     const auto& w = benchWeights();
     const int dim = w.cfg.dim;
-    const std::vector<float> queries = randomVector(static_cast<size_t>(dim) * c.outH * c.outW, 4);
+    // The queries and the output on cache lines and huge pages, as the forward has them (its
+    // workspace and its cv::Mat output; PERFORMANCE item 35).
+    auto forwardLikeBuffer = [](const std::vector<float>& values) {
+        K::AlignedFloatVector buffer;
+        buffer.reserve(values.size());
+        K::adviseHugePages(buffer.data(), values.size() * sizeof(float));
+        buffer.assign(values.begin(), values.end());
+        return buffer;
+    };
+    const K::AlignedFloatVector queries =
+        forwardLikeBuffer(randomVector(static_cast<size_t>(dim) * c.outH * c.outW, 4));
     const std::vector<float> keys = randomVector(static_cast<size_t>(dim) * c.lowH * c.lowW, 5);
     const std::vector<float> values = randomVector(static_cast<size_t>(c.channels) * c.lowH * c.lowW, 6);
-    K::AlignedFloatVector out(static_cast<size_t>(c.channels) * c.outH * c.outW);
+    K::AlignedFloatVector out =
+        forwardLikeBuffer(std::vector<float>(static_cast<size_t>(c.channels) * c.outH * c.outW, 0.f));
     const K::ParallelFor parallel = opencvParallelFor();
     const float scale = 1.f / std::sqrt(static_cast<float>(dim / w.cfg.headsAttn));
     for (auto _ : state)

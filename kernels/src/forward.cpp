@@ -63,10 +63,8 @@ void checkForwardShape(const NafConfig& cfg, const ForwardShape& s)
              std::to_string(maxPlane) + " pixels");
 }
 
-namespace {
-
-// Asks Linux for transparent huge pages on the 2 MiB-aligned interior of a large buffer that is
-// about to be written for the first time (e.g. a freshly allocated output): a 448x448x384 output
+// Linux: transparent huge pages on the 2 MiB-aligned interior of a large buffer that is about to
+// be written for the first time (e.g. a freshly allocated output): a 448x448x384 output
 // then costs ~150 page faults instead of ~75,000, which measurably slowed the strided stores of
 // the attention. Only a hint: ignored where THP is off or the pages already exist.
 void adviseHugePages(void* data, size_t bytes)
@@ -81,6 +79,8 @@ void adviseHugePages(void* data, size_t bytes)
     (void)bytes;
 #endif
 }
+
+namespace {
 
 // When the guide has the output size, pooling is the identity and each branch's slice of the
 // queries serves as its second activation buffer (runBranch): no Workspace::bufB.

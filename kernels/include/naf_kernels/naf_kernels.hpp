@@ -146,6 +146,11 @@ struct Workspace
     size_t bytes() const;
 };
 
+/// A hint, where the OS supports it (Linux): back the 2 MiB-aligned interior of [data, data + bytes)
+/// with huge pages once it is first written. reserveWorkspace() and forward() give it for their
+/// large buffers; a caller's own large buffers (benchmarks) can ask the same. Never fails.
+void adviseHugePages(void* data, size_t bytes);
+
 /// Grows `ws` so that forward() with `shape` allocates nothing: call it for every item before
 /// writing into a caller's output, so a std::bad_alloc cannot come after the first output byte.
 void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const ForwardShape& shape, Workspace& ws);

@@ -77,12 +77,29 @@ cv::Mat randomFeatures(const BenchConfig& c)
     return features;
 }
 
+template <class Vector>
+void fillRandom(Vector& v, int seed)
+{
+    cv::RNG rng(static_cast<uint64>(seed));
+    for (float& x : v) x = rng.uniform(-1.f, 1.f);
+}
+
 std::vector<float> randomVector(size_t n, int seed)
 {
     std::vector<float> v(n);
-    cv::RNG rng(static_cast<uint64>(seed));
-    for (float& x : v) x = rng.uniform(-1.f, 1.f);
+    fillRandom(v, seed);
     return v;
+}
+
+// n zeros on cache lines and huge pages, as the forward's large buffers are (its workspace and its
+// cv::Mat output): the hint is given before the first write (PERFORMANCE item 35).
+K::AlignedFloatVector forwardLikeBuffer(size_t n)
+{
+    K::AlignedFloatVector buffer;
+    buffer.reserve(n);
+    K::adviseHugePages(buffer.data(), n * sizeof(float));
+    buffer.resize(n);
+    return buffer;
 }
 
 double maxRssMB()
@@ -192,21 +209,11 @@ void BM_Attention(benchmark::State& state, const BenchConfig& c)
 {
     const auto& w = benchWeights();
     const int dim = w.cfg.dim;
-    // The queries and the output on cache lines and huge pages, as the forward has them (its
-    // workspace and its cv::Mat output; PERFORMANCE item 35).
-    auto forwardLikeBuffer = [](const std::vector<float>& values) {
-        K::AlignedFloatVector buffer;
-        buffer.reserve(values.size());
-        K::adviseHugePages(buffer.data(), values.size() * sizeof(float));
-        buffer.assign(values.begin(), values.end());
-        return buffer;
-    };
-    const K::AlignedFloatVector queries =
-        forwardLikeBuffer(randomVector(static_cast<size_t>(dim) * c.outH * c.outW, 4));
+    K::AlignedFloatVector queries = forwardLikeBuffer(static_cast<size_t>(dim) * c.outH * c.outW);
+    fillRandom(queries, 4);
     const std::vector<float> keys = randomVector(static_cast<size_t>(dim) * c.lowH * c.lowW, 5);
     const std::vector<float> values = randomVector(static_cast<size_t>(c.channels) * c.lowH * c.lowW, 6);
-    K::AlignedFloatVector out =
-        forwardLikeBuffer(std::vector<float>(static_cast<size_t>(c.channels) * c.outH * c.outW, 0.f));
+    K::AlignedFloatVector out = forwardLikeBuffer(static_cast<size_t>(c.channels) * c.outH * c.outW);
     const K::ParallelFor parallel = opencvParallelFor();
     const float scale = 1.f / std::sqrt(static_cast<float>(dim / w.cfg.headsAttn));
     for (auto _ : state)

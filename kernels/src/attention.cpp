@@ -130,12 +130,14 @@ NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
 template <bool kAvx512>
 NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
 {
+#if NAF_X86_SIMD
     if constexpr (kAvx512)
         if (len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
             streamLineAvx512(p, v);
             return;
         }
+#endif
     storeRun<kAvx512>(p, v, len);
 }
 

@@ -12,7 +12,6 @@
 #include "test_support.hpp"
 
 using namespace naf::kernels;
-using naf::kernels::testing::AlignedFloats;
 using naf::kernels::testing::randomUniform;
 using naf::kernels::testing::RandomNafWeights;
 using naf::kernels::testing::relativeL2;
@@ -158,12 +157,11 @@ TEST(Kernels, ConvReflectMatchesDirectConvolution)
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
 
-// 1x1 convolutions run in tasks of 256 pixels: several tasks, a partial last task whose tail is
-// not a multiple of the micro-kernel's 32 or 16 pixels (23 x 29 = 667 pixels), wide channels,
-// against the direct sum in double, and bit-identical for any thread split.
 // 1x1 tasks gather 512 pixels each and write whole 16-float runs with non-temporal stores where a
-// row starts on a 64-byte boundary: 23x29 has misaligned rows, a partial task and a partial group;
-// 32x48 (planes of a multiple of 16 floats, on an aligned base) takes the streamed stores in 3 tasks.
+// row starts on a 64-byte boundary: 23x29 (667 pixels) has misaligned rows, a partial last task and
+// a group that is not a multiple of the micro-kernel's 32 or 16 pixels; 32x48 (planes of a
+// multiple of 16 floats, on an aligned base) takes the streamed stores in 3 tasks. Against the
+// direct sum in double, and bit-identical for any thread split.
 TEST(Kernels, PointConvMatchesDirectSumAcrossTasks)
 {
     for (const auto& [h, w] : {std::pair<int, int>{23, 29}, std::pair<int, int>{32, 48}})
@@ -173,7 +171,7 @@ TEST(Kernels, PointConvMatchesDirectSumAcrossTasks)
         const auto weight = randomUniform(cout * cin, 62);
         const auto bias = randomUniform(cout, 63);
         ConvWeights conv{weight.data(), bias.data(), cout, cin, 1};
-        AlignedFloats dst(static_cast<size_t>(cout) * h * w, std::nanf("")), serial(dst.size(), 0.f);
+        AlignedFloatVector dst(static_cast<size_t>(cout) * h * w, std::nanf("")), serial(dst.size(), 0.f);
         conv2dReflect(src.data(), h, w, conv, dst.data(), pool());
         for (int co = 0; co < cout; ++co)
             for (int p = 0; p < h * w; ++p)
@@ -210,7 +208,7 @@ TEST(Kernels, WinogradConvMatchesDirectConvolution)
         const auto weight = randomUniform(c.cout * c.cin * k * k, 12);
         const auto bias = randomUniform(c.cout, 13);
         ConvWeights conv{weight.data(), bias.data(), c.cout, c.cin, k};
-        AlignedFloats dst(static_cast<size_t>(c.cout) * c.h * c.w, std::nanf(""));
+        AlignedFloatVector dst(static_cast<size_t>(c.cout) * c.h * c.w, std::nanf(""));
         conv2dReflect(src.data(), c.h, c.w, conv, dst.data(), pool());
         auto reflect = [](int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
         double worst = 0;
@@ -494,7 +492,7 @@ TEST(Kernels, NeighborhoodAttentionMatchesOfficialStyleReference)
         const auto q = randomUniform(dim * c.outH * c.outW, 12, -2.f, 2.f);
         const auto k = randomUniform(dim * c.lowH * c.lowW, 13, -2.f, 2.f);
         const auto v = randomUniform(c.channels * c.lowH * c.lowW, 14);
-        AlignedFloats out(static_cast<size_t>(c.channels) * c.outH * c.outW, std::nanf(""));
+        AlignedFloatVector out(static_cast<size_t>(c.channels) * c.outH * c.outW, std::nanf(""));
         AttentionProbe probe;
         probe.y = c.outH - 1;
         probe.x = 1;

@@ -21,25 +21,6 @@ inline std::vector<float> randomUniform(size_t n, uint32_t seed, float lo = -1.f
     return v;
 }
 
-/// n floats filled with `value` whose first element lies on a 64-byte boundary (so that planes of
-/// a multiple of 16 floats start on one too: the kernels' non-temporal store paths).
-class AlignedFloats
-{
-public:
-    AlignedFloats(size_t n, float value) : storage_(n + 16, value), n_(n)
-    {
-        const uintptr_t base = reinterpret_cast<uintptr_t>(storage_.data());
-        offset_ = ((64 - base % 64) % 64) / sizeof(float);
-    }
-    float* data() { return storage_.data() + offset_; }
-    const float* data() const { return storage_.data() + offset_; }
-    size_t size() const { return n_; }
-
-private:
-    std::vector<float> storage_;
-    size_t n_ = 0, offset_ = 0;
-};
-
 /// NAF weights with owned host storage, random but reproducible (PyTorch-like fan-in scale).
 struct RandomNafWeights
 {

@@ -151,7 +151,9 @@ def read_gpu_results(paths):
                     att = d.get("attention", "tiled")
                     if not (att == "default" or ("attention_used" not in d and att == "tiled")):
                         continue
-                    if d.get("nhwc_tail"):  # Engine::setNhwcTail runs, compared by hand (not the default)
+                    # an explicit --nhwc-tail / --no-nhwc-tail run (1 or "on" / "off") is compared by
+                    # hand; the table keeps the engine's default ("default", or 0 from before it was on)
+                    if d.get("nhwc_tail", "default") not in ("default", 0):
                         continue
                     ours[(d["config"], d.get("path", "auto"), d["mode"])] = d
                 elif "forward_s" in d and "max_cuda_MB" in d and "config" in d:

@@ -55,7 +55,7 @@ timeout 150 "$BIN/naf_kernels_tests" --gtest_filter='Cuda*' 2>&1 | tee "$RESULTS
 
 echo "== naf_cuda_bench"
 # Environment overrides: NAF_GPU_CONFIGS, NAF_GPU_BUILTIN_CONFIGS, NAF_GPU_TORCH_CONFIGS.
-CONFIGS=${NAF_GPU_CONFIGS:-paper,x32,mobilesam,x72}; [ $QUICK = 1 ] && CONFIGS=paper
+CONFIGS=${NAF_GPU_CONFIGS:-paper,x32,mobilesam,x72,dinov2}; [ $QUICK = 1 ] && CONFIGS=paper
 BUILTIN_CONFIGS=${NAF_GPU_BUILTIN_CONFIGS:-paper,mobilesam}; [ $QUICK = 1 ] && BUILTIN_CONFIGS=paper
 TORCH_CONFIGS=${NAF_GPU_TORCH_CONFIGS-paper mobilesam x32 x72}  # set but empty: no PyTorch run; [ $QUICK = 1 ] && TORCH_CONFIGS=paper
 MODES=${NAF_GPU_MODES:-fp32,tf32,fp16}
@@ -63,20 +63,22 @@ timeout 260 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes "$MODES" --paths 
     --max-seconds 4 --roundtrip-reps 1 | tee "$RESULTS/bench.jsonl"
 timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" --paths builtin --reps 10 \
     --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
-# The other attention kernels (Engine::setAttentionKernel), for the comparison in PERFORMANCE.md:
-# kernel:configs:modes, e.g. NAF_GPU_ATTENTION_RUNS="general:paper:tf32".
-for run in ${NAF_GPU_ATTENTION_RUNS:-general:paper:tf32 cell:paper,x32,mobilesam,x72:tf32,fp16}; do
+# The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks tiled or
+# cell per size), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
+# NAF_GPU_ATTENTION_RUNS="general:paper:tf32"; set but empty: none.
+for run in ${NAF_GPU_ATTENTION_RUNS-tiled:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16}; do
     IFS=: read -r kernel configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"
 done
 
-# The channels-last tail (Engine::setNhwcTail), against the default lines above:
-# configs:modes, e.g. NAF_GPU_NHWC_RUNS="x72:fp16"; set but empty: none.
-for run in ${NAF_GPU_NHWC_RUNS-paper,x72:tf32,fp16}; do
+# The usual channel-major tail (Engine::setNhwcTail(false); the channels-last one is the default),
+# against the default lines above: configs:modes, e.g. NAF_GPU_NCHW_RUNS="x72:fp16"; set but
+# empty: none.
+for run in ${NAF_GPU_NCHW_RUNS-paper,x72:tf32,fp16}; do
     IFS=: read -r configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
-        --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --nhwc-tail | tee -a "$RESULTS/bench.jsonl"
+        --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --no-nhwc-tail | tee -a "$RESULTS/bench.jsonl"
 done
 
 echo "== PyTorch reference on CUDA"
@@ -92,6 +94,7 @@ if [ "${NAF_GPU_NCU:-0}" = 1 ]; then
     # bench runs, in the mode named (--no-reference: no FP32 forward before it). TF32 runs our
     # kernels on float tensors like FP32; FP16 on float16 ones. cuDNN's kernels are left out by the
     # name filter (ours end in "Kernel"). Summary: scripts/ncu_summary.py.
+    # NAF_GPU_NCU_ARGS: more naf_cuda_bench flags for the profiled forward (e.g. "--no-nhwc-tail").
     NCU=$(command -v ncu || find /opt/nvidia /usr/local/cuda* -name ncu -type f 2>/dev/null | head -1)
     for run in ${NAF_GPU_NCU_RUNS:-paper:tf32 x72:tf32 x72:fp16}; do
         cfg=${run%%:*}; mode=${run##*:}
@@ -100,7 +103,7 @@ if [ "${NAF_GPU_NCU:-0}" = 1 ]; then
         timeout 150 "$NCU" --clock-control none --csv \
             --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum -k regex:Kernel -c 40 \
             "$BIN/naf_cuda_bench" --configs "$cfg" --modes "$mode" --paths auto --reps 1 --warmup 0 \
-            --max-seconds 1 --roundtrip-reps 0 --no-reference > "$RESULTS/ncu_${cfg}_$mode.csv" 2>&1
+            --max-seconds 1 --roundtrip-reps 0 --no-reference ${NAF_GPU_NCU_ARGS:-} > "$RESULTS/ncu_${cfg}_$mode.csv" 2>&1
         python3 scripts/ncu_summary.py "$RESULTS/ncu_${cfg}_$mode.csv" || tail -5 "$RESULTS/ncu_${cfg}_$mode.csv"
     done
 fi

@@ -273,15 +273,17 @@ const char* attentionName(KC::AttentionKernel k)
     case KC::AttentionKernel::Tiled: return "tiled";
     case KC::AttentionKernel::General: return "general";
     case KC::AttentionKernel::Cell: return "cell";
+    case KC::AttentionKernel::Auto: return "auto";
     }
     return "?";
 }
 
 KC::AttentionKernel parseAttention(const std::string& name)
 {
-    for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General, KC::AttentionKernel::Cell})
+    for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General, KC::AttentionKernel::Cell,
+                                  KC::AttentionKernel::Auto})
         if (name == attentionName(k)) return k;
-    throw std::invalid_argument("--attention takes default, tiled, cell or general, got " + name);
+    throw std::invalid_argument("--attention takes default, auto, tiled, cell or general, got " + name);
 }
 
 const char* pathName(KC::ConvolutionPath p)
@@ -306,17 +308,18 @@ struct Options
     double maxSeconds = 15.0;
     int roundtripReps = 3;
     bool reference = true;  // --no-reference: no FP32 reference forward, no rel_l2_vs_fp32
-    bool nhwcTail = false;  // --nhwc-tail: Engine::setNhwcTail(true) for the timed modes (not the reference)
+    std::string nhwcTail = "default";  // --nhwc-tail / --no-nhwc-tail: Engine::setNhwcTail for the timed modes
 };
 
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|tiled|cell|general] [--nhwc-tail] [--no-reference]\n"
+    "                      [--attention default|auto|tiled|cell|general] [--nhwc-tail|--no-nhwc-tail]\n"
+    "                      [--no-reference]\n"
     "configs: tiny, paper, x32, x72, mobilesam, dinov2; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
     "--no-reference: no untimed FP32 forward before the modes (their lines have no error vs FP32).\n"
-    "--nhwc-tail: the channels-last tail (Engine::setNhwcTail) in the timed modes; the FP32\n"
-    "reference keeps the usual tail, so rel_l2_vs_fp32 includes the tail's difference.\n"
+    "--nhwc-tail / --no-nhwc-tail: the channels-last tail (Engine::setNhwcTail; on by default) in\n"
+    "the timed modes or not; the FP32 reference keeps the usual tail in any case.\n"
     "--max-seconds: the timed loop of one mode stops (after at least 3 reps) once it took longer.\n"
     "--roundtrip-reps 0 skips the host round trip (Engine::forward with host pointers).\n";
 
@@ -355,7 +358,9 @@ Options parseArgs(int argc, char** argv)
             if (o.attention != "default") parseAttention(o.attention);  // throws on an unknown name
         }
         else if (a == "--nhwc-tail")
-            o.nhwcTail = true;
+            o.nhwcTail = "on";
+        else if (a == "--no-nhwc-tail")
+            o.nhwcTail = "off";
         else if (a == "--paths")
             o.paths = splitList(value());
         else if (a == "--reps")
@@ -547,6 +552,7 @@ bool runMode(KC::Engine& engine, ConfigData& d, const std::string& pathReq, cons
             .num("mpix_s", static_cast<double>(d.c.outH) * d.c.outW / 1e6 / (med / 1e3))
             .num("encoder_ms", st.encoderMs)
             .num("convolution_ms", st.convolutionMs)
+            .nums("convolution_call_ms", std::vector<double>(st.convolutionCallMs.begin(), st.convolutionCallMs.end()))
             .num("attention_ms", st.attentionMs)
             .num("stage_total_ms", st.totalMs)
             .num("engine_MB", engineBytes / kMB)
@@ -561,7 +567,7 @@ bool runMode(KC::Engine& engine, ConfigData& d, const std::string& pathReq, cons
             .str("conv_path_note", engine.convolutionPathNote())
             .str("attention", opt.attention)
             .str("attention_used", attentionName(engine.lastAttentionKernel()))
-            .integer("nhwc_tail", opt.nhwcTail ? 1 : 0)
+            .str("nhwc_tail", opt.nhwcTail)
             .integer("nhwc_tail_used", engine.lastUsedNhwcTail() ? 1 : 0)
             .str("shape", std::to_string(d.c.channels) + "x" + std::to_string(d.c.lowH) + "x" +
                               std::to_string(d.c.lowW) + " -> " + std::to_string(d.c.outH) + "x" +
@@ -590,6 +596,7 @@ bool runPath(ConfigData& d, const std::string& pathReq, const Options& opt, cons
         const std::string convPath = pathName(engine.convolutionPath());
         const KC::AttentionKernel requested =
             opt.attention == "default" ? engine.attentionKernel() : parseAttention(opt.attention);
+        const bool nhwcTail = opt.nhwcTail == "default" ? engine.nhwcTail() : opt.nhwcTail == "on";
         // The reference of every line: one untimed FP32 forward with the fp32 tiled attention.
         if (opt.reference)
         {
@@ -600,7 +607,7 @@ bool runPath(ConfigData& d, const std::string& pathReq, const Options& opt, cons
             d.download(d.ref);
         }
         engine.setAttentionKernel(requested);
-        engine.setNhwcTail(opt.nhwcTail);
+        engine.setNhwcTail(nhwcTail);
         std::vector<ModeResult> results;
         for (const auto& m : opt.modes)
             ok = runMode(engine, d, pathReq, m, opt, device, usedBefore, convPath, results) && ok;

@@ -489,21 +489,40 @@ void allowSharedMemory(Kernel kernelFunction, size_t bytes)
           "sizing the attention kernel's shared memory");
 }
 
-/// The tiled kernel when its limits hold (head dim 32/64, the union in shared memory).
+/// The tiled kernel's launch geometry for a problem; shared == 0 when its limits do not hold
+/// (head dim 32/64, the largest window union of a tile in shared memory).
+struct TiledLaunch
+{
+    int unionCap = 0, vStride = 0, pStride = 0;
+    size_t shared = 0;
+};
+
+TiledLaunch tiledLaunch(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw)
+{
+    TiledLaunch t;
+    const int headDim = dim / heads;
+    const int vPerHead = channels / heads;
+    if ((headDim != 64 && headDim != 32) || dim % 4 != 0 || (outH + kTileY - 1) / kTileY > 65535) return t;
+    t.unionCap = maxWindowUnion(outH, lowH, kh, kTileY) * maxWindowUnion(outW, lowW, kw, kTileX);
+    t.vStride = (vPerHead + kValueChunk - 1) / kValueChunk * kValueChunk;
+    t.pStride = (kh * kw) | 1;  // odd: the threads' rows fall in different banks
+    const size_t shared =
+        (static_cast<size_t>(t.unionCap) * (headDim + t.vStride) + static_cast<size_t>(kTileThreads) * t.pStride) *
+        sizeof(float);
+    if (shared + 64 <= static_cast<size_t>(sharedMemoryOptin())) t.shared = shared;
+    return t;
+}
+
+/// The tiled kernel when its limits hold (tiledLaunch).
 bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
               int lowH, int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw,
               float scale, cudaStream_t stream)
 {
+    const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw);
+    if (t.shared == 0) return false;
     const int headDim = dim / heads;
-    const int vPerHead = channels / heads;
-    if ((headDim != 64 && headDim != 32) || dim % 4 != 0 || (outH + kTileY - 1) / kTileY > 65535) return false;
-    const int unionCap = maxWindowUnion(outH, lowH, kh, kTileY) * maxWindowUnion(outW, lowW, kw, kTileX);
-    const int vStride = (vPerHead + kValueChunk - 1) / kValueChunk * kValueChunk;
-    const int pStride = (kh * kw) | 1;  // odd: the threads' rows fall in different banks
-    const size_t shared =
-        (static_cast<size_t>(unionCap) * (headDim + vStride) + static_cast<size_t>(kTileThreads) * pStride) *
-        sizeof(float);
-    if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
+    const int unionCap = t.unionCap, vStride = t.vStride, pStride = t.pStride;
+    const size_t shared = t.shared;
     const dim3 grid((outW + kTileX - 1) / kTileX, (outH + kTileY - 1) / kTileY);
     auto kernelFunction = headDim == 64 ? tiledAttentionKernel<64> : tiledAttentionKernel<32>;
     allowSharedMemory(kernelFunction, shared);
@@ -532,6 +551,19 @@ bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int 
 }
 
 }  // namespace
+
+int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw)
+{
+    if (heads <= 0 || dim % heads != 0 || channels % heads != 0) return 0;
+    const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw);
+    if (t.shared == 0) return 0;
+    auto kernelFunction = dim / heads == 64 ? tiledAttentionKernel<64> : tiledAttentionKernel<32>;
+    allowSharedMemory(kernelFunction, t.shared);
+    int blocks = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernelFunction, kTileThreads, t.shared),
+          "querying the tiled attention kernel's occupancy");
+    return blocks;
+}
 
 AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, const float* vT, float* out, int dim,
                                             int channels, int heads, int lowH, int lowW, int outH, int outW,

@@ -74,7 +74,7 @@ void Engine::setNhwcTail(bool) {}
 
 bool Engine::nhwcTail() const
 {
-    return false;
+    return true;
 }
 
 bool Engine::lastUsedNhwcTail() const
@@ -84,7 +84,7 @@ bool Engine::lastUsedNhwcTail() const
 
 AttentionKernel Engine::attentionKernel() const
 {
-    return AttentionKernel::Tiled;
+    return AttentionKernel::Auto;
 }
 
 AttentionKernel Engine::lastAttentionKernel() const

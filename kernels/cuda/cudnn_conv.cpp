@@ -204,6 +204,7 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
         checkCudnn(found, "algorithm search");
         const Impl::Plan* chosen = nullptr;
         Impl::Plan candidate{};
+        float chosenMs = 0.f;
         for (int i = 0; i < returned && !chosen; ++i)
         {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > limit) continue;
@@ -216,6 +217,7 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
             candidate = Impl::Plan{perf[i].algo, numeric == Numeric::FP32 ? CUDNN_FMA_MATH : perf[i].mathType,
                                    perf[i].memory};
             chosen = &candidate;
+            chosenMs = perf[i].time;
         }
         if (!chosen)
             throw std::runtime_error("naf::kernels::cuda: cuDNN found no usable deterministic algorithm for a " +
@@ -226,8 +228,7 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
         s.log += std::to_string(conv.cout) + "x" + std::to_string(conv.cin) + "x" + std::to_string(conv.k) + "x" +
                  std::to_string(conv.k) + " on " + std::to_string(h) + "x" + std::to_string(w) +
                  (fp16 ? " fp16" : (tf32 ? " tf32" : " fp32")) + (layout == CUDNN_TENSOR_NHWC ? " nhwc: " : ": ") +
-                 algoName(candidate.algo) + " (" +
-                 std::to_string(perf[0].time) + " ms fastest found, workspace " +
+                 algoName(candidate.algo) + " (" + std::to_string(chosenMs) + " ms in the search, workspace " +
                  std::to_string(candidate.workspace >> 20) + " MiB); ";
     }
     const Impl::Plan& plan = it->second;

@@ -149,14 +149,15 @@ struct Engine::Impl
     DeviceBuffer guide, convOut, padded, queries, queriesT, keysT, valuesT;
     DeviceBuffer gnPartial, gnStats, tables, probe, ropeTables;
     DeviceBuffer nonFinite;  // one int: set when MathMode::FP16 statistics were not finite
-    // AttentionKernel::Cell's work list for the last shape it was built for (empty: not worthwhile).
+    // The cell kernel's work list for the last shape and kernel choice it was decided for (empty:
+    // Tiled runs, because Auto chose it or the cell kernel is not worthwhile there).
     DeviceBuffer cellChunks;
     std::vector<cell::Chunk> cellChunksHost;
     std::vector<int> cellChunksKey;
 
-    AttentionKernel attentionKernel = AttentionKernel::Tiled;
+    AttentionKernel attentionKernel = AttentionKernel::Auto;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
-    bool nhwcTail = false;      // setNhwcTail
+    bool nhwcTail = true;       // setNhwcTail
     bool nhwcTailUsed = false;  // by the last forward
     bool stageTiming = false;
     cudaEvent_t events[3] = {nullptr, nullptr, nullptr};
@@ -461,8 +462,9 @@ struct Engine::Impl
         const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
         attentionKernelUsed = detail::launchNeighborhoodAttention(
             queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev, cfg.dim, C, cfg.headsAttn, shape.lowH,
-            shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream, attentionKernel,
-            attentionKernel == AttentionKernel::Cell ? cellChunks.as<cell::Chunk>() : nullptr,
+            shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream,
+            attentionKernel == AttentionKernel::Auto ? AttentionKernel::Cell : attentionKernel,
+            cellChunksHost.empty() ? nullptr : cellChunks.as<cell::Chunk>(),
             static_cast<int64_t>(cellChunksHost.size()));
         if (probe)
             detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
@@ -531,16 +533,26 @@ struct Engine::Impl
                       "allocating the window tables");
         if (withProbe)
             probe.ensure(static_cast<size_t>(cfg.headsAttn) * kh * kw * f, "allocating the probe buffer");
-        if (attentionKernel == AttentionKernel::Cell)
+        if (attentionKernel == AttentionKernel::Cell || attentionKernel == AttentionKernel::Auto)
         {
-            // Built on the host once per size; uploaded in stream order, after any earlier call's
-            // attention has read the previous list.
-            const std::vector<int> key = {shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw};
+            // Decided and built on the host once per size; uploaded in stream order, after any
+            // earlier call's attention has read the previous list.
+            const std::vector<int> key = {shape.outH, shape.outW, shape.lowH,  shape.lowW,
+                                          kh,         kw,         shape.channels, static_cast<int>(attentionKernel)};
             if (key != cellChunksKey)
             {
-                cellChunksHost = cell::buildChunks(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw);
-                if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, cfg.dim / cfg.headsAttn, kh, kw))
-                    cellChunksHost.clear();
+                // Auto: the cell kernel only where the tiled one fits one block per SM, or none.
+                const bool wanted =
+                    attentionKernel == AttentionKernel::Cell ||
+                    detail::tiledAttentionBlocksPerSm(cfg.dim, shape.channels, cfg.headsAttn, shape.lowH, shape.lowW,
+                                                      shape.outH, shape.outW, kh, kw) <= 1;
+                cellChunksHost.clear();
+                if (wanted)
+                {
+                    cellChunksHost = cell::buildChunks(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw);
+                    if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, cfg.dim / cfg.headsAttn, kh, kw))
+                        cellChunksHost.clear();
+                }
                 cellChunksKey = key;
                 const size_t bytes = cellChunksHost.size() * sizeof(cell::Chunk);
                 if (bytes > 0)
@@ -615,6 +627,7 @@ struct Engine::Impl
                 float ms = 0.f;
                 check(cudaEventElapsedTime(&ms, convEvents[2 * i], convEvents[2 * i + 1]), "reading a timing event");
                 lastTimes.convolutionMs += ms;
+                lastTimes.convolutionCallMs.push_back(ms);
             }
         }
         if (probe)
@@ -804,7 +817,8 @@ void Engine::setStageTiming(bool enable)
 
 void Engine::setAttentionKernel(AttentionKernel kernel)
 {
-    if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General && kernel != AttentionKernel::Cell)
+    if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General && kernel != AttentionKernel::Cell &&
+        kernel != AttentionKernel::Auto)
         throw std::invalid_argument("naf::kernels::cuda::Engine: unknown attention kernel " +
                                     std::to_string(static_cast<int>(kernel)));
     impl_->attentionKernel = kernel;

@@ -216,6 +216,12 @@ AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, co
                                             cudaStream_t stream, AttentionKernel kernel,
                                             const cell::Chunk* cellChunks = nullptr, int64_t cellChunkCount = 0);
 
+/// Blocks of the tiled kernel that fit on one SM for this problem (0: the kernel's limits do not
+/// hold). AttentionKernel::Auto takes the cell kernel where this is 1: the largest window union
+/// of a tile then takes over half the shared memory (14-pixel cells: 12 x 10 entries).
+int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh,
+                              int kw);
+
 /// Softmax probabilities [heads,kh,kw] of output pixel (y,x) into probs (device).
 void launchAttentionProbe(const float* qT, const float* kT, int dim, int heads, int lowW, int outW, int y, int x,
                           const int* rowTable, const int* colTable, int kh, int kw, float scale, float* probs,

@@ -256,6 +256,40 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
     }
 }
 
+// AttentionKernel::Auto, the default: the cell kernel where the tiled kernel's largest window
+// union leaves room for one block per SM (14-pixel cells: unions up to 12 x 10 entries, 116 KB of
+// shared memory with 96 value channels per head), the tiled kernel where two fit (16-pixel cells:
+// 10 x 9, 99 KB). Both against the CPU.
+TEST(Cuda, AutoAttentionTakesCellKernelWhereTiledFitsOneBlockPerSm)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(31);
+    cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Auto);
+    cudaDeviceProp prop;
+    ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+    const size_t perSm = prop.sharedMemPerMultiprocessor, reserved = prop.reservedSharedMemPerBlock;
+    uint32_t seed = 170;
+    const ForwardShape fourteen = makeShape(196, 196, 384, 14, 14, 196, 196, 9);
+    expectMatchesCpu(engine, w, fourteen, seed++);
+    const size_t fourteenShared = (12 * 10 * (64 + 96) + 128 * 81) * sizeof(float);
+    if (perSm < 2 * (fourteenShared + reserved))
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell) << describe(fourteen);
+    std::printf("[ cuda     ] %s: Auto ran the %s kernel (%zu KB of shared memory per SM)\n",
+                describe(fourteen).c_str(), engine.lastAttentionKernel() == cuda::AttentionKernel::Cell ? "cell" : "tiled",
+                perSm >> 10);
+    const ForwardShape sixteen = makeShape(224, 224, 384, 14, 14, 224, 224, 9);
+    expectMatchesCpu(engine, w, sixteen, seed++);
+    const size_t sixteenShared = (10 * 9 * (64 + 96) + 128 * 81) * sizeof(float);
+    if (perSm >= 2 * (sixteenShared + reserved))
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled) << describe(sixteen);
+    // Back to the first size: the decision is per size, not sticky.
+    expectMatchesCpu(engine, w, fourteen, seed++);
+    if (perSm < 2 * (fourteenShared + reserved))
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell) << describe(fourteen);
+    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Auto);
+}
+
 // The channels-last tail (Engine::setNhwcTail; its index arithmetic is also checked on the CPU in
 // test_kernels.cpp): every mode against the CPU where it applies (cuDNN, TF32 and FP16, guide of
 // the output size), and the usual tail where it does not (FP32, a pooled guide, RoPE heads
@@ -266,6 +300,8 @@ TEST(Cuda, NhwcTailMatchesCpuWhereItApplies)
     if (!cuda::cudnnCompiled()) GTEST_SKIP() << "built without cuDNN: the channels-last tail needs it";
     const RandomNafWeights w(26);
     cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::CuDnn);
+    EXPECT_TRUE(engine.nhwcTail()) << "on by default";
+    engine.setNhwcTail(false);
     EXPECT_FALSE(engine.nhwcTail());
     engine.setNhwcTail(true);
     EXPECT_TRUE(engine.nhwcTail());
@@ -306,6 +342,17 @@ TEST(Cuda, NhwcTailMatchesCpuWhereItApplies)
     expectMatchesCpu(engine, w, makeShape(300, 260, 12, 13, 11, 61, 50, 5), seed++);  // guide pooled to the output
     EXPECT_FALSE(engine.lastUsedNhwcTail());
     std::printf("[ cuda     ] %s\n", engine.convolutionPathNote().c_str());
+
+    // 256 channels per branch (the most the channels-last kernels take): a GroupNorm tile of
+    // 34 KB of shared memory and four RoPE heads per branch.
+    NafConfig wide;
+    wide.dim = 512;
+    wide.headsAttn = 8;
+    wide.headsRope = 8;
+    const RandomNafWeights ww(28, wide);
+    cuda::Engine wideEngine(ww.cfg, ww.view, cuda::ConvolutionPath::CuDnn);
+    expectMatchesCpu(wideEngine, ww, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
+    EXPECT_EQ(wideEngine.lastUsedNhwcTail(), tensorCores) << wideEngine.convolutionPathNote();
 
     NafConfig spanning;
     spanning.headsRope = 1;  // RoPE heads of 256 channels: no per-branch RoPE, so no channels-last tail
@@ -385,6 +432,15 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
             EXPECT_FLOAT_EQ(t.totalMs, t.encoderMs + t.attentionMs);
             EXPECT_GT(t.convolutionMs, 0.f);
             EXPECT_LT(t.convolutionMs, t.encoderMs);
+            // Each branch: its stem and two convolutions per block.
+            EXPECT_EQ(t.convolutionCallMs.size(), static_cast<size_t>(2 * (1 + 2 * w.cfg.imgLayers)));
+            float callSum = 0.f;
+            for (float ms : t.convolutionCallMs)
+            {
+                EXPECT_GT(ms, 0.f);
+                callSum += ms;
+            }
+            EXPECT_NEAR(callSum, t.convolutionMs, 1e-3f * t.convolutionMs);
             std::printf("[ cuda     ] %s %s: encoder %.3f ms (convolutions %.3f), attention %.3f ms; %s\n",
                         pathName(path), modeName(mode), t.encoderMs,
                         t.convolutionMs, t.attentionMs, engine.convolutionPathNote().c_str());
@@ -510,7 +566,7 @@ TEST(Cuda, RejectsBadShapesAndProbes)
         EXPECT_NE(std::string(e.what()).find("unknown math mode 7"), std::string::npos) << e.what();
     }
     EXPECT_THROW(engine.setAttentionKernel(static_cast<cuda::AttentionKernel>(9)), std::invalid_argument);
-    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Tiled);
+    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Auto);
     // The engine still works after rejected calls.
     const std::vector<float> ref = cpuForward(w, in, good);
     const std::vector<float> gpu = gpuForward(engine, in, good, cuda::MathMode::FP32);

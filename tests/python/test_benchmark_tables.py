@@ -82,13 +82,23 @@ def test_gpu_table_shows_the_engines_default_kernel_of_newer_bench_lines(tmp_pat
 
 
 def test_gpu_table_leaves_out_channels_last_tail_runs(tmp_path):
-    # --nhwc-tail lines (Engine::setNhwcTail, not the default) are compared by hand, not tabled
+    # explicit --nhwc-tail / --no-nhwc-tail lines are compared by hand, not tabled; lines of the
+    # engine's default are (0 before the tail became the default, "default" since)
     out, _ = run_table(tmp_path, [ours("fp32", 10.0, attention="default", attention_used="tiled"),
                                   ours("tf32", 4.5, attention="default", attention_used="tiled", nhwc_tail=0),
                                   ours("tf32", 3.5, attention="default", attention_used="tiled", nhwc_tail=1,
                                        nhwc_tail_used=1)])
     row = paper_row(out)
     assert "4.50 ms, 222 FPS" in row and "3.50 ms" not in row
+    out, _ = run_table(tmp_path, [ours("fp32", 10.0, attention="default", attention_used="tiled"),
+                                  ours("tf32", 4.4, attention="default", attention_used="tiled",
+                                       nhwc_tail="default", nhwc_tail_used=1),
+                                  ours("tf32", 4.6, attention="default", attention_used="tiled", nhwc_tail="off",
+                                       nhwc_tail_used=0),
+                                  ours("tf32", 4.3, attention="default", attention_used="tiled", nhwc_tail="on",
+                                       nhwc_tail_used=1)])
+    row = paper_row(out)
+    assert "4.40 ms, 227 FPS" in row and "4.60 ms" not in row and "4.30 ms" not in row
 
 
 def test_gpu_table_lists_errors(tmp_path):

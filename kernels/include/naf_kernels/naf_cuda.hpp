@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "naf_kernels/naf_kernels.hpp"
 
@@ -49,13 +50,17 @@ enum class ConvolutionPath
 /// Neighborhood-attention kernel of the CUDA path.
 enum class AttentionKernel
 {
-    Tiled,    ///< one thread per pixel, each 4 x 32 tile's window union in shared memory (default)
+    Tiled,    ///< one thread per pixel, each 4 x 32 tile's window union in shared memory
     General,  ///< one warp per pixel, keys and values from global memory (any head dim)
     /// one block per 128 output pixels that share a window: two register-tiled matrix products
     /// (kernels/cuda/cell_attention.hpp); for outputs much finer than the features (rectangles
     /// of shared windows at least half a block on average), head dim 32/64, kernel <= 9; else Tiled.
-    /// Not the default: 10-25 % slower than Tiled on an H100 so far (docs/PERFORMANCE.md, GPU item 19)
-    Cell
+    /// 3-10 % slower than Tiled on an H100 where Tiled fits two blocks per SM, 35 % faster where
+    /// it fits one (docs/PERFORMANCE.md, GPU item 19b)
+    Cell,
+    /// the default: Cell where it applies and the tiled kernel's largest window union leaves room
+    /// for only one of its blocks per SM (14-pixel cells such as DINOv2's 518 / 37), else Tiled
+    Auto
 };
 
 /// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).
@@ -65,6 +70,7 @@ struct StageTimes
     float convolutionMs = 0.f;  ///< the encoder's convolutions alone (part of encoderMs)
     float attentionMs = 0.f;  ///< value layout + neighborhood attention (output written)
     float totalMs = 0.f;      ///< the whole forward on the device (no host copies)
+    std::vector<float> convolutionCallMs;  ///< each convolution of the forward, in call order
 };
 
 /// Owns device copies of the weights and device scratch memory; reusable across calls.
@@ -106,21 +112,21 @@ public:
     /// shared memory, else the general one runs. An unknown value throws std::invalid_argument.
     void setAttentionKernel(AttentionKernel kernel);
 
-    /// The attention kernel asked for (setAttentionKernel; Tiled unless set).
+    /// The attention kernel asked for (setAttentionKernel; Auto unless set).
     AttentionKernel attentionKernel() const;
     /// The attention kernel the last forward ran (the requested one, or its fallback when the
     /// requested one's limits did not hold).
     AttentionKernel lastAttentionKernel() const;
 
-    /// Channels-last tail (not the default, not measured yet; docs/PERFORMANCE.md, GPU item 20):
-    /// each branch's last GroupNorm+SiLU writes pixel-major, cuDNN runs the last convolution on
-    /// NHWC tensors (no layout transforms staged around it) and RoPE reads its output pixel by
-    /// pixel. Applies with cuDNN in MathMode::TF32 and FP16 (on tensor cores, sm >= 80), when the
-    /// guide has the output size and each branch holds whole RoPE heads; other forwards run the
-    /// usual tail, as do shapes for which cuDNN has no NHWC algorithm (convolutionPathNote() names
-    /// them). Same result up to the convolution algorithm's rounding.
+    /// Channels-last tail (on by default; docs/PERFORMANCE.md, GPU item 20: 2-4 % faster on an
+    /// H100): each branch's last GroupNorm+SiLU writes pixel-major, cuDNN runs the last
+    /// convolution on NHWC tensors (no layout transforms staged around it) and RoPE reads its
+    /// output pixel by pixel. Applies with cuDNN in MathMode::TF32 and FP16 (on tensor cores,
+    /// sm >= 80), when the guide has the output size and each branch holds whole RoPE heads; other
+    /// forwards run the usual tail, as do shapes for which cuDNN has no NHWC algorithm
+    /// (convolutionPathNote() names them). Same result up to the convolution algorithm's rounding.
     void setNhwcTail(bool enable);
-    /// setNhwcTail's value (false unless set).
+    /// setNhwcTail's value (true unless set).
     bool nhwcTail() const;
     /// Whether the last forward ran the channels-last tail.
     bool lastUsedNhwcTail() const;

@@ -75,6 +75,7 @@ done
 # The usual channel-major tail (Engine::setNhwcTail(false); the channels-last one is the default),
 # against the default lines above: configs:modes, e.g. NAF_GPU_NCHW_RUNS="x72:fp16"; set but
 # empty: none.
+[ -n "${NAF_GPU_NHWC_RUNS+set}" ] && echo "NAF_GPU_NHWC_RUNS is gone (the channels-last tail is the default): use NAF_GPU_NCHW_RUNS"
 for run in ${NAF_GPU_NCHW_RUNS-paper,x72:tf32,fp16}; do
     IFS=: read -r configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \

@@ -553,7 +553,8 @@ struct Engine::Impl
                     if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, cfg.dim / cfg.headsAttn, kh, kw))
                         cellChunksHost.clear();
                 }
-                cellChunksKey = key;
+                // The key last: a failed allocation or upload decides again on the next call.
+                cellChunksKey.clear();
                 const size_t bytes = cellChunksHost.size() * sizeof(cell::Chunk);
                 if (bytes > 0)
                 {
@@ -562,6 +563,7 @@ struct Engine::Impl
                                           stream),
                           "uploading the cell attention work list");
                 }
+                cellChunksKey = key;
             }
         }
         if (stageTiming)

@@ -217,8 +217,8 @@ AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, co
                                             const cell::Chunk* cellChunks = nullptr, int64_t cellChunkCount = 0);
 
 /// Blocks of the tiled kernel that fit on one SM for this problem (0: the kernel's limits do not
-/// hold). AttentionKernel::Auto takes the cell kernel where this is 1: the largest window union
-/// of a tile then takes over half the shared memory (14-pixel cells: 12 x 10 entries).
+/// hold). AttentionKernel::Auto tries the cell kernel where this is 1 or 0: with 1, the largest
+/// window union of a tile takes over half the shared memory (14-pixel cells: 12 x 10 entries).
 int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh,
                               int kw);
 

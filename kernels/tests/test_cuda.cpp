@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../cuda/cell_attention.hpp"  // cell::sharedBytes: whether the cell kernel fits this device
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
@@ -257,36 +258,51 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
 }
 
 // AttentionKernel::Auto, the default: the cell kernel where the tiled kernel's largest window
-// union leaves room for one block per SM (14-pixel cells: unions up to 12 x 10 entries, 116 KB of
-// shared memory with 96 value channels per head), the tiled kernel where two fit (16-pixel cells:
-// 10 x 9, 99 KB). Both against the CPU.
+// union leaves room for one block per SM (14-pixel cells: unions up to 12 x 10 entries, 118,272
+// bytes of shared memory with 96 value channels per head), the tiled kernel where two fit
+// (16-pixel cells: 10 x 9, 99,072 bytes). Each against the CPU, with the choice following the size
+// and the requested kernel back and forth on one engine. The expectations hold where the device's
+// shared memory decides as on an H100 or H200 (228 KB per SM); elsewhere only the results are
+// checked.
 TEST(Cuda, AutoAttentionTakesCellKernelWhereTiledFitsOneBlockPerSm)
 {
     NAF_SKIP_WITHOUT_GPU();
     const RandomNafWeights w(31);
     cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
     EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Auto);
+    int device = 0;
+    ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
     cudaDeviceProp prop;
-    ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+    ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
     const size_t perSm = prop.sharedMemPerMultiprocessor, reserved = prop.reservedSharedMemPerBlock;
+    const bool cellFits = prop.sharedMemPerBlockOptin >= cell::sharedBytes<64>() + 64;
+    const size_t fourteenShared = (12 * 10 * (64 + 96) + 128 * 81) * sizeof(float);
+    const size_t sixteenShared = (10 * 9 * (64 + 96) + 128 * 81) * sizeof(float);
+    const bool expectCell = cellFits && prop.sharedMemPerBlockOptin >= fourteenShared + 64 &&
+                            perSm < 2 * (fourteenShared + reserved);
+    const bool expectTiled = perSm >= 2 * (sixteenShared + reserved);
     uint32_t seed = 170;
     const ForwardShape fourteen = makeShape(196, 196, 384, 14, 14, 196, 196, 9);
-    expectMatchesCpu(engine, w, fourteen, seed++);
-    const size_t fourteenShared = (12 * 10 * (64 + 96) + 128 * 81) * sizeof(float);
-    if (perSm < 2 * (fourteenShared + reserved))
-        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell) << describe(fourteen);
+    const ForwardShape sixteen = makeShape(224, 224, 384, 14, 14, 224, 224, 9);
+    auto runAndExpect = [&](const ForwardShape& s, bool expected, cuda::AttentionKernel kernel) {
+        expectMatchesCpu(engine, w, s, seed++);
+        if (expected) EXPECT_EQ(engine.lastAttentionKernel(), kernel) << describe(s);
+    };
+    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);
     std::printf("[ cuda     ] %s: Auto ran the %s kernel (%zu KB of shared memory per SM)\n",
                 describe(fourteen).c_str(), engine.lastAttentionKernel() == cuda::AttentionKernel::Cell ? "cell" : "tiled",
                 perSm >> 10);
-    const ForwardShape sixteen = makeShape(224, 224, 384, 14, 14, 224, 224, 9);
-    expectMatchesCpu(engine, w, sixteen, seed++);
-    const size_t sixteenShared = (10 * 9 * (64 + 96) + 128 * 81) * sizeof(float);
-    if (perSm >= 2 * (sixteenShared + reserved))
-        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled) << describe(sixteen);
-    // Back to the first size: the decision is per size, not sticky.
-    expectMatchesCpu(engine, w, fourteen, seed++);
-    if (perSm < 2 * (fourteenShared + reserved))
-        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell) << describe(fourteen);
+    runAndExpect(sixteen, expectTiled, cuda::AttentionKernel::Tiled);
+    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);  // per size, not sticky
+    // An explicit kernel, then Auto again on the same size: each decided anew.
+    engine.setAttentionKernel(cuda::AttentionKernel::Tiled);
+    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Tiled);
+    engine.setAttentionKernel(cuda::AttentionKernel::Auto);
+    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);
+    engine.setAttentionKernel(cuda::AttentionKernel::Cell);
+    runAndExpect(sixteen, cellFits, cuda::AttentionKernel::Cell);
+    engine.setAttentionKernel(cuda::AttentionKernel::Auto);
+    runAndExpect(sixteen, expectTiled, cuda::AttentionKernel::Tiled);
     EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Auto);
 }
 
@@ -434,13 +450,7 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
             EXPECT_LT(t.convolutionMs, t.encoderMs);
             // Each branch: its stem and two convolutions per block.
             EXPECT_EQ(t.convolutionCallMs.size(), static_cast<size_t>(2 * (1 + 2 * w.cfg.imgLayers)));
-            float callSum = 0.f;
-            for (float ms : t.convolutionCallMs)
-            {
-                EXPECT_GT(ms, 0.f);
-                callSum += ms;
-            }
-            EXPECT_NEAR(callSum, t.convolutionMs, 1e-3f * t.convolutionMs);
+            for (float ms : t.convolutionCallMs) EXPECT_GT(ms, 0.f);
             std::printf("[ cuda     ] %s %s: encoder %.3f ms (convolutions %.3f), attention %.3f ms; %s\n",
                         pathName(path), modeName(mode), t.encoderMs,
                         t.convolutionMs, t.attentionMs, engine.convolutionPathNote().c_str());

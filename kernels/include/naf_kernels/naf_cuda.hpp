@@ -59,7 +59,8 @@ enum class AttentionKernel
     /// it fits one (docs/PERFORMANCE.md, GPU item 19b)
     Cell,
     /// the default: Cell where it applies and the tiled kernel's largest window union leaves room
-    /// for only one of its blocks per SM (14-pixel cells such as DINOv2's 518 / 37), else Tiled
+    /// for only one of its blocks per SM, or none (14-pixel cells such as DINOv2's 518 / 37),
+    /// else Tiled (and General where neither fits)
     Auto
 };
 

@@ -66,7 +66,7 @@ timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" -
 # The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks tiled or
 # cell per size), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
 # NAF_GPU_ATTENTION_RUNS="general:paper:tf32"; set but empty: none.
-for run in ${NAF_GPU_ATTENTION_RUNS-tiled:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16}; do
+for run in ${NAF_GPU_ATTENTION_RUNS-tiled:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16 tiled-chunked:paper,x32,mobilesam,x72,dinov2:tf32,fp16}; do
     IFS=: read -r kernel configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"

@@ -274,6 +274,7 @@ const char* attentionName(KC::AttentionKernel k)
     case KC::AttentionKernel::General: return "general";
     case KC::AttentionKernel::Cell: return "cell";
     case KC::AttentionKernel::Auto: return "auto";
+    case KC::AttentionKernel::TiledChunked: return "tiled-chunked";
     }
     return "?";
 }
@@ -281,9 +282,9 @@ const char* attentionName(KC::AttentionKernel k)
 KC::AttentionKernel parseAttention(const std::string& name)
 {
     for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General, KC::AttentionKernel::Cell,
-                                  KC::AttentionKernel::Auto})
+                                  KC::AttentionKernel::Auto, KC::AttentionKernel::TiledChunked})
         if (name == attentionName(k)) return k;
-    throw std::invalid_argument("--attention takes default, auto, tiled, cell or general, got " + name);
+    throw std::invalid_argument("--attention takes default, auto, tiled, tiled-chunked, cell or general, got " + name);
 }
 
 const char* pathName(KC::ConvolutionPath p)
@@ -314,7 +315,8 @@ struct Options
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|auto|tiled|cell|general] [--nhwc-tail|--no-nhwc-tail]\n"
+    "                      [--attention default|auto|tiled|tiled-chunked|cell|general]\n"
+    "                      [--nhwc-tail|--no-nhwc-tail]\n"
     "                      [--no-reference]\n"
     "configs: tiny, paper, x32, x72, mobilesam, dinov2; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"
     "--no-reference: no untimed FP32 forward before the modes (their lines have no error vs FP32).\n"

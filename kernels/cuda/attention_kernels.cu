@@ -166,10 +166,11 @@ __device__ __forceinline__ float expInPlace(float* p, int n, float m)
 /// `ld` floats: dst[u*ld + c] = src[pixel(u)*pixelStride + c] for c < width; zero for c in
 /// [width, padWidth) and rows u in [unionSize, rows). Asynchronous copies (cp.async), 16 bytes
 /// when everything is 4-float aligned: every copy of the block is in flight at once instead of one
-/// load per thread at a time. Ends with the block synchronized and the data visible.
-__device__ __forceinline__ void stageUnion(float* dst, int ld, int rows, int padWidth, const float* src,
-                                           int64_t pixelStride, int width, int unionSize, int firstRow,
-                                           int firstCol, int colsU, int lowW, bool vec4)
+/// load per thread at a time. Issues the copies as one committed batch and returns: the data is
+/// visible after __pipeline_wait_prior and a block barrier (stageUnion does both).
+__device__ __forceinline__ void issueUnionCopy(float* dst, int ld, int rows, int padWidth, const float* src,
+                                               int64_t pixelStride, int width, int unionSize, int firstRow,
+                                               int firstCol, int colsU, int lowW, bool vec4)
 {
     const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int u = warp; u < rows; u += warps)
@@ -200,6 +201,15 @@ __device__ __forceinline__ void stageUnion(float* dst, int ld, int rows, int pad
         }
     }
     __pipeline_commit();
+}
+
+/// issueUnionCopy, then waits for it: ends with the block synchronized and the data visible.
+__device__ __forceinline__ void stageUnion(float* dst, int ld, int rows, int padWidth, const float* src,
+                                           int64_t pixelStride, int width, int unionSize, int firstRow,
+                                           int firstCol, int colsU, int lowW, bool vec4)
+{
+    issueUnionCopy(dst, ld, rows, padWidth, src, pixelStride, width, unionSize, firstRow, firstCol, colsU, lowW,
+                   vec4);
     __pipeline_wait_prior(0);
     __syncthreads();
 }
@@ -214,6 +224,12 @@ __device__ __forceinline__ void stageUnion(float* dst, int ld, int rows, int pad
 // Pass 1: logits (query in registers, four FMA chains) into the thread's row of shared memory,
 // then softmax weights in place; pass 2: values in chunks of 32 channels, accumulated in
 // registers and stored channel-major (a warp writes 32 consecutive pixels of a channel).
+// kChunkedValues (AttentionKernel::TiledChunked, ninth session, written without a GPU): the
+// values are not staged with the keys; once the logits are done, 32-channel chunks of them are
+// staged into the keys' space, two buffers, the next chunk copied while the current one is
+// summed. At 16x with 96 value channels per head that is 65 KB of shared memory per block instead
+// of 99 KB: three blocks per SM instead of two (PERFORMANCE GPU item 24). Same operations in the
+// same order per pixel, so the same bits as the plain kernel.
 
 constexpr int kTileY = 4;
 constexpr int kTileX = 32;
@@ -234,7 +250,16 @@ __device__ __forceinline__ int warpMax(int v)
     return v;
 }
 
-template <int HD>
+/// Floats of shared memory before the softmax weights: the keys and values of the union, or with
+/// chunked values the larger of the keys and two 32-channel value chunks.
+__host__ __device__ inline size_t tiledUnionFloats(int unionCap, int headDim, int vStride, bool chunkedValues)
+{
+    const size_t keys = static_cast<size_t>(unionCap) * headDim;
+    const size_t twoChunks = 2 * static_cast<size_t>(unionCap) * kValueChunk;
+    return chunkedValues ? (keys > twoChunks ? keys : twoChunks) : keys + static_cast<size_t>(unionCap) * vStride;
+}
+
+template <int HD, bool kChunkedValues>
 __global__ void __launch_bounds__(kTileThreads)
     tiledAttentionKernel(const float* __restrict__ qT, const float* __restrict__ kT, const float* __restrict__ vT,
                          float* __restrict__ out, int dim, int channels, int heads, int lowW, int outH, int outW,
@@ -243,8 +268,9 @@ __global__ void __launch_bounds__(kTileThreads)
 {
     extern __shared__ float4 attnShared[];
     float* sK = reinterpret_cast<float*>(attnShared);  // [unionCap][HD]
-    float* sV = sK + static_cast<size_t>(unionCap) * HD;  // [unionCap][vStride], zero-padded channels
-    float* sP = sV + static_cast<size_t>(unionCap) * vStride;  // [kTileThreads][pStride]
+    // [unionCap][vStride], zero-padded channels; chunked: two [unionCap][32] buffers over the keys
+    float* sV = kChunkedValues ? sK : sK + static_cast<size_t>(unionCap) * HD;
+    float* sP = sK + tiledUnionFloats(unionCap, HD, vStride, kChunkedValues);  // [kTileThreads][pStride]
     __shared__ int unionBox[4];  // first row, rows, first column, columns
 
     const int tid = threadIdx.x;
@@ -302,12 +328,42 @@ __global__ void __launch_bounds__(kTileThreads)
     float* myP = sP + static_cast<size_t>(tid) * pStride;
 
     const bool valuesVec4 = channels % 4 == 0 && vPerHead % 4 == 0;
+    // One 32-channel pass of pass 2 from values staged with row stride `ld` (channel c0 at vBase).
+    auto valuePass = [&](const float* vBase, int ld, int c0, int h, float inv) {
+        float acc[kValueChunk];
+#pragma unroll
+        for (int j = 0; j < kValueChunk; ++j) acc[j] = 0.f;
+        for (int a = 0; a < kh; ++a)
+        {
+            const int rowOffset = (rows[a] - firstRow) * colsU - firstCol;
+            for (int b = 0; b < kw; ++b)
+            {
+                const float p = myP[a * kw + b];
+                const float4* v4 = reinterpret_cast<const float4*>(vBase + (rowOffset + cols[b]) * ld);
+#pragma unroll
+                for (int j = 0; j < kValueChunk / 4; ++j)
+                {
+                    const float4 v = v4[j];
+                    acc[4 * j] = fmaf(p, v.x, acc[4 * j]);
+                    acc[4 * j + 1] = fmaf(p, v.y, acc[4 * j + 1]);
+                    acc[4 * j + 2] = fmaf(p, v.z, acc[4 * j + 2]);
+                    acc[4 * j + 3] = fmaf(p, v.w, acc[4 * j + 3]);
+                }
+            }
+        }
+        float* o = out + static_cast<size_t>(h * vPerHead + c0) * outPlane + pix;
+#pragma unroll
+        for (int j = 0; j < kValueChunk; ++j)
+            if (c0 + j < vPerHead) o[static_cast<size_t>(j) * outPlane] = acc[j] * inv;
+    };
     for (int h = 0; h < heads; ++h)
     {
         // Keys and values of the union (vStride is a multiple of 32: 4-float aligned rows).
         stageUnion(sK, HD, unionSize, HD, kT + h * HD, dim, HD, unionSize, firstRow, firstCol, colsU, lowW, true);
-        stageUnion(sV, vStride, unionSize, vStride, vT + h * vPerHead, channels, vPerHead, unionSize, firstRow,
-                   firstCol, colsU, lowW, valuesVec4);
+        if (!kChunkedValues)
+            stageUnion(sV, vStride, unionSize, vStride, vT + h * vPerHead, channels, vPerHead, unionSize, firstRow,
+                       firstCol, colsU, lowW, valuesVec4);
+        float inv = 0.f;
         if (active)
         {
             float q[HD];
@@ -343,34 +399,39 @@ __global__ void __launch_bounds__(kTileThreads)
                     m = fmaxf(m, logit);
                 }
             }
-            const float inv = 1.f / expInPlace(myP, kh * kw, m);
-            for (int c0 = 0; c0 < vPerHead; c0 += kValueChunk)
+            inv = 1.f / expInPlace(myP, kh * kw, m);
+        }
+        if (!kChunkedValues)
+        {
+            if (active)
+                for (int c0 = 0; c0 < vPerHead; c0 += kValueChunk) valuePass(sV + c0, vStride, c0, h, inv);
+        }
+        else
+        {
+            // The keys' space now takes two value chunks: chunk k in buffer k % 2, chunk k + 1 copied
+            // while chunk k is summed.
+            const size_t chunkFloats = static_cast<size_t>(unionCap) * kValueChunk;
+            auto buffer = [&](int k) { return sV + (k & 1) * chunkFloats; };  // no local array: no stack
+            const float* vHead = vT + h * vPerHead;
+            __syncthreads();  // every thread's logits are done: the keys may be overwritten
+            issueUnionCopy(buffer(0), kValueChunk, unionSize, kValueChunk, vHead, channels,
+                           min(kValueChunk, vPerHead), unionSize, firstRow, firstCol, colsU, lowW, valuesVec4);
+            for (int c0 = 0, k = 0; c0 < vPerHead; c0 += kValueChunk, ++k)
             {
-                float acc[kValueChunk];
-#pragma unroll
-                for (int j = 0; j < kValueChunk; ++j) acc[j] = 0.f;
-                for (int a = 0; a < kh; ++a)
+                if (c0 + kValueChunk < vPerHead)
                 {
-                    const int rowOffset = (rows[a] - firstRow) * colsU - firstCol;
-                    for (int b = 0; b < kw; ++b)
-                    {
-                        const float p = myP[a * kw + b];
-                        const float4* v4 = reinterpret_cast<const float4*>(sV + (rowOffset + cols[b]) * vStride + c0);
-#pragma unroll
-                        for (int j = 0; j < kValueChunk / 4; ++j)
-                        {
-                            const float4 v = v4[j];
-                            acc[4 * j] = fmaf(p, v.x, acc[4 * j]);
-                            acc[4 * j + 1] = fmaf(p, v.y, acc[4 * j + 1]);
-                            acc[4 * j + 2] = fmaf(p, v.z, acc[4 * j + 2]);
-                            acc[4 * j + 3] = fmaf(p, v.w, acc[4 * j + 3]);
-                        }
-                    }
+                    issueUnionCopy(buffer(k + 1), kValueChunk, unionSize, kValueChunk,
+                                   vHead + c0 + kValueChunk, channels, min(kValueChunk, vPerHead - c0 - kValueChunk),
+                                   unionSize, firstRow, firstCol, colsU, lowW, valuesVec4);
+                    __pipeline_wait_prior(1);  // chunk k has landed; chunk k + 1 may still be in flight
                 }
-                float* o = out + static_cast<size_t>(h * vPerHead + c0) * outPlane + pix;
-#pragma unroll
-                for (int j = 0; j < kValueChunk; ++j)
-                    if (c0 + j < vPerHead) o[static_cast<size_t>(j) * outPlane] = acc[j] * inv;
+                else
+                {
+                    __pipeline_wait_prior(0);
+                }
+                __syncthreads();
+                if (active) valuePass(buffer(k), kValueChunk, c0, h, inv);
+                __syncthreads();  // buffer k % 2 is free for chunk k + 2
             }
         }
         __syncthreads();
@@ -497,7 +558,8 @@ struct TiledLaunch
     size_t shared = 0;
 };
 
-TiledLaunch tiledLaunch(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw)
+TiledLaunch tiledLaunch(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw,
+                        bool chunkedValues)
 {
     TiledLaunch t;
     const int headDim = dim / heads;
@@ -506,25 +568,26 @@ TiledLaunch tiledLaunch(int dim, int channels, int heads, int lowH, int lowW, in
     t.unionCap = maxWindowUnion(outH, lowH, kh, kTileY) * maxWindowUnion(outW, lowW, kw, kTileX);
     t.vStride = (vPerHead + kValueChunk - 1) / kValueChunk * kValueChunk;
     t.pStride = (kh * kw) | 1;  // odd: the threads' rows fall in different banks
-    const size_t shared =
-        (static_cast<size_t>(t.unionCap) * (headDim + t.vStride) + static_cast<size_t>(kTileThreads) * t.pStride) *
-        sizeof(float);
+    const size_t shared = (tiledUnionFloats(t.unionCap, headDim, t.vStride, chunkedValues) +
+                           static_cast<size_t>(kTileThreads) * t.pStride) *
+                          sizeof(float);
     if (shared + 64 <= static_cast<size_t>(sharedMemoryOptin())) t.shared = shared;
     return t;
 }
 
-/// The tiled kernel when its limits hold (tiledLaunch).
+/// The tiled kernel (chunkedValues: AttentionKernel::TiledChunked) when its limits hold (tiledLaunch).
 bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
               int lowH, int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw,
-              float scale, cudaStream_t stream)
+              float scale, cudaStream_t stream, bool chunkedValues)
 {
-    const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw);
+    const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw, chunkedValues);
     if (t.shared == 0) return false;
     const int headDim = dim / heads;
     const int unionCap = t.unionCap, vStride = t.vStride, pStride = t.pStride;
     const size_t shared = t.shared;
     const dim3 grid((outW + kTileX - 1) / kTileX, (outH + kTileY - 1) / kTileY);
-    auto kernelFunction = headDim == 64 ? tiledAttentionKernel<64> : tiledAttentionKernel<32>;
+    auto kernelFunction = chunkedValues ? tiledAttentionKernel<64, true> : tiledAttentionKernel<64, false>;
+    if (headDim == 32) kernelFunction = chunkedValues ? tiledAttentionKernel<32, true> : tiledAttentionKernel<32, false>;
     allowSharedMemory(kernelFunction, shared);
     kernelFunction<<<grid, kTileThreads, shared, stream>>>(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW,
                                                            rowTable, colTable, kh, kw, scale, unionCap, vStride,
@@ -555,9 +618,9 @@ bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int 
 int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw)
 {
     if (heads <= 0 || dim % heads != 0 || channels % heads != 0) return 0;
-    const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw);
+    const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw, false);
     if (t.shared == 0) return 0;
-    auto kernelFunction = dim / heads == 64 ? tiledAttentionKernel<64> : tiledAttentionKernel<32>;
+    auto kernelFunction = dim / heads == 64 ? tiledAttentionKernel<64, false> : tiledAttentionKernel<32, false>;
     allowSharedMemory(kernelFunction, t.shared);
     int blocks = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernelFunction, kTileThreads, t.shared),
@@ -578,10 +641,14 @@ AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, co
         tryCell(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
                 cellChunks, cellChunkCount, stream))
         return AttentionKernel::Cell;
+    if (kernel == AttentionKernel::TiledChunked &&
+        tryTiled(qT, kT, vT, out, dim, channels, heads, lowH, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
+                 stream, true))
+        return AttentionKernel::TiledChunked;
     // The tiled kernel falls back to the general one when its limits do not hold.
     if (kernel != AttentionKernel::General &&
         tryTiled(qT, kT, vT, out, dim, channels, heads, lowH, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
-                 stream))
+                 stream, false))
         return AttentionKernel::Tiled;
     // General path: one warp per pixel, keys/values from global memory.
     const int64_t runs = int64_t((outW + kAttnRun - 1) / kAttnRun) * outH;

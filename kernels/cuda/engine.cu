@@ -820,7 +820,7 @@ void Engine::setStageTiming(bool enable)
 void Engine::setAttentionKernel(AttentionKernel kernel)
 {
     if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General && kernel != AttentionKernel::Cell &&
-        kernel != AttentionKernel::Auto)
+        kernel != AttentionKernel::Auto && kernel != AttentionKernel::TiledChunked)
         throw std::invalid_argument("naf::kernels::cuda::Engine: unknown attention kernel " +
                                     std::to_string(static_cast<int>(kernel)));
     impl_->attentionKernel = kernel;

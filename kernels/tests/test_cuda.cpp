@@ -229,6 +229,65 @@ TEST(Cuda, GeneralAttentionKernelMatchesCpu)
     EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::General);
 }
 
+// fn(engine, weights, heads) on an engine with the built-in convolutions, for 4 and 8 attention
+// heads (head dims 64 and 32, the tiled and cell kernels' two instances).
+template <typename Fn>
+void forAttentionHeadDims(uint32_t weightSeed, Fn fn)
+{
+    for (int heads : {4, 8})
+    {
+        SCOPED_TRACE("attention heads " + std::to_string(heads));
+        NafConfig cfg;
+        cfg.headsAttn = heads;
+        const RandomNafWeights w(weightSeed, cfg);
+        cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+        fn(engine, w, heads);
+    }
+}
+
+// AttentionKernel::TiledChunked (values staged 32 channels at a time into the keys' space) does
+// the tiled kernel's operations in the same order, so its output must equal the tiled kernel's
+// bit for bit: on the comparison shapes, value channels per head that are not a multiple of 32
+// (10, 50) or of 4 (3: 4-byte copies), one and three value chunks, head dims 64 and 32, a
+// non-integer ratio and unit scale (the largest unions). One shape also against the CPU.
+TEST(Cuda, TiledChunkedAttentionEqualsTiledBitForBit)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    uint32_t seed = 180;
+    forAttentionHeadDims(32, [&](cuda::Engine& engine, const RandomNafWeights& w, int heads) {
+        std::vector<ForwardShape> shapes = comparisonShapes();
+        for (const ForwardShape& s :
+             {makeShape(96, 80, 40, 6, 5, 96, 80, 9), makeShape(100, 90, 200, 6, 5, 100, 90, 9),
+              makeShape(70, 66, 12, 6, 5, 70, 66, 9), makeShape(176, 144, 384, 11, 9, 176, 144, 7),
+              makeShape(120, 100, 24, 3, 2, 216, 144, 9), makeShape(40, 44, 8, 40, 44, 40, 44, 9)})
+            shapes.push_back(s);
+        for (const ForwardShape& s : shapes)
+        {
+            if (s.channels % heads != 0) continue;
+            SCOPED_TRACE(describe(s));
+            const Inputs in = makeInputs(s, seed++);
+            engine.setAttentionKernel(cuda::AttentionKernel::Tiled);
+            const std::vector<float> tiled = gpuForward(engine, in, s, cuda::MathMode::FP32);
+            const cuda::AttentionKernel tiledRan = engine.lastAttentionKernel();
+            engine.setAttentionKernel(cuda::AttentionKernel::TiledChunked);
+            const std::vector<float> chunked = gpuForward(engine, in, s, cuda::MathMode::FP32);
+            // Where the tiled kernel fell back to the general one, so does this one (or it fits).
+            if (tiledRan == cuda::AttentionKernel::Tiled)
+                EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::TiledChunked);
+            if (engine.lastAttentionKernel() == cuda::AttentionKernel::TiledChunked &&
+                tiledRan == cuda::AttentionKernel::Tiled)
+            {
+                ASSERT_EQ(tiled.size(), chunked.size());
+                EXPECT_EQ(0, std::memcmp(tiled.data(), chunked.data(), tiled.size() * sizeof(float)))
+                    << "the chunked values changed the result";
+            }
+        }
+        engine.setAttentionKernel(cuda::AttentionKernel::TiledChunked);
+        expectMatchesCpu(engine, w, makeShape(176, 144, 384, 11, 9, 176, 144, 7), seed++);
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::TiledChunked);
+    });
+}
+
 // The cell kernel (pixels sharing a window as two matrix products; its phases are also emulated
 // on the CPU in test_kernels.cpp) on shapes where it runs, one engine across sizes (its work list
 // rebuilt per size), and its fallback to the tiled kernel where rectangles are small.
@@ -236,13 +295,7 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
 {
     NAF_SKIP_WITHOUT_GPU();
     uint32_t seed = 160;
-    for (int heads : {4, 8})
-    {
-        SCOPED_TRACE("attention heads " + std::to_string(heads));
-        NafConfig cfg;
-        cfg.headsAttn = heads;
-        const RandomNafWeights w(29, cfg);
-        cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+    forAttentionHeadDims(29, [&](cuda::Engine& engine, const RandomNafWeights& w, int) {
         engine.setAttentionKernel(cuda::AttentionKernel::Cell);
         for (const ForwardShape& s : {makeShape(96, 80, 40, 6, 5, 96, 80, 9), makeShape(100, 90, 200, 6, 5, 100, 90, 9),
                                       makeShape(176, 144, 384, 11, 9, 176, 144, 7),
@@ -254,7 +307,7 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
         expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
         EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled);
         EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Cell);
-    }
+    });
 }
 
 // AttentionKernel::Auto, the default: the cell kernel where the tiled kernel's largest window
@@ -289,9 +342,9 @@ TEST(Cuda, AutoAttentionTakesCellKernelWhereTiledFitsOneBlockPerSm)
         if (expected) EXPECT_EQ(engine.lastAttentionKernel(), kernel) << describe(s);
     };
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);
+    const bool ranCell = engine.lastAttentionKernel() == cuda::AttentionKernel::Cell;
     std::printf("[ cuda     ] %s: Auto ran the %s kernel (%zu KB of shared memory per SM)\n",
-                describe(fourteen).c_str(), engine.lastAttentionKernel() == cuda::AttentionKernel::Cell ? "cell" : "tiled",
-                perSm >> 10);
+                describe(fourteen).c_str(), ranCell ? "cell" : "tiled", perSm >> 10);
     runAndExpect(sixteen, expectTiled, cuda::AttentionKernel::Tiled);
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);  // per size, not sticky
     // An explicit kernel, then Auto again on the same size: each decided anew.

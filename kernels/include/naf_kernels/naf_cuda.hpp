@@ -61,7 +61,12 @@ enum class AttentionKernel
     /// the default: Cell where it applies and the tiled kernel's largest window union leaves room
     /// for only one of its blocks per SM, or none (14-pixel cells such as DINOv2's 518 / 37),
     /// else Tiled (and General where neither fits)
-    Auto
+    Auto,
+    /// Tiled with the values staged 32 channels at a time into the keys' shared memory once the
+    /// logits are done: 65 instead of 99 KB per block at 16x, so three blocks per SM instead of two.
+    /// Same bits as Tiled. Written without a GPU, not yet measured (docs/PERFORMANCE.md, GPU item
+    /// 25); falls back like Tiled
+    TiledChunked
 };
 
 /// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).

@@ -6,6 +6,7 @@
 #   scripts/gpu_check.sh [--quick]          # there: tests, naf_cuda_bench, PyTorch peer on CUDA
 #
 # Logs and JSON lines go to $OUT (the device tool's result folder) or ./build-gpu/results.
+# NAF_GPU_RACECHECK=1 also runs the attention kernels' tests under compute-sanitizer.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -52,6 +53,18 @@ ldd "$BIN/naf_kernels_tests" | grep -E "cud|not found"
 
 echo "== tests (CUDA against the CPU path)"
 timeout 150 "$BIN/naf_kernels_tests" --gtest_filter='Cuda*' 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
+
+if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
+    # The shared-memory kernels under compute-sanitizer (races, barrier misuse): slow, so only
+    # their own tests.
+    SANITIZER=$(command -v compute-sanitizer || find /usr/local/cuda* -name compute-sanitizer -type f 2>/dev/null | head -1)
+    for tool in racecheck synccheck; do
+        echo "== compute-sanitizer --tool $tool"
+        [ -z "$SANITIZER" ] && { echo "compute-sanitizer not found"; break; }
+        timeout 240 "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
+            --gtest_filter='Cuda.TiledChunked*:Cuda.CellAttention*' 2>&1 | tail -15
+    done
+fi
 
 echo "== naf_cuda_bench"
 # Environment overrides: NAF_GPU_CONFIGS, NAF_GPU_BUILTIN_CONFIGS, NAF_GPU_TORCH_CONFIGS.

@@ -248,8 +248,9 @@ void forAttentionHeadDims(uint32_t weightSeed, Fn fn)
 // AttentionKernel::TiledChunked (values staged 32 channels at a time into the keys' space) does
 // the tiled kernel's operations in the same order, so its output must equal the tiled kernel's
 // bit for bit: on the comparison shapes, value channels per head that are not a multiple of 32
-// (10, 50) or of 4 (3: 4-byte copies), one and three value chunks, head dims 64 and 32, a
-// non-integer ratio and unit scale (the largest unions). One shape also against the CPU.
+// (10, 50) or of 4 (3, 25, 50: 4-byte copies), one to six value chunks (both buffers reused),
+// head dims 64 and 32, a non-integer ratio and unit scale (the largest unions). One shape also
+// against the CPU.
 TEST(Cuda, TiledChunkedAttentionEqualsTiledBitForBit)
 {
     NAF_SKIP_WITHOUT_GPU();
@@ -259,7 +260,8 @@ TEST(Cuda, TiledChunkedAttentionEqualsTiledBitForBit)
         for (const ForwardShape& s :
              {makeShape(96, 80, 40, 6, 5, 96, 80, 9), makeShape(100, 90, 200, 6, 5, 100, 90, 9),
               makeShape(70, 66, 12, 6, 5, 70, 66, 9), makeShape(176, 144, 384, 11, 9, 176, 144, 7),
-              makeShape(120, 100, 24, 3, 2, 216, 144, 9), makeShape(40, 44, 8, 40, 44, 40, 44, 9)})
+              makeShape(120, 100, 24, 3, 2, 216, 144, 9), makeShape(40, 44, 8, 40, 44, 40, 44, 9),
+              makeShape(64, 48, 768, 4, 3, 64, 48, 9), makeShape(64, 48, 400, 4, 3, 64, 48, 9)})
             shapes.push_back(s);
         for (const ForwardShape& s : shapes)
         {

@@ -575,6 +575,13 @@ TiledLaunch tiledLaunch(int dim, int channels, int heads, int lowH, int lowW, in
     return t;
 }
 
+/// The tiled kernel's instance for a head dim (64, else 32) and value staging.
+auto tiledKernel(int headDim, bool chunkedValues)
+{
+    if (headDim == 64) return chunkedValues ? tiledAttentionKernel<64, true> : tiledAttentionKernel<64, false>;
+    return chunkedValues ? tiledAttentionKernel<32, true> : tiledAttentionKernel<32, false>;
+}
+
 /// The tiled kernel (chunkedValues: AttentionKernel::TiledChunked) when its limits hold (tiledLaunch).
 bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
               int lowH, int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw,
@@ -586,8 +593,7 @@ bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int
     const int unionCap = t.unionCap, vStride = t.vStride, pStride = t.pStride;
     const size_t shared = t.shared;
     const dim3 grid((outW + kTileX - 1) / kTileX, (outH + kTileY - 1) / kTileY);
-    auto kernelFunction = chunkedValues ? tiledAttentionKernel<64, true> : tiledAttentionKernel<64, false>;
-    if (headDim == 32) kernelFunction = chunkedValues ? tiledAttentionKernel<32, true> : tiledAttentionKernel<32, false>;
+    auto kernelFunction = tiledKernel(headDim, chunkedValues);
     allowSharedMemory(kernelFunction, shared);
     kernelFunction<<<grid, kTileThreads, shared, stream>>>(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW,
                                                            rowTable, colTable, kh, kw, scale, unionCap, vStride,
@@ -620,7 +626,7 @@ int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lo
     if (heads <= 0 || dim % heads != 0 || channels % heads != 0) return 0;
     const TiledLaunch t = tiledLaunch(dim, channels, heads, lowH, lowW, outH, outW, kh, kw, false);
     if (t.shared == 0) return 0;
-    auto kernelFunction = dim / heads == 64 ? tiledAttentionKernel<64, false> : tiledAttentionKernel<32, false>;
+    auto kernelFunction = tiledKernel(dim / heads, false);
     allowSharedMemory(kernelFunction, t.shared);
     int blocks = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernelFunction, kTileThreads, t.shared),

@@ -436,6 +436,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
     struct Segment
     {
         int ty, t0, nt, offset;  // tile row, first tile in it, tiles, first column of the task's V/M
+        int firstCol, lastCol;   // input columns the tiles read
         size_t rowOffset[6];     // input rows of the tile row, reflect padded
     };
     parallel((totalTiles + kWinogradTiles - 1) / kWinogradTiles, [&](int64_t begin, int64_t end) {
@@ -455,6 +456,8 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                 sg.t0 = static_cast<int>((first + done) % tileCols);
                 sg.nt = std::min(nt - done, tileCols - sg.t0);
                 sg.offset = done;
+                sg.firstCol = std::max(0, 4 * sg.t0 - 1);
+                sg.lastCol = std::min(w - 1, 4 * (sg.t0 + sg.nt) + 1);
                 for (int r = 0; r < 6; ++r) sg.rowOffset[r] = static_cast<size_t>(tileIndex(4 * sg.ty - 1 + r, h)) * w;
                 done += sg.nt;
             }
@@ -468,12 +471,11 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                     if (ci + 2 < cin)
                     {
                         const float* ahead = src + (ci + 2) * hw;
-                        const int firstCol = std::max(0, 4 * sg.t0 - 1), lastCol = std::min(w - 1, 4 * (sg.t0 + sg.nt) + 1);
                         for (int r = 0; r < 6; ++r)
                         {
                             const float* row = ahead + sg.rowOffset[r];
-                            for (int x = firstCol; x <= lastCol; x += 16) __builtin_prefetch(row + x, 0, 3);
-                            __builtin_prefetch(row + lastCol, 0, 3);
+                            for (int x = sg.firstCol; x <= sg.lastCol; x += 16) __builtin_prefetch(row + x, 0, 3);
+                            __builtin_prefetch(row + sg.lastCol, 0, 3);
                         }
                     }
                     const float* plane = src + ci * hw;

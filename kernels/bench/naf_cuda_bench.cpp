@@ -275,6 +275,7 @@ const char* attentionName(KC::AttentionKernel k)
     case KC::AttentionKernel::Cell: return "cell";
     case KC::AttentionKernel::Auto: return "auto";
     case KC::AttentionKernel::TiledChunked: return "tiled-chunked";
+    case KC::AttentionKernel::CellTensorCore: return "cell-mma";
     }
     return "?";
 }
@@ -282,9 +283,10 @@ const char* attentionName(KC::AttentionKernel k)
 KC::AttentionKernel parseAttention(const std::string& name)
 {
     for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General, KC::AttentionKernel::Cell,
-                                  KC::AttentionKernel::Auto, KC::AttentionKernel::TiledChunked})
+                                  KC::AttentionKernel::Auto, KC::AttentionKernel::TiledChunked,
+                                  KC::AttentionKernel::CellTensorCore})
         if (name == attentionName(k)) return k;
-    throw std::invalid_argument("--attention takes default, auto, tiled, tiled-chunked, cell or general, got " + name);
+    throw std::invalid_argument("--attention takes default, auto, tiled, tiled-chunked, cell, cell-mma or general, got " + name);
 }
 
 const char* pathName(KC::ConvolutionPath p)
@@ -315,7 +317,7 @@ struct Options
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|auto|tiled|tiled-chunked|cell|general]\n"
+    "                      [--attention default|auto|tiled|tiled-chunked|cell|cell-mma|general]\n"
     "                      [--nhwc-tail|--no-nhwc-tail]\n"
     "                      [--no-reference]\n"
     "configs: tiny, paper, x32, x72, mobilesam, dinov2; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"

@@ -11,6 +11,7 @@
 
 #include <cuda_pipeline.h>
 
+#include "cell_mma_attention.hpp"
 #include "naf_cuda_internal.cuh"
 #include "naf_kernels/window.hpp"
 
@@ -468,6 +469,110 @@ __global__ void __launch_bounds__(cell::kThreads, 2)  // 2 blocks per SM: what t
     }
 }
 
+// ---- tensor-core cell kernel: the cell kernel's products on mma.sync (cell_mma_attention.hpp) --
+
+/// One lane of a warp running the cell_mma_attention.hpp phases on the device: its registers and
+/// the warp-wide operations (TF32 mma.sync, quad shuffles). Host-device only so that the phases,
+/// which are host-device templates for the CPU test, compile for both sides; it runs on the device.
+template <int HD>
+struct DeviceWarp
+{
+    cellmma::LaneRegs<HD> r;
+    int lane;
+
+    template <class F>
+    NAF_HOST_DEVICE __forceinline__ void each(F&& f)
+    {
+        f(r, lane);
+    }
+
+    template <class F>
+    NAF_HOST_DEVICE __forceinline__ void mma3(F&& f)
+    {
+#if defined(__CUDA_ARCH__)
+        const cellmma::MmaOperands op = f(r, lane);
+        uint32_t aBig[4], aSmall[4], bBig[2], bSmall[2];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) cellmma::splitTf32(op.a[k], aBig[k], aSmall[k]);
+#pragma unroll
+        for (int k = 0; k < 2; ++k) cellmma::splitTf32(op.b[k], bBig[k], bSmall[k]);
+        mmaTf32(op.d, aBig, bSmall);
+        mmaTf32(op.d, aSmall, bBig);
+        mmaTf32(op.d, aBig, bBig);
+#else
+        (void)f;
+#endif
+    }
+
+    template <class F>
+    NAF_HOST_DEVICE __forceinline__ void quadMax(F&& f)
+    {
+#if defined(__CUDA_ARCH__)
+        float& v = f(r);
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+#else
+        (void)f;
+#endif
+    }
+
+    template <class F>
+    NAF_HOST_DEVICE __forceinline__ void quadSum(F&& f)
+    {
+#if defined(__CUDA_ARCH__)
+        float& v = f(r);
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+#else
+        (void)f;
+#endif
+    }
+
+    /// d += A B, one m16n8k8 TF32 product with float32 accumulation (sm_80 and newer; the host
+    /// launches this kernel only there).
+    static __device__ __forceinline__ void mmaTf32(float* d, const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+        __trap();
+#endif
+    }
+};
+
+template <int HD>
+__global__ void __launch_bounds__(cellmma::kThreads, 2)  // 2 blocks per SM: 128 registers per thread
+    cellMmaAttentionKernel(cell::Params p, const cell::Chunk* __restrict__ chunks)
+{
+    extern __shared__ float4 cellMmaShared[];
+    float* Ks = reinterpret_cast<float*>(cellMmaShared);
+    float* Vp = Ks + cellmma::keyFloats<HD>();
+    const cell::Chunk c = chunks[blockIdx.x];
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const bool active = warp * cellmma::kTilePixels < c.count;  // warp-uniform: mma.sync needs whole warps
+    DeviceWarp<HD> w;
+    w.lane = tid & 31;
+    for (int h = 0; h < p.heads; ++h)
+    {
+        // The queries are loaded after the barrier: loaded before it, their registers stay live
+        // through the staging and the kernel spills (ptxas, sm_90: 116 bytes at head dim 64). An
+        // L2 prefetch gets them on their way during the staging instead.
+        if (active) cellmma::prefetchQueries<HD>(p, c, h, warp, tid & 31);
+        cellmma::stageKeysAndValues<HD>(p, c, h, tid, Ks, Vp);
+        __syncthreads();
+        if (active)
+        {
+            cellmma::loadQueries<HD>(p, c, h, warp, w);
+            cellmma::logitsAndSoftmax<HD>(p, Ks, w);
+            cellmma::valuesAndStore<HD>(p, c, h, warp, Vp, w);
+        }
+        __syncthreads();  // the next head's staging overwrites Ks and Vp
+    }
+}
+
 /// Largest union of windows over the tiles of one axis (tile of `tile` output positions).
 int maxWindowUnion(int outLen, int lowLen, int kernel, int tile)
 {
@@ -619,6 +724,29 @@ bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int 
     return true;
 }
 
+
+/// The tensor-core cell kernel over the same work list; needs mma.sync TF32 (compute capability 8.0).
+bool tryCellMma(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
+                int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw, float scale,
+                const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream)
+{
+    const int headDim = dim / heads;
+    if (!cellmma::fits(headDim, kh, kw) || chunkCount > 0x7fffffff) return false;
+    int device = 0, major = 0;
+    check(cudaGetDevice(&device), "querying the current CUDA device");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+          "querying the compute capability");
+    if (major < 8) return false;
+    const int vPerHead = channels / heads;
+    const size_t shared = headDim == 64 ? cellmma::sharedBytes<64>(vPerHead) : cellmma::sharedBytes<32>(vPerHead);
+    if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
+    const cell::Params p{qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale};
+    auto kernelFunction = headDim == 64 ? cellMmaAttentionKernel<64> : cellMmaAttentionKernel<32>;
+    allowSharedMemory(kernelFunction, shared);
+    kernelFunction<<<static_cast<unsigned int>(chunkCount), cellmma::kThreads, shared, stream>>>(p, chunks);
+    checkLaunch("tensor-core cell attention kernel launch");
+    return true;
+}
 }  // namespace
 
 int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw)
@@ -647,6 +775,10 @@ AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, co
         tryCell(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
                 cellChunks, cellChunkCount, stream))
         return AttentionKernel::Cell;
+    if (kernel == AttentionKernel::CellTensorCore && cellChunks && cellChunkCount > 0 &&
+        tryCellMma(qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
+                   cellChunks, cellChunkCount, stream))
+        return AttentionKernel::CellTensorCore;
     if (kernel == AttentionKernel::TiledChunked &&
         tryTiled(qT, kT, vT, out, dim, channels, heads, lowH, lowW, outH, outW, rowTable, colTable, kh, kw, scale,
                  stream, true))

@@ -533,7 +533,8 @@ struct Engine::Impl
                       "allocating the window tables");
         if (withProbe)
             probe.ensure(static_cast<size_t>(cfg.headsAttn) * kh * kw * f, "allocating the probe buffer");
-        if (attentionKernel == AttentionKernel::Cell || attentionKernel == AttentionKernel::Auto)
+        if (attentionKernel == AttentionKernel::Cell || attentionKernel == AttentionKernel::Auto ||
+            attentionKernel == AttentionKernel::CellTensorCore)
         {
             // Decided and built on the host once per size; uploaded in stream order, after any
             // earlier call's attention has read the previous list.
@@ -543,7 +544,7 @@ struct Engine::Impl
             {
                 // Auto: the cell kernel only where the tiled one fits one block per SM, or none.
                 const bool wanted =
-                    attentionKernel == AttentionKernel::Cell ||
+                    attentionKernel == AttentionKernel::Cell || attentionKernel == AttentionKernel::CellTensorCore ||
                     detail::tiledAttentionBlocksPerSm(cfg.dim, shape.channels, cfg.headsAttn, shape.lowH, shape.lowW,
                                                       shape.outH, shape.outW, kh, kw) <= 1;
                 cellChunksHost.clear();
@@ -820,7 +821,8 @@ void Engine::setStageTiming(bool enable)
 void Engine::setAttentionKernel(AttentionKernel kernel)
 {
     if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General && kernel != AttentionKernel::Cell &&
-        kernel != AttentionKernel::Auto && kernel != AttentionKernel::TiledChunked)
+        kernel != AttentionKernel::Auto && kernel != AttentionKernel::TiledChunked &&
+        kernel != AttentionKernel::CellTensorCore)
         throw std::invalid_argument("naf::kernels::cuda::Engine: unknown attention kernel " +
                                     std::to_string(static_cast<int>(kernel)));
     impl_->attentionKernel = kernel;

@@ -312,6 +312,50 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
     });
 }
 
+// The tensor-core cell kernel (3xTF32 mma.sync; its warps are also emulated lane by lane on the
+// CPU in test_kernels.cpp) against the tiled kernel on the same engine and inputs, in FP32: both
+// keep float32 accuracy, so they must agree far below the TF32 mode's 1e-3 (a fragment in the
+// wrong place moves the output by 1e-2 and more). Value channels per head 10, 50, 75, 96 and
+// 100 (partial 32-channel passes), head dims 64 and 32, a non-integer ratio, a window cut by
+// the low grid's size; then one shape against the CPU in every mode, and the fallback to the
+// tiled kernel where rectangles are small. Devices below compute capability 8.0 run Tiled.
+TEST(Cuda, CellTensorCoreAttentionMatchesTiledAndCpu)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    int device = 0, major = 0;
+    ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+    ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+    const cuda::AttentionKernel expected = major >= 8 ? cuda::AttentionKernel::CellTensorCore : cuda::AttentionKernel::Tiled;
+    uint32_t seed = 190;
+    forAttentionHeadDims(33, [&](cuda::Engine& engine, const RandomNafWeights& w, int heads) {
+        for (const ForwardShape& s :
+             {makeShape(96, 80, 40, 6, 5, 96, 80, 9), makeShape(100, 90, 200, 6, 5, 100, 90, 9),
+              makeShape(176, 144, 384, 11, 9, 176, 144, 7), makeShape(120, 100, 24, 3, 2, 216, 144, 9),
+              makeShape(128, 112, 400, 8, 7, 128, 112, 9), makeShape(160, 160, 600, 10, 10, 160, 160, 9)})
+        {
+            if (s.channels % heads != 0) continue;
+            SCOPED_TRACE(describe(s));
+            const Inputs in = makeInputs(s, seed++);
+            engine.setAttentionKernel(cuda::AttentionKernel::Tiled);
+            const std::vector<float> tiled = gpuForward(engine, in, s, cuda::MathMode::FP32);
+            engine.setAttentionKernel(cuda::AttentionKernel::CellTensorCore);
+            const std::vector<float> mma = gpuForward(engine, in, s, cuda::MathMode::FP32);
+            EXPECT_EQ(engine.lastAttentionKernel(), expected);
+            ASSERT_TRUE(allFinite(mma)) << "non-finite or unwritten output elements";
+            const double err = relativeL2(mma.data(), tiled.data(), tiled.size());
+            EXPECT_LE(err, 2e-6) << "tensor-core cell kernel against the tiled kernel, rel L2 " << err;
+            std::printf("[ cuda     ] %s, %d heads: cell-mma against tiled rel L2 %.3g\n", describe(s).c_str(), heads,
+                        err);
+        }
+        engine.setAttentionKernel(cuda::AttentionKernel::CellTensorCore);
+        expectMatchesCpu(engine, w, makeShape(176, 144, 384, 11, 9, 176, 144, 7), seed++);
+        EXPECT_EQ(engine.lastAttentionKernel(), expected);
+        expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled);
+        EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::CellTensorCore);
+    });
+}
+
 // AttentionKernel::Auto, the default: the cell kernel where the tiled kernel's largest window
 // union leaves room for one block per SM (14-pixel cells: unions up to 12 x 10 entries, 118,272
 // bytes of shared memory with 96 value channels per head), the tiled kernel where two fit

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../cuda/cell_attention.hpp"  // host/device code: its phases run here thread by thread
+#include "../cuda/cell_mma_attention.hpp"  // host/device code: its warps run here lane by lane
 #include "../cuda/hwc_tail.hpp"        // host/device index arithmetic of the CUDA channels-last tail
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
@@ -548,6 +549,69 @@ std::vector<float> pixelMajor(const std::vector<float>& chw, int c, int64_t plan
     return hwc;
 }
 
+// One attention problem for the cell kernels' CPU runs: seeded queries, keys and values, the CPU
+// attention as reference, the window tables as the GPU builds them, the work list and the
+// pixel-major copies the kernels read; `out` starts as NaN, so an element left unwritten cannot
+// pass.
+struct CellProblem
+{
+    static constexpr int kDim = 256;
+    int outH, outW, lowH, lowW, channels, heads, kernel, kh, kw;
+    float scale;
+    std::vector<float> ref, qT, kT, vT, out;
+    std::vector<int> rowTable, colTable;
+    std::vector<cell::Chunk> chunks;
+
+    CellProblem(int outH_, int outW_, int lowH_, int lowW_, int channels_, int heads_, int kernel_, uint32_t seed,
+                float valueRange)
+        : outH(outH_), outW(outW_), lowH(lowH_), lowW(lowW_), channels(channels_), heads(heads_), kernel(kernel_),
+          kh(effectiveKernel(kernel_, lowH_)), kw(effectiveKernel(kernel_, lowW_)),
+          scale(1.f / std::sqrt(static_cast<float>(kDim / heads_)))
+    {
+        const int64_t outPlane = int64_t(outH) * outW, lowPlane = int64_t(lowH) * lowW;
+        const auto q = randomUniform(static_cast<size_t>(kDim * outPlane), seed, -2.f, 2.f);
+        const auto k = randomUniform(static_cast<size_t>(kDim * lowPlane), seed + 1, -2.f, 2.f);
+        const auto v = randomUniform(static_cast<size_t>(channels * lowPlane), seed + 2, -valueRange, valueRange);
+        ref.resize(static_cast<size_t>(channels * outPlane));
+        neighborhoodAttention(q.data(), k.data(), v.data(), ref.data(), kDim, channels, heads, lowH, lowW, outH, outW,
+                              kernel, scale, pool());
+        auto windowTable = [](int outLen, int lowLen, int kernelSize) {  // [outLen][kernel]
+            std::vector<int> table(static_cast<size_t>(outLen) * kernelSize);
+            for (int i = 0; i < outLen; ++i)
+                for (int t = 0; t < kernelSize; ++t)
+                    table[static_cast<size_t>(i) * kernelSize + t] = neighborLowIndex(i, t, outLen, lowLen, kernelSize);
+            return table;
+        };
+        rowTable = windowTable(outH, lowH, kh);
+        colTable = windowTable(outW, lowW, kw);
+        chunks = cell::buildChunks(outH, outW, lowH, lowW, kh, kw);
+        qT = pixelMajor(q, kDim, outPlane);
+        kT = pixelMajor(k, kDim, lowPlane);
+        vT = pixelMajor(v, channels, lowPlane);
+        out.assign(ref.size(), std::nanf(""));
+    }
+
+    int headDim() const { return kDim / heads; }
+    cell::Params params()
+    {
+        return cell::Params{qT.data(), kT.data(), vT.data(), out.data(), kDim, channels, heads, lowW, outH, outW,
+                            rowTable.data(), colTable.data(), kh, kw, scale};
+    }
+    std::string describe() const
+    {
+        return std::to_string(lowH) + "x" + std::to_string(lowW) + " -> " + std::to_string(outH) + "x" +
+               std::to_string(outW) + ", " + std::to_string(channels) + " channels, " + std::to_string(heads) +
+               " heads, kernel " + std::to_string(kernel);
+    }
+    /// Relative L2 of `out` against the reference; infinite if any element is not finite.
+    double error() const
+    {
+        for (float x : out)
+            if (!std::isfinite(x)) return INFINITY;
+        return relativeL2(out.data(), ref.data(), out.size());
+    }
+};
+
 TEST(Kernels, CellAttentionPhasesMatchCpuAttention)
 {
     // Head dims 64 and 32; value channels per head 10, 50, 75 and 100 (two passes of 96);
@@ -558,38 +622,17 @@ TEST(Kernels, CellAttentionPhasesMatchCpuAttention)
     const Case cases[] = {{96, 80, 6, 5, 40, 4, 9},     {100, 90, 6, 5, 200, 4, 9},
                           {176, 144, 11, 9, 600, 8, 7}, {64, 64, 4, 4, 400, 4, 3},
                           {216, 144, 3, 2, 24, 4, 9}};
-    const int dim = 256;
     uint32_t seed = 40;
     for (const Case& cs : cases)
     {
-        SCOPED_TRACE(std::to_string(cs.lowH) + "x" + std::to_string(cs.lowW) + " -> " + std::to_string(cs.outH) +
-                     "x" + std::to_string(cs.outW) + ", " + std::to_string(cs.channels) + " channels, " +
-                     std::to_string(cs.heads) + " heads, kernel " + std::to_string(cs.kernel));
-        const int64_t outPlane = int64_t(cs.outH) * cs.outW, lowPlane = int64_t(cs.lowH) * cs.lowW;
-        const auto q = randomUniform(static_cast<size_t>(dim * outPlane), seed++, -2.f, 2.f);
-        const auto k = randomUniform(static_cast<size_t>(dim * lowPlane), seed++, -2.f, 2.f);
-        const auto v = randomUniform(static_cast<size_t>(cs.channels * lowPlane), seed++);
-        const float scale = 1.f / std::sqrt(static_cast<float>(dim / cs.heads));
-        std::vector<float> ref(static_cast<size_t>(cs.channels * outPlane));
-        neighborhoodAttention(q.data(), k.data(), v.data(), ref.data(), dim, cs.channels, cs.heads, cs.lowH, cs.lowW,
-                              cs.outH, cs.outW, cs.kernel, scale, pool());
-
-        const int kh = effectiveKernel(cs.kernel, cs.lowH), kw = effectiveKernel(cs.kernel, cs.lowW);
-        auto windowTable = [](int outLen, int lowLen, int kernel) {  // [outLen][kernel], as the GPU builds it
-            std::vector<int> table(static_cast<size_t>(outLen) * kernel);
-            for (int i = 0; i < outLen; ++i)
-                for (int t = 0; t < kernel; ++t)
-                    table[static_cast<size_t>(i) * kernel + t] = neighborLowIndex(i, t, outLen, lowLen, kernel);
-            return table;
-        };
-        const std::vector<int> rowTable = windowTable(cs.outH, cs.lowH, kh);
-        const std::vector<int> colTable = windowTable(cs.outW, cs.lowW, kw);
-        const std::vector<cell::Chunk> chunks = cell::buildChunks(cs.outH, cs.outW, cs.lowH, cs.lowW, kh, kw);
-        ASSERT_TRUE(cell::worthwhile(chunks, cs.outH, cs.outW, dim / cs.heads, kh, kw));
+        CellProblem pb(cs.outH, cs.outW, cs.lowH, cs.lowW, cs.channels, cs.heads, cs.kernel, seed, 1.f);
+        seed += 3;
+        SCOPED_TRACE(pb.describe());
+        ASSERT_TRUE(cell::worthwhile(pb.chunks, cs.outH, cs.outW, pb.headDim(), pb.kh, pb.kw));
 
         // The chunks cover every pixel once, and every pixel of a chunk has its origin's window.
-        std::vector<int> covered(static_cast<size_t>(outPlane), 0);
-        for (const cell::Chunk& c : chunks)
+        std::vector<int> covered(pb.out.size() / static_cast<size_t>(cs.channels), 0);
+        for (const cell::Chunk& c : pb.chunks)
         {
             ASSERT_GT(c.count, 0);
             ASSERT_LE(c.count, cell::kPixels);
@@ -598,25 +641,114 @@ TEST(Kernels, CellAttentionPhasesMatchCpuAttention)
                 const int64_t pix = cell::pixelOf(c, i, cs.outW);
                 ++covered[static_cast<size_t>(pix)];
                 const int y = static_cast<int>(pix / cs.outW), x = static_cast<int>(pix % cs.outW);
-                for (int t = 0; t < kh; ++t)
-                    ASSERT_EQ(rowTable[static_cast<size_t>(y * kh + t)], rowTable[static_cast<size_t>(c.y0 * kh + t)]);
-                for (int t = 0; t < kw; ++t)
-                    ASSERT_EQ(colTable[static_cast<size_t>(x * kw + t)], colTable[static_cast<size_t>(c.x0 * kw + t)]);
+                for (int t = 0; t < pb.kh; ++t)
+                    ASSERT_EQ(pb.rowTable[static_cast<size_t>(y * pb.kh + t)],
+                              pb.rowTable[static_cast<size_t>(c.y0 * pb.kh + t)]);
+                for (int t = 0; t < pb.kw; ++t)
+                    ASSERT_EQ(pb.colTable[static_cast<size_t>(x * pb.kw + t)],
+                              pb.colTable[static_cast<size_t>(c.x0 * pb.kw + t)]);
             }
         }
         for (int n : covered) ASSERT_EQ(n, 1);
 
-        const auto qT = pixelMajor(q, dim, outPlane), kT = pixelMajor(k, dim, lowPlane);
-        const auto vT = pixelMajor(v, cs.channels, lowPlane);
-        std::vector<float> out(ref.size(), std::nanf(""));  // an element left unwritten cannot pass
-        const cell::Params p{qT.data(), kT.data(), vT.data(), out.data(), dim, cs.channels, cs.heads, cs.lowW,
-                             cs.outH, cs.outW, rowTable.data(), colTable.data(), kh, kw, scale};
-        if (dim / cs.heads == 64)
-            emulateCellAttention<64>(p, chunks);
+        if (pb.headDim() == 64)
+            emulateCellAttention<64>(pb.params(), pb.chunks);
         else
-            emulateCellAttention<32>(p, chunks);
-        for (float x : out) ASSERT_TRUE(std::isfinite(x));
-        EXPECT_LT(relativeL2(out.data(), ref.data(), out.size()), 1e-6);
+            emulateCellAttention<32>(pb.params(), pb.chunks);
+        EXPECT_LT(pb.error(), 1e-6);
+    }
+}
+
+// The tensor-core cell kernel (cell_mma_attention.hpp) as the device runs it, block by block: per
+// head, each warp's query load, every thread's staging, then each warp's products, softmax and
+// stores, with the warp-wide operations (mma.sync m16n8k8 TF32, quad shuffles) emulated from all
+// 32 lanes' registers by the PTX fragment layouts. Shared memory starts as NaN, so a read of a
+// slot no thread staged poisons the output.
+template <int HD>
+void emulateCellMmaAttention(const cell::Params& p, const std::vector<cell::Chunk>& chunks)
+{
+    const int vPerHead = p.channels / p.heads;
+    const size_t floats = cellmma::sharedBytes<HD>(vPerHead) / sizeof(float);
+    std::vector<float> shared(floats, std::nanf(""));
+    float* Ks = shared.data();
+    float* Vp = Ks + cellmma::keyFloats<HD>();
+    std::vector<cellmma::HostWarp<HD>> warps(cellmma::kWarps);
+    for (const cell::Chunk& c : chunks)
+        for (int h = 0; h < p.heads; ++h)
+        {
+            for (int t = 0; t < cellmma::kThreads; ++t) cellmma::stageKeysAndValues<HD>(p, c, h, t, Ks, Vp);
+            for (int w = 0; w < cellmma::kWarps; ++w)
+            {
+                if (w * cellmma::kTilePixels >= c.count) continue;  // the kernel's inactive warps
+                cellmma::loadQueries<HD>(p, c, h, w, warps[static_cast<size_t>(w)]);
+                cellmma::logitsAndSoftmax<HD>(p, Ks, warps[static_cast<size_t>(w)]);
+                cellmma::valuesAndStore<HD>(p, c, h, w, Vp, warps[static_cast<size_t>(w)]);
+            }
+        }
+}
+
+// The emulated mma itself against a plain product, on one fragment, with operands that TF32
+// cannot hold: one TF32 product would be off by ~1e-3 relative, 3xTF32 must stay near float32.
+TEST(Kernels, CellMmaThreeTf32ProductsKeepFloat32Accuracy)
+{
+    cellmma::HostWarp<32> warp;
+    const auto a = randomUniform(16 * 8, 7, -1.f, 1.f), b = randomUniform(8 * 8, 8, -1.f, 1.f);
+    float acc[32][4] = {};
+    warp.mma3([&](cellmma::LaneRegs<32>&, int lane) {
+        const int g = lane >> 2, t = lane & 3;
+        cellmma::MmaOperands op;
+        op.d = acc[lane];
+        op.a[0] = a[static_cast<size_t>(g * 8 + t)];
+        op.a[1] = a[static_cast<size_t>((g + 8) * 8 + t)];
+        op.a[2] = a[static_cast<size_t>(g * 8 + t + 4)];
+        op.a[3] = a[static_cast<size_t>((g + 8) * 8 + t + 4)];
+        op.b[0] = b[static_cast<size_t>(t * 8 + g)];
+        op.b[1] = b[static_cast<size_t>((t + 4) * 8 + g)];
+        return op;
+    });
+    double worst = 0.0, worstBig = 0.0;
+    for (int lane = 0; lane < 32; ++lane)
+        for (int k = 0; k < 4; ++k)
+        {
+            const int row = (lane >> 2) + 8 * (k >> 1), col = 2 * (lane & 3) + (k & 1);
+            double exact = 0.0, big = 0.0;
+            for (int i = 0; i < 8; ++i)
+            {
+                const float x = a[static_cast<size_t>(row * 8 + i)], y = b[static_cast<size_t>(i * 8 + col)];
+                exact += double(x) * y;
+                uint32_t xb, xs, yb, ys;
+                cellmma::splitTf32(x, xb, xs);
+                cellmma::splitTf32(y, yb, ys);
+                big += double(cellmma::bitsFloat(xb)) * cellmma::bitsFloat(yb);
+            }
+            worst = std::max(worst, std::abs(acc[lane][k] - exact));
+            worstBig = std::max(worstBig, std::abs(big - exact));
+        }
+    EXPECT_LT(worst, 2e-6);
+    EXPECT_GT(worstBig, 1e-4);  // the operands really need the small parts
+}
+
+TEST(Kernels, CellMmaAttentionWarpEmulationMatchesCpuAttention)
+{
+    // Head dims 64 and 32; value channels per head 10, 50, 75 (three 32-channel passes, the last
+    // one partial), 96 and 100; integer and non-integer (16.7x rows) upsampling; kernels 9, 7 and 3
+    // and a low grid smaller than the kernel (6x5 = 30 window entries); partial chunks and tiles
+    // (rectangles whose pixel counts are not multiples of 16). Values in [-3, 3].
+    struct Case { int outH, outW, lowH, lowW, channels, heads, kernel; };
+    const Case cases[] = {{48, 40, 6, 5, 40, 4, 9},    {50, 45, 3, 3, 200, 4, 9},   {88, 72, 11, 9, 600, 8, 7},
+                          {32, 32, 4, 4, 400, 4, 3},   {100, 64, 6, 4, 384, 4, 9}, {72, 48, 3, 2, 24, 4, 9}};
+    uint32_t seed = 90;
+    for (const Case& cs : cases)
+    {
+        CellProblem pb(cs.outH, cs.outW, cs.lowH, cs.lowW, cs.channels, cs.heads, cs.kernel, seed, 3.f);
+        seed += 3;
+        SCOPED_TRACE(pb.describe());
+        ASSERT_TRUE(cellmma::fits(pb.headDim(), pb.kh, pb.kw));
+        if (pb.headDim() == 64)
+            emulateCellMmaAttention<64>(pb.params(), pb.chunks);
+        else
+            emulateCellMmaAttention<32>(pb.params(), pb.chunks);
+        EXPECT_LT(pb.error(), 2e-6);  // measured 4.5-6.1e-7; one TF32 product instead of three: ~1e-4
     }
 }
 

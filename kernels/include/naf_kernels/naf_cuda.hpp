@@ -66,7 +66,13 @@ enum class AttentionKernel
     /// logits are done: 65 instead of 99 KB per block at 16x, so three blocks per SM instead of two.
     /// Same bits as Tiled. Written without a GPU, not yet measured (docs/PERFORMANCE.md, GPU item
     /// 25); falls back like Tiled
-    TiledChunked
+    TiledChunked,
+    /// Cell on tensor cores: the same work list, each warp's 16 pixels through mma.sync TF32
+    /// products split in three (3xTF32, float32 accuracy), logits and softmax in registers
+    /// (kernels/cuda/cell_mma_attention.hpp). Needs compute capability 8.0 or newer, head dim
+    /// 32/64, kernel <= 9 (88 window entries); else Tiled. Written without a GPU, not yet measured
+    /// (docs/PERFORMANCE.md, GPU item 26)
+    CellTensorCore
 };
 
 /// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).

@@ -86,6 +86,8 @@ for run in ${NAF_GPU_ATTENTION_RUNS-cell-mma:paper,x32,mobilesam,x72,dinov2:tf32
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"
 done
+echo "== attention kernels side by side"
+python3 scripts/attention_summary.py "$RESULTS/bench.jsonl" || true
 
 # The usual channel-major tail (Engine::setNhwcTail(false); the channels-last one is the default),
 # against the default lines above: configs:modes, e.g. NAF_GPU_NCHW_RUNS="x72:fp16"; set but

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""The attention kernels side by side, from naf_cuda_bench's JSON lines (scripts/gpu_check.sh
+writes them to bench.jsonl): one row per configuration and mode, one column per requested
+kernel (--attention), each cell the attention stage time and the whole forward's median in ms.
+A kernel that fell back to another says which ran. Only the auto convolution path with the
+default tail is compared (the other lines measure other things).
+
+    python3 scripts/attention_summary.py bench.jsonl
+"""
+import json
+import sys
+
+ORDER = ["default", "auto", "tiled", "tiled-chunked", "cell", "cell-mma", "general"]
+
+
+def read_lines(paths):
+    """Result lines (dicts with an attention time and no error) of the given JSON-lines files."""
+    out = []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "error" in d or "attention_ms" not in d:
+                    continue
+                if d.get("path", "auto") != "auto" or d.get("nhwc_tail", "default") not in ("default", 0):
+                    continue
+                out.append(d)
+    return out
+
+
+def summarize(lines):
+    """{(config, mode): {requested kernel: (attention ms, median ms, kernel used)}}; a later line
+    for the same cell replaces an earlier one."""
+    table = {}
+    for d in lines:
+        key = (d.get("config", "?"), d.get("mode", "?"))
+        requested = d.get("attention", "default")
+        table.setdefault(key, {})[requested] = (d["attention_ms"], d.get("median_ms"), d.get("attention_used", "?"))
+    return table
+
+
+def render(table):
+    kernels = sorted({k for row in table.values() for k in row}, key=lambda k: (ORDER.index(k) if k in ORDER else 99, k))
+    lines = ["| config | mode | " + " | ".join(kernels) + " |", "|---|---|" + "---|" * len(kernels)]
+    for (config, mode), row in table.items():
+        cells = []
+        for k in kernels:
+            if k not in row:
+                cells.append("-")
+                continue
+            attention, median, used = row[k]
+            text = f"{attention:.2f} ({median:.2f})" if median is not None else f"{attention:.2f}"
+            if used != k and not (k in ("default", "auto") and used != "?"):
+                text += f" ran {used}"
+            elif k in ("default", "auto"):
+                text += f" {used}"
+            cells.append(text)
+        lines.append(f"| {config} | {mode} | " + " | ".join(cells) + " |")
+    lines.append("attention stage ms (whole forward median ms); default/auto: the kernel Auto chose")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    table = summarize(read_lines(argv[1:]))
+    if not table:
+        print("no attention results in " + ", ".join(argv[1:]))
+        return 1
+    print(render(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -492,10 +492,8 @@ struct DeviceWarp
 #if defined(__CUDA_ARCH__)
         const cellmma::MmaOperands op = f(r, lane);
         uint32_t aBig[4], aSmall[4], bBig[2], bSmall[2];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) cellmma::splitTf32(op.a[k], aBig[k], aSmall[k]);
-#pragma unroll
-        for (int k = 0; k < 2; ++k) cellmma::splitTf32(op.b[k], bBig[k], bSmall[k]);
+        cellmma::operandParts(op.a, op.aSmall, op.aPreSplit, aBig, aSmall);  // the flags: constants after inlining
+        cellmma::operandParts(op.b, op.bSmall, op.bPreSplit, bBig, bSmall);
         mmaTf32(op.d, aBig, bSmall);
         mmaTf32(op.d, aSmall, bBig);
         mmaTf32(op.d, aBig, bBig);
@@ -548,10 +546,12 @@ __global__ void __launch_bounds__(cellmma::kThreads, 2)  // 2 blocks per SM: 128
     cellMmaAttentionKernel(cell::Params p, const cell::Chunk* __restrict__ chunks)
 {
     extern __shared__ float4 cellMmaShared[];
-    float* Ks = reinterpret_cast<float*>(cellMmaShared);
-    float* Vp = Ks + cellmma::keyFloats<HD>();
+    const cellmma::SharedLayout sh =
+        cellmma::sharedLayout<HD>(reinterpret_cast<float*>(cellMmaShared), p.channels / p.heads);
     const cell::Chunk c = chunks[blockIdx.x];
     const int tid = threadIdx.x, warp = tid >> 5;
+    cellmma::computeWindowOffsets(p, c, tid, sh.windowOffsets);
+    __syncthreads();
     const bool active = warp * cellmma::kTilePixels < c.count;  // warp-uniform: mma.sync needs whole warps
     DeviceWarp<HD> w;
     w.lane = tid & 31;
@@ -561,13 +561,13 @@ __global__ void __launch_bounds__(cellmma::kThreads, 2)  // 2 blocks per SM: 128
         // through the staging and the kernel spills (ptxas, sm_90: 116 bytes at head dim 64). An
         // L2 prefetch gets them on their way during the staging instead.
         if (active) cellmma::prefetchQueries<HD>(p, c, h, warp, tid & 31);
-        cellmma::stageKeysAndValues<HD>(p, c, h, tid, Ks, Vp);
+        cellmma::stageKeysAndValues<HD>(p, h, tid, sh);
         __syncthreads();
         if (active)
         {
             cellmma::loadQueries<HD>(p, c, h, warp, w);
-            cellmma::logitsAndSoftmax<HD>(p, Ks, w);
-            cellmma::valuesAndStore<HD>(p, c, h, warp, Vp, w);
+            cellmma::logitsAndSoftmax<HD>(p, sh.keys, w);
+            cellmma::valuesAndStore<HD>(p, c, h, warp, sh, w);
         }
         __syncthreads();  // the next head's staging overwrites Ks and Vp
     }

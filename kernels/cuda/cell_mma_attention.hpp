@@ -4,7 +4,8 @@
 //
 // A block takes one chunk of the cell kernel's work list (up to 128 pixels that share one window);
 // each of its 8 warps takes 16 of those pixels. Per head:
-//   - the block stages the window's keys (88 entries, zero past kh*kw) and values in shared memory;
+//   - the block stages the window's keys (88 entries, zero past kh*kw) and values in shared memory,
+//     the values already split into their TF32 parts;
 //   - each warp loads its pixels' queries from global memory straight into A fragments;
 //   - S = Q K^T stays in the warp's accumulators (11 fragments of 16 x 8), the row softmax runs on
 //     them with two quad shuffles, and the probabilities are the A operand of O = P V without
@@ -75,16 +76,35 @@ NAF_HOST_DEVICE inline int valueStride(int vPerHead)
 {
     return paddedValues(vPerHead) + 4;
 }
-template <int HD>
-NAF_HOST_DEVICE inline int keyFloats()
+
+/// The block's shared memory: the keys [kMaxEntries][keyStride], the values' TF32 big and small
+/// parts [kKeyPairs][valueStride][2] each (split once here rather than by all 8 warps in their
+/// inner loop), and the window's low-res offsets [kMaxEntries] (-1 past kh*kw), computed once per
+/// block since they do not depend on the head.
+struct SharedLayout
 {
-    return kMaxEntries * keyStride<HD>();
+    float* keys;
+    float* valueBig;
+    float* valueSmall;
+    int* windowOffsets;
+};
+template <int HD>
+NAF_HOST_DEVICE inline SharedLayout sharedLayout(float* base, int vPerHead)
+{
+    const int valueFloats = 2 * kKeyPairs * valueStride(vPerHead);
+    SharedLayout l;
+    l.keys = base;
+    l.valueBig = base + kMaxEntries * keyStride<HD>();
+    l.valueSmall = l.valueBig + valueFloats;
+    l.windowOffsets = reinterpret_cast<int*>(l.valueSmall + valueFloats);
+    return l;
 }
 template <int HD>
 inline size_t sharedBytes(int vPerHead)
 {
-    return (static_cast<size_t>(keyFloats<HD>()) + 2 * static_cast<size_t>(kKeyPairs) * valueStride(vPerHead)) *
-           sizeof(float);
+    return (static_cast<size_t>(kMaxEntries) * keyStride<HD>() + 4 * static_cast<size_t>(kKeyPairs) * valueStride(vPerHead)) *
+               sizeof(float) +
+           kMaxEntries * sizeof(int);
 }
 
 /// Whether the kernel can run: head dim 32 or 64, at most kMaxEntries window entries.
@@ -113,28 +133,54 @@ NAF_HOST_DEVICE NAF_MMA_INLINE float bitsFloat(uint32_t u)
     return x;
 #endif
 }
-/// x = big + small exactly up to small's truncation: big keeps the 10 mantissa bits TF32 has
-/// (truncated, so x - big is exact), small the next 10. Both are valid TF32 bit patterns.
+/// x = big + small: big is x rounded to the nearest TF32 value (10 mantissa bits), so x - big is
+/// exact (Sterbenz) and its sign is as often positive as negative; small is that remainder as a
+/// float, of which the tensor core reads the TF32 part (its top bits: the rest, 2^-21 of x, is
+/// dropped). Rounding big, not truncating it, keeps those dropped bits from biasing every product
+/// the same way (review of the first version: half the error under a truncating model of the
+/// tensor core's accumulation).
 NAF_HOST_DEVICE NAF_MMA_INLINE void splitTf32(float x, uint32_t& big, uint32_t& small)
 {
-    big = floatBits(x) & 0xffffe000u;
-    small = floatBits(x - bitsFloat(big)) & 0xffffe000u;
+    big = (floatBits(x) + 0x1000u) & 0xffffe000u;
+    small = floatBits(x - bitsFloat(big));
 }
 
-/// Operands of one warp-wide product as one lane sees them: its accumulator fragment and its
-/// float32 A and B fragment values (split into TF32 parts by the warp).
+/// Operands of one warp-wide product as one lane sees them: its accumulator fragment and its A
+/// and B fragment values, each either float32 (split into TF32 parts by the warp) or already
+/// split (a/b the big parts, aSmall/bSmall the small ones).
 struct MmaOperands
 {
     float* d;
-    float a[4];
-    float b[2];
+    float a[4], aSmall[4];
+    float b[2], bSmall[2];
+    bool aPreSplit, bPreSplit;
 };
+
+/// A fragment's operands into TF32 parts: pre-split ones as they are, float32 ones by splitTf32.
+template <int N>
+NAF_HOST_DEVICE NAF_MMA_INLINE void operandParts(const float (&x)[N], const float (&xSmall)[N], bool preSplit,
+                                                 uint32_t (&big)[N], uint32_t (&small)[N])
+{
+    NAF_CELL_UNROLL
+    for (int k = 0; k < N; ++k)
+    {
+        if (preSplit)
+        {
+            big[k] = floatBits(x[k]);
+            small[k] = floatBits(xSmall[k]);
+        }
+        else
+            splitTf32(x[k], big[k], small[k]);
+    }
+}
 
 /// One lane's registers.
 template <int HD>
 struct LaneRegs
 {
-    float q[HD / 16][2][4];  // [i][r][m]: query channel 16i + 4t + m of tile pixel g + 8r
+    const float* qSrc[2];    // this head's query slice + 4t of tile pixels g and g + 8 (null past the chunk)
+    float q[2][2][4];        // [i % 2][r][m]: query channel 16i + 4t + m of tile pixel g + 8r
+    float qBig[2][4], qSmall[2][4];  // q[i] split into TF32 parts (the raw q[i] is dead after)
     float kb[4];             // key channel 16i + 4t + m of window entry 8j + g
     float s[kKeyTiles][4];   // logits of entries 8j + 2t (+1) for pixels g, g + 8; then probabilities
     float o[kPassTiles][4];  // output channels c0 + 8u + 2t (+1) for pixels g, g + 8
@@ -154,17 +200,33 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void prefetchQueries(const Params& p, const Chunk
     {
         const int px = warp * kTilePixels + g + 8 * half;
         if (px < c.count)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(p.qT + cell::pixelOf(c, px, p.outW) * p.dim + head * HD +
-                                                          32 * t));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(
+                p.qT + cell::pixelOf(c, px, p.outW) * p.dim + head * HD + 32 * t)));
     }
 #else
     (void)p, (void)c, (void)head, (void)warp, (void)lane;
 #endif
 }
 
-/// Phase 1 (per warp, after the block's staging): the queries of the warp's 16 pixels (zero past
-/// the chunk's count), 16-byte loads. Within each pair of k-steps, A column t is channel
-/// 16i + 4t (+2 for the odd step) and column t + 4 the one after; the keys use the same order.
+/// Query channels 16i + 4t .. + 3 of the lane's two pixels into q[i % 2] (16-byte loads; zero past
+/// the chunk's count). Within each pair of k-steps, A column t is channel 16i + 4t (+2 for the odd
+/// step) and column t + 4 the one after; the keys use the same order.
+template <int HD>
+NAF_HOST_DEVICE NAF_MMA_INLINE void loadQueryStep(LaneRegs<HD>& r, int i)
+{
+    NAF_CELL_UNROLL
+    for (int half = 0; half < 2; ++half)
+    {
+        if (r.qSrc[half])
+            cell::load4(r.qSrc[half] + 16 * i, r.q[i & 1][half]);
+        else
+            r.q[i & 1][half][0] = r.q[i & 1][half][1] = r.q[i & 1][half][2] = r.q[i & 1][half][3] = 0.f;
+    }
+}
+
+/// Phase 1 (per warp, after the block's staging): where the lane's queries are, and the first 16
+/// channels of them. The rest come one step ahead of their use in logitsAndSoftmax: holding all
+/// of a head's queries (32 registers at head dim 64) next to the logits made ptxas spill.
 template <int HD, class Warp>
 NAF_HOST_DEVICE NAF_MMA_INLINE void loadQueries(const Params& p, const Chunk& c, int head, int warp, Warp& w)
 {
@@ -175,53 +237,54 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void loadQueries(const Params& p, const Chunk& c,
         for (int half = 0; half < 2; ++half)
         {
             const int px = pix0 + g + 8 * half;
-            const float* src =
-                px < c.count ? p.qT + cell::pixelOf(c, px, p.outW) * p.dim + head * HD + 4 * t : nullptr;
-            NAF_CELL_UNROLL
-            for (int i = 0; i < HD / 16; ++i)
-            {
-                if (src)
-                    cell::load4(src + 16 * i, r.q[i][half]);
-                else
-                    r.q[i][half][0] = r.q[i][half][1] = r.q[i][half][2] = r.q[i][half][3] = 0.f;
-            }
+            r.qSrc[half] = px < c.count ? p.qT + cell::pixelOf(c, px, p.outW) * p.dim + head * HD + 4 * t : nullptr;
         }
+        loadQueryStep(r, 0);
     });
 }
 
-/// Phase 2 (per thread, the whole block): keys into Ks[entry][keyStride] (zero past kh*kw) and
-/// values into Vp[pair][valueStride][2], entries 2 pair and 2 pair + 1 side by side (zero past
-/// the window and past the head's channels). Loads are issued in batches before their stores.
+/// Once per block (threads 0 .. kMaxEntries-1, before the first head): the low-res offset of each
+/// window entry of the chunk, -1 past kh*kw.
+NAF_HOST_DEVICE NAF_MMA_INLINE void computeWindowOffsets(const Params& p, const Chunk& c, int tid, int* offsets)
+{
+    if (tid >= kMaxEntries) return;
+    if (tid >= p.kh * p.kw)
+    {
+        offsets[tid] = -1;
+        return;
+    }
+    const int a = tid / p.kw;
+    offsets[tid] = p.rowTable[static_cast<size_t>(c.y0) * p.kh + a] * p.lowW +
+                   p.colTable[static_cast<size_t>(c.x0) * p.kw + tid - a * p.kw];
+}
+
+/// Phase 2 (per thread, the whole block): the head's keys (zero past kh*kw) and its values split
+/// into TF32 parts, entries 2 pair and 2 pair + 1 side by side (zero past the window and past the
+/// head's channels). Each warp stages two entry pairs and four 32-channel columns per round, all
+/// 16 value loads in flight before the stores; no division per element.
 template <int HD>
-NAF_HOST_DEVICE NAF_MMA_INLINE void stageKeysAndValues(const Params& p, const Chunk& c, int head, int tid, float* Ks,
-                                                       float* Vp)
+NAF_HOST_DEVICE NAF_MMA_INLINE void stageKeysAndValues(const Params& p, int head, int tid, const SharedLayout& sh)
 {
     constexpr int q4 = HD / 4;
     constexpr int keyItems = kMaxEntries * q4;
     constexpr int keyLoads = (keyItems + kThreads - 1) / kThreads;
-    const int entries = p.kh * p.kw;
-    const int* rows = p.rowTable + static_cast<size_t>(c.y0) * p.kh;
-    const int* cols = p.colTable + static_cast<size_t>(c.x0) * p.kw;
-    auto lowIndex = [&](int key) {
-        const int a = key / p.kw;
-        return static_cast<long long>(rows[a]) * p.lowW + cols[key - a * p.kw];
-    };
     float kv[keyLoads][4];
     NAF_CELL_UNROLL
     for (int r = 0; r < keyLoads; ++r)
     {
         const int e = tid + r * kThreads;
-        const int key = e / q4, d4 = e - (e / q4) * q4;
         kv[r][0] = kv[r][1] = kv[r][2] = kv[r][3] = 0.f;
-        if (e < keyItems && key < entries) cell::load4(p.kT + lowIndex(key) * p.dim + head * HD + 4 * d4, kv[r]);
+        if (e >= keyItems) continue;
+        const int offset = sh.windowOffsets[e / q4];
+        if (offset >= 0)
+            cell::load4(p.kT + static_cast<long long>(offset) * p.dim + head * HD + 4 * (e % q4), kv[r]);
     }
     NAF_CELL_UNROLL
     for (int r = 0; r < keyLoads; ++r)
     {
         const int e = tid + r * kThreads;
         if (e >= keyItems) break;
-        const int key = e / q4, d4 = e - (e / q4) * q4;
-        float* dst = Ks + key * keyStride<HD>() + 4 * d4;
+        float* dst = sh.keys + (e / q4) * keyStride<HD>() + 4 * (e % q4);
 #if defined(__CUDA_ARCH__)
         *reinterpret_cast<float4*>(dst) = make_float4(kv[r][0], kv[r][1], kv[r][2], kv[r][3]);
 #else
@@ -230,41 +293,58 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void stageKeysAndValues(const Params& p, const Ch
     }
 
     const int vPerHead = p.channels / p.heads;
-    const int padded = paddedValues(vPerHead), stride = valueStride(vPerHead);
-    const int valueItems = kKeyPairs * padded;
-    constexpr int batch = 8;
-    for (int base = tid; base < valueItems; base += batch * kThreads)
-    {
-        float v[batch][2];
-        NAF_CELL_UNROLL
-        for (int r = 0; r < batch; ++r)
+    const int columns = paddedValues(vPerHead) / 32, stride = valueStride(vPerHead);
+    const int warp = tid >> 5, lane = tid & 31;
+    constexpr int kPairsPerRound = 1, kColumnsPerRound = 4;
+    for (int round = 0; round * kPairsPerRound * kWarps < kKeyPairs; ++round)
+        for (int col0 = 0; col0 < columns; col0 += kColumnsPerRound)
         {
-            const int e = base + r * kThreads;
-            const int pair = e / padded, ch = e - (e / padded) * padded;
+            float v[kPairsPerRound][kColumnsPerRound][2];
             NAF_CELL_UNROLL
-            for (int k = 0; k < 2; ++k)
+            for (int s = 0; s < kPairsPerRound; ++s)
             {
-                const int key = 2 * pair + k;
-                v[r][k] = e < valueItems && key < entries && ch < vPerHead
-                              ? p.vT[lowIndex(key) * p.channels + head * vPerHead + ch]
-                              : 0.f;
+                const int pair = warp + kWarps * (kPairsPerRound * round + s);
+                NAF_CELL_UNROLL
+                for (int k = 0; k < 2; ++k)
+                {
+                    const int offset = pair < kKeyPairs ? sh.windowOffsets[2 * pair + k] : -1;
+                    const float* src =
+                        p.vT + static_cast<long long>(offset >= 0 ? offset : 0) * p.channels + head * vPerHead + lane;
+                    NAF_CELL_UNROLL
+                    for (int cq = 0; cq < kColumnsPerRound; ++cq)
+                    {
+                        const int ch = lane + 32 * (col0 + cq);
+                        v[s][cq][k] = offset >= 0 && ch < vPerHead ? src[32 * (col0 + cq)] : 0.f;
+                    }
+                }
+            }
+            NAF_CELL_UNROLL
+            for (int s = 0; s < kPairsPerRound; ++s)
+            {
+                const int pair = warp + kWarps * (kPairsPerRound * round + s);
+                if (pair >= kKeyPairs) break;
+                NAF_CELL_UNROLL
+                for (int cq = 0; cq < kColumnsPerRound; ++cq)
+                {
+                    if (col0 + cq >= columns) break;
+                    const int at = 2 * (pair * stride + lane + 32 * (col0 + cq));
+                    uint32_t big[2], small[2];
+                    splitTf32(v[s][cq][0], big[0], small[0]);
+                    splitTf32(v[s][cq][1], big[1], small[1]);
+#if defined(__CUDA_ARCH__)
+                    *reinterpret_cast<float2*>(sh.valueBig + at) = make_float2(bitsFloat(big[0]), bitsFloat(big[1]));
+                    *reinterpret_cast<float2*>(sh.valueSmall + at) =
+                        make_float2(bitsFloat(small[0]), bitsFloat(small[1]));
+#else
+                    for (int k = 0; k < 2; ++k)
+                    {
+                        sh.valueBig[at + k] = bitsFloat(big[k]);
+                        sh.valueSmall[at + k] = bitsFloat(small[k]);
+                    }
+#endif
+                }
             }
         }
-        NAF_CELL_UNROLL
-        for (int r = 0; r < batch; ++r)
-        {
-            const int e = base + r * kThreads;
-            if (e >= valueItems) break;
-            const int pair = e / padded, ch = e - (e / padded) * padded;
-            float* dst = Vp + 2 * (pair * stride + ch);
-#if defined(__CUDA_ARCH__)
-            *reinterpret_cast<float2*>(dst) = make_float2(v[r][0], v[r][1]);
-#else
-            dst[0] = v[r][0];
-            dst[1] = v[r][1];
-#endif
-        }
-    }
 }
 
 /// Phase 3 (per warp): S = Q K^T into r.s, then the softmax of each pixel's row, in registers.
@@ -282,6 +362,21 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void logitsAndSoftmax(const Params& p, const floa
     });
     NAF_CELL_UNROLL
     for (int i = 0; i < HD / 16; ++i)
+    {
+        // Split once per 16 channels, not per product, and load the next 16 meanwhile.
+        w.each([&](LaneRegs<HD>& r, int) {
+            NAF_CELL_UNROLL
+            for (int half = 0; half < 2; ++half)
+                NAF_CELL_UNROLL
+                for (int m = 0; m < 4; ++m)
+                {
+                    uint32_t big, small;
+                    splitTf32(r.q[i & 1][half][m], big, small);
+                    r.qBig[half][m] = bitsFloat(big);
+                    r.qSmall[half][m] = bitsFloat(small);
+                }
+            if (i + 1 < HD / 16) loadQueryStep(r, i + 1);  // in flight during this step's products
+        });
         NAF_CELL_UNROLL
         for (int j = 0; j < kKeyTiles; ++j)
         {
@@ -293,15 +388,22 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void logitsAndSoftmax(const Params& p, const floa
                 w.mma3([&](LaneRegs<HD>& r, int) {
                     MmaOperands op;
                     op.d = r.s[j];
-                    op.a[0] = r.q[i][0][2 * step];
-                    op.a[1] = r.q[i][1][2 * step];
-                    op.a[2] = r.q[i][0][2 * step + 1];
-                    op.a[3] = r.q[i][1][2 * step + 1];
+                    op.a[0] = r.qBig[0][2 * step];
+                    op.a[1] = r.qBig[1][2 * step];
+                    op.a[2] = r.qBig[0][2 * step + 1];
+                    op.a[3] = r.qBig[1][2 * step + 1];
+                    op.aSmall[0] = r.qSmall[0][2 * step];
+                    op.aSmall[1] = r.qSmall[1][2 * step];
+                    op.aSmall[2] = r.qSmall[0][2 * step + 1];
+                    op.aSmall[3] = r.qSmall[1][2 * step + 1];
+                    op.aPreSplit = true;
                     op.b[0] = r.kb[2 * step];
                     op.b[1] = r.kb[2 * step + 1];
+                    op.bPreSplit = false;
                     return op;
                 });
         }
+    }
     w.each([&](LaneRegs<HD>& r, int lane) {
         const int t = lane & 3;
         r.rowMax[0] = r.rowMax[1] = -INFINITY;
@@ -347,7 +449,7 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void logitsAndSoftmax(const Params& p, const floa
 /// value pair (8j + 2t, 8j + 2t + 1), one 8-byte read.
 template <int HD, class Warp>
 NAF_HOST_DEVICE NAF_MMA_INLINE void valuesAndStore(const Params& p, const Chunk& c, int head, int warp,
-                                                   const float* Vp, Warp& w)
+                                                   const SharedLayout& sh, Warp& w)
 {
     const int vPerHead = p.channels / p.heads;
     const int stride = valueStride(vPerHead);
@@ -372,15 +474,22 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void valuesAndStore(const Params& p, const Chunk&
                     op.a[1] = r.s[j][2];
                     op.a[2] = r.s[j][1];
                     op.a[3] = r.s[j][3];
-                    const float* v = Vp + 2 * ((4 * j + (lane & 3)) * stride + c0 + 8 * u + (lane >> 2));
+                    op.aPreSplit = false;
+                    const int at = 2 * ((4 * j + (lane & 3)) * stride + c0 + 8 * u + (lane >> 2));
 #if defined(__CUDA_ARCH__)
-                    const float2 pair = *reinterpret_cast<const float2*>(v);
-                    op.b[0] = pair.x;
-                    op.b[1] = pair.y;
+                    const float2 big = *reinterpret_cast<const float2*>(sh.valueBig + at);
+                    const float2 small = *reinterpret_cast<const float2*>(sh.valueSmall + at);
+                    op.b[0] = big.x;
+                    op.b[1] = big.y;
+                    op.bSmall[0] = small.x;
+                    op.bSmall[1] = small.y;
 #else
-                    op.b[0] = v[0];
-                    op.b[1] = v[1];
+                    op.b[0] = sh.valueBig[at];
+                    op.b[1] = sh.valueBig[at + 1];
+                    op.bSmall[0] = sh.valueSmall[at];
+                    op.bSmall[1] = sh.valueSmall[at + 1];
 #endif
+                    op.bPreSplit = true;
                     return op;
                 });
         w.each([&](LaneRegs<HD>& r, int lane) {
@@ -469,8 +578,8 @@ struct HostWarp
         {
             const MmaOperands op = f(lanes[lane], lane);
             d[lane] = op.d;
-            for (int k = 0; k < 4; ++k) splitTf32(op.a[k], aBig[lane][k], aSmall[lane][k]);
-            for (int k = 0; k < 2; ++k) splitTf32(op.b[k], bBig[lane][k], bSmall[lane][k]);
+            operandParts(op.a, op.aSmall, op.aPreSplit, aBig[lane], aSmall[lane]);
+            operandParts(op.b, op.bSmall, op.bPreSplit, bBig[lane], bSmall[lane]);
         }
         mma(d, aBig, bSmall);
         mma(d, aSmall, bBig);

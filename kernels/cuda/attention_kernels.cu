@@ -569,7 +569,7 @@ __global__ void __launch_bounds__(cellmma::kThreads, 2)  // 2 blocks per SM: 128
             cellmma::logitsAndSoftmax<HD>(p, sh.keys, w);
             cellmma::valuesAndStore<HD>(p, c, h, warp, sh, w);
         }
-        __syncthreads();  // the next head's staging overwrites Ks and Vp
+        __syncthreads();  // the next head's staging overwrites the keys and values
     }
 }
 

@@ -139,6 +139,8 @@ NAF_HOST_DEVICE NAF_MMA_INLINE float bitsFloat(uint32_t u)
 /// dropped). Rounding big, not truncating it, keeps those dropped bits from biasing every product
 /// the same way (review of the first version: half the error under a truncating model of the
 /// tensor core's accumulation).
+/// Not for |x| above ~3.4e38, where big would round to infinity (no finiteness test in this inner
+/// loop; attention inputs are nowhere near).
 NAF_HOST_DEVICE NAF_MMA_INLINE void splitTf32(float x, uint32_t& big, uint32_t& small)
 {
     big = (floatBits(x) + 0x1000u) & 0xffffe000u;
@@ -178,8 +180,9 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void operandParts(const float (&x)[N], const floa
 template <int HD>
 struct LaneRegs
 {
-    const float* qSrc[2];    // this head's query slice + 4t of tile pixels g and g + 8 (null past the chunk)
-    float q[2][2][4];        // [i % 2][r][m]: query channel 16i + 4t + m of tile pixel g + 8r
+    const float* qSrc;       // this head's query slice + 4t of tile pixel g (null past the chunk)
+    int qNext;               // pixel g + 8's slice minus pixel g's, in floats (-1 past the chunk)
+    float q[2][4];           // [r][m]: query channel 16i + 4t + m of tile pixel g + 8r (step i)
     float qBig[2][4], qSmall[2][4];  // q[i] split into TF32 parts (the raw q[i] is dead after)
     float kb[4];             // key channel 16i + 4t + m of window entry 8j + g
     float s[kKeyTiles][4];   // logits of entries 8j + 2t (+1) for pixels g, g + 8; then probabilities
@@ -208,8 +211,8 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void prefetchQueries(const Params& p, const Chunk
 #endif
 }
 
-/// Query channels 16i + 4t .. + 3 of the lane's two pixels into q[i % 2] (16-byte loads; zero past
-/// the chunk's count). Within each pair of k-steps, A column t is channel 16i + 4t (+2 for the odd
+/// Query channels 16i + 4t .. + 3 of the lane's two pixels into q (16-byte loads; zero past the
+/// chunk's count). Within each pair of k-steps, A column t is channel 16i + 4t (+2 for the odd
 /// step) and column t + 4 the one after; the keys use the same order.
 template <int HD>
 NAF_HOST_DEVICE NAF_MMA_INLINE void loadQueryStep(LaneRegs<HD>& r, int i)
@@ -217,28 +220,29 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void loadQueryStep(LaneRegs<HD>& r, int i)
     NAF_CELL_UNROLL
     for (int half = 0; half < 2; ++half)
     {
-        if (r.qSrc[half])
-            cell::load4(r.qSrc[half] + 16 * i, r.q[i & 1][half]);
+        if (r.qSrc && (half == 0 || r.qNext >= 0))
+            cell::load4(r.qSrc + (half ? r.qNext : 0) + 16 * i, r.q[half]);
         else
-            r.q[i & 1][half][0] = r.q[i & 1][half][1] = r.q[i & 1][half][2] = r.q[i & 1][half][3] = 0.f;
+            r.q[half][0] = r.q[half][1] = r.q[half][2] = r.q[half][3] = 0.f;
     }
 }
 
 /// Phase 1 (per warp, after the block's staging): where the lane's queries are, and the first 16
-/// channels of them. The rest come one step ahead of their use in logitsAndSoftmax: holding all
-/// of a head's queries (32 registers at head dim 64) next to the logits made ptxas spill.
+/// channels of them. The rest come one step ahead of their use in logitsAndSoftmax, into the same
+/// 8 registers once the step's channels are split: holding all of a head's queries (32 registers
+/// at head dim 64) next to the logits made ptxas spill. One pointer and a 32-bit distance for
+/// the two pixels, to spare registers too.
 template <int HD, class Warp>
 NAF_HOST_DEVICE NAF_MMA_INLINE void loadQueries(const Params& p, const Chunk& c, int head, int warp, Warp& w)
 {
     const int pix0 = warp * kTilePixels;
     w.each([&](LaneRegs<HD>& r, int lane) {
         const int g = lane >> 2, t = lane & 3;
-        NAF_CELL_UNROLL
-        for (int half = 0; half < 2; ++half)
-        {
-            const int px = pix0 + g + 8 * half;
-            r.qSrc[half] = px < c.count ? p.qT + cell::pixelOf(c, px, p.outW) * p.dim + head * HD + 4 * t : nullptr;
-        }
+        const int px = pix0 + g;
+        r.qSrc = px < c.count ? p.qT + cell::pixelOf(c, px, p.outW) * p.dim + head * HD + 4 * t : nullptr;
+        r.qNext = px + 8 < c.count
+                      ? static_cast<int>((cell::pixelOf(c, px + 8, p.outW) - cell::pixelOf(c, px, p.outW)) * p.dim)
+                      : -1;
         loadQueryStep(r, 0);
     });
 }
@@ -260,8 +264,9 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void computeWindowOffsets(const Params& p, const 
 
 /// Phase 2 (per thread, the whole block): the head's keys (zero past kh*kw) and its values split
 /// into TF32 parts, entries 2 pair and 2 pair + 1 side by side (zero past the window and past the
-/// head's channels). Each warp stages two entry pairs and four 32-channel columns per round, all
-/// 16 value loads in flight before the stores; no division per element.
+/// head's channels). Each warp stages one entry pair and four 32-channel columns per round, all
+/// 8 value loads of a thread in flight before its stores; no division per element. (Two pairs per
+/// round, 16 loads, cost registers that ptxas then spilled.)
 template <int HD>
 NAF_HOST_DEVICE NAF_MMA_INLINE void stageKeysAndValues(const Params& p, int head, int tid, const SharedLayout& sh)
 {
@@ -371,11 +376,11 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void logitsAndSoftmax(const Params& p, const floa
                 for (int m = 0; m < 4; ++m)
                 {
                     uint32_t big, small;
-                    splitTf32(r.q[i & 1][half][m], big, small);
+                    splitTf32(r.q[half][m], big, small);
                     r.qBig[half][m] = bitsFloat(big);
                     r.qSmall[half][m] = bitsFloat(small);
                 }
-            if (i + 1 < HD / 16) loadQueryStep(r, i + 1);  // in flight during this step's products
+            if (i + 1 < HD / 16) loadQueryStep(r, i + 1);  // q is free now; in flight during the products
         });
         NAF_CELL_UNROLL
         for (int j = 0; j < kKeyTiles; ++j)

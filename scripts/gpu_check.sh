@@ -6,7 +6,10 @@
 #   scripts/gpu_check.sh [--quick]          # there: tests, naf_cuda_bench, PyTorch peer on CUDA
 #
 # Logs and JSON lines go to $OUT (the device tool's result folder) or ./build-gpu/results.
-# NAF_GPU_RACECHECK=1 also runs the attention kernels' tests under compute-sanitizer.
+# NAF_GPU_RACECHECK=1 also runs the attention kernels' tests under compute-sanitizer (memcheck,
+# racecheck, synccheck; NAF_GPU_SANITIZE_FILTER picks the tests). NAF_GPU_TESTS_ONLY=1 stops after
+# the tests (a first call that checks correctness in a few minutes; the timings in a second one).
+# NAF_GPU_TEST_FILTER: the gtest filter of the CUDA tests (default Cuda*).
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -52,18 +55,24 @@ fi
 ldd "$BIN/naf_kernels_tests" | grep -E "cud|not found"
 
 echo "== tests (CUDA against the CPU path)"
-timeout 200 "$BIN/naf_kernels_tests" --gtest_filter='Cuda*' 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
+timeout 200 "$BIN/naf_kernels_tests" --gtest_filter="${NAF_GPU_TEST_FILTER:-Cuda*}" 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
 
 if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
     # The shared-memory kernels under compute-sanitizer (races, barrier misuse): slow, so only
     # their own tests.
+    # memcheck: out-of-bounds and misaligned global and shared accesses.
     SANITIZER=$(command -v compute-sanitizer || find /usr/local/cuda* -name compute-sanitizer -type f 2>/dev/null | head -1)
-    for tool in racecheck synccheck; do
+    for tool in memcheck racecheck synccheck; do
         echo "== compute-sanitizer --tool $tool"
         [ -z "$SANITIZER" ] && { echo "compute-sanitizer not found"; break; }
-        timeout 240 "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
-            --gtest_filter='Cuda.TiledChunked*:Cuda.CellAttention*:Cuda.CellTensorCore*' 2>&1 | tail -15
+        timeout 150 "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
+            --gtest_filter="${NAF_GPU_SANITIZE_FILTER:-Cuda.CellTensorCore*:Cuda.TiledChunked*:Cuda.CellAttention*}" \
+            2>&1 | tail -15
     done
+fi
+if [ "${NAF_GPU_TESTS_ONLY:-0}" = 1 ]; then
+    echo "== done (tests only) $(date -u)"
+    exit 0
 fi
 
 echo "== naf_cuda_bench"

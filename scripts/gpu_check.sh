@@ -66,7 +66,7 @@ if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
         echo "== compute-sanitizer --tool $tool"
         [ -z "$SANITIZER" ] && { echo "compute-sanitizer not found"; break; }
         timeout 150 "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
-            --gtest_filter="${NAF_GPU_SANITIZE_FILTER:-Cuda.CellTensorCore*:Cuda.TiledChunked*:Cuda.CellAttention*}" \
+            --gtest_filter="${NAF_GPU_SANITIZE_FILTER:-Cuda.CellTensorCore*:Cuda.TiledChunked*:Cuda.CellAttention*:Cuda.Measured*}" \
             2>&1 | tail -15
     done
 fi
@@ -88,9 +88,9 @@ timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" -
 # The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks tiled or
 # cell per size), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
 # NAF_GPU_ATTENTION_RUNS="general:paper:tf32"; set but empty: none.
-# cell-mma and tiled-chunked were written without a GPU: first in line, so that they are measured
-# even when the device time runs short.
-for run in ${NAF_GPU_ATTENTION_RUNS-cell-mma:paper,x32,mobilesam,x72,dinov2:tf32,fp16 tiled-chunked:paper,x32,mobilesam,x72,dinov2:tf32,fp16 tiled:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16}; do
+# cell-mma, tiled-chunked and measured were written without a GPU: first in line, so that they are
+# measured even when the device time runs short.
+for run in ${NAF_GPU_ATTENTION_RUNS-cell-mma:paper,x32,mobilesam,x72,dinov2:tf32,fp16 tiled-chunked:paper,x32,mobilesam,x72,dinov2:tf32,fp16 measured:paper,x72,dinov2:fp16 tiled:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16}; do
     IFS=: read -r kernel configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"

@@ -276,6 +276,7 @@ const char* attentionName(KC::AttentionKernel k)
     case KC::AttentionKernel::Auto: return "auto";
     case KC::AttentionKernel::TiledChunked: return "tiled-chunked";
     case KC::AttentionKernel::CellTensorCore: return "cell-mma";
+    case KC::AttentionKernel::Measured: return "measured";
     }
     return "?";
 }
@@ -284,9 +285,9 @@ KC::AttentionKernel parseAttention(const std::string& name)
 {
     for (KC::AttentionKernel k : {KC::AttentionKernel::Tiled, KC::AttentionKernel::General, KC::AttentionKernel::Cell,
                                   KC::AttentionKernel::Auto, KC::AttentionKernel::TiledChunked,
-                                  KC::AttentionKernel::CellTensorCore})
+                                  KC::AttentionKernel::CellTensorCore, KC::AttentionKernel::Measured})
         if (name == attentionName(k)) return k;
-    throw std::invalid_argument("--attention takes default, auto, tiled, tiled-chunked, cell, cell-mma or general, got " + name);
+    throw std::invalid_argument("--attention takes default, auto, tiled, tiled-chunked, cell, cell-mma, measured or general, got " + name);
 }
 
 const char* pathName(KC::ConvolutionPath p)
@@ -317,7 +318,7 @@ struct Options
 const char* kUsage =
     "usage: naf_cuda_bench [--configs paper,x32,mobilesam,x72] [--modes fp32,tf32,fp16] [--paths auto,builtin]\n"
     "                      [--reps 20] [--warmup 3] [--max-seconds 15] [--roundtrip-reps 3]\n"
-    "                      [--attention default|auto|tiled|tiled-chunked|cell|cell-mma|general]\n"
+    "                      [--attention default|auto|tiled|tiled-chunked|cell|cell-mma|measured|general]\n"
     "                      [--nhwc-tail|--no-nhwc-tail]\n"
     "                      [--no-reference]\n"
     "configs: tiny, paper, x32, x72, mobilesam, dinov2; modes: fp32, tf32, fp16; paths: auto, builtin, cudnn.\n"

@@ -157,6 +157,10 @@ struct Engine::Impl
 
     AttentionKernel attentionKernel = AttentionKernel::Auto;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
+    // AttentionKernel::Measured: the kernel kept for the size in measuredKey (empty: not measured).
+    std::vector<int> measuredKey;
+    AttentionKernel measuredChoice = AttentionKernel::Tiled;
+    cudaEvent_t measureEvents[2] = {nullptr, nullptr};
     bool nhwcTail = true;       // setNhwcTail
     bool nhwcTailUsed = false;  // by the last forward
     bool stageTiming = false;
@@ -185,6 +189,8 @@ struct Engine::Impl
         weightsHalf.release();
         for (DeviceBuffer* b : scratch()) b->release();
         for (cudaEvent_t& e : events)
+            if (e) (void)cudaEventDestroy(e);
+        for (cudaEvent_t& e : measureEvents)
             if (e) (void)cudaEventDestroy(e);
         for (cudaEvent_t& e : convEvents)
             if (e) (void)cudaEventDestroy(e);
@@ -394,6 +400,50 @@ struct Engine::Impl
         return bias;
     }
 
+    /// AttentionKernel::Measured: at a new size, each kernel that runs there, twice, timed with
+    /// CUDA events (the host waits), the fastest kept for the size; then (or at a known size) the
+    /// kept kernel. Every candidate writes the whole output, so the last launch's output stands.
+    template <typename Attend>
+    AttentionKernel measuredAttention(Attend&& attend, const std::vector<int>& key)
+    {
+        if (key == measuredKey) return attend(measuredChoice);
+        for (cudaEvent_t& e : measureEvents)
+            if (!e) check(cudaEventCreate(&e), "creating an attention timing event");
+        std::vector<AttentionKernel> ran;
+        float best = 0.f;
+        AttentionKernel bestKernel = AttentionKernel::Tiled, last = AttentionKernel::Tiled;
+        for (AttentionKernel candidate : {AttentionKernel::Tiled, AttentionKernel::TiledChunked, AttentionKernel::Cell,
+                                          AttentionKernel::CellTensorCore})
+        {
+            float fastest = 0.f;
+            AttentionKernel used = candidate;
+            for (int rep = 0; rep < 2; ++rep)
+            {
+                check(cudaEventRecord(measureEvents[0], stream), "recording an attention timing event");
+                used = attend(candidate);
+                check(cudaEventRecord(measureEvents[1], stream), "recording an attention timing event");
+                check(cudaEventSynchronize(measureEvents[1]), "timing an attention kernel");
+                float ms = 0.f;
+                check(cudaEventElapsedTime(&ms, measureEvents[0], measureEvents[1]), "timing an attention kernel");
+                if (rep == 0 || ms < fastest) fastest = ms;
+                last = used;
+                // A candidate that fell back to a kernel already timed is not timed again.
+                if (std::find(ran.begin(), ran.end(), used) != ran.end()) break;
+            }
+            if (std::find(ran.begin(), ran.end(), used) != ran.end()) continue;
+            ran.push_back(used);
+            if (ran.size() == 1 || fastest < best)
+            {
+                best = fastest;
+                bestKernel = used;
+            }
+        }
+        // The key last: a failure above measures again on the next call.
+        measuredChoice = bestKernel;
+        measuredKey = key;
+        return last == bestKernel ? bestKernel : attend(bestKernel);
+    }
+
     void record(int i)
     {
         if (stageTiming) check(cudaEventRecord(events[i], stream), "recording a timing event");
@@ -460,12 +510,18 @@ struct Engine::Impl
         detail::launchWindowTable(rowTable, shape.outH, shape.lowH, kh, stream);
         detail::launchWindowTable(colTable, shape.outW, shape.lowW, kw, stream);
         const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
-        attentionKernelUsed = detail::launchNeighborhoodAttention(
-            queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev, cfg.dim, C, cfg.headsAttn, shape.lowH,
-            shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream,
-            attentionKernel == AttentionKernel::Auto ? AttentionKernel::Cell : attentionKernel,
-            cellChunksHost.empty() ? nullptr : cellChunks.as<cell::Chunk>(),
-            static_cast<int64_t>(cellChunksHost.size()));
+        auto attend = [&](AttentionKernel kernel) {
+            return detail::launchNeighborhoodAttention(
+                queriesT.as<float>(), keysT.as<float>(), valuesT.as<float>(), outDev, cfg.dim, C, cfg.headsAttn,
+                shape.lowH, shape.lowW, shape.outH, shape.outW, rowTable, colTable, kh, kw, scale, stream, kernel,
+                cellChunksHost.empty() ? nullptr : cellChunks.as<cell::Chunk>(),
+                static_cast<int64_t>(cellChunksHost.size()));
+        };
+        if (attentionKernel == AttentionKernel::Measured)
+            attentionKernelUsed = measuredAttention(attend, {shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw, C});
+        else
+            attentionKernelUsed =
+                attend(attentionKernel == AttentionKernel::Auto ? AttentionKernel::Cell : attentionKernel);
         if (probe)
             detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
                                          shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
@@ -534,7 +590,7 @@ struct Engine::Impl
         if (withProbe)
             probe.ensure(static_cast<size_t>(cfg.headsAttn) * kh * kw * f, "allocating the probe buffer");
         if (attentionKernel == AttentionKernel::Cell || attentionKernel == AttentionKernel::Auto ||
-            attentionKernel == AttentionKernel::CellTensorCore)
+            attentionKernel == AttentionKernel::CellTensorCore || attentionKernel == AttentionKernel::Measured)
         {
             // Decided and built on the host once per size; uploaded in stream order, after any
             // earlier call's attention has read the previous list.
@@ -545,6 +601,7 @@ struct Engine::Impl
                 // Auto: the cell kernel only where the tiled one fits one block per SM, or none.
                 const bool wanted =
                     attentionKernel == AttentionKernel::Cell || attentionKernel == AttentionKernel::CellTensorCore ||
+                    attentionKernel == AttentionKernel::Measured ||
                     detail::tiledAttentionBlocksPerSm(cfg.dim, shape.channels, cfg.headsAttn, shape.lowH, shape.lowW,
                                                       shape.outH, shape.outW, kh, kw) <= 1;
                 cellChunksHost.clear();
@@ -822,7 +879,7 @@ void Engine::setAttentionKernel(AttentionKernel kernel)
 {
     if (kernel != AttentionKernel::Tiled && kernel != AttentionKernel::General && kernel != AttentionKernel::Cell &&
         kernel != AttentionKernel::Auto && kernel != AttentionKernel::TiledChunked &&
-        kernel != AttentionKernel::CellTensorCore)
+        kernel != AttentionKernel::CellTensorCore && kernel != AttentionKernel::Measured)
         throw std::invalid_argument("naf::kernels::cuda::Engine: unknown attention kernel " +
                                     std::to_string(static_cast<int>(kernel)));
     impl_->attentionKernel = kernel;

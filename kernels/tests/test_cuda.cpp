@@ -3,6 +3,7 @@
 // API on a machine without a GPU (these tests are compiled only when the CUDA library is built).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -358,6 +359,43 @@ TEST(Cuda, CellTensorCoreAttentionMatchesTiledAndCpu)
         EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled);
         EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::CellTensorCore);
     });
+}
+
+// AttentionKernel::Measured: on the first forward at a size it times the kernels that run there
+// and keeps the fastest, so its result is one of theirs (against the CPU in every mode), the same
+// kernel runs on the next call at that size, and where the cell work list does not pay only the
+// tiled kernels (or the general one) can be chosen.
+TEST(Cuda, MeasuredAttentionKeepsOneKernelPerSize)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(34);
+    cuda::Engine engine(w.cfg, w.view, cuda::ConvolutionPath::Builtin);
+    engine.setAttentionKernel(cuda::AttentionKernel::Measured);
+    uint32_t seed = 200;
+    const auto cellOrTiled = {cuda::AttentionKernel::Tiled, cuda::AttentionKernel::TiledChunked,
+                              cuda::AttentionKernel::Cell, cuda::AttentionKernel::CellTensorCore};
+    auto among = [](cuda::AttentionKernel k, std::initializer_list<cuda::AttentionKernel> set) {
+        return std::find(set.begin(), set.end(), k) != set.end();
+    };
+    const ForwardShape sixteen = makeShape(176, 144, 384, 11, 9, 176, 144, 9);
+    expectMatchesCpu(engine, w, sixteen, seed++);
+    const cuda::AttentionKernel chosen = engine.lastAttentionKernel();
+    EXPECT_TRUE(among(chosen, cellOrTiled)) << static_cast<int>(chosen);
+    const Inputs in = makeInputs(sixteen, seed++);
+    (void)gpuForward(engine, in, sixteen, cuda::MathMode::TF32);
+    EXPECT_EQ(engine.lastAttentionKernel(), chosen) << "the choice is kept for the size";
+
+    const ForwardShape small = makeShape(100, 130, 64, 20, 24, 100, 130, 9);  // 5x: no cell work list
+    expectMatchesCpu(engine, w, small, seed++);
+    const cuda::AttentionKernel smallChosen = engine.lastAttentionKernel();
+    EXPECT_TRUE(among(smallChosen, {cuda::AttentionKernel::Tiled, cuda::AttentionKernel::TiledChunked,
+                                    cuda::AttentionKernel::General}))
+        << static_cast<int>(smallChosen);
+    (void)gpuForward(engine, makeInputs(sixteen, seed++), sixteen, cuda::MathMode::FP32);  // back: measured again
+    EXPECT_TRUE(among(engine.lastAttentionKernel(), cellOrTiled));
+    EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Measured);
+    std::printf("[ cuda     ] Measured kept kernel %d at %s and %d at %s\n", static_cast<int>(chosen),
+                describe(sixteen).c_str(), static_cast<int>(smallChosen), describe(small).c_str());
 }
 
 // AttentionKernel::Auto, the default: the cell kernel where the tiled kernel's largest window

@@ -72,7 +72,14 @@ enum class AttentionKernel
     /// (kernels/cuda/cell_mma_attention.hpp). Needs compute capability 8.0 or newer, head dim
     /// 32/64, kernel <= 9 (88 window entries); else Tiled. Written without a GPU, not yet measured
     /// (docs/PERFORMANCE.md, GPU item 26)
-    CellTensorCore
+    CellTensorCore,
+    /// On the first forward at each size, times every kernel above that runs there (Tiled,
+    /// TiledChunked, and Cell and CellTensorCore where the cell work list is worthwhile; two
+    /// launches each, CUDA events, the faster kept) and keeps the fastest for that size. That first
+    /// forward waits for the timings and costs about eight more attention passes; later ones run
+    /// the kept kernel (lastAttentionKernel() names it). Chooses per device without a rule
+    /// measured on another card. Written without a GPU, not yet run (GPU item 28)
+    Measured
 };
 
 /// Device time of the stages of the last forward, in milliseconds (filled when stage timing is on).

@@ -502,27 +502,16 @@ struct DeviceWarp
 #endif
     }
 
-    template <class F>
-    NAF_HOST_DEVICE __forceinline__ void quadMax(F&& f)
+    /// Each lane of a quad gets op over the quad's values (xor shuffles 1, then 2).
+    template <class F, class Op>
+    NAF_HOST_DEVICE __forceinline__ void quadReduce(F&& f, Op&& op)
     {
 #if defined(__CUDA_ARCH__)
         float& v = f(r);
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, 1));
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, 2));
 #else
-        (void)f;
-#endif
-    }
-
-    template <class F>
-    NAF_HOST_DEVICE __forceinline__ void quadSum(F&& f)
-    {
-#if defined(__CUDA_ARCH__)
-        float& v = f(r);
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
-        v += __shfl_xor_sync(0xffffffffu, v, 2);
-#else
-        (void)f;
+        (void)f, (void)op;
 #endif
     }
 

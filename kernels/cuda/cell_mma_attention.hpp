@@ -300,54 +300,47 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void stageKeysAndValues(const Params& p, int head
     const int vPerHead = p.channels / p.heads;
     const int columns = paddedValues(vPerHead) / 32, stride = valueStride(vPerHead);
     const int warp = tid >> 5, lane = tid & 31;
-    constexpr int kPairsPerRound = 1, kColumnsPerRound = 4;
-    for (int round = 0; round * kPairsPerRound * kWarps < kKeyPairs; ++round)
+    constexpr int kColumnsPerRound = 4;
+    // Every warp takes the same number of rounds (the last pairs zero-loaded and not stored), which
+    // ptxas allocates better than a loop that ends per warp (sm_90: 12 bytes of spill stores at head
+    // dim 64 against 28).
+    for (int round = 0; round * kWarps < kKeyPairs; ++round)
         for (int col0 = 0; col0 < columns; col0 += kColumnsPerRound)
         {
-            float v[kPairsPerRound][kColumnsPerRound][2];
+            const int pair = warp + kWarps * round;
+            float v[kColumnsPerRound][2];
             NAF_CELL_UNROLL
-            for (int s = 0; s < kPairsPerRound; ++s)
+            for (int k = 0; k < 2; ++k)
             {
-                const int pair = warp + kWarps * (kPairsPerRound * round + s);
-                NAF_CELL_UNROLL
-                for (int k = 0; k < 2; ++k)
-                {
-                    const int offset = pair < kKeyPairs ? sh.windowOffsets[2 * pair + k] : -1;
-                    const float* src =
-                        p.vT + static_cast<long long>(offset >= 0 ? offset : 0) * p.channels + head * vPerHead + lane;
-                    NAF_CELL_UNROLL
-                    for (int cq = 0; cq < kColumnsPerRound; ++cq)
-                    {
-                        const int ch = lane + 32 * (col0 + cq);
-                        v[s][cq][k] = offset >= 0 && ch < vPerHead ? src[32 * (col0 + cq)] : 0.f;
-                    }
-                }
-            }
-            NAF_CELL_UNROLL
-            for (int s = 0; s < kPairsPerRound; ++s)
-            {
-                const int pair = warp + kWarps * (kPairsPerRound * round + s);
-                if (pair >= kKeyPairs) break;
+                const int offset = pair < kKeyPairs ? sh.windowOffsets[2 * pair + k] : -1;
+                const float* src =
+                    p.vT + static_cast<long long>(offset >= 0 ? offset : 0) * p.channels + head * vPerHead + lane;
                 NAF_CELL_UNROLL
                 for (int cq = 0; cq < kColumnsPerRound; ++cq)
                 {
-                    if (col0 + cq >= columns) break;
-                    const int at = 2 * (pair * stride + lane + 32 * (col0 + cq));
-                    uint32_t big[2], small[2];
-                    splitTf32(v[s][cq][0], big[0], small[0]);
-                    splitTf32(v[s][cq][1], big[1], small[1]);
-#if defined(__CUDA_ARCH__)
-                    *reinterpret_cast<float2*>(sh.valueBig + at) = make_float2(bitsFloat(big[0]), bitsFloat(big[1]));
-                    *reinterpret_cast<float2*>(sh.valueSmall + at) =
-                        make_float2(bitsFloat(small[0]), bitsFloat(small[1]));
-#else
-                    for (int k = 0; k < 2; ++k)
-                    {
-                        sh.valueBig[at + k] = bitsFloat(big[k]);
-                        sh.valueSmall[at + k] = bitsFloat(small[k]);
-                    }
-#endif
+                    const int ch = lane + 32 * (col0 + cq);
+                    v[cq][k] = offset >= 0 && ch < vPerHead ? src[32 * (col0 + cq)] : 0.f;
                 }
+            }
+            if (pair >= kKeyPairs) continue;
+            NAF_CELL_UNROLL
+            for (int cq = 0; cq < kColumnsPerRound; ++cq)
+            {
+                if (col0 + cq >= columns) break;
+                const int at = 2 * (pair * stride + lane + 32 * (col0 + cq));
+                uint32_t big[2], small[2];
+                splitTf32(v[cq][0], big[0], small[0]);
+                splitTf32(v[cq][1], big[1], small[1]);
+#if defined(__CUDA_ARCH__)
+                *reinterpret_cast<float2*>(sh.valueBig + at) = make_float2(bitsFloat(big[0]), bitsFloat(big[1]));
+                *reinterpret_cast<float2*>(sh.valueSmall + at) = make_float2(bitsFloat(small[0]), bitsFloat(small[1]));
+#else
+                for (int k = 0; k < 2; ++k)
+                {
+                    sh.valueBig[at + k] = bitsFloat(big[k]);
+                    sh.valueSmall[at + k] = bitsFloat(small[k]);
+                }
+#endif
             }
         }
 }
@@ -422,8 +415,10 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void logitsAndSoftmax(const Params& p, const floa
                 r.rowMax[m >> 1] = fmaxf(r.rowMax[m >> 1], v);
             }
     });
-    w.quadMax([](LaneRegs<HD>& r) -> float& { return r.rowMax[0]; });
-    w.quadMax([](LaneRegs<HD>& r) -> float& { return r.rowMax[1]; });
+    auto maximum = [](float a, float b) { return fmaxf(a, b); };
+    auto sum = [](float a, float b) { return a + b; };
+    w.quadReduce([](LaneRegs<HD>& r) -> float& { return r.rowMax[0]; }, maximum);
+    w.quadReduce([](LaneRegs<HD>& r) -> float& { return r.rowMax[1]; }, maximum);
     w.each([&](LaneRegs<HD>& r, int lane) {
         const int t = lane & 3;
         r.rowSum[0] = r.rowSum[1] = 0.f;
@@ -437,8 +432,8 @@ NAF_HOST_DEVICE NAF_MMA_INLINE void logitsAndSoftmax(const Params& p, const floa
                 r.rowSum[m >> 1] += e;
             }
     });
-    w.quadSum([](LaneRegs<HD>& r) -> float& { return r.rowSum[0]; });
-    w.quadSum([](LaneRegs<HD>& r) -> float& { return r.rowSum[1]; });
+    w.quadReduce([](LaneRegs<HD>& r) -> float& { return r.rowSum[0]; }, sum);
+    w.quadReduce([](LaneRegs<HD>& r) -> float& { return r.rowSum[1]; }, sum);
     w.each([&](LaneRegs<HD>& r, int) {
         const float inv[2] = {1.f / r.rowSum[0], 1.f / r.rowSum[1]};
         NAF_CELL_UNROLL
@@ -591,27 +586,17 @@ struct HostWarp
         mma(d, aBig, bBig);
     }
 
-    /// The device's two xor shuffles (1, then 2) over each quad of lanes.
-    template <class F>
-    void quadMax(F&& f)
+    /// The device's two xor shuffles (1, then 2) over each quad of lanes: every lane of the quad
+    /// gets op(op(v0, v1), op(v2, v3)) (op commutative, so lanes 2 and 3 get the same bits).
+    template <class F, class Op>
+    void quadReduce(F&& f, Op&& op)
     {
         for (int q = 0; q < 8; ++q)
         {
             float* v[4];
             for (int k = 0; k < 4; ++k) v[k] = &f(lanes[4 * q + k]);
-            const float m = fmaxf(fmaxf(*v[0], *v[1]), fmaxf(*v[2], *v[3]));
-            for (int k = 0; k < 4; ++k) *v[k] = m;
-        }
-    }
-    template <class F>
-    void quadSum(F&& f)
-    {
-        for (int q = 0; q < 8; ++q)
-        {
-            float* v[4];
-            for (int k = 0; k < 4; ++k) v[k] = &f(lanes[4 * q + k]);
-            const float s = (*v[0] + *v[1]) + (*v[2] + *v[3]);
-            for (int k = 0; k < 4; ++k) *v[k] = s;
+            const float result = op(op(*v[0], *v[1]), op(*v[2], *v[3]));
+            for (int k = 0; k < 4; ++k) *v[k] = result;
         }
     }
 };

@@ -47,7 +47,8 @@ enum class ConvolutionPath
     Builtin  ///< the library's own implicit-GEMM kernel (FP32 SIMT or TF32 WMMA)
 };
 
-/// Neighborhood-attention kernel of the CUDA path.
+/// Neighborhood-attention kernel of the CUDA path (new enumerators go last: Engine::setAttentionKernel
+/// accepts the range Tiled .. Measured).
 enum class AttentionKernel
 {
     Tiled,    ///< one thread per pixel, each 4 x 32 tile's window union in shared memory

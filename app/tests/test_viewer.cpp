@@ -3,6 +3,7 @@
 #include <QApplication>
 #include <QComboBox>
 #include <QDir>
+#include <QLabel>
 #include <QMimeData>
 #include <QProcess>
 #include <QScrollBar>
@@ -277,6 +278,24 @@ private slots:
         QVERIFY(window.statusText().contains("vfm"));
         QVERIFY(window.statusText().contains("naf"));
         QVERIFY(window.statusText().contains("NAF: CPU") || window.statusText().contains("NAF: CUDA"));
+        {
+            // At the screenshot's width the whole timing line (NAF's time last) is visible: the
+            // weights label names the file and keeps the path for its tooltip.
+            window.resize(1500, 820);
+            QCoreApplication::processEvents();
+            auto* timing = window.findChild<QLabel*>("timingLabel");
+            auto* weights = window.findChild<QLabel*>("weightsLabel");
+            QVERIFY(timing && weights);
+            QVERIFY2(timing->width() >= timing->sizeHint().width(),
+                     qPrintable(QString("timings clipped: %1 of %2 px for '%3'")
+                                    .arg(timing->width())
+                                    .arg(timing->sizeHint().width())
+                                    .arg(timing->text())));
+            QVERIFY(!weights->text().contains('/'));
+            QVERIFY(weights->toolTip().contains(weights->text().section(' ', 0, 0)));
+            window.resize(1200, 700);
+            QCoreApplication::processEvents();
+        }
 
         // k-means segmentation arrives by itself after the run; changing k recomputes it.
         QVERIFY(segmented.count() > 0 || segmented.wait(60000));

@@ -285,8 +285,10 @@ void MainWindow::buildUi()
     addDockWidget(Qt::RightDockWidgetArea, dock);
 
     timingLabel_ = new QLabel;
+    timingLabel_->setObjectName("timingLabel");
     deviceLabel_ = new QLabel;
     weightsLabel_ = new QLabel;
+    weightsLabel_->setObjectName("weightsLabel");
     statusBar()->addWidget(timingLabel_, 1);
     statusBar()->addPermanentWidget(deviceLabel_);
     statusBar()->addPermanentWidget(weightsLabel_);
@@ -768,7 +770,9 @@ void MainWindow::updateStatus()
     {
         timingLabel_->setText(lastError_.isEmpty() ? "Open an image (File > Open or drop a file) and press Run." : lastError_);
         deviceLabel_->setText(cv::naf::isCudaAvailable() ? "CUDA available" : "CPU");
+        timingLabel_->setToolTip(QString());
         weightsLabel_->clear();
+        weightsLabel_->setToolTip(QString());
         return;
     }
     const naf_app::PipelineResult& r = *run_.result;
@@ -779,9 +783,19 @@ void MainWindow::updateStatus()
                               .arg(r.outputSize.width)
                               .arg(r.outputSize.height)
                               .arg(QString::fromStdString(r.timingSummary())));
+    timingLabel_->setToolTip(QString::fromStdString(r.vfmDisplayName) + "\n" + timingLabel_->text());
     deviceLabel_->setText(QString::fromStdString(r.device));
-    weightsLabel_->setText(QString::fromStdString(r.weightsInfo));
-    weightsLabel_->setToolTip(QString::fromStdString(r.vfmDisplayName));
+    // The weights info starts with the file's whole path, which pushed the per-method timings
+    // (NAF's last) out of a 1500-pixel-wide window: the status bar names the file, the tooltip
+    // has all of it.
+    const std::string weightsPath =
+        r.settings.nafWeightsPath.empty() ? cv::naf::getDefaultWeightsPath() : r.settings.nafWeightsPath;
+    QString weights = QString::fromStdString(r.weightsInfo);
+    if (!weightsPath.empty() && r.weightsInfo.rfind(weightsPath, 0) == 0)
+        weights = QFileInfo(QString::fromStdString(weightsPath)).fileName() +
+                  QString::fromStdString(r.weightsInfo.substr(weightsPath.size()));
+    weightsLabel_->setText(weights);
+    weightsLabel_->setToolTip(QString::fromStdString(r.weightsInfo));
 }
 
 QString MainWindow::statusText() const

@@ -124,8 +124,9 @@ public:
     finite; C a multiple of the 4 attention heads (each head takes C/4 consecutive channels).
     @param dst output, 4-D CV_32F N x C x dstSize.height x dstSize.width. As with
     Mat::create(), a continuous dst that already has this shape and type is written in place
-    (reuse one Mat across calls to avoid a fresh allocation per call, which costs page faults);
-    otherwise dst gets a new buffer. Input that is refused leaves dst untouched.
+    (reuse one Mat across calls to avoid a fresh allocation per call, which costs page faults;
+    on BACKEND_CUDA this holds for one image, and a batch always gets a new buffer); otherwise dst
+    gets a new buffer. Input that is refused leaves dst untouched.
     @param dstSize output size, at least w x h.
     */
     CV_WRAP virtual void upsample(InputArrayOfArrays image, InputArray lowResFeatures, OutputArray dst,

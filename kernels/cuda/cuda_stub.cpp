@@ -72,6 +72,8 @@ void Engine::setAttentionKernel(AttentionKernel) {}
 
 void Engine::setNhwcTail(bool) {}
 
+void Engine::setHostParallelFor(ParallelFor) {}
+
 bool Engine::nhwcTail() const
 {
     return true;

@@ -599,6 +599,51 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
     }
 }
 
+// Engine::forward's output copy through the pinned staging buffers: an output of 3 full 32 MiB
+// chunks and a partial one (not a whole number of 4 MiB host stripes), with the host copy on the
+// calling thread and on 3 threads, and into page-locked memory (written directly), all equal to
+// forwardDevice's output bit for bit.
+TEST(Cuda, HostForwardCopiesLargeOutputsThroughPinnedChunks)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(25);
+    const ForwardShape s = makeShape(251, 263, 384, 19, 21, 251, 263, 9);
+    const Inputs in = makeInputs(s, 10);
+    const size_t outCount = static_cast<size_t>(s.channels) * s.outH * s.outW;
+    ASSERT_GT(outCount * sizeof(float), size_t(96) << 20);
+    ASSERT_NE(outCount * sizeof(float) % (size_t(4) << 20), 0u);
+    cuda::Engine engine(w.cfg, w.view);
+    float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
+    ASSERT_EQ(cudaMalloc(&dImage, in.image.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dFeatures, in.features.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dOut, outCount * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dImage, in.image.data(), in.image.size() * sizeof(float), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dFeatures, in.features.data(), in.features.size() * sizeof(float), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    engine.forwardDevice(dImage, dFeatures, dOut, s, cuda::MathMode::TF32);
+    std::vector<float> viaDevice(outCount);
+    ASSERT_EQ(cudaMemcpy(viaDevice.data(), dOut, outCount * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    cudaFree(dImage);
+    cudaFree(dFeatures);
+    cudaFree(dOut);
+    ASSERT_TRUE(allFinite(viaDevice));
+
+    for (int threads : {0, 3})
+    {
+        SCOPED_TRACE(threads);
+        engine.setHostParallelFor(threads ? threadParallelFor(threads) : ParallelFor());
+        const std::vector<float> viaHost = gpuForward(engine, in, s, cuda::MathMode::TF32);
+        EXPECT_EQ(0, std::memcmp(viaHost.data(), viaDevice.data(), outCount * sizeof(float)));
+    }
+    float* pinned = nullptr;
+    ASSERT_EQ(cudaMallocHost(&pinned, outCount * sizeof(float)), cudaSuccess);
+    std::fill(pinned, pinned + outCount, std::nanf(""));
+    engine.forward(in.image.data(), in.features.data(), pinned, s, cuda::MathMode::TF32);
+    EXPECT_EQ(0, std::memcmp(pinned, viaDevice.data(), outCount * sizeof(float)));
+    cudaFreeHost(pinned);
+}
+
 TEST(Cuda, OneEngineServesDifferentlySizedCalls)
 {
     NAF_SKIP_WITHOUT_GPU();

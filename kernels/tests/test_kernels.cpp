@@ -4,11 +4,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <vector>
 
 #include "../cuda/cell_attention.hpp"  // host/device code: its phases run here thread by thread
 #include "../cuda/cell_mma_attention.hpp"  // host/device code: its warps run here lane by lane
 #include "../cuda/hwc_tail.hpp"        // host/device index arithmetic of the CUDA channels-last tail
+#include "../cuda/staged_copy.hpp"     // the schedule of the CUDA engine's output copy
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
 
@@ -908,4 +910,63 @@ TEST(Forward, RejectsShapesWithAClearMessage)
     bad = shape;
     bad.outH = bad.outW = 100000;
     EXPECT_THROW(checkForwardShape(weights.cfg, bad), std::invalid_argument);
+}
+
+// The CUDA engine's output copy (staged_copy.hpp) against a simulated device: a stream of
+// device-to-staging copies that runs them either as soon as they are enqueued (a device faster
+// than the host) or only when the host waits (a slower one). Either way every byte must arrive,
+// each chunk must be drained once and in order, and no copy may overwrite a staging buffer whose
+// chunk the host has not copied out yet.
+TEST(Kernels, StagedOutputCopyDeliversEveryByteWithAnyDeviceSpeed)
+{
+    for (bool eagerDevice : {true, false})
+        for (size_t bytes : {size_t(1), size_t(7), size_t(96), size_t(100), size_t(1000)})
+            for (size_t chunk : {size_t(1), size_t(7), size_t(32), size_t(4096)})
+            {
+                SCOPED_TRACE(::testing::Message() << "eager " << eagerDevice << ", " << bytes << " bytes, chunk " << chunk);
+                std::vector<unsigned char> device(bytes), host(bytes, 0xee);
+                for (size_t i = 0; i < bytes; ++i) device[i] = static_cast<unsigned char>(i * 37 + 11);
+                std::vector<unsigned char> staging[2] = {std::vector<unsigned char>(chunk),
+                                                         std::vector<unsigned char>(chunk)};
+                bool pendingOut[2] = {false, false};  // a staged chunk not yet copied out
+                struct Copy
+                {
+                    size_t k;
+                    int buffer;
+                    size_t offset, size;
+                };
+                std::deque<Copy> stream;
+                std::vector<size_t> drained;
+                auto run = [&](const Copy& c) {
+                    ASSERT_FALSE(pendingOut[c.buffer]) << "chunk " << c.k << " overwrote an undrained buffer";
+                    std::memcpy(staging[c.buffer].data(), device.data() + c.offset, c.size);
+                    pendingOut[c.buffer] = true;
+                };
+                staged::copyInChunks(
+                    bytes, chunk,
+                    [&](size_t k, int buffer, size_t offset, size_t size) {
+                        ASSERT_EQ(buffer, static_cast<int>(k % 2));
+                        stream.push_back({k, buffer, offset, size});
+                        if (eagerDevice)
+                        {
+                            run(stream.front());
+                            stream.pop_front();
+                        }
+                    },
+                    [&](size_t k, int buffer, size_t offset, size_t size) {
+                        while (!stream.empty() && stream.front().k <= k)  // the wait on chunk k's event
+                        {
+                            run(stream.front());
+                            stream.pop_front();
+                        }
+                        ASSERT_TRUE(pendingOut[buffer]) << "chunk " << k << " drained before its copy";
+                        std::memcpy(host.data() + offset, staging[buffer].data(), size);
+                        pendingOut[buffer] = false;
+                        drained.push_back(k);
+                    });
+                EXPECT_TRUE(stream.empty());
+                ASSERT_EQ(drained.size(), (bytes + chunk - 1) / chunk);
+                for (size_t k = 0; k < drained.size(); ++k) EXPECT_EQ(drained[k], k);
+                EXPECT_EQ(host, device);
+            }
 }

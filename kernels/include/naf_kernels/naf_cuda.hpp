@@ -106,6 +106,11 @@ public:
 
     /// Same contract as kernels::forward, with host pointers in and out; copies in, computes
     /// on the device stream, copies out, synchronizes. The probe (optional) is filled as on CPU.
+    /// hostOut is written only after every check that can refuse the call (MathMode::FP16's
+    /// range), so a refused call leaves it as it was. The output comes back through two pinned
+    /// host buffers of up to 32 MiB each (kept by the engine), chunk by chunk, each chunk copied
+    /// into hostOut by setHostParallelFor's threads while the device copies the next; a hostOut
+    /// that is itself page-locked (cudaHostAlloc, cudaHostRegister) is written directly.
     void forward(const float* hostImage, const float* hostFeatures, float* hostOut, const ForwardShape& shape,
                  MathMode mode, AttentionProbe* probe = nullptr);
 
@@ -150,6 +155,10 @@ public:
     bool nhwcTail() const;
     /// Whether the last forward ran the channels-last tail.
     bool lastUsedNhwcTail() const;
+
+    /// Threads for forward()'s host side of the output copy (memcpy from the pinned staging
+    /// buffers into hostOut, in 4 MiB stripes); empty (the default): the calling thread only.
+    void setHostParallelFor(ParallelFor parallel);
 
     /// Stage times of the last forward (zeros when stage timing was off).
     StageTimes lastStageTimes() const;

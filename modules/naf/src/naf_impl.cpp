@@ -432,7 +432,12 @@ private:
                     // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
                     // cv::Exception with its message, and `result` is never dst on this path.
                     std::lock_guard<std::mutex> lock(cudaMutex_);
-                    if (!cudaEngine_) cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
+                    if (!cudaEngine_)
+                    {
+                        cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
+                        // The output's host copy on OpenCV's threads (GPU log item 30).
+                        cudaEngine_->setHostParallelFor(opencvParallelFor());
+                    }
                     cudaEngine_->forward(planar[i].data(), feat, out, shapes[i], mathMode(settings.gpuPrecision),
                                          probePtr);
                 });

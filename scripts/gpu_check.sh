@@ -55,7 +55,7 @@ fi
 ldd "$BIN/naf_kernels_tests" | grep -E "cud|not found"
 
 echo "== tests (CUDA against the CPU path)"
-timeout 200 "$BIN/naf_kernels_tests" --gtest_filter="${NAF_GPU_TEST_FILTER:-Cuda*}" 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
+timeout 200 "$BIN/naf_kernels_tests" --gtest_filter="${NAF_GPU_TEST_FILTER:-Cuda*}" 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|^\[ mismatch|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
 
 if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
     # The shared-memory kernels under compute-sanitizer (races, barrier misuse): slow, so only

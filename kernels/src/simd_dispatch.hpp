@@ -39,6 +39,11 @@ inline bool cpuHasAvx512f()
 }
 // Orders this thread's earlier non-temporal stores before its later stores (end of a task).
 inline void storeFence() { _mm_sfence(); }
+// Asks for the line of p with the intent to write it (prefetchw), so that a later partial store
+// to it does not wait for the read for ownership. Volatile asm: GCC 12 dropped
+// __builtin_prefetch calls behind alignment tests altogether, and without -mprfchw it emits a
+// read prefetch. CPUs without PREFETCHW execute it as a no-op.
+inline void prefetchLineForWrite(const float* p) { asm volatile("prefetchw %0" ::"m"(*reinterpret_cast<const char*>(p))); }
 // dst[0, n) = src[0, n): the whole 64-byte lines of dst with non-temporal stores (they skip reading
 // a line that is only written), a partial line at either end with ordinary stores, so a run that
 // shares its end lines with a neighbour's is safe. The caller calls storeFence() before its task
@@ -64,6 +69,7 @@ namespace kernels {
 inline bool cpuHasAvx2Fma() { return false; }
 inline bool cpuHasAvx512f() { return false; }
 inline void storeFence() {}
+inline void prefetchLineForWrite(const float* p) { __builtin_prefetch(p, 1, 3); }
 inline void streamCopyAvx512(float* dst, const float* src, size_t n) { std::memcpy(dst, src, sizeof(float) * n); }
 }  // namespace kernels
 }  // namespace naf

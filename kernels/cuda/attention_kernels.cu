@@ -628,13 +628,18 @@ void launchWindowTable(int* table, int outLen, int lowLen, int kernel, cudaStrea
 
 namespace {
 
+/// An attribute of the current device.
+int currentDeviceAttribute(cudaDeviceAttr attribute, const char* what)
+{
+    int device = 0, value = 0;
+    check(cudaGetDevice(&device), "querying the current CUDA device");
+    check(cudaDeviceGetAttribute(&value, attribute, device), what);
+    return value;
+}
+
 int sharedMemoryOptin()
 {
-    int device = 0, optin = 0;
-    check(cudaGetDevice(&device), "querying the current CUDA device");
-    check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-          "querying the shared memory size");
-    return optin;
+    return currentDeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, "querying the shared memory size");
 }
 
 template <typename Kernel>
@@ -696,23 +701,32 @@ bool tryTiled(const float* qT, const float* kT, const float* vT, float* out, int
     return true;
 }
 
+/// One block per chunk of the cell work list, when `shared` bytes fit the device (the two cell
+/// kernels).
+template <typename Kernel>
+bool launchOverChunks(Kernel kernelFunction, int threads, size_t shared, const cell::Params& p,
+                      const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream, const char* what)
+{
+    if (chunkCount > 0x7fffffff || shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
+    allowSharedMemory(kernelFunction, shared);
+    kernelFunction<<<static_cast<unsigned int>(chunkCount), threads, shared, stream>>>(p, chunks);
+    checkLaunch(what);
+    return true;
+}
+
 /// The cell kernel over the chunks the engine built (cell::buildChunks, uploaded to the device).
 bool tryCell(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
              int lowW, int outH, int outW, const int* rowTable, const int* colTable, int kh, int kw, float scale,
              const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream)
 {
     const int headDim = dim / heads;
-    if (!cell::fits(headDim, kh, kw) || dim % 4 != 0 || chunkCount > 0x7fffffff) return false;
-    const size_t shared = headDim == 64 ? cell::sharedBytes<64>() : cell::sharedBytes<32>();
-    if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
+    if (!cell::fits(headDim, kh, kw) || dim % 4 != 0) return false;
     const cell::Params p{qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale};
-    auto kernelFunction = headDim == 64 ? cellAttentionKernel<64> : cellAttentionKernel<32>;
-    allowSharedMemory(kernelFunction, shared);
-    kernelFunction<<<static_cast<unsigned int>(chunkCount), cell::kThreads, shared, stream>>>(p, chunks);
-    checkLaunch("cell neighborhood attention kernel launch");
-    return true;
+    return headDim == 64 ? launchOverChunks(cellAttentionKernel<64>, cell::kThreads, cell::sharedBytes<64>(), p, chunks,
+                                            chunkCount, stream, "cell neighborhood attention kernel launch")
+                         : launchOverChunks(cellAttentionKernel<32>, cell::kThreads, cell::sharedBytes<32>(), p, chunks,
+                                            chunkCount, stream, "cell neighborhood attention kernel launch");
 }
-
 
 /// The tensor-core cell kernel over the same work list; needs mma.sync TF32 (compute capability 8.0).
 bool tryCellMma(const float* qT, const float* kT, const float* vT, float* out, int dim, int channels, int heads,
@@ -720,21 +734,16 @@ bool tryCellMma(const float* qT, const float* kT, const float* vT, float* out, i
                 const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream)
 {
     const int headDim = dim / heads;
-    if (!cellmma::fits(headDim, kh, kw) || chunkCount > 0x7fffffff) return false;
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "querying the current CUDA device");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-          "querying the compute capability");
-    if (major < 8) return false;
+    if (!cellmma::fits(headDim, kh, kw) ||
+        currentDeviceAttribute(cudaDevAttrComputeCapabilityMajor, "querying the compute capability") < 8)
+        return false;
     const int vPerHead = channels / heads;
-    const size_t shared = headDim == 64 ? cellmma::sharedBytes<64>(vPerHead) : cellmma::sharedBytes<32>(vPerHead);
-    if (shared + 64 > static_cast<size_t>(sharedMemoryOptin())) return false;
     const cell::Params p{qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale};
-    auto kernelFunction = headDim == 64 ? cellMmaAttentionKernel<64> : cellMmaAttentionKernel<32>;
-    allowSharedMemory(kernelFunction, shared);
-    kernelFunction<<<static_cast<unsigned int>(chunkCount), cellmma::kThreads, shared, stream>>>(p, chunks);
-    checkLaunch("tensor-core cell attention kernel launch");
-    return true;
+    return headDim == 64
+               ? launchOverChunks(cellMmaAttentionKernel<64>, cellmma::kThreads, cellmma::sharedBytes<64>(vPerHead), p,
+                                  chunks, chunkCount, stream, "tensor-core cell attention kernel launch")
+               : launchOverChunks(cellMmaAttentionKernel<32>, cellmma::kThreads, cellmma::sharedBytes<32>(vPerHead), p,
+                                  chunks, chunkCount, stream, "tensor-core cell attention kernel launch");
 }
 }  // namespace
 

@@ -208,16 +208,26 @@ struct Engine::Impl
         weightsHalf.release();
         for (DeviceBuffer* b : scratch()) b->release();
         for (PinnedBuffer& b : staging) b.release();
-        for (cudaEvent_t& e : stagingEvents)
-            if (e) (void)cudaEventDestroy(e);
-        for (cudaEvent_t& e : events)
-            if (e) (void)cudaEventDestroy(e);
-        for (cudaEvent_t& e : measureEvents)
-            if (e) (void)cudaEventDestroy(e);
-        for (cudaEvent_t& e : convEvents)
-            if (e) (void)cudaEventDestroy(e);
+        destroyEvents(stagingEvents);
+        destroyEvents(events);
+        destroyEvents(measureEvents);
+        destroyEvents(convEvents);
         if (stream) (void)cudaStreamDestroy(stream);
         if (switched) (void)cudaSetDevice(previous);
+    }
+
+    /// Creates the events of `list` that do not exist yet (cudaEventCreateWithFlags).
+    template <class Events>
+    static void createMissingEvents(Events& list, unsigned int flags, const char* what)
+    {
+        for (cudaEvent_t& e : list)
+            if (!e) check(cudaEventCreateWithFlags(&e, flags), what);
+    }
+    template <class Events>
+    static void destroyEvents(Events& list) noexcept
+    {
+        for (cudaEvent_t& e : list)
+            if (e) (void)cudaEventDestroy(e);
     }
 
     size_t scratchBytes()
@@ -429,8 +439,7 @@ struct Engine::Impl
     AttentionKernel measuredAttention(Attend&& attend, const std::vector<int>& key)
     {
         if (key == measuredKey) return attend(measuredChoice);
-        for (cudaEvent_t& e : measureEvents)
-            if (!e) check(cudaEventCreate(&e), "creating an attention timing event");
+        createMissingEvents(measureEvents, cudaEventDefault, "creating an attention timing event");
         std::vector<AttentionKernel> ran;
         float best = 0.f;
         AttentionKernel bestKernel = AttentionKernel::Tiled, last = AttentionKernel::Tiled;
@@ -646,8 +655,7 @@ struct Engine::Impl
         }
         if (stageTiming)
         {
-            for (cudaEvent_t& e : events)
-                if (!e) check(cudaEventCreate(&e), "creating a timing event");
+            createMissingEvents(events, cudaEventDefault, "creating a timing event");
             const size_t convs = 2 * (1 + 2 * static_cast<size_t>(cfg.imgLayers));
             while (convEvents.size() < 2 * convs)
             {
@@ -682,8 +690,7 @@ struct Engine::Impl
     /// when pinned memory is not available (the caller then copies pageable, as before).
     bool ensureStaging(size_t chunk)
     {
-        for (cudaEvent_t& e : stagingEvents)
-            if (!e) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating a copy event");
+        createMissingEvents(stagingEvents, cudaEventDisableTiming, "creating a copy event");
         for (PinnedBuffer& b : staging)
         {
             if (b.bytes >= chunk) continue;
@@ -1058,6 +1065,7 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
               "copying the features to the device");
         s.enqueue(s.image.as<float>(), s.features.as<float>(), s.out.as<float>(), shape, tf32, mode == MathMode::FP16,
                   probe);
+        adviseHugePages(hostOut, outBytes);  // as kernels::forward: a fresh output faults 512x less
         s.copyToHost(hostOut, s.out.ptr, outBytes);
         s.complete(shape, probe);
     });

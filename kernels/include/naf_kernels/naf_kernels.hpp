@@ -147,8 +147,9 @@ struct Workspace
 };
 
 /// A hint, where the OS supports it (Linux): back the 2 MiB-aligned interior of [data, data + bytes)
-/// with huge pages once it is first written. reserveWorkspace() and forward() give it for their
-/// large buffers; a caller's own large buffers (benchmarks) can ask the same. Never fails.
+/// with huge pages once it is first written. reserveWorkspace(), forward() and
+/// cuda::Engine::forward() give it for their large buffers and the output; a caller's own large
+/// buffers (benchmarks) can ask the same. Never fails.
 void adviseHugePages(void* data, size_t bytes);
 
 /// Grows `ws` so that forward() with `shape` allocates nothing: call it for every item before

@@ -455,10 +455,7 @@ private:
                 for (const K::ForwardShape& shape : shapes)
                     K::reserveWorkspace(weights_->cfg, weights_->view, shape, workspace.get());
             });
-        Mat result = reused.empty() ? Mat(4, outSizes, CV_32F) : reused;
-        // A fresh blob on huge pages: 512 times fewer first-touch faults (the 308 MB copy: 28 ms
-        // instead of 120). K::forward does it for the CPU path.
-        if (cuda && reused.empty()) K::adviseHugePages(result.ptr(), result.total() * sizeof(float));
+        Mat result = reused.empty() ? Mat(4, outSizes, CV_32F) : reused;  // huge-page advised by both paths
         for (int i = 0; i < n; ++i)
         {
             K::AttentionProbe probe;
@@ -472,7 +469,8 @@ private:
                 callKernel("CUDA forward", [&] {
                     // One device engine per object (device weights + scratch); calls take turns on it.
                     // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
-                    // cv::Exception with its message, and `result` is never dst on this path.
+                    // cv::Exception with its message; a refusal comes before the engine writes
+                    // `out`, which is dst itself only for a single item (above).
                     std::lock_guard<std::mutex> lock(cudaMutex_);
                     if (!cudaEngine_)
                     {

@@ -166,6 +166,7 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
 }
 
 constexpr int kPointTile = 512;   // pixels per 1x1-convolution task
+constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)
 
 // Rows of a plane set whose runs are written with streamCopyAvx512 (non-temporal whole lines,
 // ordinary stores for a partial line at either end): a partial line must first be read for
@@ -180,7 +181,6 @@ inline void prefetchPartialLinesForWrite(const float* run, size_t n)
     if (reinterpret_cast<uintptr_t>(run) & 63) prefetchLineForWrite(run);
     if (reinterpret_cast<uintptr_t>(run + n) & 63) prefetchLineForWrite(run + n - 1);
 }
-constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)
 
 // Defined with GroupNorm below: the np pixels from src (K channel planes hw apart) into
 // ceil(np / kPointGroup) groups [K][kPointGroup] in dst, through silu(x * scale[c] + shift[c])

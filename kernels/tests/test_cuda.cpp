@@ -63,6 +63,30 @@ std::vector<float> gpuForward(cuda::Engine& engine, const Inputs& in, const Forw
     return out;
 }
 
+// Engine::forwardDevice on device copies of the inputs; out gets the device output (poisoned NaN
+// before the call, so an element the GPU forgot to write cannot pass). Call with
+// ASSERT_NO_FATAL_FAILURE.
+void deviceForward(cuda::Engine& engine, const Inputs& in, const ForwardShape& s, cuda::MathMode mode,
+                   std::vector<float>& out)
+{
+    const size_t outCount = static_cast<size_t>(s.channels) * s.outH * s.outW;
+    float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
+    ASSERT_EQ(cudaMalloc(&dImage, in.image.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dFeatures, in.features.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dOut, outCount * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dImage, in.image.data(), in.image.size() * sizeof(float), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dFeatures, in.features.data(), in.features.size() * sizeof(float), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemset(dOut, 0xff, outCount * sizeof(float)), cudaSuccess);  // NaN pattern
+    engine.forwardDevice(dImage, dFeatures, dOut, s, mode);
+    out.resize(outCount);
+    ASSERT_EQ(cudaMemcpy(out.data(), dOut, outCount * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    cudaFree(dImage);
+    cudaFree(dFeatures);
+    cudaFree(dOut);
+}
+
 bool allFinite(const std::vector<float>& v)
 {
     for (float x : v)
@@ -599,27 +623,12 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
         {
             SCOPED_TRACE(modeName(mode));
             const std::vector<float> viaHost = gpuForward(engine, in, s, mode);
-            float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
             const size_t outCount = viaHost.size();
-            ASSERT_EQ(cudaMalloc(&dImage, in.image.size() * sizeof(float)), cudaSuccess);
-            ASSERT_EQ(cudaMalloc(&dFeatures, in.features.size() * sizeof(float)), cudaSuccess);
-            ASSERT_EQ(cudaMalloc(&dOut, outCount * sizeof(float)), cudaSuccess);
-            ASSERT_EQ(cudaMemcpy(dImage, in.image.data(), in.image.size() * sizeof(float), cudaMemcpyHostToDevice),
-                      cudaSuccess);
-            ASSERT_EQ(cudaMemcpy(dFeatures, in.features.data(), in.features.size() * sizeof(float),
-                                 cudaMemcpyHostToDevice),
-                      cudaSuccess);
-            ASSERT_EQ(cudaMemset(dOut, 0xff, outCount * sizeof(float)), cudaSuccess);  // NaN pattern
+            std::vector<float> viaDevice;
             engine.setStageTiming(true);
-            engine.forwardDevice(dImage, dFeatures, dOut, s, mode);
+            ASSERT_NO_FATAL_FAILURE(deviceForward(engine, in, s, mode, viaDevice));
             const cuda::StageTimes t = engine.lastStageTimes();
             engine.setStageTiming(false);
-            std::vector<float> viaDevice(outCount);
-            ASSERT_EQ(cudaMemcpy(viaDevice.data(), dOut, outCount * sizeof(float), cudaMemcpyDeviceToHost),
-                      cudaSuccess);
-            cudaFree(dImage);
-            cudaFree(dFeatures);
-            cudaFree(dOut);
             EXPECT_EQ(0, std::memcmp(viaHost.data(), viaDevice.data(), outCount * sizeof(float)));
             EXPECT_GT(t.encoderMs, 0.f);
             EXPECT_GT(t.attentionMs, 0.f);
@@ -650,20 +659,8 @@ TEST(Cuda, HostForwardCopiesLargeOutputsThroughPinnedChunks)
     ASSERT_GT(outCount * sizeof(float), size_t(96) << 20);
     ASSERT_NE(outCount * sizeof(float) % (size_t(4) << 20), 0u);
     cuda::Engine engine(w.cfg, w.view);
-    float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
-    ASSERT_EQ(cudaMalloc(&dImage, in.image.size() * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&dFeatures, in.features.size() * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&dOut, outCount * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(dImage, in.image.data(), in.image.size() * sizeof(float), cudaMemcpyHostToDevice),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(dFeatures, in.features.data(), in.features.size() * sizeof(float), cudaMemcpyHostToDevice),
-              cudaSuccess);
-    engine.forwardDevice(dImage, dFeatures, dOut, s, cuda::MathMode::TF32);
-    std::vector<float> viaDevice(outCount);
-    ASSERT_EQ(cudaMemcpy(viaDevice.data(), dOut, outCount * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
-    cudaFree(dImage);
-    cudaFree(dFeatures);
-    cudaFree(dOut);
+    std::vector<float> viaDevice;
+    ASSERT_NO_FATAL_FAILURE(deviceForward(engine, in, s, cuda::MathMode::TF32, viaDevice));
     ASSERT_TRUE(allFinite(viaDevice));
 
     for (int threads : {0, 3})

@@ -28,6 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from bench_reference import CONFIGS  # noqa: E402
+from json_lines import default_tail, json_objects  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 DOC = os.path.join(ROOT, "docs", "PERFORMANCE.md")
@@ -118,46 +119,33 @@ def read_gpu_results(paths):
     errors, devices): ours[(config, path, mode)] and peers[(config, "tf32" | "fp32")] are the last
     result line seen for that key; errors are (where, message) of the lines with "error"."""
     ours, peers, errors, devices = {}, {}, [], []
-    for path in paths:
-        with open(path, errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                try:
-                    d = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(d, dict):
-                    continue
-                dev = d.get("device")
-                if isinstance(dev, str) and dev not in devices and dev != "cuda" and "error" not in d:
-                    devices.append(dev)
-                is_peer = "forward_s" in d or "max_cuda_MB" in d or ("tf32" in d and "path" not in d)
-                if "error" in d:
-                    where = " ".join(str(d[k]) for k in ("config", "path", "mode") if d.get(k) is not None)
-                    if is_peer:
-                        where = f"PyTorch {where} tf32 {'on' if d.get('tf32') else 'off'}"
-                    errors.append((where or "run", str(d["error"])))
-                    cfg = d.get("config")
-                    if cfg and is_peer:
-                        peers.setdefault((cfg, "tf32" if d.get("tf32") else "fp32"), {"error": d["error"]})
-                    elif cfg:  # (config, path, mode), (config, path, None) or (config, None, None)
-                        ours.setdefault((cfg, d.get("path"), d.get("mode")), {"error": d["error"]})
-                    continue
-                if "median_ms" in d and "mode" in d and "config" in d:
-                    # the table shows the engine's default attention kernel (--attention default; older
-                    # lines without "attention_used" ran the then default, tiled)
-                    att = d.get("attention", "tiled")
-                    if not (att == "default" or ("attention_used" not in d and att == "tiled")):
-                        continue
-                    # an explicit --nhwc-tail / --no-nhwc-tail run (1 or "on" / "off") is compared by
-                    # hand; the table keeps the engine's default ("default", or 0 from before it was on)
-                    if d.get("nhwc_tail", "default") not in ("default", 0):
-                        continue
-                    ours[(d["config"], d.get("path", "auto"), d["mode"])] = d
-                elif "forward_s" in d and "max_cuda_MB" in d and "config" in d:
-                    peers[(d["config"], "tf32" if d.get("tf32") else "fp32")] = d
+    for d in json_objects(paths):
+        dev = d.get("device")
+        if isinstance(dev, str) and dev not in devices and dev != "cuda" and "error" not in d:
+            devices.append(dev)
+        is_peer = "forward_s" in d or "max_cuda_MB" in d or ("tf32" in d and "path" not in d)
+        if "error" in d:
+            where = " ".join(str(d[k]) for k in ("config", "path", "mode") if d.get(k) is not None)
+            if is_peer:
+                where = f"PyTorch {where} tf32 {'on' if d.get('tf32') else 'off'}"
+            errors.append((where or "run", str(d["error"])))
+            cfg = d.get("config")
+            if cfg and is_peer:
+                peers.setdefault((cfg, "tf32" if d.get("tf32") else "fp32"), {"error": d["error"]})
+            elif cfg:  # (config, path, mode), (config, path, None) or (config, None, None)
+                ours.setdefault((cfg, d.get("path"), d.get("mode")), {"error": d["error"]})
+            continue
+        if "median_ms" in d and "mode" in d and "config" in d:
+            # the table shows the engine's default attention kernel (--attention default; older
+            # lines without "attention_used" ran the then default, tiled)
+            att = d.get("attention", "tiled")
+            if not (att == "default" or ("attention_used" not in d and att == "tiled")):
+                continue
+            if not default_tail(d):
+                continue
+            ours[(d["config"], d.get("path", "auto"), d["mode"])] = d
+        elif "forward_s" in d and "max_cuda_MB" in d and "config" in d:
+            peers[(d["config"], "tf32" if d.get("tf32") else "fp32")] = d
     return ours, peers, errors, devices
 
 

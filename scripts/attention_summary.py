@@ -7,8 +7,11 @@ default tail is compared (the other lines measure other things).
 
     python3 scripts/attention_summary.py bench.jsonl
 """
-import json
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from json_lines import default_tail, json_objects  # noqa: E402
 
 CHOOSERS = ("default", "auto", "measured")  # they pick a kernel: the cell names the one they ran
 ORDER = ["default", "auto", "measured", "tiled", "tiled-chunked", "cell", "cell-mma", "general"]
@@ -16,23 +19,8 @@ ORDER = ["default", "auto", "measured", "tiled", "tiled-chunked", "cell", "cell-
 
 def read_lines(paths):
     """Result lines (dicts with an attention time and no error) of the given JSON-lines files."""
-    out = []
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "error" in d or "attention_ms" not in d:
-                    continue
-                if d.get("path", "auto") != "auto" or d.get("nhwc_tail", "default") not in ("default", 0):
-                    continue
-                out.append(d)
-    return out
+    return [d for d in json_objects(paths)
+            if "error" not in d and "attention_ms" in d and d.get("path", "auto") == "auto" and default_tail(d)]
 
 
 def summarize(lines):

@@ -98,7 +98,7 @@ K::AlignedFloatVector forwardLikeBuffer(size_t n)
     K::AlignedFloatVector buffer;
     buffer.reserve(n);
     K::adviseHugePages(buffer.data(), n * sizeof(float));
-    buffer.resize(n);
+    buffer.assign(n, 0.f);  // touched now, as a workspace reused across calls is
     return buffer;
 }
 

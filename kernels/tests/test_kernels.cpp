@@ -841,6 +841,35 @@ TEST(Forward, RepeatedCallsReuseTheWorkspace)
     EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
 }
 
+// The workspace's allocator leaves resized floats unwritten (no single-threaded zeroing of fresh
+// scratch): every buffer must be written in full before it is read. Scratch left full of NaN, in
+// both shapes (with and without the guide resize and its second encoder buffer), must not reach
+// the output.
+TEST(Forward, StaleWorkspaceContentsNeverReachTheOutput)
+{
+    RandomNafWeights weights(45);
+    const std::vector<ForwardShape> shapes = {makeShape(90, 70, 8, 5, 4, 20, 16), makeShape(41, 53, 8, 5, 7, 41, 53)};
+    for (const ForwardShape& shape : shapes)
+    {
+        const auto image = randomUniform(3 * shape.imageH * shape.imageW, 46, 0.f, 1.f);
+        const auto features = randomUniform(shape.channels * shape.lowH * shape.lowW, 47);
+        std::vector<float> clean(static_cast<size_t>(shape.channels) * shape.outH * shape.outW), poisoned(clean.size());
+        Workspace fresh, stale;
+        forward(weights.cfg, weights.view, image.data(), features.data(), clean.data(), shape, fresh, pool());
+        reserveWorkspace(weights.cfg, weights.view, shape, stale);
+        for (AlignedFloatVector* buffer :
+             {&stale.normalized, &stale.guide, &stale.bufA, &stale.bufB, &stale.queries, &stale.keys})
+        {
+            const size_t capacity = buffer->capacity();
+            buffer->assign(capacity, std::nanf(""));
+            buffer->clear();  // keeps the NaNs in the allocation: the next resize does not write them
+        }
+        forward(weights.cfg, weights.view, image.data(), features.data(), poisoned.data(), shape, stale, pool());
+        EXPECT_EQ(0, std::memcmp(clean.data(), poisoned.data(), clean.size() * sizeof(float)))
+            << "shape " << shape.imageH << "x" << shape.imageW << " -> " << shape.outH << "x" << shape.outW;
+    }
+}
+
 // The module writes into the caller's dst only after reserveWorkspace() for every batch item:
 // the forward must then not grow any scratch buffer (an allocation failure after the first
 // output byte would leave dst half-written). One item needs the guide resize, one does not.

@@ -10,6 +10,8 @@
 #include <functional>
 #include <new>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "naf_kernels/window.hpp"
@@ -109,7 +111,8 @@ struct PackedConvWeights
 
 /// Allocator on 64-byte (cache line) boundaries: the convolutions write whole lines of a channel
 /// plane with non-temporal stores only where the plane's rows start on one (a plain large
-/// std::vector starts 16 bytes past a page).
+/// std::vector starts 16 bytes past a page). Elements are default-initialised: a resize() leaves
+/// floats unwritten (every Workspace buffer is written in full before it is read).
 template <class T>
 struct CacheLineAllocator
 {
@@ -122,6 +125,18 @@ struct CacheLineAllocator
     }
     T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlignment)); }
     void deallocate(T* p, size_t) noexcept { ::operator delete(p, kAlignment); }
+    /// Default-initialises: resize() leaves new floats unwritten instead of zeroing them on one
+    /// thread, so a fresh buffer's pages are first touched by the parallel kernels that fill it.
+    template <class U>
+    void construct(U* p) noexcept(std::is_nothrow_default_constructible<U>::value)
+    {
+        ::new (static_cast<void*>(p)) U;
+    }
+    template <class U, class... Args>
+    void construct(U* p, Args&&... args)
+    {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
     template <class U>
     bool operator==(const CacheLineAllocator<U>&) const noexcept
     {

@@ -6,7 +6,6 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -27,33 +26,8 @@ namespace {
 
 namespace K = ::naf::kernels;
 
-// std::allocator that leaves elements default-initialized (floats uninitialized) when a vector
-// is sized: for buffers that are written whole right after, by several threads.
-template <class T>
-struct DefaultInitAllocator : std::allocator<T>
-{
-    template <class U>
-    struct rebind
-    {
-        using other = DefaultInitAllocator<U>;
-    };
-    DefaultInitAllocator() = default;
-    template <class U>
-    DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept
-    {
-    }
-    template <class U>
-    void construct(U* p) noexcept(std::is_nothrow_default_constructible<U>::value)
-    {
-        ::new (static_cast<void*>(p)) U;
-    }
-    template <class U, class... Args>
-    void construct(U* p, Args&&... args)
-    {
-        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-    }
-};
-using PlanarImage = std::vector<float, DefaultInitAllocator<float>>;  // 3 x H x W RGB in [0, 1]
+// 3 x H x W RGB in [0, 1]; default-initialised when sized (written whole right after, in parallel).
+using PlanarImage = K::AlignedFloatVector;
 
 K::ParallelFor opencvParallelFor()
 {

@@ -424,8 +424,8 @@ TEST(Cuda, CellTensorCoreAttentionMatchesTiledAndCpu)
 
 // AttentionKernel::Measured: on the first forward at a size it times the kernels that run there
 // and keeps the fastest, so its result is one of theirs (against the CPU in every mode), the same
-// kernel runs on the next call at that size, and where the cell work list does not pay only the
-// tiled kernels (or the general one) can be chosen.
+// kernel runs on the next call at that size (also after another size was measured), and where
+// the cell work list does not pay only the tiled kernels (or the general one) can be chosen.
 TEST(Cuda, MeasuredAttentionKeepsOneKernelPerSize)
 {
     NAF_SKIP_WITHOUT_GPU();
@@ -452,8 +452,8 @@ TEST(Cuda, MeasuredAttentionKeepsOneKernelPerSize)
     EXPECT_TRUE(among(smallChosen, {cuda::AttentionKernel::Tiled, cuda::AttentionKernel::TiledChunked,
                                     cuda::AttentionKernel::General}))
         << static_cast<int>(smallChosen);
-    (void)gpuForward(engine, makeInputs(sixteen, seed++), sixteen, cuda::MathMode::FP32);  // back: measured again
-    EXPECT_TRUE(among(engine.lastAttentionKernel(), cellOrTiled));
+    (void)gpuForward(engine, makeInputs(sixteen, seed++), sixteen, cuda::MathMode::FP32);
+    EXPECT_EQ(engine.lastAttentionKernel(), chosen) << "back at the first size: its kept kernel, not measured again";
     EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Measured);
     std::printf("[ cuda     ] Measured kept kernel %d at %s and %d at %s\n", static_cast<int>(chosen),
                 describe(sixteen).c_str(), static_cast<int>(smallChosen), describe(small).c_str());
@@ -646,18 +646,22 @@ TEST(Cuda, DeviceForwardEqualsHostForwardAndReportsStageTimes)
 }
 
 // Engine::forward's output copy through the pinned staging buffers: an output of 3 full 32 MiB
-// chunks and a partial one (not a whole number of 4 MiB host stripes), with the host copy on the
-// calling thread and on 3 threads, and into page-locked memory (written directly), all equal to
-// forwardDevice's output bit for bit.
+// chunks and a partial one of several 4 MiB host stripes, the last of them partial too, with the
+// host copy on the calling thread and on 3 threads, and into page-locked memory (written
+// directly), all equal to forwardDevice's output bit for bit. Device memory as the host output
+// is refused before anything runs.
 TEST(Cuda, HostForwardCopiesLargeOutputsThroughPinnedChunks)
 {
     NAF_SKIP_WITHOUT_GPU();
     const RandomNafWeights w(25);
-    const ForwardShape s = makeShape(251, 263, 384, 19, 21, 251, 263, 9);
+    const ForwardShape s = makeShape(279, 279, 384, 19, 21, 279, 279, 9);
     const Inputs in = makeInputs(s, 10);
     const size_t outCount = static_cast<size_t>(s.channels) * s.outH * s.outW;
-    ASSERT_GT(outCount * sizeof(float), size_t(96) << 20);
-    ASSERT_NE(outCount * sizeof(float) % (size_t(4) << 20), 0u);
+    const size_t chunk = size_t(32) << 20, stripe = size_t(4) << 20;
+    const size_t lastChunk = outCount * sizeof(float) % chunk;
+    ASSERT_EQ(outCount * sizeof(float) / chunk, 3u);
+    ASSERT_GT(lastChunk, stripe) << "the partial chunk is copied in stripes";
+    ASSERT_NE(lastChunk % stripe, 0u) << "and ends on a partial stripe";
     cuda::Engine engine(w.cfg, w.view);
     std::vector<float> viaDevice;
     ASSERT_NO_FATAL_FAILURE(deviceForward(engine, in, s, cuda::MathMode::TF32, viaDevice));
@@ -676,6 +680,14 @@ TEST(Cuda, HostForwardCopiesLargeOutputsThroughPinnedChunks)
     engine.forward(in.image.data(), in.features.data(), pinned, s, cuda::MathMode::TF32);
     EXPECT_EQ(0, std::memcmp(pinned, viaDevice.data(), outCount * sizeof(float)));
     cudaFreeHost(pinned);
+
+    float* onDevice = nullptr;
+    ASSERT_EQ(cudaMalloc(&onDevice, outCount * sizeof(float)), cudaSuccess);
+    EXPECT_THROW(engine.forward(in.image.data(), in.features.data(), onDevice, s, cuda::MathMode::TF32),
+                 std::invalid_argument);
+    cudaFree(onDevice);
+    const std::vector<float> after = gpuForward(engine, in, s, cuda::MathMode::TF32);
+    EXPECT_EQ(0, std::memcmp(after.data(), viaDevice.data(), outCount * sizeof(float))) << "usable after the refusal";
 }
 
 TEST(Cuda, OneEngineServesDifferentlySizedCalls)

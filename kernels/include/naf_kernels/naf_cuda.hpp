@@ -75,10 +75,11 @@ enum class AttentionKernel
     /// (docs/PERFORMANCE.md, GPU item 26)
     CellTensorCore,
     /// On the first forward at each size, times every kernel above that runs there (Tiled,
-    /// TiledChunked, and Cell and CellTensorCore where the cell work list is worthwhile; two
-    /// launches each, CUDA events, the faster kept) and keeps the fastest for that size. That first
-    /// forward waits for the timings and costs about eight more attention passes; later ones run
-    /// the kept kernel (lastAttentionKernel() names it). Chooses per device without a rule
+    /// TiledChunked, and Cell and CellTensorCore where the cell work list is worthwhile; three
+    /// launches each, back to back, the first untimed, the faster of the other two by CUDA events)
+    /// and keeps the fastest for that size. That first forward waits for the timings and costs
+    /// about twelve more attention passes; later ones at any size measured before run its kept
+    /// kernel (lastAttentionKernel() names it). Chooses per device without a rule
     /// measured on another card. Written without a GPU, not yet run (GPU item 28)
     Measured
 };
@@ -110,7 +111,8 @@ public:
     /// range), so a refused call leaves it as it was. The output comes back through two pinned
     /// host buffers of up to 32 MiB each (kept by the engine), chunk by chunk, each chunk copied
     /// into hostOut by setHostParallelFor's threads while the device copies the next; a hostOut
-    /// that is itself page-locked (cudaHostAlloc, cudaHostRegister) is written directly.
+    /// that is itself page-locked (cudaHostAlloc, cudaHostRegister) is written directly. A hostOut
+    /// in device memory is refused (std::invalid_argument) before anything runs: see forwardDevice.
     void forward(const float* hostImage, const float* hostFeatures, float* hostOut, const ForwardShape& shape,
                  MathMode mode, AttentionProbe* probe = nullptr);
 

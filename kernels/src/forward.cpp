@@ -89,21 +89,34 @@ bool poolIsIdentity(int gh, int gw, int outH, int outW)
     return gh == outH && gw == outW;
 }
 
+// The rule that places the encoder's activation buffers (bufA, then bufB where pooling is not the
+// identity): in the lent memory while one still fits there, else in the workspace. Shared by
+// reserveWorkspace (which reserves only the rest) and encodeQueries, so that the two agree.
+bool takeFromLent(size_t floats, size_t* lentFloats)
+{
+    if (*lentFloats < floats) return false;
+    *lentFloats -= floats;
+    return true;
+}
+
+size_t activationFloats(const NafWeights& weights, int gh, int gw)
+{
+    const size_t hidden = static_cast<size_t>(std::max(weights.pointBranch.stem.cout, weights.contextBranch.stem.cout));
+    return hidden * gh * gw;
+}
+
 void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const float* guide, int gh, int gw,
-               float* pooledOut, int outH, int outW, Workspace& ws, const ParallelFor& parallel)
+               float* pooledOut, int outH, int outW, float* odd, float* secondBuffer, Workspace& ws,
+               const ParallelFor& parallel)
 {
     const int hidden = branch.stem.cout;
-    const size_t plane = static_cast<size_t>(gh) * gw;
     // Two activation buffers in turn: the stem and every conv2 write `even`, every conv1 writes
     // `odd`. When the guide already has the output size, pooling is the identity and `even` is the
     // branch's own slice of the queries: the last convolution lands there, and the slice serves as
     // the second buffer until then (no convolution reads the buffer it writes), which saves one
     // 128-channel buffer at guide resolution (2 GB at 2016x2016).
     const bool identity = poolIsIdentity(gh, gw, outH, outW);
-    ws.bufA.resize(hidden * plane);
-    if (!identity) ws.bufB.resize(hidden * plane);
-    float* even = identity ? pooledOut : ws.bufB.data();
-    float* odd = ws.bufA.data();
+    float* even = identity ? pooledOut : secondBuffer;
     // GroupNorm + SiLU of `in`, then conv into `out`. A 1x1 convolution reads its input through the
     // activation (the same bits), which saves the in-place pass over the tensor: 2-9 % of the
     // encoder (PERFORMANCE item 21).
@@ -136,7 +149,7 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
 }  // namespace
 
 void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH, int imageW,
-                   int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel)
+                   int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel, LentScratch lent)
 {
     const size_t imagePlane = static_cast<size_t>(imageH) * imageW;
     int gh = 0, gw = 0;
@@ -158,11 +171,27 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
         ws.guide.resize(3 * static_cast<size_t>(gh) * gw);
         resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
     }
+    // The activation buffers: in the lent memory where they fit (takeFromLent), else the workspace's.
+    const size_t bufferFloats = activationFloats(weights, gh, gw);
+    size_t lentFloats = lent.data ? lent.floats : 0;
+    float* nextLent = lent.data;
+    auto activationBuffer = [&](AlignedFloatVector& own) {
+        if (!takeFromLent(bufferFloats, &lentFloats))
+        {
+            own.resize(bufferFloats);
+            return own.data();
+        }
+        float* const buffer = nextLent;
+        nextLent += bufferFloats;
+        return buffer;
+    };
+    float* const odd = activationBuffer(ws.bufA);
+    float* const second = poolIsIdentity(gh, gw, outH, outW) ? nullptr : activationBuffer(ws.bufB);
     const int hidden = weights.pointBranch.stem.cout;
     const size_t outPlane = static_cast<size_t>(outH) * outW;
-    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, ws, parallel);
-    runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, queries + hidden * outPlane, outH, outW, ws,
-              parallel);
+    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, odd, second, ws, parallel);
+    runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, queries + hidden * outPlane, outH, outW, odd,
+              second, ws, parallel);
     applyRope(queries, cfg.dim, outH, outW, cfg.headsRope, weights.ropePeriods, parallel);
 }
 
@@ -173,12 +202,15 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
     const size_t imagePlane = static_cast<size_t>(shape.imageH) * shape.imageW;
     const size_t guidePlane = static_cast<size_t>(gh) * gw;
-    const size_t hidden = static_cast<size_t>(std::max(weights.pointBranch.stem.cout, weights.contextBranch.stem.cout));
     const bool resize = gh != shape.imageH || gw != shape.imageW;
     if (resize) ws.normalized.reserve(3 * imagePlane);
     ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
-    ws.bufA.reserve(hidden * guidePlane);
-    if (!poolIsIdentity(gh, gw, shape.outH, shape.outW)) ws.bufB.reserve(hidden * guidePlane);
+    // forward() lends its output to the encoder: only the activation buffers that do not fit there.
+    const size_t bufferFloats = activationFloats(weights, gh, gw);
+    size_t lentFloats = static_cast<size_t>(shape.channels) * shape.outH * shape.outW;
+    if (!takeFromLent(bufferFloats, &lentFloats)) ws.bufA.reserve(bufferFloats);
+    if (!poolIsIdentity(gh, gw, shape.outH, shape.outW) && !takeFromLent(bufferFloats, &lentFloats))
+        ws.bufB.reserve(bufferFloats);
     ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.
@@ -195,10 +227,24 @@ void forward(const NafConfig& cfg, const NafWeights& weights, const float* image
         throw std::invalid_argument("NAF forward: probe pixel (x=" + std::to_string(probe->x) + ", y=" +
                                     std::to_string(probe->y) + ") is outside the " + std::to_string(shape.outW) +
                                     "x" + std::to_string(shape.outH) + " output");
-    adviseHugePages(out, sizeof(float) * shape.channels * shape.outH * shape.outW);
+    const size_t outFloats = static_cast<size_t>(shape.channels) * shape.outH * shape.outW;
+    auto overlapsOut = [&](const float* p, size_t floats) {
+        const uintptr_t a = reinterpret_cast<uintptr_t>(p), o = reinterpret_cast<uintptr_t>(out);
+        return a < o + outFloats * sizeof(float) && o < a + floats * sizeof(float);
+    };
+    if (overlapsOut(image, 3 * static_cast<size_t>(shape.imageH) * shape.imageW))
+        throw std::invalid_argument("NAF forward: the output overlaps the image (the output is the encoder's scratch)");
+    if (overlapsOut(features, static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW))
+        throw std::invalid_argument("NAF forward: the output overlaps the features");
+    adviseHugePages(out, sizeof(float) * outFloats);
     ws.queries.resize(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+    // The output is free until the attention writes it: the encoder's activations live there
+    // when they fit (2 GB less at 2016x2016; PERFORMANCE item 41).
+    LentScratch lent;
+    lent.data = out;
+    lent.floats = outFloats;
     encodeQueries(cfg, weights, image, shape.imageH, shape.imageW, shape.outH, shape.outW, ws.queries.data(), ws,
-                  parallel);
+                  parallel, lent);
     ws.keys.resize(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     adaptiveAvgPool(ws.queries.data(), cfg.dim, shape.outH, shape.outW, ws.keys.data(), shape.lowH, shape.lowW,
                     parallel);

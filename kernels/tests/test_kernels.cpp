@@ -870,6 +870,77 @@ TEST(Forward, StaleWorkspaceContentsNeverReachTheOutput)
     }
 }
 
+// forward() lends its output to the encoder for the activation buffers that fit there (128
+// channels at guide size each), so they take no workspace memory: the same bits as the encoder
+// on its own workspace followed by the pooling and the attention, into an output that starts as
+// NaN. Three cases: the guide has the output size (one buffer, it fits); the guide is pooled to
+// the output size (two buffers) with room for one; with room for both.
+TEST(Forward, OutputHostsTheEncoderActivationsThatFit)
+{
+    RandomNafWeights weights(48);
+    struct Case
+    {
+        ForwardShape shape;
+        bool bufAInOutput, bufBInOutput;
+    };
+    const std::vector<Case> cases = {
+        {makeShape(41, 53, 128, 5, 7, 41, 53), true, false},  // bufB is never needed here
+        {makeShape(50, 40, 800, 5, 4, 20, 16), true, false},  // 800 x 320 floats hold one 128 x 2000
+        {makeShape(50, 40, 1600, 5, 4, 20, 16), true, true},
+        {makeShape(41, 53, 124, 5, 7, 41, 53), false, false},  // 124 < 128 channels: the workspace's
+    };
+    for (const Case& c : cases)
+    {
+        const ForwardShape& s = c.shape;
+        SCOPED_TRACE(std::to_string(s.channels) + " channels, " + std::to_string(s.outH) + "x" + std::to_string(s.outW));
+        const auto image = randomUniform(3 * s.imageH * s.imageW, 49, 0.f, 1.f);
+        const auto features = randomUniform(s.channels * s.lowH * s.lowW, 50);
+        const size_t outFloats = static_cast<size_t>(s.channels) * s.outH * s.outW;
+
+        // Reference: the encoder on its own workspace only, then keys and attention.
+        Workspace own;
+        std::vector<float> queries(static_cast<size_t>(weights.cfg.dim) * s.outH * s.outW);
+        std::vector<float> keys(static_cast<size_t>(weights.cfg.dim) * s.lowH * s.lowW), expected(outFloats);
+        encodeQueries(weights.cfg, weights.view, image.data(), s.imageH, s.imageW, s.outH, s.outW, queries.data(), own,
+                      pool());
+        EXPECT_GT(own.bufA.capacity(), 0u);
+        adaptiveAvgPool(queries.data(), weights.cfg.dim, s.outH, s.outW, keys.data(), s.lowH, s.lowW, pool());
+        neighborhoodAttention(queries.data(), keys.data(), features.data(), expected.data(), weights.cfg.dim, s.channels,
+                              weights.cfg.headsAttn, s.lowH, s.lowW, s.outH, s.outW, s.kernelSize,
+                              1.f / std::sqrt(static_cast<float>(weights.cfg.dim / weights.cfg.headsAttn)), pool());
+
+        Workspace ws;
+        reserveWorkspace(weights.cfg, weights.view, s, ws);
+        EXPECT_EQ(ws.bufA.capacity() == 0, c.bufAInOutput);
+        AlignedFloatVector out(outFloats, std::nanf(""));
+        forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), s, ws, pool());
+        EXPECT_EQ(0, std::memcmp(out.data(), expected.data(), outFloats * sizeof(float)));
+        EXPECT_EQ(ws.bufA.capacity() == 0, c.bufAInOutput) << "forward agrees with reserveWorkspace";
+        EXPECT_EQ(ws.bufB.capacity() == 0, c.bufBInOutput || s.outH == s.imageH);
+    }
+}
+
+TEST(Forward, RefusesAnOutputOverlappingItsInputs)
+{
+    RandomNafWeights weights(51);
+    const ForwardShape s = makeShape(20, 24, 8, 4, 5, 20, 24);
+    const size_t imageFloats = 3 * static_cast<size_t>(s.imageH) * s.imageW;
+    const size_t featureFloats = static_cast<size_t>(s.channels) * s.lowH * s.lowW;
+    const size_t outFloats = static_cast<size_t>(s.channels) * s.outH * s.outW;
+    std::vector<float> arena(imageFloats + featureFloats + outFloats, 0.5f);
+    Workspace ws;
+    // The output starting inside the features, then ending inside the image.
+    EXPECT_THROW(forward(weights.cfg, weights.view, arena.data(), arena.data() + imageFloats,
+                         arena.data() + imageFloats + featureFloats - 1, s, ws, pool()),
+                 std::invalid_argument);
+    EXPECT_THROW(forward(weights.cfg, weights.view, arena.data() + outFloats - 1, arena.data() + outFloats + imageFloats,
+                         arena.data(), s, ws, pool()),
+                 std::invalid_argument);
+    // Adjacent but separate: accepted.
+    EXPECT_NO_THROW(forward(weights.cfg, weights.view, arena.data(), arena.data() + imageFloats,
+                            arena.data() + imageFloats + featureFloats, s, ws, pool()));
+}
+
 // The module writes into the caller's dst only after reserveWorkspace() for every batch item:
 // the forward must then not grow any scratch buffer (an allocation failure after the first
 // output byte would leave dst half-written). One item needs the guide resize, one does not.

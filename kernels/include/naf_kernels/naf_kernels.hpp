@@ -169,6 +169,7 @@ void adviseHugePages(void* data, size_t bytes);
 
 /// Grows `ws` so that forward() with `shape` allocates nothing: call it for every item before
 /// writing into a caller's output, so a std::bad_alloc cannot come after the first output byte.
+/// Leaves out the encoder buffers that forward() places in its output (LentScratch).
 void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const ForwardShape& shape, Workspace& ws);
 
 /// Size of the guide image the encoder runs on (official rule: resized only when larger than
@@ -229,12 +230,25 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
 
 // ---- whole forward (CPU) ---------------------------------------------------------------------
 
+/// Memory a caller lends to encodeQueries for its activation buffers (128 channels at guide
+/// size each; one, or two when the guide is pooled to the output size). Those that fit go there
+/// instead of into the Workspace, and its contents are overwritten. Best on a 64-byte boundary.
+struct LentScratch
+{
+    float* data = nullptr;
+    size_t floats = 0;
+};
+
 /// Guide encoder: image [3,imageH,imageW] RGB in [0,1] -> RoPE'd queries [dim,outH,outW].
 void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH, int imageW,
-                   int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel);
+                   int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel,
+                   LentScratch lent = LentScratch());
 
 /// The whole NAF forward for one image: image [3,imageH,imageW] RGB in [0,1] (normalized with
-/// cfg.mean/stdev inside), features [channels,lowH,lowW] -> out [channels,outH,outW].
+/// cfg.mean/stdev inside), features [channels,lowH,lowW] -> out [channels,outH,outW]. `out` is
+/// also the encoder's scratch until the attention writes it (LentScratch), so it must not
+/// overlap the image or the features (std::invalid_argument); what it held before does not
+/// matter.
 void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,
              const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe = nullptr);
 

@@ -1,4 +1,5 @@
 // cv::naf::NAF: validates inputs, converts cv::Mat <-> kernel tensors, dispatches CPU / CUDA.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -108,10 +109,14 @@ size_t estimateCallBytes(const K::NafConfig& cfg, const std::vector<Size>& image
         K::guideSize(img.height, img.width, dstSize.height, dstSize.width, cfg.maxGuideScale, &gh, &gw);
         size_t item = checkedProduct({3, img.height, img.width, f}, what);                 // normalized image
         item = checkedSum(item, checkedProduct({3, gh, gw, f}, what), what);                // guide
-        // Encoder activations: 2 x dim/2 channels at guide size, 1 x when the guide has the output
-        // size (the queries' slice of the branch is the second buffer then).
-        const int64_t activationChannels = gh == dstSize.height && gw == dstSize.width ? cfg.dim / 2 : cfg.dim;
-        item = checkedSum(item, checkedProduct({activationChannels, gh, gw, f}, what), what);
+        // Encoder activations: 2 buffers of dim/2 channels at guide size, 1 when the guide has the
+        // output size (the queries' slice of the branch is the second buffer then); those that fit
+        // in the item's output are placed there (kernels::LentScratch), the rest in the workspace.
+        const int buffers = gh == dstSize.height && gw == dstSize.width ? 1 : 2;
+        const size_t bufferBytes = checkedProduct({cfg.dim / 2, gh, gw, f}, what);
+        const size_t outputBytes = checkedProduct({c, dstSize.height, dstSize.width, f}, what);
+        const int inOutput = static_cast<int>(std::min<size_t>(buffers, outputBytes / std::max<size_t>(bufferBytes, 1)));
+        item = checkedSum(item, checkedProduct({buffers - inOutput, cfg.dim / 2, gh, gw, f}, what), what);
         item = checkedSum(item, checkedProduct({cfg.dim, dstSize.height, dstSize.width, f}, what), what);  // queries
         item = checkedSum(item, checkedProduct({2 * static_cast<int64_t>(cfg.dim) + c, h, w, f}, what), what);
         item = checkedSum(item, checkedProduct({getNumThreads() + 1, cfg.dim + static_cast<int64_t>(c), dstSize.width, f}, what), what);
@@ -417,8 +422,9 @@ private:
         // that reuses one Mat): a fresh 4-D output costs a page fault per 4 KiB on first touch, a
         // large part of a call (copying 308 MB into fresh memory took 120 ms here against 15 ms
         // into reused memory; the CUDA path's copy to the host pays it too). On the CPU every
-        // allocation happens before that (reserveWorkspace) and the kernels write the output last,
-        // so nothing after the first output byte can fail on valid input. The CUDA engine copies
+        // allocation happens before that (reserveWorkspace), so nothing after the first output
+        // byte can fail on valid input (the encoder's activations use the output as scratch
+        // before the attention writes it). The CUDA engine copies
         // the output to the host after its last refusal (FP16's range), so one item is safe too;
         // a CUDA batch could be refused at item 2 with item 1 written. Otherwise (a CUDA batch,
         // another shape, dst aliasing the features) the result goes to a fresh blob that is

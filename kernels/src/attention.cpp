@@ -22,6 +22,11 @@ struct AttentionGeometry
     int dim, channels, heads, headDim, headValues;
     int lowH, lowW, outH, outW, kh, kw;
     float scale;
+    // Output planes below this one may be streamed (non-temporal stores); the planes from here on
+    // hold the queries when these lie in the output: their lines were just read into the cache
+    // for this run's queries, so a plain store is cheaper than a streaming one, which would evict
+    // them.
+    int streamedPlanes;
     std::vector<int> rowIndex;  // [outH * kh]
     std::vector<int> colIndex;  // [outW * kw]
 };
@@ -128,11 +133,11 @@ NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
 // at the end of its rows). Other runs are stored as before: split across two lines, they would go
 // out as two partial copies.
 template <bool kAvx512>
-NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len)
+NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len, bool stream)
 {
 #if NAF_X86_SIMD
     if constexpr (kAvx512)
-        if (len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
+        if (stream && len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
             streamLineAvx512(p, v);
             return;
@@ -196,6 +201,10 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                 }
             }
         }
+        // Each head reads its queries before it writes its output planes: when the queries lie in
+        // the output's last dim planes (forward() with channels >= dim), the planes written by
+        // heads 0..h, [0, (h + 1) * headValues), stay below head h + 1's queries, which start at
+        // channels - dim + (h + 1) * headDim, as headValues >= headDim.
         for (int h = 0; h < g.heads; ++h)
         {
             for (int r = 0; r < R; ++r)
@@ -269,10 +278,11 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                         for (int r = 0; r < R; ++r) acc[r][i] += logits[r * n + t] * vi;
                     }
                 }
+                const bool stream = h * g.headValues + cv + 8 <= g.streamedPlanes;
                 for (int r = 0; r < R; ++r)
                     for (int i = 0; i < 8; ++i)
                         storeOutputRun<kAvx512>(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW,
-                                                acc[r][i], len);
+                                                acc[r][i], len, stream);
             }
             for (; cv < g.headValues; ++cv)
             {
@@ -283,7 +293,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                     for (int r = 0; r < R; ++r) acc[r] += logits[r * n + t] * v;
                 }
                 for (int r = 0; r < R; ++r)
-                    storeOutputRun<kAvx512>(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len);
+                    storeOutputRun<kAvx512>(outHead + cv * outPlane + static_cast<size_t>(r) * g.outW, acc[r], len,
+                                            h * g.headValues + cv < g.streamedPlanes);
             }
         }
         x0 += len;
@@ -353,6 +364,10 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
     g.kh = effectiveKernel(kernelSize, lowH);
     g.kw = effectiveKernel(kernelSize, lowW);
     g.scale = scale;
+    const size_t outPlane = static_cast<size_t>(outH) * outW;
+    const uintptr_t q = reinterpret_cast<uintptr_t>(queries), o = reinterpret_cast<uintptr_t>(out);
+    const bool queriesInOut = q >= o && q < o + sizeof(float) * channels * outPlane;
+    g.streamedPlanes = queriesInOut ? static_cast<int>((q - o) / (sizeof(float) * outPlane)) : channels;
     g.rowIndex = axisTable(outH, lowH, g.kh);
     g.colIndex = axisTable(outW, lowW, g.kw);
 
@@ -378,6 +393,14 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
         y += pair ? 2 : 1;
     }
     firstRow.push_back(outH);
+    // The probe pixel's query, read before the output is written: the queries may lie in it.
+    std::vector<float> probeQuery;
+    if (probe)
+    {
+        probeQuery.resize(dim);
+        for (int c = 0; c < dim; ++c)
+            probeQuery[c] = queries[c * outPlane + static_cast<size_t>(probe->y) * outW + probe->x];
+    }
     parallel(static_cast<int64_t>(firstRow.size()) - 1, [&](int64_t begin, int64_t end) {
         RowScratch scratch;
         for (int64_t item = begin; item < end; ++item)
@@ -403,11 +426,8 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
         probe->lowX.assign(g.colIndex.begin() + static_cast<size_t>(probe->x) * g.kw,
                            g.colIndex.begin() + static_cast<size_t>(probe->x + 1) * g.kw);
         probe->weights.assign(static_cast<size_t>(heads) * g.kh * g.kw, 0.f);
-        std::vector<float> query(dim);
-        const size_t outPlane = static_cast<size_t>(outH) * outW;
-        for (int c = 0; c < dim; ++c) query[c] = queries[c * outPlane + static_cast<size_t>(probe->y) * outW + probe->x];
         for (int h = 0; h < heads; ++h)
-            pixelHeadWeights(g, query.data() + h * g.headDim, keysT.data() + h * g.headDim, probe->lowY.data(),
+            pixelHeadWeights(g, probeQuery.data() + h * g.headDim, keysT.data() + h * g.headDim, probe->lowY.data(),
                              probe->lowX.data(), probe->weights.data() + static_cast<size_t>(h) * g.kh * g.kw);
     }
 }

@@ -99,6 +99,21 @@ bool takeFromLent(size_t floats, size_t* lentFloats)
     return true;
 }
 
+// forward() keeps the queries in the output's last dim planes when it has that many channels
+// (the attention reads each head's queries before it writes over them), and lends the planes
+// before them to the encoder: at 2016x2016 with 384 channels that holds the queries (4.2 GB)
+// and the encoder's activation buffer (2.1 GB), which the workspace then does without.
+bool queriesInOutput(const NafConfig& cfg, const ForwardShape& shape)
+{
+    return shape.channels >= cfg.dim;
+}
+
+size_t lendableOutputFloats(const NafConfig& cfg, const ForwardShape& shape)
+{
+    const int used = queriesInOutput(cfg, shape) ? cfg.dim : 0;
+    return static_cast<size_t>(shape.channels - used) * shape.outH * shape.outW;
+}
+
 size_t activationFloats(const NafWeights& weights, int gh, int gw)
 {
     const size_t hidden = static_cast<size_t>(std::max(weights.pointBranch.stem.cout, weights.contextBranch.stem.cout));
@@ -207,11 +222,11 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
     // forward() lends its output to the encoder: only the activation buffers that do not fit there.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
-    size_t lentFloats = static_cast<size_t>(shape.channels) * shape.outH * shape.outW;
+    size_t lentFloats = lendableOutputFloats(cfg, shape);
     if (!takeFromLent(bufferFloats, &lentFloats)) ws.bufA.reserve(bufferFloats);
     if (!poolIsIdentity(gh, gw, shape.outH, shape.outW) && !takeFromLent(bufferFloats, &lentFloats))
         ws.bufB.reserve(bufferFloats);
-    ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+    if (!queriesInOutput(cfg, shape)) ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.
     for (AlignedFloatVector* buffer : {&ws.bufA, &ws.bufB, &ws.queries})
@@ -237,19 +252,26 @@ void forward(const NafConfig& cfg, const NafWeights& weights, const float* image
     if (overlapsOut(features, static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW))
         throw std::invalid_argument("NAF forward: the output overlaps the features");
     adviseHugePages(out, sizeof(float) * outFloats);
-    ws.queries.resize(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
-    // The output is free until the attention writes it: the encoder's activations live there
-    // when they fit (2 GB less at 2016x2016; PERFORMANCE item 41).
+    // The output is free until the attention writes it: the queries and the encoder's activations
+    // live there when they fit (6 GB less at 2016x2016; PERFORMANCE items 41-42).
+    float* queries = nullptr;
+    if (queriesInOutput(cfg, shape))
+    {
+        queries = out + (outFloats - static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+    }
+    else
+    {
+        ws.queries.resize(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+        queries = ws.queries.data();
+    }
     LentScratch lent;
     lent.data = out;
-    lent.floats = outFloats;
-    encodeQueries(cfg, weights, image, shape.imageH, shape.imageW, shape.outH, shape.outW, ws.queries.data(), ws,
-                  parallel, lent);
+    lent.floats = lendableOutputFloats(cfg, shape);
+    encodeQueries(cfg, weights, image, shape.imageH, shape.imageW, shape.outH, shape.outW, queries, ws, parallel, lent);
     ws.keys.resize(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
-    adaptiveAvgPool(ws.queries.data(), cfg.dim, shape.outH, shape.outW, ws.keys.data(), shape.lowH, shape.lowW,
-                    parallel);
+    adaptiveAvgPool(queries, cfg.dim, shape.outH, shape.outW, ws.keys.data(), shape.lowH, shape.lowW, parallel);
     const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
-    neighborhoodAttention(ws.queries.data(), ws.keys.data(), features, out, cfg.dim, shape.channels, cfg.headsAttn,
+    neighborhoodAttention(queries, ws.keys.data(), features, out, cfg.dim, shape.channels, cfg.headsAttn,
                           shape.lowH, shape.lowW, shape.outH, shape.outW, shape.kernelSize, scale, parallel, probe);
 }
 

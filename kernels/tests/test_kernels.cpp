@@ -870,24 +870,30 @@ TEST(Forward, StaleWorkspaceContentsNeverReachTheOutput)
     }
 }
 
-// forward() lends its output to the encoder for the activation buffers that fit there (128
-// channels at guide size each), so they take no workspace memory: the same bits as the encoder
-// on its own workspace followed by the pooling and the attention, into an output that starts as
-// NaN. Three cases: the guide has the output size (one buffer, it fits); the guide is pooled to
-// the output size (two buffers) with room for one; with room for both.
-TEST(Forward, OutputHostsTheEncoderActivationsThatFit)
+// Until the attention writes it, forward()'s output holds the queries (its last dim planes, when
+// it has that many channels) and, in the planes before them, the encoder's activation buffers
+// that fit (128 channels at guide size each), so none of these take workspace memory: the same
+// bits (and the same probe) as the encoder on its own workspace followed by the pooling and the
+// attention, into an output that starts as NaN. The guide has the output size (one activation
+// buffer) or is pooled to it (two), with room for everything, for part or for nothing.
+TEST(Forward, OutputHoldsTheQueriesAndTheEncoderActivationsThatFit)
 {
     RandomNafWeights weights(48);
+    ASSERT_EQ(weights.cfg.dim, 256);
     struct Case
     {
         ForwardShape shape;
-        bool bufAInOutput, bufBInOutput;
+        bool queriesInOutput, bufAInOutput, bufBInOutput;
     };
     const std::vector<Case> cases = {
-        {makeShape(41, 53, 128, 5, 7, 41, 53), true, false},  // bufB is never needed here
-        {makeShape(50, 40, 800, 5, 4, 20, 16), true, false},  // 800 x 320 floats hold one 128 x 2000
-        {makeShape(50, 40, 1600, 5, 4, 20, 16), true, true},
-        {makeShape(41, 53, 124, 5, 7, 41, 53), false, false},  // 124 < 128 channels: the workspace's
+        {makeShape(41, 53, 384, 5, 7, 41, 53), true, true, false},  // bufB is never needed here
+        {makeShape(41, 53, 256, 5, 7, 41, 53), true, false, false},
+        {makeShape(41, 53, 128, 5, 7, 41, 53), false, true, false},
+        {makeShape(41, 53, 124, 5, 7, 41, 53), false, false, false},
+        // Guide 50x40 pooled to 20x16: each buffer is 128 x 2000 floats, 800 output planes.
+        {makeShape(50, 40, 256 + 800, 5, 4, 20, 16), true, true, false},
+        {makeShape(50, 40, 256 + 1600, 5, 4, 20, 16), true, true, true},
+        {makeShape(50, 40, 800, 5, 4, 20, 16), true, false, false},
     };
     for (const Case& c : cases)
     {
@@ -896,6 +902,9 @@ TEST(Forward, OutputHostsTheEncoderActivationsThatFit)
         const auto image = randomUniform(3 * s.imageH * s.imageW, 49, 0.f, 1.f);
         const auto features = randomUniform(s.channels * s.lowH * s.lowW, 50);
         const size_t outFloats = static_cast<size_t>(s.channels) * s.outH * s.outW;
+        AttentionProbe expectedProbe, probe;
+        expectedProbe.y = probe.y = s.outH - 2;
+        expectedProbe.x = probe.x = 3;
 
         // Reference: the encoder on its own workspace only, then keys and attention.
         Workspace own;
@@ -907,16 +916,22 @@ TEST(Forward, OutputHostsTheEncoderActivationsThatFit)
         adaptiveAvgPool(queries.data(), weights.cfg.dim, s.outH, s.outW, keys.data(), s.lowH, s.lowW, pool());
         neighborhoodAttention(queries.data(), keys.data(), features.data(), expected.data(), weights.cfg.dim, s.channels,
                               weights.cfg.headsAttn, s.lowH, s.lowW, s.outH, s.outW, s.kernelSize,
-                              1.f / std::sqrt(static_cast<float>(weights.cfg.dim / weights.cfg.headsAttn)), pool());
+                              1.f / std::sqrt(static_cast<float>(weights.cfg.dim / weights.cfg.headsAttn)), pool(),
+                              &expectedProbe);
 
         Workspace ws;
         reserveWorkspace(weights.cfg, weights.view, s, ws);
-        EXPECT_EQ(ws.bufA.capacity() == 0, c.bufAInOutput);
+        auto placements = [&] {
+            return std::vector<bool>{ws.queries.capacity() == 0, ws.bufA.capacity() == 0,
+                                     ws.bufB.capacity() == 0 && s.outH != s.imageH};
+        };
+        const std::vector<bool> expectedPlacements = {c.queriesInOutput, c.bufAInOutput, c.bufBInOutput};
+        EXPECT_EQ(placements(), expectedPlacements);
         AlignedFloatVector out(outFloats, std::nanf(""));
-        forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), s, ws, pool());
+        forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), s, ws, pool(), &probe);
         EXPECT_EQ(0, std::memcmp(out.data(), expected.data(), outFloats * sizeof(float)));
-        EXPECT_EQ(ws.bufA.capacity() == 0, c.bufAInOutput) << "forward agrees with reserveWorkspace";
-        EXPECT_EQ(ws.bufB.capacity() == 0, c.bufBInOutput || s.outH == s.imageH);
+        EXPECT_EQ(probe.weights, expectedProbe.weights);
+        EXPECT_EQ(placements(), expectedPlacements) << "forward agrees with reserveWorkspace";
     }
 }
 

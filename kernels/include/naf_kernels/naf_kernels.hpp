@@ -223,7 +223,9 @@ void applyRope(float* data, int dim, int h, int w, int heads, const float* perio
 
 /// Cross-scale neighborhood attention. queries [dim,outH,outW], keys [dim,lowH,lowW],
 /// values [channels,lowH,lowW] -> out [channels,outH,outW]. Keys/values are read at low
-/// resolution through the window rule in window.hpp.
+/// resolution through the window rule in window.hpp. The queries may be out's last dim planes
+/// (queries == out + (channels - dim) * outH * outW, channels >= dim), as forward() places them:
+/// every query is read before anything overwrites it; any other overlap is not allowed.
 void neighborhoodAttention(const float* queries, const float* keys, const float* values, float* out, int dim,
                            int channels, int heads, int lowH, int lowW, int outH, int outW, int kernelSize,
                            float scale, const ParallelFor& parallel, AttentionProbe* probe = nullptr);
@@ -245,10 +247,11 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
                    LentScratch lent = LentScratch());
 
 /// The whole NAF forward for one image: image [3,imageH,imageW] RGB in [0,1] (normalized with
-/// cfg.mean/stdev inside), features [channels,lowH,lowW] -> out [channels,outH,outW]. `out` is
-/// also the encoder's scratch until the attention writes it (LentScratch), so it must not
-/// overlap the image or the features (std::invalid_argument); what it held before does not
-/// matter.
+/// cfg.mean/stdev inside), features [channels,lowH,lowW] -> out [channels,outH,outW]. Until the
+/// attention writes it, `out` holds the queries (its last dim planes, when channels >= dim; else
+/// they are the Workspace's) and the encoder's activation buffers that fit in the rest
+/// (LentScratch), so it must not overlap the image or the features (std::invalid_argument); what
+/// it held before does not matter.
 void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,
              const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe = nullptr);
 

@@ -247,10 +247,16 @@ void forward(const NafConfig& cfg, const NafWeights& weights, const float* image
         const uintptr_t a = reinterpret_cast<uintptr_t>(p), o = reinterpret_cast<uintptr_t>(out);
         return a < o + outFloats * sizeof(float) && o < a + floats * sizeof(float);
     };
-    if (overlapsOut(image, 3 * static_cast<size_t>(shape.imageH) * shape.imageW))
-        throw std::invalid_argument("NAF forward: the output overlaps the image (the output is the encoder's scratch)");
-    if (overlapsOut(features, static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW))
-        throw std::invalid_argument("NAF forward: the output overlaps the features");
+    auto refuseOverlap = [&](const char* what, const float* p, size_t floats) {
+        if (!overlapsOut(p, floats)) return;
+        const ptrdiff_t offset = reinterpret_cast<const char*>(p) - reinterpret_cast<const char*>(out);
+        throw std::invalid_argument(std::string("NAF forward: the output (") + std::to_string(outFloats) +
+                                    " floats) overlaps the " + what + " (" + std::to_string(floats) +
+                                    " floats, starting " + std::to_string(offset) +
+                                    " bytes from the output); the output is also the encoder's scratch");
+    };
+    refuseOverlap("image", image, 3 * static_cast<size_t>(shape.imageH) * shape.imageW);
+    refuseOverlap("features", features, static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW);
     adviseHugePages(out, sizeof(float) * outFloats);
     // The output is free until the attention writes it: the queries and the encoder's activations
     // live there when they fit (6 GB less at 2016x2016; PERFORMANCE items 41-42).

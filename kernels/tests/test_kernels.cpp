@@ -944,13 +944,27 @@ TEST(Forward, RefusesAnOutputOverlappingItsInputs)
     const size_t outFloats = static_cast<size_t>(s.channels) * s.outH * s.outW;
     std::vector<float> arena(imageFloats + featureFloats + outFloats, 0.5f);
     Workspace ws;
-    // The output starting inside the features, then ending inside the image.
-    EXPECT_THROW(forward(weights.cfg, weights.view, arena.data(), arena.data() + imageFloats,
-                         arena.data() + imageFloats + featureFloats - 1, s, ws, pool()),
-                 std::invalid_argument);
-    EXPECT_THROW(forward(weights.cfg, weights.view, arena.data() + outFloats - 1, arena.data() + outFloats + imageFloats,
-                         arena.data(), s, ws, pool()),
-                 std::invalid_argument);
+    auto refusal = [&](const float* image, const float* features, float* out) {
+        try
+        {
+            forward(weights.cfg, weights.view, image, features, out, s, ws, pool());
+        }
+        catch (const std::invalid_argument& e)
+        {
+            return std::string(e.what());
+        }
+        return std::string("no exception");
+    };
+    // The output starting on the features' last float, then ending on the image's first.
+    const std::string intoFeatures =
+        refusal(arena.data(), arena.data() + imageFloats, arena.data() + imageFloats + featureFloats - 1);
+    EXPECT_NE(intoFeatures.find("overlaps the features (" + std::to_string(featureFloats) + " floats, starting -" +
+                                std::to_string((featureFloats - 1) * sizeof(float)) + " bytes"),
+              std::string::npos)
+        << intoFeatures;
+    const std::string intoImage =
+        refusal(arena.data() + outFloats - 1, arena.data() + outFloats + imageFloats, arena.data());
+    EXPECT_NE(intoImage.find("overlaps the image"), std::string::npos) << intoImage;
     // Adjacent but separate: accepted.
     EXPECT_NO_THROW(forward(weights.cfg, weights.view, arena.data(), arena.data() + imageFloats,
                             arena.data() + imageFloats + featureFloats, s, ws, pool()));

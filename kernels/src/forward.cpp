@@ -80,6 +80,17 @@ void adviseHugePages(void* data, size_t bytes)
 #endif
 }
 
+bool queriesInOutput(const NafConfig& cfg, int channels)
+{
+    return channels >= cfg.dim;
+}
+
+int activationBuffersInOutput(size_t lendableFloats, size_t bufferFloats, int buffers)
+{
+    if (bufferFloats == 0) return buffers;
+    return static_cast<int>(std::min<size_t>(static_cast<size_t>(buffers), lendableFloats / bufferFloats));
+}
+
 namespace {
 
 // When the guide has the output size, pooling is the identity and each branch's slice of the
@@ -89,28 +100,9 @@ bool poolIsIdentity(int gh, int gw, int outH, int outW)
     return gh == outH && gw == outW;
 }
 
-// The rule that places the encoder's activation buffers (bufA, then bufB where pooling is not the
-// identity): in the lent memory while one still fits there, else in the workspace. Shared by
-// reserveWorkspace (which reserves only the rest) and encodeQueries, so that the two agree.
-bool takeFromLent(size_t floats, size_t* lentFloats)
-{
-    if (*lentFloats < floats) return false;
-    *lentFloats -= floats;
-    return true;
-}
-
-// forward() keeps the queries in the output's last dim planes when it has that many channels
-// (the attention reads each head's queries before it writes over them), and lends the planes
-// before them to the encoder: at 2016x2016 with 384 channels that holds the queries (4.2 GB)
-// and the encoder's activation buffer (2.1 GB), which the workspace then does without.
-bool queriesInOutput(const NafConfig& cfg, const ForwardShape& shape)
-{
-    return shape.channels >= cfg.dim;
-}
-
 size_t lendableOutputFloats(const NafConfig& cfg, const ForwardShape& shape)
 {
-    const int used = queriesInOutput(cfg, shape) ? cfg.dim : 0;
+    const int used = queriesInOutput(cfg, shape.channels) ? cfg.dim : 0;
     return static_cast<size_t>(shape.channels - used) * shape.outH * shape.outW;
 }
 
@@ -186,22 +178,18 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
         ws.guide.resize(3 * static_cast<size_t>(gh) * gw);
         resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
     }
-    // The activation buffers: in the lent memory where they fit (takeFromLent), else the workspace's.
+    // The activation buffers: the first `inLent` in the lent memory, one after another, the rest
+    // in the workspace.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
-    size_t lentFloats = lent.data ? lent.floats : 0;
-    float* nextLent = lent.data;
-    auto activationBuffer = [&](AlignedFloatVector& own) {
-        if (!takeFromLent(bufferFloats, &lentFloats))
-        {
-            own.resize(bufferFloats);
-            return own.data();
-        }
-        float* const buffer = nextLent;
-        nextLent += bufferFloats;
-        return buffer;
+    const int buffers = poolIsIdentity(gh, gw, outH, outW) ? 1 : 2;
+    const int inLent = activationBuffersInOutput(lent.data ? lent.floats : 0, bufferFloats, buffers);
+    auto activationBuffer = [&](int index, AlignedFloatVector& own) {
+        if (index < inLent) return lent.data + index * bufferFloats;
+        own.resize(bufferFloats);
+        return own.data();
     };
-    float* const odd = activationBuffer(ws.bufA);
-    float* const second = poolIsIdentity(gh, gw, outH, outW) ? nullptr : activationBuffer(ws.bufB);
+    float* const odd = activationBuffer(0, ws.bufA);
+    float* const second = buffers == 2 ? activationBuffer(1, ws.bufB) : nullptr;
     const int hidden = weights.pointBranch.stem.cout;
     const size_t outPlane = static_cast<size_t>(outH) * outW;
     runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, odd, second, ws, parallel);
@@ -222,11 +210,12 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
     // forward() lends its output to the encoder: only the activation buffers that do not fit there.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
-    size_t lentFloats = lendableOutputFloats(cfg, shape);
-    if (!takeFromLent(bufferFloats, &lentFloats)) ws.bufA.reserve(bufferFloats);
-    if (!poolIsIdentity(gh, gw, shape.outH, shape.outW) && !takeFromLent(bufferFloats, &lentFloats))
-        ws.bufB.reserve(bufferFloats);
-    if (!queriesInOutput(cfg, shape)) ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
+    const int buffers = poolIsIdentity(gh, gw, shape.outH, shape.outW) ? 1 : 2;
+    const int inOutput = activationBuffersInOutput(lendableOutputFloats(cfg, shape), bufferFloats, buffers);
+    if (inOutput < 1) ws.bufA.reserve(bufferFloats);
+    if (inOutput < buffers) ws.bufB.reserve(bufferFloats);  // only reached with two buffers
+    if (!queriesInOutput(cfg, shape.channels))
+        ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     // The convolutions read 128 channel planes at once: huge pages keep those reads in the TLB.
     for (AlignedFloatVector* buffer : {&ws.bufA, &ws.bufB, &ws.queries})
@@ -261,7 +250,7 @@ void forward(const NafConfig& cfg, const NafWeights& weights, const float* image
     // The output is free until the attention writes it: the queries and the encoder's activations
     // live there when they fit (6 GB less at 2016x2016; PERFORMANCE items 41-42).
     float* queries = nullptr;
-    if (queriesInOutput(cfg, shape))
+    if (queriesInOutput(cfg, shape.channels))
     {
         queries = out + (outFloats - static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     }

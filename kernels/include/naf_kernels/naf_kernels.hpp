@@ -167,6 +167,17 @@ struct Workspace
 /// buffers (benchmarks) can ask the same. Never fails.
 void adviseHugePages(void* data, size_t bytes);
 
+/// forward()'s output is free until the attention writes it, so it holds forward()'s largest
+/// scratch meanwhile (6 GB less at 2016x2016 with 384 channels): the queries in its last dim
+/// planes when it has at least dim channels (the attention reads each head's queries before it
+/// writes over them), and the encoder's activation buffers in the planes before those. These two
+/// functions are that rule, for callers that size memory (the module's budget check).
+bool queriesInOutput(const NafConfig& cfg, int channels);
+/// How many of the encoder's `buffers` activation buffers (1, or 2 when the guide is pooled to the
+/// output size), of `bufferFloats` each, forward() places in `lendableFloats` of its output:
+/// the first ones while they fit; the rest go to the Workspace.
+int activationBuffersInOutput(size_t lendableFloats, size_t bufferFloats, int buffers);
+
 /// Grows `ws` so that forward() with `shape` allocates nothing: call it for every item before
 /// writing into a caller's output, so a std::bad_alloc cannot come after the first output byte.
 /// Leaves out the encoder buffers that forward() places in its output (LentScratch).

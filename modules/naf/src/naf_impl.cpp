@@ -109,17 +109,15 @@ size_t estimateCallBytes(const K::NafConfig& cfg, const std::vector<Size>& image
         K::guideSize(img.height, img.width, dstSize.height, dstSize.width, cfg.maxGuideScale, &gh, &gw);
         size_t item = checkedProduct({3, img.height, img.width, f}, what);                 // normalized image
         item = checkedSum(item, checkedProduct({3, gh, gw, f}, what), what);                // guide
-        // Until the attention writes it, the item's output holds the queries (its last dim planes,
-        // when c >= dim) and, in the planes before them, the encoder's activation buffers that fit
-        // (kernels::forward): 2 buffers of dim/2 channels at guide size, 1 when the guide has the
-        // output size (the queries' slice of the branch is the second buffer then). The rest is
-        // workspace.
-        const bool queriesInOutput = c >= cfg.dim;
+        // Until the attention writes it, the item's output holds the queries and the encoder's
+        // activation buffers that fit (kernels::queriesInOutput, activationBuffersInOutput): 2
+        // buffers of dim/2 channels at guide size, 1 when the guide has the output size (the
+        // queries' slice of the branch is the second buffer then). The rest is workspace.
+        const bool queriesInOutput = K::queriesInOutput(cfg, c);
         const int buffers = gh == dstSize.height && gw == dstSize.width ? 1 : 2;
-        const size_t bufferBytes = checkedProduct({cfg.dim / 2, gh, gw, f}, what);
-        const size_t lendableBytes =
-            checkedProduct({c - (queriesInOutput ? cfg.dim : 0), dstSize.height, dstSize.width, f}, what);
-        const int inOutput = static_cast<int>(std::min<size_t>(buffers, lendableBytes / std::max<size_t>(bufferBytes, 1)));
+        const int inOutput = K::activationBuffersInOutput(
+            checkedProduct({c - (queriesInOutput ? cfg.dim : 0), dstSize.height, dstSize.width}, what),
+            checkedProduct({cfg.dim / 2, gh, gw}, what), buffers);
         item = checkedSum(item, checkedProduct({buffers - inOutput, cfg.dim / 2, gh, gw, f}, what), what);
         if (!queriesInOutput)
             item = checkedSum(item, checkedProduct({cfg.dim, dstSize.height, dstSize.width, f}, what), what);

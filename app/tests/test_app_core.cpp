@@ -2,6 +2,8 @@
 // export on a folder with a corrupt image (real VFM; skipped when its model file is absent).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <cstdio>
 #include <cmath>
@@ -448,6 +450,51 @@ TEST(AppPipeline, CpuBackendComputesTheSameBitsForEveryGpuPrecision)
         ASSERT_EQ(cv::norm(r.lowRes, lowRes32, cv::NORM_INF), 0.0) << "the VFM's features differ between runs";
         EXPECT_EQ(cv::norm(features, features32, cv::NORM_INF), 0.0) << name << " changed the CPU result";
     }
+}
+
+// The NAF stage reports its own progress (NAF::setProgressCallback) within the pipeline's
+// fraction for that stage, and a cancel there stops the run with Cancelled, not an error. The
+// pipeline's NAF object is left without a callback, so later runs are unaffected.
+TEST(AppPipeline, NafStageReportsProgressAndStopsWhenCancelled)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const cv::Mat bgr = cv::imread(app_test::sampleImage("coco_000000000285_bear.jpg"));
+    naf_app::PipelineSettings settings;
+    settings.vfmName = app_test::vfmName();
+    settings.outputLongSide = 160;
+    settings.methods = {cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_NAF};
+    settings.nafBackend = cv::naf::BACKEND_CPU;
+    const std::string nafStage = cv::naf::upsampleMethodName(cv::naf::UPSAMPLE_NAF);
+    naf_app::Pipeline pipeline;
+    std::vector<std::pair<double, std::string>> reports;
+    const naf_app::PipelineResult first = pipeline.run(bgr, settings, [&](double fraction, const std::string& stage) {
+        reports.push_back({fraction, stage});
+        return true;
+    });
+    // 4 steps (models, VFM, bilinear, NAF): NAF's stage is the last quarter, [0.75, 1].
+    std::vector<double> inNaf;
+    for (const auto& [fraction, stage] : reports)
+        if (stage == nafStage) inNaf.push_back(fraction);
+    ASSERT_GE(inNaf.size(), 20u) << "NAF's own reports did not reach the pipeline";
+    EXPECT_EQ(inNaf.front(), 0.75);
+    EXPECT_EQ(inNaf.back(), 1.0);
+    EXPECT_TRUE(std::any_of(inNaf.begin(), inNaf.end(), [](double f) { return f > 0.8 && f < 0.95; }));
+    for (size_t i = 1; i < reports.size(); ++i) EXPECT_GE(reports[i].first, reports[i - 1].first) << "#" << i;
+    EXPECT_FALSE(pipeline.naf(settings.nafWeightsPath)->getProgressCallback());
+
+    // Cancel at NAF's fifth report: Cancelled, within the stage.
+    int nafReports = 0;
+    EXPECT_THROW(pipeline.run(bgr, settings,
+                              [&](double, const std::string& stage) { return !(stage == nafStage && ++nafReports == 5); }),
+                 naf_app::Cancelled);
+    EXPECT_EQ(nafReports, 5);
+    EXPECT_FALSE(pipeline.naf(settings.nafWeightsPath)->getProgressCallback());
+    // And the next run gives the first run's features.
+    const naf_app::PipelineResult again = pipeline.run(bgr, settings);
+    EXPECT_EQ(cv::norm(again.upsampled.at(cv::naf::UPSAMPLE_NAF), first.upsampled.at(cv::naf::UPSAMPLE_NAF),
+                       cv::NORM_INF),
+              0.0);
 }
 
 TEST(AppBatchCommand, UnknownBackendOrPrecisionIsRefusedBeforeAnyWork)

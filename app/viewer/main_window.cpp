@@ -494,7 +494,7 @@ bool MainWindow::startRun()
 void MainWindow::cancelRun()
 {
     if (!isRunning()) return;
-    stageLabel_->setText("cancelling (after the current stage)...");
+    stageLabel_->setText("cancelling...");  // NAF stops within its stage; cv::dnn finishes its own
     cancelButton_->setEnabled(false);
     runWatcher_.cancel();
 }

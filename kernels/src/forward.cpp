@@ -91,7 +91,74 @@ int activationBuffersInOutput(size_t lendableFloats, size_t bufferFloats, int bu
     return static_cast<int>(std::min<size_t>(static_cast<size_t>(buffers), lendableFloats / bufferFloats));
 }
 
+Cancelled::Cancelled(double fraction)
+    : std::runtime_error("cancelled by the progress callback at " + std::to_string(static_cast<int>(fraction * 100)) +
+                         " %"),
+      fraction_(fraction)
+{
+}
+
 namespace {
+
+// Cost per element of the CPU forward's stages, in ns on the 2-core AVX-512 machine of
+// docs/PERFORMANCE.md (item 43: measured per stage at paper, mobilesam and a 1792 -> 448 guide).
+// Only the ratios matter: they set how far each stage moves the reported fraction.
+struct WorkModel
+{
+    static constexpr double kPerImageValue = 0.3;        // normalize (+ resize)
+    static constexpr double kPerGroupNormValue = 0.15;   // statistics + apply, per activation value
+    static constexpr double kPerStem1x1Mac = 0.05;       // 3 -> 128, 1x1
+    static constexpr double kPerStem3x3Mac = 0.013;      // 3 -> 128, 3x3
+    static constexpr double kPerPointwiseMac = 0.0054;   // 1x1 128 -> 128
+    static constexpr double kPerWinogradMac = 0.00154;   // 3x3 128 -> 128, per direct multiply-add
+    static constexpr double kPerPoolValue = 0.23;        // guide -> output pooling, per input value
+    static constexpr double kPerRopeValue = 0.2;
+    static constexpr double kPerKeysValue = 0.14;        // queries -> keys pooling, per query value
+    static constexpr double kPerAttentionMac = 0.0078;   // per window entry x (dim + channels)
+};
+
+// Reports a forward's progress on the calling thread (ProgressFn). Disabled (no callback), every
+// call returns at once.
+class ProgressTracker
+{
+public:
+    ProgressTracker(const ProgressFn& callback, double totalWork) : callback_(callback), total_(totalWork) {}
+    bool enabled() const { return static_cast<bool>(callback_); }
+    void advance(double work)
+    {
+        done_ += work;
+        report(total_ > 0 ? done_ / total_ : 1.0);
+    }
+    void report(double fraction)
+    {
+        if (!callback_) return;
+        fraction_ = std::max(fraction_, std::min(1.0, fraction));
+        if (!callback_(fraction_)) throw Cancelled(fraction_);
+    }
+    double done() const { return done_; }
+
+private:
+    const ProgressFn& callback_;
+    double total_ = 0, done_ = 0, fraction_ = 0;
+};
+
+double convWork(const ConvWeights& conv, double pixels)
+{
+    const double macs = pixels * conv.cout * conv.cin * conv.k * conv.k;
+    const bool stem = conv.cin < 16;  // the stems read the 3-channel guide directly
+    if (conv.k == 1) return macs * (stem ? WorkModel::kPerStem1x1Mac : WorkModel::kPerPointwiseMac);
+    return macs * (stem ? WorkModel::kPerStem3x3Mac : WorkModel::kPerWinogradMac);
+}
+
+double branchWork(const EncoderBranchWeights& branch, double guidePixels, bool identity)
+{
+    double work = convWork(branch.stem, guidePixels);
+    for (const EncBlockWeights& block : branch.blocks)
+        work += convWork(block.conv1, guidePixels) + convWork(block.conv2, guidePixels) +
+                2 * guidePixels * block.conv1.cin * WorkModel::kPerGroupNormValue;
+    if (!identity) work += guidePixels * branch.stem.cout * WorkModel::kPerPoolValue;
+    return work;
+}
 
 // When the guide has the output size, pooling is the identity and each branch's slice of the
 // queries serves as its second activation buffer (runBranch): no Workspace::bufB.
@@ -114,8 +181,9 @@ size_t activationFloats(const NafWeights& weights, int gh, int gw)
 
 void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const float* guide, int gh, int gw,
                float* pooledOut, int outH, int outW, float* odd, float* secondBuffer, Workspace& ws,
-               const ParallelFor& parallel)
+               const ParallelFor& parallel, ProgressTracker& progress)
 {
+    const double guidePixels = static_cast<double>(gh) * gw;
     const int hidden = branch.stem.cout;
     // Two activation buffers in turn: the stem and every conv2 write `even`, every conv1 writes
     // `odd`. When the guide already has the output size, pooling is the identity and `even` is the
@@ -143,20 +211,54 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
             groupNormSiLU(in, hidden, gh, gw, cfg.numGroups, gamma, beta, cfg.gnEps, parallel);
             conv2dReflect(in, gh, gw, conv, out, parallel, &ws.packedConvs);
         }
+        progress.advance(convWork(conv, guidePixels) + guidePixels * hidden * WorkModel::kPerGroupNormValue);
     };
     conv2dReflect(guide, gh, gw, branch.stem, even, parallel, &ws.packedConvs);
+    progress.advance(convWork(branch.stem, guidePixels));
     for (const EncBlockWeights& block : branch.blocks)
     {
         normThenConv(even, block.norm1Gamma, block.norm1Beta, block.conv1, odd);
         normThenConv(odd, block.norm2Gamma, block.norm2Beta, block.conv2, even);
     }
-    if (!identity) adaptiveAvgPool(even, hidden, gh, gw, pooledOut, outH, outW, parallel);
+    if (!identity)
+    {
+        adaptiveAvgPool(even, hidden, gh, gw, pooledOut, outH, outW, parallel);
+        progress.advance(guidePixels * hidden * WorkModel::kPerPoolValue);
+    }
 }
+
+double encoderWork(const NafConfig& cfg, const NafWeights& weights, int imageH, int imageW, int gh, int gw, int outH,
+                   int outW)
+{
+    const double outPixels = static_cast<double>(outH) * outW;
+    const bool identity = poolIsIdentity(gh, gw, outH, outW);
+    const bool resize = gh != imageH || gw != imageW;
+    return 3.0 * imageH * imageW * WorkModel::kPerImageValue +
+           (resize ? 3.0 * gh * gw * WorkModel::kPerImageValue : 0.0) +
+           branchWork(weights.pointBranch, static_cast<double>(gh) * gw, identity) +
+           branchWork(weights.contextBranch, static_cast<double>(gh) * gw, identity) +
+           outPixels * cfg.dim * WorkModel::kPerRopeValue;
+}
+
+void encodeQueriesTracked(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH,
+                          int imageW, int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel,
+                          LentScratch lent, ProgressTracker& progress);
 
 }  // namespace
 
 void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH, int imageW,
                    int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel, LentScratch lent)
+{
+    const ProgressFn none;
+    ProgressTracker disabled(none, 0);
+    encodeQueriesTracked(cfg, weights, image, imageH, imageW, outH, outW, queries, ws, parallel, lent, disabled);
+}
+
+namespace {
+
+void encodeQueriesTracked(const NafConfig& cfg, const NafWeights& weights, const float* image, int imageH,
+                          int imageW, int outH, int outW, float* queries, Workspace& ws, const ParallelFor& parallel,
+                          LentScratch lent, ProgressTracker& progress)
 {
     const size_t imagePlane = static_cast<size_t>(imageH) * imageW;
     int gh = 0, gw = 0;
@@ -178,6 +280,7 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
         ws.guide.resize(3 * static_cast<size_t>(gh) * gw);
         resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
     }
+    progress.advance((3.0 * imageH * imageW + (resize ? 3.0 * gh * gw : 0.0)) * WorkModel::kPerImageValue);
     // The activation buffers: the first `inLent` in the lent memory, one after another, the rest
     // in the workspace.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
@@ -192,11 +295,15 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
     float* const second = buffers == 2 ? activationBuffer(1, ws.bufB) : nullptr;
     const int hidden = weights.pointBranch.stem.cout;
     const size_t outPlane = static_cast<size_t>(outH) * outW;
-    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, odd, second, ws, parallel);
+    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, odd, second, ws, parallel,
+              progress);
     runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, queries + hidden * outPlane, outH, outW, odd,
-              second, ws, parallel);
+              second, ws, parallel, progress);
     applyRope(queries, cfg.dim, outH, outW, cfg.headsRope, weights.ropePeriods, parallel);
+    progress.advance(static_cast<double>(outPlane) * cfg.dim * WorkModel::kPerRopeValue);
 }
+
+}  // namespace
 
 void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const ForwardShape& shape, Workspace& ws)
 {
@@ -223,7 +330,8 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
 }
 
 void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,
-             const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe)
+             const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe,
+             const ProgressFn& progressFn)
 {
     checkForwardShape(cfg, shape);
     if (!image || !features || !out) throw std::invalid_argument("NAF forward: null tensor pointer");
@@ -262,12 +370,50 @@ void forward(const NafConfig& cfg, const NafWeights& weights, const float* image
     LentScratch lent;
     lent.data = out;
     lent.floats = lendableOutputFloats(cfg, shape);
-    encodeQueries(cfg, weights, image, shape.imageH, shape.imageW, shape.outH, shape.outW, queries, ws, parallel, lent);
+
+    int gh = 0, gw = 0;
+    guideSize(shape.imageH, shape.imageW, shape.outH, shape.outW, cfg.maxGuideScale, &gh, &gw);
+    const double outPixels = static_cast<double>(shape.outH) * shape.outW;
+    const double windowEntries = static_cast<double>(effectiveKernel(shape.kernelSize, shape.lowH)) *
+                                 effectiveKernel(shape.kernelSize, shape.lowW);
+    const double keysWork = outPixels * cfg.dim * WorkModel::kPerKeysValue;
+    const double attentionWork = outPixels * windowEntries * (cfg.dim + shape.channels) * WorkModel::kPerAttentionMac;
+    ProgressTracker progress(progressFn, encoderWork(cfg, weights, shape.imageH, shape.imageW, gh, gw, shape.outH,
+                                                     shape.outW) + keysWork + attentionWork);
+    progress.report(0.0);
+
+    encodeQueriesTracked(cfg, weights, image, shape.imageH, shape.imageW, shape.outH, shape.outW, queries, ws, parallel,
+                         lent, progress);
     ws.keys.resize(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);
     adaptiveAvgPool(queries, cfg.dim, shape.outH, shape.outW, ws.keys.data(), shape.lowH, shape.lowW, parallel);
+    progress.advance(keysWork);
     const float scale = 1.f / std::sqrt(static_cast<float>(cfg.dim / cfg.headsAttn));
-    neighborhoodAttention(queries, ws.keys.data(), features, out, cfg.dim, shape.channels, cfg.headsAttn,
-                          shape.lowH, shape.lowW, shape.outH, shape.outW, shape.kernelSize, scale, parallel, probe);
+    if (!progress.enabled())
+    {
+        neighborhoodAttention(queries, ws.keys.data(), features, out, cfg.dim, shape.channels, cfg.headsAttn,
+                              shape.lowH, shape.lowW, shape.outH, shape.outW, shape.kernelSize, scale, parallel, probe);
+        return;
+    }
+    // With a progress callback the attention's work items (output rows) run in slices, one parallel
+    // call each, with a report between slices: the attention is a fifth of the CPU forward, one
+    // parallel call otherwise. Same items, same bits: only the grouping changes.
+    constexpr int kSlices = 16;
+    const double attentionStart = progress.done();
+    const ParallelFor sliced = [&](int64_t count, const std::function<void(int64_t, int64_t)>& body) {
+        if (count <= 0) return;
+        for (int s = 0; s < kSlices; ++s)
+        {
+            const int64_t begin = count * s / kSlices, end = count * (s + 1) / kSlices;
+            if (end == begin) continue;  // fewer items than slices
+            parallel(end - begin, [&](int64_t b, int64_t e) { body(begin + b, begin + e); });
+            // Never past the attention's share, should it ever make more than one parallel call.
+            progress.advance(std::min(attentionWork * (end - begin) / count,
+                                      attentionStart + attentionWork - progress.done()));
+        }
+    };
+    neighborhoodAttention(queries, ws.keys.data(), features, out, cfg.dim, shape.channels, cfg.headsAttn, shape.lowH,
+                          shape.lowW, shape.outH, shape.outW, shape.kernelSize, scale, sliced, probe);
+    progress.report(1.0);
 }
 
 }  // namespace kernels

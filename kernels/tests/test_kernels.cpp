@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <thread>
 #include <vector>
 
 #include "../cuda/cell_attention.hpp"  // host/device code: its phases run here thread by thread
@@ -867,6 +868,115 @@ TEST(Forward, StaleWorkspaceContentsNeverReachTheOutput)
         forward(weights.cfg, weights.view, image.data(), features.data(), poisoned.data(), shape, stale, pool());
         EXPECT_EQ(0, std::memcmp(clean.data(), poisoned.data(), clean.size() * sizeof(float)))
             << "shape " << shape.imageH << "x" << shape.imageW << " -> " << shape.outH << "x" << shape.outW;
+    }
+}
+
+// Shapes for the progress tests: the guide at output size (one activation buffer), a guide that
+// is pooled to the output (two buffers, the pooling stages), and 256 channels (the queries and
+// the activation buffer in the output). Each has at least 16 attention work items (rows or row
+// pairs), one per slice.
+std::vector<ForwardShape> progressShapes()
+{
+    return {makeShape(41, 53, 8, 5, 7, 41, 53), makeShape(150, 70, 12, 5, 4, 36, 16),
+            makeShape(33, 29, 256, 4, 3, 33, 29)};
+}
+
+// A random image and features for a shape, and the output size.
+struct ForwardInputs
+{
+    std::vector<float> image, features;
+    size_t outFloats;
+    ForwardInputs(const ForwardShape& shape, uint32_t seed)
+        : image(randomUniform(3 * static_cast<size_t>(shape.imageH) * shape.imageW, seed, 0.f, 1.f)),
+          features(randomUniform(static_cast<size_t>(shape.channels) * shape.lowH * shape.lowW, seed + 1)),
+          outFloats(static_cast<size_t>(shape.channels) * shape.outH * shape.outW)
+    {
+    }
+};
+
+// A ProgressFn reports 0 first, never goes back, ends at 1, is called on the calling thread
+// only (between parallel calls, never from a worker), once per stage and attention slice, and
+// does not change a bit of the output.
+TEST(Forward, ProgressIsReportedInOrderOnTheCallingThread)
+{
+    RandomNafWeights weights(51);
+    for (const ForwardShape& shape : progressShapes())
+    {
+        const ForwardInputs in(shape, 52);
+        const auto& image = in.image;
+        const auto& features = in.features;
+        std::vector<float> plain(in.outFloats), tracked(in.outFloats);
+        Workspace ws1, ws2;
+        forward(weights.cfg, weights.view, image.data(), features.data(), plain.data(), shape, ws1, pool());
+        std::vector<double> fractions;
+        std::vector<std::thread::id> threads;
+        forward(weights.cfg, weights.view, image.data(), features.data(), tracked.data(), shape, ws2,
+                threadParallelFor(4), nullptr, [&](double fraction) {
+                    fractions.push_back(fraction);
+                    threads.push_back(std::this_thread::get_id());
+                    return true;
+                });
+        const std::string where = "shape " + std::to_string(shape.imageW) + "x" + std::to_string(shape.imageH) +
+                                  " -> " + std::to_string(shape.outW) + "x" + std::to_string(shape.outH);
+        EXPECT_EQ(0, std::memcmp(plain.data(), tracked.data(), plain.size() * sizeof(float))) << where;
+        // Start, normalize, 2 x 5 convolutions, RoPE, keys, 16 attention slices, the end; pooled
+        // guides add one report per branch.
+        const bool pooled = shape.imageH != shape.outH;
+        ASSERT_EQ(fractions.size(), 31u + (pooled ? 2u : 0u)) << where;
+        EXPECT_EQ(fractions.front(), 0.0) << where;
+        EXPECT_EQ(fractions.back(), 1.0) << where;
+        // The cost model's stages add up to its total: the last slice already reaches ~1.
+        EXPECT_GT(fractions[fractions.size() - 2], 0.999) << where;
+        for (size_t i = 1; i < fractions.size(); ++i) EXPECT_GE(fractions[i], fractions[i - 1]) << where << " #" << i;
+        // Every stage moves it: no report repeats the previous one before the end.
+        for (size_t i = 2; i + 1 < fractions.size(); ++i) EXPECT_GT(fractions[i], fractions[i - 1]) << where << " #" << i;
+        for (const std::thread::id& id : threads) EXPECT_EQ(id, std::this_thread::get_id()) << where;
+    }
+}
+
+// Returning false stops the forward at that report with Cancelled (carrying the fraction), at any
+// stage: the start, the encoder, the attention's slices, the end. The workspace then serves the
+// next call, which gives the same bits as a fresh one, into the output the cancelled call left
+// half-written.
+TEST(Forward, CancelledForwardThrowsAndLeavesTheWorkspaceUsable)
+{
+    RandomNafWeights weights(55);
+    for (const ForwardShape& shape : progressShapes())
+    {
+        const ForwardInputs in(shape, 56);
+        const auto& image = in.image;
+        const auto& features = in.features;
+        std::vector<float> reference(in.outFloats), out(in.outFloats);
+        Workspace fresh;
+        forward(weights.cfg, weights.view, image.data(), features.data(), reference.data(), shape, fresh, pool());
+        size_t reports = 0;
+        forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), shape, fresh, pool(), nullptr,
+                [&](double) { return ++reports > 0; });
+        for (size_t stopAt : {size_t(0), size_t(1), size_t(5), reports / 2, reports - 3, reports - 1})
+        {
+            Workspace ws;
+            size_t calls = 0;
+            double stoppedAt = -1;
+            try
+            {
+                forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), shape, ws, pool(), nullptr,
+                        [&](double fraction) {
+                            if (calls++ < stopAt) return true;
+                            stoppedAt = fraction;
+                            return false;
+                        });
+                ADD_FAILURE() << "no Cancelled at report " << stopAt;
+            }
+            catch (const Cancelled& e)
+            {
+                EXPECT_EQ(calls, stopAt + 1);
+                EXPECT_EQ(e.fraction(), stoppedAt);
+                EXPECT_NE(std::string(e.what()).find("cancelled"), std::string::npos) << e.what();
+            }
+            forward(weights.cfg, weights.view, image.data(), features.data(), out.data(), shape, ws, pool());
+            EXPECT_EQ(0, std::memcmp(reference.data(), out.data(), out.size() * sizeof(float)))
+                << "after a cancel at report " << stopAt << " of " << reports;
+        }
     }
 }
 

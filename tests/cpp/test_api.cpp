@@ -2,9 +2,11 @@
 // batches, colour order, probes, backends, and the one-shot function.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <thread>
 
 #include <opencv2/naf.hpp>
@@ -171,6 +173,91 @@ TEST_F(Fixture, RefusedInputLeavesAMatchingDstUntouched)
     cv::minMaxIdx(dst.reshape(1, 1), &lo, &hi);
     EXPECT_EQ(lo, 7.0);
     EXPECT_EQ(hi, 7.0);
+}
+
+// The progress callback sees a whole batch in order, on the calling thread, from 0 to 1 (item i
+// of n as (i + f) / n), and does not change the result.
+TEST_F(Fixture, ProgressCallbackCoversTheCallInOrderOnTheCallingThread)
+{
+    const cv::Mat image2 = randomImage(33, 61, 9);
+    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
+    const std::vector<cv::Mat> images{image, image2};
+    cv::Mat plain, tracked;
+    naf->upsample(images, feats2, plain, out);
+    EXPECT_FALSE(naf->getProgressCallback());
+    std::vector<double> fractions;
+    bool otherThread = false;
+    const std::thread::id caller = std::this_thread::get_id();
+    naf->setProgressCallback([&](double fraction) {
+        fractions.push_back(fraction);
+        otherThread |= std::this_thread::get_id() != caller;
+        return true;
+    });
+    EXPECT_TRUE(naf->getProgressCallback());
+    naf->upsample(images, feats2, tracked, out);
+    EXPECT_EQ(cv::norm(plain.reshape(1, 1), tracked.reshape(1, 1), cv::NORM_INF), 0.0);
+    EXPECT_FALSE(otherThread);
+    ASSERT_GE(fractions.size(), 2u * 20u);  // each image: start, encoder convolutions, attention, end
+    EXPECT_EQ(fractions.front(), 0.0);
+    EXPECT_EQ(fractions.back(), 1.0);
+    for (size_t i = 1; i < fractions.size(); ++i) EXPECT_GE(fractions[i], fractions[i - 1]) << "#" << i;
+    // Item 0 ends and item 1 starts at exactly 0.5, and each half moves on its own.
+    EXPECT_GE(std::count(fractions.begin(), fractions.end(), 0.5), 2);
+    EXPECT_TRUE(std::any_of(fractions.begin(), fractions.end(), [](double f) { return f > 0.3 && f < 0.5; }));
+    EXPECT_TRUE(std::any_of(fractions.begin(), fractions.end(), [](double f) { return f > 0.8 && f < 1.0; }));
+    // An empty callback switches reporting off.
+    naf->setProgressCallback(cv::naf::ProgressCallback());
+    const size_t reports = fractions.size();
+    naf->upsample(images, feats2, tracked, out);
+    EXPECT_EQ(fractions.size(), reports);
+}
+
+// Returning false cancels: a cv::Exception that says so and where, dst released (even one that was
+// being written in place), and the object gives the usual result afterwards. A callback that throws
+// ends the call the same way with its own message.
+TEST_F(Fixture, CancelFromTheProgressCallbackReleasesDstAndKeepsTheObjectUsable)
+{
+    cv::Mat reference;
+    naf->upsample(image, feats, reference, out);
+    const int sizes[4] = {1, 8, out.height, out.width};
+    for (int stopAt : {0, 3, 12, 1000})
+    {
+        int calls = 0;
+        naf->setProgressCallback([&](double fraction) { return calls++ < stopAt && fraction < 1.0; });
+        cv::Mat dst(4, sizes, CV_32F, cv::Scalar(5));  // the in-place case
+        const cv::Mat view = dst;
+        try
+        {
+            naf->upsample(image, feats, dst, out);
+            ADD_FAILURE() << "no cv::Exception at report " << stopAt;
+        }
+        catch (const cv::Exception& e)
+        {
+            EXPECT_EQ(e.code, cv::Error::StsError);
+            EXPECT_NE(e.msg.find("cv::naf::NAF::upsample: cancelled by the progress callback at "), std::string::npos)
+                << e.msg;
+            EXPECT_NE(e.msg.find("dst was released"), std::string::npos) << e.msg;
+        }
+        EXPECT_TRUE(dst.empty()) << "report " << stopAt;
+        EXPECT_EQ(view.size[3], out.width);  // the caller's other header keeps the buffer
+        naf->setProgressCallback(cv::naf::ProgressCallback());
+        cv::Mat again(4, sizes, CV_32F, cv::Scalar(5));
+        naf->upsample(image, feats, again, out);
+        EXPECT_EQ(cv::norm(again.reshape(1, 1), reference.reshape(1, 1), cv::NORM_INF), 0.0) << "report " << stopAt;
+    }
+    naf->setProgressCallback([](double fraction) -> bool {
+        if (fraction > 0.3) throw std::runtime_error("stopped by the test at 0.3");
+        return true;
+    });
+    cv::Mat dst = reference.clone();
+    expectError([&] { naf->upsample(image, feats, dst, out); }, {"stopped by the test at 0.3"});
+    EXPECT_TRUE(dst.empty());
+    // The blob entry point cancels the same way.
+    naf->setProgressCallback([](double) { return false; });
+    const int blobSizes[4] = {1, 3, image.rows, image.cols};
+    cv::Mat blob(4, blobSizes, CV_32F, cv::Scalar(0.5)), blobDst;
+    expectError([&] { naf->upsampleBlob(blob, feats, blobDst, out); },
+                {"cv::naf::NAF::upsampleBlob: cancelled by the progress callback at 0 %"});
 }
 
 TEST_F(Fixture, ColourOrderFlagSwapsChannels)

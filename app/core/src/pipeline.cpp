@@ -195,10 +195,33 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
 
     for (int method : settings.methods)
     {
-        step(cv::naf::upsampleMethodName(method));
+        const std::string stage = cv::naf::upsampleMethodName(method);
+        step(stage);
         start = Clock::now();
         cv::Mat up;
-        cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
+        if (method == cv::naf::UPSAMPLE_NAF && progress)
+        {
+            // NAF reports inside its stage (seconds at large sizes) and stops there on a cancel.
+            bool cancelled = false;
+            const double stageStart = (done - 1) / steps;
+            upsampler->setProgressCallback([&](double fraction) {
+                cancelled = !progress(stageStart + fraction / steps, stage);
+                return !cancelled;
+            });
+            try
+            {
+                cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
+            }
+            catch (const cv::Exception&)
+            {
+                upsampler->setProgressCallback(cv::naf::ProgressCallback());
+                if (cancelled) throw Cancelled();
+                throw;
+            }
+            upsampler->setProgressCallback(cv::naf::ProgressCallback());
+        }
+        else
+            cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
         result.timings.push_back({cv::naf::upsampleMethodName(method), millisecondsSince(start)});
         result.upsampled[method] = cropBlob(up, result.outputSize);
     }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -29,6 +30,26 @@ using ParallelFor = std::function<void(int64_t count, const std::function<void(i
 ParallelFor threadParallelFor(int threads = 0);
 /// Runs everything on the calling thread.
 ParallelFor serialParallelFor();
+
+/// Progress of a forward(): called on the thread that called forward(), between its stages (each
+/// encoder convolution, then slices of the attention), with the estimated fraction of the work
+/// done: 0 first, then non-decreasing, 1 last. Each stage is weighed by a cost per element
+/// measured for the CPU kernels, so the fraction follows the elapsed time roughly, not exactly.
+/// Returning false stops the forward: it throws Cancelled.
+using ProgressFn = std::function<bool(double fraction)>;
+
+/// Thrown by forward() when its ProgressFn returned false. The output has been partly overwritten
+/// (it is the encoder's scratch); the Workspace stays valid for the next call.
+class Cancelled : public std::runtime_error
+{
+public:
+    explicit Cancelled(double fraction);
+    /// The fraction reported by the call that returned false.
+    double fraction() const { return fraction_; }
+
+private:
+    double fraction_;
+};
 
 /// Architecture hyper-parameters of NAF (the official defaults).
 struct NafConfig
@@ -263,8 +284,11 @@ void encodeQueries(const NafConfig& cfg, const NafWeights& weights, const float*
 /// they are the Workspace's) and the encoder's activation buffers that fit in the rest
 /// (LentScratch), so it must not overlap the image or the features (std::invalid_argument); what
 /// it held before does not matter.
+/// `progress`, when set, reports the fraction done and may cancel (see ProgressFn); without it the
+/// forward runs exactly as before, with no extra synchronisation.
 void forward(const NafConfig& cfg, const NafWeights& weights, const float* image, const float* features, float* out,
-             const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe = nullptr);
+             const ForwardShape& shape, Workspace& ws, const ParallelFor& parallel, AttentionProbe* probe = nullptr,
+             const ProgressFn& progress = ProgressFn());
 
 }  // namespace kernels
 }  // namespace naf

@@ -55,6 +55,10 @@ void callKernel(const char* what, F&& f)
     {
         throw;
     }
+    catch (const K::Cancelled&)
+    {
+        throw;  // NAFImpl::run() reports it with the whole call's fraction
+    }
     catch (const std::bad_alloc&)
     {
         CV_Error(Error::StsNoMem, std::string("cv::naf: ") + what + ": out of memory");
@@ -86,6 +90,7 @@ struct Settings
     int colorOrder = IMAGE_BGR;
     int gpuPrecision = GPU_PRECISION_FP32;
     Point probe{-1, -1};
+    ProgressCallback progress;
 };
 
 // Bytes one call needs at its peak: the output blob and the planar guide copies of the whole
@@ -164,7 +169,7 @@ public:
         const std::vector<K::ForwardShape> shapes = checkedShapes(sizes, features, dstSize, settings, "upsample");
         std::vector<PlanarImage> planar;
         for (const Mat& m : images) planar.push_back(toPlanarRgb(m, settings.colorOrder));
-        run(shapes, planar, features, dst, dstSize, settings);
+        run(shapes, planar, features, dst, dstSize, settings, "upsample");
     }
 
     void upsampleBlob(InputArray imageBlob, InputArray lowResFeatures, OutputArray dst, Size dstSize) CV_OVERRIDE
@@ -190,7 +195,7 @@ public:
             const float* p = blob.ptr<float>() + per * i;
             planar[i].assign(p, p + per);
         }
-        run(shapes, planar, features, dst, dstSize, settings);
+        run(shapes, planar, features, dst, dstSize, settings, "upsampleBlob");
     }
 
     void setAttentionProbe(Point pixel) CV_OVERRIDE
@@ -261,6 +266,13 @@ public:
         settings_.colorOrder = order;
     }
     int getImageColorOrder() const CV_OVERRIDE { return snapshot().colorOrder; }
+
+    void setProgressCallback(const ProgressCallback& callback) CV_OVERRIDE
+    {
+        std::lock_guard<std::mutex> lock(stateMutex_);
+        settings_.progress = callback;
+    }
+    ProgressCallback getProgressCallback() const CV_OVERRIDE { return snapshot().progress; }
 
     String getWeightsInfo() const CV_OVERRIDE { return weights_->info; }
     bool isTrained() const CV_OVERRIDE { return weights_->trained; }
@@ -411,8 +423,52 @@ private:
         return shapes;
     }
 
+    // Runs the items, reporting progress when a callback is set. A cancel, or an exception from the
+    // callback itself, releases dst: it may have been written in place (the CPU forward uses its
+    // output as scratch), and an empty dst cannot be mistaken for a result.
     void run(const std::vector<K::ForwardShape>& shapes, const std::vector<PlanarImage>& planar,
-             const Mat& features, OutputArray dst, Size dstSize, const Settings& settings)
+             const Mat& features, OutputArray dst, Size dstSize, const Settings& settings, const char* fn)
+    {
+        if (!settings.progress)
+        {
+            runItems(shapes, planar, features, dst, dstSize, settings, nullptr);
+            return;
+        }
+        double lastFraction = 0;
+        bool callbackThrew = false;
+        const ProgressCallback report = [&](double fraction) {
+            lastFraction = fraction;
+            try
+            {
+                return settings.progress(fraction);
+            }
+            catch (...)
+            {
+                callbackThrew = true;
+                throw;
+            }
+        };
+        try
+        {
+            runItems(shapes, planar, features, dst, dstSize, settings, &report);
+        }
+        catch (const K::Cancelled&)
+        {
+            dst.release();
+            CV_Error(Error::StsError, std::string("cv::naf::NAF::") + fn + ": cancelled by the progress callback at " +
+                                          std::to_string(static_cast<int>(lastFraction * 100)) + " % of the call (" +
+                                          std::to_string(shapes.size()) + " image(s)); dst was released");
+        }
+        catch (...)
+        {
+            if (callbackThrew) dst.release();
+            throw;
+        }
+    }
+
+    void runItems(const std::vector<K::ForwardShape>& shapes, const std::vector<PlanarImage>& planar,
+                  const Mat& features, OutputArray dst, Size dstSize, const Settings& settings,
+                  const ProgressCallback* report)
     {
         const int n = features.size[0], c = features.size[1], h = features.size[2], w = features.size[3];
         const int outSizes[4] = {n, c, dstSize.height, dstSize.width};
@@ -427,7 +483,8 @@ private:
         // into reused memory; the CUDA path's copy to the host pays it too). On the CPU every
         // allocation happens before that (reserveWorkspace), so nothing after the first output
         // byte can fail on valid input (the encoder's activations use the output as scratch
-        // before the attention writes it). The CUDA engine copies
+        // before the attention writes it); only a progress callback can stop the call then, and
+        // run() releases dst when it does. The CUDA engine copies
         // the output to the host after its last refusal (FP16's range), so one item is safe too;
         // a CUDA batch could be refused at item 2 with item 1 written. Otherwise (a CUDA batch,
         // another shape, dst aliasing the features) the result goes to a fresh blob that is
@@ -447,8 +504,19 @@ private:
             K::AttentionProbe* probePtr = settings.probe == Point(-1, -1) ? nullptr : &probe;
             const float* feat = features.ptr<float>() + featPer * i;
             float* out = result.ptr<float>() + outPer * i;
+            // Item i's fraction f is (i + f) / n of the call; the CUDA path reports its ends only.
+            K::ProgressFn itemProgress;
+            if (report)
+                itemProgress = [report, i, n](double f) { return (*report)((i + f) / n); };
+            auto reportCudaItem = [&](double f) {
+                if (!itemProgress) return;
+                bool goOn = true;
+                callKernel("progress callback", [&] { goOn = itemProgress(f); });  // its exceptions as on the CPU
+                if (!goOn) throw K::Cancelled(f);
+            };
             if (cuda)
             {
+                reportCudaItem(0.0);
                 callKernel("CUDA forward", [&] {
                     // One device engine per object (device weights + scratch); calls take turns on it.
                     // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
@@ -464,12 +532,13 @@ private:
                     cudaEngine_->forward(planar[i].data(), feat, out, shapes[i], mathMode(settings.gpuPrecision),
                                          probePtr);
                 });
+                reportCudaItem(1.0);
             }
             else
             {
                 callKernel("CPU forward", [&] {
                     K::forward(weights_->cfg, weights_->view, planar[i].data(), feat, out, shapes[i], workspace.get(),
-                               opencvParallelFor(), probePtr);
+                               opencvParallelFor(), probePtr, itemProgress);
                 });
             }
             if (probePtr)

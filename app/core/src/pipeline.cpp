@@ -208,17 +208,22 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
                 cancelled = !progress(stageStart + fraction / steps, stage);
                 return !cancelled;
             });
+            // The callback refers to this frame: the cached object must not keep it, however the
+            // call ends.
+            struct ClearCallback
+            {
+                cv::naf::NAF& naf;
+                ~ClearCallback() { naf.setProgressCallback(cv::naf::ProgressCallback()); }
+            } clearCallback{*upsampler};
             try
             {
                 cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
             }
             catch (const cv::Exception&)
             {
-                upsampler->setProgressCallback(cv::naf::ProgressCallback());
                 if (cancelled) throw Cancelled();
                 throw;
             }
-            upsampler->setProgressCallback(cv::naf::ProgressCallback());
         }
         else
             cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);

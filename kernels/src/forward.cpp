@@ -85,6 +85,11 @@ bool queriesInOutput(const NafConfig& cfg, int channels)
     return channels >= cfg.dim;
 }
 
+int encoderActivationBuffers(int guideH, int guideW, int outH, int outW)
+{
+    return guideH == outH && guideW == outW ? 0 : 2;
+}
+
 int activationBuffersInOutput(size_t lendableFloats, size_t bufferFloats, int buffers)
 {
     if (bufferFloats == 0) return buffers;
@@ -188,10 +193,15 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
     // Two activation buffers in turn: the stem and every conv2 write `even`, every conv1 writes
     // `odd`. When the guide already has the output size, pooling is the identity and `even` is the
     // branch's own slice of the queries: the last convolution lands there, and the slice serves as
-    // the second buffer until then (no convolution reads the buffer it writes), which saves one
-    // 128-channel buffer at guide resolution (2 GB at 2016x2016).
+    // one of the two buffers until then, which saves one 128-channel buffer at guide resolution
+    // (2 GB at 2016x2016). A branch of 1x1 convolutions needs no `odd` at all: each of its
+    // convolutions reads all channels of a pixel tile before it writes them (conv2dReflect), so
+    // it runs in place.
     const bool identity = poolIsIdentity(gh, gw, outH, outW);
     float* even = identity ? pooledOut : secondBuffer;
+    bool pointwise = true;
+    for (const EncBlockWeights& block : branch.blocks) pointwise = pointwise && block.conv1.k == 1 && block.conv2.k == 1;
+    if (pointwise) odd = even;
     // GroupNorm + SiLU of `in`, then conv into `out`. A 1x1 convolution reads its input through the
     // activation (the same bits), which saves the in-place pass over the tensor: 2-9 % of the
     // encoder (PERFORMANCE item 21).
@@ -281,24 +291,28 @@ void encodeQueriesTracked(const NafConfig& cfg, const NafWeights& weights, const
         resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
     }
     progress.advance((3.0 * imageH * imageW + (resize ? 3.0 * gh * gw : 0.0)) * WorkModel::kPerImageValue);
-    // The activation buffers: the first `inLent` in the lent memory, one after another, the rest
-    // in the workspace.
+    // The activation buffers (none when the guide has the output size): the first `inLent` in the
+    // lent memory, one after another, the rest in the workspace.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
-    const int buffers = poolIsIdentity(gh, gw, outH, outW) ? 1 : 2;
+    const int buffers = encoderActivationBuffers(gh, gw, outH, outW);
     const int inLent = activationBuffersInOutput(lent.data ? lent.floats : 0, bufferFloats, buffers);
     auto activationBuffer = [&](int index, AlignedFloatVector& own) {
         if (index < inLent) return lent.data + index * bufferFloats;
         own.resize(bufferFloats);
         return own.data();
     };
-    float* const odd = activationBuffer(0, ws.bufA);
-    float* const second = buffers == 2 ? activationBuffer(1, ws.bufB) : nullptr;
     const int hidden = weights.pointBranch.stem.cout;
     const size_t outPlane = static_cast<size_t>(outH) * outW;
-    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, queries, outH, outW, odd, second, ws, parallel,
-              progress);
-    runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, queries + hidden * outPlane, outH, outW, odd,
-              second, ws, parallel, progress);
+    float* const pointQueries = queries;
+    float* const contextQueries = queries + hidden * outPlane;
+    // The context branch first: without pooling, the point branch's slice of the queries, not
+    // written yet, is its second buffer; the point branch then runs in place in that slice.
+    float* const odd = buffers == 0 ? pointQueries : activationBuffer(0, ws.bufA);
+    float* const second = buffers == 2 ? activationBuffer(1, ws.bufB) : nullptr;
+    runBranch(cfg, weights.contextBranch, ws.guide.data(), gh, gw, contextQueries, outH, outW, odd, second, ws,
+              parallel, progress);
+    runBranch(cfg, weights.pointBranch, ws.guide.data(), gh, gw, pointQueries, outH, outW, nullptr, second, ws,
+              parallel, progress);
     applyRope(queries, cfg.dim, outH, outW, cfg.headsRope, weights.ropePeriods, parallel);
     progress.advance(static_cast<double>(outPlane) * cfg.dim * WorkModel::kPerRopeValue);
 }
@@ -317,10 +331,10 @@ void reserveWorkspace(const NafConfig& cfg, const NafWeights& weights, const For
     ws.guide.reserve(3 * (resize ? guidePlane : imagePlane));
     // forward() lends its output to the encoder: only the activation buffers that do not fit there.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
-    const int buffers = poolIsIdentity(gh, gw, shape.outH, shape.outW) ? 1 : 2;
+    const int buffers = encoderActivationBuffers(gh, gw, shape.outH, shape.outW);
     const int inOutput = activationBuffersInOutput(lendableOutputFloats(cfg, shape), bufferFloats, buffers);
-    if (inOutput < 1) ws.bufA.reserve(bufferFloats);
-    if (inOutput < buffers) ws.bufB.reserve(bufferFloats);  // only reached with two buffers
+    if (inOutput < 1 && buffers >= 1) ws.bufA.reserve(bufferFloats);
+    if (inOutput < 2 && buffers >= 2) ws.bufB.reserve(bufferFloats);
     if (!queriesInOutput(cfg, shape.channels))
         ws.queries.reserve(static_cast<size_t>(cfg.dim) * shape.outH * shape.outW);
     ws.keys.reserve(static_cast<size_t>(cfg.dim) * shape.lowH * shape.lowW);

@@ -312,6 +312,36 @@ TEST(Kernels, PointConvThroughGroupNormActivationEqualsSeparatePasses)
                  std::invalid_argument);
 }
 
+// A 1x1 convolution with cin == cout runs in place (the point branch does, so that the encoder
+// needs no activation buffer when the guide has the output size): the same bits as out of place,
+// with and without the GroupNorm activation on its input, over several tasks and a partial last
+// tile (the 128 channels of the encoder, 37 x 53 pixels), for any thread split.
+TEST(Kernels, PointConvInPlaceEqualsOutOfPlace)
+{
+    const int c = 128, h = 37, w = 53, groups = 8;
+    const auto src = randomUniform(static_cast<size_t>(c) * h * w, 81, -2.f, 3.f);
+    const auto gamma = randomUniform(c, 82, 0.5f, 1.5f), beta = randomUniform(c, 83);
+    const auto weight = randomUniform(static_cast<size_t>(c) * c, 84, -0.1f, 0.1f), bias = randomUniform(c, 85);
+    const ConvWeights conv{weight.data(), bias.data(), c, c, 1};
+    std::vector<float> scale(c), shift(c);
+    groupNormAffine(src.data(), c, h, w, groups, gamma.data(), beta.data(), 1e-5f, pool(), scale.data(), shift.data());
+    InputActivation activation;
+    activation.scale = scale.data();
+    activation.shift = shift.data();
+    for (const InputActivation* act : {static_cast<const InputActivation*>(nullptr), static_cast<const InputActivation*>(&activation)})
+    {
+        std::vector<float> outOfPlace(src.size(), std::nanf(""));
+        conv2dReflect(src.data(), h, w, conv, outOfPlace.data(), pool(), nullptr, act);
+        for (const ParallelFor& parallel : {pool(), serialParallelFor()})
+        {
+            std::vector<float> inPlace = src;
+            conv2dReflect(inPlace.data(), h, w, conv, inPlace.data(), parallel, nullptr, act);
+            EXPECT_EQ(0, std::memcmp(inPlace.data(), outOfPlace.data(), src.size() * sizeof(float)))
+                << (act ? "with" : "without") << " the activation";
+        }
+    }
+}
+
 TEST(Kernels, GroupNormSiLUMatchesReference)
 {
     // Statistics are one shifted pass; the reference is the two-pass textbook form. The offset case
@@ -828,11 +858,12 @@ TEST(Forward, RepeatedCallsReuseTheWorkspace)
                                                ws.keys.data()};
     const size_t bytes = ws.bytes();
     EXPECT_GT(bytes, 0u);
-    // The guide has the output size: each branch's slice of the queries is its second activation
-    // buffer, so bufB is never allocated.
+    // The guide has the output size: the branches' slices of the queries are their activation
+    // buffers, so neither bufA nor bufB is allocated.
+    EXPECT_EQ(ws.bufA.capacity(), 0u);
     EXPECT_EQ(ws.bufB.capacity(), 0u);
     // The scratch starts on cache lines, so that the convolutions' non-temporal stores apply.
-    for (const float* buffer : {ws.guide.data(), ws.bufA.data(), ws.queries.data(), ws.keys.data()})
+    for (const float* buffer : {ws.guide.data(), ws.queries.data(), ws.keys.data()})
         EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer) % 64, 0u);
     forward(weights.cfg, weights.view, image.data(), features.data(), second.data(), shape, ws, pool());
     EXPECT_EQ(bytes, ws.bytes());
@@ -984,8 +1015,9 @@ TEST(Forward, CancelledForwardThrowsAndLeavesTheWorkspaceUsable)
 // it has that many channels) and, in the planes before them, the encoder's activation buffers
 // that fit (128 channels at guide size each), so none of these take workspace memory: the same
 // bits (and the same probe) as the encoder on its own workspace followed by the pooling and the
-// attention, into an output that starts as NaN. The guide has the output size (one activation
-// buffer) or is pooled to it (two), with room for everything, for part or for nothing.
+// attention, into an output that starts as NaN. The guide has the output size (no activation
+// buffer: the encoder's branches use the queries' slices) or is pooled to it (two buffers), with
+// room for everything, for part or for nothing.
 TEST(Forward, OutputHoldsTheQueriesAndTheEncoderActivationsThatFit)
 {
     RandomNafWeights weights(48);
@@ -996,10 +1028,10 @@ TEST(Forward, OutputHoldsTheQueriesAndTheEncoderActivationsThatFit)
         bool queriesInOutput, bufAInOutput, bufBInOutput;
     };
     const std::vector<Case> cases = {
-        {makeShape(41, 53, 384, 5, 7, 41, 53), true, true, false},  // bufB is never needed here
-        {makeShape(41, 53, 256, 5, 7, 41, 53), true, false, false},
-        {makeShape(41, 53, 128, 5, 7, 41, 53), false, true, false},
-        {makeShape(41, 53, 124, 5, 7, 41, 53), false, false, false},
+        // No pooling: neither activation buffer is ever needed.
+        {makeShape(41, 53, 384, 5, 7, 41, 53), true, true, true},
+        {makeShape(41, 53, 256, 5, 7, 41, 53), true, true, true},
+        {makeShape(41, 53, 124, 5, 7, 41, 53), false, true, true},
         // Guide 50x40 pooled to 20x16: each buffer is 128 x 2000 floats, 800 output planes.
         {makeShape(50, 40, 256 + 800, 5, 4, 20, 16), true, true, false},
         {makeShape(50, 40, 256 + 1600, 5, 4, 20, 16), true, true, true},
@@ -1022,7 +1054,9 @@ TEST(Forward, OutputHoldsTheQueriesAndTheEncoderActivationsThatFit)
         std::vector<float> keys(static_cast<size_t>(weights.cfg.dim) * s.lowH * s.lowW), expected(outFloats);
         encodeQueries(weights.cfg, weights.view, image.data(), s.imageH, s.imageW, s.outH, s.outW, queries.data(), own,
                       pool());
-        EXPECT_GT(own.bufA.capacity(), 0u);
+        const bool pooled = s.outH != s.imageH;
+        EXPECT_EQ(own.bufA.capacity() > 0, pooled);
+        EXPECT_EQ(own.bufB.capacity() > 0, pooled);
         adaptiveAvgPool(queries.data(), weights.cfg.dim, s.outH, s.outW, keys.data(), s.lowH, s.lowW, pool());
         neighborhoodAttention(queries.data(), keys.data(), features.data(), expected.data(), weights.cfg.dim, s.channels,
                               weights.cfg.headsAttn, s.lowH, s.lowW, s.outH, s.outW, s.kernelSize,
@@ -1032,8 +1066,7 @@ TEST(Forward, OutputHoldsTheQueriesAndTheEncoderActivationsThatFit)
         Workspace ws;
         reserveWorkspace(weights.cfg, weights.view, s, ws);
         auto placements = [&] {
-            return std::vector<bool>{ws.queries.capacity() == 0, ws.bufA.capacity() == 0,
-                                     ws.bufB.capacity() == 0 && s.outH != s.imageH};
+            return std::vector<bool>{ws.queries.capacity() == 0, ws.bufA.capacity() == 0, ws.bufB.capacity() == 0};
         };
         const std::vector<bool> expectedPlacements = {c.queriesInOutput, c.bufAInOutput, c.bufBInOutput};
         EXPECT_EQ(placements(), expectedPlacements);

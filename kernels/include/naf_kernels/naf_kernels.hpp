@@ -194,9 +194,14 @@ void adviseHugePages(void* data, size_t bytes);
 /// writes over them), and the encoder's activation buffers in the planes before those. These two
 /// functions are that rule, for callers that size memory (the module's budget check).
 bool queriesInOutput(const NafConfig& cfg, int channels);
-/// How many of the encoder's `buffers` activation buffers (1, or 2 when the guide is pooled to the
-/// output size), of `bufferFloats` each, forward() places in `lendableFloats` of its output:
-/// the first ones while they fit; the rest go to the Workspace.
+/// How many activation buffers (128 channels at guide size each) the encoder needs besides the
+/// queries: none when the guide has the output size (the context branch runs first and borrows
+/// the point branch's slice of the queries; the point branch's 1x1 layers then run in place in
+/// its own slice), 2 when the guide is pooled to the output size.
+int encoderActivationBuffers(int guideH, int guideW, int outH, int outW);
+/// How many of the encoder's `buffers` activation buffers (encoderActivationBuffers()), of
+/// `bufferFloats` each, forward() places in `lendableFloats` of its output: the first ones while
+/// they fit; the rest go to the Workspace.
 int activationBuffersInOutput(size_t lendableFloats, size_t bufferFloats, int buffers);
 
 /// Grows `ws` so that forward() with `shape` allocates nothing: call it for every item before
@@ -232,6 +237,8 @@ struct InputActivation
 /// the packed weights are kept there and reused by later calls with the same weights. With
 /// `activation` (1x1 convolutions only, else std::invalid_argument) the input is read through it:
 /// the same bits as groupNormSiLU's in-place result convolved, without writing it back.
+/// A 1x1 convolution with cin == cout may run in place (dst == src): each pixel tile's inputs are
+/// read in full before its outputs are written. Other convolutions need disjoint src and dst.
 void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, float* dst, const ParallelFor& parallel,
                    std::vector<PackedConvWeights>* cache = nullptr, const InputActivation* activation = nullptr);
 

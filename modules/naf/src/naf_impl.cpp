@@ -116,10 +116,10 @@ size_t estimateCallBytes(const K::NafConfig& cfg, const std::vector<Size>& image
         item = checkedSum(item, checkedProduct({3, gh, gw, f}, what), what);                // guide
         // Until the attention writes it, the item's output holds the queries and the encoder's
         // activation buffers that fit (kernels::queriesInOutput, activationBuffersInOutput): 2
-        // buffers of dim/2 channels at guide size, 1 when the guide has the output size (the
-        // queries' slice of the branch is the second buffer then). The rest is workspace.
+        // buffers of dim/2 channels at guide size, none when the guide has the output size
+        // (kernels::encoderActivationBuffers). The rest is workspace.
         const bool queriesInOutput = K::queriesInOutput(cfg, c);
-        const int buffers = gh == dstSize.height && gw == dstSize.width ? 1 : 2;
+        const int buffers = K::encoderActivationBuffers(gh, gw, dstSize.height, dstSize.width);
         const int inOutput = K::activationBuffersInOutput(
             checkedProduct({c - (queriesInOutput ? cfg.dim : 0), dstSize.height, dstSize.width}, what),
             checkedProduct({cfg.dim / 2, gh, gw}, what), buffers);

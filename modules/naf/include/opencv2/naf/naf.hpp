@@ -84,9 +84,10 @@ is the whole low-resolution axis.
 
 An object holds its weights and a pool of scratch memory and is reused across calls. On the CPU
 the output itself serves as scratch until it is written (the queries when the features have at
-least 256 channels, and the encoder's 128-channel activation buffer where room is left), so a
-call's peak memory is little more than its output: 2016x2016 from 384 channels peaks at 6.0
-GiB, of which the output is 5.8.
+least 256 channels, and, when the guide is pooled to the output size, the encoder's 128-channel
+activation buffers where room is left; a guide of the output size needs none), so a call's peak
+memory is little more than its output: 2016x2016 from 384 channels peaks at 6.0 GiB, of which
+the output is 5.8; 1024x1024 from MobileSAM's 256 channels at 1.1 GiB, of which the output is 1.0.
 
 Thread safety: every method may be called from any thread. upsample() and upsampleBlob() calls on
 one shared object run concurrently, each with its own scratch memory taken from the object's pool,

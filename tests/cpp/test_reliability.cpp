@@ -9,6 +9,8 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -427,6 +429,68 @@ TEST(Concurrency, OneSharedObjectFromManyThreadsEqualsSerialBitForBit)
             for (size_t j = 0; j < jobs.size(); ++j)
                 EXPECT_TRUE(bitIdentical(results[t][r * jobs.size() + j], serial[j]))
                     << "thread " << t << " round " << r << " job " << j;
+}
+
+// A progress callback on a shared object is called by every call, each from its own thread: each
+// thread sees its own calls' reports (0 first, non-decreasing, 1 last) and only those, and the
+// results stay those of serial calls.
+TEST(Concurrency, SharedProgressCallbackReportsEachCallOnItsOwnThread)
+{
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::createRandom(5);
+    const std::vector<Job> jobs = makeJobs();
+    std::vector<cv::Mat> serial;
+    for (const Job& j : jobs) serial.push_back(runJob(*naf, j));
+    std::mutex mutex;
+    std::map<std::thread::id, std::vector<double>> reports;
+    naf->setProgressCallback([&](double fraction) {
+        std::lock_guard<std::mutex> lock(mutex);
+        reports[std::this_thread::get_id()].push_back(fraction);
+        return true;
+    });
+    const int threads = 3;
+    std::vector<std::vector<cv::Mat>> results(threads, std::vector<cv::Mat>(jobs.size()));
+    std::vector<std::thread::id> ids(threads);
+    std::atomic<int> failures{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            ids[t] = std::this_thread::get_id();
+            try
+            {
+                for (size_t k = 0; k < jobs.size(); ++k)
+                {
+                    const size_t j = (k + t) % jobs.size();
+                    results[t][j] = runJob(*naf, jobs[j]);
+                }
+            }
+            catch (...)
+            {
+                ++failures;
+            }
+        });
+    for (auto& th : pool) th.join();
+    ASSERT_EQ(failures.load(), 0);
+    EXPECT_EQ(reports.size(), static_cast<size_t>(threads)) << "reports from threads that made no call";
+    for (int t = 0; t < threads; ++t)
+    {
+        for (size_t j = 0; j < jobs.size(); ++j)
+            EXPECT_TRUE(bitIdentical(results[t][j], serial[j])) << "thread " << t << " job " << j;
+        const std::vector<double>& mine = reports[ids[t]];
+        // Each call runs from 0 to 1; split the thread's reports into its calls at every 0 after a 1.
+        int calls = 0;
+        for (size_t i = 0; i < mine.size(); ++i)
+        {
+            if (i == 0 || (mine[i - 1] == 1.0 && mine[i] == 0.0))
+            {
+                EXPECT_EQ(mine[i], 0.0) << "thread " << t << " report " << i;
+                ++calls;
+                continue;
+            }
+            EXPECT_GE(mine[i], mine[i - 1]) << "thread " << t << " report " << i;
+        }
+        EXPECT_EQ(calls, static_cast<int>(jobs.size())) << "thread " << t;
+        EXPECT_EQ(mine.back(), 1.0) << "thread " << t;
+    }
 }
 
 TEST(Concurrency, SettersRacingWithCallsGiveOneOfTheConsistentResults)

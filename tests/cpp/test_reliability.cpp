@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 #include <opencv2/dnn.hpp>
+#include <opencv2/imgproc.hpp>
 #include <opencv2/naf.hpp>
 
 #include "sha256.hpp"
@@ -289,6 +290,58 @@ TEST(MemoryBudget, SmallBudgetRefusesWhatALargerOneAllows)
     cv::naf::NAF::setMemoryBudget(64 << 20);
     naf->upsample(image, feats, dst, cv::Size(26, 21));
     EXPECT_EQ(dst.size[3], 26);
+}
+
+// A photo much larger than the output makes the encoder run on up to 4x the output per side (as
+// the official code does): a refusal then says so, and how many bytes images of the output's size
+// would need; that number is right (such a call runs within it).
+TEST(MemoryBudget, RefusalForALargeGuideSaysWhatAnOutputSizedImageNeeds)
+{
+    BudgetGuard guard;
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::createRandom(1);
+    const cv::Mat photo = randomImage(400, 360, 1), feats = randomBlob(1, 8, 5, 5, 2);
+    const cv::Size out(90, 100);  // guide 400x360: pooled, two 128-channel buffers of 73 MB
+    cv::naf::NAF::setMemoryBudget(64 << 20);
+    std::string message;
+    try
+    {
+        cv::Mat dst;
+        naf->upsample(photo, feats, dst, out);
+        ADD_FAILURE() << "accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        message = e.what();
+    }
+    const std::string marker = "with images resized to the output's 90x100 it would need ";
+    ASSERT_NE(message.find("The guide encoder runs on 360x400 pixels (the image, up to 4x the output per side)"),
+              std::string::npos) << message;
+    const size_t at = message.find(marker);
+    ASSERT_NE(at, std::string::npos) << message;
+    const long long hinted = std::stoll(message.substr(at + marker.size()));
+    EXPECT_GT(hinted, 0);
+    EXPECT_LT(hinted, 64ll << 20);
+    // The hinted number is the estimate of that call: a budget of exactly that runs it, one byte
+    // less refuses it.
+    cv::Mat small, dst;
+    cv::resize(photo, small, out, 0, 0, cv::INTER_AREA);
+    cv::naf::NAF::setMemoryBudget(static_cast<size_t>(hinted) - 1);
+    expectRefused([&] { naf->upsample(small, feats, dst, out); }, {"needs " + std::to_string(hinted) + " bytes"});
+    cv::naf::NAF::setMemoryBudget(static_cast<size_t>(hinted));
+    naf->upsample(small, feats, dst, out);
+    EXPECT_EQ(dst.size[3], out.width);
+    // An output-sized image's refusal has no such hint.
+    cv::naf::NAF::setMemoryBudget(1 << 20);
+    cv::Mat none;
+    try
+    {
+        naf->upsample(small, feats, none, out);
+        ADD_FAILURE() << "accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_EQ(std::string(e.what()).find("guide encoder runs on"), std::string::npos) << e.what();
+    }
 }
 
 TEST(MemoryBudget, DnnLayerRefusesOversizedOutputsBeforeDnnAllocates)

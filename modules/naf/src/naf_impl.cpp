@@ -392,6 +392,33 @@ private:
         return K::cuda::available();
     }
 
+    // When a refused request's guides are larger than the output (the encoder runs at the image's
+    // size, up to 4x the output per side, as in the official code): the largest guide and what
+    // images of the output's size would need, so the caller sees the cheaper option.
+    std::string largeGuideHint(const std::vector<Size>& imageSizes, int c, int h, int w, Size dstSize,
+                               const std::string& request) const
+    {
+        int largestH = 0, largestW = 0;
+        for (const Size& img : imageSizes)
+        {
+            int gh = 0, gw = 0;
+            K::guideSize(img.height, img.width, dstSize.height, dstSize.width, weights_->cfg.maxGuideScale, &gh, &gw);
+            if (static_cast<int64_t>(gh) * gw > static_cast<int64_t>(largestH) * largestW)
+            {
+                largestH = gh;
+                largestW = gw;
+            }
+        }
+        if (static_cast<int64_t>(largestH) * largestW <= static_cast<int64_t>(dstSize.height) * dstSize.width)
+            return std::string();
+        const std::vector<Size> outputSized(imageSizes.size(), dstSize);
+        return "The guide encoder runs on " + sizeString(largestW, largestH) +
+               " pixels (the image, up to " + std::to_string(weights_->cfg.maxGuideScale) +
+               "x the output per side); with images resized to the output's " +
+               sizeString(dstSize.width, dstSize.height) + " it would need " +
+               std::to_string(estimateCallBytes(weights_->cfg, outputSized, c, h, w, dstSize, request)) + " bytes";
+    }
+
     // Validates every item's shape and refuses requests over the memory budget, before any
     // input copy, scratch or output is allocated.
     std::vector<K::ForwardShape> checkedShapes(const std::vector<Size>& imageSizes, const Mat& features, Size dstSize,
@@ -405,7 +432,9 @@ private:
                                                sizeString(dstSize.width, dstSize.height));
         const std::string request = std::string("cv::naf::NAF::") + fn + " of " + std::to_string(n) + " x " +
                                     std::to_string(c) + " x " + sizeString(dstSize.width, dstSize.height) + " output";
-        detail::checkMemoryBudget(estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize, request), request);
+        const size_t bytes = estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize, request);
+        if (bytes > detail::memoryBudget())
+            detail::checkMemoryBudget(bytes, request, largeGuideHint(imageSizes, c, h, w, dstSize, request));
         std::vector<K::ForwardShape> shapes(n);
         for (int i = 0; i < n; ++i)
         {

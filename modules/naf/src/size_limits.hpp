@@ -24,8 +24,8 @@ size_t memoryBudget();
 /// min(8 GiB, half the physical memory).
 size_t defaultMemoryBudget();
 /// Throws cv::Exception (StsNoMem) stating `requested`, the budget and `what` when
-/// requested > memoryBudget().
-void checkMemoryBudget(size_t requested, const std::string& what);
+/// requested > memoryBudget(); `hint`, when given, ends the message (what the caller could do).
+void checkMemoryBudget(size_t requested, const std::string& what, const std::string& hint = std::string());
 
 }  // namespace detail
 }  // namespace naf

@@ -176,8 +176,10 @@ using AlignedFloatVector = std::vector<float, CacheLineAllocator<float>>;
 /// Reusable scratch memory of the CPU forward; keep one per concurrent caller.
 struct Workspace
 {
-    AlignedFloatVector normalized, guide, bufA, queries, keys;
-    AlignedFloatVector bufB;  ///< second encoder buffer, only when the guide is not the output size
+    AlignedFloatVector normalized, guide, queries, keys;
+    /// The encoder's two activation buffers, only when the guide is not the output size (and
+    /// they do not fit in the output, see encoderActivationBuffers(), LentScratch).
+    AlignedFloatVector bufA, bufB;
     std::vector<PackedConvWeights> packedConvs;
     size_t bytes() const;
 };
@@ -272,8 +274,9 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
 // ---- whole forward (CPU) ---------------------------------------------------------------------
 
 /// Memory a caller lends to encodeQueries for its activation buffers (128 channels at guide
-/// size each; one, or two when the guide is pooled to the output size). Those that fit go there
-/// instead of into the Workspace, and its contents are overwritten. Best on a 64-byte boundary.
+/// size each; two when the guide is pooled to the output size, none otherwise, see
+/// encoderActivationBuffers()). Those that fit go there instead of into the Workspace, and its
+/// contents are overwritten. Best on a 64-byte boundary.
 struct LentScratch
 {
     float* data = nullptr;

@@ -985,6 +985,31 @@ void groupNormSiLU(float* data, int c, int h, int w, int groups, const float* ga
 
 // ---- adaptive average pooling ------------------------------------------------------------------
 
+namespace {
+
+// PyTorch's adaptive pooling bins: [binStart, binStop) of `in` for output index i of `out`.
+int binStart(int i, int in, int out) { return static_cast<int>((static_cast<int64_t>(i) * in) / out); }
+int binStop(int i, int in, int out) { return static_cast<int>((static_cast<int64_t>(i + 1) * in + out - 1) / out); }
+
+// Output row oy of one channel plane: the bin rows' column sums first (whole source rows, read
+// sequentially and vectorized), then each bin adds its columns' sums. Summing a bin element by
+// element was one dependent chain of double additions per output value: ~1 s at 2016x2016 ->
+// 28x28. `columns` holds srcW doubles.
+void poolOutputRow(const float* plane, int srcH, int srcW, int oy, int dstH, int dstW, double* columns, float* out)
+{
+    const int y0 = binStart(oy, srcH, dstH), y1 = binStop(oy, srcH, dstH);
+    columnSums(plane + static_cast<size_t>(y0) * srcW, static_cast<size_t>(srcW), y1 - y0, columns);
+    for (int ox = 0; ox < dstW; ++ox)
+    {
+        const int x0 = binStart(ox, srcW, dstW), x1 = binStop(ox, srcW, dstW);
+        double sum = 0;
+        for (int x = x0; x < x1; ++x) sum += columns[x];
+        out[ox] = static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
+    }
+}
+
+}  // namespace
+
 void adaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, int dstH, int dstW,
                      const ParallelFor& parallel)
 {
@@ -999,89 +1024,137 @@ void adaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, in
         });
         return;
     }
-    auto start = [](int i, int in, int out) { return static_cast<int>((static_cast<int64_t>(i) * in) / out); };
-    auto stop = [](int i, int in, int out) {
-        return static_cast<int>((static_cast<int64_t>(i + 1) * in + out - 1) / out);
-    };
-    // Per output row: the window rows' column sums first (whole source rows, read sequentially and
-    // vectorized), then each window adds its columns' sums. Summing a window element by element
-    // was one dependent chain of double additions per output value: ~1 s at 2016x2016 -> 28x28.
     parallel(static_cast<int64_t>(c) * dstH, [&](int64_t begin, int64_t end) {
         thread_local std::vector<double> columns;
         columns.resize(static_cast<size_t>(srcW));
         for (int64_t r = begin; r < end; ++r)
         {
             const int ch = static_cast<int>(r / dstH), oy = static_cast<int>(r % dstH);
-            const int y0 = start(oy, srcH, dstH), y1 = stop(oy, srcH, dstH);
-            const float* plane = src + static_cast<size_t>(ch) * srcH * srcW;
-            float* out = dst + (static_cast<size_t>(ch) * dstH + oy) * dstW;
-            columnSums(plane + static_cast<size_t>(y0) * srcW, static_cast<size_t>(srcW), y1 - y0, columns.data());
-            for (int ox = 0; ox < dstW; ++ox)
-            {
-                const int x0 = start(ox, srcW, dstW), x1 = stop(ox, srcW, dstW);
-                double sum = 0;
-                for (int x = x0; x < x1; ++x) sum += columns[x];
-                out[ox] = static_cast<float>(sum / static_cast<double>((y1 - y0) * (x1 - x0)));
-            }
+            poolOutputRow(src + static_cast<size_t>(ch) * srcH * srcW, srcH, srcW, oy, dstH, dstW, columns.data(),
+                          dst + (static_cast<size_t>(ch) * dstH + oy) * dstW);
         }
     });
 }
 
 // ---- RoPE --------------------------------------------------------------------------------------
 
+namespace {
+
+// The rotation of RoPE for [dim, h, w] data: channel j of a head pairs with j + headDim/2. The
+// first quarter of the pairs turn by the row's angle, the rest by the column's. Angles as the
+// reference computes them in float32: 2*pi*coord/period, coord = (i + 0.5) / L * 2 - 1.
+class RopeRotation
+{
+public:
+    RopeRotation(int dim, int h, int w, int heads, const float* periods)
+        : h_(h), w_(w), headDim_(validHeadDim(dim, heads)), half_(headDim_ / 2), quarter_(headDim_ / 4),
+          periods_(periods), cosX_(static_cast<size_t>(quarter_) * w), sinX_(static_cast<size_t>(quarter_) * w)
+    {
+        // Column angles once, channel-major ([quarter][w]) so that the loops run along contiguous
+        // memory; row angles per row.
+        for (int j = 0; j < quarter_; ++j)
+            for (int x = 0; x < w; ++x)
+            {
+                const float cx = 2.f * ((static_cast<float>(x) + 0.5f) / static_cast<float>(w)) - 1.f;
+                const float a = static_cast<float>(kTwoPi) * cx / periods[j];
+                cosX_[static_cast<size_t>(j) * w + x] = std::cos(a);
+                sinX_[static_cast<size_t>(j) * w + x] = std::sin(a);
+            }
+    }
+    int pairsPerHead() const { return half_; }
+    // The planes of pair j of head hd: lo, and hi = lo + half planes.
+    size_t loPlane(int hd, int j) const { return static_cast<size_t>(hd) * headDim_ + j; }
+    size_t hiPlane(int hd, int j) const { return loPlane(hd, j) + half_; }
+
+    // Rotates row y of pair j (lo, hi point at that row).
+    void rotateRow(int j, int y, float* lo, float* hi) const
+    {
+        if (j < quarter_)
+        {
+            // Row frequencies: one angle for the whole row.
+            const float cy = 2.f * ((static_cast<float>(y) + 0.5f) / static_cast<float>(h_)) - 1.f;
+            const float a = static_cast<float>(kTwoPi) * cy / periods_[j];
+            const float cs = std::cos(a), sn = std::sin(a);
+            for (int x = 0; x < w_; ++x)
+            {
+                const float u = lo[x], v = hi[x];
+                lo[x] = u * cs - v * sn;
+                hi[x] = v * cs + u * sn;
+            }
+        }
+        else
+        {
+            const float* cs = cosX_.data() + static_cast<size_t>(j - quarter_) * w_;
+            const float* sn = sinX_.data() + static_cast<size_t>(j - quarter_) * w_;
+            for (int x = 0; x < w_; ++x)
+            {
+                const float u = lo[x], v = hi[x];
+                lo[x] = u * cs[x] - v * sn[x];
+                hi[x] = v * cs[x] + u * sn[x];
+            }
+        }
+    }
+
+private:
+    static int validHeadDim(int dim, int heads)
+    {
+        if (heads <= 0 || dim % (4 * heads) != 0)
+            throw std::invalid_argument("applyRope: dim " + std::to_string(dim) + " must be divisible by 4*heads (" +
+                                        std::to_string(4 * heads) + ")");
+        return dim / heads;
+    }
+    static constexpr double kTwoPi = 6.283185307179586;
+    int h_, w_, headDim_, half_, quarter_;
+    const float* periods_;
+    std::vector<float> cosX_, sinX_;
+};
+
+}  // namespace
+
 void applyRope(float* data, int dim, int h, int w, int heads, const float* periods, const ParallelFor& parallel)
 {
-    if (heads <= 0 || dim % (4 * heads) != 0)
-        throw std::invalid_argument("applyRope: dim " + std::to_string(dim) + " must be divisible by 4*heads (" +
-                                    std::to_string(4 * heads) + ")");
-    const int headDim = dim / heads, half = headDim / 2, quarter = headDim / 4;
+    const RopeRotation rope(dim, h, w, heads, periods);
     const size_t hw = static_cast<size_t>(h) * w;
-    const double twoPi = 6.283185307179586;
-    // Column angles once, channel-major ([quarter][w]) so that the rotation loops below run along
-    // contiguous memory; row angles per row. Angles as the reference computes them in float32:
-    // 2*pi*coord/period.
-    std::vector<float> cosX(static_cast<size_t>(quarter) * w), sinX(static_cast<size_t>(quarter) * w);
-    for (int j = 0; j < quarter; ++j)
-        for (int x = 0; x < w; ++x)
-        {
-            const float cx = 2.f * ((static_cast<float>(x) + 0.5f) / static_cast<float>(w)) - 1.f;
-            const float a = static_cast<float>(twoPi) * cx / periods[j];
-            cosX[static_cast<size_t>(j) * w + x] = std::cos(a);
-            sinX[static_cast<size_t>(j) * w + x] = std::sin(a);
-        }
     parallel(h, [&](int64_t begin, int64_t end) {
         for (int64_t y = begin; y < end; ++y)
-        {
-            const float cy = 2.f * ((static_cast<float>(y) + 0.5f) / static_cast<float>(h)) - 1.f;
             for (int hd = 0; hd < heads; ++hd)
-                for (int j = 0; j < half; ++j)
-                {
-                    float* lo = data + (static_cast<size_t>(hd) * headDim + j) * hw + static_cast<size_t>(y) * w;
-                    float* hi = lo + static_cast<size_t>(half) * hw;
-                    if (j < quarter)
-                    {
-                        // Row frequencies: one angle for the whole row.
-                        const float a = static_cast<float>(twoPi) * cy / periods[j];
-                        const float cs = std::cos(a), sn = std::sin(a);
-                        for (int x = 0; x < w; ++x)
-                        {
-                            const float u = lo[x], v = hi[x];
-                            lo[x] = u * cs - v * sn;
-                            hi[x] = v * cs + u * sn;
-                        }
-                    }
-                    else
-                    {
-                        const float* cs = cosX.data() + static_cast<size_t>(j - quarter) * w;
-                        const float* sn = sinX.data() + static_cast<size_t>(j - quarter) * w;
-                        for (int x = 0; x < w; ++x)
-                        {
-                            const float u = lo[x], v = hi[x];
-                            lo[x] = u * cs[x] - v * sn[x];
-                            hi[x] = v * cs[x] + u * sn[x];
-                        }
-                    }
-                }
+                for (int j = 0; j < rope.pairsPerHead(); ++j)
+                    rope.rotateRow(j, static_cast<int>(y), data + rope.loPlane(hd, j) * hw + static_cast<size_t>(y) * w,
+                                   data + rope.hiPlane(hd, j) * hw + static_cast<size_t>(y) * w);
+    });
+}
+
+void applyRopeAndPool(float* data, int dim, int h, int w, int heads, const float* periods, float* pooled,
+                      int pooledH, int pooledW, const ParallelFor& parallel)
+{
+    if (pooledH <= 0 || pooledW <= 0 || pooledH > h || pooledW > w)
+        throw std::invalid_argument("applyRopeAndPool: pooled size " + std::to_string(pooledW) + "x" +
+                                    std::to_string(pooledH) + " must be positive and at most " + std::to_string(w) +
+                                    "x" + std::to_string(h));
+    const RopeRotation rope(dim, h, w, heads, periods);
+    const size_t hw = static_cast<size_t>(h) * w;
+    const size_t pooledPlane = static_cast<size_t>(pooledH) * pooledW;
+    // One task per channel pair: it rotates the pair's rows in order and pools each bin of rows as
+    // soon as its last row is rotated, while the rows are still in the cache. A row shared by two
+    // bins (sizes that do not divide) is rotated once, by the pair's own task.
+    parallel(static_cast<int64_t>(heads) * rope.pairsPerHead(), [&](int64_t begin, int64_t end) {
+        thread_local std::vector<double> columns;
+        columns.resize(static_cast<size_t>(w));
+        for (int64_t task = begin; task < end; ++task)
+        {
+            const int hd = static_cast<int>(task / rope.pairsPerHead()), j = static_cast<int>(task % rope.pairsPerHead());
+            const size_t planes[2] = {rope.loPlane(hd, j), rope.hiPlane(hd, j)};
+            float* lo = data + planes[0] * hw;
+            float* hi = data + planes[1] * hw;
+            int rotated = 0;
+            for (int oy = 0; oy < pooledH; ++oy)
+            {
+                for (const int stop = binStop(oy, h, pooledH); rotated < stop; ++rotated)
+                    rope.rotateRow(j, rotated, lo + static_cast<size_t>(rotated) * w, hi + static_cast<size_t>(rotated) * w);
+                for (const size_t plane : planes)
+                    poolOutputRow(data + plane * hw, h, w, oy, pooledH, pooledW, columns.data(),
+                                  pooled + plane * pooledPlane + static_cast<size_t>(oy) * pooledW);
+            }
         }
     });
 }

@@ -418,6 +418,38 @@ TEST(Kernels, RopeRotatesPairsByAxisAngles)
                 }
 }
 
+// RoPE with the keys' pooling folded in (the forward's path): the same bits as applyRope then
+// adaptiveAvgPool, for sizes that divide, that do not (bins sharing a row, which must be rotated
+// once), a pooled size equal to the data's, and any thread split. Bad sizes are refused.
+TEST(Kernels, RopeAndPoolEqualsRopeThenPool)
+{
+    const int dim = 32, heads = 2;
+    const std::vector<float> periods = {1.f, 3.f, 10.f, 31.f};
+    struct Case { int h, w, ph, pw; };
+    for (const Case& c : {Case{32, 48, 4, 6}, Case{37, 29, 5, 7}, Case{11, 13, 11, 13}, Case{23, 9, 1, 2}})
+    {
+        SCOPED_TRACE(std::to_string(c.w) + "x" + std::to_string(c.h) + " -> " + std::to_string(c.pw) + "x" +
+                     std::to_string(c.ph));
+        const auto src = randomUniform(static_cast<size_t>(dim) * c.h * c.w, 91);
+        std::vector<float> separate = src, separatePooled(static_cast<size_t>(dim) * c.ph * c.pw);
+        applyRope(separate.data(), dim, c.h, c.w, heads, periods.data(), pool());
+        adaptiveAvgPool(separate.data(), dim, c.h, c.w, separatePooled.data(), c.ph, c.pw, pool());
+        for (const ParallelFor& parallel : {pool(), serialParallelFor()})
+        {
+            std::vector<float> fused = src, fusedPooled(separatePooled.size(), std::nanf(""));
+            applyRopeAndPool(fused.data(), dim, c.h, c.w, heads, periods.data(), fusedPooled.data(), c.ph, c.pw,
+                             parallel);
+            EXPECT_EQ(0, std::memcmp(fused.data(), separate.data(), fused.size() * sizeof(float)));
+            EXPECT_EQ(0, std::memcmp(fusedPooled.data(), separatePooled.data(), fusedPooled.size() * sizeof(float)));
+        }
+    }
+    std::vector<float> data(static_cast<size_t>(dim) * 4 * 4), pooled(dim * 25);
+    EXPECT_THROW(applyRopeAndPool(data.data(), dim, 4, 4, heads, periods.data(), pooled.data(), 5, 5, pool()),
+                 std::invalid_argument);
+    EXPECT_THROW(applyRopeAndPool(data.data(), dim, 4, 4, 3, periods.data(), pooled.data(), 2, 2, pool()),
+                 std::invalid_argument);
+}
+
 // The CUDA channels-last tail's index arithmetic (hwc_tail.hpp), run here on every build: the
 // padded pixel-major layout covers every slot once with the reflect-padded value, and RoPE from
 // a branch's pixel-major output (plus bias) gives the CPU's applyRope of the channel-major queries.
@@ -950,10 +982,10 @@ TEST(Forward, ProgressIsReportedInOrderOnTheCallingThread)
         const std::string where = "shape " + std::to_string(shape.imageW) + "x" + std::to_string(shape.imageH) +
                                   " -> " + std::to_string(shape.outW) + "x" + std::to_string(shape.outH);
         EXPECT_EQ(0, std::memcmp(plain.data(), tracked.data(), plain.size() * sizeof(float))) << where;
-        // Start, normalize, 2 x 5 convolutions, RoPE, keys, 16 attention slices, the end; pooled
-        // guides add one report per branch.
+        // Start, normalize, 2 x 5 convolutions, RoPE with the keys, 16 attention slices, the end;
+        // pooled guides add one report per branch.
         const bool pooled = shape.imageH != shape.outH;
-        ASSERT_EQ(fractions.size(), 31u + (pooled ? 2u : 0u)) << where;
+        ASSERT_EQ(fractions.size(), 30u + (pooled ? 2u : 0u)) << where;
         EXPECT_EQ(fractions.front(), 0.0) << where;
         EXPECT_EQ(fractions.back(), 1.0) << where;
         // The cost model's stages add up to its total: the last slice already reaches ~1.

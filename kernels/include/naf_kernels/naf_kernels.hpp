@@ -262,6 +262,12 @@ void adaptiveAvgPool(const float* src, int c, int srcH, int srcW, float* dst, in
 /// centers), heads of dim/heads channels, periods[dim/heads/4].
 void applyRope(float* data, int dim, int h, int w, int heads, const float* periods, const ParallelFor& parallel);
 
+/// applyRope() followed by adaptiveAvgPool() of the rotated data to pooled [dim,pooledH,pooledW]
+/// (pooledH <= h, pooledW <= w), with the same bits as the two calls, in one pass: each channel
+/// pair's rows are pooled right after their rotation, while in the cache (the forward's keys).
+void applyRopeAndPool(float* data, int dim, int h, int w, int heads, const float* periods, float* pooled,
+                      int pooledH, int pooledW, const ParallelFor& parallel);
+
 /// Cross-scale neighborhood attention. queries [dim,outH,outW], keys [dim,lowH,lowW],
 /// values [channels,lowH,lowW] -> out [channels,outH,outW]. Keys/values are read at low
 /// resolution through the window rule in window.hpp. The queries may be out's last dim planes

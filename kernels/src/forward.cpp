@@ -154,18 +154,40 @@ double convWork(const ConvWeights& conv, double pixels)
     return macs * (stem ? WorkModel::kPerStem3x3Mac : WorkModel::kPerWinogradMac);
 }
 
+// The work of each reported stage; the forward's total (encoderWork) is their sum, so the last
+// report before the end reaches ~1.
+double guideWork(int imageH, int imageW, int gh, int gw)
+{
+    const bool resize = gh != imageH || gw != imageW;
+    return (3.0 * imageH * imageW + (resize ? 3.0 * gh * gw : 0.0)) * WorkModel::kPerImageValue;
+}
+
+double normThenConvWork(const ConvWeights& conv, double guidePixels)
+{
+    return convWork(conv, guidePixels) + guidePixels * conv.cin * WorkModel::kPerGroupNormValue;
+}
+
+double poolWork(int channels, double guidePixels)
+{
+    return guidePixels * channels * WorkModel::kPerPoolValue;
+}
+
+double ropeAndKeysWork(int dim, double outPixels)
+{
+    return outPixels * dim * WorkModel::kPerRopeAndKeysValue;
+}
+
 double branchWork(const EncoderBranchWeights& branch, double guidePixels, bool identity)
 {
     double work = convWork(branch.stem, guidePixels);
     for (const EncBlockWeights& block : branch.blocks)
-        work += convWork(block.conv1, guidePixels) + convWork(block.conv2, guidePixels) +
-                2 * guidePixels * block.conv1.cin * WorkModel::kPerGroupNormValue;
-    if (!identity) work += guidePixels * branch.stem.cout * WorkModel::kPerPoolValue;
+        work += normThenConvWork(block.conv1, guidePixels) + normThenConvWork(block.conv2, guidePixels);
+    if (!identity) work += poolWork(branch.stem.cout, guidePixels);
     return work;
 }
 
-// When the guide has the output size, pooling is the identity and each branch's slice of the
-// queries serves as its second activation buffer (runBranch): no Workspace::bufB.
+// When the guide has the output size, pooling is the identity and the branches' slices of the
+// queries serve as their activation buffers (runBranch, encoderActivationBuffers).
 bool poolIsIdentity(int gh, int gw, int outH, int outW)
 {
     return gh == outH && gw == outW;
@@ -220,7 +242,7 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
             groupNormSiLU(in, hidden, gh, gw, cfg.numGroups, gamma, beta, cfg.gnEps, parallel);
             conv2dReflect(in, gh, gw, conv, out, parallel, &ws.packedConvs);
         }
-        progress.advance(convWork(conv, guidePixels) + guidePixels * hidden * WorkModel::kPerGroupNormValue);
+        progress.advance(normThenConvWork(conv, guidePixels));
     };
     conv2dReflect(guide, gh, gw, branch.stem, even, parallel, &ws.packedConvs);
     progress.advance(convWork(branch.stem, guidePixels));
@@ -232,21 +254,17 @@ void runBranch(const NafConfig& cfg, const EncoderBranchWeights& branch, const f
     if (!identity)
     {
         adaptiveAvgPool(even, hidden, gh, gw, pooledOut, outH, outW, parallel);
-        progress.advance(guidePixels * hidden * WorkModel::kPerPoolValue);
+        progress.advance(poolWork(hidden, guidePixels));
     }
 }
 
 double encoderWork(const NafConfig& cfg, const NafWeights& weights, int imageH, int imageW, int gh, int gw, int outH,
                    int outW)
 {
-    const double outPixels = static_cast<double>(outH) * outW;
     const bool identity = poolIsIdentity(gh, gw, outH, outW);
-    const bool resize = gh != imageH || gw != imageW;
-    return 3.0 * imageH * imageW * WorkModel::kPerImageValue +
-           (resize ? 3.0 * gh * gw * WorkModel::kPerImageValue : 0.0) +
-           branchWork(weights.pointBranch, static_cast<double>(gh) * gw, identity) +
+    return guideWork(imageH, imageW, gh, gw) + branchWork(weights.pointBranch, static_cast<double>(gh) * gw, identity) +
            branchWork(weights.contextBranch, static_cast<double>(gh) * gw, identity) +
-           outPixels * cfg.dim * WorkModel::kPerRopeAndKeysValue;  // the forward's RoPE pools the keys too
+           ropeAndKeysWork(cfg.dim, static_cast<double>(outH) * outW);
 }
 
 // encodeQueries, reporting progress; with `keys`, also the keys [dim, keysH, keysW] (the queries
@@ -297,7 +315,7 @@ void encodeQueriesTracked(const NafConfig& cfg, const NafWeights& weights, const
         ws.guide.resize(3 * static_cast<size_t>(gh) * gw);
         resizeBilinear(normalized.data(), 3, imageH, imageW, ws.guide.data(), gh, gw, parallel);
     }
-    progress.advance((3.0 * imageH * imageW + (resize ? 3.0 * gh * gw : 0.0)) * WorkModel::kPerImageValue);
+    progress.advance(guideWork(imageH, imageW, gh, gw));
     // The activation buffers (none when the guide has the output size): the first `inLent` in the
     // lent memory, one after another, the rest in the workspace.
     const size_t bufferFloats = activationFloats(weights, gh, gw);
@@ -327,7 +345,7 @@ void encodeQueriesTracked(const NafConfig& cfg, const NafWeights& weights, const
                          parallel);
     else
         applyRope(queries, cfg.dim, outH, outW, cfg.headsRope, weights.ropePeriods, parallel);
-    progress.advance(static_cast<double>(outPlane) * cfg.dim * WorkModel::kPerRopeAndKeysValue);
+    progress.advance(ropeAndKeysWork(cfg.dim, static_cast<double>(outPlane)));
 }
 
 }  // namespace

@@ -432,9 +432,8 @@ private:
                                                sizeString(dstSize.width, dstSize.height));
         const std::string request = std::string("cv::naf::NAF::") + fn + " of " + std::to_string(n) + " x " +
                                     std::to_string(c) + " x " + sizeString(dstSize.width, dstSize.height) + " output";
-        const size_t bytes = estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize, request);
-        if (bytes > detail::memoryBudget())
-            detail::checkMemoryBudget(bytes, request, largeGuideHint(imageSizes, c, h, w, dstSize, request));
+        detail::checkMemoryBudget(estimateCallBytes(weights_->cfg, imageSizes, c, h, w, dstSize, request), request,
+                                  [&] { return largeGuideHint(imageSizes, c, h, w, dstSize, request); });
         std::vector<K::ForwardShape> shapes(n);
         for (int i = 0; i < n; ++i)
         {

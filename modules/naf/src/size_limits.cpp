@@ -110,14 +110,15 @@ size_t memoryBudget()
     return b;
 }
 
-void checkMemoryBudget(size_t requested, const std::string& what, const std::string& hint)
+void checkMemoryBudget(size_t requested, const std::string& what, const std::function<std::string()>& hint)
 {
     const size_t budget = memoryBudget();
-    if (requested > budget)
-        CV_Error(Error::StsNoMem, "cv::naf: " + what + " needs " + std::to_string(requested) +
-                                      " bytes, more than the memory budget of " + std::to_string(budget) +
-                                      " bytes (raise it with cv::naf::NAF::setMemoryBudget() or NAF_MEMORY_BUDGET)" +
-                                      (hint.empty() ? std::string() : ". " + hint));
+    if (requested <= budget) return;
+    const std::string advice = hint ? hint() : std::string();
+    CV_Error(Error::StsNoMem, "cv::naf: " + what + " needs " + std::to_string(requested) +
+                                  " bytes, more than the memory budget of " + std::to_string(budget) +
+                                  " bytes (raise it with cv::naf::NAF::setMemoryBudget() or NAF_MEMORY_BUDGET)" +
+                                  (advice.empty() ? std::string() : ". " + advice));
 }
 
 }  // namespace detail

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 
@@ -24,8 +25,10 @@ size_t memoryBudget();
 /// min(8 GiB, half the physical memory).
 size_t defaultMemoryBudget();
 /// Throws cv::Exception (StsNoMem) stating `requested`, the budget and `what` when
-/// requested > memoryBudget(); `hint`, when given, ends the message (what the caller could do).
-void checkMemoryBudget(size_t requested, const std::string& what, const std::string& hint = std::string());
+/// requested > memoryBudget(); `hint`, when given, is called only then and its text, if any,
+/// ends the message (what the caller could do instead).
+void checkMemoryBudget(size_t requested, const std::string& what,
+                       const std::function<std::string()>& hint = std::function<std::string()>());
 
 }  // namespace detail
 }  // namespace naf

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "naf_kernels/naf_kernels.hpp"
@@ -189,58 +190,273 @@ void gatherPointGroups(const float* src, size_t hw, int K, int np, const InputAc
 // The reverse for the results: groups [rows][kPointGroup] -> dst rows hw apart, np pixels each.
 void scatterPointGroups(const float* groups, int rows, int np, float* dst, size_t hw);
 
-// ---- Winograd F(4x4, 3x3) for the wide 3x3 convolutions -------------------------------------------
-// Per 4x4 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 36 multiplies
-// instead of 144: the 36 element-wise products over the input channels become 36 GEMMs
+// ---- Winograd F(6x6, 3x3) for the wide 3x3 convolutions -------------------------------------------
+// Per 6x6 output tile and channel pair, Y = A^T [(G g G^T) . (B^T d B)] A costs 64 multiplies
+// instead of 324: the 64 element-wise products over the input channels become 64 GEMMs
 // [cout x cin] x [cin x tiles] run by the same micro-kernel, with short linear transforms before
-// (input) and after (output). Interpolation points 0, +-1, +-2 and infinity (Lavin & Gray). Used
-// for 3x3 convolutions with at least kWinogradMinChannels inputs (the encoder blocks' 128 -> 128),
-// where the GEMMs dominate; the results differ from the direct sum by rounding only (~1e-6 of the
-// sum of the terms' magnitudes; tests bound it). F(2x2, 3x3), used before, needs 4 products per
-// output instead of 2.25 and reads 4 input values per output instead of 2.25 (PERFORMANCE item 15).
+// (input) and after (output). Interpolation points 0, +-1, +-2, +-1/2 and infinity. Used for 3x3
+// convolutions with at least kWinogradMinChannels inputs (the encoder blocks' 128 -> 128), where
+// the GEMMs dominate; the results differ from the direct sum by rounding only (~2.4e-6 of the sum
+// of the terms' magnitudes; tests bound it). F(4x4, 3x3), used before, needs 2.25 products per
+// output instead of 1.78 and rounds about half as much; the convolution took 10-13 % longer
+// (PERFORMANCE item 46). F(2x2, 3x3), before that, needed 4 (item 15).
 constexpr int kWinogradMinChannels = 32;
-constexpr int kWinogradTiles = 32;   // output tiles (along a tile row) per task: V stays in L2
-constexpr int kWinogradPoints = 36;  // 6x6 transformed values per tile
-constexpr int kSlabPad = 16;         // floats between the points' slabs of V and M
+constexpr int kWinogradTiles = 32;  // output tiles (along a tile row) per task: V stays near L2
+constexpr int kSlabPad = 16;        // floats between the points' slabs of V and M
 
-// 1-D weight transform G (6x3): rows 1/4 (1 0 0), -1/6 (1 1 1), -1/6 (1 -1 1), 1/24 (1 2 4),
-// 1/24 (1 -2 4), (0 0 1).
-inline void winogradWeightRow(const double g[3], double out[6])
+// Stride-6 (de)interleaving of 16 tiles on Vec16 for F(6x6), which GCC leaves scalar: 96
+// consecutive floats a[0..5] <-> six phases p[k][jj] = a[6 jj + k], in two stages (stride 2, then
+// stride 3): 18 two-source shuffles (vpermt2ps with AVX-512) per 96 floats, where one shuffle
+// tree per phase took 30 (PERFORMANCE item 46).
+// Vec16 is passed by reference: by value it is an AVX-512 register argument whose ABI GCC warns about.
+template <class Lanes, size_t... I>
+NAF_ALWAYS_INLINE inline void shuffleLanes(Vec16& out, const Vec16& a, const Vec16& b, std::index_sequence<I...>)
 {
-    out[0] = g[0] / 4;
-    out[1] = -(g[0] + g[1] + g[2]) / 6;
-    out[2] = -(g[0] - g[1] + g[2]) / 6;
-    out[3] = (g[0] + 2 * g[1] + 4 * g[2]) / 24;
-    out[4] = (g[0] - 2 * g[1] + 4 * g[2]) / 24;
-    out[5] = g[2];
+    out = __builtin_shufflevector(a, b, Lanes::at(static_cast<int>(I))...);  // 0-15: a, 16-31: b
+}
+template <class Lanes>
+NAF_ALWAYS_INLINE inline void shuffleLanes(Vec16& out, const Vec16& a, const Vec16& b)
+{
+    shuffleLanes<Lanes>(out, a, b, std::make_index_sequence<16>{});
+}
+template <int Parity>
+struct EveryOtherLane  // lane i: element 2 i + Parity of the 32 in (a, b)
+{
+    static constexpr int at(int i) { return 2 * i + Parity; }
+};
+template <int Phase>
+struct EveryThirdFromFirstTwo  // lane i: element 3 i + Phase of (a, b) when below 32
+{
+    static constexpr int at(int i) { return 3 * i + Phase < 32 ? 3 * i + Phase : 0; }
+};
+template <int Phase>
+struct EveryThirdWithThird  // lane i: element 3 i + Phase of 48 taken from the third vector b when >= 32
+{
+    static constexpr int at(int i) { return 3 * i + Phase >= 32 ? 3 * i + Phase - 32 + 16 : i; }
+};
+template <int Q>
+struct InterleaveThreeFirstTwo  // lane i of output Q of a stride-3 interleave: phase (16Q+i)%3 in {0, 1}
+{
+    static constexpr int at(int i)
+    {
+        const int e = 16 * Q + i;
+        return e % 3 == 0 ? e / 3 : (e % 3 == 1 ? 16 + e / 3 : 0);
+    }
+};
+template <int Q>
+struct InterleaveThreeWithThird  // ... phase 2 from b, the rest from a
+{
+    static constexpr int at(int i)
+    {
+        const int e = 16 * Q + i;
+        return e % 3 == 2 ? 16 + e / 3 : i;
+    }
+};
+template <int Half>
+struct InterleaveTwo  // lanes 8 Half .. 8 Half + 7 of a and b, alternating
+{
+    static constexpr int at(int i) { return (i % 2 ? 16 : 0) + 8 * Half + i / 2; }
+};
+
+// p[k] (k < 3) = elements 3 jj + k of the 48 in x[0..2].
+template <int K>
+NAF_ALWAYS_INLINE inline void everyThird(const Vec16 x[3], Vec16& p)
+{
+    Vec16 firstTwo;
+    shuffleLanes<EveryThirdFromFirstTwo<K>>(firstTwo, x[0], x[1]);
+    shuffleLanes<EveryThirdWithThird<K>>(p, firstTwo, x[2]);
+}
+template <int Q>
+NAF_ALWAYS_INLINE inline void interleaveThree(const Vec16 p[3], Vec16& x)
+{
+    Vec16 firstTwo;
+    shuffleLanes<InterleaveThreeFirstTwo<Q>>(firstTwo, p[0], p[1]);
+    shuffleLanes<InterleaveThreeWithThird<Q>>(x, firstTwo, p[2]);
+}
+// p[k][jj] = in[6 jj + k], jj < 16.
+NAF_ALWAYS_INLINE inline void deinterleave6(const float* in, Vec16 p[6])
+{
+    Vec16 a[6], even[3], odd[3];
+    for (int q = 0; q < 6; ++q) loadVec16(a[q], in + 16 * q);
+    for (int q = 0; q < 3; ++q)
+    {
+        shuffleLanes<EveryOtherLane<0>>(even[q], a[2 * q], a[2 * q + 1]);
+        shuffleLanes<EveryOtherLane<1>>(odd[q], a[2 * q], a[2 * q + 1]);
+    }
+    everyThird<0>(even, p[0]);
+    everyThird<1>(even, p[2]);
+    everyThird<2>(even, p[4]);
+    everyThird<0>(odd, p[1]);
+    everyThird<1>(odd, p[3]);
+    everyThird<2>(odd, p[5]);
+}
+// out[6 jj + k] = p[k][jj], jj < 16.
+NAF_ALWAYS_INLINE inline void interleave6(const Vec16 p[6], float* out)
+{
+    const Vec16 evenPhases[3] = {p[0], p[2], p[4]}, oddPhases[3] = {p[1], p[3], p[5]};
+    Vec16 even[3], odd[3];
+    interleaveThree<0>(evenPhases, even[0]);
+    interleaveThree<1>(evenPhases, even[1]);
+    interleaveThree<2>(evenPhases, even[2]);
+    interleaveThree<0>(oddPhases, odd[0]);
+    interleaveThree<1>(oddPhases, odd[1]);
+    interleaveThree<2>(oddPhases, odd[2]);
+    for (int q = 0; q < 3; ++q)
+    {
+        Vec16 half;
+        shuffleLanes<InterleaveTwo<0>>(half, even[q], odd[q]);
+        storeVec16(out + 32 * q, half);
+        shuffleLanes<InterleaveTwo<1>>(half, even[q], odd[q]);
+        storeVec16(out + 32 * q + 16, half);
+    }
 }
 
-// U[xi] = (G g G^T)[xi / 6][xi % 6] per (co, ci), packed per point like packWeights: [xi][block of
+struct WinogradF6
+{
+    static constexpr int M = 6;
+    static constexpr int N = 8;
+    static constexpr int kPoints = N * N;
+
+    // G (8x3): rows (1 0 0), -2/9 (1 1 1), -2/9 (1 -1 1), 1/90 (1 2 4), 1/90 (1 -2 4),
+    // 8/45 (4 2 1), 8/45 (4 -2 1), (0 0 1).
+    static void weightRow(const double g[3], double out[N])
+    {
+        out[0] = g[0];
+        out[1] = -2 * (g[0] + g[1] + g[2]) / 9;
+        out[2] = -2 * (g[0] - g[1] + g[2]) / 9;
+        out[3] = (g[0] + 2 * g[1] + 4 * g[2]) / 90;
+        out[4] = (g[0] - 2 * g[1] + 4 * g[2]) / 90;
+        out[5] = 8 * (4 * g[0] + 2 * g[1] + g[2]) / 45;
+        out[6] = 8 * (4 * g[0] - 2 * g[1] + g[2]) / 45;
+        out[7] = g[2];
+    }
+
+    // B^T d: rows (1 0 -21/4 0 21/4 0 -1 0), (0 1 1 -17/4 -17/4 1 1 0), (0 -1 1 17/4 -17/4 -1 1 0),
+    // (0 1/2 1/4 -5/2 -5/4 2 1 0), (0 -1/2 1/4 5/2 -5/4 -2 1 0), (0 2 4 -5/2 -5 1/2 1 0),
+    // (0 -2 4 5/2 -5 -1/2 1 0), (0 -1 0 21/4 0 -21/4 0 1); rows 1-6 in pairs even +- odd part.
+    NAF_ALWAYS_INLINE static void inputRow(const float d[N], float t[N])
+    {
+        const float a = d[2] + d[6] - 4.25f * d[4], b = d[1] + d[5] - 4.25f * d[3];
+        const float c = d[6] + 0.25f * d[2] - 1.25f * d[4], e = 0.5f * d[1] - 2.5f * d[3] + 2.f * d[5];
+        const float f = d[6] + 4.f * d[2] - 5.f * d[4], g = 2.f * d[1] - 2.5f * d[3] + 0.5f * d[5];
+        t[0] = d[0] - d[6] + 5.25f * (d[4] - d[2]);
+        t[1] = a + b;
+        t[2] = a - b;
+        t[3] = c + e;
+        t[4] = c - e;
+        t[5] = f + g;
+        t[6] = f - g;
+        t[7] = d[7] - d[1] + 5.25f * (d[3] - d[5]);
+    }
+
+    NAF_ALWAYS_INLINE static void inputColumns(const float (*h)[N][kWinogradTiles], int k, int nt, float* v,
+                                               size_t vs)
+    {
+        columns(h[0][k], h[1][k], h[2][k], h[3][k], h[4][k], h[5][k], h[6][k], h[7][k], nt, v + (0 * N + k) * vs,
+                v + (1 * N + k) * vs, v + (2 * N + k) * vs, v + (3 * N + k) * vs, v + (4 * N + k) * vs,
+                v + (5 * N + k) * vs, v + (6 * N + k) * vs, v + (7 * N + k) * vs);
+    }
+    NAF_ALWAYS_INLINE static void columns(const float* h0, const float* h1, const float* h2, const float* h3,
+                                          const float* h4, const float* h5, const float* h6, const float* h7, int nt,
+                                          float* __restrict v0, float* __restrict v1, float* __restrict v2,
+                                          float* __restrict v3, float* __restrict v4, float* __restrict v5,
+                                          float* __restrict v6, float* __restrict v7)
+    {
+        for (int j = 0; j < nt; ++j)
+        {
+            const float d[N] = {h0[j], h1[j], h2[j], h3[j], h4[j], h5[j], h6[j], h7[j]};
+            float t[N];
+            inputRow(d, t);
+            v0[j] = t[0];
+            v1[j] = t[1];
+            v2[j] = t[2];
+            v3[j] = t[3];
+            v4[j] = t[4];
+            v5[j] = t[5];
+            v6[j] = t[6];
+            v7[j] = t[7];
+        }
+    }
+
+    NAF_ALWAYS_INLINE static void phases(const float* in, int j0, int j1, float (*p)[kWinogradTiles + 1])
+    {
+        if (j1 - j0 + 1 < 16)
+        {
+            for (int j = j0; j <= j1; ++j)
+                for (int k = 0; k < M; ++k) p[k][j] = in[M * j - 1 + k];
+            return;
+        }
+        // Blocks of 16 tiles, the last one moved back to end at j1 (it rewrites the same values).
+        for (int j = j0;; j += 16)
+        {
+            const int b = std::min(j, j1 - 15);
+            Vec16 ph[6];
+            deinterleave6(in + M * b - 1, ph);
+            for (int k = 0; k < M; ++k) storeVec16(&p[k][b], ph[k]);
+            if (b == j1 - 15) break;
+        }
+    }
+    NAF_ALWAYS_INLINE static void interleave(const float (*out)[kWinogradTiles], int nt, float* line)
+    {
+        if (nt < 16)
+        {
+            for (int j = 0; j < nt; ++j)
+                for (int c = 0; c < M; ++c) line[M * j + c] = out[c][j];
+            return;
+        }
+        for (int j = 0;; j += 16)
+        {
+            const int b = std::min(j, nt - 16);  // the last block ends at nt (same values again)
+            Vec16 ph[6];
+            for (int c = 0; c < M; ++c) loadVec16(ph[c], &out[c][b]);
+            interleave6(ph, line + M * b);
+            if (b == nt - 16) break;
+        }
+    }
+
+    // A^T m: rows (1 1 1 1 1 1 1 0), (0 1 -1 2 -2 1/2 -1/2 0), (0 1 1 4 4 1/4 1/4 0),
+    // (0 1 -1 8 -8 1/8 -1/8 0), (0 1 1 16 16 1/16 1/16 0), (0 1 -1 32 -32 1/32 -1/32 1).
+    NAF_ALWAYS_INLINE static void outputRow(const float m[N], float o[M])
+    {
+        const float s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+        const float s56 = m[5] + m[6], d56 = m[5] - m[6];
+        o[0] = m[0] + s12 + s34 + s56;
+        o[1] = d12 + 2.f * d34 + 0.5f * d56;
+        o[2] = s12 + 4.f * s34 + 0.25f * s56;
+        o[3] = d12 + 8.f * d34 + 0.125f * d56;
+        o[4] = s12 + 16.f * s34 + 0.0625f * s56;
+        o[5] = d12 + 32.f * d34 + 0.03125f * d56 + m[7];
+    }
+};
+
+// U[xi] = (G g G^T)[xi / N][xi % N] per (co, ci), packed per point like packWeights: [xi][block of
 // mr output channels][cin][mr].
+template <class W>
 std::vector<float> winogradWeights(const ConvWeights& conv, int mr)
 {
+    constexpr int N = W::N;
     const int cout = conv.cout, cin = conv.cin;
     const int blocks = (cout + mr - 1) / mr;
-    std::vector<float> packed(static_cast<size_t>(blocks) * kWinogradPoints * cin * mr, 0.f);
+    std::vector<float> packed(static_cast<size_t>(blocks) * W::kPoints * cin * mr, 0.f);
     for (int co = 0; co < cout; ++co)
         for (int ci = 0; ci < cin; ++ci)
         {
             const float* g = conv.weight + (static_cast<size_t>(co) * cin + ci) * 9;
-            double gg[6][3];  // G g: column c of g transformed
+            double gg[N][3];  // G g: column c of g transformed
             for (int c = 0; c < 3; ++c)
             {
                 const double column[3] = {g[c], g[3 + c], g[6 + c]};
-                double t[6];
-                winogradWeightRow(column, t);
-                for (int r = 0; r < 6; ++r) gg[r][c] = t[r];
+                double t[N];
+                W::weightRow(column, t);
+                for (int r = 0; r < N; ++r) gg[r][c] = t[r];
             }
-            for (int r = 0; r < 6; ++r)
+            for (int r = 0; r < N; ++r)
             {
-                double u[6];  // (G g) G^T, row r
-                winogradWeightRow(gg[r], u);
-                for (int c = 0; c < 6; ++c)
+                double u[N];  // (G g) G^T, row r
+                W::weightRow(gg[r], u);
+                for (int c = 0; c < N; ++c)
                 {
-                    const size_t xi = static_cast<size_t>(r) * 6 + c;
+                    const size_t xi = static_cast<size_t>(r) * N + c;
                     const size_t at = ((xi * blocks + static_cast<size_t>(co / mr)) * cin + ci) * mr + co % mr;
                     packed[at] = static_cast<float>(u[c]);
                 }
@@ -249,126 +465,83 @@ std::vector<float> winogradWeights(const ConvWeights& conv, int mr)
     return packed;
 }
 
-// B^T d for one 6-vector d: rows (4 0 -5 0 1 0), (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0),
-// (0 2 -1 -2 1 0), (0 4 0 -5 0 1).
-NAF_ALWAYS_INLINE inline void winogradInputRow(float d0, float d1, float d2, float d3, float d4, float d5, float t[6])
-{
-    const float a = d4 - 4.f * d2, b = d3 - 4.f * d1;  // shared by t1, t2
-    const float c = d4 - d2, e = 2.f * (d3 - d1);      // shared by t3, t4
-    t[0] = 4.f * d0 - 5.f * d2 + d4;
-    t[1] = a + b;
-    t[2] = a - b;
-    t[3] = c + e;
-    t[4] = c - e;
-    t[5] = 4.f * d1 - 5.f * d3 + d5;
-}
-
 // An input column (or row) index for tile data: reflect padded at -1 and n; further out the value
 // only feeds outputs past the image, which are dropped, so any in-range index serves.
 inline int tileIndex(int i, int n) { return std::max(0, std::min(reflectIndex(i, n), n - 1)); }
 
-// B^T over the rows for one column component of nt tiles, into six distinct rows of v. The
-// restrict parameters let the compiler vectorize: with six output pointers GCC would otherwise
-// need more run-time overlap checks than it is willing to emit and keeps the loop scalar.
-NAF_ALWAYS_INLINE inline void winogradInputColumns(const float* h0, const float* h1, const float* h2, const float* h3,
-                                                   const float* h4, const float* h5, int nt, float* __restrict v0,
-                                                   float* __restrict v1, float* __restrict v2, float* __restrict v3,
-                                                   float* __restrict v4, float* __restrict v5)
-{
-    for (int j = 0; j < nt; ++j)
-    {
-        float t[6];
-        winogradInputRow(h0[j], h1[j], h2[j], h3[j], h4[j], h5[j], t);
-        v0[j] = t[0];
-        v1[j] = t[1];
-        v2[j] = t[2];
-        v3[j] = t[3];
-        v4[j] = t[4];
-        v5[j] = t[5];
-    }
-}
-
-// Input transform of one channel for the nt tiles of a task. rows[r] are the 6 input rows of the
-// tile row; tile j spans columns 4 (t0 + j) - 1 ... + 4, split into four phases
-// p[k][j] = row[4 (t0 + j) - 1 + k], so tile j is p0..p3[j], p0[j + 1], p1[j + 1] and every loop
-// below is contiguous. v[xi * vStride + j] = (B^T d B)[xi].
-NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[6], int w, int t0, int nt, float* v,
+// Input transform of one channel for the nt tiles of a task. rows[r] are the N input rows of the
+// tile row; tile j spans columns M (t0 + j) - 1 ... + M, split into M phases
+// p[k][j] = row[M (t0 + j) - 1 + k], so tile j is p0..p(M-1)[j], p0[j + 1], p1[j + 1] and every
+// loop below is contiguous. v[xi * vStride + j] = (B^T d B)[xi].
+template <class W>
+NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[W::N], int w, int t0, int nt, float* v,
                                                 size_t vStride)
 {
-    float h[6][6][kWinogradTiles];  // [input row][column component][tile]
-    // Phases read without reflection: 4 (t0 + j) - 1 >= 0 and 4 (t0 + j) + 2 <= w - 1.
+    constexpr int M = W::M, N = W::N;
+    float h[N][N][kWinogradTiles];  // [input row][column component][tile]
+    // Phases read without reflection: M (t0 + j) - 1 >= 0 and M (t0 + j) + M - 2 <= w - 1.
     const int jLo = t0 == 0 ? 1 : 0;
-    const int jHi = std::min(nt, (w - 3) / 4 - t0);
-    for (int r = 0; r < 6; ++r)
+    const int lastTile = w - M + 1 >= 0 ? (w - M + 1) / M : -1;  // last t0 + j that needs no reflection
+    const int jHi = std::min(nt, lastTile - t0);
+    for (int r = 0; r < N; ++r)
     {
-        float p[4][kWinogradTiles + 1];
+        float p[M][kWinogradTiles + 1];
         const float* row = rows[r];
         auto reflected = [&](int j) {
-            for (int k = 0; k < 4; ++k) p[k][j] = row[tileIndex(4 * (t0 + j) - 1 + k, w)];
+            for (int k = 0; k < M; ++k) p[k][j] = row[tileIndex(M * (t0 + j) - 1 + k, w)];
         };
         for (int j = 0; j < std::min(jLo, nt + 1); ++j) reflected(j);
         for (int j = std::max(jHi + 1, 0); j <= nt; ++j) reflected(j);
-        const float* in = row + 4 * t0;
-        for (int j = jLo; j <= jHi; ++j)
-            for (int k = 0; k < 4; ++k) p[k][j] = in[4 * j - 1 + k];
+        W::phases(row + M * t0, jLo, jHi, p);
         for (int j = 0; j < nt; ++j)
         {
-            float t[6];
-            winogradInputRow(p[0][j], p[1][j], p[2][j], p[3][j], p[0][j + 1], p[1][j + 1], t);
-            for (int k = 0; k < 6; ++k) h[r][k][j] = t[k];
+            float d[N], t[N];
+            for (int k = 0; k < M; ++k) d[k] = p[k][j];
+            d[M] = p[0][j + 1];
+            d[M + 1] = p[1][j + 1];
+            W::inputRow(d, t);
+            for (int k = 0; k < N; ++k) h[r][k][j] = t[k];
         }
     }
-    for (int k = 0; k < 6; ++k)
-        winogradInputColumns(h[0][k], h[1][k], h[2][k], h[3][k], h[4][k], h[5][k], nt, v + k * vStride,
-                             v + (6 + k) * vStride, v + (12 + k) * vStride, v + (18 + k) * vStride,
-                             v + (24 + k) * vStride, v + (30 + k) * vStride);
+    for (int k = 0; k < N; ++k) W::inputColumns(h, k, nt, v, vStride);
 }
 
-// A^T m for one 6-vector m: rows (1 1 1 1 1 0), (0 1 -1 2 -2 0), (0 1 1 4 4 0), (0 1 -1 8 -8 1).
-NAF_ALWAYS_INLINE inline void winogradOutputRow(float m0, float m1, float m2, float m3, float m4, float m5, float o[4])
-{
-    const float sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
-    o[0] = m0 + sum12 + sum34;
-    o[1] = diff12 + 2.f * diff34;
-    o[2] = sum12 + 4.f * sum34;
-    o[3] = diff12 + 8.f * diff34 + m5;
-}
-
-// Output transform of one output channel: m[xi * mStride + j] -> the tile row's four output rows
+// Output transform of one output channel: m[xi * mStride + j] -> the tile row's M output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
 // kStream (AVX-512 only): each row's run goes out through streamCopyAvx512 (the next layer reads it
 // much later, from DRAM anyway): 5-9 % of the convolution (PERFORMANCE items 23, 31). The caller
 // fences.
-template <bool kStream = false>
+template <class W, bool kStream = false>
 NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
-                                                 float* const y[4], int cols)
+                                                 float* const y[W::M], int cols)
 {
-    float s[4][6][kWinogradTiles];  // A^T over the rows: [output row][column component][tile]
-    for (int k = 0; k < 6; ++k)
+    constexpr int M = W::M, N = W::N;
+    float s[M][N][kWinogradTiles];  // A^T over the rows: [output row][column component][tile]
+    for (int k = 0; k < N; ++k)
         for (int j = 0; j < nt; ++j)
         {
-            float o[4];
-            winogradOutputRow(m[(0 + k) * mStride + j], m[(6 + k) * mStride + j], m[(12 + k) * mStride + j],
-                              m[(18 + k) * mStride + j], m[(24 + k) * mStride + j], m[(30 + k) * mStride + j], o);
-            for (int i = 0; i < 4; ++i) s[i][k][j] = o[i];
+            float column[N], o[M];
+            for (int r = 0; r < N; ++r) column[r] = m[(r * N + k) * mStride + j];
+            W::outputRow(column, o);
+            for (int i = 0; i < M; ++i) s[i][k][j] = o[i];
         }
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < M; ++i)
     {
         if (!y[i]) continue;
-        float out[4][kWinogradTiles];
+        float out[M][kWinogradTiles];
         for (int j = 0; j < nt; ++j)
         {
-            float o[4];
-            winogradOutputRow(s[i][0][j], s[i][1][j], s[i][2][j], s[i][3][j], s[i][4][j], s[i][5][j], o);
-            for (int c = 0; c < 4; ++c) out[c][j] = o[c] + bias;
+            float row[N], o[M];
+            for (int k = 0; k < N; ++k) row[k] = s[i][k][j];
+            W::outputRow(row, o);
+            for (int c = 0; c < M; ++c) out[c][j] = o[c] + bias;
         }
         // Tiles interleaved into the row's run, then copied up to the image's edge (a last tile
         // past it keeps only its first columns). One path for whole and cut runs: with tasks
         // that continue on the next tile row, a run ending at the edge can hold 32 tiles.
-        float line[4 * kWinogradTiles];
-        for (int j = 0; j < nt; ++j)
-            for (int c = 0; c < 4; ++c) line[4 * j + c] = out[c][j];
-        const int n = std::min(cols, 4 * nt);
+        float line[M * kWinogradTiles];
+        W::interleave(out, nt, line);
+        const int n = std::min(cols, M * nt);
         if constexpr (kStream)
             streamCopyAvx512(y[i], line, static_cast<size_t>(n));
         else
@@ -376,71 +549,77 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
     }
 }
 
-NAF_TARGET_AVX512 void winogradInputAvx512(const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
+// Per-ISA copies of the transforms (the same source compiled for AVX-512, AVX2 and the baseline).
+template <class W>
+struct WinogradTransforms
 {
-    winogradInputImpl(r, w, t0, nt, v, vs);
-}
-NAF_TARGET_AVX2 void winogradInputAvx2(const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
-{
-    winogradInputImpl(r, w, t0, nt, v, vs);
-}
-void winogradInputGeneric(const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
-{
-    winogradInputImpl(r, w, t0, nt, v, vs);
-}
-NAF_TARGET_AVX512 void winogradOutputAvx512(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
-{
-    winogradOutputImpl<true>(m, ms, nt, b, y, c);
-}
-NAF_TARGET_AVX2 void winogradOutputAvx2(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
-{
-    winogradOutputImpl(m, ms, nt, b, y, c);
-}
-void winogradOutputGeneric(const float* m, size_t ms, int nt, float b, float* const y[4], int c)
-{
-    winogradOutputImpl(m, ms, nt, b, y, c);
-}
-
-void winogradInput(GemmIsa isa, const float* const r[6], int w, int t0, int nt, float* v, size_t vs)
-{
-    switch (isa)
+    NAF_TARGET_AVX512 static void inputAvx512(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
     {
-    case GemmIsa::Avx512: winogradInputAvx512(r, w, t0, nt, v, vs); break;
-    case GemmIsa::Avx2: winogradInputAvx2(r, w, t0, nt, v, vs); break;
-    default: winogradInputGeneric(r, w, t0, nt, v, vs); break;
+        winogradInputImpl<W>(r, w, t0, nt, v, vs);
     }
-}
-
-void winogradOutput(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* const y[4], int c)
-{
-    switch (isa)
+    NAF_TARGET_AVX2 static void inputAvx2(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
     {
-    case GemmIsa::Avx512: winogradOutputAvx512(m, ms, nt, b, y, c); break;
-    case GemmIsa::Avx2: winogradOutputAvx2(m, ms, nt, b, y, c); break;
-    default: winogradOutputGeneric(m, ms, nt, b, y, c); break;
+        winogradInputImpl<W>(r, w, t0, nt, v, vs);
     }
-}
+    static void inputGeneric(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
+    {
+        winogradInputImpl<W>(r, w, t0, nt, v, vs);
+    }
+    NAF_TARGET_AVX512 static void outputAvx512(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    {
+        winogradOutputImpl<W, true>(m, ms, nt, b, y, c);
+    }
+    NAF_TARGET_AVX2 static void outputAvx2(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    {
+        winogradOutputImpl<W>(m, ms, nt, b, y, c);
+    }
+    static void outputGeneric(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    {
+        winogradOutputImpl<W>(m, ms, nt, b, y, c);
+    }
+    static void input(GemmIsa isa, const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
+    {
+        switch (isa)
+        {
+        case GemmIsa::Avx512: inputAvx512(r, w, t0, nt, v, vs); break;
+        case GemmIsa::Avx2: inputAvx2(r, w, t0, nt, v, vs); break;
+        default: inputGeneric(r, w, t0, nt, v, vs); break;
+        }
+    }
+    static void output(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    {
+        switch (isa)
+        {
+        case GemmIsa::Avx512: outputAvx512(m, ms, nt, b, y, c); break;
+        case GemmIsa::Avx2: outputAvx2(m, ms, nt, b, y, c); break;
+        default: outputGeneric(m, ms, nt, b, y, c); break;
+        }
+    }
+};
 
-// One task = one tile row x up to kWinogradTiles tiles: transform every input channel into V
-// [36][cin][tiles], run the 36 GEMMs [cout x cin] x [cin x tiles] into M [36][cout][tiles] (590 KB
-// each at 128 channels), then the output transform. Each V[xi] (16 KB) stays in L1 for all output
-// channels; running the 36 points per 8-channel block instead, with M in L1, measured the same
+// One task = up to kWinogradTiles consecutive tiles: transform every input channel into V
+// [points][cin][tiles], run the GEMMs [cout x cin] x [cin x tiles] into M [points][cout][tiles],
+// then the output transform. Each V[xi] (16 KB at 128 channels) stays in L1 for all output
+// channels; running the points per 8-channel block instead, with M in L1, measured the same
 // (PERFORMANCE item 15).
+template <class W>
 void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, const std::vector<float>& packed,
                      float* dst, const ParallelFor& parallel)
 {
+    constexpr int M = W::M, N = W::N, kPoints = W::kPoints;
+    using Transforms = WinogradTransforms<W>;
     const GemmIsa isa = gemmIsa();
     const int mr = gemmRows(isa);
     const int cin = conv.cin, cout = conv.cout;
     const size_t perPoint = static_cast<size_t>((cout + mr - 1) / mr) * cin * mr;  // packed weights of a point
     const ConvWeights shape{conv.weight, nullptr, cout, cin, 1};  // gemmTile reads cout and bias only
-    const int tileRows = (h + 3) / 4, tileCols = (w + 3) / 4;
+    const int tileRows = (h + M - 1) / M, tileCols = (w + M - 1) / M;
     const int64_t totalTiles = static_cast<int64_t>(tileRows) * tileCols;
     const size_t hw = static_cast<size_t>(h) * w;
     std::vector<ptrdiff_t> off(cin);
     for (int ci = 0; ci < cin; ++ci) off[ci] = static_cast<ptrdiff_t>(ci) * kWinogradTiles;
     // One point's slab of V (and of M) is [cin][32 tiles], a multiple of 4 KB: the transforms, which
-    // touch all 36 slabs at once, would hit the same L1 sets in every slab. A 64-byte pad spreads
+    // touch all the slabs at once, would hit the same L1 sets in every slab. A 64-byte pad spreads
     // them (PERFORMANCE item 25).
     const size_t vs = static_cast<size_t>(cin) * kWinogradTiles + kSlabPad;
     const size_t ms = static_cast<size_t>(cout) * kWinogradTiles + kSlabPad;
@@ -451,12 +630,12 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
     {
         int ty, t0, nt, offset;  // tile row, first tile in it, tiles, first column of the task's V/M
         int firstCol, lastCol;   // input columns the tiles read
-        size_t rowOffset[6];     // input rows of the tile row, reflect padded
+        size_t rowOffset[N];     // input rows of the tile row, reflect padded
     };
     parallel((totalTiles + kWinogradTiles - 1) / kWinogradTiles, [&](int64_t begin, int64_t end) {
         thread_local std::vector<float> v, m;
-        v.resize(static_cast<size_t>(kWinogradPoints) * vs);
-        m.resize(static_cast<size_t>(kWinogradPoints) * ms);
+        v.resize(static_cast<size_t>(kPoints) * vs);
+        m.resize(static_cast<size_t>(kPoints) * ms);
         Segment segments[kWinogradTiles];
         for (int64_t task = begin; task < end; ++task)
         {
@@ -470,14 +649,14 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                 sg.t0 = static_cast<int>((first + done) % tileCols);
                 sg.nt = std::min(nt - done, tileCols - sg.t0);
                 sg.offset = done;
-                sg.firstCol = std::max(0, 4 * sg.t0 - 1);
-                sg.lastCol = std::min(w - 1, 4 * (sg.t0 + sg.nt) + 1);
-                for (int r = 0; r < 6; ++r) sg.rowOffset[r] = static_cast<size_t>(tileIndex(4 * sg.ty - 1 + r, h)) * w;
+                sg.firstCol = std::max(0, M * sg.t0 - 1);
+                sg.lastCol = std::min(w - 1, M * (sg.t0 + sg.nt) + 1);
+                for (int r = 0; r < N; ++r) sg.rowOffset[r] = static_cast<size_t>(tileIndex(M * sg.ty - 1 + r, h)) * w;
                 done += sg.nt;
             }
             // The rows of the channel two ahead are requested while this one is transformed: each
-            // row run is only 544 bytes, too short for the hardware prefetchers (2016x2016 -8 %,
-            // 448x448 -2 %: item 27).
+            // row run is only a few hundred bytes, too short for the hardware prefetchers
+            // (2016x2016 -8 %, 448x448 -2 %: item 27).
             for (int ci = 0; ci < cin; ++ci)
                 for (int si = 0; si < segmentCount; ++si)
                 {
@@ -485,7 +664,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                     if (ci + 2 < cin)
                     {
                         const float* ahead = src + (ci + 2) * hw;
-                        for (int r = 0; r < 6; ++r)
+                        for (int r = 0; r < N; ++r)
                         {
                             const float* row = ahead + sg.rowOffset[r];
                             for (int x = sg.firstCol; x <= sg.lastCol; x += 16) __builtin_prefetch(row + x, 0, 3);
@@ -493,31 +672,29 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                         }
                     }
                     const float* plane = src + ci * hw;
-                    const float* const rows[6] = {plane + sg.rowOffset[0], plane + sg.rowOffset[1],
-                                                  plane + sg.rowOffset[2], plane + sg.rowOffset[3],
-                                                  plane + sg.rowOffset[4], plane + sg.rowOffset[5]};
-                    winogradInput(isa, rows, w, sg.t0, sg.nt,
-                                  v.data() + static_cast<size_t>(ci) * kWinogradTiles + sg.offset, vs);
+                    const float* rows[N];
+                    for (int r = 0; r < N; ++r) rows[r] = plane + sg.rowOffset[r];
+                    Transforms::input(isa, rows, w, sg.t0, sg.nt,
+                                      v.data() + static_cast<size_t>(ci) * kWinogradTiles + sg.offset, vs);
                 }
-            for (int xi = 0; xi < kWinogradPoints; ++xi)
-                gemmTile(isa, packed.data() + xi * perPoint, shape, cin,
-                         v.data() + xi * vs, off.data(), nt, m.data() + xi * ms,
-                         kWinogradTiles);
+            for (int xi = 0; xi < kPoints; ++xi)
+                gemmTile(isa, packed.data() + xi * perPoint, shape, cin, v.data() + xi * vs, off.data(), nt,
+                         m.data() + xi * ms, kWinogradTiles);
             for (int co = 0; co < cout; ++co)
                 for (int si = 0; si < segmentCount; ++si)
                 {
                     const Segment& sg = segments[si];
-                    const int y0 = 4 * sg.ty;
+                    const int y0 = M * sg.ty;
                     if (co + kWriteAhead < cout)
-                        for (int i = 0; i < 4 && y0 + i < h; ++i)
+                        for (int i = 0; i < M && y0 + i < h; ++i)
                             prefetchPartialLinesForWrite(
-                                dst + (co + kWriteAhead) * hw + static_cast<size_t>(y0 + i) * w + 4 * sg.t0,
-                                static_cast<size_t>(std::min(w - 4 * sg.t0, 4 * sg.nt)));
-                    float* y[4];
-                    for (int i = 0; i < 4; ++i)
-                        y[i] = y0 + i < h ? dst + co * hw + static_cast<size_t>(y0 + i) * w + 4 * sg.t0 : nullptr;
-                    winogradOutput(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles + sg.offset, ms, sg.nt,
-                                   conv.bias ? conv.bias[co] : 0.f, y, std::min(w - 4 * sg.t0, 4 * sg.nt));
+                                dst + (co + kWriteAhead) * hw + static_cast<size_t>(y0 + i) * w + M * sg.t0,
+                                static_cast<size_t>(std::min(w - M * sg.t0, M * sg.nt)));
+                    float* y[M];
+                    for (int i = 0; i < M; ++i)
+                        y[i] = y0 + i < h ? dst + co * hw + static_cast<size_t>(y0 + i) * w + M * sg.t0 : nullptr;
+                    Transforms::output(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles + sg.offset, ms,
+                                       sg.nt, conv.bias ? conv.bias[co] : 0.f, y, std::min(w - M * sg.t0, M * sg.nt));
                 }
             if (isa == GemmIsa::Avx512) storeFence();  // the output's non-temporal stores
         }
@@ -530,7 +707,10 @@ const std::vector<float>& packedWeights(const ConvWeights& conv, bool winograd, 
                                         std::vector<float>& uncached)
 {
     const int mr = gemmRows(gemmIsa());
-    auto pack = [&] { return winograd ? winogradWeights(conv, mr) : packWeights(conv, conv.cin * conv.k * conv.k, mr); };
+    auto pack = [&] {
+        if (!winograd) return packWeights(conv, conv.cin * conv.k * conv.k, mr);
+        return winogradWeights<WinogradF6>(conv, mr);
+    };
     if (!cache)
     {
         uncached = pack();
@@ -626,7 +806,7 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
     const std::vector<float>& packed = packedWeights(conv, winograd, cache, uncached);
     if (winograd)
     {
-        conv3x3Winograd(src, h, w, conv, packed, dst, parallel);
+        conv3x3Winograd<WinogradF6>(src, h, w, conv, packed, dst, parallel);
         return;
     }
     const size_t hw = static_cast<size_t>(h) * w;

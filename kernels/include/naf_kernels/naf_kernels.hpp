@@ -234,8 +234,8 @@ struct InputActivation
 };
 
 /// Stride-1 convolution with reflect padding k/2 (k odd), plus bias: src [cin,h,w] -> dst [cout,h,w].
-/// 3x3 convolutions with >= 32 input channels (both sides >= 4) use Winograd F(4x4, 3x3): the
-/// same result up to fp32 rounding (~1e-6 of the sum of the terms' magnitudes). With `cache`,
+/// 3x3 convolutions with >= 32 input channels (both sides >= 4) use Winograd F(6x6, 3x3): the
+/// same result up to fp32 rounding (~2.4e-6 of the sum of the terms' magnitudes). With `cache`,
 /// the packed weights are kept there and reused by later calls with the same weights. With
 /// `activation` (1x1 convolutions only, else std::invalid_argument) the input is read through it:
 /// the same bits as groupNormSiLU's in-place result convolved, without writing it back.

@@ -69,14 +69,15 @@ NAF_ALWAYS_INLINE inline void pixelHeadWeights(const AttentionGeometry& g, const
 }
 
 // 64-byte aligned vectors (std::vector<Vec16> does not guarantee the alignment of Vec16).
-class Vec16Buffer
+class VecBuffer
 {
 public:
-    Vec16* resize(size_t n)
+    template <class V>
+    V* resize(size_t n)
     {
         storage_.resize((n + 1) * 16);
         const uintptr_t p = reinterpret_cast<uintptr_t>(storage_.data());
-        return reinterpret_cast<Vec16*>((p + 63) & ~static_cast<uintptr_t>(63));
+        return reinterpret_cast<V*>((p + 63) & ~static_cast<uintptr_t>(63));
     }
 
 private:
@@ -85,23 +86,30 @@ private:
 
 struct RowScratch
 {
-    Vec16Buffer queryBlock;    // [headDim]: the run's queries of one head, lane = pixel
-    Vec16Buffer logits;        // [kh * kw]: logits, then probabilities, lane = pixel
+    VecBuffer queryBlock;      // [headDim]: the run's queries of one head, lane = pixel
+    VecBuffer logits;          // [kh * kw]: logits, then probabilities, lane = pixel
     std::vector<int> keyPixel; // [kh * kw]: low-res pixel of each window entry
 };
 
-constexpr int kRun = 16;  // pixels computed together (one vector lane each)
+// A run is the pixels computed together, one vector lane each: 16 with AVX-512 (Vec16), 8 with
+// AVX2 (Vec8), 4 on the baseline (Vec4). A Vec16 outside AVX-512 functions is kept in memory by
+// GCC: the AVX2 attention took 11x the AVX-512 one before it ran on Vec8 (PERFORMANCE item 47).
+template <class V>
+constexpr int runLength()
+{
+    return static_cast<int>(sizeof(V) / sizeof(float));
+}
 
 // len floats of a run to or from lanes 0..len-1: one vector load or store for a full run, one
 // masked load or store for a partial run with AVX-512 (kAvx512). A variable-length memcpy
 // compiles to `rep movs`: it took 40 % of the attention at 896x896 when runs were split, and
 // 518x518 (14-pixel cells, so every run partial) spent 1/3 of its time in it (PERFORMANCE item 32).
-template <bool kAvx512>
-NAF_ALWAYS_INLINE inline void loadRun(Vec16& v, const float* p, int len)
+template <bool kAvx512, class V>
+NAF_ALWAYS_INLINE inline void loadRun(V& v, const float* p, int len)
 {
-    if (len == kRun)
+    if (len == runLength<V>())
     {
-        loadVec16(v, p);
+        std::memcpy(&v, p, sizeof v);
         return;
     }
 #if NAF_X86_SIMD
@@ -111,15 +119,15 @@ NAF_ALWAYS_INLINE inline void loadRun(Vec16& v, const float* p, int len)
         return;
     }
 #endif
-    v = Vec16{};
+    v = V{};
     std::memcpy(&v, p, sizeof(float) * len);
 }
 
-template <bool kAvx512>
-NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
+template <bool kAvx512, class V>
+NAF_ALWAYS_INLINE inline void storeRun(float* p, const V& v, int len)
 {
-    if (len == kRun)
-        storeVec16(p, v);
+    if (len == runLength<V>())
+        std::memcpy(p, &v, sizeof v);
 #if NAF_X86_SIMD
     else if constexpr (kAvx512)
         storePartialAvx512(p, v, len);
@@ -132,12 +140,12 @@ NAF_ALWAYS_INLINE inline void storeRun(float* p, const Vec16& v, int len)
 // AVX-512 a full run that is one whole cache line skips the read for ownership (the caller fences
 // at the end of its rows). Other runs are stored as before: split across two lines, they would go
 // out as two partial copies.
-template <bool kAvx512>
-NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len, bool stream)
+template <bool kAvx512, class V>
+NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const V& v, int len, bool stream)
 {
 #if NAF_X86_SIMD
     if constexpr (kAvx512)
-        if (stream && len == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
+        if (stream && len == 16 && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
             streamLineAvx512(p, v);
             return;
@@ -154,14 +162,15 @@ NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const Vec16& v, int len, 
 // operations of one pixel (dot products as sequential FMA chains over channels, softmax, weighted
 // sum in window order), so results do not depend on how pixels or rows are grouped, nor on the
 // thread count.
-template <int R, bool kAvx512 = false>
+template <int R, bool kAvx512, class V>
 NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
                                                 const float* valuesT, float* out, int y, RowScratch& s)
 {
     const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
     const int n = g.kh * g.kw;
-    Vec16* const queryBlock = s.queryBlock.resize(static_cast<size_t>(R) * g.headDim);  // [R][headDim]
-    Vec16* const logits = s.logits.resize(static_cast<size_t>(R) * n);                 // [R][n]
+    constexpr int kRun = runLength<V>();
+    V* const queryBlock = s.queryBlock.resize<V>(static_cast<size_t>(R) * g.headDim);  // [R][headDim]
+    V* const logits = s.logits.resize<V>(static_cast<size_t>(R) * n);                 // [R][n]
     s.keyPixel.resize(n);
     const int* rows = g.rowIndex.data() + static_cast<size_t>(y) * g.kh;
     for (int x0 = 0; x0 < g.outW;)
@@ -178,9 +187,12 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
         // no streaming store). Cells whose width is not a multiple of 16 pixels (72 at x72) start
         // mid-line every other cell. With one whole run after it, the split only traded a
         // misaligned full run for a partial one: 10 % slower at 1000x1000 from 28x28 (item 37).
-        const int intoLine =
-            static_cast<int>((reinterpret_cast<uintptr_t>(out + static_cast<size_t>(y) * g.outW + x0) >> 2) & (kRun - 1));
-        if (intoLine != 0 && len > kRun - intoLine && span >= 3 * kRun - intoLine) len = kRun - intoLine;
+        if constexpr (kAvx512)  // only AVX-512 streams
+        {
+            const int intoLine = static_cast<int>(
+                (reinterpret_cast<uintptr_t>(out + static_cast<size_t>(y) * g.outW + x0) >> 2) & (kRun - 1));
+            if (intoLine != 0 && len > kRun - intoLine && span >= 3 * kRun - intoLine) len = kRun - intoLine;
+        }
         for (int a = 0; a < g.kh; ++a)
             for (int b = 0; b < g.kw; ++b) s.keyPixel[a * g.kw + b] = rows[a] * g.lowW + cols[b];
         // The next run's queries (dim planes per row, one or two cache lines each) are read from
@@ -221,7 +233,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                 const float* k[8];
                 for (int i = 0; i < 8; ++i)
                     k[i] = keysT + static_cast<size_t>(s.keyPixel[j + i]) * g.dim + h * g.headDim;
-                Vec16 d[R][8] = {};
+                V d[R][8] = {};
                 for (int c = 0; c < g.headDim; ++c)
                     for (int i = 0; i < 8; ++i)
                     {
@@ -234,7 +246,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             for (; j < n; ++j)
             {
                 const float* k0 = keysT + static_cast<size_t>(s.keyPixel[j]) * g.dim + h * g.headDim;
-                Vec16 d0[R] = {};
+                V d0[R] = {};
                 for (int c = 0; c < g.headDim; ++c)
                     for (int r = 0; r < R; ++r) d0[r] += queryBlock[r * g.headDim + c] * k0[c];
                 for (int r = 0; r < R; ++r) logits[r * n + j] = d0[r] * g.scale;
@@ -242,22 +254,22 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             // Softmax per lane, in the order of the scalar code.
             for (int r = 0; r < R; ++r)
             {
-                Vec16* lr = logits + r * n;
-                Vec16 maxLogit = lr[0];
+                V* lr = logits + r * n;
+                V maxLogit = lr[0];
                 for (int t = 1; t < n; ++t) maxLogit = lr[t] > maxLogit ? lr[t] : maxLogit;
-                Vec16 sum = {};
+                V sum = {};
                 // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot
                 // change a float sum, while tiny and subnormal weights make every later FMA slow.
                 for (int t = 0; t < n; ++t)
                 {
-                    const Vec16 x = lr[t] - maxLogit;
-                    Vec16 e;
-                    expVec16(e, x);
-                    e = x < -60.f ? Vec16{} : e;
+                    const V x = lr[t] - maxLogit;
+                    V e;
+                    expVec(e, x);
+                    e = x < -60.f ? V{} : e;
                     lr[t] = e;
                     sum += e;
                 }
-                Vec16 inv;
+                V inv;
                 for (int lane = 0; lane < kRun; ++lane) inv[lane] = lane < len ? 1.f / sum[lane] : 0.f;
                 for (int t = 0; t < n; ++t) lr[t] *= inv;
             }
@@ -268,7 +280,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             int cv = 0;
             for (; cv + 8 <= g.headValues; cv += 8)
             {
-                Vec16 acc[R][8] = {};
+                V acc[R][8] = {};
                 for (int t = 0; t < n; ++t)
                 {
                     const float* v = vHead + static_cast<size_t>(s.keyPixel[t]) * g.channels + cv;
@@ -286,7 +298,7 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
             }
             for (; cv < g.headValues; ++cv)
             {
-                Vec16 acc[R] = {};
+                V acc[R] = {};
                 for (int t = 0; t < n; ++t)
                 {
                     const float v = vHead[static_cast<size_t>(s.keyPixel[t]) * g.channels + cv];
@@ -302,27 +314,27 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
 }
 
 // AVX-512 takes two rows at a time (32 vector registers hold both rows' accumulators); AVX2 and
-// the portable path one (a Vec16 is two registers there). flatten: the masked loads and stores of
-// partial runs (simd_vec.hpp) are inlined here, not called.
+// the portable path one. flatten: the masked loads and stores of partial runs (simd_vec.hpp) are
+// inlined here, not called.
 NAF_TARGET_AVX512 __attribute__((flatten)) void attentionRowsAvx512(const AttentionGeometry& g, const float* q, const float* kT,
                                            const float* vT, float* out, int y, int rows, RowScratch& s)
 {
     if (rows == 2)
-        attentionRowsImpl<2, true>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<2, true, Vec16>(g, q, kT, vT, out, y, s);
     else
-        attentionRowsImpl<1, true>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<1, true, Vec16>(g, q, kT, vT, out, y, s);
 }
 
 NAF_TARGET_AVX2 void attentionRowAvx2(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
                                       float* out, int y, RowScratch& s)
 {
-    attentionRowsImpl<1>(g, q, kT, vT, out, y, s);
+    attentionRowsImpl<1, false, Vec8>(g, q, kT, vT, out, y, s);
 }
 
 void attentionRowGeneric(const AttentionGeometry& g, const float* q, const float* kT, const float* vT, float* out,
                          int y, RowScratch& s)
 {
-    attentionRowsImpl<1>(g, q, kT, vT, out, y, s);
+    attentionRowsImpl<1, false, Vec4>(g, q, kT, vT, out, y, s);
 }
 
 // [c, n] -> [n, c]

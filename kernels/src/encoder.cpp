@@ -48,32 +48,40 @@ std::vector<float> packWeights(const ConvWeights& conv, int K, int mr)
     return packed;
 }
 
-// MR output channels x 16*NV pixels held in registers for the whole k loop.
-template <int MR, int NV>
+// MR output channels x 16*NV pixels held in registers for the whole k loop, in vectors of the
+// ISA's native width V (Vec16 = one zmm, Vec8 = one ymm, Vec4 = one xmm). A Vec16 in an AVX2 or
+// baseline function is not split into registers by GCC: every accumulator lived on the stack and
+// the AVX2 convolution ran 12x slower than the AVX-512 one (PERFORMANCE item 47).
+template <class V, int MR, int NV>
 NAF_ALWAYS_INLINE inline void microKernel(const float* packed, int K, const float* base, const ptrdiff_t* off,
                                           const float* bias, int rows, float* out, size_t ldo)
 {
-    Vec16 acc[MR][NV];
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(float)), NVEC = 16 * NV / L;
+    V acc[MR][NVEC];
     for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = Vec16{};
+        for (int v = 0; v < NVEC; ++v) acc[r][v] = V{};
     for (int k = 0; k < K; ++k)
     {
         const float* x = base + off[k];
-        Vec16 xv[NV];
-        for (int v = 0; v < NV; ++v) loadVec16(xv[v], x + 16 * v);
+        V xv[NVEC];
+        for (int v = 0; v < NVEC; ++v) std::memcpy(&xv[v], x + L * v, sizeof(V));
         const float* w = packed + static_cast<size_t>(k) * MR;
         for (int r = 0; r < MR; ++r)
-            for (int v = 0; v < NV; ++v) acc[r][v] += w[r] * xv[v];
+            for (int v = 0; v < NVEC; ++v) acc[r][v] += w[r] * xv[v];
     }
     for (int r = 0; r < rows; ++r)
     {
         const float b = bias ? bias[r] : 0.f;
-        for (int v = 0; v < NV; ++v) storeVec16(out + r * ldo + 16 * v, acc[r][v] + b);
+        for (int v = 0; v < NVEC; ++v)
+        {
+            const V result = acc[r][v] + b;
+            std::memcpy(out + r * ldo + L * v, &result, sizeof(V));
+        }
     }
 }
 
 // All output channels for np consecutive pixels: out[co * ldo + j], j < np.
-template <int MR, int NV>
+template <class V, int MR, int NV>
 NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeights& conv, int K, const float* base,
                                            const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
@@ -106,13 +114,13 @@ NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeight
             const int rows = std::min(MR, conv.cout - co);
             float* o = out + static_cast<size_t>(co) * ldo + p;
             if (n == 16 * NV)
-                microKernel<MR, NV>(pk, K, tileBase, tileOff, bias, rows, o, ldo);
+                microKernel<V, MR, NV>(pk, K, tileBase, tileOff, bias, rows, o, ldo);
             else if (n == 16)
-                microKernel<MR, 1>(pk, K, tileBase, tileOff, bias, rows, o, ldo);
+                microKernel<V, MR, 1>(pk, K, tileBase, tileOff, bias, rows, o, ldo);
             else
             {
                 float block[MR * 16];
-                microKernel<MR, 1>(pk, K, tileBase, tileOff, bias, rows, block, 16);
+                microKernel<V, MR, 1>(pk, K, tileBase, tileOff, bias, rows, block, 16);
                 for (int r = 0; r < rows; ++r) std::memcpy(o + r * ldo, block + r * 16, sizeof(float) * n);
             }
         }
@@ -140,19 +148,19 @@ int gemmRows(GemmIsa isa) { return isa == GemmIsa::Avx512 ? 8 : 4; }
 NAF_TARGET_AVX512 void gemmTileAvx512(const float* packed, const ConvWeights& conv, int K, const float* base,
                                       const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
-    gemmTileImpl<8, 2>(packed, conv, K, base, off, np, out, ldo);
+    gemmTileImpl<Vec16, 8, 2>(packed, conv, K, base, off, np, out, ldo);
 }
 
 NAF_TARGET_AVX2 void gemmTileAvx2(const float* packed, const ConvWeights& conv, int K, const float* base,
                                   const ptrdiff_t* off, int np, float* out, size_t ldo)
 {
-    gemmTileImpl<4, 1>(packed, conv, K, base, off, np, out, ldo);
+    gemmTileImpl<Vec8, 4, 1>(packed, conv, K, base, off, np, out, ldo);
 }
 
 void gemmTileGeneric(const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
                      int np, float* out, size_t ldo)
 {
-    gemmTileImpl<4, 1>(packed, conv, K, base, off, np, out, ldo);
+    gemmTileImpl<Vec4, 4, 1>(packed, conv, K, base, off, np, out, ldo);
 }
 
 void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
@@ -378,9 +386,12 @@ struct WinogradF6
         }
     }
 
+    // The vector (de)interleaving is for AVX-512 only (kAvx512): a Vec16 is one register there, but
+    // lives in memory in AVX2 and baseline functions, where the scalar loops measured faster.
+    template <bool kAvx512>
     NAF_ALWAYS_INLINE static void phases(const float* in, int j0, int j1, float (*p)[kWinogradTiles + 1])
     {
-        if (j1 - j0 + 1 < 16)
+        if (!kAvx512 || j1 - j0 + 1 < 16)
         {
             for (int j = j0; j <= j1; ++j)
                 for (int k = 0; k < M; ++k) p[k][j] = in[M * j - 1 + k];
@@ -396,9 +407,10 @@ struct WinogradF6
             if (b == j1 - 15) break;
         }
     }
+    template <bool kAvx512>
     NAF_ALWAYS_INLINE static void interleave(const float (*out)[kWinogradTiles], int nt, float* line)
     {
-        if (nt < 16)
+        if (!kAvx512 || nt < 16)
         {
             for (int j = 0; j < nt; ++j)
                 for (int c = 0; c < M; ++c) line[M * j + c] = out[c][j];
@@ -473,7 +485,7 @@ inline int tileIndex(int i, int n) { return std::max(0, std::min(reflectIndex(i,
 // tile row; tile j spans columns M (t0 + j) - 1 ... + M, split into M phases
 // p[k][j] = row[M (t0 + j) - 1 + k], so tile j is p0..p(M-1)[j], p0[j + 1], p1[j + 1] and every
 // loop below is contiguous. v[xi * vStride + j] = (B^T d B)[xi].
-template <class W>
+template <class W, bool kAvx512>
 NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[W::N], int w, int t0, int nt, float* v,
                                                 size_t vStride)
 {
@@ -492,7 +504,7 @@ NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[W::N], i
         };
         for (int j = 0; j < std::min(jLo, nt + 1); ++j) reflected(j);
         for (int j = std::max(jHi + 1, 0); j <= nt; ++j) reflected(j);
-        W::phases(row + M * t0, jLo, jHi, p);
+        W::template phases<kAvx512>(row + M * t0, jLo, jHi, p);
         for (int j = 0; j < nt; ++j)
         {
             float d[N], t[N];
@@ -508,10 +520,9 @@ NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[W::N], i
 
 // Output transform of one output channel: m[xi * mStride + j] -> the tile row's M output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
-// kStream (AVX-512 only): each row's run goes out through streamCopyAvx512 (the next layer reads it
-// much later, from DRAM anyway): 5-9 % of the convolution (PERFORMANCE items 23, 31). The caller
-// fences.
-template <class W, bool kStream = false>
+// kAvx512: each row's run goes out through streamCopyAvx512 (the next layer reads it much later,
+// from DRAM anyway): 5-9 % of the convolution (PERFORMANCE items 23, 31). The caller fences.
+template <class W, bool kAvx512>
 NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
                                                  float* const y[W::M], int cols)
 {
@@ -540,9 +551,9 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
         // past it keeps only its first columns). One path for whole and cut runs: with tasks
         // that continue on the next tile row, a run ending at the edge can hold 32 tiles.
         float line[M * kWinogradTiles];
-        W::interleave(out, nt, line);
+        W::template interleave<kAvx512>(out, nt, line);
         const int n = std::min(cols, M * nt);
-        if constexpr (kStream)
+        if constexpr (kAvx512)
             streamCopyAvx512(y[i], line, static_cast<size_t>(n));
         else
             std::copy(line, line + n, y[i]);
@@ -555,15 +566,15 @@ struct WinogradTransforms
 {
     NAF_TARGET_AVX512 static void inputAvx512(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
     {
-        winogradInputImpl<W>(r, w, t0, nt, v, vs);
+        winogradInputImpl<W, true>(r, w, t0, nt, v, vs);
     }
     NAF_TARGET_AVX2 static void inputAvx2(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
     {
-        winogradInputImpl<W>(r, w, t0, nt, v, vs);
+        winogradInputImpl<W, false>(r, w, t0, nt, v, vs);
     }
     static void inputGeneric(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
     {
-        winogradInputImpl<W>(r, w, t0, nt, v, vs);
+        winogradInputImpl<W, false>(r, w, t0, nt, v, vs);
     }
     NAF_TARGET_AVX512 static void outputAvx512(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
     {
@@ -571,11 +582,11 @@ struct WinogradTransforms
     }
     NAF_TARGET_AVX2 static void outputAvx2(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
     {
-        winogradOutputImpl<W>(m, ms, nt, b, y, c);
+        winogradOutputImpl<W, false>(m, ms, nt, b, y, c);
     }
     static void outputGeneric(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
     {
-        winogradOutputImpl<W>(m, ms, nt, b, y, c);
+        winogradOutputImpl<W, false>(m, ms, nt, b, y, c);
     }
     static void input(GemmIsa isa, const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
     {
@@ -878,32 +889,60 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
 
 namespace {
 
+// Double vectors of 8, 4 and 2 lanes (one zmm, ymm or xmm) and the float vectors they convert from.
 typedef float Vec8f __attribute__((vector_size(32)));
 typedef double Vec8d __attribute__((vector_size(64)));
+typedef float Vec4f __attribute__((vector_size(16)));
+typedef double Vec4d __attribute__((vector_size(32)));
+typedef float Vec2f __attribute__((vector_size(8)));
+typedef double Vec2d __attribute__((vector_size(16)));
+template <class VD>
+struct FloatsOf;
+template <>
+struct FloatsOf<Vec8d>
+{
+    typedef Vec8f type;
+};
+template <>
+struct FloatsOf<Vec4d>
+{
+    typedef Vec4f type;
+};
+template <>
+struct FloatsOf<Vec2d>
+{
+    typedef Vec2f type;
+};
 
 // Sums of d = p[i] - shift and of d^2 over n floats in one pass, in double, with 8 lane accumulators
-// combined in a fixed order (the order depends on n only, never on threads). The caller shifts by
+// combined in a fixed order (the order depends on n only, never on threads, nor on the ISA: VD,
+// the native double vector, holds 8, 4 or 2 of the 8 lanes). The caller shifts by
 // a value of the data, so the variance sum/n - (sum/n)^2 does not cancel: its relative error is
 // ~1e-16 x (mean - shift)^2 / variance.
+template <class VD>
 NAF_ALWAYS_INLINE inline void shiftedSumsImpl(const float* p, size_t n, double shift, double* sum, double* squares)
 {
-    Vec8d acc = {}, acc2 = {};
-    const Vec8d m = Vec8d{} + shift;
+    typedef typename FloatsOf<VD>::type VF;
+    constexpr int D = static_cast<int>(sizeof(VD) / sizeof(double)), A = 8 / D;
+    VD acc[A] = {}, acc2[A] = {};
+    const VD m = VD{} + shift;
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
-    {
-        Vec8f f;
-        std::memcpy(&f, p + i, sizeof f);
-        const Vec8d d = __builtin_convertvector(f, Vec8d) - m;
-        acc += d;
-        acc2 += d * d;
-    }
+        for (int a = 0; a < A; ++a)
+        {
+            VF f;
+            std::memcpy(&f, p + i + a * D, sizeof f);
+            const VD d = __builtin_convertvector(f, VD) - m;
+            acc[a] += d;
+            acc2[a] += d * d;
+        }
     double total = 0, total2 = 0;
-    for (int l = 0; l < 8; ++l)
-    {
-        total += acc[l];
-        total2 += acc2[l];
-    }
+    for (int a = 0; a < A; ++a)
+        for (int l = 0; l < D; ++l)
+        {
+            total += acc[a][l];
+            total2 += acc2[a][l];
+        }
     for (; i < n; ++i)
     {
         const double d = p[i] - shift;
@@ -914,42 +953,48 @@ NAF_ALWAYS_INLINE inline void shiftedSumsImpl(const float* p, size_t n, double s
     *squares = total2;
 }
 
-// dst[i] = silu(src[i] * scale + shift), vectorized with expVec16 (the tail with the same formula,
-// so each element's result does not depend on where a run starts); src == dst is the in-place
+// dst[i] = silu(src[i] * scale + shift), vectorized on V (Vec16, Vec8 or Vec4 by ISA; expVec
+// performs the same operations per lane at every width, and the tail uses the same formula, so
+// each element's result does not depend on where a run starts); src == dst is the in-place
 // GroupNorm apply, src != dst the 1x1 convolution's activated copy of its input: the same code,
 // so the same bits.
+template <class V>
 NAF_ALWAYS_INLINE inline void affineSiLUImpl(const float* src, float* dst, size_t n, float scale, float shift)
 {
+    constexpr size_t L = sizeof(V) / sizeof(float);
     size_t i = 0;
-    for (; i + 16 <= n; i += 16)
+    for (; i + L <= n; i += L)
     {
-        Vec16 v;
-        loadVec16(v, src + i);
+        V v;
+        std::memcpy(&v, src + i, sizeof v);
         v = v * scale + shift;
-        Vec16 e;
-        expVec16(e, -v);
-        storeVec16(dst + i, v / (1.f + e));
+        V e;
+        expVec(e, -v);
+        v = v / (1.f + e);
+        std::memcpy(dst + i, &v, sizeof v);
     }
     if (i < n)
     {
-        Vec16 v = {};
+        V v = {};
         std::memcpy(&v, src + i, (n - i) * sizeof(float));
         v = v * scale + shift;
-        Vec16 e;
-        expVec16(e, -v);
+        V e;
+        expVec(e, -v);
         v = v / (1.f + e);
         std::memcpy(dst + i, &v, (n - i) * sizeof(float));
     }
 }
 
 // rows x n block: dst[r * dstStride + i] = silu(src[r * srcStride + i] * scale[r] + shift[r]).
+template <class V>
 NAF_ALWAYS_INLINE inline void affineSiLURowsImpl(const float* src, size_t srcStride, int rows, size_t n,
                                                  const float* scale, const float* shift, float* dst, size_t dstStride)
 {
-    for (int r = 0; r < rows; ++r) affineSiLUImpl(src + r * srcStride, dst + r * dstStride, n, scale[r], shift[r]);
+    for (int r = 0; r < rows; ++r) affineSiLUImpl<V>(src + r * srcStride, dst + r * dstStride, n, scale[r], shift[r]);
 }
 
 // Channel by channel, so each plane is read as one run of np values (see conv2dReflect's 1x1 path).
+template <class V>
 NAF_ALWAYS_INLINE inline void gatherPointGroupsImpl(const float* src, size_t hw, int K, int np,
                                                     const InputActivation* activation, float* dst)
 {
@@ -966,7 +1011,7 @@ NAF_ALWAYS_INLINE inline void gatherPointGroupsImpl(const float* src, size_t hw,
         {
             const size_t n = static_cast<size_t>(std::min(kPointGroup, np - g0));
             if (activation)
-                affineSiLUImpl(row + g0, group, n, activation->scale[ci], activation->shift[ci]);
+                affineSiLUImpl<V>(row + g0, group, n, activation->scale[ci], activation->shift[ci]);
             else
                 std::memcpy(group, row + g0, n * sizeof(float));
         }
@@ -1012,43 +1057,43 @@ NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, i
 
 NAF_TARGET_AVX512 void shiftedSumsAvx512(const float* p, size_t n, double shift, double* s, double* s2)
 {
-    shiftedSumsImpl(p, n, shift, s, s2);
+    shiftedSumsImpl<Vec8d>(p, n, shift, s, s2);
 }
 NAF_TARGET_AVX2 void shiftedSumsAvx2(const float* p, size_t n, double shift, double* s, double* s2)
 {
-    shiftedSumsImpl(p, n, shift, s, s2);
+    shiftedSumsImpl<Vec4d>(p, n, shift, s, s2);
 }
 void shiftedSumsGeneric(const float* p, size_t n, double shift, double* s, double* s2)
 {
-    shiftedSumsImpl(p, n, shift, s, s2);
+    shiftedSumsImpl<Vec2d>(p, n, shift, s, s2);
 }
 NAF_TARGET_AVX512 void affineSiLURowsAvx512(const float* s, size_t ss, int r, size_t n, const float* a, const float* b,
                                             float* d, size_t ds)
 {
-    affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
+    affineSiLURowsImpl<Vec16>(s, ss, r, n, a, b, d, ds);
 }
 NAF_TARGET_AVX2 void affineSiLURowsAvx2(const float* s, size_t ss, int r, size_t n, const float* a, const float* b,
                                         float* d, size_t ds)
 {
-    affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
+    affineSiLURowsImpl<Vec8>(s, ss, r, n, a, b, d, ds);
 }
 NAF_TARGET_AVX512 void gatherPointGroupsAvx512(const float* s, size_t hw, int K, int np, const InputActivation* a,
                                                float* d)
 {
-    gatherPointGroupsImpl(s, hw, K, np, a, d);
+    gatherPointGroupsImpl<Vec16>(s, hw, K, np, a, d);
 }
 NAF_TARGET_AVX2 void gatherPointGroupsAvx2(const float* s, size_t hw, int K, int np, const InputActivation* a, float* d)
 {
-    gatherPointGroupsImpl(s, hw, K, np, a, d);
+    gatherPointGroupsImpl<Vec8>(s, hw, K, np, a, d);
 }
 void gatherPointGroupsGeneric(const float* s, size_t hw, int K, int np, const InputActivation* a, float* d)
 {
-    gatherPointGroupsImpl(s, hw, K, np, a, d);
+    gatherPointGroupsImpl<Vec4>(s, hw, K, np, a, d);
 }
 void affineSiLURowsGeneric(const float* s, size_t ss, int r, size_t n, const float* a, const float* b, float* d,
                            size_t ds)
 {
-    affineSiLURowsImpl(s, ss, r, n, a, b, d, ds);
+    affineSiLURowsImpl<Vec4>(s, ss, r, n, a, b, d, ds);
 }
 
 void shiftedSums(const float* p, size_t n, double shift, double* sum, double* squares)

@@ -1,6 +1,8 @@
-// 16-lane float vectors (GCC vector extensions) for the hot loops. The same source becomes one
-// zmm register in an AVX-512 function, two ymm in an AVX2 function and four xmm otherwise (see
-// simd_dispatch.hpp); functions are always inlined into those per-ISA wrappers.
+// Float vectors (GCC vector extensions) for the hot loops; functions are always inlined into the
+// per-ISA wrappers (simd_dispatch.hpp). A loop that keeps vectors in registers must use the ISA's
+// native width: Vec16 (one zmm) in AVX-512 functions, Vec8 (ymm) in AVX2 ones, Vec4 (xmm)
+// otherwise. GCC lowers a wider vector to memory, not to register pairs: with Vec16 everywhere the
+// AVX2 forward took 13x the AVX-512 one (PERFORMANCE item 47).
 #pragma once
 
 #include <cstring>
@@ -12,6 +14,10 @@ namespace kernels {
 
 typedef float Vec16 __attribute__((vector_size(64)));
 typedef int Vec16i __attribute__((vector_size(64)));
+// The native widths of AVX2 and of the x86-64 baseline, for loops that keep many vectors in
+// registers: GCC keeps a Vec16 in memory in functions without AVX-512.
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
 
 // Unaligned load/store (memcpy compiles to one vmovups).
 NAF_ALWAYS_INLINE inline void loadVec16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
@@ -36,25 +42,47 @@ NAF_TARGET_AVX512 inline void streamLineAvx512(float* p, const Vec16& v)
 }
 #endif
 
-// exp on 16 lanes: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6
-// polynomial (Cephes expf coefficients); relative error ~1e-7 (a few float ulps).
-NAF_ALWAYS_INLINE inline void expVec16(Vec16& out, Vec16 x)
+// The integer vector of the same lane count, for expVec.
+template <class V>
+struct IntVecOf;
+template <>
+struct IntVecOf<Vec16>
 {
-    x = x < 88.3762626647949f ? x : Vec16{} + 88.3762626647949f;
-    x = x > -87.3365447504f ? x : Vec16{} - 87.3365447504f;
-    const Vec16 t = x * 1.44269504088896341f + 0.5f;
-    Vec16i n = __builtin_convertvector(t, Vec16i);                           // truncation
-    n -= (__builtin_convertvector(n, Vec16) > t) ? Vec16i{} + 1 : Vec16i{};  // -> floor
-    const Vec16 nf = __builtin_convertvector(n, Vec16);
-    const Vec16 r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-    Vec16 poly = r * 1.9875691500E-4f + 1.3981999507E-3f;
+    typedef Vec16i type;
+};
+template <>
+struct IntVecOf<Vec8>
+{
+    typedef int type __attribute__((vector_size(32)));
+};
+template <>
+struct IntVecOf<Vec4>
+{
+    typedef int type __attribute__((vector_size(16)));
+};
+
+// exp on the lanes of V: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a
+// degree-6 polynomial (Cephes expf coefficients); relative error ~1e-7 (a few float ulps). The
+// same operations per lane for every width.
+template <class V>
+NAF_ALWAYS_INLINE inline void expVec(V& out, V x)
+{
+    typedef typename IntVecOf<V>::type Vi;
+    x = x < 88.3762626647949f ? x : V{} + 88.3762626647949f;
+    x = x > -87.3365447504f ? x : V{} - 87.3365447504f;
+    const V t = x * 1.44269504088896341f + 0.5f;
+    Vi n = __builtin_convertvector(t, Vi);                       // truncation
+    n -= (__builtin_convertvector(n, V) > t) ? Vi{} + 1 : Vi{};  // -> floor
+    const V nf = __builtin_convertvector(n, V);
+    const V r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    V poly = r * 1.9875691500E-4f + 1.3981999507E-3f;
     poly = poly * r + 8.3334519073E-3f;
     poly = poly * r + 4.1665795894E-2f;
     poly = poly * r + 1.6666665459E-1f;
     poly = poly * r + 5.0000001201E-1f;
     poly = poly * (r * r) + r + 1.f;
-    Vec16i bits = (n + 127) << 23;
-    Vec16 scale;
+    Vi bits = (n + 127) << 23;
+    V scale;
     std::memcpy(&scale, &bits, sizeof scale);
     out = poly * scale;
 }

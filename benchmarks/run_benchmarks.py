@@ -6,9 +6,11 @@ Per configuration: ours (whole forward via the public API, encoder and attention
 peers (our PyTorch reference of the official forward on the CPU, cv::resize bilinear, ximgproc
 guided filter), median times, output megapixels/s, peak memory (max RSS of a separate process per
 configuration, /usr/bin/time -v), analytic FLOPs and the fraction of the measured FMA peak.
+The configurations of --avx2-configs (default paper) run a second time, ours and the peers, with
+every library capped at AVX2: the speed on a CPU without AVX-512.
 
 Usage: /usr/bin/python3 benchmarks/run_benchmarks.py [--build build] [--configs paper,x32,...]
-       [--reps 3] [--torch-configs paper] [--no-write] [--doc docs/PERFORMANCE.md]
+       [--reps 3] [--torch-configs paper] [--avx2-configs paper] [--no-write] [--doc docs/PERFORMANCE.md]
 
 GPU table: python3 benchmarks/run_benchmarks.py --gpu-results FILE [FILE...] reads JSON lines of
 kernels' naf_cuda_bench and of bench_reference.py --device cuda (lines that are not JSON are
@@ -52,11 +54,24 @@ def mem_available_mb():
     return float("inf")
 
 
-def timed(cmd):
+# An AVX2-only machine, emulated on this one: every library of the run capped at AVX2 (our kernels,
+# OpenCV's dispatch, PyTorch's ATen kernels, oneDNN's convolutions, OpenBLAS). Most desktop and
+# laptop CPUs have no AVX-512; PERFORMANCE item 47 is what a table without this row hid.
+AVX2_ENV = {
+    "NAF_CPU_ISA": "avx2",
+    "OPENCV_CPU_DISABLE": "AVX512F,AVX512-SKX,AVX512-COMMON,AVX512BW,AVX512CD,AVX512DQ,AVX512VL",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+}
+
+
+def timed(cmd, extra_env=None):
     """Runs cmd under /usr/bin/time -v; returns (stdout, max RSS in MB)."""
     # The library refuses calls over its memory budget (8 GiB by default); x72 needs ~15 GB, so
     # the budget is the memory this machine has available when the command starts.
-    env = dict(os.environ, NAF_MEMORY_BUDGET=f"{int(mem_available_mb())}M")
+    env = dict(os.environ, NAF_MEMORY_BUDGET=f"{int(mem_available_mb())}M", **(extra_env or {}))
     p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -64,14 +79,14 @@ def timed(cmd):
     return p.stdout, (int(rss.group(1)) / 1024.0 if rss else float("nan"))
 
 
-def gbench(binary, regex, reps, min_time=0.01):
+def gbench(binary, regex, reps, min_time=0.01, extra_env=None):
     """Runs Google Benchmark entries matching regex in one process; returns
     ({name: {"median_s", "counters"}}, max RSS MB)."""
     # JSON to a file: the library may log to stdout.
     out_json = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"naf_bench_{os.getpid()}.json")
     _, rss = timed([binary, f"--benchmark_filter={regex}", f"--benchmark_repetitions={reps}",
                     f"--benchmark_min_time={min_time}", f"--benchmark_out={out_json}",
-                    "--benchmark_out_format=json"])
+                    "--benchmark_out_format=json"], extra_env)
     with open(out_json) as f:
         data = json.load(f)
     os.remove(out_json)
@@ -343,6 +358,9 @@ def main():
     ap.add_argument("--big-reps", type=int, default=1, help="repetitions for x72")
     ap.add_argument("--torch-configs", default="paper", help="configs where the PyTorch peer runs (1 rep)")
     ap.add_argument("--torch-reps", type=int, default=1)
+    ap.add_argument("--avx2-configs", default="paper",
+                    help="configs also run with every library capped at AVX2 (an AVX2-only machine; "
+                         "the PyTorch peer too where --torch-configs has the config)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/PERFORMANCE.md alone")
     ap.add_argument("--doc", default=DOC, help="page to write the generated table into (default: %(default)s)")
     ap.add_argument("--gpu-results", nargs="+", metavar="FILE",
@@ -355,16 +373,19 @@ def main():
     binary = os.path.join(args.build, "benchmarks", "naf_benchmarks")
     configs = [c for c in args.configs.split(",") if c]
     torch_configs = set(c for c in args.torch_configs.split(",") if c)
+    jobs = [(c, None) for c in configs] + [(c, "AVX2") for c in args.avx2_configs.split(",") if c]
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     loads = [load()]
     peak = peak_flops(binary)
     rows = []
     torch_paper = None
-    for cfg in configs:
+    for cfg, isa in jobs:
         ih, iw, c, h, w, oh, ow = CONFIGS[cfg]
         reps = args.big_reps if cfg == "x72" else args.reps
-        row = {"cfg": cfg, "shape": f"{c}x{h}x{w} -> {oh}x{ow} (image {ih}x{iw})", "load": load()}
+        env = AVX2_ENV if isa == "AVX2" else None
+        row = {"cfg": cfg, "isa": isa, "label": f"{cfg}, AVX2 only" if isa else cfg,
+               "shape": f"{c}x{h}x{w} -> {oh}x{ow} (image {ih}x{iw})", "load": load()}
         # Memory bound of the issue: 2x the output tensor + the encoder's activations (two
         # 128-channel buffers at guide resolution + 256-channel queries at output resolution).
         gh, gw = min(ih, 4 * oh, 4 * ow), min(iw, 4 * ow, 4 * oh)
@@ -378,15 +399,16 @@ def main():
             # The machine may be shared: never push it into swap or the OOM killer.
             row["skipped"] = (f"skipped: needs ~{need_mb / 1024:.1f} GB, "
                               f"{mem_available_mb() / 1024:.1f} GB were available")
-            print(f"{cfg}: {row['skipped']}", flush=True)
+            print(f"{row['label']}: {row['skipped']}", flush=True)
             rows.append(row)
             continue
-        fwd, rss = gbench(binary, f"^BM_NafForward/{cfg}/", reps)
+        fwd, rss = gbench(binary, f"^BM_NafForward/{cfg}/", reps, extra_env=env)
         row["ours"] = fwd[f"BM_NafForward/{cfg}"]["median_s"]
         row["ours_cpu"] = fwd[f"BM_NafForward/{cfg}"]["cpu_s"]
         row["rss"] = rss
         row["flop"] = fwd[f"BM_NafForward/{cfg}"]["counters"]["flop"]
-        parts, _ = gbench(binary, f"^BM_(Encoder|Attention|ResizeBilinear|GuidedFilter)/{cfg}/", reps)
+        parts, _ = gbench(binary, f"^BM_(Encoder|Attention|ResizeBilinear|GuidedFilter)/{cfg}/", reps,
+                          extra_env=env)
         for key, name in (("enc", "Encoder"), ("att", "Attention"), ("resize", "ResizeBilinear"),
                           ("guided", "GuidedFilter")):
             r = parts[f"BM_{name}/{cfg}"]
@@ -398,20 +420,20 @@ def main():
         if cfg in torch_configs:
             row["torch_load"] = load()
             out, trss = timed([PYTHON, os.path.join(ROOT, "benchmarks", "bench_reference.py"), cfg,
-                               "--reps", str(args.torch_reps)])
+                               "--reps", str(args.torch_reps)], env)
             res = json.loads(out.strip().splitlines()[-1])
             row["torch"] = sorted(res["forward_s"])[len(res["forward_s"]) // 2]
             row["torch_enc"] = sorted(res["encoder_s"])[len(res["encoder_s"]) // 2]
             row["torch_rss"] = trss
-            if cfg == "paper":
+            if cfg == "paper" and not isa:
                 torch_paper = row["torch"]
         rows.append(row)
-        print(f"{cfg}: ours {row['ours']:.3f} s (enc {row['enc']:.3f}, att {row['att']:.3f}), "
+        print(f"{row['label']}: ours {row['ours']:.3f} s (enc {row['enc']:.3f}, att {row['att']:.3f}), "
               f"torch {row['torch']}, resize {row['resize']:.3f}, guided {row['guided']:.3f}, "
               f"rss {rss:.0f} MB, load {row['load']:.2f}", flush=True)
     loads.append(load())
     for row in rows:
-        if "skipped" not in row and row["torch"] is None and torch_paper:
+        if "skipped" not in row and row["torch"] is None and torch_paper and not row["isa"]:
             ih, iw, c, h, w, oh, ow = CONFIGS[row["cfg"]]
             est = torch_paper * (oh * ow * c) / (448 * 448 * 384)
             kv_gb = (256 + c) * oh * ow * 4 / 2**30  # official: K and V upsampled to the output
@@ -425,7 +447,7 @@ def main():
              f"{loads[0]:.2f} at start, {loads[-1]:.2f} at end (other jobs on the same cores inflate "
              f"every time; ratios within a run are comparable). Command: "
              f"`/usr/bin/python3 benchmarks/run_benchmarks.py --configs {args.configs} --reps {args.reps} "
-             f"--torch-configs {args.torch_configs}`.", "",
+             f"--torch-configs {args.torch_configs} --avx2-configs {args.avx2_configs}`.", "",
              "Measured FMA peak (fp32, `BM_PeakFma`, best of 5): " +
              ", ".join(f"{isa} {'1 thread per CPU-second' if t == 1 else '2 threads per wall second'}: "
                        f"{v / 1e9:.0f} GFLOPS" for (isa, t), v in sorted(peak.items())) + ".", "",
@@ -435,16 +457,17 @@ def main():
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['cfg']}: {r['shape']} | {r['skipped']} |" + " |" * 12)
+            lines.append(f"| {r['label']}: {r['shape']} | {r['skipped']} |" + " |" * 12)
             continue
         ih, iw, c, h, w, oh, ow = CONFIGS[r["cfg"]]
         mpix = oh * ow / 1e6 / r["ours"]
         torch_cell = (f"{fmt_s(r['torch'])} ({fmt_ratio(r['torch'], r['ours'])} slower)" if r["torch"]
                       else r["torch_note"] or "not run")
-        pct = 100 * r["flop"] / r["ours"] / (2 * p1) if p1 else float("nan")
-        pct_cpu = 100 * r["flop"] / r["ours_cpu"] / p1 if p1 else float("nan")
+        p = peak.get(("avx2", 1)) if r["isa"] else p1  # an AVX2 row against the AVX2 peak
+        pct = 100 * r["flop"] / r["ours"] / (2 * p) if p else float("nan")
+        pct_cpu = 100 * r["flop"] / r["ours_cpu"] / p if p else float("nan")
         lines.append(
-            f"| {r['cfg']}: {r['shape']} | {fmt_s(r['ours'])} | {fmt_s(r['ours_cpu'])} | {mpix:.2f} | {r['rss']:.0f} MB "
+            f"| {r['label']}: {r['shape']} | {fmt_s(r['ours'])} | {fmt_s(r['ours_cpu'])} | {mpix:.2f} | {r['rss']:.0f} MB "
             f"({r['bound_mb']:.0f} MB) | {fmt_s(r['enc'])} | {fmt_s(r['att'])} | {torch_cell} | "
             f"{fmt_s(r['torch_enc'])} | {fmt_s(r['resize'])} ({fmt_ratio(r['resize'], r['ours'])}) | "
             f"{fmt_s(r['guided'])} ({fmt_ratio(r['guided'], r['ours'])}) | "
@@ -456,7 +479,9 @@ def main():
               "Ratios are peer time / our time (above 1: we are faster). Peak RSS: max resident memory "
               "of the separate process that ran the whole forward (includes the inputs, the weights and "
               "the process itself); bound: the issue's limit, 2x output tensor + encoder activations. "
-              "PyTorch peer RSS: " + (", ".join(f"{r['cfg']} {r['torch_rss']:.0f} MB" for r in rows
+              "AVX2-only rows: every library of the row capped at AVX2 (ours with NAF_CPU_ISA=avx2, OpenCV, "
+              "PyTorch's ATen and oneDNN), as on a CPU without AVX-512; % of peak against the AVX2 peak. "
+              "PyTorch peer RSS: " + (", ".join(f"{r['label']} {r['torch_rss']:.0f} MB" for r in rows
                                                 if r.get("torch_rss")) or "not run") + ".", "", END]
     table = "\n".join(lines)
     print(table)

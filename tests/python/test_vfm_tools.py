@@ -43,6 +43,31 @@ def test_numpy_erf_matches_torch():
     np.testing.assert_allclose(onnx_numpy.erf(x), torch.erf(torch.from_numpy(x)).numpy(), rtol=0, atol=1e-6)
 
 
+def test_erf_rewrite_is_the_tanh_form_computed_with_a_sigmoid():
+    """rewrite_erf: cv::dnn 4.6 has no Erf, and its TanH is scalar libm (6.5x slower than its
+    Sigmoid), so erf(z) becomes 2 sigmoid(2 c1 (z + c2 z^3)) - 1 = tanh(c1 (z + c2 z^3)). In cv2.dnn
+    that equals the tanh form to float rounding and exact erf to the tanh form's 4e-4."""
+    import onnx_for_opencv46
+    from onnx import TensorProto, helper
+    z = np.linspace(-5, 5, 4096, dtype=np.float32).reshape(1, 4, 32, 32)
+    graph = helper.make_graph([helper.make_node("Erf", ["z"], ["y"])], "erf",
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, list(z.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(z.shape))])
+    model, count = onnx_for_opencv46.rewrite_erf(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]))
+    assert count == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "Erf" not in ops and "Tanh" not in ops and "Sigmoid" in ops
+    net = cv2.dnn.readNetFromONNX(np.frombuffer(model.SerializeToString(), np.uint8))
+    net.setInput(z)
+    got = net.forward().reshape(-1).astype(np.float64)
+    zz = z.reshape(-1).astype(np.float64)
+    tanh_form = np.tanh(2 / np.sqrt(np.pi) * (zz + 2 * 0.044715 * zz ** 3))
+    np.testing.assert_allclose(got, tanh_form, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, onnx_numpy.erf(z).reshape(-1), rtol=0, atol=4e-4)
+    # the reference evaluator computes the rewritten graph the same way
+    np.testing.assert_allclose(onnx_numpy.evaluate(model, {"z": z})["y"].reshape(-1), tanh_form, rtol=0, atol=1e-6)
+
+
 def tiny_vit(seed, dim=32, depth=2, heads=4, patch=8, pos_grid=6):
     args = type("A", (), dict(hub=None, state_dict=None, patch=patch, dim=dim, depth=depth, heads=heads,
                               mlp_ratio=4.0, pos_grid=pos_grid, registers=0, seed=seed))()
@@ -71,7 +96,7 @@ def test_exported_vit_in_cv_dnn_matches_torch(tmp_path, size, seed):
     assert cosine(converted, want) >= 0.9999
     # and every pass that the ViT needs was applied
     ops = {n.op_type for n in onnx.load(path).graph.node}
-    assert "Erf" not in ops and "ReduceMean" not in ops and "Shape" not in ops and "MVN" in ops
+    assert "Erf" not in ops and "Tanh" not in ops and "ReduceMean" not in ops and "Shape" not in ops and "MVN" in ops
 
 
 def test_numpy_evaluator_runs_the_torch_export_exactly(tmp_path):

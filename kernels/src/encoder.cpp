@@ -443,13 +443,12 @@ struct WinogradF6
 
 // U[xi] = (G g G^T)[xi / N][xi % N] per (co, ci), packed per point like packWeights: [xi][block of
 // mr output channels][cin][mr].
-template <class W>
 std::vector<float> winogradWeights(const ConvWeights& conv, int mr)
 {
-    constexpr int N = W::N;
+    constexpr int N = WinogradF6::N;
     const int cout = conv.cout, cin = conv.cin;
     const int blocks = (cout + mr - 1) / mr;
-    std::vector<float> packed(static_cast<size_t>(blocks) * W::kPoints * cin * mr, 0.f);
+    std::vector<float> packed(static_cast<size_t>(blocks) * WinogradF6::kPoints * cin * mr, 0.f);
     for (int co = 0; co < cout; ++co)
         for (int ci = 0; ci < cin; ++ci)
         {
@@ -459,13 +458,13 @@ std::vector<float> winogradWeights(const ConvWeights& conv, int mr)
             {
                 const double column[3] = {g[c], g[3 + c], g[6 + c]};
                 double t[N];
-                W::weightRow(column, t);
+                WinogradF6::weightRow(column, t);
                 for (int r = 0; r < N; ++r) gg[r][c] = t[r];
             }
             for (int r = 0; r < N; ++r)
             {
                 double u[N];  // (G g) G^T, row r
-                W::weightRow(gg[r], u);
+                WinogradF6::weightRow(gg[r], u);
                 for (int c = 0; c < N; ++c)
                 {
                     const size_t xi = static_cast<size_t>(r) * N + c;
@@ -485,11 +484,11 @@ inline int tileIndex(int i, int n) { return std::max(0, std::min(reflectIndex(i,
 // tile row; tile j spans columns M (t0 + j) - 1 ... + M, split into M phases
 // p[k][j] = row[M (t0 + j) - 1 + k], so tile j is p0..p(M-1)[j], p0[j + 1], p1[j + 1] and every
 // loop below is contiguous. v[xi * vStride + j] = (B^T d B)[xi].
-template <class W, bool kAvx512>
-NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[W::N], int w, int t0, int nt, float* v,
+template <bool kAvx512>
+NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[WinogradF6::N], int w, int t0, int nt, float* v,
                                                 size_t vStride)
 {
-    constexpr int M = W::M, N = W::N;
+    constexpr int M = WinogradF6::M, N = WinogradF6::N;
     float h[N][N][kWinogradTiles];  // [input row][column component][tile]
     // Phases read without reflection: M (t0 + j) - 1 >= 0 and M (t0 + j) + M - 2 <= w - 1.
     const int jLo = t0 == 0 ? 1 : 0;
@@ -504,36 +503,36 @@ NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[W::N], i
         };
         for (int j = 0; j < std::min(jLo, nt + 1); ++j) reflected(j);
         for (int j = std::max(jHi + 1, 0); j <= nt; ++j) reflected(j);
-        W::template phases<kAvx512>(row + M * t0, jLo, jHi, p);
+        WinogradF6::phases<kAvx512>(row + M * t0, jLo, jHi, p);
         for (int j = 0; j < nt; ++j)
         {
             float d[N], t[N];
             for (int k = 0; k < M; ++k) d[k] = p[k][j];
             d[M] = p[0][j + 1];
             d[M + 1] = p[1][j + 1];
-            W::inputRow(d, t);
+            WinogradF6::inputRow(d, t);
             for (int k = 0; k < N; ++k) h[r][k][j] = t[k];
         }
     }
-    for (int k = 0; k < N; ++k) W::inputColumns(h, k, nt, v, vStride);
+    for (int k = 0; k < N; ++k) WinogradF6::inputColumns(h, k, nt, v, vStride);
 }
 
 // Output transform of one output channel: m[xi * mStride + j] -> the tile row's M output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
 // kAvx512: each row's run goes out through streamCopyAvx512 (the next layer reads it much later,
 // from DRAM anyway): 5-9 % of the convolution (PERFORMANCE items 23, 31). The caller fences.
-template <class W, bool kAvx512>
+template <bool kAvx512>
 NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
-                                                 float* const y[W::M], int cols)
+                                                 float* const y[WinogradF6::M], int cols)
 {
-    constexpr int M = W::M, N = W::N;
+    constexpr int M = WinogradF6::M, N = WinogradF6::N;
     float s[M][N][kWinogradTiles];  // A^T over the rows: [output row][column component][tile]
     for (int k = 0; k < N; ++k)
         for (int j = 0; j < nt; ++j)
         {
             float column[N], o[M];
             for (int r = 0; r < N; ++r) column[r] = m[(r * N + k) * mStride + j];
-            W::outputRow(column, o);
+            WinogradF6::outputRow(column, o);
             for (int i = 0; i < M; ++i) s[i][k][j] = o[i];
         }
     for (int i = 0; i < M; ++i)
@@ -544,14 +543,14 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
         {
             float row[N], o[M];
             for (int k = 0; k < N; ++k) row[k] = s[i][k][j];
-            W::outputRow(row, o);
+            WinogradF6::outputRow(row, o);
             for (int c = 0; c < M; ++c) out[c][j] = o[c] + bias;
         }
         // Tiles interleaved into the row's run, then copied up to the image's edge (a last tile
         // past it keeps only its first columns). One path for whole and cut runs: with tasks
         // that continue on the next tile row, a run ending at the edge can hold 32 tiles.
         float line[M * kWinogradTiles];
-        W::template interleave<kAvx512>(out, nt, line);
+        WinogradF6::interleave<kAvx512>(out, nt, line);
         const int n = std::min(cols, M * nt);
         if constexpr (kAvx512)
             streamCopyAvx512(y[i], line, static_cast<size_t>(n));
@@ -561,34 +560,35 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
 }
 
 // Per-ISA copies of the transforms (the same source compiled for AVX-512, AVX2 and the baseline).
-template <class W>
 struct WinogradTransforms
 {
-    NAF_TARGET_AVX512 static void inputAvx512(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
+    static constexpr int M = WinogradF6::M, N = WinogradF6::N;
+
+    NAF_TARGET_AVX512 static void inputAvx512(const float* const r[N], int w, int t0, int nt, float* v, size_t vs)
     {
-        winogradInputImpl<W, true>(r, w, t0, nt, v, vs);
+        winogradInputImpl<true>(r, w, t0, nt, v, vs);
     }
-    NAF_TARGET_AVX2 static void inputAvx2(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
+    NAF_TARGET_AVX2 static void inputAvx2(const float* const r[N], int w, int t0, int nt, float* v, size_t vs)
     {
-        winogradInputImpl<W, false>(r, w, t0, nt, v, vs);
+        winogradInputImpl<false>(r, w, t0, nt, v, vs);
     }
-    static void inputGeneric(const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
+    static void inputGeneric(const float* const r[N], int w, int t0, int nt, float* v, size_t vs)
     {
-        winogradInputImpl<W, false>(r, w, t0, nt, v, vs);
+        winogradInputImpl<false>(r, w, t0, nt, v, vs);
     }
-    NAF_TARGET_AVX512 static void outputAvx512(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    NAF_TARGET_AVX512 static void outputAvx512(const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
-        winogradOutputImpl<W, true>(m, ms, nt, b, y, c);
+        winogradOutputImpl<true>(m, ms, nt, b, y, c);
     }
-    NAF_TARGET_AVX2 static void outputAvx2(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    NAF_TARGET_AVX2 static void outputAvx2(const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
-        winogradOutputImpl<W, false>(m, ms, nt, b, y, c);
+        winogradOutputImpl<false>(m, ms, nt, b, y, c);
     }
-    static void outputGeneric(const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    static void outputGeneric(const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
-        winogradOutputImpl<W, false>(m, ms, nt, b, y, c);
+        winogradOutputImpl<false>(m, ms, nt, b, y, c);
     }
-    static void input(GemmIsa isa, const float* const r[W::N], int w, int t0, int nt, float* v, size_t vs)
+    static void input(GemmIsa isa, const float* const r[N], int w, int t0, int nt, float* v, size_t vs)
     {
         switch (isa)
         {
@@ -597,7 +597,7 @@ struct WinogradTransforms
         default: inputGeneric(r, w, t0, nt, v, vs); break;
         }
     }
-    static void output(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* const y[W::M], int c)
+    static void output(GemmIsa isa, const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
         switch (isa)
         {
@@ -613,12 +613,10 @@ struct WinogradTransforms
 // then the output transform. Each V[xi] (16 KB at 128 channels) stays in L1 for all output
 // channels; running the points per 8-channel block instead, with M in L1, measured the same
 // (PERFORMANCE item 15).
-template <class W>
 void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, const std::vector<float>& packed,
                      float* dst, const ParallelFor& parallel)
 {
-    constexpr int M = W::M, N = W::N, kPoints = W::kPoints;
-    using Transforms = WinogradTransforms<W>;
+    constexpr int M = WinogradF6::M, N = WinogradF6::N, kPoints = WinogradF6::kPoints;
     const GemmIsa isa = gemmIsa();
     const int mr = gemmRows(isa);
     const int cin = conv.cin, cout = conv.cout;
@@ -685,7 +683,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                     const float* plane = src + ci * hw;
                     const float* rows[N];
                     for (int r = 0; r < N; ++r) rows[r] = plane + sg.rowOffset[r];
-                    Transforms::input(isa, rows, w, sg.t0, sg.nt,
+                    WinogradTransforms::input(isa, rows, w, sg.t0, sg.nt,
                                       v.data() + static_cast<size_t>(ci) * kWinogradTiles + sg.offset, vs);
                 }
             for (int xi = 0; xi < kPoints; ++xi)
@@ -704,7 +702,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                     float* y[M];
                     for (int i = 0; i < M; ++i)
                         y[i] = y0 + i < h ? dst + co * hw + static_cast<size_t>(y0 + i) * w + M * sg.t0 : nullptr;
-                    Transforms::output(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles + sg.offset, ms,
+                    WinogradTransforms::output(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles + sg.offset, ms,
                                        sg.nt, conv.bias ? conv.bias[co] : 0.f, y, std::min(w - M * sg.t0, M * sg.nt));
                 }
             if (isa == GemmIsa::Avx512) storeFence();  // the output's non-temporal stores
@@ -720,7 +718,7 @@ const std::vector<float>& packedWeights(const ConvWeights& conv, bool winograd, 
     const int mr = gemmRows(gemmIsa());
     auto pack = [&] {
         if (!winograd) return packWeights(conv, conv.cin * conv.k * conv.k, mr);
-        return winogradWeights<WinogradF6>(conv, mr);
+        return winogradWeights(conv, mr);
     };
     if (!cache)
     {
@@ -817,7 +815,7 @@ void conv2dReflect(const float* src, int h, int w, const ConvWeights& conv, floa
     const std::vector<float>& packed = packedWeights(conv, winograd, cache, uncached);
     if (winograd)
     {
-        conv3x3Winograd<WinogradF6>(src, h, w, conv, packed, dst, parallel);
+        conv3x3Winograd(src, h, w, conv, packed, dst, parallel);
         return;
     }
     const size_t hw = static_cast<size_t>(h) * w;

@@ -85,9 +85,20 @@ bool queriesInOutput(const NafConfig& cfg, int channels)
     return channels >= cfg.dim;
 }
 
+namespace {
+
+// When the guide has the output size, pooling is the identity and the branches' slices of the
+// queries serve as their activation buffers (runBranch, encoderActivationBuffers).
+bool poolIsIdentity(int gh, int gw, int outH, int outW)
+{
+    return gh == outH && gw == outW;
+}
+
+}  // namespace
+
 int encoderActivationBuffers(int guideH, int guideW, int outH, int outW)
 {
-    return guideH == outH && guideW == outW ? 0 : 2;
+    return poolIsIdentity(guideH, guideW, outH, outW) ? 0 : 2;
 }
 
 int activationBuffersInOutput(size_t lendableFloats, size_t bufferFloats, int buffers)
@@ -115,7 +126,7 @@ struct WorkModel
     static constexpr double kPerStem1x1Mac = 0.05;       // 3 -> 128, 1x1
     static constexpr double kPerStem3x3Mac = 0.013;      // 3 -> 128, 3x3
     static constexpr double kPerPointwiseMac = 0.0054;   // 1x1 128 -> 128
-    static constexpr double kPerWinogradMac = 0.00137;  // 3x3 128 -> 128, per direct multiply-add (F(6x6), item 46)
+    static constexpr double kPerWinogradMac = 0.00137;   // 3x3 128 -> 128, per direct multiply-add (F(6x6), item 46)
     static constexpr double kPerPoolValue = 0.23;        // guide -> output pooling, per input value
     static constexpr double kPerRopeAndKeysValue = 0.16;  // RoPE with the keys' pooling folded in (item 45)
     static constexpr double kPerAttentionMac = 0.0078;   // per window entry x (dim + channels)
@@ -184,13 +195,6 @@ double branchWork(const EncoderBranchWeights& branch, double guidePixels, bool i
         work += normThenConvWork(block.conv1, guidePixels) + normThenConvWork(block.conv2, guidePixels);
     if (!identity) work += poolWork(branch.stem.cout, guidePixels);
     return work;
-}
-
-// When the guide has the output size, pooling is the identity and the branches' slices of the
-// queries serve as their activation buffers (runBranch, encoderActivationBuffers).
-bool poolIsIdentity(int gh, int gw, int outH, int outW)
-{
-    return gh == outH && gw == outW;
 }
 
 size_t lendableOutputFloats(const NafConfig& cfg, const ForwardShape& shape)

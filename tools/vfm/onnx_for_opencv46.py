@@ -216,7 +216,8 @@ def rewrite_layernorm(model, values):
 
 
 def _scalar(ed, name):
-    value = ed.init.get(name)
+    """The value of a one-element constant, else None."""
+    value = _const_value(ed, name)
     return float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size == 1 else None
 
 

@@ -2,17 +2,56 @@
 # GPU check of the CUDA path, for a session that is lent a GPU machine (no OpenCV, GTest or
 # Google Benchmark there). Build here, carry the binaries, run this there from the repo root:
 #
-#   scripts/gpu_check.sh --build            # here: build-gpu/{cudnn,nocudnn}/ (sm_90, kernels only)
+#   scripts/gpu_check.sh --build            # here: build-gpu/bin-{cudnn,nocudnn}/ (sm_90, kernels only)
+#                                           #   and build-gpu/module-bundle.tar.xz (the module's tests)
 #   scripts/gpu_check.sh [--quick]          # there: tests, naf_cuda_bench, PyTorch peer on CUDA
+#   scripts/gpu_check.sh --first            # there: a session's first call, ~5 min: kernel and module
+#                                           #   tests, the attention kernels at paper and x72, every
+#                                           #   configuration in TF32 and FP16
+#   scripts/gpu_check.sh --second           # there: sanitizers on the attention kernels, an ncu
+#                                           #   profile at x72 FP16, the PyTorch peer at paper
 #
 # Logs and JSON lines go to $OUT (the device tool's result folder) or ./build-gpu/results.
+# Carry build-gpu/bin-cudnn, build-gpu/bin-nocudnn and build-gpu/module-bundle.tar.xz.
 # NAF_GPU_RACECHECK=1 also runs the attention kernels' tests under compute-sanitizer (memcheck,
 # racecheck, synccheck; NAF_GPU_SANITIZE_FILTER picks the tests). NAF_GPU_TESTS_ONLY=1 stops after
 # the tests (a first call that checks correctness in a few minutes; the timings in a second one).
-# NAF_GPU_TEST_FILTER: the gtest filter of the CUDA tests (default Cuda*).
+# NAF_GPU_TEST_FILTER: the gtest filter of the CUDA tests (default Cuda*). NAF_GPU_MODULE=0 skips
+# the module's tests (NAF_GPU_MODULE_FILTER: their gtest filter); NAF_GPU_SKIP_TESTS=1 all tests;
+# NAF_GPU_SKIP_BENCH=1 the default and builtin timing runs.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+
+# The module's tests (cv::naf over OpenCV) with the CUDA backend, for a machine without OpenCV:
+# build-gpu/module-bundle.tar.xz holds naf_module_tests (sm_90, no ximgproc: its imgcodecs
+# dependency chain is ~200 MB), the OpenCV libraries it loads and theirs, except the C/C++ runtime
+# and CUDA's (that machine's own), the ONNX graphs of the cv::dnn tests, and the source root whose
+# absolute paths the tests were compiled with (run_module_bundle links it to the checkout there).
+build_module_bundle()
+{
+    local build=build-gpu/module bundle=build-gpu/module-bundle
+    cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNAF_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DNAF_WITH_XIMGPROC=OFF -DNAF_WITH_APP=OFF -DNAF_BUILD_BENCHMARKS=OFF -DNAF_BUILD_EXAMPLES=OFF \
+        -DNAF_BUILD_FUZZERS=OFF >/dev/null
+    cmake --build $build --target naf_module_tests
+    /usr/bin/python3 tools/make_naf_onnx.py --test-set $build/tests/onnx \
+        --weights tests/data/golden/weights_seed0.safetensors >/dev/null
+    rm -rf $bundle && mkdir -p $bundle/lib
+    cp $build/tests/naf_module_tests $bundle/
+    cp -r $build/tests/onnx $bundle/onnx
+    echo "$ROOT" > $bundle/source_root
+    ldd $build/tests/naf_module_tests | awk '$3 ~ /^\// {print $3}' |
+        grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s)\.so|/cuda/' |
+        while read -r lib; do cp -L "$lib" $bundle/lib/; done
+    # Every library the tests load must now come from the bundle or be one of those left out.
+    local outside
+    outside=$(LD_LIBRARY_PATH=$bundle/lib ldd $bundle/naf_module_tests | awk '$3 ~ /^\// {print $3}' |
+        grep -v -E "^$bundle/lib/|/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s)\.so|/cuda/" || true)
+    if [ -n "$outside" ]; then echo "module bundle: not self-contained: $outside"; exit 1; fi
+    tar -C build-gpu -cJf build-gpu/module-bundle.tar.xz module-bundle
+    du -sh build-gpu/module-bundle.tar.xz
+}
 
 if [ "${1:-}" = "--build" ]; then
     set -e
@@ -28,10 +67,57 @@ if [ "${1:-}" = "--build" ]; then
         cp "build-gpu/$variant/naf_kernels_tests" "build-gpu/$variant/naf_cuda_bench" "build-gpu/bin-$variant/"
     done
     du -sh build-gpu/bin-*
+    build_module_bundle
     exit 0
 fi
 
+# The module's tests from build-gpu/module-bundle.tar.xz: with a GPU, BACKEND_AUTO is the CUDA
+# engine, so every API test that does not pin the CPU goes through the module's CUDA dispatch.
+run_module_bundle()
+{
+    local tarball=build-gpu/module-bundle.tar.xz dir=/tmp/naf-module-bundle
+    if [ ! -f $tarball ]; then
+        echo "no $tarball (scripts/gpu_check.sh --build here, then carry it): module tests not run"
+        return
+    fi
+    rm -rf $dir && mkdir -p $dir && tar -C $dir -xJf $tarball
+    local b=$dir/module-bundle
+    local root
+    root=$(cat $b/source_root)
+    if [ "$root" != "$ROOT" ]; then
+        if [ -e "$root" ] && [ ! -L "$root" ]; then
+            echo "module tests: $root (their compiled data paths) exists and is not this checkout"
+        else
+            mkdir -p "$(dirname "$root")" && ln -sfn "$ROOT" "$root"
+        fi
+    fi
+    mkdir -p build-gpu/module/tests && rm -rf build-gpu/module/tests/onnx && cp -r $b/onnx build-gpu/module/tests/onnx
+    LD_LIBRARY_PATH="$b/lib:$LD_LIBRARY_PATH" timeout 240 $b/naf_module_tests \
+        --gtest_filter="${NAF_GPU_MODULE_FILTER:-*}" > "$RESULTS/module_tests.log" 2>&1
+    echo "module tests: exit $?"
+    grep -E "^\[  (FAILED|SKIPPED|PASSED) |Failure|Expected|Which|actual|error" "$RESULTS/module_tests.log" | head -60
+}
+
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+# Presets for the two calls of a session with 15 minutes of device time (each ~5 min, so that one
+# can be rerun): what the caller's environment sets wins.
+case "${1:-}" in
+    --first)
+        export NAF_GPU_CONFIGS="${NAF_GPU_CONFIGS-paper,x32,mobilesam,x72,dinov2}"
+        export NAF_GPU_MODES="${NAF_GPU_MODES-tf32,fp16}"
+        export NAF_GPU_BUILTIN_CONFIGS="${NAF_GPU_BUILTIN_CONFIGS-}"
+        export NAF_GPU_TORCH_CONFIGS="${NAF_GPU_TORCH_CONFIGS-}"
+        export NAF_GPU_NCHW_RUNS="${NAF_GPU_NCHW_RUNS-}"
+        export NAF_GPU_ATTENTION_RUNS="${NAF_GPU_ATTENTION_RUNS-cell-mma:paper,x72:fp16 tiled-chunked:paper,x72:fp16 measured:paper,x72,dinov2:fp16 tiled:paper,x72:fp16 cell:paper,x72:fp16}"
+        ;;
+    --second)
+        export NAF_GPU_SKIP_TESTS="${NAF_GPU_SKIP_TESTS-1}" NAF_GPU_RACECHECK="${NAF_GPU_RACECHECK-1}"
+        export NAF_GPU_SKIP_BENCH="${NAF_GPU_SKIP_BENCH-1}" NAF_GPU_SANITIZE_TIMEOUT="${NAF_GPU_SANITIZE_TIMEOUT-90}"
+        export NAF_GPU_ATTENTION_RUNS="${NAF_GPU_ATTENTION_RUNS-}" NAF_GPU_NCHW_RUNS="${NAF_GPU_NCHW_RUNS-}"
+        export NAF_GPU_TORCH_CONFIGS="${NAF_GPU_TORCH_CONFIGS-paper}"
+        export NAF_GPU_NCU="${NAF_GPU_NCU-1}" NAF_GPU_NCU_RUNS="${NAF_GPU_NCU_RUNS-x72:fp16}"
+        ;;
+esac
 RESULTS="${OUT:-$ROOT/build-gpu/results}"
 mkdir -p "$RESULTS"
 exec > >(tee "$RESULTS/gpu_check.log") 2>&1
@@ -54,8 +140,14 @@ if ! ldd "$BIN/naf_kernels_tests" | grep -q "libcudnn.so.9 => /"; then
 fi
 ldd "$BIN/naf_kernels_tests" | grep -E "cud|not found"
 
-echo "== tests (CUDA against the CPU path)"
-timeout 200 "$BIN/naf_kernels_tests" --gtest_filter="${NAF_GPU_TEST_FILTER:-Cuda*}" 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|^\[ mismatch|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
+if [ "${NAF_GPU_SKIP_TESTS:-0}" != 1 ]; then
+    echo "== tests (CUDA against the CPU path)"
+    timeout 200 "$BIN/naf_kernels_tests" --gtest_filter="${NAF_GPU_TEST_FILTER:-Cuda*}" 2>&1 | tee "$RESULTS/tests.log" | grep -E "^\[ cuda|^\[ mismatch|OK|FAIL|PASSED|error|Failure|rel L2|Expected|Which|actual" | head -120
+    if [ "${NAF_GPU_MODULE:-1}" = 1 ]; then
+        echo "== module tests (cv::naf, BACKEND_AUTO = CUDA)"
+        run_module_bundle
+    fi
+fi
 
 if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
     # The shared-memory kernels under compute-sanitizer (races, barrier misuse): slow, so only
@@ -65,7 +157,7 @@ if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
     for tool in memcheck racecheck synccheck; do
         echo "== compute-sanitizer --tool $tool"
         [ -z "$SANITIZER" ] && { echo "compute-sanitizer not found"; break; }
-        timeout 150 "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
+        timeout "${NAF_GPU_SANITIZE_TIMEOUT:-150}" "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
             --gtest_filter="${NAF_GPU_SANITIZE_FILTER:-Cuda.CellTensorCore*:Cuda.TiledChunked*:Cuda.CellAttention*:Cuda.Measured*}" \
             2>&1 | tail -15
     done
@@ -78,13 +170,16 @@ fi
 echo "== naf_cuda_bench"
 # Environment overrides: NAF_GPU_CONFIGS, NAF_GPU_BUILTIN_CONFIGS, NAF_GPU_TORCH_CONFIGS.
 CONFIGS=${NAF_GPU_CONFIGS:-paper,x32,mobilesam,x72,dinov2}; [ $QUICK = 1 ] && CONFIGS=paper
-BUILTIN_CONFIGS=${NAF_GPU_BUILTIN_CONFIGS:-paper,mobilesam}; [ $QUICK = 1 ] && BUILTIN_CONFIGS=paper
+BUILTIN_CONFIGS=${NAF_GPU_BUILTIN_CONFIGS-paper,mobilesam}  # set but empty: none; [ $QUICK = 1 ] && BUILTIN_CONFIGS=paper
 TORCH_CONFIGS=${NAF_GPU_TORCH_CONFIGS-paper mobilesam x32 x72}  # set but empty: no PyTorch run; [ $QUICK = 1 ] && TORCH_CONFIGS=paper
 MODES=${NAF_GPU_MODES:-fp32,tf32,fp16}
-timeout 260 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes "$MODES" --paths auto --reps 20 --warmup 3 \
-    --max-seconds 4 --roundtrip-reps 1 | tee "$RESULTS/bench.jsonl"
-timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" --paths builtin --reps 10 \
-    --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
+touch "$RESULTS/bench.jsonl"
+if [ "${NAF_GPU_SKIP_BENCH:-0}" != 1 ]; then
+    timeout 260 "$BIN/naf_cuda_bench" --configs "$CONFIGS" --modes "$MODES" --paths auto --reps 20 --warmup 3 \
+        --max-seconds 4 --roundtrip-reps 1 | tee -a "$RESULTS/bench.jsonl"
+    [ -n "$BUILTIN_CONFIGS" ] && timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" \
+        --paths builtin --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
+fi
 # The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks tiled or
 # cell per size), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
 # NAF_GPU_ATTENTION_RUNS="general:paper:tf32"; set but empty: none.
@@ -109,7 +204,7 @@ for run in ${NAF_GPU_NCHW_RUNS-paper,x72:tf32,fp16}; do
 done
 
 echo "== PyTorch reference on CUDA"
-python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"
+[ -n "$TORCH_CONFIGS" ] && python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"
 for cfg in $TORCH_CONFIGS; do
     for tf32 in off on; do
         timeout 60 python3 benchmarks/bench_reference.py $cfg --device cuda --tf32 $tf32 --reps 5 \

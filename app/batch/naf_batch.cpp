@@ -20,7 +20,8 @@ Images already done with the same settings are skipped (resumable); bad images a
 options:
   --out DIR          output folder (required)
   --vfm NAME         registry model (models/vfm/NAME.json), default mobilesam
-  --methods LIST     comma-separated: nearest,bilinear,bicubic,guided,bilateral,naf (default all but bilateral)
+  --methods LIST     comma-separated: nearest,bilinear,bicubic,guided,bilateral,naf (default all but
+                     bilateral; guided and bilateral need cv::naf built with OpenCV's ximgproc)
   --size N           output long side in pixels, default 448
   --kmeans K         clusters of the k-means panel, 0 = none, default 6
   --weights FILE     NAF weights (default: cv::naf default weights)
@@ -69,8 +70,7 @@ void drawProgress(int finished, int total, const naf_app::BatchItem& last, bool 
 int main(int argc, char** argv)
 {
     naf_app::BatchOptions options;
-    options.settings.methods = {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
-                                cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF};
+    options.settings.methods = naf_app::defaultUpsampleMethods();
     try
     {
         for (int i = 1; i < argc; ++i)

@@ -43,10 +43,13 @@ namespace {
 constexpr int kPanels = 3;
 constexpr int kMaxRecent = 8;
 
-// The joint bilateral filter is left out: at 256 channels it takes tens of seconds per image
-// (naf_batch --methods can still ask for it).
-const int kMethods[] = {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
-                        cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF};
+// naf_app::defaultUpsampleMethods() (naf_batch --methods can still ask for the joint bilateral
+// filter).
+const std::vector<int>& viewerMethods()
+{
+    static const std::vector<int> methods = naf_app::defaultUpsampleMethods();
+    return methods;
+}
 
 QImage toQImage(const cv::Mat& bgr)
 {
@@ -203,7 +206,7 @@ void MainWindow::buildUi()
         choice->setObjectName(QString("panelChoice%1").arg(i));
         choice->addItem("Image", CONTENT_IMAGE);
         choice->addItem("Low-res features (PCA)", CONTENT_LOWRES);
-        for (int m : kMethods) choice->addItem("Upsampled: " + methodLabel(m) + " (PCA)", CONTENT_METHOD + m);
+        for (int m : viewerMethods()) choice->addItem("Upsampled: " + methodLabel(m) + " (PCA)", CONTENT_METHOD + m);
         choice->addItem("Segmentation overlay", CONTENT_SEGMENTATION);
         choice->addItem("NAF attention of clicked pixel", CONTENT_ATTENTION);
         choice->addItem("Similarity to clicked pixel", CONTENT_SIMILARITY);
@@ -231,7 +234,7 @@ void MainWindow::buildUi()
     segKindBox_->addItem("linear probe", 1);
     segForm->addRow("Kind", segKindBox_);
     segSourceBox_ = new QComboBox;
-    for (int m : kMethods) segSourceBox_->addItem(methodLabel(m), m);
+    for (int m : viewerMethods()) segSourceBox_->addItem(methodLabel(m), m);
     segSourceBox_->setCurrentIndex(segSourceBox_->findData(cv::naf::UPSAMPLE_NAF));
     segForm->addRow("Features", segSourceBox_);
     clustersBox_ = new QSpinBox;
@@ -400,7 +403,7 @@ naf_app::PipelineSettings MainWindow::currentSettings() const
     naf_app::PipelineSettings s;
     s.vfmName = vfmBox_->currentData().toString().toStdString();
     s.outputLongSide = sizeBox_->value();
-    s.methods.assign(std::begin(kMethods), std::end(kMethods));
+    s.methods = viewerMethods();
     s.nafBackend = backendBox_->currentData().toInt();
     s.gpuPrecision = precisionBox_->currentData().toInt();
     return s;

@@ -72,8 +72,34 @@ TEST(Visualize, ClassicalUpsamplersMatchCvResizePerChannel)
     }
 }
 
+// The guided and joint bilateral methods need ximgproc (NAF_WITH_XIMGPROC); a build without it
+// says so, and which method, rather than failing inside OpenCV or returning bilinear.
+TEST(Visualize, MethodAvailabilityFollowsTheBuild)
+{
+    const bool expectXimgproc = NAF_EXPECT_XIMGPROC;
+    for (int m = cv::naf::UPSAMPLE_NEAREST; m <= cv::naf::UPSAMPLE_NAF; ++m)
+    {
+        const bool needsXimgproc = m == cv::naf::UPSAMPLE_GUIDED_FILTER || m == cv::naf::UPSAMPLE_JOINT_BILATERAL;
+        EXPECT_EQ(cv::naf::isUpsampleMethodAvailable(m), expectXimgproc || !needsXimgproc)
+            << cv::naf::upsampleMethodName(m);
+    }
+    expectError([] { cv::naf::isUpsampleMethodAvailable(-1); }, "unknown method -1");
+    if (expectXimgproc) return;
+    const cv::Mat low = naf_test::randomBlob(1, 3, 4, 4, 1);
+    const cv::Mat image = naf_test::randomImage(16, 16, 2);
+    for (int m : {cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_JOINT_BILATERAL})
+    {
+        cv::Mat out;
+        expectError([&] { cv::naf::upsampleWith(m, image, low, out, image.size()); },
+                    "method '" + cv::naf::upsampleMethodName(m) + "' needs OpenCV's ximgproc");
+        EXPECT_TRUE(out.empty());
+    }
+}
+
 TEST(Visualize, GuidedMethodsSharpenAnEdgeTheImageShows)
 {
+    if (!cv::naf::isUpsampleMethodAvailable(cv::naf::UPSAMPLE_GUIDED_FILTER))
+        GTEST_SKIP() << "built without ximgproc (MethodAvailabilityFollowsTheBuild checks the refusal)";
     // Image: left half black, right half white, edge at x = 32. Features: one channel that is 0 on
     // low-res cells left of the edge and 1 right of it (8 cells, edge between cells 3 and 4).
     cv::Mat image(32, 64, CV_8UC3, cv::Scalar::all(0));

@@ -92,13 +92,25 @@ cv::Size outputSizeFor(cv::Size image, int longSide)
     return cv::Size(std::max(1, cvRound(image.width * scale)), std::max(1, cvRound(image.height * scale)));
 }
 
+std::vector<int> defaultUpsampleMethods()
+{
+    std::vector<int> methods;
+    for (int method : {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
+                       cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF})
+        if (cv::naf::isUpsampleMethodAvailable(method)) methods.push_back(method);
+    return methods;
+}
+
 void Pipeline::validate(const PipelineSettings& settings)
 {
     if (settings.outputLongSide < 16 || settings.outputLongSide > 4096)
         CV_Error(cv::Error::StsOutOfRange, "output size " + std::to_string(settings.outputLongSide) +
                                                " is outside [16, 4096] pixels (long side)");
     if (settings.methods.empty()) CV_Error(cv::Error::StsBadArg, "no upsampling method chosen");
-    for (int m : settings.methods) cv::naf::upsampleMethodName(m);  // throws for an unknown id
+    for (int m : settings.methods)
+        if (!cv::naf::isUpsampleMethodAvailable(m))  // throws for an unknown id
+            CV_Error(cv::Error::StsNotImplemented, "method '" + cv::naf::upsampleMethodName(m) +
+                                                       "' needs OpenCV's ximgproc (opencv_contrib), which this build lacks");
     cv::naf::VfmRegistry::find(settings.vfmName);                    // throws listing the known names
     nafBackendName(settings.nafBackend);                             // throws for an unknown value
     gpuPrecisionName(settings.gpuPrecision);

@@ -4,7 +4,9 @@
 #include <cmath>
 
 #include <opencv2/imgproc.hpp>
+#if defined(NAF_HAVE_XIMGPROC)
 #include <opencv2/ximgproc.hpp>
+#endif
 
 #include "opencv2/naf.hpp"
 #include "opencv2/naf/visualize.hpp"
@@ -88,10 +90,23 @@ int upsampleMethodFromName(const String& name)
     CV_Error(Error::StsBadArg, "cv::naf::upsampleMethodFromName: unknown method '" + name + "' (known: " + all + ")");
 }
 
+bool isUpsampleMethodAvailable(int method)
+{
+    upsampleMethodName(method);  // validates
+#if defined(NAF_HAVE_XIMGPROC)
+    return true;
+#else
+    return method != UPSAMPLE_GUIDED_FILTER && method != UPSAMPLE_JOINT_BILATERAL;
+#endif
+}
+
 void upsampleWith(int method, InputArray image, InputArray lowResFeatures, OutputArray dst, Size dstSize,
                   const Ptr<NAF>& naf)
 {
-    upsampleMethodName(method);  // validates
+    if (!isUpsampleMethodAvailable(method))
+        CV_Error(Error::StsNotImplemented, "cv::naf::upsampleWith: method '" + upsampleMethodName(method) +
+                                               "' needs OpenCV's ximgproc module (opencv_contrib), and this build of "
+                                               "cv::naf has none (NAF_WITH_XIMGPROC=OFF)");
     if (method == UPSAMPLE_NAF)
     {
         if (naf)
@@ -120,11 +135,15 @@ void upsampleWith(int method, InputArray image, InputArray lowResFeatures, Outpu
     // Radius of the edge-aware filters: one low-resolution cell, in output pixels.
     const double cell = std::max(static_cast<double>(dstSize.width) / w, static_cast<double>(dstSize.height) / h);
     const int radius = std::max(1, cvRound(cell));
+#if defined(NAF_HAVE_XIMGPROC)
     Ptr<ximgproc::GuidedFilter> guided;
     Mat guideF;
     if (method == UPSAMPLE_GUIDED_FILTER)
         guided = ximgproc::createGuidedFilter(guide, radius, 0.01 * 255 * 255);  // eps: (10% of the range)^2
     if (method == UPSAMPLE_JOINT_BILATERAL) guide.convertTo(guideF, CV_32F);
+#else
+    (void)radius;
+#endif
     const int interpolation = method == UPSAMPLE_NEAREST ? INTER_NEAREST : method == UPSAMPLE_BICUBIC ? INTER_CUBIC
                                                                                                      : INTER_LINEAR;
     parallel_for_(Range(0, c), [&](const Range& r) {
@@ -132,6 +151,7 @@ void upsampleWith(int method, InputArray image, InputArray lowResFeatures, Outpu
         {
             Mat target = plane(out, ch);
             resize(plane(low, ch), target, dstSize, 0, 0, interpolation);
+#if defined(NAF_HAVE_XIMGPROC)
             if (guided)
             {
                 Mat filtered;
@@ -144,6 +164,7 @@ void upsampleWith(int method, InputArray image, InputArray lowResFeatures, Outpu
                 ximgproc::jointBilateralFilter(guideF, target, filtered, 2 * radius + 1, 25.0, radius);
                 filtered.copyTo(target);
             }
+#endif
         }
     });
     out.copyTo(dst);

@@ -17,13 +17,17 @@
 
 namespace naf_app {
 
+/// The methods the viewer and naf_batch compare by default: nearest, bilinear, bicubic, the
+/// guided filter (where this build of cv::naf has ximgproc) and NAF. The joint bilateral filter is
+/// left out: at 256 channels it takes tens of seconds per image.
+std::vector<int> defaultUpsampleMethods();
+
 /// What to compute for one image.
 struct PipelineSettings
 {
     std::string vfmName = "mobilesam";  ///< registry name (models/vfm/<name>.json)
     int outputLongSide = 448;           ///< output resolution: the image's long side is scaled to this
-    std::vector<int> methods = {cv::naf::UPSAMPLE_NEAREST, cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC,
-                                cv::naf::UPSAMPLE_GUIDED_FILTER, cv::naf::UPSAMPLE_NAF};
+    std::vector<int> methods = defaultUpsampleMethods();
     std::string nafWeightsPath;         ///< empty: cv::naf default weights
     int nafBackend = cv::naf::BACKEND_AUTO;           ///< cv::naf::Backend of the NAF method
     int gpuPrecision = cv::naf::GPU_PRECISION_FP32;   ///< cv::naf::GpuPrecision (the CUDA backend's encoder)

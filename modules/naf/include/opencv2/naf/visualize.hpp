@@ -26,9 +26,15 @@ CV_EXPORTS String upsampleMethodName(int method);
 /** @brief Inverse of upsampleMethodName(). @throws cv::Exception listing the valid names. */
 CV_EXPORTS int upsampleMethodFromName(const String& name);
 
+/** @brief Whether this build runs `method`: UPSAMPLE_GUIDED_FILTER and UPSAMPLE_JOINT_BILATERAL need
+OpenCV's ximgproc (opencv_contrib; CMake option NAF_WITH_XIMGPROC), the others are always there.
+@throws cv::Exception for an unknown method. */
+CV_EXPORTS bool isUpsampleMethodAvailable(int method);
+
 /** @brief Upsamples a 1 x C x h x w CV_32F blob to 1 x C x dstSize with one of UpsampleMethod.
 @param image CV_8UC3 BGR guide (used by the guided methods and NAF).
-@param naf upsampler for UPSAMPLE_NAF; empty: the default weights. */
+@param naf upsampler for UPSAMPLE_NAF; empty: the default weights.
+@throws cv::Exception (StsNotImplemented) for a method this build lacks (isUpsampleMethodAvailable()). */
 CV_EXPORTS void upsampleWith(int method, InputArray image, InputArray lowResFeatures, OutputArray dst, Size dstSize,
                              const Ptr<class NAF>& naf = Ptr<class NAF>());
 

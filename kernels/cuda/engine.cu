@@ -741,7 +741,9 @@ struct Engine::Impl
     /// those cannot be allocated).
     void copyToHost(void* hostOut, bool pinned, const void* deviceOut, size_t bytes)
     {
-        const size_t chunk = std::min(kStagingChunk, bytes);
+        // Full-size buffers from 4 MiB up: sized to the first output, a small call followed by a
+        // large one would free and re-pin both (milliseconds, and cudaFreeHost synchronizes).
+        const size_t chunk = bytes >= kStagingChunk / 8 ? kStagingChunk : bytes;
         if (pinned || bytes == 0 || !ensureStaging(chunk))
         {
             check(cudaMemcpyAsync(hostOut, deviceOut, bytes, cudaMemcpyDeviceToHost, stream),
@@ -1091,7 +1093,7 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
               "copying the features to the device");
         s.enqueue(s.image.as<float>(), s.features.as<float>(), s.out.as<float>(), shape, tf32, mode == MathMode::FP16,
                   probe);
-        adviseHugePages(hostOut, outBytes);  // as kernels::forward: a fresh output faults 512x less
+        if (!outPinned) adviseHugePages(hostOut, outBytes);  // as kernels::forward: a fresh output faults 512x less
         s.copyToHost(hostOut, outPinned, s.out.ptr, outBytes);
         s.complete(shape, probe);
     });

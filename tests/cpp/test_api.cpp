@@ -177,8 +177,11 @@ TEST_F(Fixture, RefusedInputLeavesAMatchingDstUntouched)
 
 // The progress callback sees a whole batch in order, on the calling thread, from 0 to 1 (item i
 // of n as (i + f) / n), and does not change the result.
+// The CPU path reports inside each item (encoder convolutions, attention rows); the CUDA path
+// only each item's ends (CudaProgressReportsEachItemsEndsAndCancels).
 TEST_F(Fixture, ProgressCallbackCoversTheCallInOrderOnTheCallingThread)
 {
+    naf->setBackend(cv::naf::BACKEND_CPU);
     const cv::Mat image2 = randomImage(33, 61, 9);
     const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
     const std::vector<cv::Mat> images{image, image2};
@@ -443,6 +446,37 @@ TEST_F(Fixture, CudaPrecisionsMatchTheCpuAndFp16RefusesOutOfRangeInput)
     naf->setGpuPrecision(cv::naf::GPU_PRECISION_FP32);
     naf->upsampleBlob(blob, feats, dst, out);
     EXPECT_TRUE(cv::checkRange(dst));
+}
+
+// GPU only. The CUDA path enqueues an item's device work at once, so it reports each item's start
+// and end, in order and on the calling thread; stopping at the first item's end cancels the call
+// there and releases dst.
+TEST_F(Fixture, CudaProgressReportsEachItemsEndsAndCancels)
+{
+    if (!cv::naf::isCudaAvailable()) GTEST_SKIP() << "no CUDA device";
+    naf->setBackend(cv::naf::BACKEND_CUDA);
+    const cv::Mat image2 = randomImage(33, 61, 9);
+    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
+    const std::vector<cv::Mat> images{image, image2};
+    cv::Mat plain, tracked;
+    naf->upsample(images, feats2, plain, out);
+    std::vector<double> fractions;
+    bool otherThread = false;
+    const std::thread::id caller = std::this_thread::get_id();
+    naf->setProgressCallback([&](double fraction) {
+        fractions.push_back(fraction);
+        otherThread |= std::this_thread::get_id() != caller;
+        return true;
+    });
+    naf->upsample(images, feats2, tracked, out);
+    EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CUDA);
+    EXPECT_EQ(cv::norm(plain.reshape(1, 1), tracked.reshape(1, 1), cv::NORM_INF), 0.0);
+    EXPECT_FALSE(otherThread);
+    EXPECT_EQ(fractions, (std::vector<double>{0.0, 0.5, 0.5, 1.0}));
+    naf->setProgressCallback([](double fraction) { return fraction < 0.5; });
+    expectError([&] { naf->upsample(images, feats2, tracked, out); },
+                {"cancelled by the progress callback at 50 %", "dst was released"});
+    EXPECT_TRUE(tracked.empty());
 }
 
 TEST_F(Fixture, OneShotFunctionUsesDefaultWeights)

@@ -41,6 +41,27 @@ struct Fixture : ::testing::Test
     cv::Mat image = randomImage(40, 52, 1);
     cv::Mat feats = randomBlob(1, 8, 5, 6, 2);
     cv::Size out{26, 21};
+    // A batch of two images of different sizes (sizes may differ inside a batch).
+    std::vector<cv::Mat> twoImages{image, randomImage(33, 61, 9)};
+    cv::Mat twoFeats = randomBlob(2, 8, 5, 6, 4);
+};
+
+// Every fraction a progress callback got, and whether one came from another thread than the one
+// that made the callback.
+struct ProgressLog
+{
+    std::vector<double> fractions;
+    bool otherThread = false;
+
+    cv::naf::ProgressCallback recorder()
+    {
+        const std::thread::id caller = std::this_thread::get_id();
+        return [this, caller](double fraction) {
+            fractions.push_back(fraction);
+            otherThread |= std::this_thread::get_id() != caller;
+            return true;
+        };
+    }
 };
 
 }  // namespace
@@ -100,16 +121,14 @@ TEST_F(Fixture, BadInputsGiveClearErrorsAndLeaveDstUntouched)
 
 TEST_F(Fixture, BatchOfImagesEqualsOneByOne)
 {
-    const cv::Mat image2 = randomImage(33, 61, 9);  // sizes may differ inside a batch
-    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
     cv::Mat batch;
-    naf->upsample(std::vector<cv::Mat>{image, image2}, feats2, batch, out);
+    naf->upsample(twoImages, twoFeats, batch, out);
     for (int n = 0; n < 2; ++n)
     {
         const int sizes[4] = {1, 8, 5, 6};
-        const cv::Mat one(4, sizes, CV_32F, const_cast<float*>(feats2.ptr<float>(n)));
+        const cv::Mat one(4, sizes, CV_32F, const_cast<float*>(twoFeats.ptr<float>(n)));
         cv::Mat single;
-        naf->upsample(n == 0 ? image : image2, one, single, out);
+        naf->upsample(twoImages[n], one, single, out);
         const cv::Mat slice(1, static_cast<int>(single.total()), CV_32F, batch.ptr<float>(n));
         EXPECT_EQ(cv::norm(slice, single.reshape(1, 1), cv::NORM_INF), 0.0) << "item " << n;
     }
@@ -131,14 +150,12 @@ TEST_F(Fixture, MatchingDstIsWrittenInPlaceWithTheSameValues)
     EXPECT_EQ(cv::norm(view.reshape(1, 1), fresh.reshape(1, 1), cv::NORM_INF), 0.0);
 
     // A batch of images of different sizes into a reused 2-item dst.
-    const cv::Mat image2 = randomImage(33, 61, 9);
-    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
     cv::Mat batchFresh;
-    naf->upsample(std::vector<cv::Mat>{image, image2}, feats2, batchFresh, out);
+    naf->upsample(twoImages, twoFeats, batchFresh, out);
     const int batchSizes[4] = {2, 8, out.height, out.width};
     cv::Mat batch(4, batchSizes, CV_32F, cv::Scalar(-3));
     const uchar* batchBefore = batch.data;
-    naf->upsample(std::vector<cv::Mat>{image, image2}, feats2, batch, out);
+    naf->upsample(twoImages, twoFeats, batch, out);
     EXPECT_EQ(batch.data, batchBefore);
     EXPECT_EQ(cv::norm(batch.reshape(1, 1), batchFresh.reshape(1, 1), cv::NORM_INF), 0.0);
 
@@ -182,24 +199,16 @@ TEST_F(Fixture, RefusedInputLeavesAMatchingDstUntouched)
 TEST_F(Fixture, ProgressCallbackCoversTheCallInOrderOnTheCallingThread)
 {
     naf->setBackend(cv::naf::BACKEND_CPU);
-    const cv::Mat image2 = randomImage(33, 61, 9);
-    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
-    const std::vector<cv::Mat> images{image, image2};
     cv::Mat plain, tracked;
-    naf->upsample(images, feats2, plain, out);
+    naf->upsample(twoImages, twoFeats, plain, out);
     EXPECT_FALSE(naf->getProgressCallback());
-    std::vector<double> fractions;
-    bool otherThread = false;
-    const std::thread::id caller = std::this_thread::get_id();
-    naf->setProgressCallback([&](double fraction) {
-        fractions.push_back(fraction);
-        otherThread |= std::this_thread::get_id() != caller;
-        return true;
-    });
+    ProgressLog log;
+    naf->setProgressCallback(log.recorder());
     EXPECT_TRUE(naf->getProgressCallback());
-    naf->upsample(images, feats2, tracked, out);
+    naf->upsample(twoImages, twoFeats, tracked, out);
     EXPECT_EQ(cv::norm(plain.reshape(1, 1), tracked.reshape(1, 1), cv::NORM_INF), 0.0);
-    EXPECT_FALSE(otherThread);
+    EXPECT_FALSE(log.otherThread);
+    const std::vector<double>& fractions = log.fractions;
     ASSERT_GE(fractions.size(), 2u * 20u);  // each image: start, encoder convolutions, attention, end
     EXPECT_EQ(fractions.front(), 0.0);
     EXPECT_EQ(fractions.back(), 1.0);
@@ -211,7 +220,7 @@ TEST_F(Fixture, ProgressCallbackCoversTheCallInOrderOnTheCallingThread)
     // An empty callback switches reporting off.
     naf->setProgressCallback(cv::naf::ProgressCallback());
     const size_t reports = fractions.size();
-    naf->upsample(images, feats2, tracked, out);
+    naf->upsample(twoImages, twoFeats, tracked, out);
     EXPECT_EQ(fractions.size(), reports);
 }
 
@@ -455,26 +464,17 @@ TEST_F(Fixture, CudaProgressReportsEachItemsEndsAndCancels)
 {
     if (!cv::naf::isCudaAvailable()) GTEST_SKIP() << "no CUDA device";
     naf->setBackend(cv::naf::BACKEND_CUDA);
-    const cv::Mat image2 = randomImage(33, 61, 9);
-    const cv::Mat feats2 = randomBlob(2, 8, 5, 6, 4);
-    const std::vector<cv::Mat> images{image, image2};
     cv::Mat plain, tracked;
-    naf->upsample(images, feats2, plain, out);
-    std::vector<double> fractions;
-    bool otherThread = false;
-    const std::thread::id caller = std::this_thread::get_id();
-    naf->setProgressCallback([&](double fraction) {
-        fractions.push_back(fraction);
-        otherThread |= std::this_thread::get_id() != caller;
-        return true;
-    });
-    naf->upsample(images, feats2, tracked, out);
+    naf->upsample(twoImages, twoFeats, plain, out);
+    ProgressLog log;
+    naf->setProgressCallback(log.recorder());
+    naf->upsample(twoImages, twoFeats, tracked, out);
     EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CUDA);
     EXPECT_EQ(cv::norm(plain.reshape(1, 1), tracked.reshape(1, 1), cv::NORM_INF), 0.0);
-    EXPECT_FALSE(otherThread);
-    EXPECT_EQ(fractions, (std::vector<double>{0.0, 0.5, 0.5, 1.0}));
+    EXPECT_FALSE(log.otherThread);
+    EXPECT_EQ(log.fractions, (std::vector<double>{0.0, 0.5, 0.5, 1.0}));
     naf->setProgressCallback([](double fraction) { return fraction < 0.5; });
-    expectError([&] { naf->upsample(images, feats2, tracked, out); },
+    expectError([&] { naf->upsample(twoImages, twoFeats, tracked, out); },
                 {"cancelled by the progress callback at 50 %", "dst was released"});
     EXPECT_TRUE(tracked.empty());
 }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cell_attention.hpp"
+#include "device_memory.hpp"
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 
@@ -44,7 +45,22 @@ struct DeviceBuffer
         if (need <= bytes) return;
         release();
         need = (need + 255) / 256 * 256;
-        check(cudaMalloc(&ptr, need), what);
+        const cudaError_t err = cudaMalloc(&ptr, need);
+        if (err == cudaErrorMemoryAllocation)
+        {
+            // Out of memory is the one failure a caller can act on: say how much, and how much is free.
+            (void)cudaGetLastError();
+            ptr = nullptr;
+            size_t freeBytes = 0, totalBytes = 0;
+            if (cudaMemGetInfo(&freeBytes, &totalBytes) != cudaSuccess)
+            {
+                (void)cudaGetLastError();
+                totalBytes = 0;
+            }
+            throw std::runtime_error(outOfDeviceMemoryMessage(what, need, freeBytes, totalBytes));
+        }
+        if (err != cudaSuccess) ptr = nullptr;
+        check(err, what);
         bytes = need;
     }
     void release() noexcept

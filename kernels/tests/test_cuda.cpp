@@ -714,6 +714,41 @@ TEST(Cuda, OneEngineServesDifferentlySizedCalls)
     }
 }
 
+// A call whose scratch cannot fit on the device is refused with the out-of-memory message (which
+// buffer, how much, how much is free) before any kernel runs, and the engine serves the next call.
+TEST(Cuda, OutOfDeviceMemoryIsAClearErrorAndTheEngineStaysUsable)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(51);
+    cuda::Engine engine(w.cfg, w.view);
+    // A 20000 x 20000 output from a 64 x 64 image: the guide stays small, and the query buffer
+    // alone is larger than the whole device.
+    const ForwardShape huge = makeShape(64, 64, 8, 8, 8, 20000, 20000, 3);
+    size_t freeBytes = 0, totalBytes = 0;
+    ASSERT_EQ(cudaMemGetInfo(&freeBytes, &totalBytes), cudaSuccess);
+    ASSERT_GT(static_cast<size_t>(w.cfg.dim) * huge.outH * huge.outW * sizeof(float), totalBytes);
+    // Never read: the refusal comes before anything is enqueued.
+    float *dImage = nullptr, *dFeatures = nullptr, *dOut = nullptr;
+    ASSERT_EQ(cudaMalloc(&dImage, 3 * 64 * 64 * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dFeatures, 8 * 8 * 8 * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dOut, sizeof(float)), cudaSuccess);
+    try
+    {
+        engine.forwardDevice(dImage, dFeatures, dOut, huge, cuda::MathMode::FP32);
+        ADD_FAILURE() << "no exception for a call that cannot fit";
+    }
+    catch (const std::runtime_error& e)
+    {
+        const std::string message = e.what();
+        EXPECT_NE(message.find("allocating the query buffer failed: it needs "), std::string::npos) << message;
+        EXPECT_NE(message.find(" MiB are free (out of memory"), std::string::npos) << message;
+    }
+    cudaFree(dImage);
+    cudaFree(dFeatures);
+    cudaFree(dOut);
+    expectMatchesCpu(engine, w, makeShape(37, 45, 8, 7, 6, 30, 27, 9), 300);
+}
+
 TEST(Cuda, RepeatedCallsAreBitIdentical)
 {
     NAF_SKIP_WITHOUT_GPU();

@@ -12,6 +12,7 @@
 #include "../cuda/cell_mma_attention.hpp"  // host/device code: its warps run here lane by lane
 #include "../cuda/hwc_tail.hpp"        // host/device index arithmetic of the CUDA channels-last tail
 #include "../cuda/staged_copy.hpp"     // the schedule of the CUDA engine's output copy
+#include "../cuda/device_memory.hpp"   // the CUDA engine's out-of-memory message
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
 
@@ -1276,4 +1277,20 @@ TEST(Kernels, StagedOutputCopyDeliversEveryByteWithAnyDeviceSpeed)
                 for (size_t k = 0; k < drained.size(); ++k) EXPECT_EQ(drained[k], k);
                 EXPECT_EQ(host, device);
             }
+}
+
+// A device allocation that does not fit (DeviceBuffer::ensure on cudaErrorMemoryAllocation) says
+// which buffer, how much it needs (rounded up) and how much the device has free (rounded down), so
+// that a caller can pick a smaller output or the CPU path.
+TEST(Kernels, OutOfDeviceMemoryMessageSaysWhatItNeedsAndWhatIsFree)
+{
+    using naf::kernels::cuda::detail::outOfDeviceMemoryMessage;
+    const size_t MiB = size_t(1) << 20;
+    const std::string full = outOfDeviceMemoryMessage("allocating the query buffer", 4180 * MiB - 100, 1020 * MiB + 5,
+                                                      16384 * MiB);
+    EXPECT_EQ(full, "naf::kernels::cuda: allocating the query buffer failed: it needs 4180 MiB of device memory and "
+                    "1020 of 16384 MiB are free (out of memory; a smaller output or the CPU path needs less)");
+    const std::string unknownFree = outOfDeviceMemoryMessage("allocating encoder scratch", 1, 0, 0);
+    EXPECT_EQ(unknownFree, "naf::kernels::cuda: allocating encoder scratch failed: it needs 1 MiB of device memory "
+                           "(out of memory; a smaller output or the CPU path needs less)");
 }

@@ -92,6 +92,13 @@ run_module_bundle()
         fi
     fi
     mkdir -p build-gpu/module/tests && rm -rf build-gpu/module/tests/onnx && cp -r $b/onnx build-gpu/module/tests/onnx
+    local missing
+    missing=$(LD_LIBRARY_PATH="$b/lib:$LD_LIBRARY_PATH" ldd $b/naf_module_tests | grep "not found")
+    if [ -n "$missing" ]; then
+        echo "module tests not run: libraries not found (the bundle is built with cuDNN):"
+        echo "$missing"
+        return
+    fi
     LD_LIBRARY_PATH="$b/lib:$LD_LIBRARY_PATH" timeout 240 $b/naf_module_tests \
         --gtest_filter="${NAF_GPU_MODULE_FILTER:-*}" > "$RESULTS/module_tests.log" 2>&1
     echo "module tests: exit $?"

@@ -2,9 +2,11 @@
 // seeds; plus the window rule on hand-computed cases and thread-count determinism.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -1293,4 +1295,51 @@ TEST(Kernels, OutOfDeviceMemoryMessageSaysWhatItNeedsAndWhatIsFree)
     const std::string unknownFree = outOfDeviceMemoryMessage("allocating encoder scratch", 1, 0, 0);
     EXPECT_EQ(unknownFree, "naf::kernels::cuda: allocating encoder scratch failed: it needs 1 MiB of device memory "
                            "(out of memory; a smaller output or the CPU path needs less)");
+}
+
+// threadParallelFor keeps its worker threads across loops. Every loop must run each item exactly
+// once, also thousands of short loops in a row (a lost wake-up would hang or skip items), loops
+// nested inside an item (run on that item's thread), and loops started by several threads at once
+// (they take turns); the first exception reaches the caller and the pool still works afterwards.
+TEST(Parallel, ThreadPoolRunsEveryItemOnceNestedConcurrentAndAfterAnError)
+{
+    const ParallelFor parallel = threadParallelFor(4);
+    for (int loop = 0; loop < 2000; ++loop)
+    {
+        const int64_t count = 1 + loop % 7;
+        std::vector<std::atomic<int>> hits(count);
+        parallel(count, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) ++hits[i];
+        });
+        for (int64_t i = 0; i < count; ++i) ASSERT_EQ(hits[i].load(), 1) << "loop " << loop << " item " << i;
+    }
+    std::vector<std::atomic<int>> nested(6 * 5);
+    parallel(6, [&](int64_t begin, int64_t) {
+        parallel(5, [&](int64_t b, int64_t e) {
+            for (int64_t j = b; j < e; ++j) ++nested[begin * 5 + j];
+        });
+    });
+    for (const std::atomic<int>& n : nested) EXPECT_EQ(n.load(), 1);
+    std::vector<std::atomic<int>> shared(3 * 100);
+    std::vector<std::thread> callers;
+    for (int c = 0; c < 3; ++c)
+        callers.emplace_back([&, c] {
+            for (int rep = 0; rep < 20; ++rep)
+                parallel(100, [&](int64_t b, int64_t e) {
+                    for (int64_t i = b; i < e; ++i)
+                        if (rep == 0) ++shared[c * 100 + i];
+                });
+        });
+    for (std::thread& t : callers) t.join();
+    for (const std::atomic<int>& n : shared) EXPECT_EQ(n.load(), 1);
+    EXPECT_THROW(parallel(50,
+                          [](int64_t b, int64_t) {
+                              if (b == 17) throw std::runtime_error("item 17");
+                          }),
+                 std::runtime_error);
+    std::atomic<int64_t> sum(0);
+    parallel(100, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) sum += i;
+    });
+    EXPECT_EQ(sum.load(), 4950);
 }

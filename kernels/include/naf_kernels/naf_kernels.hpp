@@ -25,8 +25,11 @@ namespace kernels {
 /// no reduction crosses a chunk, so results are bit-identical for any number of threads.
 using ParallelFor = std::function<void(int64_t count, const std::function<void(int64_t, int64_t)>& body)>;
 
-/// A ParallelFor on std::thread (used by the standalone kernel tests and tools); threads <= 0
-/// means std::thread::hardware_concurrency().
+/// A ParallelFor on a pool of threads - 1 std::threads, started here and kept until the last copy
+/// of the returned function is gone; the calling thread takes part in each loop (used by the
+/// standalone kernel tests and tools). A loop nested in one of its items runs on that item's
+/// thread; loops from several threads take turns. threads <= 0 means
+/// std::thread::hardware_concurrency(); 1 is serialParallelFor().
 ParallelFor threadParallelFor(int threads = 0);
 /// Runs everything on the calling thread.
 ParallelFor serialParallelFor();

@@ -99,7 +99,7 @@ run_module_bundle()
         echo "$missing"
         return
     fi
-    LD_LIBRARY_PATH="$b/lib:$LD_LIBRARY_PATH" timeout 240 $b/naf_module_tests \
+    LD_LIBRARY_PATH="$b/lib:$LD_LIBRARY_PATH" timeout 150 $b/naf_module_tests \
         --gtest_filter="${NAF_GPU_MODULE_FILTER:-*}" > "$RESULTS/module_tests.log" 2>&1
     echo "module tests: exit $?"
     grep -E "^\[  (FAILED|SKIPPED|PASSED) |Failure|Expected|Which|actual|error" "$RESULTS/module_tests.log" | head -60

@@ -221,6 +221,20 @@ def _scalar(ed, name):
     return float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size == 1 else None
 
 
+def _sigmoid_of_cubic(ed, z, y, cubic, scale):
+    """The nodes of sigmoid(scale * (z + cubic * z^3)), the core of both tanh forms below (values
+    named after y); returns (nodes, the sigmoid's output)."""
+    z2, z3, cz3, s, arg, sig = (ed.fresh(y + t) for t in ("_z2", "_z3", "_cz3", "_sum", "_arg", "_sig"))
+    return [
+        helper.make_node("Mul", [z, z], [z2], name=z2),
+        helper.make_node("Mul", [z2, z], [z3], name=z3),
+        helper.make_node("Mul", [z3, ed.constant(y + "_cubic", np.array(cubic, np.float32))], [cz3], name=cz3),
+        helper.make_node("Add", [z, cz3], [s], name=s),
+        helper.make_node("Mul", [s, ed.constant(y + "_scale", np.array(scale, np.float32))], [arg], name=arg),
+        helper.make_node("Sigmoid", [arg], [sig], name=sig),
+    ], sig
+
+
 def rewrite_gelu(model):
     """Exact GELU as PyTorch exports it, Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5), becomes its
     tanh form in one chain: x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), which equals
@@ -256,17 +270,8 @@ def rewrite_gelu(model):
         if _scalar(ed, other[0]) != 0.5:
             continue
         y = half.output[0]
-        x2, x3, cx3, inner, arg, gate = (ed.fresh(y + t) for t in ("_x2", "_x3", "_cx3", "_inner", "_arg", "_gate"))
-        new_nodes[id(div)] = [
-            helper.make_node("Mul", [x, x], [x2], name=x2),
-            helper.make_node("Mul", [x2, x], [x3], name=x3),
-            helper.make_node("Mul", [x3, ed.constant(y + "_c", np.array(0.044715, np.float32))], [cx3], name=cx3),
-            helper.make_node("Add", [x, cx3], [inner], name=inner),
-            helper.make_node("Mul", [inner, ed.constant(y + "_k", np.array(2 * np.sqrt(2 / np.pi), np.float32))],
-                             [arg], name=arg),
-            helper.make_node("Sigmoid", [arg], [gate], name=gate),
-            helper.make_node("Mul", [x, gate], [y], name=y),
-        ]
+        nodes, gate = _sigmoid_of_cubic(ed, x, y, 0.044715, 2 * np.sqrt(2 / np.pi))
+        new_nodes[id(div)] = nodes + [helper.make_node("Mul", [x, gate], [y], name=y)]
         remove.update(id(n) for n in (erf, add, mul, half))
         count += 1
     ed.splice(new_nodes, remove)
@@ -286,16 +291,9 @@ def rewrite_erf(model):
             out.append(n)
             continue
         z, y = n.input[0], n.output[0]
-        z2, z3, cz3, s, arg, sig, twice = (ed.fresh(y + t) for t in ("_z2", "_z3", "_cz3", "_sum", "_arg", "_sig",
-                                                                      "_twice"))
-        out += [
-            helper.make_node("Mul", [z, z], [z2], name=z2),
-            helper.make_node("Mul", [z2, z], [z3], name=z3),
-            helper.make_node("Mul", [z3, ed.constant(y + "_c2", np.array(2 * 0.044715, np.float32))], [cz3], name=cz3),
-            helper.make_node("Add", [z, cz3], [s], name=s),
-            helper.make_node("Mul", [s, ed.constant(y + "_c1", np.array(4 / np.sqrt(np.pi), np.float32))], [arg],
-                             name=arg),
-            helper.make_node("Sigmoid", [arg], [sig], name=sig),
+        nodes, sig = _sigmoid_of_cubic(ed, z, y, 2 * 0.044715, 4 / np.sqrt(np.pi))
+        twice = ed.fresh(y + "_twice")
+        out += nodes + [
             helper.make_node("Mul", [sig, ed.constant(y + "_two", np.array(2, np.float32))], [twice], name=twice),
             helper.make_node("Add", [twice, ed.constant(y + "_minus_one", np.array(-1, np.float32))], [y], name=y),
         ]

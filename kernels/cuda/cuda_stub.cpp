@@ -56,6 +56,8 @@ size_t Engine::deviceBytes() const
     return 0;
 }
 
+void Engine::releaseScratch() {}
+
 ConvolutionPath Engine::convolutionPath() const
 {
     return ConvolutionPath::Builtin;

@@ -127,6 +127,11 @@ size_t CudnnConvolver::workspaceBytes() const
     return impl_->workspace.bytes;
 }
 
+void CudnnConvolver::releaseWorkspace()
+{
+    impl_->workspace.release();
+}
+
 std::string CudnnConvolver::plans() const
 {
     return version() + ": " + impl_->log;
@@ -191,8 +196,7 @@ void CudnnConvolver::Impl::run(const void* srcPadded, int h, int w, const DevCon
         const size_t tensorBytes = (static_cast<size_t>(conv.cin) * (h + 2 * pad) * (w + 2 * pad) +
                                     static_cast<size_t>(conv.cout) * h * w) * elementBytes;
         const size_t limit = workspaceLimit(tensorBytes);
-        void* searchSpace = nullptr;
-        check(cudaMalloc(&searchSpace, limit), "allocating the cuDNN search workspace");
+        void* searchSpace = allocateDevice(limit, "allocating the cuDNN search workspace");
         constexpr int kMaxAlgos = 16;
         cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
         int returned = 0;

@@ -967,6 +967,19 @@ size_t Engine::deviceBytes() const
     return impl_->weights.bytes + impl_->weightsHalf.bytes + impl_->scratchBytes();
 }
 
+void Engine::releaseScratch()
+{
+    Impl& s = *impl_;
+    DeviceScope scope(s.device);
+    (void)cudaStreamSynchronize(s.stream);  // no call of this engine is in flight (not thread-safe), but be sure
+    for (DeviceBuffer* b : s.scratch()) b->release();
+#if NAF_HAVE_CUDNN
+    if (s.cudnn) s.cudnn->releaseWorkspace();
+#endif
+    // The cell work list went with its buffer: the next forward builds and uploads it again.
+    s.cellChunksKey.clear();
+}
+
 ConvolutionPath Engine::convolutionPath() const
 {
     return impl_->path;

@@ -19,13 +19,37 @@ namespace kernels {
 namespace cuda {
 namespace detail {
 
-/// Throws std::runtime_error("naf::kernels::cuda: <what>: <CUDA error>") when err != cudaSuccess.
+/// Throws std::runtime_error("naf::kernels::cuda: <what>: <CUDA error>") when err != cudaSuccess;
+/// OutOfDeviceMemory (a std::runtime_error) when the error is cudaErrorMemoryAllocation.
 inline void check(cudaError_t err, const char* what)
 {
     if (err == cudaSuccess) return;
     (void)cudaGetLastError();  // clear a non-sticky error so later calls are not poisoned by it
-    throw std::runtime_error(std::string("naf::kernels::cuda: ") + what + " failed: " + cudaGetErrorName(err) + " (" +
-                             cudaGetErrorString(err) + ")");
+    const std::string message = std::string("naf::kernels::cuda: ") + what + " failed: " + cudaGetErrorName(err) +
+                                " (" + cudaGetErrorString(err) + ")";
+    if (err == cudaErrorMemoryAllocation) throw OutOfDeviceMemory(message);
+    throw std::runtime_error(message);
+}
+
+/// cudaMalloc of `bytes`; when the device lacks the memory, throws OutOfDeviceMemory saying what
+/// needed how much and how much is free (the one failure a caller can act on).
+inline void* allocateDevice(size_t bytes, const char* what)
+{
+    void* ptr = nullptr;
+    const cudaError_t err = cudaMalloc(&ptr, bytes);
+    if (err == cudaErrorMemoryAllocation)
+    {
+        (void)cudaGetLastError();
+        size_t freeBytes = 0, totalBytes = 0;
+        if (cudaMemGetInfo(&freeBytes, &totalBytes) != cudaSuccess)
+        {
+            (void)cudaGetLastError();
+            totalBytes = 0;
+        }
+        throw OutOfDeviceMemory(outOfDeviceMemoryMessage(what, bytes, freeBytes, totalBytes));
+    }
+    check(err, what);
+    return ptr;
 }
 
 /// Checks the launch of the kernel that was just enqueued.
@@ -45,22 +69,7 @@ struct DeviceBuffer
         if (need <= bytes) return;
         release();
         need = (need + 255) / 256 * 256;
-        const cudaError_t err = cudaMalloc(&ptr, need);
-        if (err == cudaErrorMemoryAllocation)
-        {
-            // Out of memory is the one failure a caller can act on: say how much, and how much is free.
-            (void)cudaGetLastError();
-            ptr = nullptr;
-            size_t freeBytes = 0, totalBytes = 0;
-            if (cudaMemGetInfo(&freeBytes, &totalBytes) != cudaSuccess)
-            {
-                (void)cudaGetLastError();
-                totalBytes = 0;
-            }
-            throw std::runtime_error(outOfDeviceMemoryMessage(what, need, freeBytes, totalBytes));
-        }
-        if (err != cudaSuccess) ptr = nullptr;
-        check(err, what);
+        ptr = allocateDevice(need, what);
         bytes = need;
     }
     void release() noexcept
@@ -111,6 +120,8 @@ public:
     void runNhwc(const float* srcPadded, int h, int w, const DevConv& conv, float* dst, bool tf32);
     /// Device bytes of the workspace held.
     size_t workspaceBytes() const;
+    /// Frees the workspace (the next convolution allocates it again); keeps the chosen algorithms.
+    void releaseWorkspace();
     /// The algorithm chosen for each convolution shape so far, for diagnostics.
     std::string plans() const;
     /// "cuDNN 9.19.0" (the runtime library's version).

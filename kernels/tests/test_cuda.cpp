@@ -737,7 +737,7 @@ TEST(Cuda, OutOfDeviceMemoryIsAClearErrorAndTheEngineStaysUsable)
         engine.forwardDevice(dImage, dFeatures, dOut, huge, cuda::MathMode::FP32);
         ADD_FAILURE() << "no exception for a call that cannot fit";
     }
-    catch (const std::runtime_error& e)
+    catch (const cuda::OutOfDeviceMemory& e)  // its own type: the module falls back to the CPU on it
     {
         const std::string message = e.what();
         EXPECT_NE(message.find("allocating the query buffer failed: it needs "), std::string::npos) << message;
@@ -747,6 +747,33 @@ TEST(Cuda, OutOfDeviceMemoryIsAClearErrorAndTheEngineStaysUsable)
     cudaFree(dFeatures);
     cudaFree(dOut);
     expectMatchesCpu(engine, w, makeShape(37, 45, 8, 7, 6, 30, 27, 9), 300);
+}
+
+// releaseScratch() gives back all but the weights, and the next forwards allocate again and give
+// the same bits as before, the cell kernel's work list included (uploaded again).
+TEST(Cuda, ReleasedScratchIsAllocatedAgainWithTheSameResults)
+{
+    NAF_SKIP_WITHOUT_GPU();
+    const RandomNafWeights w(52);
+    cuda::Engine engine(w.cfg, w.view);
+    engine.setAttentionKernel(cuda::AttentionKernel::Cell);
+    const size_t weightsOnly = engine.deviceBytes();
+    const ForwardShape s = makeShape(96, 80, 40, 6, 5, 96, 80, 9);  // the cell kernel's shape in its test
+    const Inputs in = makeInputs(s, 301);
+    const std::vector<float> before = gpuForward(engine, in, s, cuda::MathMode::FP32);
+    EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell);
+    EXPECT_GT(engine.deviceBytes(), weightsOnly);
+    engine.releaseScratch();
+    EXPECT_EQ(engine.deviceBytes(), weightsOnly);
+    engine.releaseScratch();  // twice is harmless
+    for (int call = 0; call < 2; ++call)
+    {
+        const std::vector<float> after = gpuForward(engine, in, s, cuda::MathMode::FP32);
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell);
+        ASSERT_EQ(after.size(), before.size());
+        EXPECT_EQ(0, std::memcmp(after.data(), before.data(), before.size() * sizeof(float))) << "call " << call;
+    }
+    expectMatchesCpu(engine, w, s, 301);
 }
 
 TEST(Cuda, RepeatedCallsAreBitIdentical)

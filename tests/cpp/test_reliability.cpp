@@ -21,6 +21,10 @@
 #include "sha256.hpp"
 #include "test_support.hpp"
 
+#if defined(NAF_HAVE_CUDA)
+#include <cuda_runtime_api.h>  // to take the device's memory (DeviceMemoryTaken)
+#endif
+
 using naf_test::randomBlob;
 using naf_test::randomImage;
 
@@ -87,6 +91,40 @@ void expectFileRefused(const std::vector<uint8_t>& bytes, std::initializer_list<
     TempFile f(bytes);
     expectRefused([&] { cv::naf::NAF::create(f.path); }, fragments);
 }
+
+#if defined(NAF_HAVE_CUDA)
+// Takes the device's free memory but about `leaveFree` bytes (in blocks of 1 GiB down to 1 MiB),
+// as another process would; gives it back when the object goes.
+struct DeviceMemoryTaken
+{
+    std::vector<void*> blocks;
+    explicit DeviceMemoryTaken(size_t leaveFree)
+    {
+        for (size_t block = size_t(1) << 30; block >= (size_t(1) << 20);)
+        {
+            size_t freeBytes = 0, totalBytes = 0;
+            void* p = nullptr;
+            if (cudaMemGetInfo(&freeBytes, &totalBytes) != cudaSuccess || freeBytes < leaveFree + block ||
+                cudaMalloc(&p, block) != cudaSuccess)
+            {
+                (void)cudaGetLastError();
+                block /= 2;
+                continue;
+            }
+            blocks.push_back(p);
+        }
+    }
+    ~DeviceMemoryTaken()
+    {
+        for (void* p : blocks) (void)cudaFree(p);
+    }
+    static size_t freeBytes()
+    {
+        size_t freeBytes = 0, totalBytes = 0;
+        return cudaMemGetInfo(&freeBytes, &totalBytes) == cudaSuccess ? freeBytes : 0;
+    }
+};
+#endif
 
 // Restores the default memory budget when a test ends.
 struct BudgetGuard
@@ -290,6 +328,59 @@ TEST(MemoryBudget, SmallBudgetRefusesWhatALargerOneAllows)
     cv::naf::NAF::setMemoryBudget(64 << 20);
     naf->upsample(image, feats, dst, cv::Size(26, 21));
     EXPECT_EQ(dst.size[3], 26);
+}
+
+// GPU only. A device without the memory for a call (here taken but 96 MiB; the call needs ~400
+// MiB): BACKEND_AUTO runs it on the CPU, with the CPU's bits and progress that never goes back;
+// BACKEND_CUDA refuses it (StsNoMem, what it needed, dst untouched); with the memory back, AUTO
+// runs on the device again.
+TEST(DeviceMemory, AutoRunsACallTheDeviceCannotHoldOnTheCpu)
+{
+    if (!cv::naf::isCudaAvailable()) GTEST_SKIP() << "no CUDA device";
+#if !defined(NAF_HAVE_CUDA)
+    FAIL() << "a CUDA device in a build without CUDA";
+#else
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::createRandom(3);
+    const cv::Mat image = randomImage(400, 480, 1), feats = randomBlob(1, 16, 10, 12, 2);
+    const cv::Size out(480, 400);  // queries alone: 256 x 400 x 480 floats = 188 MiB
+    cv::Mat onCpu, small;
+    naf->setBackend(cv::naf::BACKEND_CPU);
+    naf->upsample(image, feats, onCpu, out);
+    naf->setBackend(cv::naf::BACKEND_AUTO);
+    naf->upsample(image, feats, small, cv::Size(24, 20));  // the device engine exists before the memory goes
+    EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CUDA);
+    {
+        DeviceMemoryTaken taken(size_t(96) << 20);
+        ASSERT_LT(DeviceMemoryTaken::freeBytes(), size_t(128) << 20);
+        std::vector<double> fractions;
+        naf->setProgressCallback([&](double f) {
+            fractions.push_back(f);
+            return true;
+        });
+        cv::Mat autoDst;
+        naf->upsample(image, feats, autoDst, out);
+        EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CPU);
+        EXPECT_EQ(cv::norm(onCpu.reshape(1, 1), autoDst.reshape(1, 1), cv::NORM_INF), 0.0);
+        ASSERT_FALSE(fractions.empty());
+        EXPECT_EQ(fractions.back(), 1.0);
+        for (size_t i = 1; i < fractions.size(); ++i) EXPECT_GE(fractions[i], fractions[i - 1]) << "#" << i;
+        naf->setProgressCallback(cv::naf::ProgressCallback());
+
+        naf->setBackend(cv::naf::BACKEND_CUDA);
+        const int sizes[4] = {1, 16, out.height, out.width};
+        cv::Mat cudaDst(4, sizes, CV_32F, cv::Scalar(5));
+        const int code = expectRefused([&] { naf->upsample(image, feats, cudaDst, out); },
+                                       {"MiB of device memory", "MiB are free", "BACKEND_AUTO runs such a call on the CPU"});
+        EXPECT_EQ(code, cv::Error::StsNoMem);
+        EXPECT_EQ(cv::countNonZero(cudaDst.reshape(1, 1) != 5), 0);
+    }
+    naf->setBackend(cv::naf::BACKEND_AUTO);
+    cv::Mat onDevice;
+    naf->upsample(image, feats, onDevice, out);
+    EXPECT_EQ(naf->getActiveBackend(), cv::naf::BACKEND_CUDA);
+    EXPECT_LT(cv::norm(onCpu.reshape(1, 1), onDevice.reshape(1, 1), cv::NORM_L2) / cv::norm(onCpu.reshape(1, 1), cv::NORM_L2),
+              1e-5);
+#endif
 }
 
 // A photo much larger than the output makes the encoder run on up to 4x the output per side (as

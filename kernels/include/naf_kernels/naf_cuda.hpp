@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,16 @@ bool available();
 std::string deviceDescription();
 /// True when the CUDA library was built against cuDNN (the convolutions can run through it).
 bool cudnnCompiled();
+
+/// Thrown when the device lacks the memory for a call or for an Engine's construction. The message
+/// says what was being allocated, how many MiB it needed and how many were free. Nothing of the
+/// call was written and the engine stays usable, so a caller may retry smaller, after freeing
+/// device memory, or on the CPU path (the module's BACKEND_AUTO does the last).
+class OutOfDeviceMemory : public std::runtime_error
+{
+public:
+    using std::runtime_error::runtime_error;
+};
 
 /// Numeric mode of the encoder convolutions on the GPU.
 enum class MathMode
@@ -124,6 +135,12 @@ public:
 
     /// Device bytes held by this engine (weights + scratch, cuDNN workspace included).
     size_t deviceBytes() const;
+
+    /// Frees the scratch memory (every buffer a forward grows, and the cuDNN workspace), keeping
+    /// the weights, cuDNN's algorithm choices and the pinned host buffers; the next forward
+    /// allocates what it needs again. For giving device memory back between calls, e.g. after
+    /// a large call or one that ran out of memory half-way through its allocations.
+    void releaseScratch();
 
     /// The convolution path in use (never Auto): CuDnn or Builtin.
     ConvolutionPath convolutionPath() const;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -38,6 +39,14 @@ K::ParallelFor opencvParallelFor()
         parallel_for_(Range(0, static_cast<int>(count)), [&](const Range& r) { body(r.start, r.end); });
     };
 }
+
+// Leaves a BACKEND_AUTO call's CUDA attempt when the device lacked the memory for an item, so that
+// NAFImpl::runItems() runs the call again on the CPU. Not a std::exception: callKernel() lets it pass.
+struct DeviceMemoryShortage
+{
+    std::string message;    // the engine's: what it was allocating, MiB needed and free
+    double reachedFraction; // of the whole call, as last reported to the progress callback
+};
 
 // Runs a kernel call, turning kernel exceptions into cv::Exception.
 template <typename F>
@@ -494,13 +503,61 @@ private:
         }
     }
 
+    // BACKEND_AUTO on a device without the memory for the call runs it on the CPU (with a warning
+    // in OpenCV's log): the device's free memory depends on other processes, so the decision is
+    // made per call, from the engine's own out-of-memory error, which comes before any output is
+    // written. The whole call reruns on the CPU, so a batch never mixes the two backends' roundings.
     void runItems(const std::vector<K::ForwardShape>& shapes, const std::vector<PlanarImage>& planar,
                   const Mat& features, OutputArray dst, Size dstSize, const Settings& settings,
                   const ProgressCallback* report)
     {
+        const bool cuda = useCuda(settings.backend);
+        if (!cuda || settings.backend != BACKEND_AUTO)
+        {
+            runItemsOn(cuda, false, shapes, planar, features, dst, dstSize, settings, report);
+            return;
+        }
+        double start = 0;
+        try
+        {
+            runItemsOn(true, true, shapes, planar, features, dst, dstSize, settings, report);
+            return;
+        }
+        catch (const DeviceMemoryShortage& shortage)
+        {
+            CV_LOG_WARNING(NULL, "cv::naf::NAF: BACKEND_AUTO runs this call on the CPU: " << shortage.message);
+            start = shortage.reachedFraction;
+        }
+        if (!report)
+        {
+            runItemsOn(false, false, shapes, planar, features, dst, dstSize, settings, nullptr);
+            return;
+        }
+        // Progress goes on from where the CUDA attempt stopped (never backwards).
+        const ProgressCallback rest = [&](double f) { return (*report)(start + (1.0 - start) * f); };
+        runItemsOn(false, false, shapes, planar, features, dst, dstSize, settings, &rest);
+    }
+
+    // A device engine that ran out of memory gives its scratch back (the failed call may have grown
+    // some of it). One made without cuDNN, which may be why, is dropped, so that the next call
+    // makes a new one that tries cuDNN again.
+    void recoverFromDeviceShortage()
+    {
+        if (!cudaEngine_) return;
+        if (K::cuda::cudnnCompiled() && cudaEngine_->convolutionPath() != K::cuda::ConvolutionPath::CuDnn)
+            cudaEngine_.reset();
+        else
+            cudaEngine_->releaseScratch();
+    }
+
+    // Runs every item on one backend. fallbackAllowed (CUDA only): a device memory shortage throws
+    // DeviceMemoryShortage instead of a cv::Exception.
+    void runItemsOn(bool cuda, bool fallbackAllowed, const std::vector<K::ForwardShape>& shapes,
+                    const std::vector<PlanarImage>& planar, const Mat& features, OutputArray dst, Size dstSize,
+                    const Settings& settings, const ProgressCallback* report)
+    {
         const int n = features.size[0], c = features.size[1], h = features.size[2], w = features.size[3];
         const int outSizes[4] = {n, c, dstSize.height, dstSize.width};
-        const bool cuda = useCuda(settings.backend);
         Mat probeWeights, probePositions;
         const size_t featPer = static_cast<size_t>(c) * h * w;
         const size_t outPer = static_cast<size_t>(c) * dstSize.height * dstSize.width;
@@ -545,21 +602,37 @@ private:
             if (cuda)
             {
                 reportCudaItem(0.0);
+                std::string deviceShortage;
                 callKernel("CUDA forward", [&] {
                     // One device engine per object (device weights + scratch); calls take turns on it.
                     // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
-                    // cv::Exception with its message; a refusal comes before the engine writes
-                    // `out`, which is dst itself only for a single item (above).
+                    // cv::Exception with its message; a refusal, or a lack of device memory, comes
+                    // before the engine writes `out`, which is dst itself only for a single item
+                    // (above).
                     std::lock_guard<std::mutex> lock(cudaMutex_);
-                    if (!cudaEngine_)
+                    try
                     {
-                        cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
-                        // The output's host copy on OpenCV's threads (GPU log item 30).
-                        cudaEngine_->setHostParallelFor(opencvParallelFor());
+                        if (!cudaEngine_)
+                        {
+                            cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
+                            // The output's host copy on OpenCV's threads (GPU log item 30).
+                            cudaEngine_->setHostParallelFor(opencvParallelFor());
+                        }
+                        cudaEngine_->forward(planar[i].data(), feat, out, shapes[i],
+                                             mathMode(settings.gpuPrecision), probePtr);
                     }
-                    cudaEngine_->forward(planar[i].data(), feat, out, shapes[i], mathMode(settings.gpuPrecision),
-                                         probePtr);
+                    catch (const K::cuda::OutOfDeviceMemory& e)
+                    {
+                        recoverFromDeviceShortage();
+                        deviceShortage = e.what();
+                    }
                 });
+                if (!deviceShortage.empty())
+                {
+                    if (fallbackAllowed) throw DeviceMemoryShortage{deviceShortage, static_cast<double>(i) / n};
+                    CV_Error(Error::StsNoMem, "cv::naf: CUDA forward of image " + std::to_string(i) + ": " +
+                                                  deviceShortage + "; BACKEND_AUTO runs such a call on the CPU");
+                }
                 reportCudaItem(1.0);
             }
             else

@@ -15,9 +15,14 @@ namespace naf {
 /** @brief Where the computation runs. */
 enum Backend
 {
-    BACKEND_AUTO = 0,  //!< CUDA when this build has it and a device is present, else CPU
+    /** CUDA when this build has it and a device is present, else CPU; also the CPU for a call whose
+    scratch does not fit in the device's free memory (decided per call, with a warning in
+    OpenCV's log; the same result as BACKEND_CPU) */
+    BACKEND_AUTO = 0,
     BACKEND_CPU = 1,   //!< multi-threaded CPU path (cv::setNumThreads() controls the threads)
-    BACKEND_CUDA = 2   //!< CUDA path; cv::Exception when unavailable
+    /** CUDA path; cv::Exception when unavailable, and Error::StsNoMem (before dst is written) for a
+    call whose scratch does not fit in the device's free memory */
+    BACKEND_CUDA = 2
 };
 
 /** @brief Numeric precision of the image encoder on the CUDA backend (NAF::setGpuPrecision()).

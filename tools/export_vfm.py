@@ -185,8 +185,10 @@ def build(args):
     return vit, args.patch
 
 
-def export(vit, size, out_path, log=print):
-    """Exports at size x size and converts for OpenCV 4.6. Returns the fixed-size torch module."""
+def export(vit, size, out_path, log=print, naf_layers=True):
+    """Exports at size x size and converts for OpenCV 4.6 (naf_layers: with cv::naf's GELU and
+    Softmax layers, which need cv::naf::registerLayers(); without, plain cv::dnn, e.g. cv2.dnn in
+    Python, loads it). Returns the fixed-size torch module."""
     module = FixedSizeExport(vit.eval(), size).eval()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".torch.onnx"
@@ -194,7 +196,8 @@ def export(vit, size, out_path, log=print):
     with torch.no_grad():
         torch.onnx.export(module, dummy, tmp, opset_version=12, input_names=["image"], output_names=["features"],
                           do_constant_folding=True)
-    model = onnx_for_opencv46.convert(onnx.load(tmp), {"image": [1, 3, size, size]}, log=log)
+    model = onnx_for_opencv46.convert(onnx.load(tmp), {"image": [1, 3, size, size]}, log=log,
+                                      naf_layers=naf_layers)
     os.remove(tmp)
     part = out_path + ".part"
     onnx.save(model, part)
@@ -237,12 +240,14 @@ def main():
     p.add_argument("--fetch", help="command that recreates the ONNX file (stored in the registry entry)")
     p.add_argument("--out", required=True, help="converted ONNX file")
     p.add_argument("--registry", help="folder to write <name>.json into (e.g. models/vfm)")
+    p.add_argument("--no-naf-layers", action="store_true",
+                   help="plain cv::dnn layers only (slower; for cv::dnn without cv::naf, e.g. cv2.dnn)")
     args = p.parse_args()
 
     vit, patch = build(args)
     if args.size % patch:
         raise SystemExit(f"export_vfm: --size {args.size} is not a multiple of the patch size {patch}")
-    export(vit, args.size, args.out)
+    export(vit, args.size, args.out, naf_layers=not args.no_naf_layers)
     if args.registry:
         os.makedirs(args.registry, exist_ok=True)
         onnx_path = os.path.abspath(args.out)

@@ -2,7 +2,12 @@
 // and give what cv::naf gives directly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
 #include <opencv2/dnn.hpp>
+#include <opencv2/dnn/shape_utils.hpp>
 #include <opencv2/naf.hpp>
 
 #include "test_support.hpp"
@@ -66,5 +71,90 @@ TEST(DnnLayer, GraphWithoutRequiredAttributeIsRefused)
     catch (const cv::Exception& e)
     {
         EXPECT_NE(std::string(e.what()).find("output_height"), std::string::npos) << e.what();
+    }
+}
+
+namespace {
+
+// A cv::naf layer made by cv::dnn's factory, run as cv::dnn runs it (shapes, then forward).
+cv::Mat runLayer(const char* type, const cv::Mat& input, const std::function<void(cv::dnn::LayerParams&)>& edit = {},
+                 bool inPlace = false)
+{
+    cv::naf::registerLayers();
+    cv::dnn::LayerParams params;
+    params.name = "layer";
+    params.type = type;
+    if (edit) edit(params);
+    cv::Ptr<cv::dnn::Layer> layer = cv::dnn::LayerFactory::createLayerInstance(type, params);
+    EXPECT_FALSE(layer.empty());
+    std::vector<cv::dnn::MatShape> inShapes{cv::dnn::shape(input)}, outShapes, internals;
+    EXPECT_TRUE(layer->getMemoryShapes(inShapes, 1, outShapes, internals)) << "elementwise layers may run in place";
+    EXPECT_EQ(outShapes, inShapes);
+    std::vector<cv::Mat> inputs{input.clone()}, outputs{inPlace ? inputs[0] : cv::Mat(outShapes[0], CV_32F)}, none;
+    layer->forward(inputs, outputs, none);
+    return outputs[0];
+}
+
+}  // namespace
+
+// NafGelu is GELU's tanh form, element by element, also in place (as cv::dnn may run it).
+TEST(DnnOpsLayers, GeluIsTheTanhFormOfGelu)
+{
+    const cv::Mat x = naf_test::randomBlob(2, 3, 7, 9, 5, -5.f, 5.f);
+    const cv::Mat y = runLayer("NafGelu", x);
+    const cv::Mat same = runLayer("NafGelu", x, {}, true);
+    EXPECT_EQ(cv::norm(y.reshape(1, 1), same.reshape(1, 1), cv::NORM_INF), 0.0);
+    double worst = 0;
+    for (size_t i = 0; i < x.total(); ++i)
+    {
+        const double v = x.ptr<float>()[i];
+        const double want = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        worst = std::max(worst, std::abs(y.ptr<float>()[i] - want));
+    }
+    EXPECT_LT(worst, 1e-5);
+}
+
+// NafSoftmax over the last axis of a 4-D blob (axis given as 3 or as -1): each row sums to 1
+// and equals exp(x - max) / sum; another axis is refused with the axis and the rank.
+TEST(DnnOpsLayers, SoftmaxTakesTheLastAxisAndRefusesOthers)
+{
+    const cv::Mat x = naf_test::randomBlob(1, 2, 5, 49, 6, -4.f, 4.f);
+    for (int axis : {3, -1})
+    {
+        const cv::Mat y = runLayer("NafSoftmax", x, [&](cv::dnn::LayerParams& p) { p.set("axis", axis); });
+        const float* in = x.ptr<float>();
+        const float* out = y.ptr<float>();
+        double worst = 0, worstSum = 0;
+        for (size_t r = 0; r < x.total() / 49; ++r)
+        {
+            double m = -1e30, sum = 0, outSum = 0;
+            for (int i = 0; i < 49; ++i) m = std::max(m, double(in[r * 49 + i]));
+            for (int i = 0; i < 49; ++i) sum += std::exp(in[r * 49 + i] - m);
+            for (int i = 0; i < 49; ++i)
+            {
+                worst = std::max(worst, std::abs(out[r * 49 + i] - std::exp(in[r * 49 + i] - m) / sum));
+                outSum += out[r * 49 + i];
+            }
+            worstSum = std::max(worstSum, std::abs(outSum - 1));
+        }
+        EXPECT_LT(worst, 1e-6) << "axis " << axis;
+        EXPECT_LT(worstSum, 1e-5) << "axis " << axis;
+    }
+    cv::naf::registerLayers();
+    cv::dnn::LayerParams params;
+    params.name = "attn/Softmax";
+    params.set("axis", 1);
+    cv::Ptr<cv::dnn::Layer> layer = cv::dnn::LayerFactory::createLayerInstance("NafSoftmax", params);
+    std::vector<cv::dnn::MatShape> outShapes, internals;
+    try
+    {
+        layer->getMemoryShapes({cv::dnn::shape(x)}, 1, outShapes, internals);
+        ADD_FAILURE() << "axis 1 accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_EQ(e.code, cv::Error::StsNotImplemented);
+        EXPECT_NE(std::string(e.what()).find("'attn/Softmax' (NafSoftmax): axis 1 of a 4-D input"), std::string::npos)
+            << e.what();
     }
 }

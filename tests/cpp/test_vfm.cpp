@@ -2,6 +2,7 @@
 // Fixtures (tests/CMakeLists.txt): make_tiny_vfm exports a small random-weight ViT with
 // tools/export_vfm.py into NAF_VFM_TEST_DIR; vfm_mobilesam_reference evaluates the ORIGINAL
 // MobileSAM graph with our numpy evaluator on a real photo (skipped when MobileSAM is not fetched).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -345,6 +346,33 @@ double cosineOverValidCells(const cv::Mat& features, const cv::Mat& reference)
                 dot += a * b, na += a * a, nb += b * b;
             }
     return dot / std::sqrt(na * nb);
+}
+
+// The exported ViT with cv::naf's GELU and Softmax layers (the default) and the same ViT on cv::dnn's
+// own layers (--no-naf-layers) give the same features to float rounding, and the first really
+// runs the naf layers.
+TEST(VisionFoundationModel, NafLayersGiveThePlainLayersFeatures)
+{
+    cv::naf::registerLayers();
+    cv::dnn::Net withLayers = cv::dnn::readNetFromONNX(vfmTestDir() + "/tiny_vit.onnx");
+    cv::dnn::Net plain = cv::dnn::readNetFromONNX(vfmTestDir() + "/tiny_vit_plain.onnx");
+    std::vector<cv::String> types;
+    withLayers.getLayerTypes(types);
+    EXPECT_EQ(std::count(types.begin(), types.end(), "NafGelu"), 1) << "one type, two layers";
+    EXPECT_EQ(std::count(types.begin(), types.end(), "NafSoftmax"), 1);
+    EXPECT_EQ(withLayers.getLayersCount("NafGelu"), 2);  // depth 2
+    EXPECT_EQ(withLayers.getLayersCount("NafSoftmax"), 2);
+    EXPECT_EQ(plain.getLayersCount("NafGelu"), 0);
+    const int shape[4] = {1, 3, 64, 64};
+    cv::Mat input(4, shape, CV_32F);
+    cv::randn(input, 0, 1);
+    cv::Mat a, b;
+    withLayers.setInput(input);
+    withLayers.forward(a, "features");
+    plain.setInput(input);
+    plain.forward(b, "features");
+    ASSERT_EQ(a.total(), b.total());
+    EXPECT_LT(naf_test::relativeL2(a.reshape(1, 1), b.reshape(1, 1)), 1e-5);
 }
 
 TEST(VisionFoundationModel, MobileSamMatchesTheOriginalGraphOnARealPhoto)

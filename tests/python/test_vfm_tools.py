@@ -122,6 +122,27 @@ def test_transposes_of_other_ranks_run_as_4d_with_the_same_values():
             assert np.array_equal(net.forward().reshape(want.shape), want)
 
 
+def test_naf_layer_passes_take_only_what_the_layers_compute():
+    """With naf_layers, rewrite_gelu writes one NafGelu node, and softmax_as_naf_layer takes a
+    Softmax over the last axis (given as -1 or as rank - 1) but leaves one over another axis or
+    without an explicit axis (the default differs between opsets) to cv::dnn."""
+    import onnx_for_opencv46
+    from onnx import TensorProto, helper
+    x = np.random.RandomState(0).randn(2, 3, 4, 5).astype(np.float32)
+    nodes = [helper.make_node("Softmax", ["x"], ["a"], axis=3), helper.make_node("Softmax", ["a"], ["b"], axis=-1),
+             helper.make_node("Softmax", ["b"], ["c"], axis=1), helper.make_node("Softmax", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    want = onnx_numpy.evaluate(model, {"x": x})["y"]
+    values = onnx_for_opencv46.trace_shapes(model, {"x": list(x.shape)})
+    model, count = onnx_for_opencv46.softmax_as_naf_layer(model, values)
+    assert count == 2
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("", "NafSoftmax"), ("", "NafSoftmax"),
+                                                                 ("", "Softmax"), ("", "Softmax")]
+    np.testing.assert_allclose(onnx_numpy.evaluate(model, {"x": x})["y"], want, rtol=1e-6, atol=1e-7)
+
+
 def tiny_vit(seed, dim=32, depth=2, heads=4, patch=8, pos_grid=6):
     args = type("A", (), dict(hub=None, state_dict=None, patch=patch, dim=dim, depth=depth, heads=heads,
                               mlp_ratio=4.0, pos_grid=pos_grid, registers=0, seed=seed))()
@@ -135,7 +156,7 @@ def test_exported_vit_in_cv_dnn_matches_torch(tmp_path, size, seed):
     torch -> ONNX opset 12 -> OpenCV-4.6 passes -> cv2.dnn equals torch (cosine >= 0.9999)."""
     vit = tiny_vit(seed)
     path = str(tmp_path / "vit.onnx")
-    module = export_vfm.export(vit, size, path, log=lambda *_: None)
+    module = export_vfm.export(vit, size, path, log=lambda *_: None, naf_layers=False)  # cv2.dnn has no naf layers
     image = np.random.RandomState(seed).randn(1, 3, size, size).astype(np.float32)
     with torch.no_grad():
         want = module(torch.from_numpy(image)).numpy()
@@ -151,6 +172,17 @@ def test_exported_vit_in_cv_dnn_matches_torch(tmp_path, size, seed):
     # and every pass that the ViT needs was applied
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert "Erf" not in ops and "Tanh" not in ops and "ReduceMean" not in ops and "Shape" not in ops and "MVN" in ops
+    # with cv::naf's layers (the default): the same function in the numpy evaluator, each GELU one
+    # NafGelu node and each attention Softmax a NafSoftmax (cv::dnn runs it: naf_vfm_tests)
+    naf_path = str(tmp_path / "vit_naf.onnx")
+    export_vfm.export(vit, size, naf_path, log=lambda *_: None)
+    naf_model = onnx.load(naf_path)
+    naf_ops = [(n.domain, n.op_type) for n in naf_model.graph.node]
+    assert naf_ops.count(("", "NafGelu")) == 2 and naf_ops.count(("", "NafSoftmax")) == 2  # depth 2
+    assert ("", "Sigmoid") not in naf_ops and ("", "Softmax") not in naf_ops
+    with_layers = onnx_numpy.evaluate(naf_model, {"image": image})["features"]
+    assert cosine(with_layers, want) >= 0.9999
+    np.testing.assert_allclose(with_layers, converted, rtol=0, atol=1e-5 * np.abs(converted).max())
 
 
 def test_numpy_evaluator_runs_the_torch_export_exactly(tmp_path):

@@ -40,7 +40,7 @@ def convert(encoder_path, out_path, log=print):
     names = [i.name for i in model.graph.input]
     if names != [INPUT_NAME]:
         raise ValueError(f"{encoder_path}: expected one input '{INPUT_NAME}', found {names}")
-    converted = onnx_for_opencv46.convert(model, {INPUT_NAME: [1, 3, INPUT_SIZE, INPUT_SIZE]}, log=log)
+    converted = onnx_for_opencv46.convert(model, {INPUT_NAME: [1, 3, INPUT_SIZE, INPUT_SIZE]}, log=log, naf_layers=True)
     tmp = out_path + ".part"
     onnx.save(converted, tmp)
     os.replace(tmp, out_path)  # never leave a half-written model behind

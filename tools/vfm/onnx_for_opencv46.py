@@ -30,6 +30,14 @@ keeping the computed function the same (checked against tools/vfm/onnx_numpy.py)
   4-D one between Reshapes; 4.6 permutes other ranks element by element, 11x slower (TinyViT's
   windows).
 
+With naf_layers=True (speed only; the graph then needs cv::naf::registerLayers() before
+cv::dnn::readNetFromONNX, which cv::naf::VisionFoundationModel does), two more use cv::naf's own
+cv::dnn layers (modules/naf/src/dnn_layer.cpp), as op types of the default domain like MVN (4.6
+creates them by name; a custom domain would log a warning per node):
+- rewrite_gelu writes one NafGelu node (the same function) instead of its 7 elementwise layers;
+- softmax_as_naf_layer: a Softmax over the last axis becomes NafSoftmax (cv::dnn 4.6's Softmax
+  spends ~7 ns per value).
+
 Usage as a library: convert(model, {input_name: shape}) -> ModelProto. The MobileSAM wrapper is
 tools/vfm/convert_mobilesam.py; tools/export_vfm.py uses the same passes for exported ViTs.
 """
@@ -38,6 +46,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 import onnx_numpy
+
 
 
 class GraphEditor:
@@ -235,12 +244,13 @@ def _sigmoid_of_cubic(ed, z, y, cubic, scale):
     ], sig
 
 
-def rewrite_gelu(model):
+def rewrite_gelu(model, naf_layers=False):
     """Exact GELU as PyTorch exports it, Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5), becomes its
     tanh form in one chain: x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), which equals
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). 7 elementwise layers in cv::dnn instead of
     the 12 of rewrite_erf inside the exported chain; the same function as rewrite_erf's. An Erf
-    outside this pattern is left to rewrite_erf."""
+    outside this pattern is left to rewrite_erf. naf_layers: one NafGelu node (cv::naf's layer)
+    instead of the chain."""
     ed = GraphEditor(model)
     cons = ed.consumers()
     remove = set()
@@ -270,8 +280,11 @@ def rewrite_gelu(model):
         if _scalar(ed, other[0]) != 0.5:
             continue
         y = half.output[0]
-        nodes, gate = _sigmoid_of_cubic(ed, x, y, 0.044715, 2 * np.sqrt(2 / np.pi))
-        new_nodes[id(div)] = nodes + [helper.make_node("Mul", [x, gate], [y], name=y)]
+        if naf_layers:
+            new_nodes[id(div)] = [helper.make_node("NafGelu", [x], [y], name=y)]
+        else:
+            nodes, gate = _sigmoid_of_cubic(ed, x, y, 0.044715, 2 * np.sqrt(2 / np.pi))
+            new_nodes[id(div)] = nodes + [helper.make_node("Mul", [x, gate], [y], name=y)]
         remove.update(id(n) for n in (erf, add, mul, half))
         count += 1
     ed.splice(new_nodes, remove)
@@ -299,6 +312,28 @@ def rewrite_erf(model):
         ]
         count += 1
     ed.nodes = out
+    return ed.commit(), count
+
+
+def softmax_as_naf_layer(model, values):
+    """Softmax over its input's last axis -> NafSoftmax (cv::naf's layer); any other axis is left
+    to cv::dnn."""
+    ed = GraphEditor(model)
+    count = 0
+    for i, n in enumerate(ed.nodes):
+        if n.op_type != "Softmax" or n.domain not in ("", "ai.onnx"):
+            continue
+        if n.input[0] not in values:  # a value an earlier pass made: its rank is not traced
+            continue
+        rank = np.ndim(values[n.input[0]])
+        axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+        if axis is None:  # the default differs between opsets: only an explicit axis is taken
+            continue
+        if axis not in (-1, rank - 1):
+            continue
+        ed.nodes[i] = helper.make_node("NafSoftmax", [n.input[0]], [n.output[0]], name=n.name or n.output[0],
+                                       axis=-1)
+        count += 1
     return ed.commit(), count
 
 
@@ -429,16 +464,17 @@ def transposes_as_4d(model, values, ranks=(3, 5, 6)):
     return ed.commit(), count
 
 
-def convert(model, input_shapes, log=print):
-    """All passes, in order. input_shapes: input name -> fixed shape. Returns the new model."""
+def convert(model, input_shapes, log=print, naf_layers=False):
+    """All passes, in order. input_shapes: input name -> fixed shape. naf_layers: also use cv::naf's
+    cv::dnn layers (see the module's docstring). Returns the new model."""
     model = fix_input_shape(model, input_shapes)
     values = trace_shapes(model, input_shapes)
     model = fold_constants(model, values)
     log(f"folded constants: {len(model.graph.node)} nodes left")
     model, n = rewrite_layernorm(model, values)
     log(f"LayerNorm -> MeanVarianceNormalization: {n}")
-    model, n = rewrite_gelu(model)
-    log(f"exact GELU -> tanh form, x * sigmoid: {n}")
+    model, n = rewrite_gelu(model, naf_layers)
+    log(f"exact GELU -> tanh form, " + ("NafGelu" if naf_layers else "x * sigmoid") + f": {n}")
     model, n = rewrite_erf(model)
     log(f"other Erf -> tanh form (as a sigmoid): {n}")
     model, n = reshape_broadcast_constants(model, values)
@@ -449,5 +485,8 @@ def convert(model, input_shapes, log=print):
     log(f"empty optional inputs dropped: {n}")
     model, n = transposes_as_4d(model, values)
     log(f"transposes of other ranks as 4-D: {n}")
+    if naf_layers:
+        model, n = softmax_as_naf_layer(model, values)
+        log(f"last-axis Softmax -> NafSoftmax: {n}")
     # no onnx.checker here: "MVN" is cv::dnn's layer type, not a standard ONNX operator
     return model

@@ -79,11 +79,25 @@ def _axes(node, a, inputs, position):
     return None
 
 
+def run_naf_node(node, op, a, x):
+    """The cv::naf layers that converted graphs may hold (modules/naf/src/dnn_layer.cpp)."""
+    if op == "NafGelu":  # GELU's tanh form as a sigmoid
+        with np.errstate(over="ignore"):
+            gate = 1.0 / (1.0 + np.exp(-2.0 * np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+        return [(x * gate).astype(x.dtype)]
+    if op == "NafSoftmax":  # the last axis only
+        e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+        return [(e / np.sum(e, axis=-1, keepdims=True)).astype(x.dtype)]
+    raise NotImplementedError(f"onnx_numpy: operator {op} (node {node.name or node.output[0]})")
+
+
 def run_node(node, inputs):
     """Outputs (a list of arrays) of one node."""
     op = node.op_type
     a = attributes(node)
     x = inputs[0] if inputs else None
+    if op in ("NafGelu", "NafSoftmax"):  # cv::naf's cv::dnn layers (onnx_for_opencv46.py, naf_layers=True)
+        return run_naf_node(node, op, a, x)
     if op == "Constant":
         return [numpy_helper.to_array(a["value"]) if "value" in a else np.array(a["value_float"], np.float32)]
     if op in ("Add", "Sub", "Mul", "Div", "Pow"):

@@ -1,11 +1,15 @@
-// cv::dnn custom layer "naf.NAF": runs NAF inside an ONNX graph loaded by cv::dnn.
+// cv::dnn custom layers: "naf.NAF" runs NAF inside an ONNX graph loaded by cv::dnn; "NafGelu" and
+// "NafSoftmax" replace slow cv::dnn 4.6 layer chains in converted VFM graphs
+// (tools/vfm/onnx_for_opencv46.py, naf_layers=True).
 #include <mutex>
 
 #include <opencv2/dnn.hpp>
 #include <opencv2/dnn/layer.details.hpp>
 #include <opencv2/dnn/shape_utils.hpp>
 
+#include "naf_kernels/dnn_ops.hpp"
 #include "opencv2/naf.hpp"
+#include "opencv_parallel.hpp"
 #include "size_limits.hpp"
 #include "weights.hpp"
 
@@ -132,6 +136,89 @@ private:
     Ptr<NAF> naf_;
 };
 
+// The one input of an elementwise or row-wise layer: CV_32F, continuous (cv::dnn's CPU blobs are).
+const Mat& singleFloatInput(const std::vector<Mat>& inputs, const std::vector<Mat>& outputs, const String& layer)
+{
+    if (inputs.size() != 1 || outputs.size() != 1)
+        CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + layer + "': expects 1 input and 1 output, got " +
+                                       std::to_string(inputs.size()) + " and " + std::to_string(outputs.size()));
+    const Mat& x = inputs[0];
+    if (x.type() != CV_32F || !x.isContinuous() || outputs[0].type() != CV_32F || !outputs[0].isContinuous() ||
+        outputs[0].total() != x.total())
+        CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + layer +
+                                                  "': needs continuous CV_32F blobs of one size (input type " +
+                                                  std::to_string(x.type()) + ", " + std::to_string(x.total()) +
+                                                  " values; run on cv::dnn's CPU target in FP32)");
+    return x;
+}
+
+// "NafGelu": GELU's tanh form, x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), in one pass; the
+// converter writes it where cv::dnn 4.6 would run 7 elementwise layers (it has no Erf or GELU).
+class GeluLayer CV_FINAL : public dnn::Layer
+{
+public:
+    explicit GeluLayer(const dnn::LayerParams& params) : Layer(params) {}
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<GeluLayer>(params); }
+
+    bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
+                         std::vector<dnn::MatShape>&) const CV_OVERRIDE
+    {
+        if (inputs.size() != 1)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafGelu): expects 1 input, got " +
+                                           std::to_string(inputs.size()));
+        outputs.assign(1, inputs[0]);
+        return true;  // may run in place, as cv::dnn's own activations
+    }
+
+    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+    {
+        std::vector<Mat> inputs, outputs;
+        inputsArr.getMatVector(inputs);
+        outputsArr.getMatVector(outputs);
+        const Mat& x = singleFloatInput(inputs, outputs, name);
+        ::naf::kernels::geluTanh(x.ptr<float>(), outputs[0].ptr<float>(), x.total(), detail::opencvParallelFor());
+    }
+};
+
+// "NafSoftmax": softmax over the last axis (attribute `axis`: -1 or the last axis' index), rows
+// at a time with a vectorized exp; cv::dnn 4.6's Softmax spends ~7 ns per value.
+class SoftmaxLayer CV_FINAL : public dnn::Layer
+{
+public:
+    explicit SoftmaxLayer(const dnn::LayerParams& params) : Layer(params), axis_(params.get<int>("axis", -1)) {}
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<SoftmaxLayer>(params); }
+
+    bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
+                         std::vector<dnn::MatShape>&) const CV_OVERRIDE
+    {
+        if (inputs.size() != 1)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafSoftmax): expects 1 input, got " +
+                                           std::to_string(inputs.size()));
+        const int rank = static_cast<int>(inputs[0].size());
+        if (rank < 1 || (axis_ != -1 && axis_ != rank - 1))
+            CV_Error(Error::StsNotImplemented, "cv::naf dnn layer '" + name + "' (NafSoftmax): axis " +
+                                                   std::to_string(axis_) + " of a " + std::to_string(rank) +
+                                                   "-D input; only the last axis is supported");
+        outputs.assign(1, inputs[0]);
+        return true;
+    }
+
+    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+    {
+        std::vector<Mat> inputs, outputs;
+        inputsArr.getMatVector(inputs);
+        outputsArr.getMatVector(outputs);
+        const Mat& x = singleFloatInput(inputs, outputs, name);
+        const size_t cols = static_cast<size_t>(x.size[x.dims - 1]);
+        if (cols == 0 || x.total() == 0) return;
+        ::naf::kernels::softmaxRows(x.ptr<float>(), outputs[0].ptr<float>(), x.total() / cols, cols,
+                                    detail::opencvParallelFor());
+    }
+
+private:
+    int axis_;
+};
+
 }  // namespace
 
 void registerLayers()
@@ -142,6 +229,11 @@ void registerLayers()
         // OPENCV_DNN_CUSTOM_ONNX_TYPE_INCLUDE_DOMAIN_NAME=0 it uses the bare op type.
         dnn::LayerFactory::registerLayer("naf.NAF", NafLayer::create);
         dnn::LayerFactory::registerLayer("NAF", NafLayer::create);
+        // Op types of the default ONNX domain, named so that they cannot replace cv::dnn's own
+        // layers: OpenCV 4.6 creates a node of an unknown type by its name without a word, while a
+        // custom domain costs one warning per node in the log (33 for MobileSAM).
+        dnn::LayerFactory::registerLayer("NafGelu", GeluLayer::create);
+        dnn::LayerFactory::registerLayer("NafSoftmax", SoftmaxLayer::create);
     });
 }
 

@@ -18,6 +18,7 @@
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 #include "opencv2/naf.hpp"
+#include "opencv_parallel.hpp"
 #include "size_limits.hpp"
 #include "weights.hpp"
 
@@ -31,14 +32,7 @@ namespace K = ::naf::kernels;
 // 3 x H x W RGB in [0, 1]; default-initialised when sized (written whole right after, in parallel).
 using PlanarImage = K::AlignedFloatVector;
 
-K::ParallelFor opencvParallelFor()
-{
-    return [](int64_t count, const std::function<void(int64_t, int64_t)>& body) {
-        if (count <= 0) return;
-        // Kernels give each unit item a fixed amount of work, so any split is deterministic.
-        parallel_for_(Range(0, static_cast<int>(count)), [&](const Range& r) { body(r.start, r.end); });
-    };
-}
+using detail::opencvParallelFor;
 
 // Leaves a BACKEND_AUTO call's CUDA attempt when the device lacked the memory for an item, so that
 // NAFImpl::runItems() runs the call again on the CPU. Not a std::exception: callKernel() lets it pass.

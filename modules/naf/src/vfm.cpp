@@ -2,6 +2,8 @@
 // The vision-foundation-model registry (models/vfm/*.json) and the cv::dnn runner.
 #include "opencv2/naf/vfm.hpp"
 
+#include "opencv2/naf/naf.hpp"  // registerLayers()
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -173,6 +175,7 @@ public:
             CV_Error(Error::StsObjectNotFound,
                      "cv::naf: VFM '" + spec_.name + "': model file '" + spec_.onnxPath + "' is missing" +
                          (spec_.fetchCommand.empty() ? String() : "; get it with: " + spec_.fetchCommand));
+        registerLayers();  // converted graphs use NafGelu and NafSoftmax (tools/vfm/onnx_for_opencv46.py)
         try
         {
             net_ = dnn::readNetFromONNX(spec_.onnxPath);

@@ -265,8 +265,19 @@ CV_EXPORTS_W String getDefaultWeightsPath();
 /** @brief True when this build has the CUDA path and a CUDA device is usable. */
 CV_EXPORTS_W bool isCudaAvailable();
 
-/** @brief Registers the cv::dnn layer type "naf.NAF" (idempotent, thread-safe), so ONNX graphs
-with a node of op type `NAF` in domain `naf` load with cv::dnn::readNetFromONNX().
+/** @brief Registers the cv::dnn layer types of this module (idempotent, thread-safe), so ONNX
+graphs with their nodes load with cv::dnn::readNetFromONNX():
+- `NAF` in domain `naf` (layer type "naf.NAF"), below;
+- `NafGelu` (default domain): x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) (GELU's tanh form),
+  one input, any shape;
+- `NafSoftmax` (default domain): softmax over the last axis (attribute `axis`: -1 or the last
+  axis' index; others are refused), one input.
+
+The last two are written by the VFM conversion (tools/vfm/onnx_for_opencv46.py) in place of
+layer chains that OpenCV 4.6 runs slowly; VisionFoundationModel registers them itself. CV_32F
+blobs on cv::dnn's CPU target only.
+
+The `NAF` node:
 
 Node inputs: image N x 3 x H x W float RGB in [0, 1]; features N x C x h x w; optionally the
 weights as initializers (official state-dict names), in the order given by the string attribute

@@ -1,0 +1,25 @@
+// Elementwise and row-wise operations of vision-foundation-model graphs, for the cv::dnn custom
+// layers that the VFM conversion puts in place of slow cv::dnn 4.6 layer chains
+// (modules/naf/src/dnn_ops_layers.cpp, tools/vfm/onnx_for_opencv46.py --naf-layers).
+#pragma once
+
+#include <cstddef>
+
+#include "naf_kernels/naf_kernels.hpp"
+
+namespace naf {
+namespace kernels {
+
+/// GELU's tanh form written as a sigmoid: dst[i] = x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)),
+/// x = src[i], which equals 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Relative error of a
+/// few float ulps against the same formula in double (the exponential's polynomial); a NaN input
+/// gives NaN. src == dst is allowed. Every element gets the same bits whatever the split of the
+/// work.
+void geluTanh(const float* src, float* dst, size_t count, const ParallelFor& parallel);
+
+/// Softmax over each of `rows` contiguous rows of `cols` values: dst = exp(x - max) / sum, the
+/// max and the sum over the row. src == dst is allowed. Throws std::invalid_argument for cols == 0.
+void softmaxRows(const float* src, float* dst, size_t rows, size_t cols, const ParallelFor& parallel);
+
+}  // namespace kernels
+}  // namespace naf

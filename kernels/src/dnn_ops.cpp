@@ -1,0 +1,170 @@
+// GELU (tanh form) and row softmax for the cv::dnn custom layers of converted VFM graphs.
+// One template per operation, instantiated at the ISA's native vector width (simd_vec.hpp).
+#include "naf_kernels/dnn_ops.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "simd_vec.hpp"
+
+namespace naf {
+namespace kernels {
+namespace {
+
+constexpr float kGeluCubic = 0.044715f;
+constexpr float kGeluScale = 1.5957691216057308f;  // 2 sqrt(2/pi)
+
+// Out parameter, not a return value: GCC warns (-Wpsabi) about returning a vector wider than the
+// translation unit's default ISA, even from always-inlined code.
+template <class V>
+NAF_ALWAYS_INLINE inline void geluVec(V& y, V x)
+{
+    V e;
+    expVec(e, -(kGeluScale * (x + kGeluCubic * x * x * x)));
+    // x * sigmoid(a) = x / (1 + exp(-a)); expVec clamps its argument, so a NaN x gives a finite
+    // gate: the division keeps it NaN.
+    y = x / (1.f + e);
+}
+
+template <class V>
+NAF_ALWAYS_INLINE inline void geluImpl(const float* src, float* dst, size_t n)
+{
+    constexpr size_t W = sizeof(V) / sizeof(float);
+    size_t i = 0;
+    for (; i + W <= n; i += W)
+    {
+        V x;
+        std::memcpy(&x, src + i, sizeof x);
+        V y;
+        geluVec(y, x);
+        std::memcpy(dst + i, &y, sizeof y);
+    }
+    if (i < n)  // the tail through the same vector code, so every element gets the same bits
+    {
+        V x{};
+        std::memcpy(&x, src + i, (n - i) * sizeof(float));
+        V y;
+        geluVec(y, x);
+        std::memcpy(dst + i, &y, (n - i) * sizeof(float));
+    }
+}
+
+// One row: max, exp(x - max) into dst with its sum, then dst /= sum. Lanes past the row's end are
+// computed on zeros and neither stored nor summed.
+template <class V>
+NAF_ALWAYS_INLINE inline void softmaxRowImpl(const float* src, float* dst, size_t n)
+{
+    constexpr size_t W = sizeof(V) / sizeof(float);
+    const size_t full = n / W * W;
+    float maxValue = -std::numeric_limits<float>::infinity();
+    {
+        V m = V{} + maxValue;
+        for (size_t i = 0; i < full; i += W)
+        {
+            V x;
+            std::memcpy(&x, src + i, sizeof x);
+            m = x > m ? x : m;
+        }
+        for (size_t l = 0; l < W; ++l) maxValue = std::max(maxValue, m[l]);
+        for (size_t i = full; i < n; ++i) maxValue = std::max(maxValue, src[i]);
+    }
+    V sums{};
+    for (size_t i = 0; i < full; i += W)
+    {
+        V x, e;
+        std::memcpy(&x, src + i, sizeof x);
+        expVec(e, x - maxValue);
+        sums += e;
+        std::memcpy(dst + i, &e, sizeof e);
+    }
+    float sum = 0.f;
+    for (size_t l = 0; l < W; ++l) sum += sums[l];
+    if (full < n)
+    {
+        V x{}, e;
+        std::memcpy(&x, src + full, (n - full) * sizeof(float));
+        expVec(e, x - maxValue);
+        for (size_t l = 0; l < n - full; ++l) sum += e[l];
+        std::memcpy(dst + full, &e, (n - full) * sizeof(float));
+    }
+    const float inverse = 1.f / sum;
+    for (size_t i = 0; i < full; i += W)
+    {
+        V y;
+        std::memcpy(&y, dst + i, sizeof y);
+        y *= inverse;
+        std::memcpy(dst + i, &y, sizeof y);
+    }
+    for (size_t i = full; i < n; ++i) dst[i] *= inverse;
+}
+
+template <class V>
+NAF_ALWAYS_INLINE inline void softmaxRowsImpl(const float* src, float* dst, size_t rows, size_t cols)
+{
+    for (size_t r = 0; r < rows; ++r) softmaxRowImpl<V>(src + r * cols, dst + r * cols, cols);
+}
+
+NAF_TARGET_AVX512 void geluAvx512(const float* s, float* d, size_t n) { geluImpl<Vec16>(s, d, n); }
+NAF_TARGET_AVX2 void geluAvx2(const float* s, float* d, size_t n) { geluImpl<Vec8>(s, d, n); }
+void geluGeneric(const float* s, float* d, size_t n) { geluImpl<Vec4>(s, d, n); }
+
+NAF_TARGET_AVX512 void softmaxRowsAvx512(const float* s, float* d, size_t r, size_t c) { softmaxRowsImpl<Vec16>(s, d, r, c); }
+NAF_TARGET_AVX2 void softmaxRowsAvx2(const float* s, float* d, size_t r, size_t c) { softmaxRowsImpl<Vec8>(s, d, r, c); }
+void softmaxRowsGeneric(const float* s, float* d, size_t r, size_t c) { softmaxRowsImpl<Vec4>(s, d, r, c); }
+
+// Splits `count` items into tasks of about `perTask` items (at least one task); the split never
+// changes a result, since every item is computed alone.
+template <class Body>
+void forChunks(size_t count, size_t perTask, const ParallelFor& parallel, Body&& body)
+{
+    if (count == 0) return;
+    const size_t tasks = std::max<size_t>(1, (count + perTask - 1) / perTask);
+    const size_t step = (count + tasks - 1) / tasks;
+    parallel(static_cast<int64_t>(tasks), [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t)
+        {
+            const size_t first = static_cast<size_t>(t) * step;
+            if (first < count) body(first, std::min(count, first + step));
+        }
+    });
+}
+
+}  // namespace
+
+void geluTanh(const float* src, float* dst, size_t count, const ParallelFor& parallel)
+{
+    if (count > 0 && (!src || !dst)) throw std::invalid_argument("naf::kernels::geluTanh: null pointer");
+    // 16-float multiples per task (64-byte lines are never split between two tasks' stores).
+    forChunks((count + 15) / 16, 4096, parallel, [&](size_t first, size_t last) {
+        const size_t begin = first * 16, end = std::min(count, last * 16);
+        if (cpuHasAvx512f())
+            geluAvx512(src + begin, dst + begin, end - begin);
+        else if (cpuHasAvx2Fma())
+            geluAvx2(src + begin, dst + begin, end - begin);
+        else
+            geluGeneric(src + begin, dst + begin, end - begin);
+    });
+}
+
+void softmaxRows(const float* src, float* dst, size_t rows, size_t cols, const ParallelFor& parallel)
+{
+    if (cols == 0) throw std::invalid_argument("naf::kernels::softmaxRows: rows of 0 values");
+    if (rows > 0 && (!src || !dst)) throw std::invalid_argument("naf::kernels::softmaxRows: null pointer");
+    forChunks(rows, std::max<size_t>(1, 65536 / cols), parallel, [&](size_t first, size_t last) {
+        const float* s = src + first * cols;
+        float* d = dst + first * cols;
+        if (cpuHasAvx512f())
+            softmaxRowsAvx512(s, d, last - first, cols);
+        else if (cpuHasAvx2Fma())
+            softmaxRowsAvx2(s, d, last - first, cols);
+        else
+            softmaxRowsGeneric(s, d, last - first, cols);
+    });
+}
+
+}  // namespace kernels
+}  // namespace naf

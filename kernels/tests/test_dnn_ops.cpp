@@ -1,0 +1,128 @@
+// GELU and row softmax of the VFM graphs' custom layers (kernels/src/dnn_ops.cpp) against plain
+// double-precision references, on odd sizes with fixed seeds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "naf_kernels/dnn_ops.hpp"
+#include "test_support.hpp"
+
+using namespace naf::kernels;
+using naf::kernels::testing::randomUniform;
+
+namespace {
+
+double geluReference(double x)
+{
+    return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+std::vector<double> softmaxReference(const float* row, size_t n)
+{
+    double m = -INFINITY, sum = 0;
+    for (size_t i = 0; i < n; ++i) m = std::max(m, double(row[i]));
+    std::vector<double> out(n);
+    for (size_t i = 0; i < n; ++i) sum += out[i] = std::exp(double(row[i]) - m);
+    for (double& v : out) v /= sum;
+    return out;
+}
+
+}  // namespace
+
+// Every element within a few ulps of the formula in double (tanh form), for sizes around the
+// vector widths and the task size, in place and not, with the same bits for any split of the work.
+TEST(DnnOps, GeluMatchesTheTanhFormulaForAnySizeAndSplit)
+{
+    const ParallelFor threads = threadParallelFor(3);
+    for (size_t n : {size_t(1), size_t(3), size_t(15), size_t(17), size_t(100), size_t(4096 * 16 + 5),
+                     size_t(3 * 4096 * 16 + 31)})
+    {
+        SCOPED_TRACE(n);
+        std::vector<float> x = randomUniform(n, static_cast<uint32_t>(n), -6.f, 6.f);
+        std::vector<float> serial(n), split(n);
+        geluTanh(x.data(), serial.data(), n, serialParallelFor());
+        geluTanh(x.data(), split.data(), n, threads);
+        EXPECT_EQ(0, std::memcmp(serial.data(), split.data(), n * sizeof(float)));
+        double worst = 0;
+        for (size_t i = 0; i < n; ++i)
+        {
+            const double want = geluReference(x[i]);
+            worst = std::max(worst, std::abs(serial[i] - want) / std::max(std::abs(want), 1e-3));
+        }
+        EXPECT_LT(worst, 2e-6) << "worst relative error";
+        std::vector<float> inPlace = x;
+        geluTanh(inPlace.data(), inPlace.data(), n, threads);
+        EXPECT_EQ(0, std::memcmp(serial.data(), inPlace.data(), n * sizeof(float)));
+    }
+}
+
+// Far from 0 the gate saturates: x for large x, 0 (to 1e-30) for very negative x, where the
+// cubic overflows too; NaN stays NaN. -inf gives -inf here (the exponential's argument is clamped);
+// the cv::dnn layer chain this replaces gives NaN, and the limit is 0: no VFM feeds infinities.
+TEST(DnnOps, GeluSaturatesAndKeepsNaN)
+{
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    const std::vector<float> x = {0.f, 50.f, -50.f, 1e6f, -1e6f, inf, -inf, nan, 1e-30f};
+    std::vector<float> y(x.size());
+    geluTanh(x.data(), y.data(), x.size(), serialParallelFor());
+    EXPECT_EQ(y[0], 0.f);
+    EXPECT_EQ(y[1], 50.f);
+    EXPECT_NEAR(y[2], 0.f, 1e-30f);
+    EXPECT_EQ(y[3], 1e6f);
+    EXPECT_NEAR(y[4], 0.f, 1e-30f);
+    EXPECT_EQ(y[5], inf);
+    EXPECT_FALSE(y[6] > 0.f) << y[6];
+    EXPECT_TRUE(std::isnan(y[7]));
+    EXPECT_NEAR(y[8], 0.5e-30f, 1e-36f);
+}
+
+// Each row sums to 1 and matches the double reference; rows of 1, of odd lengths and of the
+// window sizes of TinyViT (49, 196) in one call; large offsets do not overflow; the split of the
+// rows between threads does not change a bit; in place gives the same.
+TEST(DnnOps, SoftmaxRowsMatchTheReferenceForAnyLengthAndSplit)
+{
+    const ParallelFor threads = threadParallelFor(3);
+    for (size_t cols : {size_t(1), size_t(3), size_t(16), size_t(17), size_t(49), size_t(196), size_t(1000)})
+        for (size_t rows : {size_t(1), size_t(7), size_t(2000)})
+        {
+            SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(cols));
+            std::vector<float> x = randomUniform(rows * cols, static_cast<uint32_t>(rows * 7 + cols), -8.f, 8.f);
+            for (size_t r = 0; r < rows; r += 3) x[r * cols] += 1000.f;  // exp would overflow without the max
+            std::vector<float> serial(x.size()), split(x.size());
+            softmaxRows(x.data(), serial.data(), rows, cols, serialParallelFor());
+            softmaxRows(x.data(), split.data(), rows, cols, threads);
+            EXPECT_EQ(0, std::memcmp(serial.data(), split.data(), x.size() * sizeof(float)));
+            double worst = 0, worstSum = 0;
+            for (size_t r = 0; r < rows; ++r)
+            {
+                const std::vector<double> want = softmaxReference(x.data() + r * cols, cols);
+                double sum = 0;
+                for (size_t i = 0; i < cols; ++i)
+                {
+                    const float got = serial[r * cols + i];
+                    sum += got;
+                    worst = std::max(worst, std::abs(got - want[i]) / std::max(want[i], 1e-30));
+                }
+                worstSum = std::max(worstSum, std::abs(sum - 1.0));
+            }
+            EXPECT_LT(worst, 1e-5) << "worst relative error";
+            EXPECT_LT(worstSum, 1e-5);
+            std::vector<float> inPlace = x;
+            softmaxRows(inPlace.data(), inPlace.data(), rows, cols, threads);
+            EXPECT_EQ(0, std::memcmp(serial.data(), inPlace.data(), x.size() * sizeof(float)));
+        }
+}
+
+TEST(DnnOps, BadArgumentsThrow)
+{
+    float v = 1.f;
+    EXPECT_THROW(softmaxRows(&v, &v, 1, 0, serialParallelFor()), std::invalid_argument);
+    EXPECT_THROW(softmaxRows(nullptr, &v, 1, 1, serialParallelFor()), std::invalid_argument);
+    EXPECT_THROW(geluTanh(&v, nullptr, 1, serialParallelFor()), std::invalid_argument);
+    geluTanh(nullptr, nullptr, 0, serialParallelFor());  // nothing to do
+    softmaxRows(nullptr, nullptr, 0, 4, serialParallelFor());
+}

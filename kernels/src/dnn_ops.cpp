@@ -8,7 +8,9 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "gemm.hpp"
 #include "simd_vec.hpp"
 
 namespace naf {
@@ -163,6 +165,54 @@ void softmaxRows(const float* src, float* dst, size_t rows, size_t cols, const P
             softmaxRowsAvx2(s, d, last - first, cols);
         else
             softmaxRowsGeneric(s, d, last - first, cols);
+    });
+}
+
+void matmul(const float* a, const float* b, float* c, const MatMulShape& shape, const ParallelFor& parallel)
+{
+    const int M = shape.M, K = shape.K, N = shape.N;
+    if (M <= 0 || K <= 0 || N <= 0)
+        throw std::invalid_argument("naf::kernels::matmul: sizes M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                                    " N=" + std::to_string(N) + " must be positive");
+    if (shape.batch == 0) return;
+    if (!a || !b || !c) throw std::invalid_argument("naf::kernels::matmul: null pointer");
+    const detail::GemmIsa isa = detail::gemmIsa();
+    const int mr = detail::gemmRows(isa);
+    const int kp = K + (shape.biasRow ? 1 : 0);  // rows of B, the bias row included
+    // Up to 64 rows of one item per task: 8 (AVX-512) or 16 register blocks that reuse each
+    // column tile of B while it is in cache.
+    constexpr int kRowsPerTask = 64;
+    const int blocksPerItem = (M + kRowsPerTask - 1) / kRowsPerTask;
+    const size_t itemA = static_cast<size_t>(M) * K, itemB = shape.sharedB ? 0 : static_cast<size_t>(kp) * N,
+                 itemC = static_cast<size_t>(M) * N;
+    parallel(static_cast<int64_t>(shape.batch * blocksPerItem), [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> packed;
+        thread_local std::vector<ptrdiff_t> offsets;
+        offsets.resize(kp);
+        for (int k = 0; k < kp; ++k) offsets[k] = static_cast<ptrdiff_t>(k) * N;
+        for (int64_t task = begin; task < end; ++task)
+        {
+            const size_t item = static_cast<size_t>(task / blocksPerItem);
+            const int r0 = static_cast<int>(task % blocksPerItem) * kRowsPerTask;
+            const int rows = std::min(kRowsPerTask, M - r0);
+            // A's rows as the GEMM's "weights": [kp][mr] per block of mr rows, zero past the last row.
+            const int blocks = (rows + mr - 1) / mr;
+            packed.assign(static_cast<size_t>(blocks) * kp * mr, 0.f);
+            const float* rowsA = a + item * itemA + static_cast<size_t>(r0) * K;
+            for (int r = 0; r < rows; ++r)
+            {
+                float* dst = packed.data() + static_cast<size_t>(r / mr) * kp * mr + r % mr;
+                const float* src = rowsA + static_cast<size_t>(r) * K;
+                for (int k = 0; k < K; ++k) dst[static_cast<size_t>(k) * mr] = src[k];
+                if (shape.biasRow) dst[static_cast<size_t>(K) * mr] = 1.f;
+            }
+            ConvWeights rowsOfA;
+            rowsOfA.cout = rows;
+            rowsOfA.cin = kp;
+            rowsOfA.k = 1;
+            detail::gemmTile(isa, packed.data(), rowsOfA, kp, b + item * itemB, offsets.data(), N,
+                             c + item * itemC + static_cast<size_t>(r0) * N, static_cast<size_t>(N));
+        }
     });
 }
 

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "gemm.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 #include "simd_dispatch.hpp"
 #include "simd_vec.hpp"
@@ -33,8 +34,10 @@ inline int reflectIndex(int i, int n)
 // is one sequential FMA chain over k plus the bias at the end, whatever the tiling or thread
 // count, so results are bit-identical for any split.
 
-// Weights packed per block of MR output channels as [K][MR] (rows past cout are zero), so the
-// micro-kernel broadcasts MR consecutive floats per k.
+}  // namespace
+
+namespace detail {
+
 std::vector<float> packWeights(const ConvWeights& conv, int K, int mr)
 {
     const int blocks = (conv.cout + mr - 1) / mr;
@@ -47,6 +50,12 @@ std::vector<float> packWeights(const ConvWeights& conv, int K, int mr)
     }
     return packed;
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::GemmIsa;
 
 // MR output channels x 16*NV pixels held in registers for the whole k loop, in vectors of the
 // ISA's native width V (Vec16 = one zmm, Vec8 = one ymm, Vec4 = one xmm). A Vec16 in an AVX2 or
@@ -128,12 +137,9 @@ NAF_ALWAYS_INLINE inline void gemmTileImpl(const float* packed, const ConvWeight
     }
 }
 
-enum class GemmIsa
-{
-    Generic,
-    Avx2,
-    Avx512
-};
+}  // namespace
+
+namespace detail {
 
 GemmIsa gemmIsa()
 {
@@ -144,6 +150,10 @@ GemmIsa gemmIsa()
 
 // Register blocking per ISA: 8x32 (16 zmm accumulators of 32), 4x16 (8 ymm of 16), 4x16 baseline (16 xmm of 16).
 int gemmRows(GemmIsa isa) { return isa == GemmIsa::Avx512 ? 8 : 4; }
+
+}  // namespace detail
+
+namespace {
 
 NAF_TARGET_AVX512 void gemmTileAvx512(const float* packed, const ConvWeights& conv, int K, const float* base,
                                       const ptrdiff_t* off, int np, float* out, size_t ldo)
@@ -163,6 +173,10 @@ void gemmTileGeneric(const float* packed, const ConvWeights& conv, int K, const 
     gemmTileImpl<Vec4, 4, 1>(packed, conv, K, base, off, np, out, ldo);
 }
 
+}  // namespace
+
+namespace detail {
+
 void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, const float* base, const ptrdiff_t* off,
               int np, float* out, size_t ldo)
 {
@@ -173,6 +187,15 @@ void gemmTile(GemmIsa isa, const float* packed, const ConvWeights& conv, int K, 
     default: gemmTileGeneric(packed, conv, K, base, off, np, out, ldo); break;
     }
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::gemmIsa;
+using detail::gemmRows;
+using detail::gemmTile;
+using detail::packWeights;
 
 constexpr int kPointTile = 512;   // pixels per 1x1-convolution task
 constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)

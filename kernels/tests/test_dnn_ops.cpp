@@ -126,3 +126,63 @@ TEST(DnnOps, BadArgumentsThrow)
     geluTanh(nullptr, nullptr, 0, serialParallelFor());  // nothing to do
     softmaxRows(nullptr, nullptr, 0, 4, serialParallelFor());
 }
+
+// C = A B (+ bias) against a double reference for sizes around the register blocks (1, 7, 49, 65,
+// 130 rows; N below, at and past 16 and 32), batched with and without a shared B, with and
+// without the bias row; the same bits for any split of the work.
+TEST(DnnOps, MatMulMatchesTheReferenceForOddSizesBatchesAndBias)
+{
+    const ParallelFor threads = threadParallelFor(3);
+    uint32_t seed = 700;
+    for (int M : {1, 7, 49, 65, 130})
+        for (int K : {1, 3, 49, 320})
+            for (int N : {1, 5, 16, 17, 33, 100})
+                for (int variant = 0; variant < 3; ++variant)
+                {
+                    MatMulShape s;
+                    s.M = M;
+                    s.K = K;
+                    s.N = N;
+                    s.batch = variant == 0 ? 1 : 3;
+                    s.sharedB = variant == 2;
+                    s.biasRow = variant != 1;
+                    SCOPED_TRACE(std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N) + " variant " +
+                                 std::to_string(variant));
+                    const int kp = K + (s.biasRow ? 1 : 0);
+                    const std::vector<float> a = randomUniform(s.batch * M * K, seed++);
+                    const std::vector<float> b = randomUniform((s.sharedB ? 1 : s.batch) * kp * N, seed++);
+                    std::vector<float> serial(s.batch * M * N, std::nanf("")), split(serial.size(), std::nanf(""));
+                    matmul(a.data(), b.data(), serial.data(), s, serialParallelFor());
+                    matmul(a.data(), b.data(), split.data(), s, threads);
+                    ASSERT_EQ(0, std::memcmp(serial.data(), split.data(), serial.size() * sizeof(float)));
+                    double worst = 0;
+                    for (size_t item = 0; item < s.batch; ++item)
+                    {
+                        const float* ai = a.data() + item * M * K;
+                        const float* bi = b.data() + (s.sharedB ? 0 : item * kp * N);
+                        for (int m = 0; m < M; ++m)
+                            for (int n = 0; n < N; ++n)
+                            {
+                                double want = s.biasRow ? bi[static_cast<size_t>(K) * N + n] : 0.0;
+                                for (int k = 0; k < K; ++k) want += double(ai[m * K + k]) * bi[k * N + n];
+                                const float got = serial[(item * M + m) * N + n];
+                                worst = std::max(worst, std::abs(got - want) / (1.0 + K));  // float sums of K products
+                            }
+                    }
+                    EXPECT_LT(worst, 1e-6);
+                }
+}
+
+TEST(DnnOps, MatMulRefusesBadSizes)
+{
+    float v = 1.f;
+    MatMulShape s;
+    s.M = 1;
+    s.K = 0;
+    s.N = 1;
+    EXPECT_THROW(matmul(&v, &v, &v, s, serialParallelFor()), std::invalid_argument);
+    s.K = 1;
+    EXPECT_THROW(matmul(&v, nullptr, &v, s, serialParallelFor()), std::invalid_argument);
+    s.batch = 0;
+    matmul(nullptr, nullptr, nullptr, s, serialParallelFor());  // nothing to do
+}

@@ -158,3 +158,75 @@ TEST(DnnOpsLayers, SoftmaxTakesTheLastAxisAndRefusesOthers)
             << e.what();
     }
 }
+
+// NafMatMul with a constant B and bias (rows = every axis of A but the last) and as a batch of
+// products of two inputs, against cv::gemm; mismatched shapes are refused with both shapes.
+TEST(DnnOpsLayers, MatMulIsALinearLayerOrABatchOfProducts)
+{
+    cv::naf::registerLayers();
+    cv::RNG rng(11);
+    // Linear: A [1, 5, 7, 33] x B [33, 17] + bias [17].
+    const int aShape[4] = {1, 5, 7, 33};
+    cv::Mat a(4, aShape, CV_32F), w(33, 17, CV_32F), bias(1, 17, CV_32F);
+    rng.fill(a, cv::RNG::UNIFORM, -1, 1);
+    rng.fill(w, cv::RNG::UNIFORM, -1, 1);
+    rng.fill(bias, cv::RNG::UNIFORM, -1, 1);
+    cv::dnn::LayerParams params;
+    params.name = "fc";
+    params.blobs = {w, bias};
+    cv::Ptr<cv::dnn::Layer> linear = cv::dnn::LayerFactory::createLayerInstance("NafMatMul", params);
+    std::vector<cv::dnn::MatShape> outShapes, internals;
+    linear->getMemoryShapes({cv::dnn::shape(a)}, 1, outShapes, internals);
+    ASSERT_EQ(outShapes.size(), 1u);
+    EXPECT_EQ(outShapes[0], (cv::dnn::MatShape{1, 5, 7, 17}));
+    std::vector<cv::Mat> inputs{a}, outputs{cv::Mat(outShapes[0], CV_32F)}, none;
+    linear->forward(inputs, outputs, none);
+    cv::Mat want;
+    cv::gemm(a.reshape(1, 35), w, 1.0, cv::repeat(bias, 35, 1), 1.0, want);
+    EXPECT_LT(cv::norm(outputs[0].reshape(1, 35), want, cv::NORM_INF), 1e-5);
+
+    // Batched: A [2, 3, 9, 5] x B [2, 3, 5, 11]: six products.
+    const int pShape[4] = {2, 3, 9, 5}, qShape[4] = {2, 3, 5, 11};
+    cv::Mat p(4, pShape, CV_32F), q(4, qShape, CV_32F);
+    rng.fill(p, cv::RNG::UNIFORM, -1, 1);
+    rng.fill(q, cv::RNG::UNIFORM, -1, 1);
+    cv::dnn::LayerParams batchedParams;
+    batchedParams.name = "attn";
+    cv::Ptr<cv::dnn::Layer> batched = cv::dnn::LayerFactory::createLayerInstance("NafMatMul", batchedParams);
+    batched->getMemoryShapes({cv::dnn::shape(p), cv::dnn::shape(q)}, 1, outShapes, internals);
+    EXPECT_EQ(outShapes[0], (cv::dnn::MatShape{2, 3, 9, 11}));
+    inputs = {p, q};
+    outputs = {cv::Mat(outShapes[0], CV_32F)};
+    batched->forward(inputs, outputs, none);
+    for (int i = 0; i < 6; ++i)
+    {
+        const cv::Mat pi(9, 5, CV_32F, p.ptr<float>() + i * 45), qi(5, 11, CV_32F, q.ptr<float>() + i * 55);
+        const cv::Mat got(9, 11, CV_32F, outputs[0].ptr<float>() + i * 99);
+        EXPECT_LT(cv::norm(got, pi * qi, cv::NORM_INF), 1e-5) << "product " << i;
+    }
+
+    const int wrongShape[4] = {2, 3, 6, 11};
+    try
+    {
+        batched->getMemoryShapes({cv::dnn::shape(p), cv::dnn::shape(cv::Mat(4, wrongShape, CV_32F))}, 1, outShapes,
+                                 internals);
+        ADD_FAILURE() << "K = 5 against 6 accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("'attn' (NafMatMul): A [ 2 3 9 5 ] and B [ 2 3 6 11 ]"),
+                  std::string::npos)
+            << e.what();
+    }
+    params.blobs = {w, cv::Mat(1, 16, CV_32F)};
+    try
+    {
+        cv::dnn::LayerFactory::createLayerInstance("NafMatMul", params);
+        ADD_FAILURE() << "a bias of 16 values for N = 17 accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("the bias has 16 values, B has N = 17 columns"), std::string::npos)
+            << e.what();
+    }
+}

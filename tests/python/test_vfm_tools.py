@@ -173,12 +173,14 @@ def test_exported_vit_in_cv_dnn_matches_torch(tmp_path, size, seed):
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert "Erf" not in ops and "Tanh" not in ops and "ReduceMean" not in ops and "Shape" not in ops and "MVN" in ops
     # with cv::naf's layers (the default): the same function in the numpy evaluator, each GELU one
-    # NafGelu node and each attention Softmax a NafSoftmax (cv::dnn runs it: naf_vfm_tests)
+    # NafGelu node, each attention Softmax a NafSoftmax and each MatMul a NafMatMul (cv::dnn runs it: naf_vfm_tests)
     naf_path = str(tmp_path / "vit_naf.onnx")
     export_vfm.export(vit, size, naf_path, log=lambda *_: None)
     naf_model = onnx.load(naf_path)
     naf_ops = [(n.domain, n.op_type) for n in naf_model.graph.node]
     assert naf_ops.count(("", "NafGelu")) == 2 and naf_ops.count(("", "NafSoftmax")) == 2  # depth 2
+    # per block: qkv, proj, fc1, fc2 (biases folded in) and attention's two batched products
+    assert naf_ops.count(("", "NafMatMul")) == 12 and ("", "MatMul") not in naf_ops
     assert ("", "Sigmoid") not in naf_ops and ("", "Softmax") not in naf_ops
     with_layers = onnx_numpy.evaluate(naf_model, {"image": image})["features"]
     assert cosine(with_layers, want) >= 0.9999

@@ -79,12 +79,16 @@ def _axes(node, a, inputs, position):
     return None
 
 
-def run_naf_node(node, op, a, x):
+def run_naf_node(node, op, a, x, node_inputs):
     """The cv::naf layers that converted graphs may hold (modules/naf/src/dnn_layer.cpp)."""
     if op == "NafGelu":  # GELU's tanh form as a sigmoid
         with np.errstate(over="ignore"):
             gate = 1.0 / (1.0 + np.exp(-2.0 * np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
         return [(x * gate).astype(x.dtype)]
+    if op == "NafMatMul":  # A B (+ bias), B a constant [K, N] or a batch like A
+        inputs = node_inputs
+        y = np.matmul(x, inputs[1])
+        return [(y + inputs[2] if len(inputs) > 2 else y).astype(x.dtype)]
     if op == "NafSoftmax":  # the last axis only
         e = np.exp(x - np.max(x, axis=-1, keepdims=True))
         return [(e / np.sum(e, axis=-1, keepdims=True)).astype(x.dtype)]
@@ -96,8 +100,8 @@ def run_node(node, inputs):
     op = node.op_type
     a = attributes(node)
     x = inputs[0] if inputs else None
-    if op in ("NafGelu", "NafSoftmax"):  # cv::naf's cv::dnn layers (onnx_for_opencv46.py, naf_layers=True)
-        return run_naf_node(node, op, a, x)
+    if op in ("NafGelu", "NafSoftmax", "NafMatMul"):  # cv::naf's layers (onnx_for_opencv46.py, naf_layers=True)
+        return run_naf_node(node, op, a, x, inputs)
     if op == "Constant":
         return [numpy_helper.to_array(a["value"]) if "value" in a else np.array(a["value_float"], np.float32)]
     if op in ("Add", "Sub", "Mul", "Div", "Pow"):

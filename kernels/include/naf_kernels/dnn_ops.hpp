@@ -21,5 +21,22 @@ void geluTanh(const float* src, float* dst, size_t count, const ParallelFor& par
 /// max and the sum over the row. src == dst is allowed. Throws std::invalid_argument for cols == 0.
 void softmaxRows(const float* src, float* dst, size_t rows, size_t cols, const ParallelFor& parallel);
 
+/// Sizes of matmul(): `batch` independent products C = A B, A [M][K], B [K][N], C [M][N], each
+/// row-major, the items one after another (A and C always; B too unless sharedB).
+struct MatMulShape
+{
+    size_t batch = 1;
+    int M = 0, K = 0, N = 0;
+    bool sharedB = false;  ///< one B for every item (a layer's weights)
+    /// B has K + 1 rows, the last a bias added to every row of C (as if A had a column of ones)
+    bool biasRow = false;
+};
+
+/// C = A B (+ bias) on the convolutions' register-blocked GEMM: A's rows are packed per task, B
+/// is read in place. Each C value is one FMA chain over k in order (the bias last), so the split
+/// of the work never changes a bit. Throws std::invalid_argument for non-positive sizes or null
+/// pointers.
+void matmul(const float* a, const float* b, float* c, const MatMulShape& shape, const ParallelFor& parallel);
+
 }  // namespace kernels
 }  // namespace naf

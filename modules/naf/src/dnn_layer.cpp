@@ -1,5 +1,5 @@
-// cv::dnn custom layers: "naf.NAF" runs NAF inside an ONNX graph loaded by cv::dnn; "NafGelu" and
-// "NafSoftmax" replace slow cv::dnn 4.6 layer chains in converted VFM graphs
+// cv::dnn custom layers: "naf.NAF" runs NAF inside an ONNX graph loaded by cv::dnn; "NafGelu",
+// "NafSoftmax" and "NafMatMul" replace slow cv::dnn 4.6 layers and layer chains in converted VFM graphs
 // (tools/vfm/onnx_for_opencv46.py, naf_layers=True).
 #include <mutex>
 
@@ -219,6 +219,108 @@ private:
     int axis_;
 };
 
+// "NafMatMul": A B on the CPU convolutions' GEMM. B is either a constant [K, N] (the node's second
+// input an initializer, so blobs[0]; an optional blobs[1] of N values is the bias) and A's rows are
+// all its axes but the last, or B is a second input of A's rank with the same leading axes (one
+// product per leading index). cv::dnn 4.6's InnerProduct ran these at about a fifth of the peak.
+class MatMulLayer CV_FINAL : public dnn::Layer
+{
+public:
+    explicit MatMulLayer(const dnn::LayerParams& params) : Layer(params)
+    {
+        if (params.blobs.empty()) return;
+        const Mat& w = params.blobs[0];
+        if (params.blobs.size() > 2 || w.dims != 2 || w.type() != CV_32F || w.empty())
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
+                                           "' (NafMatMul): a constant B must be one 2-D CV_32F matrix [K, N] with at "
+                                           "most a bias, got " + std::to_string(params.blobs.size()) + " blobs, B of " +
+                                           std::to_string(w.dims) + " dims, type " + std::to_string(w.type()));
+        k_ = w.size[0];
+        n_ = w.size[1];
+        const bool bias = params.blobs.size() == 2;
+        if (bias && (params.blobs[1].total() != static_cast<size_t>(n_) || params.blobs[1].type() != CV_32F))
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "' (NafMatMul): the bias has " +
+                                           std::to_string(params.blobs[1].total()) + " values, B has N = " +
+                                           std::to_string(n_) + " columns");
+        // [B; bias]: the kernel adds the last row as if A had a column of ones.
+        constantB_.create(k_ + (bias ? 1 : 0), n_, CV_32F);
+        w.copyTo(constantB_.rowRange(0, k_));
+        if (bias) params.blobs[1].reshape(1, 1).copyTo(constantB_.row(k_));
+        biasRow_ = bias;
+    }
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<MatMulLayer>(params); }
+
+    bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
+                         std::vector<dnn::MatShape>&) const CV_OVERRIDE
+    {
+        const size_t expected = constantB_.empty() ? 2 : 1;
+        if (inputs.size() != expected || inputs[0].size() < 2)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafMatMul): expects " +
+                                           std::to_string(expected) + " input(s) of at least 2 dims, got " +
+                                           std::to_string(inputs.size()));
+        const dnn::MatShape& a = inputs[0];
+        dnn::MatShape out = a;
+        if (!constantB_.empty())
+        {
+            if (a.back() != k_)
+                CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafMatMul): A's last axis has " +
+                                               std::to_string(a.back()) + " values, B has K = " + std::to_string(k_) +
+                                               " rows");
+            out.back() = n_;
+        }
+        else
+        {
+            const dnn::MatShape& b = inputs[1];
+            const bool leadingMatch = b.size() == a.size() && std::equal(a.begin(), a.end() - 2, b.begin());
+            if (!leadingMatch || a.back() != b[b.size() - 2])
+                CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafMatMul): A " + dnn::toString(a) +
+                                               " and B " + dnn::toString(b) +
+                                               " are not a batch of [M, K] x [K, N] products");
+            out.back() = b.back();
+        }
+        outputs.assign(1, out);
+        return false;
+    }
+
+    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+    {
+        std::vector<Mat> inputs, outputs;
+        inputsArr.getMatVector(inputs);
+        outputsArr.getMatVector(outputs);
+        CV_Assert(!inputs.empty() && outputs.size() == 1);
+        const Mat& a = inputs[0];
+        Mat& c = outputs[0];
+        const bool constant = !constantB_.empty();
+        const Mat& b = constant ? constantB_ : inputs.at(1);
+        for (const Mat* m : {&a, &b, static_cast<const Mat*>(&c)})
+            if (m->type() != CV_32F || !m->isContinuous())
+                CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + name +
+                                                          "' (NafMatMul): needs continuous CV_32F blobs (cv::dnn's "
+                                                          "CPU target in FP32)");
+        ::naf::kernels::MatMulShape shape;
+        shape.K = a.size[a.dims - 1];
+        shape.N = constant ? n_ : b.size[b.dims - 1];
+        if (constant)
+        {
+            shape.M = static_cast<int>(a.total() / static_cast<size_t>(shape.K));
+            shape.sharedB = true;
+            shape.biasRow = biasRow_;
+        }
+        else
+        {
+            shape.M = a.size[a.dims - 2];
+            shape.batch = a.total() / (static_cast<size_t>(shape.M) * shape.K);
+        }
+        if (a.total() == 0) return;
+        ::naf::kernels::matmul(a.ptr<float>(), b.ptr<float>(), c.ptr<float>(), shape, detail::opencvParallelFor());
+    }
+
+private:
+    Mat constantB_;  // [K (+1), N]: B, then the bias row when there is one; empty: B is an input
+    int k_ = 0, n_ = 0;
+    bool biasRow_ = false;
+};
+
 }  // namespace
 
 void registerLayers()
@@ -234,6 +336,7 @@ void registerLayers()
         // custom domain costs one warning per node in the log (33 for MobileSAM).
         dnn::LayerFactory::registerLayer("NafGelu", GeluLayer::create);
         dnn::LayerFactory::registerLayer("NafSoftmax", SoftmaxLayer::create);
+        dnn::LayerFactory::registerLayer("NafMatMul", MatMulLayer::create);
     });
 }
 

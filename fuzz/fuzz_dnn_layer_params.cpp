@@ -1,12 +1,15 @@
-// Fuzz target: the attributes and embedded tensors a cv::dnn "naf.NAF" node hands to our layer
+// Fuzz target: the attributes and embedded tensors a cv::dnn node hands to one of our layers
 // (what cv::dnn's ONNX importer builds from a node), then its shape inference and forward.
+// "naf.NAF" unless the input picks another of registerLayers()' types.
 //
 // Input: text, one item per line (fuzz/make_seeds.py writes the seeds from the graphs of
 // tools/make_naf_onnx.py --test-set):
 //   <attribute> <value> [<value> ...]  integers become ints, other numbers reals, the rest
 //                                      strings; several values make an array
 //   @blob <name> <d0> [<d1> ...]       an embedded tensor (initializer) of that shape
-//   @input <d0> <d1> <d2> <d3>         input shapes (image first, then features)
+//   @input <d0> <d1> <d2> <d3>         input shapes (for NAF: image first, then features)
+//   @type <name>                       NafGelu, NafSoftmax, NafLayerNorm or NafMatMul instead of
+//                                      naf.NAF
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -76,6 +79,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     cv::dnn::LayerParams params;
     params.name = "naf";
     params.type = "naf.NAF";
+    std::string type = "naf.NAF";
     std::vector<std::vector<int>> inputShapes;
     std::istringstream text(std::string(reinterpret_cast<const char*>(data), size));
     std::string line;
@@ -90,6 +94,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             std::vector<int> shape;
             if (!parseShape(tokens, 2, &shape)) continue;
             params.blobs.push_back(filled(shape, 0.05f));
+            continue;
+        }
+        if (tokens[0] == "@type" && tokens.size() == 2)
+        {
+            if (tokens[1] == "NafGelu" || tokens[1] == "NafSoftmax" || tokens[1] == "NafLayerNorm" ||
+                tokens[1] == "NafMatMul")
+                type = tokens[1];
             continue;
         }
         if (tokens[0] == "@input")
@@ -124,14 +135,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     cv::Ptr<cv::dnn::Layer> layer;
     try
     {
-        layer = cv::dnn::LayerFactory::createLayerInstance("naf.NAF", params);
+        params.type = type;
+        layer = cv::dnn::LayerFactory::createLayerInstance(type, params);
     }
     catch (const cv::Exception&)
     {
         return 0;
     }
     if (!layer) std::abort();  // registered type: the factory must give a layer or throw
-    if (inputShapes.size() != 2) return 0;
+    if (inputShapes.empty() || inputShapes.size() > 2) return 0;
     try
     {
         std::vector<cv::dnn::MatShape> inShapes(inputShapes.begin(), inputShapes.end()), outShapes, internals;
@@ -148,9 +160,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             for (int d : shape) inTotal *= static_cast<size_t>(d);
             if (inTotal > kMaxForwardElements) return 0;
         }
-        std::vector<cv::Mat> inputs{filled(inputShapes[0], 0.5f), filled(inputShapes[1], 1.f)};
-        // The image blob holds RGB in [0, 1].
-        inputs[0] = cv::abs(inputs[0]);
+        std::vector<cv::Mat> inputs;
+        for (size_t i = 0; i < inputShapes.size(); ++i) inputs.push_back(filled(inputShapes[i], i == 0 ? 0.5f : 1.f));
+        // NAF's image blob holds RGB in [0, 1].
+        if (type == "naf.NAF") inputs[0] = cv::abs(inputs[0]);
         std::vector<cv::Mat> outputs{cv::Mat(outShapes[0], CV_32F)}, scratch;
         layer->forward(inputs, outputs, scratch);
     }

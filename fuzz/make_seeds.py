@@ -8,7 +8,8 @@
   onnx_graph        the small graphs of tools/make_naf_onnx.py (weights_path and missing-attribute
                     variants; the embedded-weights graph is 2.6 MB and stays out)
   dnn_layer_params  the NAF node attributes of those graphs in the text form of
-                    fuzz_dnn_layer_params.cpp, plus one with every weight embedded
+                    fuzz_dnn_layer_params.cpp, plus one with every weight embedded, and one node of
+                    each VFM layer (NafGelu, NafSoftmax, NafLayerNorm, NafMatMul linear and batched)
 
 Usage: /usr/bin/python3 fuzz/make_seeds.py [--out fuzz/corpus]
 Deterministic: rerunning rewrites the same files.
@@ -116,6 +117,16 @@ def graph_seeds(out, tmp):
                                                           weights_path=GOLDEN_WEIGHTS))
     write(os.path.join(out, "dnn_layer_params", "naf_small"), layer_params_text(small))
     write(os.path.join(out, "onnx_graph", "naf_small"), small.SerializeToString())
+    # The VFM layers of tools/vfm/onnx_for_opencv46.py (naf_layers=True), at small shapes.
+    vfm_layers = {
+        "vfm_gelu": "@type NafGelu\n@input 1 4 7 9\n",
+        "vfm_softmax": "@type NafSoftmax\naxis -1\n@input 1 2 7 49\n",
+        "vfm_layernorm": "@type NafLayerNorm\neps 1e-5\n@blob gamma 33\n@blob beta 33\n@input 1 5 33\n",
+        "vfm_matmul_linear": "@type NafMatMul\n@blob w 33 17\n@blob b 17\n@input 1 5 33\n",
+        "vfm_matmul_batched": "@type NafMatMul\n@input 2 3 9 5\n@input 2 3 5 11\n",
+    }
+    for stem, text in vfm_layers.items():
+        write(os.path.join(out, "dnn_layer_params", stem), text.encode())
 
 
 def main(argv=None):

@@ -186,3 +186,48 @@ TEST(DnnOps, MatMulRefusesBadSizes)
     s.batch = 0;
     matmul(nullptr, nullptr, nullptr, s, serialParallelFor());  // nothing to do
 }
+
+// LayerNorm rows against a double reference (with and without gamma/beta, odd lengths, rows with a
+// large offset), in place, any split; bad arguments refused.
+TEST(DnnOps, LayerNormRowsMatchTheReference)
+{
+    const ParallelFor threads = threadParallelFor(3);
+    for (size_t cols : {size_t(1), size_t(7), size_t(64), size_t(161), size_t(320)})
+        for (bool affine : {false, true})
+        {
+            SCOPED_TRACE(std::to_string(cols) + (affine ? " affine" : ""));
+            const size_t rows = 301;
+            std::vector<float> x = randomUniform(rows * cols, static_cast<uint32_t>(cols * 3 + affine), -3.f, 3.f);
+            for (size_t r = 0; r < rows; r += 5)
+                for (size_t c = 0; c < cols; ++c) x[r * cols + c] += 100.f;  // the mean must not swamp the variance
+            const std::vector<float> gamma = randomUniform(cols, 5, 0.5f, 2.f), beta = randomUniform(cols, 6);
+            const float* g = affine ? gamma.data() : nullptr;
+            const float* b = affine ? beta.data() : nullptr;
+            std::vector<float> serial(x.size()), split(x.size()), inPlace = x;
+            layerNormRows(x.data(), serial.data(), rows, cols, g, b, 1e-5f, serialParallelFor());
+            layerNormRows(x.data(), split.data(), rows, cols, g, b, 1e-5f, threads);
+            layerNormRows(inPlace.data(), inPlace.data(), rows, cols, g, b, 1e-5f, threads);
+            EXPECT_EQ(0, std::memcmp(serial.data(), split.data(), x.size() * sizeof(float)));
+            EXPECT_EQ(0, std::memcmp(serial.data(), inPlace.data(), x.size() * sizeof(float)));
+            double worst = 0;
+            for (size_t r = 0; r < rows; ++r)
+            {
+                double mean = 0, var = 0;
+                for (size_t c = 0; c < cols; ++c) mean += x[r * cols + c];
+                mean /= cols;
+                for (size_t c = 0; c < cols; ++c) var += (x[r * cols + c] - mean) * (x[r * cols + c] - mean);
+                var /= cols;
+                for (size_t c = 0; c < cols; ++c)
+                {
+                    double want = (x[r * cols + c] - mean) / std::sqrt(var + 1e-5);
+                    if (affine) want = want * gamma[c] + beta[c];
+                    worst = std::max(worst, std::abs(serial[r * cols + c] - want));
+                }
+            }
+            EXPECT_LT(worst, 2e-5);
+        }
+    float v = 1.f;
+    EXPECT_THROW(layerNormRows(&v, &v, 1, 0, nullptr, nullptr, 1e-5f, serialParallelFor()), std::invalid_argument);
+    EXPECT_THROW(layerNormRows(&v, &v, 1, 1, &v, nullptr, 1e-5f, serialParallelFor()), std::invalid_argument);
+    EXPECT_THROW(layerNormRows(&v, &v, 1, 1, nullptr, nullptr, -1.f, serialParallelFor()), std::invalid_argument);
+}

@@ -230,3 +230,44 @@ TEST(DnnOpsLayers, MatMulIsALinearLayerOrABatchOfProducts)
             << e.what();
     }
 }
+
+// NafLayerNorm normalizes each row of the last axis (mean 0, variance 1 up to eps), then applies
+// gamma and beta; gamma of another length than the last axis is refused.
+TEST(DnnOpsLayers, LayerNormNormalizesTheLastAxisThenScalesAndShifts)
+{
+    const cv::Mat x = naf_test::randomBlob(1, 3, 10, 40, 8, -2.f, 5.f);
+    const cv::Mat plain = runLayer("NafLayerNorm", x, [](cv::dnn::LayerParams& p) { p.set("eps", 1e-6); });
+    cv::Mat gamma(1, 40, CV_32F), beta(1, 40, CV_32F);
+    cv::randu(gamma, 0.5, 2.0);
+    cv::randu(beta, -1.0, 1.0);
+    const cv::Mat affine = runLayer("NafLayerNorm", x, [&](cv::dnn::LayerParams& p) {
+        p.set("eps", 1e-6);
+        p.blobs = {gamma, beta};
+    }, true);
+    const cv::Mat rows = plain.reshape(1, 30), affineRows = affine.reshape(1, 30);
+    for (int r = 0; r < 30; ++r)
+    {
+        cv::Scalar mean, stddev;
+        cv::meanStdDev(rows.row(r), mean, stddev);
+        EXPECT_NEAR(mean[0], 0.0, 1e-5) << "row " << r;
+        EXPECT_NEAR(stddev[0], 1.0, 1e-4) << "row " << r;
+        const cv::Mat want = rows.row(r).mul(gamma) + beta;
+        EXPECT_LT(cv::norm(affineRows.row(r), want, cv::NORM_INF), 1e-5) << "row " << r;
+    }
+    cv::naf::registerLayers();
+    cv::dnn::LayerParams params;
+    params.name = "norm";
+    params.blobs = {cv::Mat::ones(1, 39, CV_32F), cv::Mat::zeros(1, 39, CV_32F)};
+    cv::Ptr<cv::dnn::Layer> layer = cv::dnn::LayerFactory::createLayerInstance("NafLayerNorm", params);
+    std::vector<cv::dnn::MatShape> outShapes, internals;
+    try
+    {
+        layer->getMemoryShapes({cv::dnn::shape(x)}, 1, outShapes, internals);
+        ADD_FAILURE() << "gamma of 39 values for a last axis of 40 accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("the last axis has 40 values, gamma and beta 39"), std::string::npos)
+            << e.what();
+    }
+}

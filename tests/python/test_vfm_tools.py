@@ -181,6 +181,9 @@ def test_exported_vit_in_cv_dnn_matches_torch(tmp_path, size, seed):
     assert naf_ops.count(("", "NafGelu")) == 2 and naf_ops.count(("", "NafSoftmax")) == 2  # depth 2
     # per block: qkv, proj, fc1, fc2 (biases folded in) and attention's two batched products
     assert naf_ops.count(("", "NafMatMul")) == 12 and ("", "MatMul") not in naf_ops
+    # two LayerNorms per block and the final one, each with its scale and shift
+    assert naf_ops.count(("", "NafLayerNorm")) == 5 and ("", "MVN") not in naf_ops
+    assert all(len(n.input) == 3 for n in naf_model.graph.node if n.op_type == "NafLayerNorm")
     assert ("", "Sigmoid") not in naf_ops and ("", "Softmax") not in naf_ops
     with_layers = onnx_numpy.evaluate(naf_model, {"image": image})["features"]
     assert cosine(with_layers, want) >= 0.9999

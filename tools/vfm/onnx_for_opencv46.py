@@ -37,6 +37,9 @@ creates them by name; a custom domain would log a warning per node):
 - rewrite_gelu writes one NafGelu node (the same function) instead of its 7 elementwise layers;
 - softmax_as_naf_layer: a Softmax over the last axis becomes NafSoftmax (cv::dnn 4.6's Softmax
   spends ~7 ns per value).
+- rewrite_layernorm writes one NafLayerNorm node for a LayerNorm over the last axis, with the
+  constant scale and shift that follow it folded in (the exact sqrt(var + eps) of LayerNorm),
+  instead of Reshape, MVN, Reshape and two broadcast constants;
 - matmul_as_naf_layer: MatMul becomes NafMatMul (the register-blocked GEMM of cv::naf's CPU
   convolutions), a linear layer's bias Add folded in; cv::dnn 4.6's InnerProduct ran at about a
   fifth of the FMA peak.
@@ -160,7 +163,25 @@ def _const_value(ed, name):
     return ed.init.get(name)
 
 
-def rewrite_layernorm(model, values):
+def _fold_affine(ed, cons, out):
+    """The constant scale (Mul) and shift (Add) that follow `out` as its only consumers, when both
+    are there and hold one value per channel of the last axis: (gamma, beta, final output, nodes)."""
+    users = cons.get(out, [])
+    mul = users[0] if len(users) == 1 and users[0] is not None and users[0].op_type == "Mul" else None
+    gamma_name = next((i for i in mul.input if i != out), None) if mul else None
+    users = cons.get(mul.output[0], []) if mul else []
+    add = users[0] if len(users) == 1 and users[0] is not None and users[0].op_type == "Add" else None
+    beta_name = next((i for i in add.input if i != mul.output[0]), None) if add else None
+    gamma, beta = ed.init.get(gamma_name), ed.init.get(beta_name)
+    if gamma is None or beta is None or gamma.ndim != 1 or beta.shape != gamma.shape:
+        return None
+    return gamma_name, beta_name, add.output[0], (mul, add)
+
+
+def rewrite_layernorm(model, values, naf_layers=False):
+    """The decomposed LayerNorm -> Reshape, MVN, Reshape (see the module's docstring); with
+    naf_layers, one over the last axis -> NafLayerNorm, its following constant scale and shift
+    folded in when there are both."""
     ed = GraphEditor(model)
     cons = ed.consumers()
     replaced = 0
@@ -196,6 +217,20 @@ def rewrite_layernorm(model, values):
         if len(cons[sub.output[0]]) != 2 or len(cons[r1.output[0]]) != 1:
             continue
         base = r1.output[0]
+        if naf_layers and axis == rank - 1:
+            affine = _fold_affine(ed, cons, div.output[0])
+            channels = values[x].shape[-1]
+            if affine and affine[0] in ed.init and ed.init[affine[0]].shape == (channels,):
+                gamma, beta, y, folded = affine
+                remove.update(id(n) for n in folded)
+                inputs = [x, gamma, beta]
+            else:
+                y, inputs = div.output[0], [x]
+            for n in (r1, sub, pow_, r2, add, sqrt, div):
+                remove.add(id(n))
+            new_nodes[id(r1)] = [helper.make_node("NafLayerNorm", inputs, [y], name=y, eps=float(eps))]
+            replaced += 1
+            continue
         nodes = []
         src = x
         shape = list(values[x].shape)
@@ -518,8 +553,8 @@ def convert(model, input_shapes, log=print, naf_layers=False):
     values = trace_shapes(model, input_shapes)
     model = fold_constants(model, values)
     log(f"folded constants: {len(model.graph.node)} nodes left")
-    model, n = rewrite_layernorm(model, values)
-    log(f"LayerNorm -> MeanVarianceNormalization: {n}")
+    model, n = rewrite_layernorm(model, values, naf_layers)
+    log(f"LayerNorm -> " + ("NafLayerNorm (over the last axis), else " if naf_layers else "") + f"MVN: {n}")
     model, n = rewrite_gelu(model, naf_layers)
     log(f"exact GELU -> tanh form, " + ("NafGelu" if naf_layers else "x * sigmoid") + f": {n}")
     model, n = rewrite_erf(model)

@@ -21,6 +21,13 @@ void geluTanh(const float* src, float* dst, size_t count, const ParallelFor& par
 /// max and the sum over the row. src == dst is allowed. Throws std::invalid_argument for cols == 0.
 void softmaxRows(const float* src, float* dst, size_t rows, size_t cols, const ParallelFor& parallel);
 
+/// LayerNorm over each of `rows` contiguous rows of `cols` values: (x - mean) / sqrt(var + eps),
+/// mean and (biased) variance of the row accumulated in double, then times gamma[c] plus beta[c]
+/// when they are given (both or neither). src == dst is allowed. Throws std::invalid_argument for
+/// cols == 0, eps < 0 or only one of gamma and beta.
+void layerNormRows(const float* src, float* dst, size_t rows, size_t cols, const float* gamma, const float* beta,
+                   float eps, const ParallelFor& parallel);
+
 /// Sizes of matmul(): `batch` independent products C = A B, A [M][K], B [K][N], C [M][N], each
 /// row-major, the items one after another (A and C always; B too unless sharedB).
 struct MatMulShape

@@ -1,5 +1,6 @@
 // cv::dnn custom layers: "naf.NAF" runs NAF inside an ONNX graph loaded by cv::dnn; "NafGelu",
-// "NafSoftmax" and "NafMatMul" replace slow cv::dnn 4.6 layers and layer chains in converted VFM graphs
+// "NafSoftmax", "NafLayerNorm" and "NafMatMul" replace slow cv::dnn 4.6 layers and layer chains in
+// converted VFM graphs
 // (tools/vfm/onnx_for_opencv46.py, naf_layers=True).
 #include <mutex>
 
@@ -152,53 +153,19 @@ const Mat& singleFloatInput(const std::vector<Mat>& inputs, const std::vector<Ma
     return x;
 }
 
-// "NafGelu": GELU's tanh form, x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), in one pass; the
-// converter writes it where cv::dnn 4.6 would run 7 elementwise layers (it has no Erf or GELU).
-class GeluLayer CV_FINAL : public dnn::Layer
+// The one-input layers that keep their input's shape (GELU, softmax, LayerNorm): cv::dnn may run
+// them in place, as its own activations; each computes rows of the last axis.
+class RowwiseLayer : public dnn::Layer
 {
 public:
-    explicit GeluLayer(const dnn::LayerParams& params) : Layer(params) {}
-    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<GeluLayer>(params); }
+    RowwiseLayer(const dnn::LayerParams& params, const char* kind) : Layer(params), kind_(kind) {}
 
     bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
                          std::vector<dnn::MatShape>&) const CV_OVERRIDE
     {
-        if (inputs.size() != 1)
-            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafGelu): expects 1 input, got " +
-                                           std::to_string(inputs.size()));
-        outputs.assign(1, inputs[0]);
-        return true;  // may run in place, as cv::dnn's own activations
-    }
-
-    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
-    {
-        std::vector<Mat> inputs, outputs;
-        inputsArr.getMatVector(inputs);
-        outputsArr.getMatVector(outputs);
-        const Mat& x = singleFloatInput(inputs, outputs, name);
-        ::naf::kernels::geluTanh(x.ptr<float>(), outputs[0].ptr<float>(), x.total(), detail::opencvParallelFor());
-    }
-};
-
-// "NafSoftmax": softmax over the last axis (attribute `axis`: -1 or the last axis' index), rows
-// at a time with a vectorized exp; cv::dnn 4.6's Softmax spends ~7 ns per value.
-class SoftmaxLayer CV_FINAL : public dnn::Layer
-{
-public:
-    explicit SoftmaxLayer(const dnn::LayerParams& params) : Layer(params), axis_(params.get<int>("axis", -1)) {}
-    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<SoftmaxLayer>(params); }
-
-    bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
-                         std::vector<dnn::MatShape>&) const CV_OVERRIDE
-    {
-        if (inputs.size() != 1)
-            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafSoftmax): expects 1 input, got " +
-                                           std::to_string(inputs.size()));
-        const int rank = static_cast<int>(inputs[0].size());
-        if (rank < 1 || (axis_ != -1 && axis_ != rank - 1))
-            CV_Error(Error::StsNotImplemented, "cv::naf dnn layer '" + name + "' (NafSoftmax): axis " +
-                                                   std::to_string(axis_) + " of a " + std::to_string(rank) +
-                                                   "-D input; only the last axis is supported");
+        if (inputs.size() != 1 || inputs[0].empty())
+            CV_Error(Error::StsBadArg, prefix() + "expects 1 input, got " + std::to_string(inputs.size()));
+        checkShape(inputs[0]);
         outputs.assign(1, inputs[0]);
         return true;
     }
@@ -211,12 +178,104 @@ public:
         const Mat& x = singleFloatInput(inputs, outputs, name);
         const size_t cols = static_cast<size_t>(x.size[x.dims - 1]);
         if (cols == 0 || x.total() == 0) return;
-        ::naf::kernels::softmaxRows(x.ptr<float>(), outputs[0].ptr<float>(), x.total() / cols, cols,
-                                    detail::opencvParallelFor());
+        run(x.ptr<float>(), outputs[0].ptr<float>(), x.total() / cols, cols);
+    }
+
+protected:
+    std::string prefix() const { return "cv::naf dnn layer '" + name + "' (" + kind_ + "): "; }
+    virtual void checkShape(const dnn::MatShape&) const {}
+    virtual void run(const float* src, float* dst, size_t rows, size_t cols) = 0;
+
+private:
+    std::string kind_;
+};
+
+// "NafGelu": GELU's tanh form, x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), in one pass; the
+// converter writes it where cv::dnn 4.6 would run 7 elementwise layers (it has no Erf or GELU).
+class GeluLayer CV_FINAL : public RowwiseLayer
+{
+public:
+    explicit GeluLayer(const dnn::LayerParams& params) : RowwiseLayer(params, "NafGelu") {}
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<GeluLayer>(params); }
+
+protected:
+    void run(const float* src, float* dst, size_t rows, size_t cols) CV_OVERRIDE
+    {
+        ::naf::kernels::geluTanh(src, dst, rows * cols, detail::opencvParallelFor());
+    }
+};
+
+// "NafSoftmax": softmax over the last axis (attribute `axis`: -1 or the last axis' index), rows
+// at a time with a vectorized exp; cv::dnn 4.6's Softmax spends ~7 ns per value.
+class SoftmaxLayer CV_FINAL : public RowwiseLayer
+{
+public:
+    explicit SoftmaxLayer(const dnn::LayerParams& params)
+        : RowwiseLayer(params, "NafSoftmax"), axis_(params.get<int>("axis", -1))
+    {
+    }
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<SoftmaxLayer>(params); }
+
+protected:
+    void checkShape(const dnn::MatShape& shape) const CV_OVERRIDE
+    {
+        const int rank = static_cast<int>(shape.size());
+        if (axis_ != -1 && axis_ != rank - 1)
+            CV_Error(Error::StsNotImplemented, prefix() + "axis " + std::to_string(axis_) + " of a " +
+                                                   std::to_string(rank) + "-D input; only the last axis is supported");
+    }
+    void run(const float* src, float* dst, size_t rows, size_t cols) CV_OVERRIDE
+    {
+        ::naf::kernels::softmaxRows(src, dst, rows, cols, detail::opencvParallelFor());
     }
 
 private:
     int axis_;
+};
+
+// "NafLayerNorm": LayerNorm over the last axis (attribute `eps`), times gamma plus beta when the
+// node has them (blobs[0], blobs[1]: one value per channel); the converter writes it in place of
+// Reshape, MVN, Reshape and two broadcast constants.
+class LayerNormLayer CV_FINAL : public RowwiseLayer
+{
+public:
+    explicit LayerNormLayer(const dnn::LayerParams& params)
+        : RowwiseLayer(params, "NafLayerNorm"), eps_(static_cast<float>(params.get<double>("eps", 1e-5)))
+    {
+        if (!(eps_ >= 0.f)) CV_Error(Error::StsBadArg, prefix() + "eps " + std::to_string(eps_) + " < 0");
+        if (params.blobs.size() != 0 && params.blobs.size() != 2)
+            CV_Error(Error::StsBadArg, prefix() + std::to_string(params.blobs.size()) +
+                                           " constant inputs; expects none or gamma and beta");
+        if (params.blobs.size() == 2)
+        {
+            if (params.blobs[0].total() != params.blobs[1].total() || params.blobs[0].type() != CV_32F ||
+                params.blobs[1].type() != CV_32F || params.blobs[0].empty())
+                CV_Error(Error::StsBadArg, prefix() + "gamma (" + std::to_string(params.blobs[0].total()) +
+                                               " values) and beta (" + std::to_string(params.blobs[1].total()) +
+                                               ") must be CV_32F of one length");
+            gamma_ = params.blobs[0].reshape(1, 1).clone();
+            beta_ = params.blobs[1].reshape(1, 1).clone();
+        }
+    }
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<LayerNormLayer>(params); }
+
+protected:
+    void checkShape(const dnn::MatShape& shape) const CV_OVERRIDE
+    {
+        if (!gamma_.empty() && static_cast<size_t>(shape.back()) != gamma_.total())
+            CV_Error(Error::StsBadArg, prefix() + "the last axis has " + std::to_string(shape.back()) +
+                                           " values, gamma and beta " + std::to_string(gamma_.total()));
+    }
+    void run(const float* src, float* dst, size_t rows, size_t cols) CV_OVERRIDE
+    {
+        ::naf::kernels::layerNormRows(src, dst, rows, cols, gamma_.empty() ? nullptr : gamma_.ptr<float>(),
+                                      beta_.empty() ? nullptr : beta_.ptr<float>(), eps_,
+                                      detail::opencvParallelFor());
+    }
+
+private:
+    float eps_;
+    Mat gamma_, beta_;  // 1 x C each, or empty
 };
 
 // "NafMatMul": A B on the CPU convolutions' GEMM. B is either a constant [K, N] (the node's second
@@ -337,6 +396,7 @@ void registerLayers()
         dnn::LayerFactory::registerLayer("NafGelu", GeluLayer::create);
         dnn::LayerFactory::registerLayer("NafSoftmax", SoftmaxLayer::create);
         dnn::LayerFactory::registerLayer("NafMatMul", MatMulLayer::create);
+        dnn::LayerFactory::registerLayer("NafLayerNorm", LayerNormLayer::create);
     });
 }
 

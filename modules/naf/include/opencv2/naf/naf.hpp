@@ -272,12 +272,15 @@ graphs with their nodes load with cv::dnn::readNetFromONNX():
   one input, any shape;
 - `NafSoftmax` (default domain): softmax over the last axis (attribute `axis`: -1 or the last
   axis' index; others are refused), one input.
+- `NafLayerNorm` (default domain): LayerNorm over the last axis, (x - mean) / sqrt(var + eps)
+  (attribute `eps`), times gamma plus beta when the node has them (two initializers, one value
+  per channel).
 - `NafMatMul` (default domain): A B. B constant [K, N] (an initializer; an optional third input,
   an initializer of N values, is added to every row) and A of any rank with K values on its last
   axis; or B a second input of A's rank with the same leading axes, one [M, K] x [K, N] product
   per leading index.
 
-The last three are written by the VFM conversion (tools/vfm/onnx_for_opencv46.py) in place of
+The last four are written by the VFM conversion (tools/vfm/onnx_for_opencv46.py) in place of
 layer chains that OpenCV 4.6 runs slowly; VisionFoundationModel registers them itself. CV_32F
 blobs on cv::dnn's CPU target only.
 

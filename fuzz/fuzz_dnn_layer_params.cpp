@@ -8,8 +8,8 @@
 //                                      strings; several values make an array
 //   @blob <name> <d0> [<d1> ...]       an embedded tensor (initializer) of that shape
 //   @input <d0> <d1> <d2> <d3>         input shapes (for NAF: image first, then features)
-//   @type <name>                       NafGelu, NafSoftmax, NafLayerNorm or NafMatMul instead of
-//                                      naf.NAF
+//   @type <name>                       NafGelu, NafSoftmax, NafLayerNorm, NafMatMul or NafConv1x1
+//                                      instead of naf.NAF
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -99,7 +99,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
         if (tokens[0] == "@type" && tokens.size() == 2)
         {
             if (tokens[1] == "NafGelu" || tokens[1] == "NafSoftmax" || tokens[1] == "NafLayerNorm" ||
-                tokens[1] == "NafMatMul")
+                tokens[1] == "NafMatMul" || tokens[1] == "NafConv1x1")
                 type = tokens[1];
             continue;
         }

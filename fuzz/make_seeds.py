@@ -9,7 +9,8 @@
                     variants; the embedded-weights graph is 2.6 MB and stays out)
   dnn_layer_params  the NAF node attributes of those graphs in the text form of
                     fuzz_dnn_layer_params.cpp, plus one with every weight embedded, and one node of
-                    each VFM layer (NafGelu, NafSoftmax, NafLayerNorm, NafMatMul linear and batched)
+                    each VFM layer (NafGelu, NafSoftmax, NafLayerNorm, NafMatMul linear and batched,
+                    NafConv1x1)
 
 Usage: /usr/bin/python3 fuzz/make_seeds.py [--out fuzz/corpus]
 Deterministic: rerunning rewrites the same files.
@@ -123,6 +124,7 @@ def graph_seeds(out, tmp):
         "vfm_softmax": "@type NafSoftmax\naxis -1\n@input 1 2 7 49\n",
         "vfm_layernorm": "@type NafLayerNorm\neps 1e-5\n@blob gamma 33\n@blob beta 33\n@input 1 5 33\n",
         "vfm_matmul_linear": "@type NafMatMul\n@blob w 33 17\n@blob b 17\n@input 1 5 33\n",
+        "vfm_conv1x1": "@type NafConv1x1\n@blob w 6 4 1 1\n@blob b 6\n@input 1 4 5 7\n",
         "vfm_matmul_batched": "@type NafMatMul\n@input 2 3 9 5\n@input 2 3 5 11\n",
     }
     for stem, text in vfm_layers.items():

@@ -76,6 +76,14 @@ TEST(DnnLayer, GraphWithoutRequiredAttributeIsRefused)
 
 namespace {
 
+// A CV_32F blob of `shape`, uniform in [-1, 1].
+cv::Mat uniformBlob(std::vector<int> shape, cv::RNG& rng)
+{
+    cv::Mat m(static_cast<int>(shape.size()), shape.data(), CV_32F);
+    rng.fill(m, cv::RNG::UNIFORM, -1, 1);
+    return m;
+}
+
 // A cv::naf layer made by cv::dnn's factory, run as cv::dnn runs it (shapes, then forward).
 cv::Mat runLayer(const char* type, const cv::Mat& input, const std::function<void(cv::dnn::LayerParams&)>& edit = {},
                  bool inPlace = false)
@@ -166,11 +174,7 @@ TEST(DnnOpsLayers, MatMulIsALinearLayerOrABatchOfProducts)
     cv::naf::registerLayers();
     cv::RNG rng(11);
     // Linear: A [1, 5, 7, 33] x B [33, 17] + bias [17].
-    const int aShape[4] = {1, 5, 7, 33};
-    cv::Mat a(4, aShape, CV_32F), w(33, 17, CV_32F), bias(1, 17, CV_32F);
-    rng.fill(a, cv::RNG::UNIFORM, -1, 1);
-    rng.fill(w, cv::RNG::UNIFORM, -1, 1);
-    rng.fill(bias, cv::RNG::UNIFORM, -1, 1);
+    const cv::Mat a = uniformBlob({1, 5, 7, 33}, rng), w = uniformBlob({33, 17}, rng), bias = uniformBlob({1, 17}, rng);
     cv::dnn::LayerParams params;
     params.name = "fc";
     params.blobs = {w, bias};
@@ -186,10 +190,7 @@ TEST(DnnOpsLayers, MatMulIsALinearLayerOrABatchOfProducts)
     EXPECT_LT(cv::norm(outputs[0].reshape(1, 35), want, cv::NORM_INF), 1e-5);
 
     // Batched: A [2, 3, 9, 5] x B [2, 3, 5, 11]: six products.
-    const int pShape[4] = {2, 3, 9, 5}, qShape[4] = {2, 3, 5, 11};
-    cv::Mat p(4, pShape, CV_32F), q(4, qShape, CV_32F);
-    rng.fill(p, cv::RNG::UNIFORM, -1, 1);
-    rng.fill(q, cv::RNG::UNIFORM, -1, 1);
+    cv::Mat p = uniformBlob({2, 3, 9, 5}, rng), q = uniformBlob({2, 3, 5, 11}, rng);
     cv::dnn::LayerParams batchedParams;
     batchedParams.name = "attn";
     cv::Ptr<cv::dnn::Layer> batched = cv::dnn::LayerFactory::createLayerInstance("NafMatMul", batchedParams);
@@ -268,6 +269,68 @@ TEST(DnnOpsLayers, LayerNormNormalizesTheLastAxisThenScalesAndShifts)
     catch (const cv::Exception& e)
     {
         EXPECT_NE(std::string(e.what()).find("the last axis has 40 values, gamma and beta 39"), std::string::npos)
+            << e.what();
+    }
+}
+
+// NafConv1x1 equals cv::dnn's own Convolution layer with the same 1x1 weight and bias (batch of 2,
+// odd sizes), and refuses a weight that is not 1x1 or an input of another channel count.
+TEST(DnnOpsLayers, Conv1x1EqualsCvDnnsConvolution)
+{
+    cv::naf::registerLayers();
+    cv::RNG rng(12);
+    const cv::Mat w = uniformBlob({19, 13, 1, 1}, rng), bias = uniformBlob({1, 19}, rng),
+                  x = uniformBlob({2, 13, 9, 23}, rng);
+    cv::dnn::LayerParams params;
+    params.name = "pw";
+    params.blobs = {w, bias};
+    cv::Ptr<cv::dnn::Layer> ours = cv::dnn::LayerFactory::createLayerInstance("NafConv1x1", params);
+    std::vector<cv::dnn::MatShape> outShapes, internals;
+    ours->getMemoryShapes({cv::dnn::shape(x)}, 1, outShapes, internals);
+    EXPECT_EQ(outShapes[0], (cv::dnn::MatShape{2, 19, 9, 23}));
+    std::vector<cv::Mat> inputs{x}, outputs{cv::Mat(outShapes[0], CV_32F)}, none;
+    ours->forward(inputs, outputs, none);
+    for (int call = 0; call < 2; ++call)  // the second call reuses the packed weights
+    {
+        cv::Mat again(outShapes[0], CV_32F);
+        std::vector<cv::Mat> outs{again};
+        ours->forward(inputs, outs, none);
+        EXPECT_EQ(cv::norm(again.reshape(1, 1), outputs[0].reshape(1, 1), cv::NORM_INF), 0.0);
+    }
+    // cv::dnn's Convolution as the reference, in a one-layer net.
+    cv::dnn::Net net;
+    cv::dnn::LayerParams convParams;
+    convParams.name = "conv";
+    convParams.type = "Convolution";
+    convParams.set("kernel_size", 1);
+    convParams.set("num_output", 19);
+    convParams.set("bias_term", true);
+    convParams.blobs = {w, bias.reshape(1, 19)};
+    net.addLayerToPrev("conv", "Convolution", convParams);
+    net.setPreferableBackend(cv::dnn::DNN_BACKEND_OPENCV);
+    net.setInput(x);
+    const cv::Mat want = net.forward();
+    EXPECT_LT(cv::norm(outputs[0].reshape(1, 1), want.reshape(1, 1), cv::NORM_INF), 1e-5);
+
+    try
+    {
+        ours->getMemoryShapes({cv::dnn::MatShape{2, 12, 9, 23}}, 1, outShapes, internals);
+        ADD_FAILURE() << "12 input channels for a 13-channel weight accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("expects one NCHW input of 13 channels"), std::string::npos) << e.what();
+    }
+    const int wide[4] = {19, 13, 3, 3};
+    params.blobs = {cv::Mat(4, wide, CV_32F, cv::Scalar(0))};
+    try
+    {
+        cv::dnn::LayerFactory::createLayerInstance("NafConv1x1", params);
+        ADD_FAILURE() << "a 3x3 weight accepted";
+    }
+    catch (const cv::Exception& e)
+    {
+        EXPECT_NE(std::string(e.what()).find("the weight must be CV_32F [cout, cin, 1, 1]"), std::string::npos)
             << e.what();
     }
 }

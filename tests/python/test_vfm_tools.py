@@ -143,6 +143,31 @@ def test_naf_layer_passes_take_only_what_the_layers_compute():
     np.testing.assert_allclose(onnx_numpy.evaluate(model, {"x": x})["y"], want, rtol=1e-6, atol=1e-7)
 
 
+def test_conv1x1_pass_takes_only_pointwise_convolutions():
+    """conv1x1_as_naf_layer takes a 1x1 convolution with stride 1, one group and no padding (with or
+    without bias) and leaves a strided, grouped, padded or wider one to cv::dnn; same function."""
+    import onnx_for_opencv46
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.RandomState(1)
+    x = rng.randn(1, 4, 6, 5).astype(np.float32)
+    inits = {"w": rng.randn(4, 4, 1, 1), "b": rng.randn(4), "w3": rng.randn(4, 4, 3, 3), "wg": rng.randn(4, 2, 1, 1)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["a"]),
+             helper.make_node("Conv", ["a", "w"], ["b1"]),
+             helper.make_node("Conv", ["b1", "w", "b"], ["c"], strides=[2, 2]),
+             helper.make_node("Conv", ["c", "wg"], ["d"], group=2),
+             helper.make_node("Conv", ["d", "w3"], ["e"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["e", "w"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    want = onnx_numpy.evaluate(model, {"x": x})["y"]
+    model, count = onnx_for_opencv46.conv1x1_as_naf_layer(model)
+    assert count == 2
+    assert [n.op_type for n in model.graph.node] == ["NafConv1x1", "NafConv1x1", "Conv", "Conv", "Conv", "Conv"]
+    np.testing.assert_allclose(onnx_numpy.evaluate(model, {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+
+
 def tiny_vit(seed, dim=32, depth=2, heads=4, patch=8, pos_grid=6):
     args = type("A", (), dict(hub=None, state_dict=None, patch=patch, dim=dim, depth=depth, heads=heads,
                               mlp_ratio=4.0, pos_grid=pos_grid, registers=0, seed=seed))()

@@ -89,6 +89,9 @@ def run_naf_node(node, op, a, x, node_inputs):
         mean = x.mean(axis=-1, keepdims=True)
         y = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + a.get("eps", 1e-5))
         return [(y * node_inputs[1] + node_inputs[2] if len(node_inputs) > 2 else y).astype(x.dtype)]
+    if op == "NafConv1x1":  # x [N, cin, H, W], weight [cout, cin, 1, 1], optional bias [cout]
+        y = np.einsum("oc,nchw->nohw", node_inputs[1][:, :, 0, 0], x)
+        return [(y + node_inputs[2][None, :, None, None] if len(node_inputs) > 2 else y).astype(x.dtype)]
     if op == "NafMatMul":  # A B (+ bias), B a constant [K, N] or a batch like A
         inputs = node_inputs
         y = np.matmul(x, inputs[1])
@@ -104,7 +107,7 @@ def run_node(node, inputs):
     op = node.op_type
     a = attributes(node)
     x = inputs[0] if inputs else None
-    if op in ("NafGelu", "NafSoftmax", "NafMatMul", "NafLayerNorm"):  # cv::naf's layers (onnx_for_opencv46.py, naf_layers=True)
+    if op in ("NafGelu", "NafSoftmax", "NafMatMul", "NafLayerNorm", "NafConv1x1"):  # cv::naf's layers (onnx_for_opencv46.py, naf_layers=True)
         return run_naf_node(node, op, a, x, inputs)
     if op == "Constant":
         return [numpy_helper.to_array(a["value"]) if "value" in a else np.array(a["value_float"], np.float32)]

@@ -1,6 +1,6 @@
 // cv::dnn custom layers: "naf.NAF" runs NAF inside an ONNX graph loaded by cv::dnn; "NafGelu",
-// "NafSoftmax", "NafLayerNorm" and "NafMatMul" replace slow cv::dnn 4.6 layers and layer chains in
-// converted VFM graphs
+// "NafSoftmax", "NafLayerNorm", "NafMatMul" and "NafConv1x1" replace slow cv::dnn 4.6 layers and
+// layer chains in converted VFM graphs
 // (tools/vfm/onnx_for_opencv46.py, naf_layers=True).
 #include <mutex>
 
@@ -380,6 +380,77 @@ private:
     bool biasRow_ = false;
 };
 
+// "NafConv1x1": a 1x1 convolution (stride 1, one group) on NCHW blobs with the CPU encoder's
+// convolution (kernels::conv2dReflect, whose padding a 1x1 kernel never reads): blobs[0] the weight
+// [cout, cin, 1, 1], blobs[1] an optional bias [cout]; packed once, kept with the layer.
+class Conv1x1Layer CV_FINAL : public dnn::Layer
+{
+public:
+    explicit Conv1x1Layer(const dnn::LayerParams& params) : Layer(params)
+    {
+        const std::string prefix = "cv::naf dnn layer '" + params.name + "' (NafConv1x1): ";
+        if (params.blobs.empty() || params.blobs.size() > 2)
+            CV_Error(Error::StsBadArg, prefix + "expects a constant weight and an optional bias, got " +
+                                           std::to_string(params.blobs.size()) + " constant inputs");
+        const Mat& w = params.blobs[0];
+        if (w.dims != 4 || w.size[2] != 1 || w.size[3] != 1 || w.type() != CV_32F)
+            CV_Error(Error::StsBadArg, prefix + "the weight must be CV_32F [cout, cin, 1, 1], got " +
+                                           dnn::toString(dnn::shape(w)) + " of type " + std::to_string(w.type()));
+        weight_ = w.clone();
+        if (params.blobs.size() == 2)
+        {
+            if (params.blobs[1].total() != static_cast<size_t>(w.size[0]) || params.blobs[1].type() != CV_32F)
+                CV_Error(Error::StsBadArg, prefix + "the bias has " + std::to_string(params.blobs[1].total()) +
+                                               " values for " + std::to_string(w.size[0]) + " output channels");
+            bias_ = params.blobs[1].reshape(1, 1).clone();
+        }
+        conv_.weight = weight_.ptr<float>();
+        conv_.bias = bias_.empty() ? nullptr : bias_.ptr<float>();
+        conv_.cout = w.size[0];
+        conv_.cin = w.size[1];
+        conv_.k = 1;
+    }
+    static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<Conv1x1Layer>(params); }
+
+    bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
+                         std::vector<dnn::MatShape>&) const CV_OVERRIDE
+    {
+        if (inputs.size() != 1 || inputs[0].size() != 4 || inputs[0][1] != conv_.cin)
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafConv1x1): expects one NCHW input of " +
+                                           std::to_string(conv_.cin) + " channels, got " +
+                                           (inputs.empty() ? std::string("none") : dnn::toString(inputs[0])));
+        dnn::MatShape out = inputs[0];
+        out[1] = conv_.cout;
+        outputs.assign(1, out);
+        return false;
+    }
+
+    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+    {
+        std::vector<Mat> inputs, outputs;
+        inputsArr.getMatVector(inputs);
+        outputsArr.getMatVector(outputs);
+        CV_Assert(inputs.size() == 1 && outputs.size() == 1);
+        const Mat& x = inputs[0];
+        Mat& y = outputs[0];
+        if (x.type() != CV_32F || !x.isContinuous() || y.type() != CV_32F || !y.isContinuous() || x.dims != 4)
+            CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + name +
+                                                      "' (NafConv1x1): needs continuous 4-D CV_32F blobs (cv::dnn's "
+                                                      "CPU target in FP32)");
+        const int h = x.size[2], w = x.size[3];
+        const size_t plane = static_cast<size_t>(h) * w;
+        for (int n = 0; n < x.size[0]; ++n)
+            ::naf::kernels::conv2dReflect(x.ptr<float>() + n * conv_.cin * plane, h, w, conv_,
+                                          y.ptr<float>() + n * conv_.cout * plane, detail::opencvParallelFor(),
+                                          &packed_);
+    }
+
+private:
+    Mat weight_, bias_;
+    ::naf::kernels::ConvWeights conv_;
+    std::vector<::naf::kernels::PackedConvWeights> packed_;  // cv::dnn runs a Net's layers one at a time
+};
+
 }  // namespace
 
 void registerLayers()
@@ -397,6 +468,7 @@ void registerLayers()
         dnn::LayerFactory::registerLayer("NafSoftmax", SoftmaxLayer::create);
         dnn::LayerFactory::registerLayer("NafMatMul", MatMulLayer::create);
         dnn::LayerFactory::registerLayer("NafLayerNorm", LayerNormLayer::create);
+        dnn::LayerFactory::registerLayer("NafConv1x1", Conv1x1Layer::create);
     });
 }
 

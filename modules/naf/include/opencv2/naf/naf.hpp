@@ -275,12 +275,14 @@ graphs with their nodes load with cv::dnn::readNetFromONNX():
 - `NafLayerNorm` (default domain): LayerNorm over the last axis, (x - mean) / sqrt(var + eps)
   (attribute `eps`), times gamma plus beta when the node has them (two initializers, one value
   per channel).
+- `NafConv1x1` (default domain): a 1x1 convolution, stride 1, one group, on NCHW input; the
+  weight [cout, cin, 1, 1] and an optional bias [cout] as initializers.
 - `NafMatMul` (default domain): A B. B constant [K, N] (an initializer; an optional third input,
   an initializer of N values, is added to every row) and A of any rank with K values on its last
   axis; or B a second input of A's rank with the same leading axes, one [M, K] x [K, N] product
   per leading index.
 
-The last four are written by the VFM conversion (tools/vfm/onnx_for_opencv46.py) in place of
+The last five are written by the VFM conversion (tools/vfm/onnx_for_opencv46.py) in place of
 layer chains that OpenCV 4.6 runs slowly; VisionFoundationModel registers them itself. CV_32F
 blobs on cv::dnn's CPU target only.
 

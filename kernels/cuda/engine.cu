@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_choice.hpp"
 #include "naf_cuda_internal.cuh"
 #include "naf_kernels/naf_cuda.hpp"
 #include "staged_copy.hpp"
@@ -464,21 +465,16 @@ struct Engine::Impl
             ran.push_back(last);
         }
         check(cudaEventSynchronize(measureEvents[3 * ran.size() - 1]), "timing the attention kernels");
-        float best = 0.f;
-        AttentionKernel bestKernel = ran.front();
+        std::vector<detail::TimedAttention> timed;
         for (size_t i = 0; i < ran.size(); ++i)
         {
             float first = 0.f, second = 0.f;
             const cudaEvent_t* const marks = measureEvents + 3 * i;
             check(cudaEventElapsedTime(&first, marks[0], marks[1]), "timing an attention kernel");
             check(cudaEventElapsedTime(&second, marks[1], marks[2]), "timing an attention kernel");
-            const float fastest = std::min(first, second);
-            if (i == 0 || fastest < best)
-            {
-                best = fastest;
-                bestKernel = ran[i];
-            }
+            timed.push_back({ran[i], std::min(first, second)});
         }
+        const AttentionKernel bestKernel = detail::chooseMeasuredAttention(timed);
         // Kept only now: a failure above measures again on the next call.
         measuredChoices[key] = bestKernel;
         return last == bestKernel ? bestKernel : attend(bestKernel);

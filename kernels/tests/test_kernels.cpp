@@ -15,6 +15,7 @@
 #include "../cuda/hwc_tail.hpp"        // host/device index arithmetic of the CUDA channels-last tail
 #include "../cuda/staged_copy.hpp"     // the schedule of the CUDA engine's output copy
 #include "../cuda/device_memory.hpp"   // the CUDA engine's out-of-memory message
+#include "../cuda/attention_choice.hpp"  // AttentionKernel::Measured's rule
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
 
@@ -1342,4 +1343,23 @@ TEST(Parallel, ThreadPoolRunsEveryItemOnceNestedConcurrentAndAfterAnError)
         for (int64_t i = b; i < e; ++i) sum += i;
     });
     EXPECT_EQ(sum.load(), 4950);
+}
+
+// AttentionKernel::Measured keeps the fastest kernel, but a cell kernel (other bits than Tiled's)
+// only when it beats the Tiled family by more than the margin; TiledChunked gives Tiled's bits and
+// wins on time alone.
+TEST(Kernels, MeasuredAttentionPrefersTiledBitsOnNearTies)
+{
+    using cuda::AttentionKernel;
+    using cuda::detail::chooseMeasuredAttention;
+    const AttentionKernel tiled = AttentionKernel::Tiled, chunked = AttentionKernel::TiledChunked,
+                          cell = AttentionKernel::Cell, mma = AttentionKernel::CellTensorCore;
+    EXPECT_EQ(chooseMeasuredAttention({{tiled, 10.f}, {chunked, 9.9f}, {cell, 12.f}}), chunked);
+    EXPECT_EQ(chooseMeasuredAttention({{tiled, 10.f}, {chunked, 10.5f}, {cell, 9.8f}}), tiled);  // 2 % faster
+    EXPECT_EQ(chooseMeasuredAttention({{tiled, 10.f}, {chunked, 9.9f}, {cell, 9.0f}, {mma, 7.f}}), mma);
+    EXPECT_EQ(chooseMeasuredAttention({{tiled, 10.f}, {cell, 9.6f}}), cell);                      // 4 % faster
+    EXPECT_EQ(chooseMeasuredAttention({{tiled, 10.f}, {cell, 9.8f}}, 0.f), cell);                 // no margin
+    EXPECT_EQ(chooseMeasuredAttention({{cell, 5.f}}), cell);  // no Tiled timed (it did not fit)
+    EXPECT_EQ(chooseMeasuredAttention({{tiled, 3.f}, {chunked, 3.f}}), tiled);  // the first of equals
+    EXPECT_EQ(chooseMeasuredAttention({}), tiled);
 }

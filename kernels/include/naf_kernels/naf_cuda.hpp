@@ -88,7 +88,9 @@ enum class AttentionKernel
     /// On the first forward at each size, times every kernel above that runs there (Tiled,
     /// TiledChunked, and Cell and CellTensorCore where the cell work list is worthwhile; three
     /// launches each, back to back, the first untimed, the faster of the other two by CUDA events)
-    /// and keeps the fastest for that size. That first forward waits for the timings and costs
+    /// and keeps the fastest for that size; a cell kernel (whose bits differ from Tiled's in the last
+    /// places) must beat the Tiled ones by more than 3 %, so that near-ties fall the same way in
+    /// every process. That first forward waits for the timings and costs
     /// about twelve more attention passes; later ones at any size measured before run its kept
     /// kernel (lastAttentionKernel() names it). Chooses per device without a rule
     /// measured on another card. Written without a GPU, not yet run (GPU item 28)

@@ -1,0 +1,50 @@
+// AttentionKernel::Measured's choice among the timed kernels, free of CUDA so that the CPU tests
+// check it (kernels/tests/test_kernels.cpp).
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "naf_kernels/naf_cuda.hpp"
+
+namespace naf {
+namespace kernels {
+namespace cuda {
+namespace detail {
+
+/// One timed candidate: the kernel that ran and its time.
+struct TimedAttention
+{
+    AttentionKernel kernel;
+    float ms;
+};
+
+/// Whether a kernel gives Tiled's bits (TiledChunked does; the cell kernels sum in another order).
+inline bool sameBitsAsTiled(AttentionKernel k)
+{
+    return k == AttentionKernel::Tiled || k == AttentionKernel::TiledChunked;
+}
+
+/// The fastest of `timed` (non-empty), except that a kernel whose bits differ from Tiled's must
+/// beat the fastest of the Tiled family by more than `margin` (a fraction) to be kept: near-ties
+/// then fall the same way in every process, so one input gives the same output across runs
+/// unless a cell kernel is clearly faster. The first of equal times wins.
+inline AttentionKernel chooseMeasuredAttention(const std::vector<TimedAttention>& timed, float margin = 0.03f)
+{
+    const TimedAttention* best = nullptr;
+    const TimedAttention* bestTiled = nullptr;
+    for (const TimedAttention& t : timed)
+    {
+        if (!best || t.ms < best->ms) best = &t;
+        if (sameBitsAsTiled(t.kernel) && (!bestTiled || t.ms < bestTiled->ms)) bestTiled = &t;
+    }
+    if (!best) return AttentionKernel::Tiled;
+    if (bestTiled && !sameBitsAsTiled(best->kernel) && best->ms * (1.f + margin) >= bestTiled->ms)
+        return bestTiled->kernel;
+    return best->kernel;
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace kernels
+}  // namespace naf

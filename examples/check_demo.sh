@@ -13,8 +13,10 @@ if [[ ! -s "$required" ]]; then
   exit 77
 fi
 rm -rf "$out"
-log="$("$demo" "$image" --out="$out" --max-side="$max_side" --threads=2 "$@")"
-echo "$log"
+status=0
+log="$("$demo" "$image" --out="$out" --max-side="$max_side" --threads=2 "$@")" || status=$?
+echo "$log"  # also when the demo failed: its stdout says how far it got
+if (( status != 0 )); then echo "FAIL: naf_demo exited with $status"; exit 1; fi
 grep -q ' ms, NAF -> .* ms -> ' <<<"$log" || { echo "FAIL: no per-image line in the output"; exit 1; }
 shopt -s nullglob
 panels=("$out"/*_naf.png)

@@ -24,8 +24,14 @@ namespace {
 void checkCudnn(cudnnStatus_t status, const char* what)
 {
     if (status == CUDNN_STATUS_SUCCESS) return;
-    throw std::runtime_error(std::string("naf::kernels::cuda: cuDNN ") + what + " failed: " +
-                             cudnnGetErrorString(status));
+    const std::string message =
+        std::string("naf::kernels::cuda: cuDNN ") + what + " failed: " + cudnnGetErrorString(status);
+#if CUDNN_MAJOR >= 9
+    if (status == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED) throw OutOfDeviceMemory(message);
+#else
+    if (status == CUDNN_STATUS_ALLOC_FAILED) throw OutOfDeviceMemory(message);
+#endif
+    throw std::runtime_error(message);
 }
 
 /// Workspace offered to the algorithm search: algorithms that need more are not considered.

@@ -735,7 +735,22 @@ struct Engine::Impl
     /// returns when hostOut is written: straight into page-locked memory (`pinned`, from
     /// hostOutputIsPageLocked), else through the pinned staging buffers (the pageable copy when
     /// those cannot be allocated).
+    /// An error here may come after part of hostOut was written, so an out-of-memory one leaves as
+    /// a plain std::runtime_error: OutOfDeviceMemory promises an untouched output.
     void copyToHost(void* hostOut, bool pinned, const void* deviceOut, size_t bytes)
+    {
+        try
+        {
+            copyToHostChunks(hostOut, pinned, deviceOut, bytes);
+        }
+        catch (const OutOfDeviceMemory& e)
+        {
+            throw std::runtime_error(std::string(e.what()) + " (while copying the output to the host: it may be "
+                                                             "partly written)");
+        }
+    }
+
+    void copyToHostChunks(void* hostOut, bool pinned, const void* deviceOut, size_t bytes)
     {
         // Full-size buffers from 4 MiB up: sized to the first output, a small call followed by a
         // large one would free and re-pin both (milliseconds, and cudaFreeHost synchronizes).

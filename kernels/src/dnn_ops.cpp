@@ -56,7 +56,8 @@ NAF_ALWAYS_INLINE inline void geluImpl(const float* src, float* dst, size_t n)
 }
 
 // One row: max, exp(x - max) into dst with its sum, then dst /= sum. Lanes past the row's end are
-// computed on zeros and neither stored nor summed.
+// computed on zeros and neither stored nor summed. A row with a NaN is all NaN (as ONNX's and
+// cv::dnn's Softmax give): the max skips NaN and expVec clamps it, which would hide it.
 template <class V>
 NAF_ALWAYS_INLINE inline void softmaxRowImpl(const float* src, float* dst, size_t n)
 {
@@ -64,15 +65,30 @@ NAF_ALWAYS_INLINE inline void softmaxRowImpl(const float* src, float* dst, size_
     const size_t full = n / W * W;
     float maxValue = -std::numeric_limits<float>::infinity();
     {
-        V m = V{} + maxValue;
+        V m = V{} + maxValue, nanSeen{};
         for (size_t i = 0; i < full; i += W)
         {
             V x;
             std::memcpy(&x, src + i, sizeof x);
             m = x > m ? x : m;
+            nanSeen = x != x ? V{} + 1.f : nanSeen;
         }
-        for (size_t l = 0; l < W; ++l) maxValue = std::max(maxValue, m[l]);
-        for (size_t i = full; i < n; ++i) maxValue = std::max(maxValue, src[i]);
+        bool hasNaN = false;
+        for (size_t l = 0; l < W; ++l)
+        {
+            maxValue = std::max(maxValue, m[l]);
+            hasNaN |= nanSeen[l] != 0.f;
+        }
+        for (size_t i = full; i < n; ++i)
+        {
+            maxValue = std::max(maxValue, src[i]);
+            hasNaN |= std::isnan(src[i]);
+        }
+        if (hasNaN)
+        {
+            std::fill(dst, dst + n, std::numeric_limits<float>::quiet_NaN());
+            return;
+        }
     }
     V sums{};
     for (size_t i = 0; i < full; i += W)
@@ -210,7 +226,7 @@ void layerNormRows(const float* src, float* dst, size_t rows, size_t cols, const
 
 void matmul(const float* a, const float* b, float* c, const MatMulShape& shape, const ParallelFor& parallel)
 {
-    const int M = shape.M, K = shape.K, N = shape.N;
+    const int M = shape.M, K = shape.K, N = shape.N;  // the layer handles empty products itself
     if (M <= 0 || K <= 0 || N <= 0)
         throw std::invalid_argument("naf::kernels::matmul: sizes M=" + std::to_string(M) + " K=" + std::to_string(K) +
                                     " N=" + std::to_string(N) + " must be positive");

@@ -117,6 +117,25 @@ TEST(DnnOps, SoftmaxRowsMatchTheReferenceForAnyLengthAndSplit)
         }
 }
 
+// A NaN anywhere in a row makes the whole row NaN (ONNX's Softmax does the same), in the vector
+// part and in the tail; other rows are unaffected.
+TEST(DnnOps, SoftmaxRowWithNaNIsNaN)
+{
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (size_t cols : {size_t(3), size_t(20), size_t(49)})
+        for (size_t at : {size_t(0), cols - 1})
+        {
+            std::vector<float> x = randomUniform(2 * cols, static_cast<uint32_t>(cols + at));
+            x[at] = nan;
+            std::vector<float> y(x.size());
+            softmaxRows(x.data(), y.data(), 2, cols, serialParallelFor());
+            for (size_t i = 0; i < cols; ++i) EXPECT_TRUE(std::isnan(y[i])) << cols << " " << at << " " << i;
+            double sum = 0;
+            for (size_t i = cols; i < 2 * cols; ++i) sum += y[i];
+            EXPECT_NEAR(sum, 1.0, 1e-5);
+        }
+}
+
 TEST(DnnOps, BadArgumentsThrow)
 {
     float v = 1.f;

@@ -334,3 +334,45 @@ TEST(DnnOpsLayers, Conv1x1EqualsCvDnnsConvolution)
             << e.what();
     }
 }
+
+// Edge shapes: a 1-D input to the last-axis layers is refused (cv::dnn 4.6 keeps it as a column,
+// so its "last axis" would be 1); empty products write nothing or zeros, never divide by zero.
+TEST(DnnOpsLayers, OneDimensionalAndEmptyShapes)
+{
+    cv::naf::registerLayers();
+    for (const char* type : {"NafSoftmax", "NafLayerNorm"})
+    {
+        cv::dnn::LayerParams params;
+        params.name = "row";
+        cv::Ptr<cv::dnn::Layer> layer = cv::dnn::LayerFactory::createLayerInstance(type, params);
+        std::vector<cv::dnn::MatShape> outShapes, internals;
+        try
+        {
+            layer->getMemoryShapes({cv::dnn::MatShape{7}}, 1, outShapes, internals);
+            ADD_FAILURE() << type << " accepted a 1-D input";
+        }
+        catch (const cv::Exception& e)
+        {
+            EXPECT_NE(std::string(e.what()).find("a 1-D input; the last axis of at least 2 dims"), std::string::npos)
+                << e.what();
+        }
+    }
+    cv::dnn::LayerParams params;
+    params.name = "attn";
+    cv::Ptr<cv::dnn::Layer> batched = cv::dnn::LayerFactory::createLayerInstance("NafMatMul", params);
+    std::vector<cv::Mat> none;
+    {
+        const int aShape[3] = {2, 0, 5}, bShape[3] = {2, 5, 3}, cShape[3] = {2, 0, 3};  // M = 0
+        std::vector<cv::Mat> inputs{cv::Mat(3, aShape, CV_32F), cv::Mat(3, bShape, CV_32F, cv::Scalar(1))};
+        std::vector<cv::Mat> outputs{cv::Mat(3, cShape, CV_32F)};
+        batched->forward(inputs, outputs, none);
+        EXPECT_EQ(outputs[0].total(), 0u);
+    }
+    {
+        const int aShape[3] = {2, 3, 0}, bShape[3] = {2, 0, 4}, cShape[3] = {2, 3, 4};  // K = 0
+        std::vector<cv::Mat> inputs{cv::Mat(3, aShape, CV_32F), cv::Mat(3, bShape, CV_32F)};
+        std::vector<cv::Mat> outputs{cv::Mat(3, cShape, CV_32F, cv::Scalar(7))};
+        batched->forward(inputs, outputs, none);
+        EXPECT_EQ(cv::countNonZero(outputs[0].reshape(1, 1)), 0);
+    }
+}

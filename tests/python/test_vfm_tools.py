@@ -143,6 +143,30 @@ def test_naf_layer_passes_take_only_what_the_layers_compute():
     np.testing.assert_allclose(onnx_numpy.evaluate(model, {"x": x})["y"], want, rtol=1e-6, atol=1e-7)
 
 
+def test_naf_layer_passes_leave_what_the_layers_would_compute_differently():
+    """A 1-D Softmax stays cv::dnn's (4.6 keeps a 1-D blob as a column, so the layer refuses it), and
+    a linear layer's Add is folded only when it keeps the product's shape: a (1, 1, N) bias on a
+    2-D product broadcasts it to 3-D, which NafMatMul would not."""
+    import onnx_for_opencv46
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.RandomState(2)
+    x = rng.randn(5, 4).astype(np.float32)
+    inits = {"w": rng.randn(4, 3), "bias3d": rng.randn(1, 1, 3), "flat": np.array([-1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "bias3d"], ["q"]),
+             helper.make_node("Reshape", ["q", "flat"], ["r"]), helper.make_node("Softmax", ["r"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "edges", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k)
+                               for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    values = onnx_for_opencv46.trace_shapes(model, {"x": list(x.shape)})
+    model, softmaxes = onnx_for_opencv46.softmax_as_naf_layer(model, values)
+    model, matmuls = onnx_for_opencv46.matmul_as_naf_layer(model, values)
+    assert softmaxes == 0 and matmuls == 1
+    ops = [(n.op_type, len(n.input)) for n in model.graph.node]
+    assert ops == [("NafMatMul", 2), ("Add", 2), ("Reshape", 2), ("Softmax", 1)]
+
+
 def test_conv1x1_pass_takes_only_pointwise_convolutions():
     """conv1x1_as_naf_layer takes a 1x1 convolution with stride 1, one group and no padding (with or
     without bias) and leaves a strided, grouped, padded or wider one to cv::dnn; same function."""

@@ -210,6 +210,12 @@ def rewrite_layernorm(model, values, naf_layers=False):
         if (r2 is None or r2.op_type != "ReduceMean" or add is None or add.op_type != "Add" or sqrt is None
                 or sqrt.op_type != "Sqrt" or div is None or div.op_type != "Div" or div.input[0] != sub.output[0]):
             continue
+        # Every intermediate is removed: none may feed anything else, and the variance must be
+        # taken over the mean's axis.
+        if any(len(cons[v]) != 1 for v in (pow_.output[0], r2.output[0], add.output[0], sqrt.output[0])):
+            continue
+        if [a % rank for a in onnx_numpy.attributes(r2).get("axes", [])] != axes:
+            continue
         eps = _const_value(ed, add.input[1])
         exponent = _const_value(ed, pow_.input[1])
         if eps is None or np.asarray(eps).size != 1:
@@ -219,7 +225,7 @@ def rewrite_layernorm(model, values, naf_layers=False):
         if len(cons[sub.output[0]]) != 2 or len(cons[r1.output[0]]) != 1:
             continue
         base = r1.output[0]
-        if naf_layers and axis == rank - 1:
+        if naf_layers and axis == rank - 1 and rank >= 2:  # NafLayerNorm refuses 1-D (a column in 4.6)
             affine = _fold_affine(ed, cons, div.output[0])
             channels = values[x].shape[-1]
             if affine and affine[0] in ed.init and ed.init[affine[0]].shape == (channels,):
@@ -382,7 +388,12 @@ def matmul_as_naf_layer(model, values):
             add = users[0] if len(users) == 1 and users[0] is not None and users[0].op_type == "Add" else None
             other = [i for i in add.input if i != out] if add else []
             bias = ed.init.get(other[0]) if len(other) == 1 else None
-            if bias is not None and bias.size == w.shape[1] and bias.shape[-1:] == (w.shape[1],):
+            # A bias of one value per column that does not add axes: the Add keeps the product's
+            # shape (a (1, 1, N) bias on a 2-D product would broadcast it to 3-D).
+            keeps_shape = add is not None and add.output[0] in values and out in values and \
+                np.shape(values[add.output[0]]) == np.shape(values[out])
+            if bias is not None and keeps_shape and bias.size == w.shape[1] and bias.shape[-1:] == (w.shape[1],) \
+                    and bias.ndim <= len(shape_a):
                 inputs.append(other[0])
                 out = add.output[0]
                 removed.add(id(add))
@@ -433,6 +444,8 @@ def softmax_as_naf_layer(model, values):
         if n.input[0] not in values:  # a value an earlier pass made: its rank is not traced
             continue
         rank = np.ndim(values[n.input[0]])
+        if rank < 2:  # cv::dnn 4.6 keeps a 1-D blob as a column: the layer refuses it
+            continue
         axis = next((a.i for a in n.attribute if a.name == "axis"), None)
         if axis is None:  # the default differs between opsets: only an explicit axis is taken
             continue

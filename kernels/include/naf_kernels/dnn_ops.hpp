@@ -18,7 +18,8 @@ namespace kernels {
 void geluTanh(const float* src, float* dst, size_t count, const ParallelFor& parallel);
 
 /// Softmax over each of `rows` contiguous rows of `cols` values: dst = exp(x - max) / sum, the
-/// max and the sum over the row. src == dst is allowed. Throws std::invalid_argument for cols == 0.
+/// max and the sum over the row; a row holding a NaN gives NaN everywhere. src == dst is allowed.
+/// Throws std::invalid_argument for cols == 0.
 void softmaxRows(const float* src, float* dst, size_t rows, size_t cols, const ParallelFor& parallel);
 
 /// LayerNorm over each of `rows` contiguous rows of `cols` values: (x - mean) / sqrt(var + eps),

@@ -22,10 +22,12 @@ std::string deviceDescription();
 /// True when the CUDA library was built against cuDNN (the convolutions can run through it).
 bool cudnnCompiled();
 
-/// Thrown when the device lacks the memory for a call or for an Engine's construction. The message
-/// says what was being allocated, how many MiB it needed and how many were free. Nothing of the
-/// call was written and the engine stays usable, so a caller may retry smaller, after freeing
-/// device memory, or on the CPU path (the module's BACKEND_AUTO does the last).
+/// Thrown when the device lacks the memory for a call or for an Engine's construction (a CUDA or
+/// cuDNN allocation). The message says what was being allocated, and for the engine's own buffers
+/// how many MiB it needed and how many were free. Nothing of the call's output was written (a
+/// failure during the output's copy to the host is a plain std::runtime_error) and the engine
+/// stays usable, so a caller may retry smaller, after freeing device memory, or on the CPU path
+/// (the module's BACKEND_AUTO does the last).
 class OutOfDeviceMemory : public std::runtime_error
 {
 public:

@@ -153,6 +153,25 @@ const Mat& singleFloatInput(const std::vector<Mat>& inputs, const std::vector<Ma
     return x;
 }
 
+// Runs a kernel call of a layer, turning the kernels' std::exception into a cv::Exception that
+// names the layer (cv::dnn expects cv::Exception).
+template <typename F>
+void runKernel(const std::string& layerPrefix, F&& f)
+{
+    try
+    {
+        f();
+    }
+    catch (const cv::Exception&)
+    {
+        throw;
+    }
+    catch (const std::exception& e)
+    {
+        CV_Error(Error::StsError, layerPrefix + e.what());
+    }
+}
+
 // The one-input layers that keep their input's shape (GELU, softmax, LayerNorm): cv::dnn may run
 // them in place, as its own activations; each computes rows of the last axis.
 class RowwiseLayer : public dnn::Layer
@@ -178,11 +197,19 @@ public:
         const Mat& x = singleFloatInput(inputs, outputs, name);
         const size_t cols = static_cast<size_t>(x.size[x.dims - 1]);
         if (cols == 0 || x.total() == 0) return;
-        run(x.ptr<float>(), outputs[0].ptr<float>(), x.total() / cols, cols);
+        runKernel(prefix(), [&] { run(x.ptr<float>(), outputs[0].ptr<float>(), x.total() / cols, cols); });
     }
 
 protected:
     std::string prefix() const { return "cv::naf dnn layer '" + name + "' (" + kind_ + "): "; }
+    // For the layers over the last axis: cv::dnn 4.6 keeps a 1-D blob [N] as an N x 1 Mat, whose
+    // last axis would be the 1.
+    void refuseOneDimensional(const dnn::MatShape& shape) const
+    {
+        if (shape.size() < 2)
+            CV_Error(Error::StsNotImplemented, prefix() + "a " + std::to_string(shape.size()) +
+                                                   "-D input; the last axis of at least 2 dims is supported");
+    }
     virtual void checkShape(const dnn::MatShape&) const {}
     virtual void run(const float* src, float* dst, size_t rows, size_t cols) = 0;
 
@@ -219,6 +246,7 @@ public:
 protected:
     void checkShape(const dnn::MatShape& shape) const CV_OVERRIDE
     {
+        refuseOneDimensional(shape);
         const int rank = static_cast<int>(shape.size());
         if (axis_ != -1 && axis_ != rank - 1)
             CV_Error(Error::StsNotImplemented, prefix() + "axis " + std::to_string(axis_) + " of a " +
@@ -262,6 +290,7 @@ public:
 protected:
     void checkShape(const dnn::MatShape& shape) const CV_OVERRIDE
     {
+        refuseOneDimensional(shape);
         if (!gamma_.empty() && static_cast<size_t>(shape.back()) != gamma_.total())
             CV_Error(Error::StsBadArg, prefix() + "the last axis has " + std::to_string(shape.back()) +
                                            " values, gamma and beta " + std::to_string(gamma_.total()));
@@ -356,6 +385,12 @@ public:
                 CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + name +
                                                           "' (NafMatMul): needs continuous CV_32F blobs (cv::dnn's "
                                                           "CPU target in FP32)");
+        if (c.total() == 0) return;  // M or N is 0: nothing to write
+        if (a.total() == 0)          // K is 0 (B is an input): every entry is an empty sum
+        {
+            c.setTo(Scalar::all(0));
+            return;
+        }
         ::naf::kernels::MatMulShape shape;
         shape.K = a.size[a.dims - 1];
         shape.N = constant ? n_ : b.size[b.dims - 1];
@@ -370,8 +405,9 @@ public:
             shape.M = a.size[a.dims - 2];
             shape.batch = a.total() / (static_cast<size_t>(shape.M) * shape.K);
         }
-        if (a.total() == 0) return;
-        ::naf::kernels::matmul(a.ptr<float>(), b.ptr<float>(), c.ptr<float>(), shape, detail::opencvParallelFor());
+        runKernel("cv::naf dnn layer '" + name + "' (NafMatMul): ", [&] {
+            ::naf::kernels::matmul(a.ptr<float>(), b.ptr<float>(), c.ptr<float>(), shape, detail::opencvParallelFor());
+        });
     }
 
 private:
@@ -393,7 +429,7 @@ public:
             CV_Error(Error::StsBadArg, prefix + "expects a constant weight and an optional bias, got " +
                                            std::to_string(params.blobs.size()) + " constant inputs");
         const Mat& w = params.blobs[0];
-        if (w.dims != 4 || w.size[2] != 1 || w.size[3] != 1 || w.type() != CV_32F)
+        if (w.dims != 4 || w.size[2] != 1 || w.size[3] != 1 || w.type() != CV_32F || w.empty())
             CV_Error(Error::StsBadArg, prefix + "the weight must be CV_32F [cout, cin, 1, 1], got " +
                                            dnn::toString(dnn::shape(w)) + " of type " + std::to_string(w.type()));
         weight_ = w.clone();
@@ -437,12 +473,15 @@ public:
             CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + name +
                                                       "' (NafConv1x1): needs continuous 4-D CV_32F blobs (cv::dnn's "
                                                       "CPU target in FP32)");
+        if (x.total() == 0) return;  // no pixels (or no images): nothing to write
         const int h = x.size[2], w = x.size[3];
         const size_t plane = static_cast<size_t>(h) * w;
-        for (int n = 0; n < x.size[0]; ++n)
-            ::naf::kernels::conv2dReflect(x.ptr<float>() + n * conv_.cin * plane, h, w, conv_,
-                                          y.ptr<float>() + n * conv_.cout * plane, detail::opencvParallelFor(),
-                                          &packed_);
+        runKernel("cv::naf dnn layer '" + name + "' (NafConv1x1): ", [&] {
+            for (int n = 0; n < x.size[0]; ++n)
+                ::naf::kernels::conv2dReflect(x.ptr<float>() + n * conv_.cin * plane, h, w, conv_,
+                                              y.ptr<float>() + n * conv_.cout * plane, detail::opencvParallelFor(),
+                                              &packed_);
+        });
     }
 
 private:

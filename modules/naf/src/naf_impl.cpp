@@ -535,13 +535,21 @@ private:
     // A device engine that ran out of memory gives its scratch back (the failed call may have grown
     // some of it). One made without cuDNN, which may be why, is dropped, so that the next call
     // makes a new one that tries cuDNN again.
-    void recoverFromDeviceShortage()
+    // Called from a catch handler: never throws (an engine that cannot even release is dropped).
+    void recoverFromDeviceShortage() noexcept
     {
         if (!cudaEngine_) return;
-        if (K::cuda::cudnnCompiled() && cudaEngine_->convolutionPath() != K::cuda::ConvolutionPath::CuDnn)
+        try
+        {
+            if (K::cuda::cudnnCompiled() && cudaEngine_->convolutionPath() != K::cuda::ConvolutionPath::CuDnn)
+                cudaEngine_.reset();
+            else
+                cudaEngine_->releaseScratch();
+        }
+        catch (...)
+        {
             cudaEngine_.reset();
-        else
-            cudaEngine_->releaseScratch();
+        }
     }
 
     // Runs every item on one backend. fallbackAllowed (CUDA only): a device memory shortage throws

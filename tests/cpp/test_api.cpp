@@ -13,27 +13,11 @@
 
 #include "test_support.hpp"
 
+using naf_test::expectRefused;
 using naf_test::randomBlob;
 using naf_test::randomImage;
 
 namespace {
-
-// Expects a cv::Exception whose message contains every fragment (so the user sees the values).
-template <typename F>
-void expectError(F&& f, std::initializer_list<const char*> fragments)
-{
-    try
-    {
-        f();
-        ADD_FAILURE() << "no cv::Exception thrown";
-    }
-    catch (const cv::Exception& e)
-    {
-        for (const char* frag : fragments)
-            EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << "message: " << e.what()
-                                                                            << "\nmissing: " << frag;
-    }
-}
 
 struct Fixture : ::testing::Test
 {
@@ -92,28 +76,28 @@ TEST_F(Fixture, BadInputsGiveClearErrorsAndLeaveDstUntouched)
 {
     cv::Mat dst = cv::Mat::ones(3, 3, CV_8U);
     const cv::Mat before = dst.clone();
-    expectError([&] { naf->upsample(cv::Mat(), feats, dst, out); }, {"guide image is empty"});
-    expectError([&] { naf->upsample(cv::Mat(40, 52, CV_8UC1), feats, dst, out); }, {"CV_8UC3", "8UC1"});
-    expectError([&] { naf->upsample(cv::Mat(40, 52, CV_32FC3), feats, dst, out); }, {"CV_8UC3", "32FC3"});
-    expectError([&] { naf->upsample(cv::Mat(1, 52, CV_8UC3), feats, dst, out); }, {"1x52"});
-    expectError([&] { naf->upsample(image, cv::Mat(5, 6, CV_32F), dst, out); }, {"4-D", "2 dims"});
+    expectRefused([&] { naf->upsample(cv::Mat(), feats, dst, out); }, {"guide image is empty"});
+    expectRefused([&] { naf->upsample(cv::Mat(40, 52, CV_8UC1), feats, dst, out); }, {"CV_8UC3", "8UC1"});
+    expectRefused([&] { naf->upsample(cv::Mat(40, 52, CV_32FC3), feats, dst, out); }, {"CV_8UC3", "32FC3"});
+    expectRefused([&] { naf->upsample(cv::Mat(1, 52, CV_8UC3), feats, dst, out); }, {"1x52"});
+    expectRefused([&] { naf->upsample(image, cv::Mat(5, 6, CV_32F), dst, out); }, {"4-D", "2 dims"});
     cv::Mat feats64;
     feats.convertTo(feats64, CV_64F);
-    expectError([&] { naf->upsample(image, feats64, dst, out); }, {"CV_32F", "64F"});
-    expectError([&] { naf->upsample(image, randomBlob(2, 8, 5, 6, 3), dst, out); }, {"batch mismatch", "1 guide", "batch 2"});
-    expectError([&] { naf->upsample(image, feats, dst, cv::Size(5, 21)); }, {"dstSize 5x21", "6x5"});
-    expectError([&] { naf->upsample(image, randomBlob(1, 6, 5, 6, 3), dst, out); }, {"channels 6", "4 attention heads"});
+    expectRefused([&] { naf->upsample(image, feats64, dst, out); }, {"CV_32F", "64F"});
+    expectRefused([&] { naf->upsample(image, randomBlob(2, 8, 5, 6, 3), dst, out); }, {"batch mismatch", "1 guide", "batch 2"});
+    expectRefused([&] { naf->upsample(image, feats, dst, cv::Size(5, 21)); }, {"dstSize 5x21", "6x5"});
+    expectRefused([&] { naf->upsample(image, randomBlob(1, 6, 5, 6, 3), dst, out); }, {"channels 6", "4 attention heads"});
     cv::Mat nan = feats.clone();
     nan.ptr<float>()[17] = std::numeric_limits<float>::quiet_NaN();
-    expectError([&] { naf->upsample(image, nan, dst, out); }, {"NaN or Inf", "index 17"});
+    expectRefused([&] { naf->upsample(image, nan, dst, out); }, {"NaN or Inf", "index 17"});
     cv::Mat inf = feats.clone();
     inf.ptr<float>()[3] = std::numeric_limits<float>::infinity();
-    expectError([&] { naf->upsample(image, inf, dst, out); }, {"NaN or Inf"});
-    expectError([&] { naf->setKernelSize(4); }, {"odd", "4"});
-    expectError([&] { naf->setBackend(42); }, {"unknown backend 42"});
-    expectError([&] { naf->setImageColorOrder(5); }, {"5"});
+    expectRefused([&] { naf->upsample(image, inf, dst, out); }, {"NaN or Inf"});
+    expectRefused([&] { naf->setKernelSize(4); }, {"odd", "4"});
+    expectRefused([&] { naf->setBackend(42); }, {"unknown backend 42"});
+    expectRefused([&] { naf->setImageColorOrder(5); }, {"5"});
     naf->setAttentionProbe(cv::Point(30, 3));
-    expectError([&] { naf->upsample(image, feats, dst, out); }, {"probe (30, 3)", "26x21"});
+    expectRefused([&] { naf->upsample(image, feats, dst, out); }, {"probe (30, 3)", "26x21"});
     // Nothing was written by any failed call.
     ASSERT_EQ(dst.size(), before.size());
     EXPECT_EQ(cv::norm(dst, before, cv::NORM_INF), 0.0);
@@ -185,7 +169,7 @@ TEST_F(Fixture, RefusedInputLeavesAMatchingDstUntouched)
     cv::Mat dst(4, sizes, CV_32F, cv::Scalar(7));
     cv::Mat bad = feats.clone();
     bad.ptr<float>(0, 3)[4] = std::numeric_limits<float>::quiet_NaN();
-    expectError([&] { naf->upsample(image, bad, dst, out); }, {"NaN"});
+    expectRefused([&] { naf->upsample(image, bad, dst, out); }, {"NaN"});
     double lo = 0, hi = 0;
     cv::minMaxIdx(dst.reshape(1, 1), &lo, &hi);
     EXPECT_EQ(lo, 7.0);
@@ -262,13 +246,13 @@ TEST_F(Fixture, CancelFromTheProgressCallbackReleasesDstAndKeepsTheObjectUsable)
         return true;
     });
     cv::Mat dst = reference.clone();
-    expectError([&] { naf->upsample(image, feats, dst, out); }, {"stopped by the test at 0.3"});
+    expectRefused([&] { naf->upsample(image, feats, dst, out); }, {"stopped by the test at 0.3"});
     EXPECT_TRUE(dst.empty());
     // The blob entry point cancels the same way.
     naf->setProgressCallback([](double) { return false; });
     const int blobSizes[4] = {1, 3, image.rows, image.cols};
     cv::Mat blob(4, blobSizes, CV_32F, cv::Scalar(0.5)), blobDst;
-    expectError([&] { naf->upsampleBlob(blob, feats, blobDst, out); },
+    expectRefused([&] { naf->upsampleBlob(blob, feats, blobDst, out); },
                 {"cv::naf::NAF::upsampleBlob: cancelled by the progress callback at 0 %"});
 }
 
@@ -344,7 +328,7 @@ TEST_F(Fixture, WeightsInfoSaysRandom)
 TEST_F(Fixture, CudaBackendIsRefusedClearlyWhenUnavailable)
 {
     if (cv::naf::isCudaAvailable()) GTEST_SKIP() << "a CUDA device is present";
-    expectError([&] { naf->setBackend(cv::naf::BACKEND_CUDA); }, {"CUDA requested but not available"});
+    expectRefused([&] { naf->setBackend(cv::naf::BACKEND_CUDA); }, {"CUDA requested but not available"});
     naf->setBackend(cv::naf::BACKEND_AUTO);
     cv::Mat dst;
     naf->upsample(image, feats, dst, out);
@@ -446,7 +430,7 @@ TEST_F(Fixture, CudaPrecisionsMatchTheCpuAndFp16RefusesOutOfRangeInput)
     const int sizes[4] = {1, 8, out.height, out.width};
     cv::Mat dst(4, sizes, CV_32F, cv::Scalar(7));
     naf->setGpuPrecision(cv::naf::GPU_PRECISION_FP16);
-    expectError([&] { naf->upsampleBlob(blob, feats, dst, out); }, {"CUDA forward", "float16"});
+    expectRefused([&] { naf->upsampleBlob(blob, feats, dst, out); }, {"CUDA forward", "float16"});
     double lo = 0, hi = 0;
     cv::minMaxIdx(dst.reshape(1, 1), &lo, &hi);
     EXPECT_EQ(lo, 7.0);
@@ -474,7 +458,7 @@ TEST_F(Fixture, CudaProgressReportsEachItemsEndsAndCancels)
     EXPECT_FALSE(log.otherThread);
     EXPECT_EQ(log.fractions, (std::vector<double>{0.0, 0.5, 0.5, 1.0}));
     naf->setProgressCallback([](double fraction) { return fraction < 0.5; });
-    expectError([&] { naf->upsample(twoImages, twoFeats, tracked, out); },
+    expectRefused([&] { naf->upsample(twoImages, twoFeats, tracked, out); },
                 {"cancelled by the progress callback at 50 %", "dst was released"});
     EXPECT_TRUE(tracked.empty());
 }
@@ -490,7 +474,7 @@ TEST_F(Fixture, OneShotFunctionUsesDefaultWeights)
     fromFile->upsample(image, feats, viaObject, out);
     EXPECT_EQ(cv::norm(viaFunction.reshape(1, 1), viaObject.reshape(1, 1), cv::NORM_INF), 0.0);
     setenv("NAF_WEIGHTS", "/nonexistent/naf.safetensors", 1);
-    expectError([&] { cv::naf::upsample(image, feats, viaFunction, out); }, {"/nonexistent/naf.safetensors"});
+    expectRefused([&] { cv::naf::upsample(image, feats, viaFunction, out); }, {"/nonexistent/naf.safetensors"});
     unsetenv("NAF_WEIGHTS");
 }
 

@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>  // to take the device's memory (DeviceMemoryTaken)
 #endif
 
+using naf_test::expectRefused;
 using naf_test::randomBlob;
 using naf_test::randomImage;
 
@@ -66,24 +67,6 @@ std::pair<nlohmann::json, std::vector<uint8_t>> split(const std::vector<uint8_t>
     for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
     const auto headerEnd = bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n);
     return {nlohmann::json::parse(bytes.begin() + 8, headerEnd), std::vector<uint8_t>(headerEnd, bytes.end())};
-}
-
-// Expects cv::Exception with every fragment in the message; returns its code.
-template <typename F>
-int expectRefused(F&& f, std::initializer_list<std::string> fragments)
-{
-    try
-    {
-        f();
-        ADD_FAILURE() << "accepted (expected a refusal)";
-    }
-    catch (const cv::Exception& e)
-    {
-        for (const std::string& frag : fragments)
-            EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << "message: " << e.what() << "\nmissing: " << frag;
-        return e.code;
-    }
-    return 0;
 }
 
 void expectFileRefused(const std::vector<uint8_t>& bytes, std::initializer_list<std::string> fragments)

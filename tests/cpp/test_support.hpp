@@ -5,11 +5,32 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 #include <opencv2/core/utils/filesystem.hpp>
 
 namespace naf_test {
+
+// Expects f() to throw cv::Exception whose message contains every fragment (so the user sees the
+// values); returns its code (0 when nothing was thrown, after a test failure).
+template <typename F>
+int expectRefused(F&& f, const std::vector<std::string>& fragments)
+{
+    try
+    {
+        f();
+        ADD_FAILURE() << "accepted (expected a cv::Exception)";
+    }
+    catch (const cv::Exception& e)
+    {
+        for (const std::string& frag : fragments)
+            EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << "message: " << e.what()
+                                                                            << "\nmissing: " << frag;
+        return e.code;
+    }
+    return 0;
+}
 
 inline std::string dataDir() { return NAF_TEST_DATA_DIR; }
 inline std::string goldenDir() { return std::string(NAF_TEST_DATA_DIR) + "/golden"; }

@@ -36,22 +36,6 @@ using nlohmann::json;
 std::string vfmTestDir() { return NAF_VFM_TEST_DIR; }
 std::string tinyRegistry() { return vfmTestDir() + "/registry"; }
 
-// Throws, and the message contains every one of `parts`.
-template <typename F>
-void expectErrorMentions(F&& f, const std::vector<std::string>& parts)
-{
-    try
-    {
-        f();
-        ADD_FAILURE() << "no cv::Exception thrown";
-    }
-    catch (const cv::Exception& e)
-    {
-        for (const std::string& p : parts)
-            EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message lacks '" << p << "': " << e.what();
-    }
-}
-
 json validEntry()
 {
     return json::parse(R"({
@@ -114,7 +98,7 @@ TEST(VfmRegistry, EnvironmentOverridesTheDefaultFolder)
 
 TEST(VfmRegistry, UnknownNameListsTheKnownOnes)
 {
-    expectErrorMentions([] { VfmRegistry::find("no_such_model"); }, {"no_such_model", "mobilesam"});
+    naf_test::expectRefused([] { VfmRegistry::find("no_such_model"); }, {"no_such_model", "mobilesam"});
 }
 
 TEST(VfmRegistry, RelativeOnnxPathResolvesAgainstTheProjectRoot)
@@ -168,19 +152,19 @@ TEST(VfmRegistry, BrokenFilesAreRejectedNamingFieldAndValue)
         const std::string path = writeEntry("broken", j.dump());
         std::vector<std::string> mentions = c.mentions;
         mentions.push_back(path);
-        expectErrorMentions([&] { VfmRegistry::loadFile(path); }, mentions);
+        naf_test::expectRefused([&] { VfmRegistry::loadFile(path); }, mentions);
     }
     const std::string notJson = writeEntry("notjson", "{\"display_name\": ");
-    expectErrorMentions([&] { VfmRegistry::loadFile(notJson); }, {notJson, "not valid JSON"});
-    expectErrorMentions([] { VfmRegistry::loadFile("/nonexistent/x.json"); }, {"/nonexistent/x.json", "cannot be opened"});
-    expectErrorMentions([] { VfmRegistry::loadDirectory("/nonexistent/dir"); }, {"/nonexistent/dir"});
+    naf_test::expectRefused([&] { VfmRegistry::loadFile(notJson); }, {notJson, "not valid JSON"});
+    naf_test::expectRefused([] { VfmRegistry::loadFile("/nonexistent/x.json"); }, {"/nonexistent/x.json", "cannot be opened"});
+    naf_test::expectRefused([] { VfmRegistry::loadDirectory("/nonexistent/dir"); }, {"/nonexistent/dir"});
 }
 
 TEST(VisionFoundationModel, MissingModelFileSaysHowToFetchIt)
 {
     json j = validEntry();
     const VfmSpec spec = VfmRegistry::loadFile(writeEntry("missingmodel", j.dump()));
-    expectErrorMentions([&] { VisionFoundationModel::create(spec); }, {"/nonexistent/model.onnx", "echo fetch"});
+    naf_test::expectRefused([&] { VisionFoundationModel::create(spec); }, {"/nonexistent/model.onnx", "echo fetch"});
 }
 
 // ---------------------------------------------------------------- runner on the tiny exported ViT
@@ -233,9 +217,9 @@ TEST(VisionFoundationModel, CoveredOutputSizeAddsThePaddedPartOfTheLastCells)
     EXPECT_EQ(cv::naf::coveredOutputSize(g, cv::Size(64, 64)), cv::Size(64, 64));
     EXPECT_EQ(cv::naf::coveredOutputSize(g, cv::Size(333, 333)), cv::Size(333, 333));
 
-    expectErrorMentions([] { cv::naf::coveredOutputSize(VfmGeometry(), cv::Size(64, 64)); },
+    naf_test::expectRefused([] { cv::naf::coveredOutputSize(VfmGeometry(), cv::Size(64, 64)); },
                         {"empty or inconsistent geometry"});
-    expectErrorMentions([&] { cv::naf::coveredOutputSize(g, cv::Size(0, 64)); }, {"0x64"});
+    naf_test::expectRefused([&] { cv::naf::coveredOutputSize(g, cv::Size(0, 64)); }, {"0x64"});
 }
 
 TEST(VisionFoundationModel, ExtractIsTheValidCropOfTheFullGrid)
@@ -315,18 +299,18 @@ TEST(VisionFoundationModel, BadInputsGiveClearErrors)
 {
     cv::Ptr<VisionFoundationModel> vfm = tinyVit();
     cv::Mat features;
-    expectErrorMentions([&] { vfm->extract(cv::Mat(), features); }, {"empty"});
-    expectErrorMentions([&] { vfm->extract(cv::Mat(10, 10, CV_8UC1, cv::Scalar(0)), features); }, {"CV_8UC3", "CV_8UC1"});
-    expectErrorMentions([&] { vfm->extract(cv::Mat(10, 10, CV_32FC3, cv::Scalar(0)), features); }, {"CV_32FC3"});
-    expectErrorMentions([&] { vfm->extract(cv::Mat(1, 10, CV_8UC3, cv::Scalar(0)), features); }, {"2x2", "10x1"});
+    naf_test::expectRefused([&] { vfm->extract(cv::Mat(), features); }, {"empty"});
+    naf_test::expectRefused([&] { vfm->extract(cv::Mat(10, 10, CV_8UC1, cv::Scalar(0)), features); }, {"CV_8UC3", "CV_8UC1"});
+    naf_test::expectRefused([&] { vfm->extract(cv::Mat(10, 10, CV_32FC3, cv::Scalar(0)), features); }, {"CV_32FC3"});
+    naf_test::expectRefused([&] { vfm->extract(cv::Mat(1, 10, CV_8UC3, cv::Scalar(0)), features); }, {"2x2", "10x1"});
     EXPECT_TRUE(features.empty());  // nothing written on failure
     VfmSpec spec = vfm->getSpec();
     spec.channels = 33;  // registry disagrees with the network
     cv::Ptr<VisionFoundationModel> wrong = VisionFoundationModel::create(spec);
-    expectErrorMentions([&] { wrong->extract(naf_test::randomImage(8, 8, 0), features); }, {"1 x 32 x 8 x 8", "1 x 33 x 8 x 8"});
+    naf_test::expectRefused([&] { wrong->extract(naf_test::randomImage(8, 8, 0), features); }, {"1 x 32 x 8 x 8", "1 x 33 x 8 x 8"});
     spec = vfm->getSpec();
     spec.stride = 5;
-    expectErrorMentions([&] { VisionFoundationModel::create(spec); }, {"stride 5", "64"});
+    naf_test::expectRefused([&] { VisionFoundationModel::create(spec); }, {"stride 5", "64"});
 }
 
 // ---------------------------------------------------------------- MobileSAM on a real photo

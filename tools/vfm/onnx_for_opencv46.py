@@ -228,7 +228,7 @@ def rewrite_layernorm(model, values, naf_layers=False):
         if naf_layers and axis == rank - 1 and rank >= 2:  # NafLayerNorm refuses 1-D (a column in 4.6)
             affine = _fold_affine(ed, cons, div.output[0])
             channels = values[x].shape[-1]
-            if affine and affine[0] in ed.init and ed.init[affine[0]].shape == (channels,):
+            if affine and ed.init[affine[0]].shape == (channels,):
                 gamma, beta, y, folded = affine
                 remove.update(id(n) for n in folded)
                 inputs = [x, gamma, beta]

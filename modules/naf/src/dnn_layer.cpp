@@ -137,47 +137,59 @@ private:
     Ptr<NAF> naf_;
 };
 
-// The one input of an elementwise or row-wise layer: CV_32F, continuous (cv::dnn's CPU blobs are).
-const Mat& singleFloatInput(const std::vector<Mat>& inputs, const std::vector<Mat>& outputs, const String& layer)
+// Base of the VFM graphs' layers: names the layer in every error, checks cv::dnn's blobs
+// (continuous CV_32F, one output) and turns the kernels' std::exception into cv::Exception.
+class VfmLayer : public dnn::Layer
 {
-    if (inputs.size() != 1 || outputs.size() != 1)
-        CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + layer + "': expects 1 input and 1 output, got " +
-                                       std::to_string(inputs.size()) + " and " + std::to_string(outputs.size()));
-    const Mat& x = inputs[0];
-    if (x.type() != CV_32F || !x.isContinuous() || outputs[0].type() != CV_32F || !outputs[0].isContinuous() ||
-        outputs[0].total() != x.total())
-        CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + layer +
-                                                  "': needs continuous CV_32F blobs of one size (input type " +
-                                                  std::to_string(x.type()) + ", " + std::to_string(x.total()) +
-                                                  " values; run on cv::dnn's CPU target in FP32)");
-    return x;
-}
+public:
+    VfmLayer(const dnn::LayerParams& params, const char* kind) : Layer(params), kind_(kind) {}
 
-// Runs a kernel call of a layer, turning the kernels' std::exception into a cv::Exception that
-// names the layer (cv::dnn expects cv::Exception).
-template <typename F>
-void runKernel(const std::string& layerPrefix, F&& f)
-{
-    try
+    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
     {
-        f();
+        std::vector<Mat> inputs, outputs;
+        inputsArr.getMatVector(inputs);
+        outputsArr.getMatVector(outputs);
+        if (outputs.size() != 1)
+            CV_Error(Error::StsBadArg, prefix() + "expects 1 output, got " + std::to_string(outputs.size()));
+        requireFloat(outputs[0]);
+        for (const Mat& m : inputs) requireFloat(m);
+        try
+        {
+            compute(inputs, outputs[0]);
+        }
+        catch (const cv::Exception&)
+        {
+            throw;
+        }
+        catch (const std::exception& e)
+        {
+            CV_Error(Error::StsError, prefix() + e.what());
+        }
     }
-    catch (const cv::Exception&)
+
+protected:
+    std::string prefix() const { return "cv::naf dnn layer '" + name + "' (" + kind_ + "): "; }
+    /// The layer's work on blobs already checked; the input count is the layer's to check.
+    virtual void compute(const std::vector<Mat>& inputs, Mat& output) = 0;
+
+private:
+    void requireFloat(const Mat& m) const
     {
-        throw;
+        if (m.type() != CV_32F || !m.isContinuous())
+            CV_Error(Error::StsUnsupportedFormat, prefix() + "needs continuous CV_32F blobs (type " +
+                                                      std::to_string(m.type()) +
+                                                      "; run on cv::dnn's CPU target in FP32)");
     }
-    catch (const std::exception& e)
-    {
-        CV_Error(Error::StsError, layerPrefix + e.what());
-    }
-}
+
+    std::string kind_;
+};
 
 // The one-input layers that keep their input's shape (GELU, softmax, LayerNorm): cv::dnn may run
 // them in place, as its own activations; each computes rows of the last axis.
-class RowwiseLayer : public dnn::Layer
+class RowwiseLayer : public VfmLayer
 {
 public:
-    RowwiseLayer(const dnn::LayerParams& params, const char* kind) : Layer(params), kind_(kind) {}
+    using VfmLayer::VfmLayer;
 
     bool getMemoryShapes(const std::vector<dnn::MatShape>& inputs, const int, std::vector<dnn::MatShape>& outputs,
                          std::vector<dnn::MatShape>&) const CV_OVERRIDE
@@ -189,19 +201,17 @@ public:
         return true;
     }
 
-    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+protected:
+    void compute(const std::vector<Mat>& inputs, Mat& output) CV_OVERRIDE
     {
-        std::vector<Mat> inputs, outputs;
-        inputsArr.getMatVector(inputs);
-        outputsArr.getMatVector(outputs);
-        const Mat& x = singleFloatInput(inputs, outputs, name);
+        if (inputs.size() != 1 || output.total() != inputs[0].total())
+            CV_Error(Error::StsBadArg, prefix() + "expects 1 input of the output's size, got " +
+                                           std::to_string(inputs.size()));
+        const Mat& x = inputs[0];
         const size_t cols = static_cast<size_t>(x.size[x.dims - 1]);
         if (cols == 0 || x.total() == 0) return;
-        runKernel(prefix(), [&] { run(x.ptr<float>(), outputs[0].ptr<float>(), x.total() / cols, cols); });
+        run(x.ptr<float>(), output.ptr<float>(), x.total() / cols, cols);
     }
-
-protected:
-    std::string prefix() const { return "cv::naf dnn layer '" + name + "' (" + kind_ + "): "; }
     // For the layers over the last axis: cv::dnn 4.6 keeps a 1-D blob [N] as an N x 1 Mat, whose
     // last axis would be the 1.
     void refuseOneDimensional(const dnn::MatShape& shape) const
@@ -212,9 +222,6 @@ protected:
     }
     virtual void checkShape(const dnn::MatShape&) const {}
     virtual void run(const float* src, float* dst, size_t rows, size_t cols) = 0;
-
-private:
-    std::string kind_;
 };
 
 // "NafGelu": GELU's tanh form, x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), in one pass; the
@@ -311,25 +318,23 @@ private:
 // input an initializer, so blobs[0]; an optional blobs[1] of N values is the bias) and A's rows are
 // all its axes but the last, or B is a second input of A's rank with the same leading axes (one
 // product per leading index). cv::dnn 4.6's InnerProduct ran these at about a fifth of the peak.
-class MatMulLayer CV_FINAL : public dnn::Layer
+class MatMulLayer CV_FINAL : public VfmLayer
 {
 public:
-    explicit MatMulLayer(const dnn::LayerParams& params) : Layer(params)
+    explicit MatMulLayer(const dnn::LayerParams& params) : VfmLayer(params, "NafMatMul")
     {
         if (params.blobs.empty()) return;
         const Mat& w = params.blobs[0];
         if (params.blobs.size() > 2 || w.dims != 2 || w.type() != CV_32F || w.empty())
-            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
-                                           "' (NafMatMul): a constant B must be one 2-D CV_32F matrix [K, N] with at "
-                                           "most a bias, got " + std::to_string(params.blobs.size()) + " blobs, B of " +
+            CV_Error(Error::StsBadArg, prefix() + "a constant B must be one 2-D CV_32F matrix [K, N] with at most a "
+                                                  "bias, got " + std::to_string(params.blobs.size()) + " blobs, B of " +
                                            std::to_string(w.dims) + " dims, type " + std::to_string(w.type()));
         k_ = w.size[0];
         n_ = w.size[1];
         const bool bias = params.blobs.size() == 2;
         if (bias && (params.blobs[1].total() != static_cast<size_t>(n_) || params.blobs[1].type() != CV_32F))
-            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "' (NafMatMul): the bias has " +
-                                           std::to_string(params.blobs[1].total()) + " values, B has N = " +
-                                           std::to_string(n_) + " columns");
+            CV_Error(Error::StsBadArg, prefix() + "the bias has " + std::to_string(params.blobs[1].total()) +
+                                           " values, B has N = " + std::to_string(n_) + " columns");
         // [B; bias]: the kernel adds the last row as if A had a column of ones.
         constantB_.create(k_ + (bias ? 1 : 0), n_, CV_32F);
         w.copyTo(constantB_.rowRange(0, k_));
@@ -343,17 +348,15 @@ public:
     {
         const size_t expected = constantB_.empty() ? 2 : 1;
         if (inputs.size() != expected || inputs[0].size() < 2)
-            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafMatMul): expects " +
-                                           std::to_string(expected) + " input(s) of at least 2 dims, got " +
-                                           std::to_string(inputs.size()));
+            CV_Error(Error::StsBadArg, prefix() + "expects " + std::to_string(expected) +
+                                           " input(s) of at least 2 dims, got " + std::to_string(inputs.size()));
         const dnn::MatShape& a = inputs[0];
         dnn::MatShape out = a;
         if (!constantB_.empty())
         {
             if (a.back() != k_)
-                CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafMatMul): A's last axis has " +
-                                               std::to_string(a.back()) + " values, B has K = " + std::to_string(k_) +
-                                               " rows");
+                CV_Error(Error::StsBadArg, prefix() + "A's last axis has " + std::to_string(a.back()) +
+                                               " values, B has K = " + std::to_string(k_) + " rows");
             out.back() = n_;
         }
         else
@@ -361,8 +364,7 @@ public:
             const dnn::MatShape& b = inputs[1];
             const bool leadingMatch = b.size() == a.size() && std::equal(a.begin(), a.end() - 2, b.begin());
             if (!leadingMatch || a.back() != b[b.size() - 2])
-                CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafMatMul): A " + dnn::toString(a) +
-                                               " and B " + dnn::toString(b) +
+                CV_Error(Error::StsBadArg, prefix() + "A " + dnn::toString(a) + " and B " + dnn::toString(b) +
                                                " are not a batch of [M, K] x [K, N] products");
             out.back() = b.back();
         }
@@ -370,21 +372,14 @@ public:
         return false;
     }
 
-    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+protected:
+    void compute(const std::vector<Mat>& inputs, Mat& c) CV_OVERRIDE
     {
-        std::vector<Mat> inputs, outputs;
-        inputsArr.getMatVector(inputs);
-        outputsArr.getMatVector(outputs);
-        CV_Assert(!inputs.empty() && outputs.size() == 1);
-        const Mat& a = inputs[0];
-        Mat& c = outputs[0];
         const bool constant = !constantB_.empty();
-        const Mat& b = constant ? constantB_ : inputs.at(1);
-        for (const Mat* m : {&a, &b, static_cast<const Mat*>(&c)})
-            if (m->type() != CV_32F || !m->isContinuous())
-                CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + name +
-                                                          "' (NafMatMul): needs continuous CV_32F blobs (cv::dnn's "
-                                                          "CPU target in FP32)");
+        if (inputs.size() != (constant ? 1u : 2u))
+            CV_Error(Error::StsBadArg, prefix() + std::to_string(inputs.size()) + " inputs");
+        const Mat& a = inputs[0];
+        const Mat& b = constant ? constantB_ : inputs[1];
         if (c.total() == 0) return;  // M or N is 0: nothing to write
         if (a.total() == 0)          // K is 0 (B is an input): every entry is an empty sum
         {
@@ -405,9 +400,7 @@ public:
             shape.M = a.size[a.dims - 2];
             shape.batch = a.total() / (static_cast<size_t>(shape.M) * shape.K);
         }
-        runKernel("cv::naf dnn layer '" + name + "' (NafMatMul): ", [&] {
-            ::naf::kernels::matmul(a.ptr<float>(), b.ptr<float>(), c.ptr<float>(), shape, detail::opencvParallelFor());
-        });
+        ::naf::kernels::matmul(a.ptr<float>(), b.ptr<float>(), c.ptr<float>(), shape, detail::opencvParallelFor());
     }
 
 private:
@@ -419,24 +412,23 @@ private:
 // "NafConv1x1": a 1x1 convolution (stride 1, one group) on NCHW blobs with the CPU encoder's
 // convolution (kernels::conv2dReflect, whose padding a 1x1 kernel never reads): blobs[0] the weight
 // [cout, cin, 1, 1], blobs[1] an optional bias [cout]; packed once, kept with the layer.
-class Conv1x1Layer CV_FINAL : public dnn::Layer
+class Conv1x1Layer CV_FINAL : public VfmLayer
 {
 public:
-    explicit Conv1x1Layer(const dnn::LayerParams& params) : Layer(params)
+    explicit Conv1x1Layer(const dnn::LayerParams& params) : VfmLayer(params, "NafConv1x1")
     {
-        const std::string prefix = "cv::naf dnn layer '" + params.name + "' (NafConv1x1): ";
         if (params.blobs.empty() || params.blobs.size() > 2)
-            CV_Error(Error::StsBadArg, prefix + "expects a constant weight and an optional bias, got " +
+            CV_Error(Error::StsBadArg, prefix() + "expects a constant weight and an optional bias, got " +
                                            std::to_string(params.blobs.size()) + " constant inputs");
         const Mat& w = params.blobs[0];
         if (w.dims != 4 || w.size[2] != 1 || w.size[3] != 1 || w.type() != CV_32F || w.empty())
-            CV_Error(Error::StsBadArg, prefix + "the weight must be CV_32F [cout, cin, 1, 1], got " +
+            CV_Error(Error::StsBadArg, prefix() + "the weight must be CV_32F [cout, cin, 1, 1], got " +
                                            dnn::toString(dnn::shape(w)) + " of type " + std::to_string(w.type()));
         weight_ = w.clone();
         if (params.blobs.size() == 2)
         {
             if (params.blobs[1].total() != static_cast<size_t>(w.size[0]) || params.blobs[1].type() != CV_32F)
-                CV_Error(Error::StsBadArg, prefix + "the bias has " + std::to_string(params.blobs[1].total()) +
+                CV_Error(Error::StsBadArg, prefix() + "the bias has " + std::to_string(params.blobs[1].total()) +
                                                " values for " + std::to_string(w.size[0]) + " output channels");
             bias_ = params.blobs[1].reshape(1, 1).clone();
         }
@@ -452,8 +444,8 @@ public:
                          std::vector<dnn::MatShape>&) const CV_OVERRIDE
     {
         if (inputs.size() != 1 || inputs[0].size() != 4 || inputs[0][1] != conv_.cin)
-            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + name + "' (NafConv1x1): expects one NCHW input of " +
-                                           std::to_string(conv_.cin) + " channels, got " +
+            CV_Error(Error::StsBadArg, prefix() + "expects one NCHW input of " + std::to_string(conv_.cin) +
+                                           " channels, got " +
                                            (inputs.empty() ? std::string("none") : dnn::toString(inputs[0])));
         dnn::MatShape out = inputs[0];
         out[1] = conv_.cout;
@@ -461,27 +453,18 @@ public:
         return false;
     }
 
-    void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
+protected:
+    void compute(const std::vector<Mat>& inputs, Mat& y) CV_OVERRIDE
     {
-        std::vector<Mat> inputs, outputs;
-        inputsArr.getMatVector(inputs);
-        outputsArr.getMatVector(outputs);
-        CV_Assert(inputs.size() == 1 && outputs.size() == 1);
+        if (inputs.size() != 1 || inputs[0].dims != 4 || y.dims != 4)
+            CV_Error(Error::StsBadArg, prefix() + "expects one 4-D input and output");
         const Mat& x = inputs[0];
-        Mat& y = outputs[0];
-        if (x.type() != CV_32F || !x.isContinuous() || y.type() != CV_32F || !y.isContinuous() || x.dims != 4)
-            CV_Error(Error::StsUnsupportedFormat, "cv::naf dnn layer '" + name +
-                                                      "' (NafConv1x1): needs continuous 4-D CV_32F blobs (cv::dnn's "
-                                                      "CPU target in FP32)");
         if (x.total() == 0) return;  // no pixels (or no images): nothing to write
         const int h = x.size[2], w = x.size[3];
         const size_t plane = static_cast<size_t>(h) * w;
-        runKernel("cv::naf dnn layer '" + name + "' (NafConv1x1): ", [&] {
-            for (int n = 0; n < x.size[0]; ++n)
-                ::naf::kernels::conv2dReflect(x.ptr<float>() + n * conv_.cin * plane, h, w, conv_,
-                                              y.ptr<float>() + n * conv_.cout * plane, detail::opencvParallelFor(),
-                                              &packed_);
-        });
+        for (int n = 0; n < x.size[0]; ++n)
+            ::naf::kernels::conv2dReflect(x.ptr<float>() + n * conv_.cin * plane, h, w, conv_,
+                                          y.ptr<float>() + n * conv_.cout * plane, detail::opencvParallelFor(), &packed_);
     }
 
 private:

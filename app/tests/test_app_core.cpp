@@ -497,6 +497,50 @@ TEST(AppPipeline, NafStageReportsProgressAndStopsWhenCancelled)
               0.0);
 }
 
+// The VFM stage reports the model's own progress (VisionFoundationModel::setProgressCallback, one
+// report per cv::naf layer of the converted graph) within the pipeline's fraction for that stage,
+// and the viewer's Cancel stops cv::dnn's forward there.
+TEST(AppPipeline, VfmStageReportsProgressAndStopsWhenCancelled)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const cv::Mat bgr = cv::imread(app_test::sampleImage("coco_000000000285_bear.jpg"));
+    naf_app::PipelineSettings settings;
+    settings.vfmName = app_test::vfmName();
+    settings.outputLongSide = 96;
+    settings.methods = {cv::naf::UPSAMPLE_BILINEAR};
+    const std::string vfmStage = "VFM features";
+    naf_app::Pipeline pipeline;
+    const int steps = pipeline.vfm(settings.vfmName)->getProgressSteps();
+    if (steps == 0) GTEST_SKIP() << "the model's graph has no cv::naf layers to report from";
+    std::vector<std::pair<double, std::string>> reports;
+    const naf_app::PipelineResult first = pipeline.run(bgr, settings, [&](double fraction, const std::string& stage) {
+        reports.push_back({fraction, stage});
+        return true;
+    });
+    // 3 steps (models, VFM, bilinear): the VFM's stage is [1/3, 2/3].
+    std::vector<double> inVfm;
+    for (const auto& [fraction, stage] : reports)
+        if (stage == vfmStage) inVfm.push_back(fraction);
+    ASSERT_EQ(inVfm.size(), static_cast<size_t>(steps) + 3) << "the stage's start, then the model's 0, layers, 1";
+    EXPECT_DOUBLE_EQ(inVfm.front(), 1.0 / 3);
+    EXPECT_DOUBLE_EQ(inVfm.back(), 2.0 / 3);
+    EXPECT_TRUE(std::any_of(inVfm.begin(), inVfm.end(), [](double f) { return f > 0.4 && f < 0.6; }));
+    for (size_t i = 1; i < reports.size(); ++i) EXPECT_GE(reports[i].first, reports[i - 1].first) << "#" << i;
+    EXPECT_FALSE(pipeline.vfm(settings.vfmName)->getProgressCallback());
+
+    // Cancel at the VFM's fifth report: Cancelled, inside cv::dnn's forward.
+    int vfmReports = 0;
+    EXPECT_THROW(pipeline.run(bgr, settings,
+                              [&](double, const std::string& stage) { return !(stage == vfmStage && ++vfmReports == 5); }),
+                 naf_app::Cancelled);
+    EXPECT_EQ(vfmReports, 5);
+    EXPECT_FALSE(pipeline.vfm(settings.vfmName)->getProgressCallback());
+    // And the next run gives the first run's features.
+    const naf_app::PipelineResult again = pipeline.run(bgr, settings);
+    EXPECT_EQ(cv::norm(again.lowRes, first.lowRes, cv::NORM_INF), 0.0);
+}
+
 TEST(AppBatchCommand, UnknownBackendOrPrecisionIsRefusedBeforeAnyWork)
 {
     const CommandResult help = runNafBatch({"--help"});

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <limits>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -357,6 +358,100 @@ TEST(VisionFoundationModel, NafLayersGiveThePlainLayersFeatures)
     plain.forward(b, "features");
     ASSERT_EQ(a.total(), b.total());
     EXPECT_LT(naf_test::relativeL2(a.reshape(1, 1), b.reshape(1, 1)), 1e-5);
+}
+
+// extract() reports as each cv::naf layer of the graph starts (cv::dnn runs them on the calling
+// thread), and a cancel stops the forward there, leaving the outputs as they were.
+TEST(VisionFoundationModel, ExtractReportsProgressFromItsLayersAndStopsWhenCancelled)
+{
+    cv::Ptr<VisionFoundationModel> vfm = tinyVit();
+    cv::dnn::Net net = cv::dnn::readNetFromONNX(vfm->getSpec().onnxPath);
+    int nafLayers = 0;
+    for (const char* type : {"NafGelu", "NafSoftmax", "NafMatMul", "NafLayerNorm", "NafConv1x1"})
+        nafLayers += net.getLayersCount(type);
+    ASSERT_GE(nafLayers, 4) << "the tiny ViT fixture lost its cv::naf layers";
+    EXPECT_EQ(vfm->getProgressSteps(), nafLayers);
+    EXPECT_FALSE(vfm->getProgressCallback());
+
+    const cv::Mat image = naf_test::randomImage(40, 64, 3);
+    cv::Mat reference;
+    vfm->extract(image, reference);
+
+    const std::thread::id caller = std::this_thread::get_id();
+    std::vector<double> fractions;
+    bool onCaller = true;
+    vfm->setProgressCallback([&](double f) {
+        fractions.push_back(f);
+        onCaller = onCaller && std::this_thread::get_id() == caller;
+        return true;
+    });
+    EXPECT_TRUE(vfm->getProgressCallback());
+    for (int call = 0; call < 2; ++call)  // the first spaces the reports evenly, the second by the first's times
+    {
+        fractions.clear();
+        cv::Mat features;
+        vfm->extract(image, features);
+        EXPECT_EQ(cv::norm(features, reference, cv::NORM_INF), 0.0) << "call " << call;
+        ASSERT_EQ(fractions.size(), static_cast<size_t>(nafLayers) + 2) << "call " << call;
+        EXPECT_EQ(fractions.front(), 0.0);
+        EXPECT_EQ(fractions.back(), 1.0);
+        for (size_t i = 1; i < fractions.size(); ++i) EXPECT_GE(fractions[i], fractions[i - 1]) << "call " << call;
+        if (call == 0)
+            for (int k = 1; k <= nafLayers; ++k) EXPECT_DOUBLE_EQ(fractions[k], static_cast<double>(k) / (nafLayers + 1));
+        else
+            EXPECT_LT(fractions[nafLayers], 1.0) << "the last layer's own time is still ahead of its report";
+    }
+    EXPECT_TRUE(onCaller) << "the callback ran on another thread";
+
+    // Cancel at the third report: that layer does not run, nothing is written, no more reports.
+    cv::Mat untouched(2, 3, CV_32F, cv::Scalar(7));
+    const float* before = untouched.ptr<float>();
+    VfmGeometry geometry;
+    geometry.scale = -1;
+    int reports = 0;
+    vfm->setProgressCallback([&](double) { return ++reports != 3; });
+    EXPECT_EQ(naf_test::expectRefused([&] { vfm->extract(image, untouched, &geometry); },
+                                      {"tiny_vit", "cancelled by the progress callback at"}),
+              cv::Error::StsError);
+    EXPECT_EQ(reports, 3);
+    EXPECT_EQ(untouched.ptr<float>(), before);
+    EXPECT_EQ(cv::norm(untouched, cv::Mat(2, 3, CV_32F, cv::Scalar(7)), cv::NORM_INF), 0.0);
+    EXPECT_EQ(geometry.scale, -1);
+
+    // The callback's own exception leaves as itself, from inside cv::dnn's forward.
+    vfm->setProgressCallback([&](double f) -> bool {
+        if (f > 0) throw std::runtime_error("the viewer closed");
+        return true;
+    });
+    EXPECT_THROW(vfm->extract(image, untouched), std::runtime_error);
+
+    // A cancel at the final report (1) still cancels.
+    vfm->setProgressCallback([&](double f) { return f < 1.0; });
+    naf_test::expectRefused([&] { vfm->extract(image, untouched); }, {"cancelled", "at 100 %"});
+
+    // The object is usable after all of that, with and without a callback.
+    vfm->setProgressCallback(cv::naf::ProgressCallback());
+    cv::Mat after;
+    vfm->extract(image, after);
+    EXPECT_EQ(cv::norm(after, reference, cv::NORM_INF), 0.0);
+}
+
+// A graph without cv::naf layers reports only its ends: 0, then 1.
+TEST(VisionFoundationModel, PlainGraphReportsOnlyTheStartAndTheEnd)
+{
+    VfmSpec spec = VfmRegistry::find("tiny_vit", tinyRegistry());
+    spec.onnxPath = vfmTestDir() + "/tiny_vit_plain.onnx";
+    cv::Ptr<VisionFoundationModel> vfm = VisionFoundationModel::create(spec);
+    EXPECT_EQ(vfm->getProgressSteps(), 0);
+    std::vector<double> fractions;
+    vfm->setProgressCallback([&](double f) {
+        fractions.push_back(f);
+        return true;
+    });
+    cv::Mat features;
+    vfm->extract(naf_test::randomImage(40, 64, 3), features);
+    EXPECT_EQ(fractions, (std::vector<double>{0.0, 1.0}));
+    EXPECT_EQ(features.size[1], 32);
 }
 
 TEST(VisionFoundationModel, MobileSamMatchesTheOriginalGraphOnARealPhoto)

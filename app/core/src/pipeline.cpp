@@ -156,6 +156,40 @@ cv::Mat cropBlob(const cv::Mat& blob, cv::Size size)
     return blob(ranges).clone();
 }
 
+/// Runs `work` with `object`'s own progress reports (NAF::setProgressCallback,
+/// VisionFoundationModel::setProgressCallback) placed in [stageStart, stageEnd] of the pipeline's
+/// fraction, so that a stage of seconds moves the bar and stops within one report on a cancel,
+/// which becomes Cancelled. The cached object never keeps the callback, however the call ends.
+template <class Reporting, class Work>
+void runWithinStage(Reporting& object, const ProgressFn& progress, double stageStart, double stageEnd,
+                    const std::string& stage, Work work)
+{
+    if (!progress)
+    {
+        work();
+        return;
+    }
+    bool cancelled = false;
+    object.setProgressCallback([&](double fraction) {
+        cancelled = !progress(stageStart + fraction * (stageEnd - stageStart), stage);
+        return !cancelled;
+    });
+    struct ClearCallback
+    {
+        Reporting& object;
+        ~ClearCallback() { object.setProgressCallback(cv::naf::ProgressCallback()); }
+    } clearCallback{object};
+    try
+    {
+        work();
+    }
+    catch (const cv::Exception&)
+    {
+        if (cancelled) throw Cancelled();
+        throw;
+    }
+}
+
 }  // namespace
 
 PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& settings, const ProgressFn& progress)
@@ -193,7 +227,8 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
 
     step("VFM features");
     start = Clock::now();
-    model->extract(bgr, result.lowRes, &result.geometry);
+    runWithinStage(*model, progress, (done - 1) / steps, done / steps, "VFM features",
+                   [&] { model->extract(bgr, result.lowRes, &result.geometry); });
     result.timings.push_back({"vfm", millisecondsSince(start)});
     if (result.lowRes.size[2] > result.outputSize.height || result.lowRes.size[3] > result.outputSize.width)
         CV_Error(cv::Error::StsBadArg, "output " + std::to_string(result.outputSize.width) + "x" +
@@ -211,34 +246,14 @@ PipelineResult Pipeline::run(const cv::Mat& bgr, const PipelineSettings& setting
         step(stage);
         start = Clock::now();
         cv::Mat up;
-        if (method == cv::naf::UPSAMPLE_NAF && progress)
-        {
-            // NAF reports inside its stage (seconds at large sizes) and stops there on a cancel.
-            bool cancelled = false;
-            const double stageStart = (done - 1) / steps;
-            upsampler->setProgressCallback([&](double fraction) {
-                cancelled = !progress(stageStart + fraction / steps, stage);
-                return !cancelled;
-            });
-            // The callback refers to this frame: the cached object must not keep it, however the
-            // call ends.
-            struct ClearCallback
-            {
-                cv::naf::NAF& naf;
-                ~ClearCallback() { naf.setProgressCallback(cv::naf::ProgressCallback()); }
-            } clearCallback{*upsampler};
-            try
-            {
-                cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
-            }
-            catch (const cv::Exception&)
-            {
-                if (cancelled) throw Cancelled();
-                throw;
-            }
-        }
-        else
+        auto upsample = [&] {
             cv::naf::upsampleWith(method, result.coveredGuide, result.lowRes, up, result.coveredSize, upsampler);
+        };
+        // NAF reports inside its stage (seconds at large sizes); the other methods take milliseconds.
+        if (method == cv::naf::UPSAMPLE_NAF)
+            runWithinStage(*upsampler, progress, (done - 1) / steps, done / steps, stage, upsample);
+        else
+            upsample();
         result.timings.push_back({cv::naf::upsampleMethodName(method), millisecondsSince(start)});
         result.upsampled[method] = cropBlob(up, result.outputSize);
     }

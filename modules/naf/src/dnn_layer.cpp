@@ -12,6 +12,7 @@
 #include "opencv2/naf.hpp"
 #include "opencv_parallel.hpp"
 #include "size_limits.hpp"
+#include "vfm_progress.hpp"
 #include "weights.hpp"
 
 namespace cv {
@@ -146,6 +147,8 @@ public:
 
     void forward(InputArrayOfArrays inputsArr, OutputArrayOfArrays outputsArr, OutputArrayOfArrays) CV_OVERRIDE
     {
+        // Before any work: a cancel leaves this layer's output as cv::dnn allocated it.
+        if (detail::VfmForwardObserver* observer = detail::currentVfmForwardObserver()) observer->layerStarting();
         std::vector<Mat> inputs, outputs;
         inputsArr.getMatVector(inputs);
         outputsArr.getMatVector(outputs);
@@ -473,6 +476,18 @@ private:
     std::vector<::naf::kernels::PackedConvWeights> packed_;  // cv::dnn runs a Net's layers one at a time
 };
 
+// The VFM layers (all VfmLayer, so all report to an extract()'s progress).
+struct VfmLayerType
+{
+    const char* name;
+    dnn::LayerFactory::Constructor create;
+};
+const VfmLayerType kVfmLayerTypes[] = {{"NafGelu", GeluLayer::create},
+                                       {"NafSoftmax", SoftmaxLayer::create},
+                                       {"NafMatMul", MatMulLayer::create},
+                                       {"NafLayerNorm", LayerNormLayer::create},
+                                       {"NafConv1x1", Conv1x1Layer::create}};
+
 }  // namespace
 
 void registerLayers()
@@ -486,13 +501,33 @@ void registerLayers()
         // Op types of the default ONNX domain, named so that they cannot replace cv::dnn's own
         // layers: OpenCV 4.6 creates a node of an unknown type by its name without a word, while a
         // custom domain costs one warning per node in the log (33 for MobileSAM).
-        dnn::LayerFactory::registerLayer("NafGelu", GeluLayer::create);
-        dnn::LayerFactory::registerLayer("NafSoftmax", SoftmaxLayer::create);
-        dnn::LayerFactory::registerLayer("NafMatMul", MatMulLayer::create);
-        dnn::LayerFactory::registerLayer("NafLayerNorm", LayerNormLayer::create);
-        dnn::LayerFactory::registerLayer("NafConv1x1", Conv1x1Layer::create);
+        for (const VfmLayerType& layer : kVfmLayerTypes) dnn::LayerFactory::registerLayer(layer.name, layer.create);
     });
 }
+
+namespace detail {
+
+namespace {
+thread_local VfmForwardObserver* tlsVfmForwardObserver = nullptr;
+}  // namespace
+
+VfmForwardObserver* currentVfmForwardObserver() { return tlsVfmForwardObserver; }
+
+ScopedVfmForwardObserver::ScopedVfmForwardObserver(VfmForwardObserver* observer) : previous_(tlsVfmForwardObserver)
+{
+    tlsVfmForwardObserver = observer;
+}
+
+ScopedVfmForwardObserver::~ScopedVfmForwardObserver() { tlsVfmForwardObserver = previous_; }
+
+int countReportingLayers(const dnn::Net& net)
+{
+    int count = 0;
+    for (const VfmLayerType& layer : kVfmLayerTypes) count += net.getLayersCount(layer.name);
+    return count;
+}
+
+}  // namespace detail
 
 }  // namespace naf
 }  // namespace cv

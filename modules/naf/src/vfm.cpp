@@ -3,6 +3,7 @@
 #include "opencv2/naf/vfm.hpp"
 
 #include "opencv2/naf/naf.hpp"  // registerLayers()
+#include "vfm_progress.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -165,6 +166,78 @@ void checkSpec(const VfmSpec& spec)
     if (spec.onnxPath.empty()) CV_Error(Error::StsBadArg, who + "onnxPath is empty");
 }
 
+// Progress of one extract(): 0 at the start, one report as each cv::naf layer of the graph starts,
+// 1 at the end. The first forward spreads the reports evenly; it times the stretches between them,
+// and since every forward of a model has the same input size, later ones report the fraction of
+// that forward's time. A false return, or the callback's own exception, stops the forward.
+class ExtractProgress CV_FINAL : public detail::VfmForwardObserver
+{
+public:
+    ExtractProgress(const ProgressCallback& callback, int reportingLayers, const std::vector<double>& stretchTicks)
+        : callback_(callback), reportingLayers_(reportingLayers), learned_(stretchTicks)
+    {
+        for (double t : learned_) learnedTotal_ += t;
+    }
+
+    void start()
+    {
+        ticks_.assign(1, static_cast<double>(getTickCount()));
+        report(0.0);
+    }
+
+    void layerStarting() CV_OVERRIDE
+    {
+        ticks_.push_back(static_cast<double>(getTickCount()));
+        const size_t done = ticks_.size() - 1;  // reports since the start
+        double fraction;
+        if (learned_.size() == static_cast<size_t>(reportingLayers_) + 1 && learnedTotal_ > 0 && done <= learned_.size() - 1)
+        {
+            double elapsed = 0;
+            for (size_t i = 0; i < done; ++i) elapsed += learned_[i];
+            fraction = elapsed / learnedTotal_;
+        }
+        else
+            fraction = static_cast<double>(std::min<size_t>(done, reportingLayers_)) / (reportingLayers_ + 1);
+        report(std::max(fraction, last_));
+    }
+
+    /// The stretches between this forward's reports, with the last layer's to the end, when it
+    /// reported once per layer (otherwise empty: nothing to learn from).
+    std::vector<double> finish()
+    {
+        std::vector<double> stretches;
+        if (ticks_.size() == static_cast<size_t>(reportingLayers_) + 1)
+        {
+            ticks_.push_back(static_cast<double>(getTickCount()));
+            for (size_t i = 1; i < ticks_.size(); ++i) stretches.push_back(ticks_[i] - ticks_[i - 1]);
+        }
+        report(1.0);
+        return stretches;
+    }
+
+    bool cancelled() const { return cancelled_; }
+    double lastFraction() const { return last_; }
+
+private:
+    void report(double fraction)
+    {
+        last_ = fraction;
+        if (!callback_(fraction))
+        {
+            cancelled_ = true;
+            CV_Error(Error::StsError, "cancelled");  // replaced by extract()'s message
+        }
+    }
+
+    ProgressCallback callback_;
+    int reportingLayers_;
+    std::vector<double> learned_;
+    double learnedTotal_ = 0;
+    std::vector<double> ticks_;
+    double last_ = 0;
+    bool cancelled_ = false;
+};
+
 class VisionFoundationModelImpl CV_FINAL : public VisionFoundationModel
 {
 public:
@@ -190,9 +263,14 @@ public:
                                           spec_.onnxPath + "'");
         net_.setPreferableBackend(dnn::DNN_BACKEND_OPENCV);
         net_.setPreferableTarget(dnn::DNN_TARGET_CPU);
+        reportingLayers_ = detail::countReportingLayers(net_);
     }
 
     const VfmSpec& getSpec() const CV_OVERRIDE { return spec_; }
+
+    void setProgressCallback(const ProgressCallback& callback) CV_OVERRIDE { progress_ = callback; }
+    ProgressCallback getProgressCallback() const CV_OVERRIDE { return progress_; }
+    int getProgressSteps() const CV_OVERRIDE { return reportingLayers_; }
 
     void preprocess(InputArray image, OutputArray blob, VfmGeometry* geometry) const CV_OVERRIDE
     {
@@ -235,8 +313,14 @@ public:
         Mat blob;
         VfmGeometry g;
         preprocess(image, blob, &g);
-        net_.setInput(blob);
-        Mat out = spec_.outputName.empty() ? net_.forward() : net_.forward(spec_.outputName);
+        Mat out;
+        if (progress_)
+            out = forwardReporting(blob);
+        else
+        {
+            net_.setInput(blob);
+            out = forwardNet();
+        }
         if (out.dims != 4 || out.size[0] != 1 || out.size[1] != spec_.channels || out.size[2] != g.gridSize.height ||
             out.size[3] != g.gridSize.width || out.type() != CV_32F)
         {
@@ -262,6 +346,36 @@ public:
     }
 
 private:
+    Mat forwardNet() { return spec_.outputName.empty() ? net_.forward() : net_.forward(spec_.outputName); }
+
+    // The forward with progress reports. The callback runs on this thread only: cv::dnn calls the
+    // reporting layers from the thread that called forward().
+    Mat forwardReporting(const Mat& blob)
+    {
+        ExtractProgress progress(progress_, reportingLayers_, stretchTicks_);
+        Mat out;
+        try
+        {
+            progress.start();
+            net_.setInput(blob);
+            {
+                detail::ScopedVfmForwardObserver observe(&progress);
+                out = forwardNet();
+            }
+            std::vector<double> stretches = progress.finish();
+            if (!stretches.empty()) stretchTicks_ = std::move(stretches);
+        }
+        catch (const cv::Exception&)
+        {
+            if (!progress.cancelled()) throw;
+            CV_Error(Error::StsError,
+                     "cv::naf: VFM '" + spec_.name + "': extract() cancelled by the progress callback at " +
+                         std::to_string(static_cast<int>(progress.lastFraction() * 100)) +
+                         " % of the forward; features were not written");
+        }
+        return out;
+    }
+
     VfmGeometry geometryFor(Size imageSize) const
     {
         VfmGeometry g;
@@ -290,6 +404,9 @@ private:
 
     VfmSpec spec_;
     dnn::Net net_;
+    ProgressCallback progress_;
+    int reportingLayers_ = 0;
+    std::vector<double> stretchTicks_;  // the last complete reporting forward's, see ExtractProgress
 };
 
 }  // namespace

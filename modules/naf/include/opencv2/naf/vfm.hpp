@@ -4,6 +4,8 @@
 
 #include <opencv2/core.hpp>
 
+#include "opencv2/naf/naf.hpp"  // ProgressCallback
+
 namespace cv {
 namespace naf {
 
@@ -132,6 +134,28 @@ public:
     (geometry.validCells), NCHW, continuous.
     @param geometry optional: how the grid maps back to the image. */
     virtual void extract(InputArray image, OutputArray features, VfmGeometry* geometry = nullptr) = 0;
+
+    /** @brief Calls `callback` during each extract(), on the thread that called it, with the
+    fraction of the call done: 0 at the start, once as each cv::naf layer of the graph starts
+    (getProgressSteps() of them), and 1 at the end. The first extract() of an object spaces the
+    fractions evenly over those layers; later ones use the first's timings, so that the fraction
+    tracks the elapsed time (every call feeds the network the same input size).
+
+    A false return cancels the call: extract() throws cv::Exception (Error::StsError, "cancelled
+    by the progress callback") and leaves `features` and `geometry` as they were. An exception
+    thrown by the callback leaves the same way, as itself. Either way the object stays usable,
+    and its next call gives the usual features.
+
+    Graphs converted without cv::naf's layers (`export_vfm.py --no-naf-layers`, or any plain
+    ONNX graph) report only 0 and 1, so a cancel there waits for the whole forward.
+    @param callback called with a fraction in [0, 1], non-decreasing within a call; an empty
+    function (the default) turns reporting off. */
+    virtual void setProgressCallback(const ProgressCallback& callback) = 0;
+    /** @brief The callback set by setProgressCallback() (empty by default). */
+    virtual ProgressCallback getProgressCallback() const = 0;
+    /** @brief How many reports an extract() makes between 0 and 1: the number of cv::naf layers
+    in the graph (NafGelu, NafSoftmax, NafMatMul, NafLayerNorm, NafConv1x1); 0 for a plain one. */
+    virtual int getProgressSteps() const = 0;
 
     /** @brief The network input blob extract() would feed (1 x 3 x inputSize x inputSize, CV_32F,
     normalized), for checks against other implementations. */

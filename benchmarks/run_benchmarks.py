@@ -107,8 +107,34 @@ def gbench(binary, regex, reps, min_time=0.01, extra_env=None):
     return runs, rss
 
 
+def cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+def cpu_description():
+    """'AMD EPYC (family 25, model 1), AVX2 without AVX-512' from /proc/cpuinfo: tables from
+    different machines of the same kind are not comparable (Zen 3 and Zen 5 both say AMD EPYC)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "CPU unknown"
+    isa = "AVX-512" if cpu_has_avx512() else ("AVX2 without AVX-512" if " avx2" in fields.get("flags", "")
+                                               else "neither AVX2 nor AVX-512")
+    return (f"{fields.get('model name', 'CPU')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}), {isa}")
+
+
 def peak_flops(binary):
-    runs, _ = gbench(binary, "BM_PeakFma", 5)
+    # BM_PeakFma/avx512 reports an error on a CPU without AVX-512 (e.g. Zen 3): measure AVX2 only.
+    runs, _ = gbench(binary, "BM_PeakFma" if cpu_has_avx512() else "BM_PeakFma/avx2", 5)
     peak = {}
     for name, r in runs.items():
         best = max(x["FLOPS"] for x in r.get("all", [r["counters"]]))
@@ -443,7 +469,7 @@ def main():
 
     p1 = peak.get(("avx512", 1)) or peak.get(("avx2", 1))
     lines = [BEGIN, "",
-             f"Run {started} on `{os.uname().nodename}` ({os.cpu_count()} cores), load average "
+             f"Run {started} on `{os.uname().nodename}` ({os.cpu_count()} cores of {cpu_description()}), load average "
              f"{loads[0]:.2f} at start, {loads[-1]:.2f} at end (other jobs on the same cores inflate "
              f"every time; ratios within a run are comparable). Command: "
              f"`/usr/bin/python3 benchmarks/run_benchmarks.py --configs {args.configs} --reps {args.reps} "

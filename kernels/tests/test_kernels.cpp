@@ -557,8 +557,10 @@ TEST(Kernels, NeighborhoodAttentionMatchesOfficialStyleReference)
     // 8 -> 48 (rows of 48 floats on an aligned base) takes the AVX-512 path's non-temporal stores of
     // whole 16-pixel runs (an output row is a few runs of one window: 6x).
     struct Case { int lowH, lowW, outH, outW, kernel, channels; };
+    // 44 channels: 11 per head, so the value blocks of 6 (AVX2 row pairs) or 8, then 4, then single
+    // channels all run; 25 and 81 window entries leave a partial group of 6 or 8 keys.
     const Case cases[] = {{7, 6, 30, 27, 5, 8}, {11, 9, 45, 40, 9, 12}, {5, 4, 23, 17, 9, 4}, {6, 6, 6, 6, 3, 8},
-                          {8, 8, 48, 48, 5, 8}};
+                          {8, 8, 48, 48, 5, 8},   {9, 7, 37, 29, 5, 44},  {10, 9, 41, 23, 9, 44}};
     for (const Case& c : cases)
     {
         const int dim = 16, heads = 4;

@@ -452,6 +452,16 @@ TEST(AppPipeline, CpuBackendComputesTheSameBitsForEveryGpuPrecision)
     }
 }
 
+/// The fractions a pipeline reported while `stage` ran, in order.
+std::vector<double> fractionsOfStage(const std::vector<std::pair<double, std::string>>& reports,
+                                     const std::string& stage)
+{
+    std::vector<double> fractions;
+    for (const auto& report : reports)
+        if (report.second == stage) fractions.push_back(report.first);
+    return fractions;
+}
+
 // The NAF stage reports its own progress (NAF::setProgressCallback) within the pipeline's
 // fraction for that stage, and a cancel there stops the run with Cancelled, not an error. The
 // pipeline's NAF object is left without a callback, so later runs are unaffected.
@@ -473,9 +483,7 @@ TEST(AppPipeline, NafStageReportsProgressAndStopsWhenCancelled)
         return true;
     });
     // 4 steps (models, VFM, bilinear, NAF): NAF's stage is the last quarter, [0.75, 1].
-    std::vector<double> inNaf;
-    for (const auto& [fraction, stage] : reports)
-        if (stage == nafStage) inNaf.push_back(fraction);
+    const std::vector<double> inNaf = fractionsOfStage(reports, nafStage);
     ASSERT_GE(inNaf.size(), 20u) << "NAF's own reports did not reach the pipeline";
     EXPECT_EQ(inNaf.front(), 0.75);
     EXPECT_EQ(inNaf.back(), 1.0);
@@ -519,9 +527,7 @@ TEST(AppPipeline, VfmStageReportsProgressAndStopsWhenCancelled)
         return true;
     });
     // 3 steps (models, VFM, bilinear): the VFM's stage is [1/3, 2/3].
-    std::vector<double> inVfm;
-    for (const auto& [fraction, stage] : reports)
-        if (stage == vfmStage) inVfm.push_back(fraction);
+    const std::vector<double> inVfm = fractionsOfStage(reports, vfmStage);
     ASSERT_EQ(inVfm.size(), static_cast<size_t>(steps) + 3) << "the stage's start, then the model's 0, layers, 1";
     EXPECT_DOUBLE_EQ(inVfm.front(), 1.0 / 3);
     EXPECT_DOUBLE_EQ(inVfm.back(), 2.0 / 3);

@@ -453,7 +453,7 @@ TEST(AppPipeline, CpuBackendComputesTheSameBitsForEveryGpuPrecision)
 }
 
 /// The fractions a pipeline reported while `stage` ran, in order.
-std::vector<double> fractionsOfStage(const std::vector<std::pair<double, std::string>>& reports,
+static std::vector<double> fractionsOfStage(const std::vector<std::pair<double, std::string>>& reports,
                                      const std::string& stage)
 {
     std::vector<double> fractions;

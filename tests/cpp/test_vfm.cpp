@@ -399,7 +399,13 @@ TEST(VisionFoundationModel, ExtractReportsProgressFromItsLayersAndStopsWhenCance
         if (call == 0)
             for (int k = 1; k <= nafLayers; ++k) EXPECT_DOUBLE_EQ(fractions[k], static_cast<double>(k) / (nafLayers + 1));
         else
+        {
             EXPECT_LT(fractions[nafLayers], 1.0) << "the last layer's own time is still ahead of its report";
+            // Timed, not even: the layers' times differ (a product against a GELU).
+            int even = 0;
+            for (int k = 1; k <= nafLayers; ++k) even += fractions[k] == static_cast<double>(k) / (nafLayers + 1);
+            EXPECT_LT(even, nafLayers) << "the second call did not use the first one's timings";
+        }
     }
     EXPECT_TRUE(onCaller) << "the callback ran on another thread";
 
@@ -428,6 +434,28 @@ TEST(VisionFoundationModel, ExtractReportsProgressFromItsLayersAndStopsWhenCance
     // A cancel at the final report (1) still cancels.
     vfm->setProgressCallback([&](double f) { return f < 1.0; });
     naf_test::expectRefused([&] { vfm->extract(image, untouched); }, {"cancelled", "at 100 %"});
+
+    // An extract() run from inside a callback (another model, same thread) reports only to its
+    // own callback, and a model without one reports to nobody.
+    cv::Ptr<VisionFoundationModel> inner = tinyVit();
+    int outerReports = 0, innerReports = 0;
+    inner->setProgressCallback([&](double) { return ++innerReports > 0; });
+    cv::Ptr<VisionFoundationModel> silent = tinyVit();
+    vfm->setProgressCallback([&](double f) {
+        ++outerReports;
+        if (f > 0 && f < 1 && innerReports == 0)
+        {
+            cv::Mat innerFeatures;
+            inner->extract(image, innerFeatures);
+            silent->extract(image, innerFeatures);
+        }
+        return true;
+    });
+    cv::Mat outerFeatures;
+    vfm->extract(image, outerFeatures);
+    EXPECT_EQ(outerReports, nafLayers + 2);
+    EXPECT_EQ(innerReports, nafLayers + 2);
+    EXPECT_EQ(cv::norm(outerFeatures, reference, cv::NORM_INF), 0.0);
 
     // The object is usable after all of that, with and without a callback.
     vfm->setProgressCallback(cv::naf::ProgressCallback());
@@ -502,7 +530,15 @@ TEST(VisionFoundationModel, MobileSamTrunkEntryMatchesTheOriginalGraphsInnerLaye
     ASSERT_FALSE(image.empty());
     cv::Mat features;
     VfmGeometry g;
-    VisionFoundationModel::create(spec)->extract(image, features, &g);
+    cv::Ptr<VisionFoundationModel> trunk = VisionFoundationModel::create(spec);
+    // The trunk's forward stops before the neck: only the cv::naf layers before its output report.
+    const int steps = trunk->getProgressSteps();
+    EXPECT_GT(steps, 0);
+    EXPECT_LT(steps, VisionFoundationModel::create(VfmRegistry::find("mobilesam"))->getProgressSteps());
+    int reports = 0;
+    trunk->setProgressCallback([&](double) { return ++reports > 0; });
+    trunk->extract(image, features, &g);
+    EXPECT_EQ(reports, steps + 2);
     ASSERT_EQ(features.dims, 4);
     ASSERT_EQ(features.size[1], 320);
     ASSERT_EQ(refTrunk.dims, 4);

@@ -520,10 +520,24 @@ ScopedVfmForwardObserver::ScopedVfmForwardObserver(VfmForwardObserver* observer)
 
 ScopedVfmForwardObserver::~ScopedVfmForwardObserver() { tlsVfmForwardObserver = previous_; }
 
-int countReportingLayers(const dnn::Net& net)
+int countReportingLayers(const dnn::Net& net, const std::string& outputLayer)
 {
+    // Net::forward(name) runs every layer up to that one, in id order (getLayerNames' order).
+    int last = outputLayer.empty() ? -1 : net.getLayerId(outputLayer);
+    if (last < 0 && !outputLayer.empty())
+    {
+        const size_t dot = outputLayer.rfind('.');  // "layer.N": output N of a layer
+        if (dot != std::string::npos) last = net.getLayerId(outputLayer.substr(0, dot));
+    }
     int count = 0;
-    for (const VfmLayerType& layer : kVfmLayerTypes) count += net.getLayersCount(layer.name);
+    for (const String& name : net.getLayerNames())
+    {
+        const int id = net.getLayerId(name);
+        if (last >= 0 && id > last) continue;
+        const Ptr<dnn::Layer> layer = net.getLayer(id);
+        for (const VfmLayerType& type : kVfmLayerTypes)
+            if (layer && layer->type == type.name) ++count;
+    }
     return count;
 }
 

@@ -263,7 +263,7 @@ public:
                                           spec_.onnxPath + "'");
         net_.setPreferableBackend(dnn::DNN_BACKEND_OPENCV);
         net_.setPreferableTarget(dnn::DNN_TARGET_CPU);
-        reportingLayers_ = detail::countReportingLayers(net_);
+        reportingLayers_ = detail::countReportingLayers(net_, spec_.outputName);
     }
 
     const VfmSpec& getSpec() const CV_OVERRIDE { return spec_; }
@@ -318,6 +318,9 @@ public:
             out = forwardReporting(blob);
         else
         {
+            // No observer of an outer extract() on this thread (one run from a callback) may
+            // take this forward's reports.
+            detail::ScopedVfmForwardObserver none(nullptr);
             net_.setInput(blob);
             out = forwardNet();
         }

@@ -38,8 +38,9 @@ private:
     VfmForwardObserver* previous_;
 };
 
-/// How many layers of the net report to the observer (the cv::naf VFM layers; defined with them).
-int countReportingLayers(const dnn::Net& net);
+/// How many layers report to the observer during Net::forward(outputLayer) (the cv::naf VFM
+/// layers up to that layer; all of them for an empty name). Defined with the layers.
+int countReportingLayers(const dnn::Net& net, const std::string& outputLayer);
 
 }  // namespace detail
 }  // namespace naf

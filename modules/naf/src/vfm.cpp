@@ -167,16 +167,22 @@ void checkSpec(const VfmSpec& spec)
 }
 
 // Progress of one extract(): 0 at the start, one report as each cv::naf layer of the graph starts,
-// 1 at the end. The first forward spreads the reports evenly; it times the stretches between them,
-// and since every forward of a model has the same input size, later ones report the fraction of
-// that forward's time. A false return, or the callback's own exception, stops the forward.
+// 1 at the end. The first reporting forward spreads the reports evenly; each times the stretches
+// between its reports, and since every forward of a model has the same input size, the next one
+// reports the fraction of that forward's time. A false return, or the callback's own exception,
+// stops the forward.
 class ExtractProgress CV_FINAL : public detail::VfmForwardObserver
 {
 public:
     ExtractProgress(const ProgressCallback& callback, int reportingLayers, const std::vector<double>& stretchTicks)
-        : callback_(callback), reportingLayers_(reportingLayers), learned_(stretchTicks)
+        : callback_(callback), reportingLayers_(reportingLayers)
     {
-        for (double t : learned_) learnedTotal_ += t;
+        // The previous forward's share of time before each report, when it reported once per layer.
+        double total = 0;
+        for (double t : stretchTicks) total += t;
+        if (stretchTicks.size() != static_cast<size_t>(reportingLayers) + 1 || !(total > 0)) return;
+        double elapsed = 0;
+        for (int k = 0; k < reportingLayers; ++k) timedFractions_.push_back((elapsed += stretchTicks[k]) / total);
     }
 
     void start()
@@ -189,15 +195,10 @@ public:
     {
         ticks_.push_back(static_cast<double>(getTickCount()));
         const size_t done = ticks_.size() - 1;  // reports since the start
-        double fraction;
-        if (learned_.size() == static_cast<size_t>(reportingLayers_) + 1 && learnedTotal_ > 0 && done <= learned_.size() - 1)
-        {
-            double elapsed = 0;
-            for (size_t i = 0; i < done; ++i) elapsed += learned_[i];
-            fraction = elapsed / learnedTotal_;
-        }
-        else
-            fraction = static_cast<double>(std::min<size_t>(done, reportingLayers_)) / (reportingLayers_ + 1);
+        const double fraction =
+            done <= timedFractions_.size()
+                ? timedFractions_[done - 1]
+                : static_cast<double>(std::min<size_t>(done, reportingLayers_)) / (reportingLayers_ + 1);
         report(std::max(fraction, last_));
     }
 
@@ -231,8 +232,7 @@ private:
 
     ProgressCallback callback_;
     int reportingLayers_;
-    std::vector<double> learned_;
-    double learnedTotal_ = 0;
+    std::vector<double> timedFractions_;  // [k]: before report k + 1; empty: spaced evenly
     std::vector<double> ticks_;
     double last_ = 0;
     bool cancelled_ = false;
@@ -313,15 +313,15 @@ public:
         Mat blob;
         VfmGeometry g;
         preprocess(image, blob, &g);
+        net_.setInput(blob);
         Mat out;
         if (progress_)
-            out = forwardReporting(blob);
+            out = forwardReporting();
         else
         {
             // No observer of an outer extract() on this thread (one run from a callback) may
             // take this forward's reports.
             detail::ScopedVfmForwardObserver none(nullptr);
-            net_.setInput(blob);
             out = forwardNet();
         }
         if (out.dims != 4 || out.size[0] != 1 || out.size[1] != spec_.channels || out.size[2] != g.gridSize.height ||
@@ -353,14 +353,13 @@ private:
 
     // The forward with progress reports. The callback runs on this thread only: cv::dnn calls the
     // reporting layers from the thread that called forward().
-    Mat forwardReporting(const Mat& blob)
+    Mat forwardReporting()
     {
         ExtractProgress progress(progress_, reportingLayers_, stretchTicks_);
         Mat out;
         try
         {
             progress.start();
-            net_.setInput(blob);
             {
                 detail::ScopedVfmForwardObserver observe(&progress);
                 out = forwardNet();

@@ -154,15 +154,51 @@ NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const V& v, int len, bool
     storeRun<kAvx512>(p, v, len);
 }
 
-// The logits of KG window entries for R rows' runs: per channel, one broadcast of each key feeds
-// every row (R x KG independent FMA chains).
+#if NAF_X86_SIMD
+// One whole 64-byte line at p (aligned) from the two 8-pixel halves of an AVX2 wide run, with two
+// non-temporal stores back to back, so the write-combining buffer sends out a full line; the
+// caller fences.
+NAF_TARGET_AVX2 inline void streamLineHalvesAvx2(float* p, const Vec8& low, const Vec8& high)
+{
+    _mm256_stream_ps(p, reinterpret_cast<__m256>(low));
+    _mm256_stream_ps(p + 8, reinterpret_cast<__m256>(high));
+}
+#endif
+
+// Register blocking per ISA: KG window entries (logits) and VG value channels per step for R
+// sub-runs (R x KG and R x VG independent FMA chains). kWideRuns: a run may be RX = 2 vectors wide
+// (16 pixels, a whole cache line, with AVX2's 8-pixel vectors).
+struct Avx512Blocking
+{
+    static constexpr bool kAvx512 = true, kWideRuns = false;
+    static constexpr int group(int) { return 8; }  // 32 zmm registers: 2 rows x 8
+};
+// 16 ymm registers: 8 chains for one sub-run, 6 x 2 or 3 x 4 for more, with the operands and the
+// broadcast (AVX2 pairs: 8 loads per 12 FMAs instead of 9 per 8, PERFORMANCE item 48).
+struct Avx2Blocking
+{
+    static constexpr bool kAvx512 = false, kWideRuns = true;
+    static constexpr int group(int subRuns) { return subRuns == 1 ? 8 : (subRuns == 2 ? 6 : 3); }
+};
+struct GenericBlocking
+{
+    static constexpr bool kAvx512 = false, kWideRuns = false;
+    static constexpr int group(int) { return 8; }
+};
+
+// The logits of KG window entries for R sub-runs: per channel, one broadcast of each key feeds
+// every sub-run (R x KG independent FMA chains).
 template <int R, int KG, class V>
 NAF_ALWAYS_INLINE inline void logitGroup(const AttentionGeometry& g, const float* keysT, const int* keyPixel, int h,
                                          const V* queryBlock, V* logits, int n)
 {
     const float* k[KG];
     for (int i = 0; i < KG; ++i) k[i] = keysT + static_cast<size_t>(keyPixel[i]) * g.dim + h * g.headDim;
-    V d[R][KG] = {};
+    // Zeroed one by one: `= {}` on the array became a `rep stos` on the stack in every call, 6 % of
+    // the AVX2 attention's samples (item 49).
+    V d[R][KG];
+    for (int r = 0; r < R; ++r)
+        for (int i = 0; i < KG; ++i) d[r][i] = V{};
     for (int c = 0; c < g.headDim; ++c)
         for (int i = 0; i < KG; ++i)
         {
@@ -173,14 +209,19 @@ NAF_ALWAYS_INLINE inline void logitGroup(const AttentionGeometry& g, const float
         for (int i = 0; i < KG; ++i) logits[r * n + i] = d[r][i] * g.scale;
 }
 
-// The weighted sum of VG value channels from cv for R rows' runs, in window order, stored
-// channel-major (R x VG independent FMA chains; each value broadcast feeds every row).
-template <int R, int VG, bool kAvx512, class V>
+// The weighted sum of VG value channels from cv for RY rows x RX runs (sub-run r = ry RX + rx),
+// in window order, stored channel-major (R x VG independent FMA chains; each value broadcast
+// feeds every sub-run). An AVX2 wide run (RX = 2) whose two halves are full and make one whole
+// line goes out with non-temporal stores, as AVX-512's full runs do.
+template <int RY, int RX, int VG, class B, class V>
 NAF_ALWAYS_INLINE inline void valueBlock(const AttentionGeometry& g, const float* vHead, const int* keyPixel,
-                                         const V* logits, int n, float* outHead, int h, int cv, int len)
+                                         const V* logits, int n, float* outHead, int h, int cv, const int* lens)
 {
+    constexpr int R = RY * RX, kRun = runLength<V>();
     const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
-    V acc[R][VG] = {};
+    V acc[R][VG];
+    for (int r = 0; r < R; ++r)
+        for (int i = 0; i < VG; ++i) acc[r][i] = V{};
     for (int t = 0; t < n; ++t)
     {
         const float* v = vHead + static_cast<size_t>(keyPixel[t]) * g.channels + cv;
@@ -190,50 +231,133 @@ NAF_ALWAYS_INLINE inline void valueBlock(const AttentionGeometry& g, const float
             for (int r = 0; r < R; ++r) acc[r][i] += logits[r * n + t] * vi;
         }
     }
-    for (int r = 0; r < R; ++r)
+    for (int ry = 0; ry < RY; ++ry)
         for (int i = 0; i < VG; ++i)
-            storeOutputRun<kAvx512>(outHead + (cv + i) * outPlane + static_cast<size_t>(r) * g.outW, acc[r][i], len,
-                                    h * g.headValues + cv + i < g.streamedPlanes);
+        {
+            float* p = outHead + (cv + i) * outPlane + static_cast<size_t>(ry) * g.outW;
+            const bool stream = h * g.headValues + cv + i < g.streamedPlanes;
+#if NAF_X86_SIMD
+            if constexpr (RX == 2 && sizeof(V) == 32)
+                if (stream && lens[1] == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
+                {
+                    streamLineHalvesAvx2(p, acc[ry * RX][i], acc[ry * RX + 1][i]);
+                    continue;
+                }
+#endif
+            for (int rx = 0; rx < RX; ++rx)
+                storeOutputRun<B::kAvx512>(p + rx * kRun, acc[ry * RX + rx][i], lens[rx], stream);
+        }
 }
 
-// R consecutive output rows that share their row table (R = 1, or 2 when the rows fall in the
+// One run of RY rows x RX vectors of pixels from x0 (lens[rx] pixels in vector rx; all of them
+// share one window, whose low-res pixels are s.keyPixel).
+template <int RY, int RX, class B, class V>
+NAF_ALWAYS_INLINE inline void attentionRun(const AttentionGeometry& g, const float* queries, const float* keysT,
+                                           const float* valuesT, float* out, int y, int x0, const int* lens,
+                                           RowScratch& s)
+{
+    constexpr int R = RY * RX, KG = B::group(R), VG = B::group(R), kRun = runLength<V>();
+    const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
+    const int n = g.kh * g.kw;
+    V* const queryBlock = s.queryBlock.resize<V>(static_cast<size_t>(R) * g.headDim);  // [R][headDim]
+    V* const logits = s.logits.resize<V>(static_cast<size_t>(R) * n);                 // [R][n]
+    // Each head reads its queries before it writes its output planes: when the queries lie in
+    // the output's last dim planes (forward() with channels >= dim), the planes written by
+    // heads 0..h, [0, (h + 1) * headValues), stay below head h + 1's queries, which start at
+    // channels - dim + (h + 1) * headDim, as headValues >= headDim.
+    for (int h = 0; h < g.heads; ++h)
+    {
+        for (int ry = 0; ry < RY; ++ry)
+            for (int rx = 0; rx < RX; ++rx)
+            {
+                const size_t pixel0 = static_cast<size_t>(y + ry) * g.outW + x0 + rx * kRun;
+                const int r = ry * RX + rx;
+                for (int c = 0; c < g.headDim; ++c)
+                    loadRun<B::kAvx512>(queryBlock[r * g.headDim + c],
+                                        queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + pixel0,
+                                        lens[rx]);
+            }
+        // Logits, KG window entries at a time (KG independent FMA chains per sub-run), then one.
+        int j = 0;
+        for (; j + KG <= n; j += KG) logitGroup<R, KG>(g, keysT, s.keyPixel.data() + j, h, queryBlock, logits + j, n);
+        for (; j < n; ++j) logitGroup<R, 1>(g, keysT, s.keyPixel.data() + j, h, queryBlock, logits + j, n);
+        // Softmax per lane, in the order of the scalar code.
+        for (int r = 0; r < R; ++r)
+        {
+            V* lr = logits + r * n;
+            V maxLogit = lr[0];
+            for (int t = 1; t < n; ++t) maxLogit = lr[t] > maxLogit ? lr[t] : maxLogit;
+            V sum = {};
+            // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot
+            // change a float sum, while tiny and subnormal weights make every later FMA slow.
+            for (int t = 0; t < n; ++t)
+            {
+                const V x = lr[t] - maxLogit;
+                V e;
+                expVec(e, x);
+                e = x < -60.f ? V{} : e;
+                lr[t] = e;
+                sum += e;
+            }
+            const int len = lens[r % RX];
+            V inv;
+            for (int lane = 0; lane < kRun; ++lane) inv[lane] = lane < len ? 1.f / sum[lane] : 0.f;
+            for (int t = 0; t < n; ++t) lr[t] *= inv;
+        }
+        // Weighted sum of the values, stored channel-major.
+        const float* vHead = valuesT + static_cast<size_t>(h) * g.headValues;
+        float* outHead = out + static_cast<size_t>(h) * g.headValues * outPlane + static_cast<size_t>(y) * g.outW + x0;
+        // VG value channels at a time (R x VG accumulators), then 4, then one.
+        int cv = 0;
+        for (; cv + VG <= g.headValues; cv += VG)
+            valueBlock<RY, RX, VG, B>(g, vHead, s.keyPixel.data(), logits, n, outHead, h, cv, lens);
+        if constexpr (VG > 4)
+            for (; cv + 4 <= g.headValues; cv += 4)
+                valueBlock<RY, RX, 4, B>(g, vHead, s.keyPixel.data(), logits, n, outHead, h, cv, lens);
+        for (; cv < g.headValues; ++cv)
+            valueBlock<RY, RX, 1, B>(g, vHead, s.keyPixel.data(), logits, n, outHead, h, cv, lens);
+    }
+}
+
+// RY consecutive output rows that share their row table (RY = 1, or 2 when the rows fall in the
 // same low-res cell row). Consecutive pixels of a row that share the same window (the same column
 // table) form a run of up to 16; a run is computed with one vector lane per pixel, so the keys and
-// values of the window are loaded once per run and broadcast, and with R = 2 each broadcast feeds
-// both rows' runs (half the loads per FMA). Each lane performs exactly the scalar sequence of
-// operations of one pixel (dot products as sequential FMA chains over channels, softmax, weighted
-// sum in window order), so results do not depend on how pixels or rows are grouped, nor on the
-// thread count.
-template <int R, int KG, int VG, bool kAvx512, class V>
+// values of the window are loaded once per run and broadcast, and with RY = 2 each broadcast feeds
+// both rows' runs (half the loads per FMA). With AVX2 (kWideRuns) a run of 9 to 16 pixels is two
+// 8-pixel vectors, so that a whole 64-byte line of the output goes out at once. Each lane performs
+// exactly the scalar sequence of operations of one pixel (dot products as sequential FMA chains
+// over channels, softmax, weighted sum in window order), so results do not depend on how pixels
+// or rows are grouped, nor on the thread count.
+template <int RY, class B, class V>
 NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, const float* queries, const float* keysT,
                                                 const float* valuesT, float* out, int y, RowScratch& s)
 {
-    const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
     const int n = g.kh * g.kw;
     constexpr int kRun = runLength<V>();
-    V* const queryBlock = s.queryBlock.resize<V>(static_cast<size_t>(R) * g.headDim);  // [R][headDim]
-    V* const logits = s.logits.resize<V>(static_cast<size_t>(R) * n);                 // [R][n]
+    constexpr int kMaxRun = B::kWideRuns ? 2 * kRun : kRun;   // pixels of one run
+    constexpr bool kLineRuns = B::kAvx512 || B::kWideRuns;    // a full run is one 64-byte line
+    const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
     s.keyPixel.resize(n);
     const int* rows = g.rowIndex.data() + static_cast<size_t>(y) * g.kh;
     for (int x0 = 0; x0 < g.outW;)
     {
         const int* cols = g.colIndex.data() + static_cast<size_t>(x0) * g.kw;
         int span = 1;  // pixels from x0 with this window, up to three runs' worth
-        while (span < 3 * kRun && x0 + span < g.outW &&
+        while (span < 3 * kMaxRun && x0 + span < g.outW &&
                std::equal(cols, cols + g.kw, g.colIndex.data() + static_cast<size_t>(x0 + span) * g.kw))
             ++span;
-        int len = std::min(span, kRun);
+        int len = std::min(span, kMaxRun);
         // A run that starts inside a 64-byte line of the output and would run into the next line
         // stops at that line's end when two whole runs of the same window follow it: those runs
         // are then whole lines, streamed, instead of two partial lines each (read for ownership,
         // no streaming store). Cells whose width is not a multiple of 16 pixels (72 at x72) start
         // mid-line every other cell. With one whole run after it, the split only traded a
         // misaligned full run for a partial one: 10 % slower at 1000x1000 from 28x28 (item 37).
-        if constexpr (kAvx512)  // only AVX-512 streams
+        if constexpr (kLineRuns)
         {
             const int intoLine = static_cast<int>(
-                (reinterpret_cast<uintptr_t>(out + static_cast<size_t>(y) * g.outW + x0) >> 2) & (kRun - 1));
-            if (intoLine != 0 && len > kRun - intoLine && span >= 3 * kRun - intoLine) len = kRun - intoLine;
+                (reinterpret_cast<uintptr_t>(out + static_cast<size_t>(y) * g.outW + x0) >> 2) & (kMaxRun - 1));
+            if (intoLine != 0 && len > kMaxRun - intoLine && span >= 3 * kMaxRun - intoLine) len = kMaxRun - intoLine;
         }
         for (int a = 0; a < g.kh; ++a)
             for (int b = 0; b < g.kw; ++b) s.keyPixel[a * g.kw + b] = rows[a] * g.lowW + cols[b];
@@ -243,8 +367,8 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
         // lines evicted each other there (x32 -5 %, PERFORMANCE item 26).
         if (x0 + len < g.outW)
         {
-            const int last = std::min(g.outW, x0 + len + kRun) - 1;
-            for (int r = 0; r < R; ++r)
+            const int last = std::min(g.outW, x0 + len + kMaxRun) - 1;
+            for (int r = 0; r < RY; ++r)
             {
                 const float* next = queries + static_cast<size_t>(y + r) * g.outW;
                 for (int c = 0; c < g.dim; ++c)
@@ -255,58 +379,18 @@ NAF_ALWAYS_INLINE inline void attentionRowsImpl(const AttentionGeometry& g, cons
                 }
             }
         }
-        // Each head reads its queries before it writes its output planes: when the queries lie in
-        // the output's last dim planes (forward() with channels >= dim), the planes written by
-        // heads 0..h, [0, (h + 1) * headValues), stay below head h + 1's queries, which start at
-        // channels - dim + (h + 1) * headDim, as headValues >= headDim.
-        for (int h = 0; h < g.heads; ++h)
+        if (len > kRun)
         {
-            for (int r = 0; r < R; ++r)
+            if constexpr (B::kWideRuns)
             {
-                const size_t pixel0 = static_cast<size_t>(y + r) * g.outW + x0;
-                for (int c = 0; c < g.headDim; ++c)
-                    loadRun<kAvx512>(queryBlock[r * g.headDim + c],
-                            queries + (static_cast<size_t>(h) * g.headDim + c) * outPlane + pixel0, len);
+                const int lens[2] = {kRun, len - kRun};
+                attentionRun<RY, 2, B, V>(g, queries, keysT, valuesT, out, y, x0, lens, s);
             }
-            // Logits, KG window entries at a time (KG independent FMA chains per row), then one.
-            int j = 0;
-            for (; j + KG <= n; j += KG) logitGroup<R, KG>(g, keysT, s.keyPixel.data() + j, h, queryBlock, logits + j, n);
-            for (; j < n; ++j) logitGroup<R, 1>(g, keysT, s.keyPixel.data() + j, h, queryBlock, logits + j, n);
-            // Softmax per lane, in the order of the scalar code.
-            for (int r = 0; r < R; ++r)
-            {
-                V* lr = logits + r * n;
-                V maxLogit = lr[0];
-                for (int t = 1; t < n; ++t) maxLogit = lr[t] > maxLogit ? lr[t] : maxLogit;
-                V sum = {};
-                // exp(x) for x < -60 is set to 0: its weight (< 1e-26 of the largest) cannot
-                // change a float sum, while tiny and subnormal weights make every later FMA slow.
-                for (int t = 0; t < n; ++t)
-                {
-                    const V x = lr[t] - maxLogit;
-                    V e;
-                    expVec(e, x);
-                    e = x < -60.f ? V{} : e;
-                    lr[t] = e;
-                    sum += e;
-                }
-                V inv;
-                for (int lane = 0; lane < kRun; ++lane) inv[lane] = lane < len ? 1.f / sum[lane] : 0.f;
-                for (int t = 0; t < n; ++t) lr[t] *= inv;
-            }
-            // Weighted sum of the values, stored channel-major.
-            const float* vHead = valuesT + static_cast<size_t>(h) * g.headValues;
-            float* outHead =
-                out + static_cast<size_t>(h) * g.headValues * outPlane + static_cast<size_t>(y) * g.outW + x0;
-            // VG value channels at a time (R x VG accumulators), then 4, then one.
-            int cv = 0;
-            for (; cv + VG <= g.headValues; cv += VG)
-                valueBlock<R, VG, kAvx512>(g, vHead, s.keyPixel.data(), logits, n, outHead, h, cv, len);
-            if constexpr (VG > 4)
-                for (; cv + 4 <= g.headValues; cv += 4)
-                    valueBlock<R, 4, kAvx512>(g, vHead, s.keyPixel.data(), logits, n, outHead, h, cv, len);
-            for (; cv < g.headValues; ++cv)
-                valueBlock<R, 1, kAvx512>(g, vHead, s.keyPixel.data(), logits, n, outHead, h, cv, len);
+        }
+        else
+        {
+            const int lens[1] = {len};
+            attentionRun<RY, 1, B, V>(g, queries, keysT, valuesT, out, y, x0, lens, s);
         }
         x0 += len;
     }
@@ -319,28 +403,25 @@ NAF_TARGET_AVX512 __attribute__((flatten)) void attentionRowsAvx512(const Attent
                                            const float* vT, float* out, int y, int rows, RowScratch& s)
 {
     if (rows == 2)
-        attentionRowsImpl<2, 8, 8, true, Vec16>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<2, Avx512Blocking, Vec16>(g, q, kT, vT, out, y, s);
     else
-        attentionRowsImpl<1, 8, 8, true, Vec16>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<1, Avx512Blocking, Vec16>(g, q, kT, vT, out, y, s);
 }
 
-// Pairs of rows with 6 x 2 accumulators: 12 independent FMA chains, and each broadcast key or
-// value feeds both rows (8 loads per 12 FMAs instead of 9 per 8): 21-25 % less time on a Zen 3
-// without AVX-512 (PERFORMANCE item 48). 16 ymm registers hold 12 accumulators, 2 row operands
-// and the broadcast.
+// Pairs of rows and wide runs (Avx2Blocking): up to 2 x 2 sub-runs of 8 pixels.
 NAF_TARGET_AVX2 void attentionRowsAvx2(const AttentionGeometry& g, const float* q, const float* kT, const float* vT,
                                        float* out, int y, int rows, RowScratch& s)
 {
     if (rows == 2)
-        attentionRowsImpl<2, 6, 6, false, Vec8>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<2, Avx2Blocking, Vec8>(g, q, kT, vT, out, y, s);
     else
-        attentionRowsImpl<1, 8, 8, false, Vec8>(g, q, kT, vT, out, y, s);
+        attentionRowsImpl<1, Avx2Blocking, Vec8>(g, q, kT, vT, out, y, s);
 }
 
 void attentionRowGeneric(const AttentionGeometry& g, const float* q, const float* kT, const float* vT, float* out,
                          int y, RowScratch& s)
 {
-    attentionRowsImpl<1, 8, 8, false, Vec4>(g, q, kT, vT, out, y, s);
+    attentionRowsImpl<1, GenericBlocking, Vec4>(g, q, kT, vT, out, y, s);
 }
 
 // [c, n] -> [n, c]
@@ -432,7 +513,7 @@ void neighborhoodAttention(const float* queries, const float* keys, const float*
             else
                 attentionRowGeneric(g, queries, keysT.data(), valuesT.data(), out, y, scratch);
         }
-        if (avx512) storeFence();  // the output's non-temporal stores
+        if (avx512 || avx2) storeFence();  // the output's non-temporal stores
     });
 
     if (probe)

@@ -200,7 +200,7 @@ using detail::packWeights;
 constexpr int kPointTile = 512;   // pixels per 1x1-convolution task
 constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)
 
-// Rows of a plane set whose runs are written with streamCopyAvx512 (non-temporal whole lines,
+// Rows of a plane set whose runs are written with streamCopyAvx512 or streamCopyAvx2 (non-temporal whole lines,
 // ordinary stores for a partial line at either end): a partial line must first be read for
 // ownership, a DRAM miss per run end that the store waits on. Asking for those lines kWriteAhead
 // runs early hides the wait: at 518x518, where no plane or row starts on a line, the 3x3
@@ -542,9 +542,10 @@ NAF_ALWAYS_INLINE inline void winogradInputImpl(const float* const rows[Winograd
 
 // Output transform of one output channel: m[xi * mStride + j] -> the tile row's M output rows
 // plus bias; y[i] is null for rows past the image, and columns from `cols` on are dropped.
-// kAvx512: each row's run goes out through streamCopyAvx512 (the next layer reads it much later,
-// from DRAM anyway): 5-9 % of the convolution (PERFORMANCE items 23, 31). The caller fences.
-template <bool kAvx512>
+// kStream: each row's run goes out through streamCopyAvx512 (kAvx512) or streamCopyAvx2 (the next
+// layer reads it much later, from DRAM anyway): 5-9 % of the convolution with AVX-512 (PERFORMANCE
+// items 23, 31), 4-9 % with AVX2 (item 50). The caller fences.
+template <bool kAvx512, bool kStream>
 NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride, int nt, float bias,
                                                  float* const y[WinogradF6::M], int cols)
 {
@@ -577,6 +578,8 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
         const int n = std::min(cols, M * nt);
         if constexpr (kAvx512)
             streamCopyAvx512(y[i], line, static_cast<size_t>(n));
+        else if constexpr (kStream)
+            streamCopyAvx2(y[i], line, static_cast<size_t>(n));
         else
             std::copy(line, line + n, y[i]);
     }
@@ -601,15 +604,15 @@ struct WinogradTransforms
     }
     NAF_TARGET_AVX512 static void outputAvx512(const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
-        winogradOutputImpl<true>(m, ms, nt, b, y, c);
+        winogradOutputImpl<true, true>(m, ms, nt, b, y, c);
     }
     NAF_TARGET_AVX2 static void outputAvx2(const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
-        winogradOutputImpl<false>(m, ms, nt, b, y, c);
+        winogradOutputImpl<false, true>(m, ms, nt, b, y, c);
     }
     static void outputGeneric(const float* m, size_t ms, int nt, float b, float* const y[M], int c)
     {
-        winogradOutputImpl<false>(m, ms, nt, b, y, c);
+        winogradOutputImpl<false, false>(m, ms, nt, b, y, c);
     }
     static void input(GemmIsa isa, const float* const r[N], int w, int t0, int nt, float* v, size_t vs)
     {
@@ -728,7 +731,7 @@ void conv3x3Winograd(const float* src, int h, int w, const ConvWeights& conv, co
                     WinogradTransforms::output(isa, m.data() + static_cast<size_t>(co) * kWinogradTiles + sg.offset, ms,
                                        sg.nt, conv.bias ? conv.bias[co] : 0.f, y, std::min(w - M * sg.t0, M * sg.nt));
                 }
-            if (isa == GemmIsa::Avx512) storeFence();  // the output's non-temporal stores
+            if (isa != GemmIsa::Generic) storeFence();  // the output's non-temporal stores
         }
     });
 }
@@ -1050,7 +1053,18 @@ NAF_ALWAYS_INLINE inline void scatterPointGroupsImpl(const float* groups, int ro
     }
 }
 
-NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, int np, float* dst, size_t hw)
+// Whole lines with non-temporal stores (streamCopyAvx512 or streamCopyAvx2 by kAvx512).
+template <bool kAvx512>
+NAF_ALWAYS_INLINE inline void streamCopyRun(float* dst, const float* src, size_t n)
+{
+    if constexpr (kAvx512)
+        streamCopyAvx512(dst, src, n);
+    else
+        streamCopyAvx2(dst, src, n);
+}
+
+template <bool kAvx512>
+NAF_ALWAYS_INLINE inline void scatterPointGroupsStreamed(const float* groups, int rows, int np, float* dst, size_t hw)
 {
     alignas(64) float run[kPointTile];
     for (int r = 0; r < rows; ++r)
@@ -1061,8 +1075,8 @@ NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, i
         {
             // Every 32-pixel group is two whole lines.
             for (int g0 = 0; g0 < np; g0 += kPointGroup)
-                streamCopyAvx512(row + g0, groups + (static_cast<size_t>(g0) * rows + r * kPointGroup),
-                                 static_cast<size_t>(std::min(kPointGroup, np - g0)));
+                streamCopyRun<kAvx512>(row + g0, groups + (static_cast<size_t>(g0) * rows + r * kPointGroup),
+                                       static_cast<size_t>(std::min(kPointGroup, np - g0)));
             continue;
         }
         // A plane that does not start on a line (widths like 518): copied group by group, each
@@ -1071,9 +1085,19 @@ NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, i
         for (int g0 = 0; g0 < np; g0 += kPointGroup)
             std::memcpy(run + g0, groups + (static_cast<size_t>(g0) * rows + r * kPointGroup),
                         sizeof(float) * std::min(kPointGroup, np - g0));
-        streamCopyAvx512(row, run, static_cast<size_t>(np));
+        streamCopyRun<kAvx512>(row, run, static_cast<size_t>(np));
     }
     storeFence();
+}
+
+NAF_TARGET_AVX512 void scatterPointGroupsAvx512(const float* groups, int rows, int np, float* dst, size_t hw)
+{
+    scatterPointGroupsStreamed<true>(groups, rows, np, dst, hw);
+}
+// With AVX2 too: 1x1 convolution 4-9 % (PERFORMANCE item 50).
+NAF_TARGET_AVX2 void scatterPointGroupsAvx2(const float* groups, int rows, int np, float* dst, size_t hw)
+{
+    scatterPointGroupsStreamed<false>(groups, rows, np, dst, hw);
 }
 
 NAF_TARGET_AVX512 void shiftedSumsAvx512(const float* p, size_t n, double shift, double* s, double* s2)
@@ -1131,6 +1155,8 @@ void scatterPointGroups(const float* groups, int rows, int np, float* dst, size_
 {
     if (cpuHasAvx512f())
         scatterPointGroupsAvx512(groups, rows, np, dst, hw);
+    else if (cpuHasAvx2Fma())
+        scatterPointGroupsAvx2(groups, rows, np, dst, hw);
     else
         scatterPointGroupsImpl(groups, rows, np, dst, hw);
 }

@@ -57,6 +57,21 @@ inline NAF_TARGET_AVX512 void streamCopyAvx512(float* dst, const float* src, siz
     for (size_t x = head; x < end; x += 16) _mm512_stream_ps(dst + x, _mm512_loadu_ps(src + x));
     if (end < n) std::memcpy(dst + end, src + end, sizeof(float) * (n - end));
 }
+// The same with AVX2: each whole line as two 32-byte non-temporal stores back to back, so the
+// write-combining buffer sends out a full line.
+inline NAF_TARGET_AVX2 void streamCopyAvx2(float* dst, const float* src, size_t n)
+{
+    const size_t toLine = ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / sizeof(float);
+    const size_t head = toLine < n ? toLine : n;
+    const size_t end = head + (n - head) / 16 * 16;
+    if (head) std::memcpy(dst, src, sizeof(float) * head);
+    for (size_t x = head; x < end; x += 16)
+    {
+        _mm256_stream_ps(dst + x, _mm256_loadu_ps(src + x));
+        _mm256_stream_ps(dst + x + 8, _mm256_loadu_ps(src + x + 8));
+    }
+    if (end < n) std::memcpy(dst + end, src + end, sizeof(float) * (n - end));
+}
 }  // namespace kernels
 }  // namespace naf
 #else
@@ -71,6 +86,7 @@ inline bool cpuHasAvx512f() { return false; }
 inline void storeFence() {}
 inline void prefetchLineForWrite(const float* p) { __builtin_prefetch(p, 1, 3); }
 inline void streamCopyAvx512(float* dst, const float* src, size_t n) { std::memcpy(dst, src, sizeof(float) * n); }
+inline void streamCopyAvx2(float* dst, const float* src, size_t n) { std::memcpy(dst, src, sizeof(float) * n); }
 }  // namespace kernels
 }  // namespace naf
 #endif

@@ -559,8 +559,14 @@ TEST(Kernels, NeighborhoodAttentionMatchesOfficialStyleReference)
     struct Case { int lowH, lowW, outH, outW, kernel, channels; };
     // 44 channels: 11 per head, so the value blocks of 6 (AVX2 row pairs) or 8, then 4, then single
     // channels all run; 25 and 81 window entries leave a partial group of 6 or 8 keys.
-    const Case cases[] = {{7, 6, 30, 27, 5, 8}, {11, 9, 45, 40, 9, 12}, {5, 4, 23, 17, 9, 4}, {6, 6, 6, 6, 3, 8},
-                          {8, 8, 48, 48, 5, 8},   {9, 7, 37, 29, 5, 44},  {10, 9, 41, 23, 9, 44}};
+    // AVX2's wide runs (two 8-pixel vectors): 3 -> 50 has cells of 12-13 pixels (a partial second
+    // vector); a low-res grid narrower than the kernel gives a whole row one window, so 64-wide
+    // rows are whole 16-pixel runs, streamed, and 61-wide rows start mid-line (the run before the
+    // line's end is cut short); with 44 channels the blocks of 3 channels (2 rows x 2 vectors),
+    // then single channels run.
+    const Case cases[] = {{7, 6, 30, 27, 5, 8},  {11, 9, 45, 40, 9, 12}, {5, 4, 23, 17, 9, 4}, {6, 6, 6, 6, 3, 8},
+                          {8, 8, 48, 48, 5, 8},    {9, 7, 37, 29, 5, 44},  {10, 9, 41, 23, 9, 44},
+                          {3, 4, 21, 50, 3, 8},    {4, 2, 20, 64, 3, 44},  {5, 2, 9, 61, 5, 12}};
     for (const Case& c : cases)
     {
         const int dim = 16, heads = 4;
@@ -614,6 +620,59 @@ TEST(Kernels, NeighborhoodAttentionRowPairsGiveTheSingleRowsBits)
         }
     // And the rows between differ from row 0 (other queries): the comparison above is not vacuous.
     EXPECT_NE(out[outW + 3], out[3]);
+}
+
+// With the same query at every pixel, pixels whose windows have the same row and column tables
+// (window.hpp) must give the same bits, whatever run they fall in: AVX2's wide runs (2 rows x 2
+// vectors of 8, blocks of 3 keys and channels), a wide run of one row (the odd last row), a second
+// vector with a few pixels, narrow runs, runs cut at a line's end (53-wide rows start at other
+// offsets within a line), streamed whole lines (row 0), AVX-512's runs of 16 and the portable
+// build's of 4. The low-res grid is smaller than the kernel, so most pixels share a window.
+TEST(Kernels, NeighborhoodAttentionGivesTheSameBitsInEveryRunShape)
+{
+    const int dim = 32, heads = 4, channels = 44, lowH = 3, lowW = 3, outH = 5, outW = 53, kernel = 5;
+    const size_t outPlane = static_cast<size_t>(outH) * outW;
+    const auto perChannel = randomUniform(dim, 31, -2.f, 2.f);
+    std::vector<float> q(dim * outPlane);
+    for (int c = 0; c < dim; ++c) std::fill_n(q.begin() + c * outPlane, outPlane, perChannel[c]);
+    const auto k = randomUniform(dim * lowH * lowW, 32, -2.f, 2.f);
+    const auto v = randomUniform(channels * lowH * lowW, 33);
+    AlignedFloatVector out(channels * outPlane, std::nanf(""));
+    neighborhoodAttention(q.data(), k.data(), v.data(), out.data(), dim, channels, heads, lowH, lowW, outH, outW,
+                          kernel, 0.35f, pool());
+    // The first pixel of each window (its row and column tables), and how many pixels share it.
+    auto table = [](int i, int outLen, int lowLen, int kernelSize) {
+        const int kEff = effectiveKernel(kernelSize, lowLen);
+        std::vector<int> t(kEff);
+        for (int j = 0; j < kEff; ++j) t[j] = neighborLowIndex(i, j, outLen, lowLen, kEff);
+        return t;
+    };
+    std::vector<std::pair<std::vector<int>, size_t>> firstOfWindow;
+    std::vector<int> sharing;
+    for (size_t p = 0; p < outPlane; ++p)
+    {
+        std::vector<int> key = table(static_cast<int>(p / outW), outH, lowH, kernel);
+        const std::vector<int> cols = table(static_cast<int>(p % outW), outW, lowW, kernel);
+        key.insert(key.end(), cols.begin(), cols.end());
+        size_t w = 0;
+        while (w < firstOfWindow.size() && firstOfWindow[w].first != key) ++w;
+        if (w == firstOfWindow.size())
+        {
+            firstOfWindow.emplace_back(key, p);
+            sharing.push_back(0);
+        }
+        ++sharing[w];
+        for (int c = 0; c < channels; ++c)
+        {
+            const float first = out[c * outPlane + firstOfWindow[w].second], here = out[c * outPlane + p];
+            ASSERT_FALSE(std::isnan(here)) << "channel " << c << ", pixel " << p;
+            ASSERT_EQ(std::memcmp(&first, &here, sizeof(float)), 0)
+                << "channel " << c << ", pixel (" << p % outW << ", " << p / outW << "): " << here << " vs " << first;
+        }
+    }
+    // Not vacuous: some window spans whole lines of both rows of a pair, and windows differ.
+    EXPECT_GE(*std::max_element(sharing.begin(), sharing.end()), 64);
+    EXPECT_GT(sharing.size(), 1u);
 }
 
 // The CUDA cell attention kernel (kernels/cuda/cell_attention.hpp) is a sequence of phases

@@ -259,8 +259,11 @@ NAF_ALWAYS_INLINE inline void attentionRun(const AttentionGeometry& g, const flo
     constexpr int R = RY * RX, KG = B::group(R), VG = B::group(R), kRun = runLength<V>();
     const size_t outPlane = static_cast<size_t>(g.outH) * g.outW;
     const int n = g.kh * g.kw;
-    V* const queryBlock = s.queryBlock.resize<V>(static_cast<size_t>(R) * g.headDim);  // [R][headDim]
-    V* const logits = s.logits.resize<V>(static_cast<size_t>(R) * n);                 // [R][n]
+    // Sized for the row's widest runs, so that narrow and wide runs in turn do not grow the buffers
+    // again (each growth would zero the new part).
+    constexpr int kMaxSubRuns = RY * (B::kWideRuns ? 2 : 1);
+    V* const queryBlock = s.queryBlock.resize<V>(static_cast<size_t>(kMaxSubRuns) * g.headDim);  // [R][headDim]
+    V* const logits = s.logits.resize<V>(static_cast<size_t>(kMaxSubRuns) * n);                 // [R][n]
     // Each head reads its queries before it writes its output planes: when the queries lie in
     // the output's last dim planes (forward() with channels >= dim), the planes written by
     // heads 0..h, [0, (h + 1) * headValues), stay below head h + 1's queries, which start at

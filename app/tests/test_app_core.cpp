@@ -454,7 +454,7 @@ TEST(AppPipeline, CpuBackendComputesTheSameBitsForEveryGpuPrecision)
 
 /// The fractions a pipeline reported while `stage` ran, in order.
 static std::vector<double> fractionsOfStage(const std::vector<std::pair<double, std::string>>& reports,
-                                     const std::string& stage)
+                                            const std::string& stage)
 {
     std::vector<double> fractions;
     for (const auto& report : reports)

@@ -154,17 +154,6 @@ NAF_ALWAYS_INLINE inline void storeOutputRun(float* p, const V& v, int len, bool
     storeRun<kAvx512>(p, v, len);
 }
 
-#if NAF_X86_SIMD
-// One whole 64-byte line at p (aligned) from the two 8-pixel halves of an AVX2 wide run, with two
-// non-temporal stores back to back, so the write-combining buffer sends out a full line; the
-// caller fences.
-NAF_TARGET_AVX2 inline void streamLineHalvesAvx2(float* p, const Vec8& low, const Vec8& high)
-{
-    _mm256_stream_ps(p, reinterpret_cast<__m256>(low));
-    _mm256_stream_ps(p + 8, reinterpret_cast<__m256>(high));
-}
-#endif
-
 // Register blocking per ISA: KG window entries (logits) and VG value channels per step for R
 // sub-runs (R x KG and R x VG independent FMA chains). kWideRuns: a run may be RX = 2 vectors wide
 // (16 pixels, a whole cache line, with AVX2's 8-pixel vectors).
@@ -240,7 +229,7 @@ NAF_ALWAYS_INLINE inline void valueBlock(const AttentionGeometry& g, const float
             if constexpr (RX == 2 && sizeof(V) == 32)
                 if (stream && lens[1] == kRun && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
                 {
-                    streamLineHalvesAvx2(p, acc[ry * RX][i], acc[ry * RX + 1][i]);
+                    streamLineAvx2(p, acc[ry * RX][i], acc[ry * RX + 1][i]);
                     continue;
                 }
 #endif

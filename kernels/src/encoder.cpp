@@ -200,7 +200,7 @@ using detail::packWeights;
 constexpr int kPointTile = 512;   // pixels per 1x1-convolution task
 constexpr int kPointGroup = 32;   // pixels per gathered group of a 1x1 task (the micro-kernel's width)
 
-// Rows of a plane set whose runs are written with streamCopyAvx512 or streamCopyAvx2 (non-temporal whole lines,
+// Rows of a plane set whose runs are written with streamCopyRun (non-temporal whole lines,
 // ordinary stores for a partial line at either end): a partial line must first be read for
 // ownership, a DRAM miss per run end that the store waits on. Asking for those lines kWriteAhead
 // runs early hides the wait: at 518x518, where no plane or row starts on a line, the 3x3
@@ -212,6 +212,16 @@ inline void prefetchPartialLinesForWrite(const float* run, size_t n)
     if (!run || n == 0) return;
     if (reinterpret_cast<uintptr_t>(run) & 63) prefetchLineForWrite(run);
     if (reinterpret_cast<uintptr_t>(run + n) & 63) prefetchLineForWrite(run + n - 1);
+}
+
+// Whole lines with non-temporal stores (streamCopyAvx512 or streamCopyAvx2 by kAvx512).
+template <bool kAvx512>
+NAF_ALWAYS_INLINE inline void streamCopyRun(float* dst, const float* src, size_t n)
+{
+    if constexpr (kAvx512)
+        streamCopyAvx512(dst, src, n);
+    else
+        streamCopyAvx2(dst, src, n);
 }
 
 // Defined with GroupNorm below: the np pixels from src (K channel planes hw apart) into
@@ -576,10 +586,8 @@ NAF_ALWAYS_INLINE inline void winogradOutputImpl(const float* m, size_t mStride,
         float line[M * kWinogradTiles];
         WinogradF6::interleave<kAvx512>(out, nt, line);
         const int n = std::min(cols, M * nt);
-        if constexpr (kAvx512)
-            streamCopyAvx512(y[i], line, static_cast<size_t>(n));
-        else if constexpr (kStream)
-            streamCopyAvx2(y[i], line, static_cast<size_t>(n));
+        if constexpr (kStream)
+            streamCopyRun<kAvx512>(y[i], line, static_cast<size_t>(n));
         else
             std::copy(line, line + n, y[i]);
     }
@@ -1051,16 +1059,6 @@ NAF_ALWAYS_INLINE inline void scatterPointGroupsImpl(const float* groups, int ro
             std::memcpy(row + g0, groups + (static_cast<size_t>(g0) * rows + r * kPointGroup),
                         sizeof(float) * std::min(kPointGroup, np - g0));
     }
-}
-
-// Whole lines with non-temporal stores (streamCopyAvx512 or streamCopyAvx2 by kAvx512).
-template <bool kAvx512>
-NAF_ALWAYS_INLINE inline void streamCopyRun(float* dst, const float* src, size_t n)
-{
-    if constexpr (kAvx512)
-        streamCopyAvx512(dst, src, n);
-    else
-        streamCopyAvx2(dst, src, n);
 }
 
 template <bool kAvx512>

@@ -47,30 +47,40 @@ inline void prefetchLineForWrite(const float* p) { asm volatile("prefetchw %0" :
 // dst[0, n) = src[0, n): the whole 64-byte lines of dst with non-temporal stores (they skip reading
 // a line that is only written), a partial line at either end with ordinary stores, so a run that
 // shares its end lines with a neighbour's is safe. The caller calls storeFence() before its task
-// ends. For outputs that no later step of the same pass reads.
-inline NAF_TARGET_AVX512 void streamCopyAvx512(float* dst, const float* src, size_t n)
+// ends. For outputs that no later step of the same pass reads. StoreLine(d, s) writes the 16
+// floats at s to the aligned line d with the ISA's non-temporal stores.
+template <class StoreLine>
+NAF_ALWAYS_INLINE inline void streamCopyLines(float* dst, const float* src, size_t n, StoreLine storeLine)
 {
     const size_t toLine = ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / sizeof(float);
     const size_t head = toLine < n ? toLine : n;
     const size_t end = head + (n - head) / 16 * 16;
     if (head) std::memcpy(dst, src, sizeof(float) * head);
-    for (size_t x = head; x < end; x += 16) _mm512_stream_ps(dst + x, _mm512_loadu_ps(src + x));
+    for (size_t x = head; x < end; x += 16) storeLine(dst + x, src + x);
     if (end < n) std::memcpy(dst + end, src + end, sizeof(float) * (n - end));
 }
-// The same with AVX2: each whole line as two 32-byte non-temporal stores back to back, so the
-// write-combining buffer sends out a full line.
+// The line stores; not always_inline (their targets differ from streamCopyLines'): inlined into
+// the streamCopy function of their ISA once streamCopyLines is.
+struct StreamLineAvx512
+{
+    NAF_TARGET_AVX512 void operator()(float* d, const float* s) const { _mm512_stream_ps(d, _mm512_loadu_ps(s)); }
+};
+// Two 32-byte stores back to back, so the write-combining buffer sends out a full line.
+struct StreamLineAvx2
+{
+    NAF_TARGET_AVX2 void operator()(float* d, const float* s) const
+    {
+        _mm256_stream_ps(d, _mm256_loadu_ps(s));
+        _mm256_stream_ps(d + 8, _mm256_loadu_ps(s + 8));
+    }
+};
+inline NAF_TARGET_AVX512 void streamCopyAvx512(float* dst, const float* src, size_t n)
+{
+    streamCopyLines(dst, src, n, StreamLineAvx512());
+}
 inline NAF_TARGET_AVX2 void streamCopyAvx2(float* dst, const float* src, size_t n)
 {
-    const size_t toLine = ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / sizeof(float);
-    const size_t head = toLine < n ? toLine : n;
-    const size_t end = head + (n - head) / 16 * 16;
-    if (head) std::memcpy(dst, src, sizeof(float) * head);
-    for (size_t x = head; x < end; x += 16)
-    {
-        _mm256_stream_ps(dst + x, _mm256_loadu_ps(src + x));
-        _mm256_stream_ps(dst + x + 8, _mm256_loadu_ps(src + x + 8));
-    }
-    if (end < n) std::memcpy(dst + end, src + end, sizeof(float) * (n - end));
+    streamCopyLines(dst, src, n, StreamLineAvx2());
 }
 }  // namespace kernels
 }  // namespace naf

@@ -40,6 +40,13 @@ NAF_TARGET_AVX512 inline void streamLineAvx512(float* p, const Vec16& v)
 {
     _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
 }
+// The same from the two 8-lane halves of a line (AVX2), stored back to back so that the
+// write-combining buffer sends out a full line.
+NAF_TARGET_AVX2 inline void streamLineAvx2(float* p, const Vec8& low, const Vec8& high)
+{
+    _mm256_stream_ps(p, reinterpret_cast<__m256>(low));
+    _mm256_stream_ps(p + 8, reinterpret_cast<__m256>(high));
+}
 #endif
 
 // The integer vector of the same lane count, for expVec.

@@ -31,3 +31,24 @@ if (( width < 4 * max_side || width > 4 * max_side + 64 || height < max_side / 2
   echo "FAIL: a ${width}x${height} panel is not four tiles of at most ${max_side} px"
   exit 1
 fi
+
+# One bad image in a folder (1x1, too small for any network) is skipped with its reason; the
+# others still get their panels, and the exit status says something failed.
+mixed="$out-mixed"
+rm -rf "$mixed" "$mixed-out" && mkdir -p "$mixed"
+cp "$image" "$mixed/b_good.jpg"
+base64 -d > "$mixed/a_tiny.png" <<<'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=='
+status=0
+log="$("$demo" "$mixed" --out="$mixed-out" --max-side="$max_side" --threads=2 "$@" 2>&1)" || status=$?
+echo "$log"
+(( status == 1 )) || { echo "FAIL: a folder with one bad image exited with $status (expected 1)"; exit 1; }
+grep -q 'a_tiny.png: .*skipped' <<<"$log" || { echo "FAIL: the bad image's skip is not reported"; exit 1; }
+good=("$mixed-out"/b_good_*_naf.png)
+[[ ${#good[@]} -eq 1 ]] || { echo "FAIL: the good image got no panel after the bad one was skipped"; exit 1; }
+
+# "--out DIR" (a space instead of '='): refused, instead of writing to a folder named "true".
+status=0
+log="$(cd "$mixed" && "$demo" "$image" --out elsewhere 2>&1)" || status=$?
+(( status == 2 )) && grep -q "with '='" <<<"$log" || { echo "FAIL: '--out DIR' gave status $status: $log"; exit 1; }
+[[ ! -e "$mixed/true" && ! -e "$mixed/elsewhere" ]] || { echo "FAIL: '--out DIR' wrote a folder"; exit 1; }
+echo "bad image skipped, '--out DIR' refused"

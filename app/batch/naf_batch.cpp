@@ -1,4 +1,5 @@
 // naf_batch: visualization export for many images (the viewer's pipeline, no window).
+#include <climits>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -49,6 +50,25 @@ std::vector<int> parseMethods(const std::string& list)
     return methods;
 }
 
+// A whole decimal int for an option, or a cv::Exception naming the option and its text
+// (std::stoi took "64abc" as 64 and said only "stoi" for "abc").
+int parseInt(const std::string& option, const std::string& text)
+{
+    size_t used = 0;
+    long long value = 0;
+    try
+    {
+        value = std::stoll(text, &used);
+    }
+    catch (const std::exception&)
+    {
+        used = 0;
+    }
+    if (used == 0 || used != text.size() || value < INT_MIN || value > INT_MAX)
+        CV_Error(cv::Error::StsBadArg, option + " '" + text + "': expected a whole number");
+    return static_cast<int>(value);
+}
+
 void drawProgress(int finished, int total, const naf_app::BatchItem& last, bool tty)
 {
     const std::string name = last.input.substr(last.input.find_last_of('/') + 1);
@@ -91,14 +111,18 @@ int main(int argc, char** argv)
             else if (key == "--out") options.outDir = value();
             else if (key == "--vfm") options.settings.vfmName = value();
             else if (key == "--methods") options.settings.methods = parseMethods(value());
-            else if (key == "--size") options.settings.outputLongSide = std::stoi(value());
-            else if (key == "--kmeans") options.kmeansClusters = std::stoi(value());
+            else if (key == "--size") options.settings.outputLongSide = parseInt(key, value());
+            else if (key == "--kmeans") options.kmeansClusters = parseInt(key, value());
             else if (key == "--weights") options.settings.nafWeightsPath = value();
             else if (key == "--backend") options.settings.nafBackend = naf_app::nafBackendFromName(value());
             else if (key == "--gpu-precision") options.settings.gpuPrecision = naf_app::gpuPrecisionFromName(value());
-            else if (key == "--jobs") options.jobs = std::stoi(value());
+            else if (key == "--jobs") options.jobs = parseInt(key, value());
             else if (key == "--shard") naf_app::parseShard(value(), options.shardIndex, options.shardCount);
-            else if (key == "--force") options.force = true;
+            else if (key == "--force")
+            {
+                if (arg != key) CV_Error(cv::Error::StsBadArg, "--force takes no value (got '" + arg + "')");
+                options.force = true;
+            }
             else if (!arg.empty() && arg[0] == '-') CV_Error(cv::Error::StsBadArg, "unknown option " + arg);
             else options.inputs.push_back(arg);
         }

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cmath>
@@ -12,7 +12,9 @@
 #include <functional>
 #include <thread>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -156,6 +158,57 @@ TEST(AppIo, CollectsFoldersListsAndFilesAndShards)
     fs::remove_all(dir);
 }
 
+TEST(AppIo, InputsMustBeFilesOrFoldersAndListsOfAnyCaseExpandFolders)
+{
+    const fs::path dir = freshDir("collect2");
+    fs::create_directories(dir / "imgs");
+    writeText(dir / "imgs" / "a.png", "x");
+    writeText(dir / "imgs" / "b.jpg", "x");
+    // An upper-case list whose lines name a folder (expanded) and a missing file (kept: the batch
+    // reports it when its turn comes, instead of aborting the whole run).
+    writeText(dir / "LIST.TXT", "imgs\nmissing.jpg\n");
+    const auto found = naf_app::collectImages({(dir / "LIST.TXT").string()});
+    const std::vector<std::string> expected = {(dir / "imgs/a.png").string(), (dir / "imgs/b.jpg").string(),
+                                               (dir / "missing.jpg").string()};
+    EXPECT_EQ(found, expected);
+    // A FIFO would block the decoder forever: refused by name, before any work.
+    const fs::path fifo = dir / "pipe.jpg";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const std::string error = errorOf([&] { naf_app::collectImages({fifo.string()}); });
+    EXPECT_NE(error.find("'" + fifo.string() + "' is neither a regular file nor a folder"), std::string::npos) << error;
+    fs::remove_all(dir);
+}
+
+TEST(AppIo, TemporariesOfDeadProcessesOnThisHostAreRemoved)
+{
+    const fs::path dir = freshDir("stale");
+    char name[256] = {};
+    ASSERT_EQ(::gethostname(name, sizeof name - 1), 0);
+    std::string host(name);
+    for (char& c : host)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
+    // A pid that is certainly dead: a child that has exited and been reaped.
+    const pid_t child = ::fork();
+    if (child == 0) ::_exit(0);
+    ASSERT_GT(child, 0);
+    ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+    const std::string dead = std::to_string(child), alive = std::to_string(::getpid());
+    const std::string removed = "a.panel.png.tmp-" + host + "-" + dead + "-0";
+    const std::vector<std::string> kept = {"b.panel.png.tmp-" + host + "-" + alive + "-3",      // this process
+                                           "c.panel.png.tmp-other-host-" + dead + "-0",         // another host's
+                                           "d.panel.png.tmp-" + host + "-" + dead + "-x",       // not our pattern
+                                           "e.panel.png"};
+    writeText(dir / removed, "half");
+    for (const std::string& k : kept) writeText(dir / k, "x");
+    EXPECT_EQ(naf_app::removeStaleTemporaries(dir.string()), 1);
+    EXPECT_FALSE(fs::exists(dir / removed));
+    for (const std::string& k : kept) EXPECT_TRUE(fs::exists(dir / k)) << k;
+    // writeFileAtomic's own temporary names follow the pattern (so a killed writer's file is found).
+    writeText(dir / ("f.json.tmp-" + host + "-" + dead + "-12"), "x");
+    EXPECT_EQ(naf_app::removeStaleTemporaries(dir.string()), 1);
+    fs::remove_all(dir);
+}
+
 TEST(AppProbe, LoadsAndClassifiesAndRejectsBadFiles)
 {
     const fs::path dir = freshDir("probe");
@@ -199,6 +252,65 @@ TEST(AppBatch, RecordsAreTrustedOnlyWhenTheyMatchAndAreWellFormed)
     for (const std::string& bad : {wrongType.dump(), record.dump().substr(0, 40), std::string("[1, 2]"),
                                    std::string(""), std::string("{\"settings\": null}")})
         EXPECT_TRUE(naf_app::recordedOutputs(bad, settings, stamp).empty()) << bad;
+}
+
+TEST(AppBatch, OutputStemsAreUtf8AndNeverTheManifestsName)
+{
+    const auto stems = naf_app::outputStems({"d/caf\xe9.jpg", "d/manifest.jpg", "d/manifest.shard-0-of-2.png", "d/ok.jpg"});
+    ASSERT_EQ(stems.size(), 4u);
+    // A name that is not UTF-8 (JSON cannot hold it): the bad byte replaced, a hash of the path added.
+    EXPECT_EQ(stems[0].substr(0, 5), "caf_-") << stems[0];
+    EXPECT_EQ(stems[0].size(), 5u + 8u) << stems[0];
+    // The batch's own manifest names are never an image's record.
+    EXPECT_EQ(stems[1].substr(0, 9), "manifest-") << stems[1];
+    EXPECT_NE(stems[2], "manifest.shard-0-of-2");
+    EXPECT_EQ(stems[2].substr(0, 22), "manifest.shard-0-of-2-") << stems[2];
+    EXPECT_EQ(stems[3], "ok");
+    EXPECT_EQ(stems, naf_app::outputStems({"d/caf\xe9.jpg", "d/manifest.jpg", "d/manifest.shard-0-of-2.png", "d/ok.jpg"}));
+}
+
+// Input folder = output folder, with a file name that is not UTF-8: the manifest is still written
+// (the name as U+FFFD in the JSON), and a rerun does not take the panels of the first run as new
+// images. An image whose run would not fit in memory is skipped before anything is written for it.
+TEST(AppBatch, OutputFolderMayBeTheInputFolderAndNamesNeedNotBeUtf8)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const fs::path dir = freshDir("samefolder");
+    fs::copy_file(app_test::sampleImage("coco_000000000285_bear.jpg"), dir / "bear.jpg");
+    fs::copy_file(app_test::sampleImage("coco_000000000471_bus.jpg"), dir / "caf\xe9.jpg");
+    naf_app::BatchOptions options;
+    options.inputs = {dir.string()};
+    options.outDir = dir.string();
+    options.settings.vfmName = app_test::vfmName();
+    options.settings.outputLongSide = 64;
+    options.settings.methods = {cv::naf::UPSAMPLE_BILINEAR};
+    options.kmeansClusters = 2;
+    const naf_app::BatchSummary first = naf_app::runBatch(options);
+    EXPECT_EQ(first.computed, 2);
+    EXPECT_EQ(first.skipped, 0);
+    const nlohmann::json manifest = nlohmann::json::parse(readAll(first.manifestPath));
+    ASSERT_EQ(manifest["images"].size(), 2u);
+    EXPECT_NE(manifest["images"][1]["input"].get<std::string>().find("caf\xef\xbf\xbd.jpg"), std::string::npos)
+        << manifest["images"][1].dump();
+    const naf_app::BatchSummary second = naf_app::runBatch(options);
+    EXPECT_EQ(second.items.size(), 2u) << "the first run's panels were taken as images";
+    EXPECT_EQ(second.alreadyDone, 2);
+
+    options.inputs = {(dir / "bear.jpg").string()};
+    options.outDir = (dir / "huge").string();
+    options.settings.outputLongSide = 4096;
+    options.settings.methods = {cv::naf::UPSAMPLE_BILINEAR, cv::naf::UPSAMPLE_BICUBIC};
+    const cv::Size bear = cv::imread((dir / "bear.jpg").string()).size();
+    if (naf_app::estimatedRunBytes(options.settings, bear) <= 0.6 * naf_app::physicalMemoryBytes())
+        GTEST_SKIP() << "this machine has the memory for a 4096 px run";
+    const naf_app::BatchSummary huge = naf_app::runBatch(options);
+    ASSERT_EQ(huge.skipped, 1);
+    EXPECT_NE(huge.items[0].reason.find("GiB"), std::string::npos) << huge.items[0].reason;
+    EXPECT_TRUE(huge.items[0].outputs.empty());
+    for (const auto& e : fs::directory_iterator(dir / "huge"))
+        EXPECT_NE(e.path().filename().string().rfind("bear", 0), 0u) << "written for a skipped image: " << e.path();
+    fs::remove_all(dir);
 }
 
 TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
@@ -583,6 +695,36 @@ TEST(AppBatchCommand, UnknownBackendOrPrecisionIsRefusedBeforeAnyWork)
         EXPECT_EQ(r.exitCode, 2) << r.output;
         EXPECT_NE(r.output.find("CUDA requested but not available"), std::string::npos) << r.output;
         EXPECT_FALSE(fs::exists(out)) << "--backend cuda wrote " << out;
+    }
+    fs::remove_all(dir);
+}
+
+TEST(AppBatchCommand, MalformedNumbersAndBadValuesAreRefusedBeforeAnyWork)
+{
+    const fs::path dir = freshDir("badvalues");
+    const fs::path out = dir / "out";
+    const std::string image = app_test::sampleImage("coco_000000000285_bear.jpg");
+    struct Case
+    {
+        std::vector<std::string> option;
+        std::string expected;  // in the message
+    };
+    std::vector<Case> cases = {{{"--size", "abc"}, "--size 'abc': expected a whole number"},
+                               {{"--size", "64abc"}, "--size '64abc': expected a whole number"},
+                               {{"--size", "99999999999"}, "--size '99999999999': expected a whole number"},
+                               {{"--jobs", "two"}, "--jobs 'two': expected a whole number"},
+                               {{"--kmeans", "300"}, "is 300"},
+                               {{"--force=no"}, "--force takes no value"}};
+    if (app_test::vfmUnavailableReason().empty())  // else the missing model is what is refused
+        cases.push_back({{"--weights", (dir / "none.safetensors").string()}, (dir / "none.safetensors").string()});
+    for (const Case& c : cases)
+    {
+        std::vector<std::string> args = {image, "--out", out.string(), "--methods", "bilinear,naf"};
+        args.insert(args.end(), c.option.begin(), c.option.end());
+        const CommandResult r = runNafBatch(args);
+        EXPECT_EQ(r.exitCode, 2) << c.option[0] << ": " << r.output;
+        EXPECT_NE(r.output.find(c.expected), std::string::npos) << r.output;
+        EXPECT_FALSE(fs::exists(out)) << c.option[0] << " wrote " << out;
     }
     fs::remove_all(dir);
 }

@@ -142,6 +142,39 @@ private slots:
         else qputenv("NAF_VFM_REGISTRY", previous);
     }
 
+    void commandLineEndsWithTheRightStatus()
+    {
+        QTemporaryDir dir;
+        auto runViewer = [](const QStringList& args, QString* output) {
+            QProcess viewer;
+            viewer.start(NAF_VIEWER_PATH, args);
+            if (!viewer.waitForFinished(120000))
+            {
+                viewer.kill();
+                viewer.waitForFinished();
+                return -1;  // hung
+            }
+            *output = QString::fromUtf8(viewer.readAllStandardError());
+            return viewer.exitCode();
+        };
+        QString output;
+        // Unknown options and an unknown --vfm end before any window, with status 2 like every
+        // other bad option (an unknown option gave 1; an unknown --vfm ran the first model).
+        QCOMPARE(runViewer({"--bogus"}, &output), 2);
+        QVERIFY2(output.contains("bogus"), qPrintable(output));
+        QCOMPARE(runViewer({"--open", bear_, "--vfm", "no-such-model", "--run"}, &output), 2);
+        QVERIFY2(output.contains("'no-such-model'"), qPrintable(output));
+        // --screenshot without --run: the opened image is grabbed and the viewer quits (it waited forever).
+        const QString shot = dir.filePath("open.png");
+        QCOMPARE(runViewer({"--open", bear_, "--screenshot", shot}, &output), 0);
+        QVERIFY2(QFile::exists(shot), qPrintable(output));
+        // A failure on the way still gives the screenshot (it shows the error), with status 1.
+        const QString failedShot = dir.filePath("missing.png");
+        QCOMPARE(runViewer({"--open", dir.filePath("missing.jpg"), "--screenshot", failedShot}, &output), 1);
+        QVERIFY2(output.contains("cannot open"), qPrintable(output));
+        QVERIFY(QFile::exists(failedShot));
+    }
+
     void nafBackendAndPrecisionChoices()
     {
         MainWindow window;

@@ -57,14 +57,24 @@ int main(int argc, char** argv)
     const QCommandLineOption checkOpt("check-model", "Only check that the --vfm model can run: exit 0, or 77 with the reason.");
     parser.addOptions({openOpt, vfmOpt, sizeOpt, backendOpt, precisionOpt, runOpt, clickOpt, panelsOpt, shotOpt,
                        geometryOpt, checkOpt});
-    parser.process(app);
+    // parse(), not process(): an unknown option exits 2 like every other bad option (process() exits 1).
+    if (!parser.parse(QCoreApplication::arguments()))
+    {
+        std::cerr << "naf_viewer: " << parser.errorText().toStdString() << "\n";
+        return 2;
+    }
+    if (parser.isSet("help")) parser.showHelp(0);
     // Names are checked before the window opens: a typo ends here with the accepted names.
     int nafBackend = cv::naf::BACKEND_AUTO, gpuPrecision = cv::naf::GPU_PRECISION_FP32;
+    const std::string vfmName =
+        parser.isSet(vfmOpt) ? parser.value(vfmOpt).toStdString() : naf_app::PipelineSettings().vfmName;
     try
     {
         if (parser.isSet(backendOpt)) nafBackend = naf_app::nafBackendFromName(parser.value(backendOpt).toStdString());
         if (parser.isSet(precisionOpt))
             gpuPrecision = naf_app::gpuPrecisionFromName(parser.value(precisionOpt).toStdString());
+        // An unknown --vfm ends here too (the window would fall back to its first model).
+        if (parser.isSet(vfmOpt) && !parser.isSet(checkOpt)) cv::naf::VfmRegistry::find(vfmName);
     }
     catch (const cv::Exception& e)
     {
@@ -85,10 +95,9 @@ int main(int argc, char** argv)
         return refuse("--size", parser.value(sizeOpt), "an integer from 16 to 4096 (output long side in pixels)");
     if (parser.isSet(checkOpt))
     {
-        const std::string name = parser.value(vfmOpt).toStdString();
         try
         {
-            const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(name);
+            const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(vfmName);  // the default model without --vfm
             if (!spec.onnxPath.empty() && !cv::utils::fs::exists(spec.onnxPath))
             {
                 std::cerr << "naf_viewer: model file " << spec.onnxPath << " is absent; get it with: " << spec.fetchCommand
@@ -138,13 +147,16 @@ int main(int argc, char** argv)
     window.show();
 
     const QString shot = parser.value(shotOpt);
-    auto grabAndQuit = [&window, shot] {
+    // Something asked for failed (open, run, segmentation, click): the screenshot is still taken
+    // (it shows the error), but the exit status is 1, so a script sees it.
+    bool failed = false;
+    auto grabAndQuit = [&window, &failed, shot] {
         // Let the last repaint reach the screen, then grab the whole screen (a real X11 grab under Xvfb).
-        QTimer::singleShot(800, &window, [shot] {
+        QTimer::singleShot(800, &window, [&failed, shot] {
             const QPixmap pixmap = QGuiApplication::primaryScreen()->grabWindow(0);
             const bool ok = !pixmap.isNull() && pixmap.save(shot, "PNG");
             std::cerr << "naf_viewer: screenshot " << (ok ? "saved to " : "FAILED for ") << shot.toStdString() << "\n";
-            QCoreApplication::exit(ok ? 0 : 1);
+            QCoreApplication::exit(ok && !failed ? 0 : 1);
         });
     };
     const QPoint clickPoint(click[0], click[1]);  // (-1, -1): no click asked
@@ -152,6 +164,7 @@ int main(int argc, char** argv)
         if (!ok && !shot.isEmpty())
         {
             std::cerr << "naf_viewer: run failed: " << window.lastError().toStdString() << "\n";
+            failed = true;
             grabAndQuit();
             return;
         }
@@ -159,8 +172,13 @@ int main(int argc, char** argv)
     });
     // The screenshot waits for everything asked: the run, its segmentation, the click.
     int waiting = parser.isSet(runOpt) ? 2 + (clickPoint.x() >= 0 ? 1 : 0) : 0;
-    auto oneDone = [&, shot](bool) {
+    auto oneDone = [&, shot](bool ok) {
         if (shot.isEmpty() || waiting <= 0) return;
+        if (!ok)
+        {
+            std::cerr << "naf_viewer: failed: " << window.lastError().toStdString() << "\n";
+            failed = true;
+        }
         if (--waiting == 0) grabAndQuit();
     };
     QObject::connect(&window, &MainWindow::segmentationFinished, &window, oneDone);
@@ -172,9 +190,12 @@ int main(int argc, char** argv)
     if (parser.isSet(openOpt))
     {
         const bool opened = window.openImage(parser.value(openOpt));
+        if (!opened) std::cerr << "naf_viewer: cannot open: " << window.lastError().toStdString() << "\n";
         const bool refused = opened && parser.isSet(runOpt) && !window.startRun();  // e.g. CUDA where there is none
         if (refused) std::cerr << "naf_viewer: run refused: " << window.lastError().toStdString() << "\n";
-        if ((!opened || refused) && !shot.isEmpty()) grabAndQuit();
+        failed = !opened || refused;
+        // Without --run there is nothing more to wait for: the screenshot shows the opened image.
+        if ((failed || !parser.isSet(runOpt)) && !shot.isEmpty()) grabAndQuit();
     }
     else if (!shot.isEmpty())
         grabAndQuit();

@@ -33,8 +33,6 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include <unistd.h>
-
 #include "naf_app/io.hpp"
 #include "panel_view.hpp"
 
@@ -425,32 +423,24 @@ bool MainWindow::startRun()
         return false;
     }
     const naf_app::PipelineSettings settings = currentSettings();
-    // Refuse sizes whose feature maps cannot fit: one map per method plus scratch, 4 bytes a value.
     try
     {
         // Refused here rather than in the worker: e.g. CUDA where there is none (the module's message).
         naf_app::Pipeline::validate(settings);
-        const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
-        const cv::Size out = naf_app::outputSizeFor(image_.size(), settings.outputLongSide);
-        const double bytes = 4.0 * std::max(1, spec.channels) * out.area() * (settings.methods.size() + 2);
-        const double physical = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * ::sysconf(_SC_PAGESIZE);
-        if (physical > 0 && bytes > 0.6 * physical)
-        {
-            showError("Output size too large",
-                      QString("%1x%2 output with %3 channels and %4 methods needs about %5 GiB; this machine has %6 GiB. "
-                              "Choose a smaller output size.")
-                          .arg(out.width)
-                          .arg(out.height)
-                          .arg(spec.channels)
-                          .arg(settings.methods.size())
-                          .arg(bytes / (1 << 30), 0, 'f', 1)
-                          .arg(physical / (1 << 30), 0, 'f', 1));
-            return false;
-        }
     }
     catch (const std::exception& e)
     {
         showError("Cannot run", errorText(e));
+        return false;
+    }
+    // Sizes whose feature maps cannot fit (one map per method plus scratch) are refused up front.
+    try
+    {
+        naf_app::checkRunFitsInMemory(settings, image_.size());
+    }
+    catch (const std::exception& e)
+    {
+        showError("Output size too large", errorText(e));
         return false;
     }
 

@@ -96,6 +96,14 @@ TEST_F(Fixture, BadInputsGiveClearErrorsAndLeaveDstUntouched)
     expectRefused([&] { naf->setKernelSize(4); }, {"odd", "4"});
     expectRefused([&] { naf->setBackend(42); }, {"unknown backend 42"});
     expectRefused([&] { naf->setImageColorOrder(5); }, {"5"});
+    // A dst that cannot hold a CV_32F blob is refused before any work (a Mat_<uchar> ended up with
+    // float data under its old type; a vector<Mat> failed only after the whole computation).
+    cv::Mat_<uchar> typed = cv::Mat_<uchar>::ones(3, 3);
+    expectRefused([&] { naf->upsample(image, feats, typed, out); }, {"fixed type", "8UC1", "CV_32F"});
+    EXPECT_EQ(cv::countNonZero(typed != 1), 0);
+    std::vector<cv::Mat> list;
+    expectRefused([&] { naf->upsample(image, feats, list, out); }, {"dst must be a cv::Mat or cv::UMat"});
+    expectRefused([&] { naf->upsampleBlob(cv::Mat(), feats, list, out); }, {"image blob is empty"});
     naf->setAttentionProbe(cv::Point(30, 3));
     expectRefused([&] { naf->upsample(image, feats, dst, out); }, {"probe (30, 3)", "26x21"});
     // Nothing was written by any failed call.

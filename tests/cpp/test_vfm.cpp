@@ -159,6 +159,24 @@ TEST(VfmRegistry, BrokenFilesAreRejectedNamingFieldAndValue)
     naf_test::expectRefused([&] { VfmRegistry::loadFile(notJson); }, {notJson, "not valid JSON"});
     naf_test::expectRefused([] { VfmRegistry::loadFile("/nonexistent/x.json"); }, {"/nonexistent/x.json", "cannot be opened"});
     naf_test::expectRefused([] { VfmRegistry::loadDirectory("/nonexistent/dir"); }, {"/nonexistent/dir"});
+    // Not regular files: a FIFO blocked the read, /dev/zero never ended it.
+    naf_test::expectRefused([] { VfmRegistry::loadFile("/dev/zero"); }, {"/dev/zero", "not a regular file"});
+    // A deeply nested bad value: the message names the field with a short description of the
+    // value (dumping it whole recursed once per level and overflowed the stack at ~200k levels).
+    const int depth = 300000;
+    const std::string nested = std::string(depth, '[') + std::string(depth, ']');
+    const std::string deep = writeEntry("deep", validEntry().dump().insert(1, "\"notes\": 1, \"extra\": " + nested + ", "));
+    std::string message;
+    try
+    {
+        VfmRegistry::loadFile(deep);
+    }
+    catch (const cv::Exception& e)
+    {
+        message = e.err;
+    }
+    EXPECT_NE(message.find("'extra' = an array of 1 items"), std::string::npos) << message.substr(0, 400);
+    EXPECT_LT(message.size(), 1000u);
 }
 
 TEST(VisionFoundationModel, MissingModelFileSaysHowToFetchIt)
@@ -166,6 +184,10 @@ TEST(VisionFoundationModel, MissingModelFileSaysHowToFetchIt)
     json j = validEntry();
     const VfmSpec spec = VfmRegistry::loadFile(writeEntry("missingmodel", j.dump()));
     naf_test::expectRefused([&] { VisionFoundationModel::create(spec); }, {"/nonexistent/model.onnx", "echo fetch"});
+    // A model path that is not a regular file is refused before cv::dnn reads (and blocks on) it.
+    j["onnx"] = "/dev/zero";
+    const VfmSpec device = VfmRegistry::loadFile(writeEntry("devicemodel", j.dump()));
+    naf_test::expectRefused([&] { VisionFoundationModel::create(device); }, {"/dev/zero", "not a regular file"});
 }
 
 // ---------------------------------------------------------------- runner on the tiny exported ViT

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -154,6 +155,16 @@ TEST(Weights, DamagedFilesAreRejected)
         const float nan = std::numeric_limits<float>::quiet_NaN();
         std::memcpy(p.data.data() + begin, &nan, sizeof(float));
         expectRejected(p.bytes(), "NaN or Inf");
+    }
+    // RoPE divides by its periods: zero or subnormal ones loaded and gave an all-zero output.
+    for (const float period : {0.f, 1e-45f, -2.f})
+    {
+        Parts p;
+        const uint64_t begin = p.header["image_encoder.rope.periods"]["data_offsets"][0].get<uint64_t>();
+        std::memcpy(p.data.data() + begin + sizeof(float), &period, sizeof(float));
+        std::ostringstream value;
+        value << period;
+        expectRejected(p.bytes(), "RoPE period #1 is " + value.str());
     }
 }
 

@@ -1,6 +1,7 @@
 // Batch visualization export, see naf_app/batch.hpp.
 #include "naf_app/batch.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -16,6 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
+#include <unistd.h>
+
 #include "naf_app/io.hpp"
 
 namespace fs = std::filesystem;
@@ -25,14 +28,40 @@ namespace naf_app {
 
 namespace {
 
+// JSON text of records and manifests. File names need not be UTF-8 (Linux allows any bytes but
+// '/' and NUL): invalid bytes are written as U+FFFD instead of failing the whole dump.
+std::string jsonText(const json& value)
+{
+    return value.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+bool usesNaf(const PipelineSettings& settings)
+{
+    return std::find(settings.methods.begin(), settings.methods.end(), static_cast<int>(cv::naf::UPSAMPLE_NAF)) !=
+           settings.methods.end();
+}
+
+// The weights file NAF will load: --weights, else the module's default ($NAF_WEIGHTS, then the
+// project's default file); "" = random weights.
+std::string resolvedWeightsPath(const PipelineSettings& settings)
+{
+    return settings.nafWeightsPath.empty() ? std::string(cv::naf::getDefaultWeightsPath()) : settings.nafWeightsPath;
+}
+
+json inputStamp(const std::string& input);
+
 json settingsJson(const BatchOptions& options)
 {
     json methods = json::array();
     for (int m : options.settings.methods) methods.push_back(cv::naf::upsampleMethodName(m));
+    // The resolved weights file and its stamp: a rerun under another $NAF_WEIGHTS, or with the
+    // file replaced, computes again.
+    const std::string weights = usesNaf(options.settings) ? resolvedWeightsPath(options.settings) : std::string();
     return {{"vfm", options.settings.vfmName},
             {"output_long_side", options.settings.outputLongSide},
             {"methods", methods},
-            {"naf_weights", options.settings.nafWeightsPath},
+            {"naf_weights", weights},
+            {"naf_weights_stamp", weights.empty() ? json() : inputStamp(weights)},
             // Part of the settings a rerun compares: on CUDA the precision changes the output.
             {"naf_backend", nafBackendName(options.settings.nafBackend)},
             {"gpu_precision", gpuPrecisionName(options.settings.gpuPrecision)},
@@ -70,7 +99,9 @@ bool alreadyDone(const std::string& sidecar, const json& settings, const std::st
     std::ifstream in(sidecar);
     if (!in) return false;
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const std::vector<std::string> outputs = recordedOutputs(text, settings.dump(), inputStamp(input).dump());
+    const std::vector<std::string> outputs =
+        recordedOutputs(text, settings.dump(-1, ' ', false, json::error_handler_t::replace),
+                        inputStamp(input).dump());
     if (outputs.empty()) return false;
     for (const std::string& o : outputs)
         if (!fs::exists(o)) return false;
@@ -93,8 +124,14 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
     }
     try
     {
+        std::error_code ec;
+        if (!fs::exists(input, ec)) CV_Error(cv::Error::StsObjectNotFound, "'" + input + "' does not exist");
+        // A FIFO or device would block imread (or read forever).
+        if (!fs::is_regular_file(input, ec)) CV_Error(cv::Error::StsBadArg, "'" + input + "' is not a regular file");
         const cv::Mat image = cv::imread(input, cv::IMREAD_COLOR);
         if (image.empty()) CV_Error(cv::Error::StsError, "cannot decode '" + input + "' as an image");
+        // Before the VFM runs: the feature maps of `jobs` images at once must fit in memory.
+        checkRunFitsInMemory(options.settings, image.size(), options.jobs);
         PipelineResult result = pipeline.run(image, options.settings);
 
         std::vector<cv::Mat> tiles = {result.guide, renderLowResPca(result)};
@@ -138,7 +175,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
                              {"naf_weights_info", result.weightsInfo},
                              {"feature_grid", {result.lowRes.size[1], result.lowRes.size[2], result.lowRes.size[3]}}};
         // Written last: its presence marks the image done for a resumed run.
-        writeFileAtomic(sidecar, record.dump(2) + "\n");
+        writeFileAtomic(sidecar, jsonText(record));
         item.outputs.push_back(sidecar);
         item.status = "done";
     }
@@ -148,8 +185,48 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         item.reason = e.what();
         // cv::Exception texts carry file:line and a trailing newline; keep the message itself.
         if (auto* cvErr = dynamic_cast<const cv::Exception*>(&e)) item.reason = cvErr->err;
+        // A skipped image leaves none of its outputs: a panel without its record would look done.
+        std::error_code ignored;
+        for (const std::string& written : item.outputs) fs::remove(written, ignored);
+        item.outputs.clear();
     }
     return item;
+}
+
+}  // namespace
+
+namespace {
+
+// Bytes of `text` that are not well-formed UTF-8 become '_'.
+std::string utf8Safe(const std::string& text, bool* changed)
+{
+    std::string out;
+    *changed = false;
+    for (size_t i = 0; i < text.size();)
+    {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        const int length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+        bool valid = length > 0 && i + length <= text.size();
+        for (int k = 1; valid && k < length; ++k) valid = (static_cast<unsigned char>(text[i + k]) >> 6) == 0x2;
+        if (valid)
+        {
+            out.append(text, i, length);
+            i += length;
+        }
+        else
+        {
+            out.push_back('_');
+            *changed = true;
+            ++i;
+        }
+    }
+    return out;
+}
+
+// Stems of our own files: an image named like them gets a hashed stem instead.
+bool isReservedStem(const std::string& stem)
+{
+    return stem.rfind("manifest", 0) == 0;
 }
 
 }  // namespace
@@ -157,12 +234,22 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
 std::vector<std::string> outputStems(const std::vector<std::string>& inputs)
 {
     std::unordered_map<std::string, int> count;
-    for (const std::string& in : inputs) ++count[fs::path(in).stem().string()];
-    std::vector<std::string> stems;
+    std::vector<std::string> plain;
+    std::vector<bool> mustHash;
     for (const std::string& in : inputs)
     {
-        const std::string stem = fs::path(in).stem().string();
-        stems.push_back(count[stem] > 1 ? stem + "-" + hex8(fs::absolute(in).lexically_normal().string()) : stem);
+        bool changed = false;
+        plain.push_back(utf8Safe(fs::path(in).stem().string(), &changed));
+        mustHash.push_back(changed || isReservedStem(plain.back()));
+        ++count[plain.back()];
+    }
+    std::vector<std::string> stems;
+    for (size_t k = 0; k < inputs.size(); ++k)
+    {
+        // Shared, reserved or not UTF-8 (a name the JSON records could not hold): made unique with
+        // a hash of the full path.
+        const bool hash = count[plain[k]] > 1 || mustHash[k];
+        stems.push_back(hash ? plain[k] + "-" + hex8(fs::absolute(inputs[k]).lexically_normal().string()) : plain[k]);
     }
     return stems;
 }
@@ -184,22 +271,84 @@ std::vector<std::string> recordedOutputs(const std::string& recordText, const st
     }
 }
 
+namespace {
+
+bool sameFolder(const fs::path& a, const fs::path& b)
+{
+    std::error_code ec1, ec2;
+    return fs::weakly_canonical(a, ec1) == fs::weakly_canonical(b, ec2) && !ec1 && !ec2;
+}
+
+bool endsWith(const std::string& text, const std::string& suffix)
+{
+    return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The images minus this tool's own panels in the output folder (input folder = output folder:
+// a rerun would otherwise take last run's panels as new images).
+std::vector<std::string> withoutOwnOutputs(const std::vector<std::string>& images, const std::string& outDir)
+{
+    std::vector<std::string> kept;
+    for (const std::string& image : images)
+    {
+        const fs::path p(image);
+        const std::string name = p.filename().string();
+        const bool ours = (endsWith(name, ".panel.png") || endsWith(name, ".kmeans.png")) &&
+                          sameFolder(p.has_parent_path() ? p.parent_path() : fs::path("."), outDir);
+        if (!ours) kept.push_back(image);
+    }
+    return kept;
+}
+
+// Creates the output folder and checks that files can be written there, before any image is
+// computed; removes temporary files that an interrupted run (a process no longer alive) left.
+void prepareOutputFolder(const std::string& outDir)
+{
+    std::error_code ec;
+    fs::create_directories(outDir, ec);
+    if (ec || !fs::is_directory(outDir))
+        CV_Error(cv::Error::StsError, "cannot create the output folder '" + outDir + "'" +
+                                          (ec ? ": " + ec.message() : std::string(": not a folder")));
+    const std::string probe = (fs::path(outDir) / (".naf_batch-write-test-" + std::to_string(::getpid()))).string();
+    try
+    {
+        writeFileAtomic(probe, "");
+    }
+    catch (const cv::Exception& e)
+    {
+        CV_Error(cv::Error::StsError, "the output folder '" + outDir + "' is not writable (" + e.err + ")");
+    }
+    fs::remove(probe, ec);
+    removeStaleTemporaries(outDir);
+}
+
+}  // namespace
+
 BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress)
 {
     if (options.outDir.empty()) CV_Error(cv::Error::StsBadArg, "no output folder (--out)");
     CV_CheckGE(options.jobs, 1, "--jobs");
     CV_CheckGE(options.kmeansClusters, 0, "k-means clusters");
+    CV_CheckLE(options.kmeansClusters, 255, "k-means clusters (labels are 8-bit)");
     Pipeline::validate(options.settings);
+    // A missing network or weights file is a bad option, found before anything is written, not a
+    // skip for every image. The weights are read once now (a corrupt file fails here too).
+    const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(options.settings.vfmName);
+    std::error_code ec;
+    if (!fs::is_regular_file(spec.onnxPath, ec))
+        CV_Error(cv::Error::StsObjectNotFound, "VFM '" + spec.name + "': model file '" + spec.onnxPath + "' is missing" +
+                                                   (spec.fetchCommand.empty() ? "" : "; get it with: " + spec.fetchCommand));
+    if (usesNaf(options.settings)) cv::naf::NAF::create(resolvedWeightsPath(options.settings));
     const auto started = std::chrono::steady_clock::now();
 
-    const std::vector<std::string> all = collectImages(options.inputs);
+    const std::vector<std::string> all = withoutOwnOutputs(collectImages(options.inputs), options.outDir);
     const std::vector<std::string> allStems = outputStems(all);
     std::unordered_map<std::string, std::string> stemOf;
     for (size_t k = 0; k < all.size(); ++k) stemOf[all[k]] = allStems[k];
     const std::vector<std::string> inputs = selectShard(all, options.shardIndex, options.shardCount);
     std::vector<std::string> stems;
     for (const std::string& in : inputs) stems.push_back(stemOf[in]);
-    fs::create_directories(options.outDir);
+    prepareOutputFolder(options.outDir);
 
     const json settings = settingsJson(options);
     BatchSummary summary;
@@ -249,7 +398,7 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
                                                      : "manifest.shard-" + std::to_string(options.shardIndex) + "-of-" +
                                                            std::to_string(options.shardCount) + ".json";
     summary.manifestPath = (fs::path(options.outDir) / name).string();
-    writeFileAtomic(summary.manifestPath, manifest.dump(2) + "\n");
+    writeFileAtomic(summary.manifestPath, jsonText(manifest));
     return summary;
 }
 

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,11 +14,51 @@
 
 #include <opencv2/imgcodecs.hpp>
 
+#include <signal.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
 
 namespace naf_app {
+
+namespace {
+
+// This host's name with characters other than [A-Za-z0-9.-] replaced, for temporary file names.
+std::string hostName()
+{
+    char name[256] = {};
+    if (::gethostname(name, sizeof name - 1) != 0 || !name[0]) return "host";
+    std::string out(name);
+    for (char& c : out)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
+    return out;
+}
+
+}  // namespace
+
+int removeStaleTemporaries(const std::string& folder)
+{
+    const std::string marker = ".tmp-" + hostName() + "-";
+    int removed = 0;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(folder, ec))
+    {
+        const std::string name = entry.path().filename().string();
+        const size_t at = name.rfind(marker);
+        if (at == std::string::npos || !entry.is_regular_file(ec)) continue;
+        // <pid>-<counter> after the marker, digits only.
+        const std::string tail = name.substr(at + marker.size());
+        const size_t dash = tail.find('-');
+        if (dash == std::string::npos || dash == 0 || dash + 1 == tail.size() ||
+            tail.find_first_not_of("0123456789-") != std::string::npos || tail.find('-', dash + 1) != std::string::npos)
+            continue;
+        const long pid = std::strtol(tail.substr(0, dash).c_str(), nullptr, 10);
+        if (pid <= 0 || pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+        std::error_code removeError;
+        if (fs::remove(entry.path(), removeError)) ++removed;
+    }
+    return removed;
+}
 
 void writeFileAtomic(const std::string& path, const std::string& bytes)
 {
@@ -26,7 +68,7 @@ void writeFileAtomic(const std::string& path, const std::string& bytes)
     if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
     // Unique per process and call, in the target's folder so that rename() stays on one file system.
     std::ostringstream tmpName;
-    tmpName << path << ".tmp-" << ::getpid() << "-" << counter++;
+    tmpName << path << ".tmp-" << hostName() << "-" << ::getpid() << "-" << counter++;
     const std::string tmp = tmpName.str();
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -84,18 +126,37 @@ std::string encodeNpy(const cv::Mat& array)
 
 namespace {
 
+std::string lowerExtension(const fs::path& p);
+
 bool isImageFile(const fs::path& p)
 {
-    std::string ext = p.extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    const std::string ext = lowerExtension(p);
     static const char* known[] = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"};
     return std::any_of(std::begin(known), std::end(known), [&](const char* k) { return ext == k; });
 }
 
+std::string lowerExtension(const fs::path& p)
+{
+    std::string ext = p.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    return ext;
+}
+
 bool isListFile(const fs::path& p)
 {
-    const std::string ext = p.extension().string();
+    const std::string ext = lowerExtension(p);
     return ext == ".txt" || ext == ".lst";
+}
+
+// A folder's image files, sorted.
+std::vector<std::string> folderImages(const fs::path& folder)
+{
+    std::vector<std::string> found;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(folder, ec))
+        if (entry.is_regular_file() && isImageFile(entry.path())) found.push_back(entry.path().string());
+    std::sort(found.begin(), found.end());
+    return found;
 }
 
 }  // namespace
@@ -109,10 +170,7 @@ std::vector<std::string> collectImages(const std::vector<std::string>& inputs)
         std::error_code ec;
         if (fs::is_directory(p, ec))
         {
-            std::vector<std::string> found;
-            for (const auto& entry : fs::directory_iterator(p, ec))
-                if (entry.is_regular_file() && isImageFile(entry.path())) found.push_back(entry.path().string());
-            std::sort(found.begin(), found.end());
+            const std::vector<std::string> found = folderImages(p);
             images.insert(images.end(), found.begin(), found.end());
         }
         else if (fs::is_regular_file(p, ec) && isListFile(p))
@@ -125,11 +183,20 @@ std::vector<std::string> collectImages(const std::vector<std::string>& inputs)
                 line.erase(line.find_last_not_of(" \t\r") + 1);
                 if (line.empty() || line[0] == '#') continue;
                 const fs::path item(line);
-                images.push_back(item.is_absolute() ? line : (p.parent_path() / item).string());
+                const std::string path = item.is_absolute() ? line : (p.parent_path() / item).string();
+                if (fs::is_directory(path, ec))
+                {
+                    const std::vector<std::string> found = folderImages(path);
+                    images.insert(images.end(), found.begin(), found.end());
+                }
+                else
+                    images.push_back(path);  // checked when its turn comes (a skip, not an abort)
             }
         }
-        else if (fs::exists(p, ec))
+        else if (fs::is_regular_file(p, ec))
             images.push_back(input);  // any other file is taken as an image; decoding decides
+        else if (fs::exists(p, ec))
+            CV_Error(cv::Error::StsBadArg, "input '" + input + "' is neither a regular file nor a folder");
         else
             CV_Error(cv::Error::StsObjectNotFound, "input '" + input + "' does not exist");
     }

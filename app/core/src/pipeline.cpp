@@ -6,6 +6,8 @@
 #include <cmath>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <opencv2/core/utils/filesystem.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -90,6 +92,37 @@ cv::Size outputSizeFor(cv::Size image, int longSide)
     CV_CheckGT(longSide, 0, "output long side");
     const double scale = static_cast<double>(longSide) / std::max(image.width, image.height);
     return cv::Size(std::max(1, cvRound(image.width * scale)), std::max(1, cvRound(image.height * scale)));
+}
+
+double estimatedRunBytes(const PipelineSettings& settings, cv::Size image)
+{
+    const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
+    const cv::Size out = outputSizeFor(image, settings.outputLongSide);
+    return 4.0 * std::max(1, spec.channels) * out.area() * (settings.methods.size() + 2);
+}
+
+double physicalMemoryBytes()
+{
+    const long pages = ::sysconf(_SC_PHYS_PAGES), pageSize = ::sysconf(_SC_PAGESIZE);
+    return pages > 0 && pageSize > 0 ? static_cast<double>(pages) * pageSize : 0.0;
+}
+
+void checkRunFitsInMemory(const PipelineSettings& settings, cv::Size image, int concurrentRuns)
+{
+    const double bytes = estimatedRunBytes(settings, image) * std::max(1, concurrentRuns);
+    const double physical = physicalMemoryBytes();
+    if (physical <= 0 || bytes <= 0.6 * physical) return;
+    const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
+    const cv::Size out = outputSizeFor(image, settings.outputLongSide);
+    std::ostringstream msg;
+    msg.setf(std::ios::fixed);
+    msg.precision(1);
+    msg << out.width << "x" << out.height << " output with " << spec.channels << " channels and "
+        << settings.methods.size() << " methods";
+    if (concurrentRuns > 1) msg << ", " << concurrentRuns << " images at once,";
+    msg << " needs about " << bytes / (1 << 30) << " GiB; this machine has " << physical / (1 << 30)
+        << " GiB. Choose a smaller output size" << (concurrentRuns > 1 ? ", fewer jobs" : "") << " or fewer methods";
+    CV_Error(cv::Error::StsNoMem, msg.str());
 }
 
 std::vector<int> defaultUpsampleMethods()

@@ -154,6 +154,7 @@ public:
         else if (!image.empty())
             images.push_back(image.getMat());
         if (images.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: the guide image is empty");
+        checkDst(dst, "upsample");
         const Settings settings = snapshot();
         for (size_t i = 0; i < images.size(); ++i)
         {
@@ -179,6 +180,7 @@ public:
     {
         CV_TRACE_FUNCTION();
         if (imageBlob.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsampleBlob: the image blob is empty");
+        checkDst(dst, "upsampleBlob");
         Mat blob = imageBlob.getMat();
         if (blob.dims != 4 || blob.type() != CV_32F || blob.size[1] != 3)
             CV_Error(Error::StsBadArg, "cv::naf::NAF::upsampleBlob: image blob must be 4-D CV_32F N x 3 x H x W (RGB in "
@@ -330,6 +332,21 @@ private:
             if (!std::isfinite(p[i]))
                 CV_Error(Error::StsBadArg, std::string("cv::naf::NAF: ") + what + " contains NaN or Inf (value " +
                                                std::to_string(p[i]) + " at flat index " + std::to_string(i) + ")");
+    }
+
+    // The output is a 4-D CV_32F blob: refused before any work when dst cannot hold one (a typed
+    // Mat_<uchar> would otherwise end up with float data under its old type, a vector<Mat> only
+    // failed after the whole computation).
+    static void checkDst(OutputArray dst, const char* fn)
+    {
+        const int kind = dst.kind();
+        if (kind != _InputArray::MAT && kind != _InputArray::UMAT)
+            CV_Error(Error::StsBadArg, std::string("cv::naf::NAF::") + fn +
+                                           ": dst must be a cv::Mat or cv::UMat (the output is one 4-D blob), got "
+                                           "OutputArray kind " + std::to_string(kind >> _InputArray::KIND_SHIFT));
+        if (dst.fixedType() && dst.type() != CV_32F)
+            CV_Error(Error::StsBadArg, std::string("cv::naf::NAF::") + fn + ": dst has the fixed type " +
+                                           typeToString(dst.type()) + "; the output is CV_32F (use a cv::Mat)");
     }
 
     Mat checkedFeatures(InputArray lowResFeatures, int batch, Size dstSize, const char* fn) const

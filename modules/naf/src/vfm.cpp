@@ -12,6 +12,8 @@
 #include <set>
 #include <sstream>
 
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 #include <opencv2/core/utils/filesystem.hpp>
 #include <opencv2/dnn.hpp>
@@ -57,6 +59,30 @@ bool endsWith(const String& s, const String& suffix)
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+bool isRegularFile(const String& path)
+{
+    struct stat info;
+    return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+// A value for an error message: scalars as JSON, arrays and objects as JSON only when flat and
+// short. Dumping a deeply nested value recurses once per level (a 200k-level array overflowed the
+// stack) and a large one would swamp the message.
+std::string shortDump(const json& value)
+{
+    if (!value.is_structured()) return value.dump(-1, ' ', false, json::error_handler_t::replace).substr(0, 200);
+    bool flat = value.size() <= 16;
+    for (const json& item : value)
+        if (item.is_structured()) flat = false;
+    if (flat)
+    {
+        const std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
+        if (text.size() <= 200) return text;
+    }
+    return std::string(value.is_array() ? "an array of " : "an object of ") + std::to_string(value.size()) +
+           (value.is_array() ? " items" : " fields");
+}
+
 // Validates the fields of one registry file; every error names the file, the field and the value.
 class FieldReader
 {
@@ -67,7 +93,7 @@ public:
     {
         std::ostringstream msg;
         msg << "cv::naf: VFM registry file '" << file_ << "': field '" << field << "'";
-        if (value) msg << " = " << value->dump();
+        if (value) msg << " = " << shortDump(*value);
         msg << ": " << what;
         CV_Error(Error::StsParseError, msg.str());
     }
@@ -248,6 +274,9 @@ public:
             CV_Error(Error::StsObjectNotFound,
                      "cv::naf: VFM '" + spec_.name + "': model file '" + spec_.onnxPath + "' is missing" +
                          (spec_.fetchCommand.empty() ? String() : "; get it with: " + spec_.fetchCommand));
+        if (!isRegularFile(spec_.onnxPath))  // a FIFO would block cv::dnn's reader
+            CV_Error(Error::StsBadArg,
+                     "cv::naf: VFM '" + spec_.name + "': model file '" + spec_.onnxPath + "' is not a regular file");
         registerLayers();  // converted graphs use NafGelu and NafSoftmax (tools/vfm/onnx_for_opencv46.py)
         try
         {
@@ -443,6 +472,9 @@ String VfmRegistry::defaultDirectory()
 
 VfmSpec VfmRegistry::loadFile(const String& jsonPath)
 {
+    // Regular files only: a FIFO would block the read, /dev/zero never end it.
+    if (utils::fs::exists(jsonPath) && !isRegularFile(jsonPath))
+        CV_Error(Error::StsBadArg, "cv::naf: VFM registry file '" + jsonPath + "' is not a regular file");
     std::ifstream in(jsonPath, std::ios::binary);
     if (!in) CV_Error(Error::StsObjectNotFound, "cv::naf: VFM registry file '" + jsonPath + "' cannot be opened");
     std::stringstream text;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -162,6 +163,24 @@ void checkFinite(const std::vector<float>& storage, const std::string& origin)
         if (!std::isfinite(storage[i])) weightsError(origin, "contains NaN or Inf (value #" + std::to_string(i) + ")");
 }
 
+// RoPE divides by its periods: a zero or subnormal period gives an infinite angle, NaN queries
+// and an all-zero output with no error, so it is refused here with its value.
+void checkRopePeriods(const LoadedWeights& w, const NafConfig& cfg, const std::string& origin)
+{
+    const int count = cfg.dim / cfg.headsRope / 4;
+    for (int i = 0; i < count; ++i)
+    {
+        const float period = w.view.ropePeriods[i];
+        if (!(period >= std::numeric_limits<float>::min()))
+        {
+            std::ostringstream value;
+            value << period;
+            weightsError(origin, "RoPE period #" + std::to_string(i) + " is " + value.str() +
+                                     "; periods must be positive normal floats");
+        }
+    }
+}
+
 }  // namespace
 
 std::vector<TensorSpec> expectedTensors(const NafConfig& cfg)
@@ -285,6 +304,7 @@ std::shared_ptr<const LoadedWeights> loadWeightsFromFile(const SafetensorsFile& 
     const std::string checksum = verifyDataChecksum(file);
     checkFinite(storage, path);
     auto w = assemble(cfg, std::move(storage));
+    checkRopePeriods(*w, cfg, path);
     w->path = path;
     w->configJson = metaValue("naf_config");
     w->provenanceJson = provenanceText;
@@ -373,6 +393,7 @@ std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::stri
     }
     checkFinite(storage, origin);
     auto w = assemble(cfg, std::move(storage));
+    checkRopePeriods(*w, cfg, origin);
     nlohmann::json provenance;
     provenance["source"] = "embedded";
     provenance["trained"] = true;

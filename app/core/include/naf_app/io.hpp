@@ -8,19 +8,27 @@
 
 namespace naf_app {
 
-/// Writes bytes to `path` atomically: a temporary file in the same folder, then rename(), so a
-/// reader (or a resumed batch) never sees a half-written file. Creates missing parent folders.
+/// Writes bytes to `path` atomically: a temporary file in the same folder
+/// (`<path>.tmp-<host>-<pid>-<n>`), then rename(), so a reader (or a resumed batch) never sees a
+/// half-written file. Creates missing parent folders.
 /// @throws cv::Exception naming the path and the OS error.
 void writeFileAtomic(const std::string& path, const std::string& bytes);
+/// Removes the temporary files of writeFileAtomic in `folder` that a process of this host which
+/// is no longer running left behind (killed mid-write); returns how many. Another host's files,
+/// e.g. of array-job tasks sharing the folder, are left alone.
+int removeStaleTemporaries(const std::string& folder);
 /// cv::imencode + writeFileAtomic (format from the extension, e.g. .png).
 void writeImageAtomic(const std::string& path, const cv::Mat& image);
 /// A CV_32F / CV_8U / CV_32S Mat (any dims) as NumPy .npy bytes (C order, little endian).
 std::string encodeNpy(const cv::Mat& array);
 
 /// Image files named by the inputs: a file is taken as is; a folder contributes its image files
-/// (.jpg .jpeg .png .bmp .tif .tiff .webp, not recursive, sorted); a `.txt`/`.lst` file is a list,
-/// one path per line (relative to the list's folder, blank lines and # comments ignored).
-/// @throws cv::Exception for an input that does not exist.
+/// (.jpg .jpeg .png .bmp .tif .tiff .webp in any case, not recursive, sorted); a `.txt`/`.lst`
+/// file (any case) is a list, one path per line (relative to the list's folder, blank lines and #
+/// comments ignored; a folder in it contributes its images). Listed files are not checked here:
+/// the batch reports a missing one per image.
+/// @throws cv::Exception for an input that does not exist or is neither a regular file nor a
+/// folder (a FIFO would block the decoder).
 std::vector<std::string> collectImages(const std::vector<std::string>& inputs);
 
 /// The items of shard `index` of `count` (round-robin over the sorted list: item k goes to k % count).

@@ -92,6 +92,17 @@ using ProgressFn = std::function<bool(double fraction, const std::string& stage)
 /// Output size for an image: long side = longSide, aspect kept, each side >= 1.
 cv::Size outputSizeFor(cv::Size image, int longSide);
 
+/// Bytes the feature maps of one run take for an image of this size: one output-sized map per
+/// method plus two more (the NAF call's scratch and the PCA/k-means copies), 4 bytes a value.
+double estimatedRunBytes(const PipelineSettings& settings, cv::Size image);
+
+/// This machine's physical memory in bytes (0 when unknown).
+double physicalMemoryBytes();
+
+/// Throws cv::Exception (StsNoMem) naming the size, channels, methods and both amounts when
+/// `concurrentRuns` runs of this image would take more than 60 % of the physical memory.
+void checkRunFitsInMemory(const PipelineSettings& settings, cv::Size image, int concurrentRuns = 1);
+
 /// Runs the pipeline, caching the loaded VFM and NAF objects between calls. One Pipeline per
 /// thread (cv::dnn nets and NAF objects are not shared across threads).
 class Pipeline

@@ -1,6 +1,7 @@
 // naf_batch: visualization export for many images (the viewer's pipeline, no window).
 #include <climits>
 #include <iostream>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -132,8 +133,30 @@ int main(int argc, char** argv)
             return 2;
         }
         const bool tty = ::isatty(STDERR_FILENO);
+        std::mutex output;  // the stage reports come from the worker threads
+        int finishedSoFar = 0, totalImages = 0;
+        // Within an image: on a terminal the bar's line shows the image and stage being computed
+        // (a run takes seconds to minutes); in a log, one line when an image starts.
+        auto stage = [&](const std::string& input, double fraction, const std::string& name) {
+            std::lock_guard<std::mutex> lock(output);
+            const std::string file = input.substr(input.find_last_of('/') + 1);
+            if (!tty)
+            {
+                if (fraction == 0) std::cerr << "started " << file << "\n";
+                return;
+            }
+            std::cerr << "\r\033[K[" << finishedSoFar << "/" << (totalImages ? std::to_string(totalImages) : "?")
+                      << "] " << file << ": " << name << " " << static_cast<int>(fraction * 100) << " %" << std::flush;
+        };
         const naf_app::BatchSummary summary = naf_app::runBatch(
-            options, [&](int finished, int total, const naf_app::BatchItem& last) { drawProgress(finished, total, last, tty); });
+            options,
+            [&](int finished, int total, const naf_app::BatchItem& last) {
+                std::lock_guard<std::mutex> lock(output);
+                finishedSoFar = finished;
+                totalImages = total;
+                drawProgress(finished, total, last, tty);
+            },
+            stage);
         std::cout << "naf_batch: " << summary.computed << " computed, " << summary.alreadyDone << " already done, "
                   << summary.skipped << " skipped in " << summary.seconds << " s; manifest " << summary.manifestPath << "\n";
         return summary.skipped ? 1 : 0;

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <sys/stat.h>
@@ -286,9 +288,27 @@ TEST(AppBatch, OutputFolderMayBeTheInputFolderAndNamesNeedNotBeUtf8)
     options.settings.outputLongSide = 64;
     options.settings.methods = {cv::naf::UPSAMPLE_BILINEAR};
     options.kmeansClusters = 2;
-    const naf_app::BatchSummary first = naf_app::runBatch(options);
+    // The same file twice (once by a path through '..') is one image. Stage reports arrive for
+    // each computed image, in order, from 0 to 1.
+    options.inputs.push_back((dir / ".." / dir.filename() / "bear.jpg").string());
+    std::mutex stagesMutex;
+    std::map<std::string, std::vector<std::pair<double, std::string>>> stages;
+    const naf_app::BatchSummary first = naf_app::runBatch(
+        options, naf_app::BatchProgressFn(), [&](const std::string& input, double fraction, const std::string& stage) {
+            std::lock_guard<std::mutex> lock(stagesMutex);
+            stages[input].push_back({fraction, stage});
+        });
     EXPECT_EQ(first.computed, 2);
     EXPECT_EQ(first.skipped, 0);
+    ASSERT_EQ(stages.size(), 2u);
+    for (const auto& image : stages)
+    {
+        const auto& reports = image.second;
+        ASSERT_GE(reports.size(), 4u) << image.first;  // models, VFM, bilinear, done
+        EXPECT_EQ(reports.front(), std::make_pair(0.0, std::string("loading models"))) << image.first;
+        EXPECT_EQ(reports.back(), std::make_pair(1.0, std::string("done"))) << image.first;
+        for (size_t i = 1; i < reports.size(); ++i) EXPECT_GE(reports[i].first, reports[i - 1].first) << image.first;
+    }
     const nlohmann::json manifest = nlohmann::json::parse(readAll(first.manifestPath));
     ASSERT_EQ(manifest["images"].size(), 2u);
     EXPECT_NE(manifest["images"][1]["input"].get<std::string>().find("caf\xef\xbf\xbd.jpg"), std::string::npos)

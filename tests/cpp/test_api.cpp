@@ -124,6 +124,11 @@ TEST_F(Fixture, BatchOfImagesEqualsOneByOne)
         const cv::Mat slice(1, static_cast<int>(single.total()), CV_32F, batch.ptr<float>(n));
         EXPECT_EQ(cv::norm(slice, single.reshape(1, 1), cv::NORM_INF), 0.0) << "item " << n;
     }
+    // The same batch as a list of UMats (it failed inside OpenCV with "0 <= i && i < (int)v.size()").
+    const std::vector<cv::UMat> umats = {twoImages[0].getUMat(cv::ACCESS_READ), twoImages[1].getUMat(cv::ACCESS_READ)};
+    cv::Mat fromUMats;
+    naf->upsample(umats, twoFeats, fromUMats, out);
+    EXPECT_EQ(cv::norm(fromUMats.reshape(1, 1), batch.reshape(1, 1), cv::NORM_INF), 0.0);
 }
 
 // A dst that already has the output shape is written in place (no fresh blob per call, as

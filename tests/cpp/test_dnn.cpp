@@ -65,6 +65,14 @@ TEST(DnnLayer, GraphWithoutRequiredAttributeIsRefused)
     cv::naf::registerLayers();
     naf_test::expectRefused([] { cv::dnn::readNetFromONNX(graph("naf_missing_output_size.onnx")); },
                             {"output_height"});
+    // A weights_path that is not a string (it said only "isString()").
+    cv::dnn::LayerParams params;
+    params.name = "upsampler";
+    params.set("output_height", 32);
+    params.set("output_width", 32);
+    params.set("weights_path", 5);
+    naf_test::expectRefused([&] { cv::dnn::LayerFactory::createLayerInstance("NAF", params); },
+                            {"'upsampler'", "'weights_path' must be a string"});
 }
 
 namespace {

@@ -197,6 +197,18 @@ cv::Ptr<VisionFoundationModel> tinyVit()
     return VisionFoundationModel::create(VfmRegistry::find("tiny_vit", tinyRegistry()));
 }
 
+// A registry input size the graph was not exported for: cv::dnn's assertion comes with the model,
+// the size and the likely cause in front (it was the bare "total(srcShape, ...) == maskTotal").
+TEST(VisionFoundationModel, ForwardFailureNamesTheModelAndInputSize)
+{
+    VfmSpec spec = VfmRegistry::find("tiny_vit", tinyRegistry());
+    spec.inputSize = 128;
+    cv::Ptr<VisionFoundationModel> vfm = VisionFoundationModel::create(spec);
+    cv::Mat features;
+    naf_test::expectRefused([&] { vfm->extract(naf_test::randomImage(40, 50, 1), features); },
+                            {"VFM 'tiny_vit'", "128x128 input failed", "input.size"});
+}
+
 TEST(VisionFoundationModel, GeometryLandscapeAndPortrait)
 {
     cv::Ptr<VisionFoundationModel> vfm = tinyVit();  // input 64, stride 8
@@ -243,6 +255,14 @@ TEST(VisionFoundationModel, CoveredOutputSizeAddsThePaddedPartOfTheLastCells)
     naf_test::expectRefused([] { cv::naf::coveredOutputSize(VfmGeometry(), cv::Size(64, 64)); },
                         {"empty or inconsistent geometry"});
     naf_test::expectRefused([&] { cv::naf::coveredOutputSize(g, cv::Size(0, 64)); }, {"0x64"});
+    // Valid cells outside the grid (a 1e6-wide output came back), and a covered size past int.
+    VfmGeometry wide = g;
+    wide.validCells.width = 1000000;
+    naf_test::expectRefused([&] { cv::naf::coveredOutputSize(wide, cv::Size(64, 64)); },
+                            {"inconsistent geometry", "valid cells 1000000x"});
+    vfm->extract(naf_test::randomImage(30, 100, 1), features, &g);
+    const int big = std::numeric_limits<int>::max() - 5;
+    naf_test::expectRefused([&] { cv::naf::coveredOutputSize(g, cv::Size(big, big)); }, {"does not fit in int"});
 }
 
 TEST(VisionFoundationModel, ExtractIsTheValidCropOfTheFullGrid)

@@ -11,6 +11,7 @@
 #include <opencv2/naf.hpp>
 
 #include "safetensors.hpp"
+#include "weights.hpp"
 #include "test_support.hpp"
 
 using cv::naf::detail::SafetensorsFile;
@@ -166,6 +167,29 @@ TEST(Weights, DamagedFilesAreRejected)
         value << period;
         expectRejected(p.bytes(), "RoPE period #1 is " + value.str());
     }
+}
+
+// Embedded weights (ONNX initializers): each tensor must have its exact shape, not just the
+// element count (a transposed initializer loaded and ran with scrambled weights).
+TEST(Weights, EmbeddedTensorsNeedTheirExactShape)
+{
+    const SafetensorsFile file = SafetensorsFile::read(naf_test::goldenWeights());
+    std::map<std::string, cv::Mat> tensors;
+    for (const auto& t : file.tensors()) tensors[t.first] = file.mat(t.first);
+    // cv::dnn holds 1-D initializers as 2-D rows: still accepted.
+    const std::string bias = "image_encoder.encoder.0.bias";
+    tensors[bias] = tensors[bias].reshape(1, 1);
+    ASSERT_EQ(tensors[bias].dims, 2);
+    EXPECT_NO_THROW(cv::naf::detail::weightsFromTensors(tensors, "embedded test"));
+    // A 4-D weight with its dimensions reversed has the right count but the wrong shape.
+    const std::string conv = "image_encoder.encoder.0.weight";
+    const cv::Mat good = tensors[conv];
+    ASSERT_EQ(good.dims, 4);
+    const int reversed[4] = {good.size[3], good.size[2], good.size[1], good.size[0]};
+    tensors[conv] = good.reshape(1, 4, reversed);
+    naf_test::expectRefused([&] { cv::naf::detail::weightsFromTensors(tensors, "embedded test"); },
+                            {"embedded test", conv, "has shape [" + std::to_string(reversed[0]), "expected [" +
+                                                                                                  std::to_string(good.size[0])});
 }
 
 TEST(Safetensors, WriterIsTheInverseOfTheReader)

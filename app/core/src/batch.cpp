@@ -10,6 +10,7 @@
 #include <iomanip>
 #include <iterator>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
@@ -111,7 +112,7 @@ bool alreadyDone(const std::string& sidecar, const json& settings, const std::st
 }
 
 BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const json& settings, const std::string& input,
-                       const std::string& stem)
+                       const std::string& stem, const BatchStageFn& stage)
 {
     BatchItem item;
     item.input = input;
@@ -132,7 +133,13 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         if (image.empty()) CV_Error(cv::Error::StsError, "cannot decode '" + input + "' as an image");
         // Before the VFM runs: the feature maps of `jobs` images at once must fit in memory.
         checkRunFitsInMemory(options.settings, image.size(), options.jobs);
-        PipelineResult result = pipeline.run(image, options.settings);
+        ProgressFn progress;
+        if (stage)
+            progress = [&](double fraction, const std::string& name) {
+                stage(input, fraction, name);
+                return true;
+            };
+        PipelineResult result = pipeline.run(image, options.settings, progress);
 
         std::vector<cv::Mat> tiles = {result.guide, renderLowResPca(result)};
         std::vector<cv::String> captions = {"image", "low-res " + std::to_string(result.lowRes.size[3]) + "x" +
@@ -284,18 +291,22 @@ bool endsWith(const std::string& text, const std::string& suffix)
     return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// The images minus this tool's own panels in the output folder (input folder = output folder:
-// a rerun would otherwise take last run's panels as new images).
-std::vector<std::string> withoutOwnOutputs(const std::vector<std::string>& images, const std::string& outDir)
+// The images to compute: each file once (the same file by two paths would be computed twice under
+// two hashed stems), without this tool's own panels in the output folder (input folder = output
+// folder: a rerun would otherwise take last run's panels as new images).
+std::vector<std::string> batchInputs(const std::vector<std::string>& images, const std::string& outDir)
 {
     std::vector<std::string> kept;
+    std::set<std::string> seen;
     for (const std::string& image : images)
     {
         const fs::path p(image);
         const std::string name = p.filename().string();
         const bool ours = (endsWith(name, ".panel.png") || endsWith(name, ".kmeans.png")) &&
                           sameFolder(p.has_parent_path() ? p.parent_path() : fs::path("."), outDir);
-        if (!ours) kept.push_back(image);
+        std::error_code ec;
+        const fs::path canonical = fs::weakly_canonical(p, ec);
+        if (!ours && seen.insert(ec ? image : canonical.string()).second) kept.push_back(image);
     }
     return kept;
 }
@@ -324,7 +335,7 @@ void prepareOutputFolder(const std::string& outDir)
 
 }  // namespace
 
-BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress)
+BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress, const BatchStageFn& stage)
 {
     if (options.outDir.empty()) CV_Error(cv::Error::StsBadArg, "no output folder (--out)");
     CV_CheckGE(options.jobs, 1, "--jobs");
@@ -341,7 +352,7 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
     if (usesNaf(options.settings)) cv::naf::NAF::create(resolvedWeightsPath(options.settings));
     const auto started = std::chrono::steady_clock::now();
 
-    const std::vector<std::string> all = withoutOwnOutputs(collectImages(options.inputs), options.outDir);
+    const std::vector<std::string> all = batchInputs(collectImages(options.inputs), options.outDir);
     const std::vector<std::string> allStems = outputStems(all);
     std::unordered_map<std::string, std::string> stemOf;
     for (size_t k = 0; k < all.size(); ++k) stemOf[all[k]] = allStems[k];
@@ -360,7 +371,7 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
         Pipeline pipeline;  // per thread: cv::dnn nets and NAF objects are not shared
         for (size_t k = next++; k < inputs.size(); k = next++)
         {
-            summary.items[k] = processImage(pipeline, options, settings, inputs[k], stems[k]);
+            summary.items[k] = processImage(pipeline, options, settings, inputs[k], stems[k], stage);
             std::lock_guard<std::mutex> lock(progressMutex);
             ++finished;
             if (progress) progress(finished, static_cast<int>(inputs.size()), summary.items[k]);

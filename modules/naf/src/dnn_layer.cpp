@@ -89,7 +89,15 @@ public:
         }
         else
         {
-            const std::string path = params.has("weights_path") ? params.get<String>("weights_path") : String();
+            std::string path;
+            if (params.has("weights_path"))
+            {
+                const dnn::DictValue& value = params.get("weights_path");
+                if (!value.isString())
+                    CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
+                                                   "': attribute 'weights_path' must be a string (a file path)");
+                path = value.get<String>();
+            }
             naf_ = NAF::create(path);
         }
         naf_->setKernelSize(kernelSize);

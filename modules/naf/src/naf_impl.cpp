@@ -151,6 +151,12 @@ public:
         if (image.kind() == _InputArray::STD_VECTOR_MAT || image.kind() == _InputArray::STD_ARRAY_MAT ||
             image.kind() == _InputArray::STD_VECTOR_VECTOR)
             image.getMatVector(images);
+        else if (image.kind() == _InputArray::STD_VECTOR_UMAT)  // getMat() of a UMat list failed deep in OpenCV
+        {
+            std::vector<UMat> umats;
+            image.getUMatVector(umats);
+            for (const UMat& u : umats) images.push_back(u.getMat(ACCESS_READ).clone());
+        }
         else if (!image.empty())
             images.push_back(image.getMat());
         if (images.empty()) CV_Error(Error::StsBadArg, "cv::naf::NAF::upsample: the guide image is empty");

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -378,7 +379,22 @@ public:
     }
 
 private:
-    Mat forwardNet() { return spec_.outputName.empty() ? net_.forward() : net_.forward(spec_.outputName); }
+    // cv::dnn's own failures (an assertion deep in a layer, e.g. a registry input size the graph
+    // was not exported for) get the model and its input size in front; ours pass unchanged.
+    Mat forwardNet()
+    {
+        try
+        {
+            return spec_.outputName.empty() ? net_.forward() : net_.forward(spec_.outputName);
+        }
+        catch (const cv::Exception& e)
+        {
+            if (e.err.rfind("cv::naf", 0) == 0) throw;
+            CV_Error(e.code, "cv::naf: VFM '" + spec_.name + "': cv::dnn's forward of '" + spec_.onnxPath + "' on a " +
+                                 std::to_string(spec_.inputSize) + "x" + std::to_string(spec_.inputSize) +
+                                 " input failed (does the registry's input.size match the graph?): " + e.err);
+        }
+    }
 
     // The forward with progress reports. The callback runs on this thread only: cv::dnn calls the
     // reporting layers from the thread that called forward().
@@ -449,7 +465,9 @@ Size coveredOutputSize(const VfmGeometry& g, Size outputSize)
                                           outputSize.width, outputSize.height));
     if (g.gridSize.width <= 0 || g.gridSize.height <= 0 || g.imageInInput.width <= 0 ||
         g.imageInInput.height <= 0 || g.validCells.width <= 0 || g.validCells.height <= 0 ||
-        g.inputSize.width < g.gridSize.width || g.inputSize.height < g.gridSize.height)
+        g.inputSize.width < g.gridSize.width || g.inputSize.height < g.gridSize.height ||
+        g.validCells.x < 0 || g.validCells.y < 0 || g.validCells.x + g.validCells.width > g.gridSize.width ||
+        g.validCells.y + g.validCells.height > g.gridSize.height)
         CV_Error(Error::StsBadArg,
                  format("cv::naf::coveredOutputSize: empty or inconsistent geometry (grid %dx%d, input %dx%d, image "
                         "in input %dx%d, valid cells %dx%d); pass the one VisionFoundationModel::extract() filled",
@@ -458,9 +476,13 @@ Size coveredOutputSize(const VfmGeometry& g, Size outputSize)
     // Network-input pixels under the valid cells, against those under the image.
     const double cellsW = static_cast<double>(g.validCells.width) * g.inputSize.width / g.gridSize.width;
     const double cellsH = static_cast<double>(g.validCells.height) * g.inputSize.height / g.gridSize.height;
-    const int w = static_cast<int>(std::lround(outputSize.width * cellsW / g.imageInInput.width));
-    const int h = static_cast<int>(std::lround(outputSize.height * cellsH / g.imageInInput.height));
-    return Size(std::max(outputSize.width, w), std::max(outputSize.height, h));
+    const double w = std::round(outputSize.width * cellsW / g.imageInInput.width);
+    const double h = std::round(outputSize.height * cellsH / g.imageInInput.height);
+    if (w > std::numeric_limits<int>::max() || h > std::numeric_limits<int>::max())
+        CV_Error(Error::StsOutOfRange, format("cv::naf::coveredOutputSize: the covered size of a %dx%d output "
+                                              "(%.0fx%.0f) does not fit in int",
+                                              outputSize.width, outputSize.height, w, h));
+    return Size(std::max(outputSize.width, static_cast<int>(w)), std::max(outputSize.height, static_cast<int>(h)));
 }
 
 String VfmRegistry::defaultDirectory()

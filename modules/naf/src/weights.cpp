@@ -387,6 +387,13 @@ std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::stri
         if (m.total() != elementCount(s.shape))
             weightsError(origin, "tensor '" + s.name + "' has " + std::to_string(m.total()) + " values, expected " +
                                      shapeString(s.shape));
+        // The shape too, not just the count: a transposed or reshaped initializer would load and
+        // run with scrambled weights. cv::dnn holds a 1-D initializer as a 2-D row or column.
+        const std::vector<int> shape(m.size.p, m.size.p + m.dims);
+        const bool vectorAs2d = s.shape.size() == 1 && m.dims == 2 && (m.rows == 1 || m.cols == 1);
+        if (shape != s.shape && !vectorAs2d)
+            weightsError(origin, "tensor '" + s.name + "' has shape " + shapeString(shape) + ", expected " +
+                                     shapeString(s.shape));
         Mat c = m.isContinuous() ? m : m.clone();
         const float* p = c.ptr<float>();
         storage.insert(storage.end(), p, p + c.total());

@@ -40,6 +40,10 @@ struct BatchSummary
 
 /// Progress callback: images finished so far, total, the last item.
 using BatchProgressFn = std::function<void(int finished, int total, const BatchItem& last)>;
+/// Progress within an image being computed: its input path, the fraction of its run and the
+/// stage starting (the pipeline's stages: "loading models", "VFM features", one per method,
+/// "done"). Called from the worker threads (`jobs` of them), so it must be thread-safe.
+using BatchStageFn = std::function<void(const std::string& input, double fraction, const std::string& stage)>;
 
 /// Output stem of each input: the file stem, made unique with a short hash of the full path when
 /// two inputs share a stem (same for every shard, as it is computed on the whole list).
@@ -58,8 +62,11 @@ std::vector<std::string> recordedOutputs(const std::string& recordText, const st
 /// the same settings marks the image done). A bad image is recorded as skipped with the reason.
 /// The manifest `<out>/manifest.json` (or `manifest.shard-<i>-of-<n>.json`) lists everything.
 /// The manifest and every record carry the settings, the NAF backend and GPU precision among them.
+/// An input listed twice (the same file by any path) is computed once.
 /// @throws cv::Exception only for bad options (unknown VFM, method, NAF backend or GPU precision,
-/// CUDA asked for where it is unavailable, missing input path), before anything is written.
-BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress = BatchProgressFn());
+/// CUDA asked for where it is unavailable, k-means outside [0, 255], missing model or weights
+/// file, missing input path, output folder not writable), before anything is written.
+BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress = BatchProgressFn(),
+                      const BatchStageFn& stage = BatchStageFn());
 
 }  // namespace naf_app

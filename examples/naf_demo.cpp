@@ -120,7 +120,8 @@ int main(int argc, char** argv)
                 // image padded with black as the network saw it, then crop to the image.
                 const double display = static_cast<double>(maxSide) / std::max(original.cols, original.rows);
                 // Each side at least 1 pixel (a 256x2 image would otherwise round to 0 rows).
-                const cv::Size shown(std::max(1, cvRound(original.cols * display)), std::max(1, cvRound(original.rows * display)));
+                const cv::Size shown(std::max(1, cvRound(original.cols * display)),
+                                     std::max(1, cvRound(original.rows * display)));
                 cv::Mat image;
                 cv::resize(original, image, shown, 0, 0, display < 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
                 const cv::Size covered = cv::naf::coveredOutputSize(geometry, image.size());

@@ -258,7 +258,8 @@ TEST(AppBatch, RecordsAreTrustedOnlyWhenTheyMatchAndAreWellFormed)
 
 TEST(AppBatch, OutputStemsAreUtf8AndNeverTheManifestsName)
 {
-    const auto stems = naf_app::outputStems({"d/caf\xe9.jpg", "d/manifest.jpg", "d/manifest.shard-0-of-2.png", "d/ok.jpg"});
+    const std::vector<std::string> inputs = {"d/caf\xe9.jpg", "d/manifest.jpg", "d/manifest.shard-0-of-2.png", "d/ok.jpg"};
+    const auto stems = naf_app::outputStems(inputs);
     ASSERT_EQ(stems.size(), 4u);
     // A name that is not UTF-8 (JSON cannot hold it): the bad byte replaced, a hash of the path added.
     EXPECT_EQ(stems[0].substr(0, 5), "caf_-") << stems[0];
@@ -268,7 +269,7 @@ TEST(AppBatch, OutputStemsAreUtf8AndNeverTheManifestsName)
     EXPECT_NE(stems[2], "manifest.shard-0-of-2");
     EXPECT_EQ(stems[2].substr(0, 22), "manifest.shard-0-of-2-") << stems[2];
     EXPECT_EQ(stems[3], "ok");
-    EXPECT_EQ(stems, naf_app::outputStems({"d/caf\xe9.jpg", "d/manifest.jpg", "d/manifest.shard-0-of-2.png", "d/ok.jpg"}));
+    EXPECT_EQ(stems, naf_app::outputStems(inputs));
 }
 
 // Input folder = output folder, with a file name that is not UTF-8: the manifest is still written

@@ -147,6 +147,13 @@ TEST(Weights, DamagedFilesAreRejected)
     }
     {
         Parts p;
+        nlohmann::json cfg = nlohmann::json::parse(p.header["__metadata__"]["naf_config"].get<std::string>());
+        cfg["dim"] = 18446744073709551615ull;  // was reported as -1
+        p.header["__metadata__"]["naf_config"] = cfg.dump();
+        expectRejected(p.bytes(), "'dim' = 18446744073709551615 is outside");
+    }
+    {
+        Parts p;
         p.header["__metadata__"]["format"] = "something-else";
         expectRejected(p.bytes(), "format");
     }

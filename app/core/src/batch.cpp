@@ -49,7 +49,14 @@ std::string resolvedWeightsPath(const PipelineSettings& settings)
     return settings.nafWeightsPath.empty() ? std::string(cv::naf::getDefaultWeightsPath()) : settings.nafWeightsPath;
 }
 
-json inputStamp(const std::string& input);
+// Size and modification time of the input: a replaced image is computed again.
+json inputStamp(const std::string& input)
+{
+    std::error_code ec;
+    const auto size = fs::file_size(input, ec);
+    const auto time = fs::last_write_time(input, ec);
+    return {{"size", ec ? 0 : size}, {"mtime", ec ? 0 : static_cast<long long>(time.time_since_epoch().count())}};
+}
 
 json settingsJson(const BatchOptions& options)
 {
@@ -83,15 +90,6 @@ std::string hex8(const std::string& text)
     std::ostringstream out;
     out << std::hex << std::setw(8) << std::setfill('0') << h;
     return out.str();
-}
-
-// Size and modification time of the input: a replaced image is computed again.
-json inputStamp(const std::string& input)
-{
-    std::error_code ec;
-    const auto size = fs::file_size(input, ec);
-    const auto time = fs::last_write_time(input, ec);
-    return {{"size", ec ? 0 : size}, {"mtime", ec ? 0 : static_cast<long long>(time.time_since_epoch().count())}};
 }
 
 // True when `sidecar` records the same settings and input, and every output it lists exists.
@@ -347,8 +345,9 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
     const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(options.settings.vfmName);
     std::error_code ec;
     if (!fs::is_regular_file(spec.onnxPath, ec))
-        CV_Error(cv::Error::StsObjectNotFound, "VFM '" + spec.name + "': model file '" + spec.onnxPath + "' is missing" +
-                                                   (spec.fetchCommand.empty() ? "" : "; get it with: " + spec.fetchCommand));
+        CV_Error(cv::Error::StsObjectNotFound,
+                 "VFM '" + spec.name + "': model file '" + spec.onnxPath + "' is missing" +
+                     (spec.fetchCommand.empty() ? "" : "; get it with: " + spec.fetchCommand));
     if (usesNaf(options.settings)) cv::naf::NAF::create(resolvedWeightsPath(options.settings));
     const auto started = std::chrono::steady_clock::now();
 

@@ -126,20 +126,18 @@ std::string encodeNpy(const cv::Mat& array)
 
 namespace {
 
-std::string lowerExtension(const fs::path& p);
+std::string lowerExtension(const fs::path& p)
+{
+    std::string ext = p.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    return ext;
+}
 
 bool isImageFile(const fs::path& p)
 {
     const std::string ext = lowerExtension(p);
     static const char* known[] = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"};
     return std::any_of(std::begin(known), std::end(known), [&](const char* k) { return ext == k; });
-}
-
-std::string lowerExtension(const fs::path& p)
-{
-    std::string ext = p.extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-    return ext;
 }
 
 bool isListFile(const fs::path& p)

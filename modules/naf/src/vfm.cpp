@@ -154,8 +154,11 @@ public:
         {
             if (!v[i].is_number()) fail(path, &v, "must be an array of 3 numbers (one per channel)");
             s[i] = v[i].get<double>();
-            if (!std::isfinite(s[i]) || (positive && s[i] <= 0))
-                fail(path, &v, positive ? "every value must be finite and > 0" : "every value must be finite");
+            // In 0..255 pixel units; the bounds keep (pixel - mean) / std far inside float's range
+            // (a mean of 1e308 passed and gave -inf features).
+            const bool inRange = positive ? s[i] >= 1e-6 && s[i] <= 1e6 : std::abs(s[i]) <= 1e6;
+            if (!std::isfinite(s[i]) || !inRange)
+                fail(path, &v, positive ? "every value must be in [1e-6, 1e6]" : "every value must be in [-1e6, 1e6]");
         }
         return s;
     }

@@ -56,8 +56,8 @@ NafConfig parseConfig(const std::string& text, const std::string& origin)
         if (!j[key].is_number_integer()) weightsError(origin, std::string("naf_config '") + key + "' is not an integer");
         const int64_t v = j[key].get<int64_t>();
         if (v < lo || v > hi)
-            weightsError(origin, std::string("naf_config '") + key + "' = " + std::to_string(v) + " is outside [" +
-                                     std::to_string(lo) + ", " + std::to_string(hi) + "]");
+            weightsError(origin, std::string("naf_config '") + key + "' = " + j[key].dump() + " is outside [" +
+                                     std::to_string(lo) + ", " + std::to_string(hi) + "]");  // as written (2^64-1 read as -1)
         *out = static_cast<int>(v);
     };
     integer("dim", &cfg.dim, 8, 4096, true);

@@ -1,13 +1,16 @@
 // The viewer under QT_QPA_PLATFORM=offscreen: open, run in the worker, panels, click, attention,
 // segmentation, export, cancel, errors. Runs the real VFM; skipped when its model file is absent.
 #include <QApplication>
+#include <QCheckBox>
 #include <QComboBox>
 #include <QDir>
+#include <QFile>
 #include <QLabel>
 #include <QMimeData>
 #include <QProcess>
 #include <QScrollBar>
 #include <QSettings>
+#include <QSlider>
 #include <QUrl>
 #include <QWheelEvent>
 #include <QSignalSpy>
@@ -15,6 +18,8 @@
 #include <QTest>
 
 #include <opencv2/imgcodecs.hpp>
+
+#include <sys/stat.h>
 
 #include "main_window.hpp"
 #include "panel_view.hpp"
@@ -405,6 +410,53 @@ private slots:
         QVERIFY(window.startRun());  // and it runs again
         QVERIFY(finished.wait(120000));
         QCOMPARE(finished.first().first().toBool(), true);
+    }
+
+    // Defects an adversarial review found: a run asked for while a cancelled one was finishing was
+    // lost (dropping a file during a run), the wipe slider at 100 % aborted the app, a FIFO froze
+    // the GUI thread, a failed feature export left a partial set, and opening another image kept
+    // the previous run's status.
+    void restartWhileCancellingWipeEndsAndOddFiles()
+    {
+        REQUIRE_VFM();
+        QTemporaryDir dir;
+        MainWindow window;
+        window.setVfm(QString::fromStdString(app_test::vfmName()));
+        window.setOutputLongSide(96);
+        QVERIFY(window.openImage(bear_));
+        QSignalSpy finished(&window, &MainWindow::runFinished);
+        QVERIFY(window.startRun());
+        window.cancelRun();
+        QVERIFY(window.startRun());  // queued behind the cancelled run, not dropped
+        QTRY_COMPARE_WITH_TIMEOUT(finished.count(), 2, 240000);
+        QCOMPARE(finished.at(0).first().toBool(), false);
+        QCOMPARE(finished.at(1).first().toBool(), true);
+        QVERIFY(window.result() != nullptr);
+
+        auto* wipe = window.findChild<QCheckBox*>("wipeBox");
+        auto* slider = window.findChild<QSlider*>("wipeSlider");
+        QVERIFY(wipe && slider);
+        wipe->setChecked(true);
+        for (int value : {100, 0, 50}) slider->setValue(value);
+        QVERIFY(!window.panelImage(0).isNull());
+
+        const QString fifo = dir.filePath("pipe.jpg");
+        QCOMPARE(::mkfifo(fifo.toLocal8Bit().constData(), 0600), 0);
+        QVERIFY(!window.openImage(fifo));
+        QVERIFY2(window.lastError().contains("not a regular file"), qPrintable(window.lastError()));
+
+        // The last file of the set cannot be written (a directory of that name): none is left.
+        const QString base = dir.filePath("feat");
+        QVERIFY(QDir(dir.path()).mkpath("feat.naf.npy/keep"));
+        QVERIFY(!window.exportFeatures(base));
+        QVERIFY(!QFile::exists(base + ".lowres.npy"));
+        QVERIFY(!QFile::exists(base + ".bilinear.npy"));
+        QVERIFY(!window.exportFeatures(dir.path() + "/"));
+        QVERIFY2(window.lastError().contains("file name"), qPrintable(window.lastError()));
+
+        QVERIFY(window.statusText().contains("->"));
+        QVERIFY(window.openImage(QString::fromStdString(app_test::sampleImage("coco_000000000471_bus.jpg"))));
+        QVERIFY2(!window.statusText().contains("->"), qPrintable(window.statusText()));
     }
 };
 

@@ -1,5 +1,7 @@
 #include "main_window.hpp"
 
+#include <filesystem>
+
 #include <QApplication>
 #include <QCheckBox>
 #include <QComboBox>
@@ -180,9 +182,11 @@ void MainWindow::buildUi()
     bar->addWidget(stageLabel_);
     bar->addSeparator();
     wipeBox_ = new QCheckBox("Wipe 1|2");
+    wipeBox_->setObjectName("wipeBox");
     wipeBox_->setToolTip("Show panel 2 over panel 1, split at the slider");
     bar->addWidget(wipeBox_);
     wipeSlider_ = new QSlider(Qt::Horizontal);
+    wipeSlider_->setObjectName("wipeSlider");
     wipeSlider_->setRange(0, 100);
     wipeSlider_->setValue(50);
     wipeSlider_->setMaximumWidth(140);
@@ -311,6 +315,13 @@ void MainWindow::showError(const QString& title, const QString& message)
 
 bool MainWindow::openImage(const QString& path)
 {
+    // Regular files only: imread on a FIFO blocks this (the GUI) thread forever.
+    std::error_code ec;
+    if (std::filesystem::exists(path.toStdString(), ec) && !std::filesystem::is_regular_file(path.toStdString(), ec))
+    {
+        showError("Cannot open image", "'" + path + "' is not a regular file.");
+        return false;
+    }
     cv::Mat image = cv::imread(path.toStdString(), cv::IMREAD_COLOR);
     if (image.empty())
     {
@@ -327,6 +338,10 @@ bool MainWindow::openImage(const QString& path)
     attentionLabel_->clear();
     similarityLabel_->clear();
     legend_->clear();
+    // The status bar, progress and stage described the previous image's run.
+    progress_->setValue(0);
+    stageLabel_->setText("opened");
+    updateStatus();
     setWindowTitle("cv::naf viewer - " + QFileInfo(path).fileName());
     addRecent(path);
     refreshPanels();
@@ -351,11 +366,24 @@ void MainWindow::addRecent(const QString& path)
     rebuildRecentMenu();
 }
 
+void MainWindow::removeRecent(const QString& path)
+{
+    QSettings settings;
+    QStringList recent = settings.value("recentFiles").toStringList();
+    recent.removeAll(path);
+    settings.setValue("recentFiles", recent);
+    rebuildRecentMenu();
+}
+
 void MainWindow::rebuildRecentMenu()
 {
     recentMenu_->clear();
     const QStringList recent = QSettings().value("recentFiles").toStringList();
-    for (const QString& path : recent) recentMenu_->addAction(path, this, [this, path] { openAndRun(path); });
+    for (const QString& path : recent)
+        recentMenu_->addAction(path, this, [this, path] {
+            openAndRun(path);
+            if (!QFileInfo::exists(path)) removeRecent(path);  // deleted since: the dialog said so once
+        });
     recentMenu_->setEnabled(!recent.isEmpty());
 }
 
@@ -411,7 +439,15 @@ bool MainWindow::isRunning() const { return runWatcher_.isRunning(); }
 
 bool MainWindow::startRun()
 {
-    if (isRunning()) return false;
+    if (isRunning())
+    {
+        // A cancelled run still finishing (cv::dnn ends its own layer first): this one starts when
+        // it has (onRunFinished). Dropping a file during a run used to cancel it and then lose the
+        // new run, depending on timing.
+        if (!runWatcher_.isCanceled()) return false;
+        runAfterCancel_ = true;
+        return true;
+    }
     if (image_.empty())
     {
         showError("No image", "Open an image first (File > Open, or drop a file on the window).");
@@ -486,6 +522,7 @@ bool MainWindow::startRun()
 
 void MainWindow::cancelRun()
 {
+    runAfterCancel_ = false;
     if (!isRunning()) return;
     stageLabel_->setText("cancelling...");  // NAF stops within its stage; cv::dnn finishes its own
     cancelButton_->setEnabled(false);
@@ -505,6 +542,11 @@ void MainWindow::onRunFinished()
         stageLabel_->setText("cancelled");
         progress_->setValue(0);
         emit runFinished(false);
+        if (runAfterCancel_)
+        {
+            runAfterCancel_ = false;
+            startRun();  // the run asked for while this one was finishing
+        }
         return;
     }
     if (!out.ok)
@@ -748,7 +790,10 @@ void MainWindow::refreshPanels()
             {
                 const int split = shown.cols * wipeSlider_->value() / 100;
                 shown = shown.clone();
-                right(cv::Rect(split, 0, shown.cols - split, shown.rows)).copyTo(shown(cv::Rect(split, 0, shown.cols - split, shown.rows)));
+                // At 100 % nothing of panel 2 shows (an empty copyTo into a fixed ROI threw, uncaught).
+                if (split < shown.cols)
+                    right(cv::Rect(split, 0, shown.cols - split, shown.rows))
+                        .copyTo(shown(cv::Rect(split, 0, shown.cols - split, shown.rows)));
                 cv::line(shown, cv::Point(split, 0), cv::Point(split, shown.rows - 1), cv::Scalar(255, 255, 255), 2);
             }
         }
@@ -854,10 +899,28 @@ bool MainWindow::exportFeatures(const QString& basePath)
         if (!run_.result) CV_Error(cv::Error::StsError, "nothing to export: run the pipeline first");
         std::string base = basePath.toStdString();
         if (base.size() > 4 && base.substr(base.size() - 4) == ".npy") base.resize(base.size() - 4);
-        naf_app::writeFileAtomic(base + ".lowres.npy", naf_app::encodeNpy(run_.result->lowRes));
-        for (const auto& [method, features] : run_.result->upsampled)
-            naf_app::writeFileAtomic(base + "." + cv::naf::upsampleMethodName(method) + ".npy",
-                                     naf_app::encodeNpy(features));
+        if (base.empty() || base.back() == '/')
+            CV_Error(cv::Error::StsBadArg, "choose a file name for the features (got '" + base + "')");
+        // All or nothing: a failure part-way removes the files this export wrote, so that no set
+        // mixes new files with older ones of the same name.
+        std::vector<std::string> written;
+        try
+        {
+            written.push_back(base + ".lowres.npy");
+            naf_app::writeFileAtomic(written.back(), naf_app::encodeNpy(run_.result->lowRes));
+            for (const auto& [method, features] : run_.result->upsampled)
+            {
+                written.push_back(base + "." + cv::naf::upsampleMethodName(method) + ".npy");
+                naf_app::writeFileAtomic(written.back(), naf_app::encodeNpy(features));
+            }
+        }
+        catch (...)
+        {
+            written.pop_back();  // the failed one was not written (writeFileAtomic leaves nothing)
+            std::error_code ignored;
+            for (const std::string& file : written) std::filesystem::remove(file, ignored);
+            throw;
+        }
     }
     catch (const std::exception& e)
     {

@@ -75,7 +75,9 @@ public:
     /// when a run starts (startRun() then shows the module's refusal).
     void setNafBackend(int backend);
     void setGpuPrecision(int precision);
-    /// Starts the worker for the current image and settings; false (with a dialog) if it cannot.
+    /// Starts the worker for the current image and settings; false (with a dialog) if it cannot,
+    /// false without one while another run is in progress. While a cancelled run is still
+    /// finishing, the new run starts as soon as it has (returns true).
     bool startRun();
     void cancelRun();
     bool isRunning() const;
@@ -113,6 +115,7 @@ private:
     void showError(const QString& title, const QString& message);
     void openAndRun(const QString& path);
     void addRecent(const QString& path);
+    void removeRecent(const QString& path);
     void rebuildRecentMenu();
     void onRunFinished();
     void startSegmentation();
@@ -165,6 +168,7 @@ private:
     QImage attentionImage_, similarityImage_;
     std::optional<QPoint> pendingPixel_;
     bool segmentationPending_ = false;
+    bool runAfterCancel_ = false;  // startRun() while a cancelled run was finishing
 
     // Workers. The pipeline (its cv::dnn net and NAF) is used by one run at a time; inspections
     // use their own NAF object so that they never share one with a run.

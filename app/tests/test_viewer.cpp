@@ -147,6 +147,21 @@ private slots:
         else qputenv("NAF_VFM_REGISTRY", previous);
     }
 
+    void linearProbeWithoutHeadIsRefusedAtOnce()
+    {
+        // No head ships for any model yet: choosing the probe before any run gets the dialog now
+        // (it came only after the next run) and the choice goes back to k-means.
+        MainWindow window;
+        auto* kind = window.findChild<QComboBox*>("segKindBox");
+        QVERIFY(kind);
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        kind->setCurrentIndex(1);
+        if (errors.isEmpty()) QSKIP("a linear-probe head exists for the selected model");
+        QCOMPARE(errors.count(), 1);
+        QVERIFY2(window.lastError().contains("linear-probe"), qPrintable(window.lastError()));
+        QCOMPARE(kind->currentIndex(), 0);
+    }
+
     void commandLineEndsWithTheRightStatus()
     {
         QTemporaryDir dir;

@@ -232,6 +232,7 @@ void MainWindow::buildUi()
     auto* seg = new QGroupBox("Segmentation");
     auto* segForm = new QFormLayout(seg);
     segKindBox_ = new QComboBox;
+    segKindBox_->setObjectName("segKindBox");
     segKindBox_->addItem("k-means clusters", 0);
     segKindBox_->addItem("linear probe", 1);
     segForm->addRow("Kind", segKindBox_);
@@ -603,6 +604,17 @@ void MainWindow::setClusterCount(int k) { clustersBox_->setValue(k); }
 
 void MainWindow::startSegmentation()
 {
+    // The probe choice is checked at once, with or without a result (before any run it was
+    // accepted and refused only when the next run ended). Before a run the head has not been
+    // looked for yet.
+    const bool useProbe = segKindBox_->currentData().toInt() == 1;
+    if (useProbe && !probe_) updateProbeLabel();
+    if (useProbe && !probe_)
+    {
+        showError("No linear probe", probeLabel_->text());
+        segKindBox_->setCurrentIndex(0);
+        return;
+    }
     if (!run_.result) return;
     if (segWatcher_.isRunning())
     {
@@ -612,13 +624,6 @@ void MainWindow::startSegmentation()
     const int method = segSourceBox_->currentData().toInt();
     auto features = run_.result->upsampled.find(method);
     if (features == run_.result->upsampled.end()) return;
-    const bool useProbe = segKindBox_->currentData().toInt() == 1;
-    if (useProbe && !probe_)
-    {
-        showError("No linear probe", probeLabel_->text());
-        segKindBox_->setCurrentIndex(0);
-        return;
-    }
     const int k = clustersBox_->value();
     const cv::Mat blob = features->second;
     const std::optional<naf_app::ProbeHead> probe = useProbe ? probe_ : std::nullopt;

@@ -7,7 +7,6 @@
 #include <iostream>
 
 #include <opencv2/core.hpp>
-#include <opencv2/core/utils/filesystem.hpp>
 
 #include "main_window.hpp"
 
@@ -97,13 +96,8 @@ int main(int argc, char** argv)
     {
         try
         {
-            const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(vfmName);  // the default model without --vfm
-            if (!spec.onnxPath.empty() && !cv::utils::fs::exists(spec.onnxPath))
-            {
-                std::cerr << "naf_viewer: model file " << spec.onnxPath << " is absent; get it with: " << spec.fetchCommand
-                          << "\n";
-                return 77;
-            }
+            // The default model without --vfm; a missing model file says how to fetch it.
+            naf_app::Pipeline::checkModelFile(cv::naf::VfmRegistry::find(vfmName));
             return 0;
         }
         catch (const cv::Exception& e)

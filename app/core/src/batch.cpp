@@ -278,12 +278,6 @@ std::vector<std::string> recordedOutputs(const std::string& recordText, const st
 
 namespace {
 
-bool sameFolder(const fs::path& a, const fs::path& b)
-{
-    std::error_code ec1, ec2;
-    return fs::weakly_canonical(a, ec1) == fs::weakly_canonical(b, ec2) && !ec1 && !ec2;
-}
-
 bool endsWith(const std::string& text, const std::string& suffix)
 {
     return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -294,14 +288,22 @@ bool endsWith(const std::string& text, const std::string& suffix)
 // folder: a rerun would otherwise take last run's panels as new images).
 std::vector<std::string> batchInputs(const std::vector<std::string>& images, const std::string& outDir)
 {
+    std::error_code outError;
+    const fs::path out = fs::weakly_canonical(outDir, outError);
     std::vector<std::string> kept;
     std::set<std::string> seen;
     for (const std::string& image : images)
     {
         const fs::path p(image);
         const std::string name = p.filename().string();
-        const bool ours = (endsWith(name, ".panel.png") || endsWith(name, ".kmeans.png")) &&
-                          sameFolder(p.has_parent_path() ? p.parent_path() : fs::path("."), outDir);
+        bool ours = false;
+        if (!outError && (endsWith(name, ".panel.png") || endsWith(name, ".kmeans.png")))
+        {
+            std::error_code parentError;
+            const fs::path parent =
+                fs::weakly_canonical(p.has_parent_path() ? p.parent_path() : fs::path("."), parentError);
+            ours = !parentError && parent == out;
+        }
         std::error_code ec;
         const fs::path canonical = fs::weakly_canonical(p, ec);
         if (!ours && seen.insert(ec ? image : canonical.string()).second) kept.push_back(image);
@@ -342,12 +344,7 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
     Pipeline::validate(options.settings);
     // A missing network or weights file is a bad option, found before anything is written, not a
     // skip for every image. The weights are read once now (a corrupt file fails here too).
-    const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(options.settings.vfmName);
-    std::error_code ec;
-    if (!fs::is_regular_file(spec.onnxPath, ec))
-        CV_Error(cv::Error::StsObjectNotFound,
-                 "VFM '" + spec.name + "': model file '" + spec.onnxPath + "' is missing" +
-                     (spec.fetchCommand.empty() ? "" : "; get it with: " + spec.fetchCommand));
+    Pipeline::checkModelFile(cv::naf::VfmRegistry::find(options.settings.vfmName));
     if (usesNaf(options.settings)) cv::naf::NAF::create(resolvedWeightsPath(options.settings));
     const auto started = std::chrono::steady_clock::now();
 

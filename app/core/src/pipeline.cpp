@@ -6,6 +6,7 @@
 #include <cmath>
 #include <sstream>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <opencv2/core/utils/filesystem.hpp>
@@ -94,11 +95,20 @@ cv::Size outputSizeFor(cv::Size image, int longSide)
     return cv::Size(std::max(1, cvRound(image.width * scale)), std::max(1, cvRound(image.height * scale)));
 }
 
+namespace {
+
+// One output-sized float map per method plus two, for an output of `out` with these channels.
+double runBytes(int channels, cv::Size out, size_t methods)
+{
+    return 4.0 * std::max(1, channels) * out.area() * (methods + 2);
+}
+
+}  // namespace
+
 double estimatedRunBytes(const PipelineSettings& settings, cv::Size image)
 {
-    const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
-    const cv::Size out = outputSizeFor(image, settings.outputLongSide);
-    return 4.0 * std::max(1, spec.channels) * out.area() * (settings.methods.size() + 2);
+    return runBytes(cv::naf::VfmRegistry::find(settings.vfmName).channels,
+                    outputSizeFor(image, settings.outputLongSide), settings.methods.size());
 }
 
 double physicalMemoryBytes()
@@ -109,11 +119,11 @@ double physicalMemoryBytes()
 
 void checkRunFitsInMemory(const PipelineSettings& settings, cv::Size image, int concurrentRuns)
 {
-    const double bytes = estimatedRunBytes(settings, image) * std::max(1, concurrentRuns);
-    const double physical = physicalMemoryBytes();
-    if (physical <= 0 || bytes <= 0.6 * physical) return;
     const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);
     const cv::Size out = outputSizeFor(image, settings.outputLongSide);
+    const double bytes = runBytes(spec.channels, out, settings.methods.size()) * std::max(1, concurrentRuns);
+    const double physical = physicalMemoryBytes();
+    if (physical <= 0 || bytes <= 0.6 * physical) return;
     std::ostringstream msg;
     msg.setf(std::ios::fixed);
     msg.precision(1);
@@ -151,6 +161,15 @@ void Pipeline::validate(const PipelineSettings& settings)
     // this build, or no device), before any work. A random-weights object is the cheapest way to it.
     if (settings.nafBackend == cv::naf::BACKEND_CUDA && !cv::naf::isCudaAvailable())
         cv::naf::NAF::createRandom()->setBackend(cv::naf::BACKEND_CUDA);
+}
+
+void Pipeline::checkModelFile(const cv::naf::VfmSpec& spec)
+{
+    struct stat info;
+    if (::stat(spec.onnxPath.c_str(), &info) != 0 || !S_ISREG(info.st_mode))
+        CV_Error(cv::Error::StsObjectNotFound,
+                 "VFM '" + spec.name + "': model file '" + spec.onnxPath + "' is missing" +
+                     (spec.fetchCommand.empty() ? "" : "; get it with: " + spec.fetchCommand));
 }
 
 cv::Ptr<cv::naf::VisionFoundationModel> Pipeline::vfm(const std::string& name)

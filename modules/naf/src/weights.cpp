@@ -181,6 +181,17 @@ void checkRopePeriods(const LoadedWeights& w, const NafConfig& cfg, const std::s
     }
 }
 
+// assemble() for values from outside (a file, ONNX initializers): every value finite and every
+// RoPE period usable, or an error naming `origin`.
+std::shared_ptr<LoadedWeights> assembleChecked(const NafConfig& cfg, std::vector<float> storage,
+                                               const std::string& origin)
+{
+    checkFinite(storage, origin);
+    auto w = assemble(cfg, std::move(storage));
+    checkRopePeriods(*w, cfg, origin);
+    return w;
+}
+
 }  // namespace
 
 std::vector<TensorSpec> expectedTensors(const NafConfig& cfg)
@@ -302,9 +313,7 @@ std::shared_ptr<const LoadedWeights> loadWeightsFromFile(const SafetensorsFile& 
         offset += elementCount(s.shape);
     }
     const std::string checksum = verifyDataChecksum(file);
-    checkFinite(storage, path);
-    auto w = assemble(cfg, std::move(storage));
-    checkRopePeriods(*w, cfg, path);
+    auto w = assembleChecked(cfg, std::move(storage), path);
     w->path = path;
     w->configJson = metaValue("naf_config");
     w->provenanceJson = provenanceText;
@@ -398,9 +407,7 @@ std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::stri
         const float* p = c.ptr<float>();
         storage.insert(storage.end(), p, p + c.total());
     }
-    checkFinite(storage, origin);
-    auto w = assemble(cfg, std::move(storage));
-    checkRopePeriods(*w, cfg, origin);
+    auto w = assembleChecked(cfg, std::move(storage), origin);
     nlohmann::json provenance;
     provenance["source"] = "embedded";
     provenance["trained"] = true;

@@ -112,6 +112,10 @@ public:
     /// backend and GPU precision, CUDA usable when asked for) with a cv::Exception naming the bad
     /// value; a CUDA request where there is none gets the module's own refusal.
     static void validate(const PipelineSettings& settings);
+    /// Throws cv::Exception (StsObjectNotFound) naming the model's ONNX file and how to fetch it
+    /// when that file is missing (or not a regular file): for callers that must know before any
+    /// image is computed (naf_batch, naf_viewer --check-model).
+    static void checkModelFile(const cv::naf::VfmSpec& spec);
 
     /// @throws cv::Exception (unreadable model, bad sizes...) or Cancelled.
     PipelineResult run(const cv::Mat& bgr, const PipelineSettings& settings, const ProgressFn& progress = ProgressFn());

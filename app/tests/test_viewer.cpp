@@ -37,6 +37,15 @@ double meanAbsDiff(const QImage& a, const QImage& b)
     return sum / (x.width() * x.height() * 3.0);
 }
 
+
+// Writes `bytes` to `path` (a test fixture) and returns the path.
+QString writeFile(const QString& path, const QByteArray& bytes)
+{
+    QFile f(path);
+    if (!f.open(QIODevice::WriteOnly) || f.write(bytes) != bytes.size()) qFatal("cannot write %s", qPrintable(path));
+    return path;
+}
+
 }  // namespace
 
 // QSKIP returns from the function it is written in, so this is a macro, not a helper.
@@ -65,11 +74,7 @@ private slots:
         MainWindow window;
         QSignalSpy errors(&window, &MainWindow::errorShown);
         QTemporaryDir dir;
-        const QString broken = dir.filePath("broken.png");
-        QFile f(broken);
-        QVERIFY(f.open(QIODevice::WriteOnly));
-        f.write("not a png");
-        f.close();
+        const QString broken = writeFile(dir.filePath("broken.png"), "not a png");
         QVERIFY(!window.openImage(broken));
         QCOMPARE(errors.count(), 1);
         QVERIFY(window.lastError().contains("broken.png"));
@@ -77,6 +82,40 @@ private slots:
         QCOMPARE(errors.count(), 2);
         QVERIFY(window.openImage(bear_));
         QVERIFY(!window.panelImage(0).isNull());
+    }
+
+    // Images are decoded in a worker (a huge PNG used to freeze the window for seconds): the call
+    // returns before the image is there, a newer open supersedes a pending one, and an unreadable
+    // file ends with a dialog and imageOpened(false).
+    void backgroundOpenDecodesInAWorkerAndTheLatestOpenWins()
+    {
+        MainWindow window;
+        QSignalSpy opened(&window, &MainWindow::imageOpened);
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        const QString bus = QString::fromStdString(app_test::sampleImage("coco_000000000471_bus.jpg"));
+        window.openImageInBackground(bear_);
+        QVERIFY(window.isLoadingImage());
+        QVERIFY(window.panelImage(0).isNull());  // not yet adopted: the decode runs in a worker
+        window.openImageInBackground(bus);       // supersedes the bear
+        QVERIFY(opened.wait(60000));
+        QTest::qWait(200);  // the bear's decode may end later: it must not be adopted
+        QCOMPARE(opened.count(), 1);
+        QCOMPARE(opened.first().first().toBool(), true);
+        QVERIFY(!window.isLoadingImage());
+        QVERIFY2(window.windowTitle().contains("bus.jpg"), qPrintable(window.windowTitle()));
+        const cv::Mat busImage = cv::imread(bus.toStdString());
+        QCOMPARE(window.panelImage(0).size(), QSize(busImage.cols, busImage.rows));
+        QCOMPARE(errors.count(), 0);
+
+        QTemporaryDir dir;
+        const QString broken = writeFile(dir.filePath("broken.jpg"), "not a jpeg");
+        window.openImageInBackground(broken, true);
+        QVERIFY(opened.wait(60000));
+        QCOMPARE(opened.last().first().toBool(), false);
+        QCOMPARE(errors.count(), 1);
+        QVERIFY(window.lastError().contains("broken.jpg"));
+        QVERIFY(!window.isRunning());  // no run for an image that did not open
+        QVERIFY2(window.windowTitle().contains("bus.jpg"), qPrintable(window.windowTitle()));  // the bus stays
     }
 
     void dropRecentFilesAndSynchronizedZoom()
@@ -92,7 +131,10 @@ private slots:
         QCoreApplication::sendEvent(&window, &enter);
         QVERIFY(enter.isAccepted());
         QDropEvent drop(QPointF(100, 100), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+        QSignalSpy opened(&window, &MainWindow::imageOpened);
         QCoreApplication::sendEvent(&window, &drop);
+        QVERIFY(opened.wait(60000));  // decoded in a worker
+        QCOMPARE(opened.first().first().toBool(), true);
         QVERIFY2(window.windowTitle().contains("coco_000000000285_bear.jpg"), qPrintable(window.windowTitle() + " / " + window.lastError()));
         QVERIFY(!window.panelImage(0).isNull());
         const QStringList recent = QSettings().value("recentFiles").toStringList();

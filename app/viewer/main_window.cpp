@@ -77,6 +77,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
     setWindowTitle("cv::naf viewer");
     setAcceptDrops(true);
     buildUi();
+    connect(&loadWatcher_, &QFutureWatcher<LoadedImage>::finished, this, &MainWindow::onImageLoaded);
     connect(&runWatcher_, &QFutureWatcher<RunOutput>::finished, this, &MainWindow::onRunFinished);
     connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressValueChanged, progress_, &QProgressBar::setValue);
     connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressTextChanged, stageLabel_, &QLabel::setText);
@@ -89,6 +90,7 @@ MainWindow::~MainWindow()
     // Workers reference this window's members: let them end before the members go.
     runWatcher_.cancel();
     runWatcher_.waitForFinished();
+    loadWatcher_.waitForFinished();  // only a decode: its result holds no reference to this window
     segWatcher_.waitForFinished();
     inspectWatcher_.waitForFinished();
 }
@@ -99,7 +101,7 @@ void MainWindow::buildUi()
     file->addAction("&Open image...", QKeySequence::Open, this, [this] {
         const QString path = QFileDialog::getOpenFileName(this, "Open image", QFileInfo(imagePath_).path(),
                                                           "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff *.webp)");
-        if (!path.isEmpty()) openAndRun(path);
+        if (!path.isEmpty()) openImageInBackground(path, true);
     });
     recentMenu_ = file->addMenu("Open &recent");
     file->addSeparator();
@@ -314,19 +316,60 @@ void MainWindow::showError(const QString& title, const QString& message)
     emit errorShown(message);
 }
 
-bool MainWindow::openImage(const QString& path)
+bool MainWindow::refuseIrregularFile(const QString& path)
 {
-    // Regular files only: imread on a FIFO blocks this (the GUI) thread forever.
+    // Regular files only: imread on a FIFO blocks its thread forever.
     std::error_code ec;
     if (std::filesystem::exists(path.toStdString(), ec) && !std::filesystem::is_regular_file(path.toStdString(), ec))
     {
         showError("Cannot open image", "'" + path + "' is not a regular file.");
-        return false;
+        emit imageOpened(false);
+        return true;
     }
-    cv::Mat image = cv::imread(path.toStdString(), cv::IMREAD_COLOR);
+    return false;
+}
+
+bool MainWindow::openImage(const QString& path)
+{
+    loadingPath_.clear();  // a pending background decode is superseded
+    if (refuseIrregularFile(path)) return false;
+    return adoptImage(path, cv::imread(path.toStdString(), cv::IMREAD_COLOR));
+}
+
+void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
+{
+    loadingPath_.clear();
+    if (refuseIrregularFile(path)) return;
+    loadingPath_ = path;
+    runWhenLoaded_ = runWhenOpened;
+    stageLabel_->setText("loading " + QFileInfo(path).fileName() + "...");
+    loadWatcher_.setFuture(QtConcurrent::run([path] {
+        LoadedImage loaded{path, cv::Mat()};
+        try
+        {
+            loaded.image = cv::imread(path.toStdString(), cv::IMREAD_COLOR);
+        }
+        catch (const std::exception&)  // e.g. a codec refusing a huge image: reported as unreadable
+        {
+        }
+        return loaded;
+    }));
+}
+
+void MainWindow::onImageLoaded()
+{
+    const LoadedImage loaded = loadWatcher_.result();
+    if (loaded.path != loadingPath_) return;  // superseded by a newer open
+    loadingPath_.clear();
+    if (adoptImage(loaded.path, loaded.image) && runWhenLoaded_) startRun();
+}
+
+bool MainWindow::adoptImage(const QString& path, const cv::Mat& image)
+{
     if (image.empty())
     {
         showError("Cannot open image", "'" + path + "' is not a readable image (missing file or unknown/corrupt format).");
+        emit imageOpened(false);
         return false;
     }
     if (isRunning()) cancelRun();  // its result belongs to the previous image and is dropped
@@ -347,12 +390,8 @@ bool MainWindow::openImage(const QString& path)
     addRecent(path);
     refreshPanels();
     sync_->fitAll();
+    emit imageOpened(true);
     return true;
-}
-
-void MainWindow::openAndRun(const QString& path)
-{
-    if (openImage(path)) startRun();
 }
 
 void MainWindow::addRecent(const QString& path)
@@ -382,8 +421,8 @@ void MainWindow::rebuildRecentMenu()
     const QStringList recent = QSettings().value("recentFiles").toStringList();
     for (const QString& path : recent)
         recentMenu_->addAction(path, this, [this, path] {
-            openAndRun(path);
-            if (!QFileInfo::exists(path)) removeRecent(path);  // deleted since: the dialog said so once
+            openImageInBackground(path, true);
+            if (!QFileInfo::exists(path)) removeRecent(path);  // deleted since: the dialog will say so once
         });
     recentMenu_->setEnabled(!recent.isEmpty());
 }
@@ -395,7 +434,7 @@ void MainWindow::dragEnterEvent(QDragEnterEvent* event)
 
 void MainWindow::dropEvent(QDropEvent* event)
 {
-    openAndRun(event->mimeData()->urls().first().toLocalFile());
+    openImageInBackground(event->mimeData()->urls().first().toLocalFile(), true);
 }
 
 void MainWindow::setVfm(const QString& name)

@@ -33,6 +33,13 @@ enum PanelContent
     CONTENT_METHOD = 100       ///< + cv::naf::UpsampleMethod: that method's upsampled PCA
 };
 
+/// Output of the image-decoding worker.
+struct LoadedImage
+{
+    QString path;   ///< the file it was asked for (a stale result is recognized by it)
+    cv::Mat image;  ///< BGR, empty when unreadable
+};
+
 /// Output of the main worker: the pipeline result and its renderings.
 struct RunOutput
 {
@@ -66,8 +73,15 @@ public:
     explicit MainWindow(QWidget* parent = nullptr);
     ~MainWindow() override;
 
-    /// Loads an image (no computation). Shows an error dialog and returns false when unreadable.
+    /// Loads an image on the calling (GUI) thread, no computation: for scripted use (command line,
+    /// tests). Shows an error dialog and returns false when unreadable. Emits imageOpened().
     bool openImage(const QString& path);
+    /// Decodes the image in a worker (a 20000 x 20000 PNG takes seconds), then adopts it like
+    /// openImage() and, with runWhenOpened, starts a run. The menu, recent files and drops use it.
+    /// A newer open replaces a pending one (the older decode's result is dropped). Emits
+    /// imageOpened() when done.
+    void openImageInBackground(const QString& path, bool runWhenOpened = false);
+    bool isLoadingImage() const { return !loadingPath_.isEmpty(); }
     void setVfm(const QString& name);
     void setOutputLongSide(int pixels);
     /// Where NAF runs (cv::naf::Backend) and its encoder's precision on CUDA (cv::naf::GpuPrecision),
@@ -101,6 +115,7 @@ public:
     bool exportFeatures(const QString& basePath);
 
 signals:
+    void imageOpened(bool ok);
     void runFinished(bool ok);
     void segmentationFinished(bool ok);
     void inspectionFinished(bool ok);
@@ -113,7 +128,9 @@ protected:
 private:
     void buildUi();
     void showError(const QString& title, const QString& message);
-    void openAndRun(const QString& path);
+    bool refuseIrregularFile(const QString& path);
+    bool adoptImage(const QString& path, const cv::Mat& image);
+    void onImageLoaded();
     void addRecent(const QString& path);
     void removeRecent(const QString& path);
     void rebuildRecentMenu();
@@ -169,11 +186,14 @@ private:
     std::optional<QPoint> pendingPixel_;
     bool segmentationPending_ = false;
     bool runAfterCancel_ = false;  // startRun() while a cancelled run was finishing
+    QString loadingPath_;          // the image being decoded in the background, empty when none
+    bool runWhenLoaded_ = false;
 
     // Workers. The pipeline (its cv::dnn net and NAF) is used by one run at a time; inspections
     // use their own NAF object so that they never share one with a run.
     naf_app::Pipeline pipeline_;
     cv::Ptr<cv::naf::NAF> inspectNaf_;
+    QFutureWatcher<LoadedImage> loadWatcher_;
     QFutureWatcher<RunOutput> runWatcher_;
     QFutureWatcher<SegmentationOutput> segWatcher_;
     QFutureWatcher<InspectionOutput> inspectWatcher_;

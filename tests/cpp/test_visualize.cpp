@@ -1,5 +1,8 @@
 // Baseline upsamplers and visualizations (opencv2/naf/visualize.hpp) on constructed inputs whose
 // right answer is known.
+#include <cmath>
+#include <limits>
+
 #include <gtest/gtest.h>
 
 #include <opencv2/imgproc.hpp>
@@ -188,6 +191,107 @@ TEST(Visualize, KMeansFindsPlantedRegionsAndSimilarityMapsThem)
     EXPECT_LT(std::abs(sim.at<float>(20, 40)), 0.2f);
     expectError([&] { cv::naf::cosineSimilarityMap(feats, cv::Point(45, 0), sim); }, "(45, 0) outside the 45x30");
     expectError([&] { cv::naf::kmeansSegmentation(feats, 0, labels); }, "k = 0");
+}
+
+TEST(Visualize, SimilarityMapMatchesAPlainCosineOnAnOddSize)
+{
+    // 41 x 53 = 2173 pixels: more than two of the streaming chunks, the last one partial; a zero
+    // feature gets similarity 0.
+    cv::Mat feats = naf_test::randomBlob(1, 7, 41, 53, 5);
+    for (int c = 0; c < 7; ++c) feats.ptr<float>(0, c)[17 * 53 + 30] = 0.f;
+    cv::Mat sim;
+    cv::naf::cosineSimilarityMap(feats, cv::Point(52, 40), sim);
+    ASSERT_EQ(sim.type(), CV_32F);
+    ASSERT_EQ(sim.size(), cv::Size(53, 41));
+    auto feature = [&](int y, int x) {
+        std::vector<double> v(7);
+        for (int c = 0; c < 7; ++c) v[c] = feats.ptr<float>(0, c)[y * 53 + x];
+        return v;
+    };
+    const std::vector<double> ref = feature(40, 52);
+    double worst = 0;
+    for (int y = 0; y < 41; ++y)
+        for (int x = 0; x < 53; ++x)
+        {
+            const std::vector<double> v = feature(y, x);
+            double dot = 0, nv = 0, nr = 0;
+            for (int c = 0; c < 7; ++c) dot += v[c] * ref[c], nv += v[c] * v[c], nr += ref[c] * ref[c];
+            const double expected = nv > 0 ? dot / std::sqrt(nv * nr) : 0.0;
+            worst = std::max(worst, std::abs(expected - sim.at<float>(y, x)));
+        }
+    EXPECT_LT(worst, 1e-5);
+    EXPECT_EQ(sim.at<float>(17, 30), 0.f);
+}
+
+TEST(Visualize, NonFiniteFeaturesAreRefusedByTheirPixelAndLeaveTheOutputAlone)
+{
+    cv::Mat feats = naf_test::randomBlob(1, 5, 33, 47, 8);
+    feats.ptr<float>(0, 3)[29 * 47 + 44] = std::numeric_limits<float>::quiet_NaN();
+    cv::Mat labels(2, 2, CV_32S, cv::Scalar(7)), sim(2, 2, CV_32F, cv::Scalar(7));
+    expectError([&] { cv::naf::kmeansSegmentation(feats, 4, labels); }, "pixel (44, 29) contains NaN or Inf");
+    expectError([&] { cv::naf::cosineSimilarityMap(feats, cv::Point(0, 0), sim); }, "pixel (44, 29) contains NaN or Inf");
+    expectError([&] { cv::naf::cosineSimilarityMap(feats, cv::Point(44, 29), sim); }, "pixel (44, 29)");
+    EXPECT_EQ(labels.size(), cv::Size(2, 2));
+    EXPECT_EQ(labels.at<int>(1, 1), 7);
+    EXPECT_EQ(sim.size(), cv::Size(2, 2));
+    EXPECT_EQ(sim.at<float>(1, 1), 7.f);
+    feats.ptr<float>(0, 3)[29 * 47 + 44] = std::numeric_limits<float>::infinity();
+    expectError([&] { cv::naf::kmeansSegmentation(feats, 4, labels); }, "pixel (44, 29)");
+}
+
+TEST(Visualize, KMeansLabelsEveryPixelWithItsNearestCentre)
+{
+    // Fitted on a subsample (maxSamples 50 of 2173 pixels), so most pixels are assigned by the
+    // streaming pass: each must sit with the cluster whose normalized mean is nearest (the
+    // centres' fixpoint, checked on the resulting clusters, up to ties).
+    const cv::Mat feats = naf_test::randomBlob(1, 6, 41, 53, 12);
+    cv::Mat labels;
+    cv::naf::kmeansSegmentation(feats, 5, labels, 3, 50);
+    ASSERT_EQ(labels.size(), cv::Size(53, 41));
+    double minV, maxV;
+    cv::minMaxLoc(labels, &minV, &maxV);
+    EXPECT_GE(minV, 0);
+    EXPECT_LE(maxV, 4);
+    // The same run at maxSamples = every pixel (the whole k-means on all pixels) gives clusters
+    // whose pixels are nearer to their own centre than to any other: Lloyd's fixpoint.
+    cv::Mat full;
+    cv::naf::kmeansSegmentation(feats, 5, full, 3, 41 * 53);
+    std::vector<std::vector<double>> centres(5, std::vector<double>(6, 0.0));
+    std::vector<int> counts(5, 0);
+    auto normalized = [&](int i) {
+        std::vector<double> v(6);
+        double n = 0;
+        for (int c = 0; c < 6; ++c) v[c] = feats.ptr<float>(0, c)[i], n += v[c] * v[c];
+        for (double& x : v) x /= std::sqrt(n);
+        return v;
+    };
+    for (int i = 0; i < 41 * 53; ++i)
+    {
+        const std::vector<double> v = normalized(i);
+        const int l = full.ptr<int>()[i];
+        ++counts[l];
+        for (int c = 0; c < 6; ++c) centres[l][c] += v[c];
+    }
+    for (int l = 0; l < 5; ++l)
+    {
+        ASSERT_GT(counts[l], 0) << "cluster " << l << " is empty";
+        for (double& x : centres[l]) x /= counts[l];
+    }
+    int misplaced = 0;
+    for (int i = 0; i < 41 * 53; ++i)
+    {
+        const std::vector<double> v = normalized(i);
+        auto dist = [&](int l) {
+            double d = 0;
+            for (int c = 0; c < 6; ++c) d += (v[c] - centres[l][c]) * (v[c] - centres[l][c]);
+            return d;
+        };
+        const int own = full.ptr<int>()[i];
+        for (int l = 0; l < 5; ++l)
+            if (dist(l) < dist(own) - 1e-4) ++misplaced;
+    }
+    // cv::kmeans stops at eps 1e-4 or 50 iterations, so a handful may sit on a moving boundary.
+    EXPECT_LE(misplaced, 41 * 53 / 100);
 }
 
 TEST(Visualize, ColoursOverlaysAndPanels)

@@ -55,13 +55,21 @@ private:
     Mat mean_, basis_, lo_, hi_;
 };
 
-/** @brief k-means clusters of the pixels of a 1 x C x H x W blob (features L2-normalized per
-pixel first). labels: H x W CV_32S in [0, k). Deterministic for a given seed. */
+/** @brief k-means clusters of the pixels of a 1 x C x H x W CV_32F blob (features L2-normalized
+per pixel first). labels: H x W CV_32S in [0, k). Deterministic for a given seed.
+
+The centres are fitted (one k-means++ attempt, cv::kmeans) on at most maxSamples pixels taken on
+a fixed stride; then every pixel gets its nearest centre. Memory beyond the output is about
+maxSamples x C floats: the blob is read in place, never copied. k must be in [1, min(255, H*W)]
+and maxSamples >= k. @throws cv::Exception (StsBadArg) naming the first pixel whose feature
+holds NaN or Inf (labels untouched). */
 CV_EXPORTS void kmeansSegmentation(InputArray features, int k, OutputArray labels, int seed = 0,
-                                   int maxSamples = 50000);
+                                   int maxSamples = 20000);
 
 /** @brief Cosine similarity of every pixel's feature to the feature at `pixel` (x, y):
-H x W CV_32F in [-1, 1]. */
+H x W CV_32F in [-1, 1] (0 where either feature is all zeros). The blob is read in place.
+@throws cv::Exception (StsOutOfRange) for a pixel outside the map, (StsBadArg) naming the first
+pixel whose feature holds NaN or Inf (similarity untouched). */
 CV_EXPORTS void cosineSimilarityMap(InputArray features, Point pixel, OutputArray similarity);
 
 /** @brief A distinct BGR colour per label (fixed palette, label 0..255). */

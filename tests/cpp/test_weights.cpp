@@ -4,10 +4,13 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <limits>
 
 #include <nlohmann/json.hpp>
+#include <opencv2/dnn.hpp>
+#include <opencv2/dnn/shape_utils.hpp>
 #include <opencv2/naf.hpp>
 
 #include "safetensors.hpp"
@@ -197,6 +200,79 @@ TEST(Weights, EmbeddedTensorsNeedTheirExactShape)
     naf_test::expectRefused([&] { cv::naf::detail::weightsFromTensors(tensors, "embedded test"); },
                             {"embedded test", conv, "has shape [" + std::to_string(reversed[0]), "expected [" +
                                                                                                   std::to_string(good.size[0])});
+}
+
+// Embedded weights of a non-default config: the node's 'naf_config' attribute carries it (the
+// layer used the default config, so image mean/std, groups and heads were silently lost), and
+// without a 'kernel_size' attribute the config's kernel size stays (it was forced to 9).
+TEST(Weights, EmbeddedWeightsKeepTheirConfigThroughTheDnnLayer)
+{
+    const SafetensorsFile file = SafetensorsFile::read(naf_test::goldenWeights());
+    std::map<std::string, cv::Mat> tensors;
+    for (const auto& t : file.tensors()) tensors[t.first] = file.mat(t.first);
+    nlohmann::json cfg = nlohmann::json::parse(file.metadata().at("naf_config"));
+    cfg["image_mean"] = {0.5, 0.5, 0.5};
+    cfg["image_std"] = {0.25, 0.25, 0.25};
+    cfg["num_groups"] = 16;
+    cfg["heads_attn"] = 8;
+    cfg["kernel_size"] = 5;
+    std::map<std::string, std::string> metadata = file.metadata();
+    metadata["naf_config"] = cfg.dump();
+    const std::string path = cv::tempfile(".safetensors");
+    {
+        const std::vector<uint8_t> bytes = cv::naf::detail::serializeSafetensors(tensors, metadata);
+        std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    }
+    const cv::Ptr<cv::naf::NAF> reference = cv::naf::NAF::create(path);
+    ASSERT_EQ(reference->getKernelSize(), 5);
+    const cv::Mat image = naf_test::randomBlob(1, 3, 30, 38, 4, 0.f, 1.f);
+    const cv::Mat feats = naf_test::randomBlob(1, 16, 6, 7, 5);
+    cv::Mat expected;
+    reference->upsampleBlob(image, feats, expected, cv::Size(23, 19));
+
+    cv::naf::registerLayers();
+    auto layerOutput = [&](const std::function<void(cv::dnn::LayerParams&)>& edit) {
+        cv::dnn::LayerParams p;
+        p.name = "embedded";
+        p.set("output_height", 19);
+        p.set("output_width", 23);
+        std::string names;
+        for (const auto& t : tensors)
+        {
+            p.blobs.push_back(t.second);
+            names += (names.empty() ? "" : ",") + t.first;
+        }
+        p.set("weight_names", cv::String(names));
+        edit(p);
+        cv::Ptr<cv::dnn::Layer> layer = cv::dnn::LayerFactory::createLayerInstance("naf.NAF", p);
+        std::vector<cv::Mat> inputs{image, feats}, outputs(1), internals;
+        std::vector<cv::dnn::MatShape> outShapes, internalShapes;
+        layer->getMemoryShapes({cv::dnn::shape(image), cv::dnn::shape(feats)}, 1, outShapes, internalShapes);
+        outputs[0].create(outShapes[0], CV_32F);
+        layer->forward(inputs, outputs, internals);
+        return outputs[0];
+    };
+    const cv::Mat withConfig = layerOutput([&](cv::dnn::LayerParams& p) { p.set("naf_config", cv::String(cfg.dump())); });
+    EXPECT_LE(naf_test::relativeL2(withConfig, expected), 1e-6);
+    const cv::Mat withoutConfig = layerOutput([](cv::dnn::LayerParams&) {});
+    EXPECT_GT(naf_test::relativeL2(withoutConfig, expected), 1e-3) << "the config must matter in this test";
+
+    nlohmann::json even = cfg;
+    even["kernel_size"] = 4;
+    naf_test::expectRefused([&] { layerOutput([&](cv::dnn::LayerParams& p) { p.set("naf_config", cv::String(even.dump())); }); },
+                            {"ONNX node 'embedded'", "kernel_size 4 is even"});
+    naf_test::expectRefused([&] { layerOutput([](cv::dnn::LayerParams& p) { p.set("naf_config", 3); }); },
+                            {"'naf_config' must be a string"});
+    naf_test::expectRefused([&] {
+        cv::dnn::LayerParams p;
+        p.name = "filed";
+        p.set("output_height", 19);
+        p.set("output_width", 23);
+        p.set("weights_path", path);
+        p.set("naf_config", cv::String(cfg.dump()));
+        cv::dnn::LayerFactory::createLayerInstance("naf.NAF", p);
+    }, {"'naf_config' goes with embedded weights only"});
+    std::remove(path.c_str());
 }
 
 TEST(Safetensors, WriterIsTheInverseOfTheReader)

@@ -70,7 +70,10 @@ public:
     {
         outputHeight_ = positiveInt(params, "output_height", 0, true);
         outputWidth_ = positiveInt(params, "output_width", 0, true);
-        const int kernelSize = positiveInt(params, "kernel_size", 9, false);
+        if (params.has("naf_config") && params.blobs.empty())
+            CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
+                                           "': attribute 'naf_config' goes with embedded weights only (a weights "
+                                           "file carries its own)");
         if (!params.blobs.empty())
         {
             if (!params.has("weight_names"))
@@ -84,8 +87,17 @@ public:
                                                std::to_string(params.blobs.size()) + " embedded tensors");
             std::map<std::string, Mat> tensors;
             for (size_t i = 0; i < names.size(); ++i) tensors[names[i]] = params.blobs[i];
+            std::string configJson;  // absent: the default config (graphs written before it existed)
+            if (params.has("naf_config"))
+            {
+                const dnn::DictValue& value = params.get("naf_config");
+                if (!value.isString())
+                    CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
+                                                   "': attribute 'naf_config' must be a string (the weights' JSON)");
+                configJson = value.get<String>();
+            }
             naf_ = detail::createWithWeights(
-                detail::weightsFromTensors(tensors, "ONNX node '" + params.name + "'"));
+                detail::weightsFromTensors(tensors, "ONNX node '" + params.name + "'", configJson));
         }
         else
         {
@@ -100,7 +112,8 @@ public:
             }
             naf_ = NAF::create(path);
         }
-        naf_->setKernelSize(kernelSize);
+        // Absent: the kernel size of the weights' config stays (it used to be forced to 9).
+        if (params.has("kernel_size")) naf_->setKernelSize(positiveInt(params, "kernel_size", 9, false));
     }
 
     static Ptr<dnn::Layer> create(dnn::LayerParams& params) { return makePtr<NafLayer>(params); }

@@ -377,9 +377,9 @@ std::shared_ptr<const LoadedWeights> randomWeights(int seed, const NafConfig& cf
 }
 
 std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::string, Mat>& tensors,
-                                                        const std::string& origin)
+                                                        const std::string& origin, const std::string& configJson)
 {
-    const NafConfig cfg;
+    const NafConfig cfg = configJson.empty() ? NafConfig() : parseConfig(configJson, origin);
     const std::vector<TensorSpec> specs = expectedTensors(cfg);
     std::set<std::string> expectedNames;
     for (const TensorSpec& s : specs) expectedNames.insert(s.name);
@@ -412,6 +412,7 @@ std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::stri
     provenance["source"] = "embedded";
     provenance["trained"] = true;
     w->provenanceJson = provenance.dump();
+    w->configJson = configJson.empty() ? configToJson(cfg) : configJson;
     w->trained = true;
     w->info = origin + " (embedded weights, provenance unknown)";
     return w;

@@ -56,10 +56,12 @@ constexpr const char* kDataSha256Key = "data_sha256";
 /// PyTorch-default random initialization from `seed` (untrained).
 std::shared_ptr<const LoadedWeights> randomWeights(int seed, const ::naf::kernels::NafConfig& cfg = {});
 
-/// Builds weights from named tensors (e.g. ONNX initializers); default config, every expected
-/// tensor required with its exact shape. `origin` names the source in messages and info.
+/// Builds weights from named tensors (e.g. ONNX initializers); every expected tensor required
+/// with its exact shape. `configJson`: the naf_config JSON (validated like a file's), empty for
+/// the default config. `origin` names the source in messages and info.
 std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::string, Mat>& tensors,
-                                                        const std::string& origin);
+                                                        const std::string& origin,
+                                                        const std::string& configJson = std::string());
 
 }  // namespace detail
 }  // namespace naf

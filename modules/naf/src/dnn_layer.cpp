@@ -45,6 +45,17 @@ std::vector<std::string> stringList(const dnn::DictValue& v)
     return out;
 }
 
+// A string attribute, or "" when absent; `what` says what it holds in the refusal of a non-string.
+std::string optionalString(const dnn::LayerParams& params, const char* key, const char* what)
+{
+    if (!params.has(key)) return std::string();
+    const dnn::DictValue& value = params.get(key);
+    if (!value.isString())
+        CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name + "': attribute '" + key +
+                                       "' must be a string (" + what + ")");
+    return value.get<String>();
+}
+
 int positiveInt(const dnn::LayerParams& params, const char* key, int fallback, bool required)
 {
     if (!params.has(key))
@@ -87,30 +98,14 @@ public:
                                                std::to_string(params.blobs.size()) + " embedded tensors");
             std::map<std::string, Mat> tensors;
             for (size_t i = 0; i < names.size(); ++i) tensors[names[i]] = params.blobs[i];
-            std::string configJson;  // absent: the default config (graphs written before it existed)
-            if (params.has("naf_config"))
-            {
-                const dnn::DictValue& value = params.get("naf_config");
-                if (!value.isString())
-                    CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
-                                                   "': attribute 'naf_config' must be a string (the weights' JSON)");
-                configJson = value.get<String>();
-            }
+            // Absent: the default config (graphs written before the attribute existed).
+            const std::string configJson = optionalString(params, "naf_config", "the weights' JSON");
             naf_ = detail::createWithWeights(
                 detail::weightsFromTensors(tensors, "ONNX node '" + params.name + "'", configJson));
         }
         else
         {
-            std::string path;
-            if (params.has("weights_path"))
-            {
-                const dnn::DictValue& value = params.get("weights_path");
-                if (!value.isString())
-                    CV_Error(Error::StsBadArg, "cv::naf dnn layer '" + params.name +
-                                                   "': attribute 'weights_path' must be a string (a file path)");
-                path = value.get<String>();
-            }
-            naf_ = NAF::create(path);
+            naf_ = NAF::create(optionalString(params, "weights_path", "a file path"));
         }
         // Absent: the kernel size of the weights' config stays (it used to be forced to 9).
         if (params.has("kernel_size")) naf_->setKernelSize(positiveInt(params, "kernel_size", 9, false));

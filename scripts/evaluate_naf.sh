@@ -54,7 +54,7 @@ echo "== 1. feature reconstruction"
 $PY tools/eval_naf.py --cache "$RUN/cache_val" --tool "$CLI/naf_upsample_cached" --threads "$THREADS" \
     "${nafs[@]}" --report docs/EVALUATION.md
 echo "== 2. linear probe"
-# probe steps: 1500 for camvid's 11 classes; 600 for coco128's 133 (12x the cost per step)
+# probe steps: 1500 for camvid's 11 classes; 600 for coco128's 129 (~4x the cost per step)
 for spec in camvid:1500 coco128:600; do
   set=${spec%%:*}; steps=${spec##*:}
   # shellcheck disable=SC2086

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains NAF weights the way the shipped models/naf/naf_default.safetensors were trained
-# (docs/TRAINING.md), in three stages:
+# (docs/TRAINING.md), in four stages:
 #   1. MobileSAM features of 48 training images, pairs 512 px -> 1024 px image, every crop its own
 #      RoPE frame (the first shipped weights, $RUN/naf_trained.safetensors, 2600 steps);
 #   2. from those weights, the same pairs with every crop in the RoPE frame of its image, frames

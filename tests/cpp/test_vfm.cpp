@@ -15,6 +15,8 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 #include <opencv2/core/utils/filesystem.hpp>
@@ -111,6 +113,14 @@ TEST(VfmRegistry, RelativeOnnxPathResolvesAgainstTheProjectRoot)
     EXPECT_EQ(s.onnxPath, vfmTestDir() + "/broken/models/cache/x.onnx");
     EXPECT_EQ(s.name, "relative");
     EXPECT_EQ(s.fetchCommand, "echo fetch");
+    // The entry given by a relative path (the registry folder's parent was taken by text, so
+    // "vfm/x.json" resolved against the wrong folder): the same absolute ONNX path.
+    const std::filesystem::path relative = std::filesystem::relative(path, std::filesystem::current_path());
+    ASSERT_FALSE(relative.is_absolute());
+    const VfmSpec r = VfmRegistry::loadFile(relative.string());
+    EXPECT_EQ(r.onnxPath, s.onnxPath);
+    const std::filesystem::path dotted = std::filesystem::path(path).parent_path() / "." / "relative.json";
+    EXPECT_EQ(VfmRegistry::loadFile(dotted.string()).onnxPath, s.onnxPath);
 }
 
 struct Broken

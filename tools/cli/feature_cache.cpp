@@ -87,4 +87,18 @@ std::string cacheNameFor(const std::string& imagePath, int components)
     return name + ".safetensors";
 }
 
+int parsePositiveInt(const std::string& text)
+{
+    try
+    {
+        size_t used = 0;
+        const int v = std::stoi(text, &used);
+        return used == text.size() && v >= 1 ? v : -1;
+    }
+    catch (const std::exception&)
+    {
+        return -1;
+    }
+}
+
 }  // namespace naf_tools

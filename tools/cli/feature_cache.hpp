@@ -41,4 +41,11 @@ cv::Mat centredSquare(const cv::Mat& image, int side, cv::Rect* crop = nullptr);
 /// extension replaced by ".safetensors" (e.g. .../segmentation/camvid/train/images/x.jpg -> camvid__train__images__x.safetensors).
 std::string cacheNameFor(const std::string& imagePath, int components = 4);
 
+/// A whole decimal integer >= 1, or -1 when the text is anything else ("0", "0x", "", "3.5",
+/// "64abc": std::stoi alone reads that as 64).
+int parsePositiveInt(const std::string& text);
+
+/// True when an argument asks for the usage text (--help or -h).
+inline bool isHelpOption(const std::string& arg) { return arg == "--help" || arg == "-h"; }
+
 }  // namespace naf_tools

@@ -25,15 +25,16 @@
 
 namespace {
 
-int usage(const char* argv0)
+// The usage text: on stdout with status 0 when asked for (--help), else on stderr with status 2.
+int usage(const char* argv0, bool asked = false)
 {
-    std::cerr << "usage: " << argv0
+    (asked ? std::cout : std::cerr) << "usage: " << argv0
               << " --out DIR [--vfm mobilesam] [--size 1024] [--hi-only] [--threads N] [--list FILE] [IMAGE...]\n"
                  "  FILE: one image path per line. Writes DIR/<last 4 path parts joined by __>.safetensors per image.\n"
                  "  --hi-only: only the features of the full-size image (no features_lo; half the cost),\n"
                  "             e.g. for the linear-probe evaluation (tools/probe_naf.py).\n"
                  "  Existing entries are skipped; without --hi-only, a --hi-only entry gets its features_lo added.\n";
-    return 2;
+    return asked ? 0 : 2;
 }
 
 /// The top-left rows x cols cells of a 1 x C x H x W blob, as a continuous 1 x C x rows x cols blob.
@@ -55,7 +56,7 @@ cv::Mat topLeftCells(const cv::Mat& blob, int rows, int cols)
 int main(int argc, char** argv)
 {
     std::string out, vfmName = "mobilesam";
-    int size = 1024, threads = -1;
+    int size = 1024, threads = 0;  // threads 0: OpenCV's default; -1 (either): not a whole number >= 1
     bool hiOnly = false;
     std::vector<std::string> images;
     for (int i = 1; i < argc; ++i)
@@ -67,10 +68,11 @@ int main(int argc, char** argv)
         };
         try
         {
+            if (naf_tools::isHelpOption(a)) return usage(argv[0], true);
             if (a == "--out") out = next();
             else if (a == "--vfm") vfmName = next();
-            else if (a == "--size") size = std::stoi(next());
-            else if (a == "--threads") threads = std::stoi(next());
+            else if (a == "--size") size = naf_tools::parsePositiveInt(next());
+            else if (a == "--threads") threads = naf_tools::parsePositiveInt(next());
             else if (a == "--hi-only") hiOnly = true;
             else if (a == "--list")
             {
@@ -88,9 +90,11 @@ int main(int argc, char** argv)
             return usage(argv[0]);
         }
     }
-    if (out.empty() || images.empty() || size < 64 || size % 32 != 0)
+    if (out.empty() || images.empty() || size < 64 || size % 32 != 0 || threads < 0)
     {
-        if (size % 32 != 0) std::cerr << "naf_extract_features: --size " << size << " must be a multiple of 32\n";
+        if (size < 64 || size % 32 != 0)
+            std::cerr << "naf_extract_features: --size must be a whole number >= 64 and a multiple of 32\n";
+        if (threads < 0) std::cerr << "naf_extract_features: --threads must be a whole number >= 1\n";
         return usage(argv[0]);
     }
     try

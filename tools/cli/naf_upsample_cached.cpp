@@ -23,16 +23,17 @@
 
 namespace {
 
-int usage(const char* argv0)
+// The usage text: on stdout with status 0 when asked for (--help), else on stderr with status 2.
+int usage(const char* argv0, bool asked = false)
 {
-    std::cerr << "usage: " << argv0
+    (asked ? std::cout : std::cerr) << "usage: " << argv0
               << " --method nearest|bilinear|bicubic|guided|bilateral|naf [--weights FILE.safetensors]\n"
                  "       [--input lo|hi|pooled] [--scale K] [--guide-size N] [--threads N] --out DIR CACHE.safetensors...\n"
                  "  --input lo (default): features_lo -> the features_hi grid; --input hi: features_hi -> K x its grid\n"
                  "  --input pooled: features_hi averaged over 2 x 2 cells -> the features_hi grid\n"
                  "  --scale K: output grid = K x the input grid (default: the features_hi grid for lo, 4 for hi)\n"
                  "  --guide-size N: guide = the cached image resized to N x N (default: the cached image)\n";
-    return 2;
+    return asked ? 0 : 2;
 }
 
 std::string baseName(const std::string& path)
@@ -62,50 +63,38 @@ cv::Mat pool2x2(const cv::Mat& features, const std::string& path)
     return pooled;
 }
 
-/// A whole decimal integer >= 1, or -1 when the text is anything else ("0", "0x", "", "3.5").
-int parsePositiveInt(const std::string& text)
-{
-    try
-    {
-        size_t used = 0;
-        const int v = std::stoi(text, &used);
-        return used == text.size() && v >= 1 ? v : -1;
-    }
-    catch (const std::exception&)
-    {
-        return -1;
-    }
-}
-
 }  // namespace
 
 int main(int argc, char** argv)
 {
     std::string method, weights, out;
     std::string input = "lo";
-    int threads = -1, scale = 0, guideSize = 0;  // 0: option not given
+    int threads = 0, scale = 0, guideSize = 0;  // 0: option not given, -1: not a whole number >= 1
     std::vector<std::string> files;
     for (int i = 1; i < argc; ++i)
     {
         const std::string a = argv[i];
         const bool takesValue = a == "--method" || a == "--weights" || a == "--out" || a == "--threads" ||
                                 a == "--input" || a == "--scale" || a == "--guide-size";
+        if (naf_tools::isHelpOption(a)) return usage(argv[0], true);
         if (takesValue && i + 1 >= argc) return usage(argv[0]);
         if (a == "--method") method = argv[++i];
         else if (a == "--weights") weights = argv[++i];
         else if (a == "--out") out = argv[++i];
-        else if (a == "--threads") threads = std::atoi(argv[++i]);
+        else if (a == "--threads") threads = naf_tools::parsePositiveInt(argv[++i]);
         else if (a == "--input") input = argv[++i];
-        else if (a == "--scale") scale = parsePositiveInt(argv[++i]);
-        else if (a == "--guide-size") guideSize = parsePositiveInt(argv[++i]);
+        else if (a == "--scale") scale = naf_tools::parsePositiveInt(argv[++i]);
+        else if (a == "--guide-size") guideSize = naf_tools::parsePositiveInt(argv[++i]);
         else if (!a.empty() && a[0] == '-') return usage(argv[0]);
         else files.push_back(a);
     }
     if (method.empty() || out.empty() || files.empty()) return usage(argv[0]);
-    if ((input != "lo" && input != "hi" && input != "pooled") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384)
+    if ((input != "lo" && input != "hi" && input != "pooled") || scale < 0 || scale > 64 || guideSize < 0 || guideSize > 16384 || threads < 0)
     {
         std::cerr << "naf_upsample_cached: bad option value (--input " << input << ", --scale " << scale
-                  << ", --guide-size " << guideSize << "): --input is lo, hi or pooled, 1 <= K <= 64, 1 <= N <= 16384\n";
+                  << ", --guide-size " << guideSize << ", --threads " << threads
+                  << "; -1: not a whole number >= 1): --input is lo, hi or pooled, 1 <= K <= 64, 1 <= N <= 16384, "
+                     "threads >= 1\n";
         return usage(argv[0]);
     }
 #if defined(__GLIBC__)

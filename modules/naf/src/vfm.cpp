@@ -6,6 +6,7 @@
 #include "vfm_progress.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -36,16 +37,6 @@ constexpr int kMinInputSize = 16;
 constexpr int kMaxInputSize = 8192;
 
 bool isAbsolute(const String& path) { return !path.empty() && path[0] == '/'; }
-
-String parentDirectory(const String& path)
-{
-    String p = path;
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
-    const size_t slash = p.find_last_of('/');
-    if (slash == String::npos) return ".";
-    if (slash == 0) return "/";
-    return p.substr(0, slash);
-}
 
 String fileStem(const String& path)
 {
@@ -527,8 +518,13 @@ VfmSpec VfmRegistry::loadFile(const String& jsonPath)
     spec.name = fileStem(jsonPath);
     spec.displayName = r.string("display_name", true, false);
     spec.onnxPath = r.string("onnx", true, false);
-    if (!isAbsolute(spec.onnxPath))  // relative to the project root: the registry folder's grandparent
-        spec.onnxPath = utils::fs::join(parentDirectory(parentDirectory(parentDirectory(jsonPath))), spec.onnxPath);
+    if (!isAbsolute(spec.onnxPath))
+    {
+        // Relative to the project root, the registry folder's parent; from the absolute, normalized
+        // path of the entry, so that a relative registry ("vfm/x.json", "./x.json") works too.
+        const std::filesystem::path entry = std::filesystem::absolute(jsonPath).lexically_normal();
+        spec.onnxPath = (entry.parent_path().parent_path().parent_path() / spec.onnxPath).lexically_normal().string();
+    }
     spec.fetchCommand = r.string("fetch", false, true);
     spec.inputSize = r.integer("input.size", kMinInputSize, kMaxInputSize);
     spec.sizePolicy = r.string("input.size_policy", true, false);

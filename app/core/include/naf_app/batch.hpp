@@ -57,8 +57,8 @@ std::vector<std::string> recordedOutputs(const std::string& recordText, const st
                                          const std::string& inputStampJson);
 
 /// Runs the batch: every image of this shard gets `<out>/<stem>.panel.png` (image, low-res PCA,
-/// one PCA tile per method), `<out>/<stem>.kmeans.png` (k-means of the last method over the
-/// image) and `<out>/<stem>.json` (settings, timings, outputs; written last, so its presence with
+/// one PCA tile per method), `<out>/<stem>.kmeans.png` (k-means of every method's map over the
+/// image, side by side) and `<out>/<stem>.json` (settings, timings, outputs; written last, so its presence with
 /// the same settings marks the image done). A bad image is recorded as skipped with the reason.
 /// The manifest `<out>/manifest.json` (or `manifest.shard-<i>-of-<n>.json`) lists everything.
 /// The manifest and every record carry the settings, the NAF backend and GPU precision among them.

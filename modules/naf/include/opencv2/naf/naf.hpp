@@ -113,7 +113,7 @@ Example:
 @code
     cv::Mat image = cv::imread("photo.jpg");                     // 8-bit BGR
     cv::Mat lowRes = net.forward();                               // 1 x C x h x w, CV_32F, from cv::dnn
-    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create("models/naf/naf.safetensors");
+    cv::Ptr<cv::naf::NAF> naf = cv::naf::NAF::create();          // the shipped weights (getDefaultWeightsPath())
     cv::Mat upsampled;                                            // 1 x C x H x W, CV_32F
     naf->upsample(image, lowRes, upsampled, image.size());
     std::cout << naf->getWeightsInfo() << std::endl;             // which weights were used
@@ -140,8 +140,8 @@ public:
     /** @brief Upsamples low-resolution features to dstSize.
     @param image guide image(s): one CV_8UC3 Mat (batch 1) or a vector of N CV_8UC3 Mats (one per
     batch item; sizes may differ), at least 2x2, channel order as setImageColorOrder() (BGR by default).
-    @param lowResFeatures 4-D CV_32F blob N x C x h x w (NCHW, as cv::dnn produces), continuous,
-    finite; C a multiple of the 4 attention heads (each head takes C/4 consecutive channels).
+    @param lowResFeatures 4-D CV_32F blob N x C x h x w (NCHW, as cv::dnn produces), finite (a
+    non-continuous one is copied first); C a multiple of the 4 attention heads (each head takes C/4 consecutive channels).
     @param dst output, 4-D CV_32F N x C x dstSize.height x dstSize.width. As with
     Mat::create(), a continuous dst that already has this shape and type is written in place
     (reuse one Mat across calls to avoid a fresh allocation per call, which costs page faults;
@@ -159,17 +159,19 @@ public:
                                       Size dstSize) = 0;
 
     /** @brief Records the attention of one output pixel during the next upsample() calls.
-    @param pixel output pixel (x, y); Point(-1, -1) switches recording off. */
+    @param pixel output pixel (x, y); Point(-1, -1) switches recording off; any other negative
+    coordinate is refused (StsOutOfRange), as is a pixel outside the output when a call runs. */
     CV_WRAP virtual void setAttentionProbe(Point pixel) = 0;
     CV_WRAP virtual Point getAttentionProbe() const = 0;
 
-    /** @brief Attention recorded by the last upsample() call with a probe set.
+    /** @brief Attention recorded by the last upsample() call that finished; a call made without a
+    probe records nothing, so this then throws.
     @param weights 4-D CV_32F N x heads x kh x kw softmax weights (each head sums to 1).
     @param lowResPositions kh x kw CV_32SC2: the (x, y) low-resolution position of each window entry.
     @throws cv::Exception when nothing was recorded. */
     CV_WRAP virtual void getAttentionWeights(OutputArray weights, OutputArray lowResPositions) const = 0;
 
-    /** @brief Neighborhood size (odd, >= 1; default from the weights' metadata, 9). */
+    /** @brief Neighborhood size (odd, in [1, 63]; default from the weights' metadata, 9). */
     CV_WRAP virtual void setKernelSize(int kernelSize) = 0;
     CV_WRAP virtual int getKernelSize() const = 0;
 

@@ -50,7 +50,8 @@ File format (`models/vfm/mobilesam.json` is the example; unknown fields are reje
   "notes": "..."                                              // optional
 }
 @endcode
-input.size in [16, 8192]; output.stride divides input.size; std > 0; colour order "RGB" or "BGR";
+input.size in [16, 8192]; output.stride divides input.size; output.channels in [1, 2^20]; every
+std value in [1e-6, 1e6] and mean value in [-1e6, 1e6]; colour order "RGB" or "BGR";
 size policy "longest_side_pad" or "resize"; output.name may be "" (the graph's first output). */
 class CV_EXPORTS VfmRegistry
 {
@@ -113,7 +114,8 @@ Example:
     cv::Mat image = cv::imread("photo.jpg"), lowRes, features;
     cv::naf::VfmGeometry geometry;
     vfm->extract(image, lowRes, &geometry);          // 1 x 256 x h x w, cells covering the image
-    cv::naf::upsample(image, lowRes, features, image.size());
+    cv::naf::upsample(image, lowRes, features, image.size());  // stretches the grid by < 1 cell:
+                                                     // coveredOutputSize() says how to avoid it
 @endcode
 */
 class CV_EXPORTS VisionFoundationModel : public Algorithm

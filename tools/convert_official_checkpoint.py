@@ -78,12 +78,20 @@ def infer_config(sd):
 
 def convert(src, dst, extra_provenance=None):
     """Convert src (.pth) to dst (.safetensors). Returns (config, provenance)."""
+    if os.path.isdir(dst):  # checked first: a checkpoint takes a while to read
+        raise ConversionError(f"output {dst} is a directory")
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise ConversionError(f"folder {folder} of the output {dst} does not exist")
     try:
         obj = torch.load(src, map_location="cpu")
     except Exception as e:  # torch raises many types for a damaged file
         raise ConversionError(f"{src}: cannot be read as a PyTorch checkpoint ({e})") from None
     sd = unwrap_state_dict(obj)
     cfg = infer_config(sd)
+    problem = ref.config_problem(cfg)
+    if problem:  # before check_state_dict, which divides by the config's numbers
+        raise ConversionError(f"{src}: the tensor shapes imply an invalid naf_config ({problem})")
     problems = ref.check_state_dict(sd, cfg)
     if problems:
         raise ConversionError(f"{src}: " + "; ".join(problems))
@@ -102,9 +110,10 @@ def convert(src, dst, extra_provenance=None):
         "data": "official NAF release (github valeoai/NAF)",
     }
     provenance.update(extra_provenance or {})
-    tmp = dst + ".tmp"
-    ref.save_weights(tmp, {n: t.float() for n, t in sd.items()}, provenance, cfg)
-    os.replace(tmp, dst)
+    try:  # atomic: save_file writes a temp file next to dst and renames it
+        ref.save_weights(dst, {n: t.float() for n, t in sd.items()}, provenance, cfg)
+    except ValueError as e:
+        raise ConversionError(f"{src}: {e}") from None
     return cfg, provenance
 
 

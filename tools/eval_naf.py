@@ -47,10 +47,18 @@ def reconstruction_metrics(pred, target):
 
 
 def run_method(tool, method, files, out_dir, weights=None, threads=2, low_res="lo"):
+    """Runs naf_upsample_cached; on failure its stderr goes to ours and RuntimeError says what failed."""
     cmd = [tool, "--method", method, "--input", low_res, "--out", out_dir, "--threads", str(threads)]
     if weights:
         cmd += ["--weights", weights]
-    subprocess.run(cmd + list(files), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc = subprocess.run(cmd + list(files), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        raise RuntimeError(f"cannot run {tool}: {e.strerror or e}") from None
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        last = proc.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}): {last[0][-300:]}")
 
 
 def evaluate(cache, tool, nafs, methods=None, threads=2, work_dir=None, low_res="lo"):
@@ -142,7 +150,10 @@ def main(argv=None):
                          "full-size image's features averaged over 2 x 2 cells (a coherent low-res input)")
     args = ap.parse_args(argv)
     nafs = parse_naf_specs(ap, args.naf)
-    rows, files = evaluate(args.cache, args.tool, nafs, args.methods, args.threads, low_res=args.input)
+    try:
+        rows, files = evaluate(args.cache, args.tool, nafs, args.methods, args.threads, low_res=args.input)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"eval_naf: {e}") from None
     first = load_entry(files[0])
     c, h, w = first["hi"].shape
     sets = sorted(set(os.path.dirname(load_entry(f)["meta"].get("source", f)) for f in files))

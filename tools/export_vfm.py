@@ -29,6 +29,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 
 import onnx
 import torch
@@ -36,8 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "vfm"))
 import onnx_for_opencv46  # noqa: E402
+from safetensors_io import atomic_write  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,19 +192,21 @@ def export(vit, size, out_path, log=print, naf_layers=True):
     """Exports at size x size and converts for OpenCV 4.6 (naf_layers: with cv::naf's GELU and
     Softmax layers, which need cv::naf::registerLayers(); without, plain cv::dnn, e.g. cv2.dnn in
     Python, loads it). Returns the fixed-size torch module."""
+    if os.path.isdir(out_path):
+        raise ValueError(f"output {out_path} is a directory")
     module = FixedSizeExport(vit.eval(), size).eval()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".torch.onnx"
     dummy = torch.zeros(1, 3, size, size)
-    with torch.no_grad():
-        torch.onnx.export(module, dummy, tmp, opset_version=12, input_names=["image"], output_names=["features"],
-                          do_constant_folding=True)
-    model = onnx_for_opencv46.convert(onnx.load(tmp), {"image": [1, 3, size, size]}, log=log,
-                                      naf_layers=naf_layers)
-    os.remove(tmp)
-    part = out_path + ".part"
-    onnx.save(model, part)
-    os.replace(part, out_path)
+    # the raw export goes to a temp folder (removed whatever happens), the result through a temp file
+    # next to out_path: no leftovers on failure
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out_path))) as tmp_dir:
+        tmp = os.path.join(tmp_dir, "torch.onnx")
+        with torch.no_grad():
+            torch.onnx.export(module, dummy, tmp, opset_version=12, input_names=["image"],
+                              output_names=["features"], do_constant_folding=True)
+        model = onnx_for_opencv46.convert(onnx.load(tmp), {"image": [1, 3, size, size]}, log=log,
+                                          naf_layers=naf_layers)
+    atomic_write(out_path, lambda f: f.write(model.SerializeToString()))
     return module
 
 
@@ -217,7 +222,34 @@ def registry_entry(args, patch, channels, onnx_path):
     }
 
 
-def main():
+def check_args(p, args):
+    """Usage errors (p.error) for what would fail late or write an unusable graph."""
+    for name in ("size", "patch", "dim", "heads", "depth", "pos_grid"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.registers < 0:
+        p.error(f"--registers must be >= 0, got {args.registers}")
+    if not args.hub:  # a hub model brings its own patch, dim and heads (checked after loading)
+        if args.size % args.patch:
+            p.error(f"--size {args.size} is not a multiple of --patch {args.patch}")
+        if args.dim % args.heads:
+            p.error(f"--dim {args.dim} is not divisible by --heads {args.heads}")
+    if os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a directory")
+    if args.registry and os.path.exists(args.registry) and not os.path.isdir(args.registry):
+        p.error(f"--registry {args.registry} is not a folder")
+
+
+def write_registry_entry(registry, name, entry):
+    """<registry>/<name>.json, written atomically (a reader never sees half an entry)."""
+    os.makedirs(registry, exist_ok=True)
+    path = os.path.join(registry, name + ".json")
+    text = (json.dumps(entry, indent=2) + "\n").encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
+    return path
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hub", help="torch.hub name in facebookresearch/dinov2, e.g. dinov2_vits14 (internet)")
@@ -242,22 +274,23 @@ def main():
     p.add_argument("--registry", help="folder to write <name>.json into (e.g. models/vfm)")
     p.add_argument("--no-naf-layers", action="store_true",
                    help="plain cv::dnn layers only (slower; for cv::dnn without cv::naf, e.g. cv2.dnn)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    check_args(p, args)
 
     vit, patch = build(args)
     if args.size % patch:
         raise SystemExit(f"export_vfm: --size {args.size} is not a multiple of the patch size {patch}")
-    export(vit, args.size, args.out, naf_layers=not args.no_naf_layers)
-    if args.registry:
-        os.makedirs(args.registry, exist_ok=True)
-        onnx_path = os.path.abspath(args.out)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(args.registry)))
-        if onnx_path.startswith(root + os.sep):  # inside the project: stored relative to its root
-            onnx_path = os.path.relpath(onnx_path, root)
-        entry = registry_entry(args, patch, vit.cls_token.shape[-1], onnx_path)
-        with open(os.path.join(args.registry, args.name + ".json"), "w") as f:
-            json.dump(entry, f, indent=2)
-            f.write("\n")
+    try:
+        export(vit, args.size, args.out, naf_layers=not args.no_naf_layers)
+        if args.registry:
+            onnx_path = os.path.abspath(args.out)
+            root = os.path.dirname(os.path.dirname(os.path.abspath(args.registry)))
+            if onnx_path.startswith(root + os.sep):  # inside the project: stored relative to its root
+                onnx_path = os.path.relpath(onnx_path, root)
+            entry = registry_entry(args, patch, vit.cls_token.shape[-1], onnx_path)
+            write_registry_entry(args.registry, args.name, entry)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"export_vfm: {e}") from None
     print(f"export_vfm: wrote {args.out}" + (f" and {args.registry}/{args.name}.json" if args.registry else ""))
 
 

@@ -4,7 +4,8 @@
 Output (default tests/data/golden/): weights_seed0.safetensors (random weights, seed 0) and one
 <case>.safetensors per case. Guide images are crops/resizes of the licence-clean photo in data/.
 Every case is computed twice (official-style and direct attention); the relative L2 difference
-is printed. Deterministic: two runs give identical bytes.
+is printed. Deterministic on one machine: two runs there give identical bytes (another thread
+count or CPU can change the last bits of the float results).
 """
 
 import argparse
@@ -152,6 +153,10 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "tests", "data", "golden"))
     ap.add_argument("--only", nargs="*", help="case names to (re)generate")
     args = ap.parse_args(argv)
+    known = [case["name"] for case in CASES]
+    unknown = [name for name in args.only or [] if name not in known]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     os.makedirs(args.out_dir, exist_ok=True)
     wpath = os.path.join(args.out_dir, WEIGHTS_NAME)

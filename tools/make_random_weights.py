@@ -44,7 +44,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    write_random_weights(args.out, args.seed)
+    if os.path.isdir(args.out):
+        ap.error(f"--out {args.out} is a directory")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        ap.error(f"the folder of --out {args.out} does not exist")
+    try:
+        write_random_weights(args.out, args.seed)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"make_random_weights: {e}") from None
     print(f"wrote {args.out} (seed {args.seed})")
 
 

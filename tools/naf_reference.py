@@ -447,22 +447,102 @@ def check_state_dict(sd, config=None):
     return problems
 
 
+# The rules of the C++ loader (modules/naf/src/weights.cpp parseConfig): integer fields with their
+# range; a file the C++ side refuses must not load here either.
+CONFIG_INT_RANGES = {
+    "dim": (8, 4096),
+    "heads_attn": (1, 64),
+    "heads_rope": (1, 64),
+    "kernel_size": (1, 63),
+    "img_layers": (0, 16),
+    "num_groups": (1, 4096),
+    "max_guide_scale": (1, 64),
+}
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def config_problem(cfg):
+    """The first reason a naf_config dict is invalid (as cv::naf would refuse it), or None."""
+    if not isinstance(cfg, dict):
+        return f"is a {type(cfg).__name__}, not a JSON object"
+    missing = [key for key in DEFAULT_CONFIG if key not in cfg]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key, (lo, hi) in CONFIG_INT_RANGES.items():
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"'{key}' = {v!r} is not an integer"
+        if not lo <= v <= hi:
+            return f"'{key}' = {v} is outside [{lo}, {hi}]"
+    if cfg["kernel_size"] % 2 == 0:
+        return f"'kernel_size' = {cfg['kernel_size']} is even"
+    if not _is_number(cfg["rope_base"]) or not (math.isfinite(cfg["rope_base"]) and cfg["rope_base"] > 0):
+        return f"'rope_base' = {cfg['rope_base']!r} is not a positive number"
+    for key in ("image_mean", "image_std"):
+        v = cfg[key]
+        if (not isinstance(v, list) or len(v) != 3
+                or not all(_is_number(x) and math.isfinite(x) and abs(x) <= 1e6 for x in v)):
+            return f"'{key}' = {v!r} is not [r, g, b] of finite numbers within 1e6"
+    if not all(x > 0 for x in cfg["image_std"]):
+        return f"'image_std' = {cfg['image_std']!r} is not positive"
+    d, ha, hr, g = cfg["dim"], cfg["heads_attn"], cfg["heads_rope"], cfg["num_groups"]
+    if d % ha or d % (4 * hr) or (d // 2) % g:
+        return (f"'dim' = {d} does not split into {ha} attention heads, 4 x {hr} RoPE heads and "
+                f"{g} groups per branch")
+    return None
+
+
+def provenance_problem(prov):
+    """The first reason a naf_provenance value is invalid, or None."""
+    if not isinstance(prov, dict):
+        return f"is a {type(prov).__name__}, not a JSON object"
+    if not isinstance(prov.get("source"), str):
+        return f"'source' = {prov.get('source')!r} is not a string"
+    if not isinstance(prov.get("trained"), bool):
+        return f"'trained' = {prov.get('trained')!r} is not true or false"
+    return None
+
+
+def _strict_json(text):
+    """json.loads without the NaN / Infinity extension (standard JSON, as the C++ reader takes)."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def weights_metadata(provenance, config=None):
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
-    return {
-        "format": "cv-naf-weights",
-        "format_version": "1",
-        "naf_config": json.dumps(cfg, sort_keys=True),
-        "naf_provenance": json.dumps(provenance, sort_keys=True),
-    }
+    problem = config_problem(cfg)
+    if problem:
+        raise ValueError(f"naf_config {problem}")
+    problem = provenance_problem(provenance)
+    if problem:
+        raise ValueError(f"naf_provenance {problem}")
+    out = {"format": "cv-naf-weights", "format_version": "1"}
+    for key, value in (("naf_config", cfg), ("naf_provenance", provenance)):
+        try:
+            out[key] = json.dumps(value, sort_keys=True, allow_nan=False)
+        except ValueError:  # readers refuse the NaN / Infinity that json writes by default
+            raise ValueError(f"{key} holds a NaN or infinite number: {value!r}"[:300]) from None
+    return out
 
 
 def save_weights(path, state_dict, provenance, config=None):
+    """Writes a cv-naf-weights file (atomically); refuses what load_weights would refuse."""
     from safetensors_io import save_file
+    problem = config_problem(dict(DEFAULT_CONFIG, **(config or {})))
+    if problem:  # before expected_tensors, which divides by the config's numbers
+        raise ValueError(f"naf_config {problem}")
     problems = check_state_dict(state_dict, config)
     if problems:
         raise ValueError("; ".join(problems))
     tensors = {n: state_dict[n].detach().float().contiguous().cpu().numpy() for n, _ in expected_tensors(config)}
+    for name, arr in tensors.items():
+        if not np.isfinite(arr).all():
+            raise ValueError(f"tensor {name} contains NaN or Inf")
     metadata = weights_metadata(provenance, config)
     metadata["data_sha256"] = data_section_sha256(tensors)
     save_file(path, tensors, metadata)
@@ -480,33 +560,54 @@ def data_section_sha256(tensors):
 
 
 def load_weights(path):
-    """Read and validate a weight file. Returns (state_dict of torch tensors, config, provenance)."""
-    from safetensors_io import load_file, SafetensorsError
-    tensors, meta = load_file(path)
+    """Read and validate a weight file. Returns (state_dict of torch tensors, config, provenance).
+
+    Refuses what the C++ loader refuses (docs/FORMATS.md, "Readers reject")."""
+    from safetensors_io import SafetensorsError, deserialize, read_bytes
+    try:
+        blob = read_bytes(path)
+        tensors, meta = deserialize(blob)
+    except SafetensorsError as e:
+        raise SafetensorsError(e if str(e).startswith(f"{path}:") else f"{path}: {e}") from None
     if meta.get("format") != "cv-naf-weights" or meta.get("format_version") != "1":
         raise SafetensorsError(f"{path}: not a cv-naf-weights v1 file")
-    try:
-        cfg = json.loads(meta["naf_config"])
-        prov = json.loads(meta.get("naf_provenance", "{}"))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: missing or invalid naf_config ({e})") from None
-    if not isinstance(cfg, dict) or any(key not in cfg for key in DEFAULT_CONFIG):
-        raise SafetensorsError(f"{path}: naf_config lacks fields")
+    for key in ("naf_config", "naf_provenance"):
+        if key not in meta:
+            raise SafetensorsError(f"{path}: __metadata__ has no '{key}'")
+    parsed = {}
+    for key, check in (("naf_config", config_problem), ("naf_provenance", provenance_problem)):
+        try:
+            parsed[key] = _strict_json(meta[key])
+        except ValueError as e:  # JSONDecodeError is one
+            raise SafetensorsError(f"{path}: {key} is not JSON ({e})") from None
+        problem = check(parsed[key])
+        if problem:
+            raise SafetensorsError(f"{path}: {key} {problem}")
+    cfg, prov = parsed["naf_config"], parsed["naf_provenance"]
     for name, arr in tensors.items():
         if arr.dtype != np.float32:
             raise SafetensorsError(f"{path}: {name} is not F32")
     if "data_sha256" in meta:
-        with open(path, "rb") as f:
-            blob = f.read()
+        expected = meta["data_sha256"]
+        if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+            raise SafetensorsError(f"{path}: data_sha256 {expected[:80]!r} is not 64 lowercase hex digits")
         (header_len,) = struct.unpack("<Q", blob[:8])
         actual = hashlib.sha256(blob[8 + header_len:]).hexdigest()
-        if actual != meta["data_sha256"]:
+        if actual != expected:
             raise SafetensorsError(f"{path}: tensor data SHA-256 {actual} does not match the metadata "
-                                   f"({meta['data_sha256']}): corrupted or tampered with")
+                                   f"({expected}): corrupted or tampered with")
     sd = {n: torch.from_numpy(a) for n, a in tensors.items()}
     problems = check_state_dict(sd, cfg)
     if problems:
         raise SafetensorsError(f"{path}: " + "; ".join(problems))
+    for name, arr in tensors.items():
+        if not np.isfinite(arr).all():
+            raise SafetensorsError(f"{path}: tensor {name} contains NaN or Inf")
+    # RoPE divides by its periods: zero or subnormal ones give NaN queries (the C++ check)
+    periods = tensors["image_encoder.rope.periods"]
+    if not (periods >= np.finfo(np.float32).tiny).all():
+        bad = periods[~(periods >= np.finfo(np.float32).tiny)][0]
+        raise SafetensorsError(f"{path}: RoPE period {bad!r} is not a positive normal float")
     return sd, cfg, prov
 
 

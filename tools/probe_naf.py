@@ -91,13 +91,18 @@ def load_label(meta, size, class_ids, ignore):
     raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise ValueError(f"cannot read label {path}")
-    if raw.ndim != 2:
-        raise ValueError(f"{path}: labels must be single-channel, got shape {raw.shape}")
-    x, y, w, h = (int(v) for v in meta["crop_xywh"].split(","))
-    if x < 0 or y < 0 or x + w > raw.shape[1] or y + h > raw.shape[0]:
-        raise ValueError(f"{path}: crop {x},{y},{w},{h} outside the label map {raw.shape}")
+    if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be single-channel integers, got {raw.dtype} shape {raw.shape}")
+    text = meta.get("crop_xywh")
+    try:
+        x, y, w, h = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"{path}: crop_xywh {text!r} of its cache entry is not 'x,y,w,h' integers") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > raw.shape[1] or y + h > raw.shape[0]:
+        raise ValueError(f"{path}: crop {x},{y},{w},{h} empty or outside the label map {raw.shape}")
     crop = cv2.resize(raw[y:y + h, x:x + w], (size, size), interpolation=cv2.INTER_NEAREST)
-    lut = np.full(256, -1, np.int64)
+    # a table covering every value present (16-bit PNGs go past 255): unknown values map to -1
+    lut = np.full(max(int(crop.max()), max(class_ids, default=0)) + 1, -1, np.int64)
     lut[np.asarray(class_ids, np.int64)] = np.arange(len(class_ids))
     out = lut[crop.astype(np.int64)]
     unknown = (out < 0) & (crop != ignore)

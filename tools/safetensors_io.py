@@ -5,12 +5,16 @@ tensor bytes. The JSON maps tensor names to {"dtype", "shape", "data_offsets"} (
 from the first byte after the header) and may hold "__metadata__", a map of strings to strings.
 
 Only the dtypes this project needs are supported: F32, I32, I64, U8 (all little-endian).
-The writer pads the header with spaces so that the data section starts on an 8-byte boundary.
-The reader checks every bound before touching the data.
+The writer pads the header with spaces so that the data section starts on an 8-byte boundary and
+replaces the target atomically (temp file + rename). The readers take regular files only and check
+every bound before touching the data.
 """
 
 import json
+import os
+import stat
 import struct
+import tempfile
 
 import numpy as np
 
@@ -76,24 +80,53 @@ def serialize(tensors, metadata=None):
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
+def atomic_write(path, write):
+    """Calls write(f) on a binary temp file in the folder of `path`, then renames it to `path`, so
+    readers never see a half-written file; on any failure the temp file is removed and `path` is
+    left as it was. The temp name ends in .tmp, so "*.safetensors" listings skip it."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder {folder} of {path} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        # mkstemp creates 0600; give the file the mode open() would have given it
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            fd = None
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        os.unlink(tmp)
+        raise
+
+
 def save_file(path, tensors, metadata=None):
     data = serialize(tensors, metadata)
-    with open(path, "wb") as f:
-        f.write(data)
+    atomic_write(path, lambda f: f.write(data))
 
 
-def deserialize(buf):
-    """Parse bytes; return (tensors: dict name -> numpy array, metadata: dict)."""
-    buf = memoryview(buf)
-    if len(buf) < 8:
+def _header_length(head8, file_size):
+    """The header length N of a file of file_size bytes starting with head8, bounds-checked."""
+    if len(head8) < 8:
         raise SafetensorsError("file shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", bytes(buf[:8]))
-    if n > len(buf) - 8:
-        raise SafetensorsError(f"header length {n} larger than the file ({len(buf)} bytes)")
+    (n,) = struct.unpack("<Q", bytes(head8[:8]))
+    if n > file_size - 8:
+        raise SafetensorsError(f"header length {n} larger than the file ({file_size} bytes)")
     if n > MAX_HEADER_BYTES:
         raise SafetensorsError(f"header length {n} is unreasonably large")
+    return n
+
+
+def _parse_header(text):
+    """The header JSON -> (tensor entries dict, metadata dict of strings)."""
     try:
-        header = json.loads(bytes(buf[8:8 + n]).decode("utf-8"))
+        header = json.loads(bytes(text).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SafetensorsError(f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
@@ -102,6 +135,14 @@ def deserialize(buf):
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise SafetensorsError("__metadata__ must map strings to strings")
+    return header, metadata
+
+
+def deserialize(buf):
+    """Parse bytes; return (tensors: dict name -> numpy array, metadata: dict)."""
+    buf = memoryview(buf)
+    n = _header_length(buf[:8], len(buf))
+    header, metadata = _parse_header(buf[8:8 + n])
     data = buf[8 + n:]
     spans = []
     tensors = {}
@@ -137,22 +178,42 @@ def deserialize(buf):
     return tensors, metadata
 
 
+def open_regular(path):
+    """A binary file object for a regular file; FIFOs, devices and folders are refused.
+
+    O_NONBLOCK: opening a FIFO does not wait for a writer (and /dev/zero would never end)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SafetensorsError(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path):
+    """All bytes of a regular file (see open_regular)."""
+    with open_regular(path) as f:
+        return f.read()
+
+
 def load_file(path):
-    with open(path, "rb") as f:
-        return deserialize(f.read())
+    try:
+        return deserialize(read_bytes(path))
+    except SafetensorsError as e:
+        raise SafetensorsError(e if str(e).startswith(f"{path}:") else f"{path}: {e}") from None
 
 
 def read_header(path):
     """Return (raw header dict including __metadata__, header length) without reading the data."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise SafetensorsError("file shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        text = f.read(n)
-    if len(text) != n:
-        raise SafetensorsError("header length larger than the file")
-    try:
-        return json.loads(text.decode("utf-8")), n
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"header is not valid JSON: {e}") from None
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            n = _header_length(f.read(8), size)
+            header, metadata = _parse_header(f.read(n))
+        except SafetensorsError as e:
+            raise SafetensorsError(f"{path}: {e}") from None
+    if metadata:
+        header["__metadata__"] = metadata
+    return header, n

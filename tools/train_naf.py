@@ -36,6 +36,7 @@ import naf_reference as ref  # noqa: E402
 from feature_cache import list_entries, load_entry  # noqa: E402
 
 GUIDE_PX_PER_CELL = 4  # official: guide at 4x the target grid
+MAX_CROP = 32  # low-res cells per crop side accepted by --crop
 
 
 LOW_RES_SOURCES = ("image", "pooled")
@@ -132,9 +133,9 @@ def step_rng(seed, step):
     return np.random.default_rng([int(seed), int(step)])
 
 
-def make_model(init_seed):
+def make_model(init_seed, config=None):
     torch.manual_seed(init_seed)
-    model = ref.NAF()
+    model = ref.NAF(config)
     model.train()
     return model
 
@@ -242,21 +243,54 @@ def hardware_description(device):
     return {"device": "cpu", "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: nothing more is written."""
+
+
+def cache_entries(folder, what="--cache"):
+    """The entries of a cache folder; ValueError naming the folder when it has none."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what} folder {folder} does not exist")
+    entries = list_entries(folder)
+    if not entries:
+        raise ValueError(f"{what} folder {folder} has no *.safetensors entries")
+    return entries
+
+
+def check_paths(args):
+    """Everything the run reads or writes at the end, checked before hours of training."""
+    for folder in args.cache:
+        cache_entries(folder)
+    if args.val_cache:
+        cache_entries(args.val_cache, "--val-cache")
+    if args.weights_out:
+        if os.path.isdir(args.weights_out):
+            raise ValueError(f"--weights-out {args.weights_out} is a directory")
+        folder = os.path.dirname(os.path.abspath(args.weights_out))
+        if not os.path.isdir(folder):
+            raise ValueError(f"folder {folder} of --weights-out {args.weights_out} does not exist")
+    if args.init_weights and not os.path.isfile(args.init_weights):
+        raise ValueError(f"--init-weights {args.init_weights} is not a file")
+
+
 def train(args):
+    check_paths(args)
     torch.set_num_threads(args.threads)
     keep_freed_memory_in_the_heap()
+    init_state, init_config, init_note = None, None, None
+    if args.init_weights:  # before the cache, which takes long to load
+        init_state, init_config, init_provenance = ref.load_weights(args.init_weights)
+        init_note = init_weights_note(args.init_weights, init_provenance)
     os.makedirs(args.out_dir, exist_ok=True)
     paths = [p for folder in args.cache for p in list_entries(folder)]
-    if args.limit:
+    if args.limit is not None:
         paths = paths[:args.limit]
     data = CachedPairs(paths, args.low_res)
     device = torch.device(args.device)
-    model = make_model(args.init_seed)
-    init_note = None
-    if args.init_weights:
-        state, _, init_provenance = ref.load_weights(args.init_weights)
-        model.load_state_dict(state, strict=True)
-        init_note = init_weights_note(args.init_weights, init_provenance)
+    # the loaded file's config (heads, kernel, groups, normalisation), which the output keeps
+    model = make_model(args.init_seed, init_config)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
     model = model.to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
@@ -292,6 +326,10 @@ def train(args):
         scale = int(step_rng(args.seed + 7919, step).choice(args.output_scales))
         pred = predict_at_target(model, guide, lo, tuple(hi.shape[-2:]), scale, frames)
         loss = F.mse_loss(pred, hi)
+        if not torch.isfinite(loss):  # stop before the step: NaN would reach every weight and the outputs
+            log.close()
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {lr:.3g}): stopped; nothing more "
+                                   f"written (the last checkpoint, if any, is from before)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -313,7 +351,7 @@ def train(args):
     result = {"steps": step, "final_loss_last20": float(np.mean(recent)) if recent else None,
               "seconds": round(total_seconds, 1)}
     if args.val_cache:
-        val = CachedPairs(list_entries(args.val_cache), args.low_res)
+        val = CachedPairs(cache_entries(args.val_cache, "--val-cache"), args.low_res)
         result["val_full_map_mse"] = full_map_loss(model, val, device)
         result["val_images"] = len(val)
     if args.weights_out:
@@ -339,7 +377,8 @@ def train(args):
         }
         if "val_full_map_mse" in result:
             provenance["val_full_map_mse"] = result["val_full_map_mse"]
-        ref.save_weights(args.weights_out, {k: v.cpu() for k, v in model.state_dict().items()}, provenance)
+        ref.save_weights(args.weights_out, {k: v.cpu() for k, v in model.state_dict().items()}, provenance,
+                         model.config)
         result["weights"] = args.weights_out
     print(json.dumps(result), flush=True)
     return model, result
@@ -415,7 +454,7 @@ def parse_args(argv=None):
     ap.add_argument("--output-scales", type=int, nargs="+", default=[1], choices=OUTPUT_SCALES, metavar="K",
                     help="NAF output at K x the target grid (K in 1 2 4), averaged K x K for the loss; one K "
                          "per step, drawn from these (4: output as large as the guide, as at inference)")
-    ap.add_argument("--limit", type=int, default=0, help="use only the first N cache entries")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N cache entries")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--print-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -426,11 +465,21 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if not args.rope_frame_scale_max >= 1.0:
         ap.error(f"--rope-frame-scale-max must be >= 1, got {args.rope_frame_scale_max}")
+    for name in ("steps", "batch", "checkpoint_every", "print_every", "threads") + (
+            ("limit",) if args.limit is not None else ()):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.crop <= MAX_CROP:
+        ap.error(f"--crop must be in 1..{MAX_CROP} low-res cells, got {args.crop}")
     return args
 
 
 def main(argv=None):
-    train(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (ValueError, OSError, TrainingDiverged) as e:
+        raise SystemExit(f"train_naf: {e}") from None
 
 
 if __name__ == "__main__":

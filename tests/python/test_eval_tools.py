@@ -175,3 +175,18 @@ def test_pooled_input_is_the_2x2_mean_of_features_hi(tmp_path):
         hi = feature_cache.load_entry(f)["hi"]
         pooled = hi.reshape(C, LO, 2, LO, 2).mean(axis=(2, 4))
         np.testing.assert_allclose(up, pooled.repeat(2, axis=1).repeat(2, axis=2), rtol=1e-6, atol=1e-6)
+
+
+def test_a_failing_tool_shows_its_stderr_and_a_one_line_error(tmp_path, capsys):
+    tool = tmp_path / "failing_tool"
+    tool.write_text("#!/bin/sh\necho 'details line 1' >&2\necho 'cv::naf: weights rejected: bad' >&2\nexit 3\n")
+    tool.chmod(0o755)
+    files = make_cache(str(tmp_path / "cache"), count=1)
+    with pytest.raises(RuntimeError, match=r"failed \(3\): cv::naf: weights rejected: bad"):
+        eval_naf.run_method(str(tool), "nearest", files, str(tmp_path / "out"))
+    assert "details line 1" in capsys.readouterr().err  # the whole stderr, not only the last line
+    with pytest.raises(SystemExit, match=r"^eval_naf: .*failing_tool .*failed \(3\)"):
+        eval_naf.main(["--cache", str(tmp_path / "cache"), "--tool", str(tool), "--methods", "nearest"])
+    assert "details line 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="eval_naf: cannot run"):
+        eval_naf.main(["--cache", str(tmp_path / "cache"), "--tool", str(tmp_path / "none"), "--methods", "nearest"])

@@ -195,3 +195,23 @@ def test_result_store_reuses_scores_only_for_the_same_settings_and_weights(tmp_p
     weights.write_bytes(b"two")  # retrained weights: computed again
     assert again.get("naf (x)", "naf", str(weights)) is None
     assert probe_naf.ResultStore(path, dict(settings, seeds=[0])).get("nearest", "nearest", None) is None
+
+
+def test_label_values_beyond_the_class_table_and_bad_crops_are_clear_errors(tmp_path):
+    os.makedirs(tmp_path / "s" / "labels")
+    raw = np.full((4, 6), 3, np.uint16)
+    raw[1, 2] = 300  # a 16-bit label beyond any table of 256 values
+    cv2.imwrite(str(tmp_path / "s" / "labels" / "a.png"), raw)
+    meta = {"source": str(tmp_path / "s" / "images" / "a.jpg"), "crop_xywh": "1,0,4,4"}
+    ids, ignore, _ = probe_naf.dataset_classes("camvid")
+    with pytest.raises(ValueError, match=r"label values \[300\] are not classes"):
+        probe_naf.load_label(meta, 8, ids, ignore)
+    raw[1, 2] = 3
+    cv2.imwrite(str(tmp_path / "s" / "labels" / "a.png"), raw)
+    assert (probe_naf.load_label(meta, 8, ids, ignore) == 3).all()
+    for crop in ("1,0,4", "1,0,a,4", None):
+        bad = dict(meta, crop_xywh=crop) if crop else {"source": meta["source"]}
+        with pytest.raises(ValueError, match="crop_xywh"):
+            probe_naf.load_label(bad, 8, ids, ignore)
+    with pytest.raises(ValueError, match="empty or outside"):
+        probe_naf.load_label(dict(meta, crop_xywh="1,0,0,4"), 8, ids, ignore)

@@ -218,3 +218,71 @@ def test_output_scales_supervise_the_cell_means_of_a_finer_output(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(SystemExit):
         train_naf.parse_args(["--cache", "c", "--out-dir", "o", "--output-scales", "3"])
+
+
+def test_fine_tuning_keeps_the_config_of_the_initial_weights(tmp_path):
+    # a config unlike the default in every field (built from the file: the default NAF cannot load it)
+    cfg = dict(ref.DEFAULT_CONFIG, dim=32, heads_attn=2, heads_rope=2, kernel_size=5, img_layers=1, num_groups=4,
+               image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.25])
+    start = str(tmp_path / "start.safetensors")
+    torch.manual_seed(0)
+    ref.save_weights(start, ref.NAF(cfg).state_dict(), {"source": "random-init", "trained": False}, cfg)
+    tuned = str(tmp_path / "tuned.safetensors")
+    cache = make_cache(str(tmp_path / "cache"), count=1)
+    model, _ = train_naf.train(args_for(tmp_path, cache, 1, weights_out=tuned, init_weights=start, lr=0))
+    assert model.config == cfg
+    start_sd, _, _ = ref.load_weights(start)
+    tuned_sd, tuned_cfg, _ = ref.load_weights(tuned)
+    assert tuned_cfg == cfg
+    for name, t in start_sd.items():
+        assert torch.equal(t, tuned_sd[name]), name
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_writes_no_weights(tmp_path, monkeypatch, capsys):
+    cache = make_cache(str(tmp_path / "cache"), count=1)
+    real = train_naf.predict_at_target
+    calls = []
+
+    def diverging(*a, **k):  # the third step's prediction overflows
+        calls.append(1)
+        pred = real(*a, **k)
+        return pred * float("inf") if len(calls) == 3 else pred
+
+    monkeypatch.setattr(train_naf, "predict_at_target", diverging)
+    out = tmp_path / "naf.safetensors"
+    with pytest.raises(train_naf.TrainingDiverged, match="at step 3"):
+        train_naf.train(args_for(tmp_path, cache, 5, weights_out=str(out)))
+    assert not out.exists()
+    with open(tmp_path / "run" / "loss.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]
+    calls.clear()
+    argv = ["--cache", cache, "--out-dir", str(tmp_path / "run2"), "--steps", "5", "--batch", "1", "--crop", "4",
+            "--threads", "1", "--weights-out", str(out)]
+    with pytest.raises(SystemExit, match="train_naf: loss is .* at step 3"):
+        train_naf.main(argv)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option,value", [("steps", "0"), ("limit", "0"), ("crop", "0"), ("crop", "33"),
+                                          ("batch", "0"), ("checkpoint-every", "0"), ("print-every", "-1"),
+                                          ("threads", "0")])
+def test_out_of_range_options_are_usage_errors(option, value, capsys):
+    with pytest.raises(SystemExit):
+        train_naf.parse_args(["--cache", "c", "--out-dir", "o", f"--{option}", value])
+    assert f"--{option} must be" in capsys.readouterr().err
+
+
+def test_missing_inputs_and_output_folders_are_refused_before_training(tmp_path):
+    cache = make_cache(str(tmp_path / "cache"), count=1)
+    (tmp_path / "empty").mkdir()
+    cases = [(dict(), str(tmp_path / "nocache"), "--cache folder .*nocache does not exist"),
+             (dict(), str(tmp_path / "empty"), "--cache folder .*empty has no"),
+             (dict(weights_out=str(tmp_path / "no" / "w.safetensors")), cache, "folder .*no of --weights-out"),
+             (dict(weights_out=str(tmp_path)), cache, "is a directory"),
+             (dict(val_cache=str(tmp_path / "empty")), cache, "--val-cache folder .*empty has no")]
+    for extra, folder, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train_naf.train(args_for(tmp_path, folder, 2, **extra))
+        assert not (tmp_path / "run").exists()  # nothing started
+    with pytest.raises(SystemExit, match="train_naf: --cache folder"):
+        train_naf.main(["--cache", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "run")])

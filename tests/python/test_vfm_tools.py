@@ -268,3 +268,39 @@ def test_export_writes_a_valid_registry_entry(tmp_path):
     assert entry["onnx"] == "cache/v.onnx"  # relative to the project root (the registry's grandparent)
     assert entry["input"]["size"] == 32 and entry["output"] == {"name": "features", "channels": 16, "stride": 8}
     assert entry["input"]["mean"] == [123.675, 116.28, 103.53]
+
+
+def export_argv(tmp_path, *extra):
+    return ["--random", "--size", "32", "--patch", "8", "--dim", "16", "--depth", "1", "--heads", "2",
+            "--pos-grid", "4", "--name", "v", "--out", str(tmp_path / "v.onnx"), *extra]
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--size", "0"), "--size must be > 0"), (("--size", "36"), "--size 36 is not a multiple of --patch 8"),
+    (("--patch", "0"), "--patch must be > 0"), (("--heads", "3"), "--dim 16 is not divisible by --heads 3"),
+    (("--registry", "FILE"), "is not a folder"), (("--out", "DIR"), "is a directory")])
+def test_export_refuses_bad_arguments_before_writing(tmp_path, capsys, change, message):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    change = [{"FILE": str(tmp_path / "file"), "DIR": str(tmp_path / "dir")}.get(c, c) for c in change]
+    with pytest.raises(SystemExit):
+        export_vfm.main(export_argv(tmp_path, *change))
+    assert message in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and os.listdir(tmp_path / "dir") == []
+
+
+def test_export_leaves_no_temp_files_on_failure_and_writes_the_registry_atomically(tmp_path, monkeypatch):
+    def failing_convert(*a, **k):
+        raise ValueError("conversion failed")
+
+    monkeypatch.setattr(export_vfm.onnx_for_opencv46, "convert", failing_convert)
+    with pytest.raises(SystemExit, match="export_vfm: conversion failed"):
+        export_vfm.main(export_argv(tmp_path, "--registry", str(tmp_path / "reg")))
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / "v.json").write_text("{\"old\": 1}\n")
+    monkeypatch.setattr(export_vfm.os, "replace", lambda src, dst: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        export_vfm.write_registry_entry(str(tmp_path / "reg"), "v", {"new": 2})
+    assert os.listdir(tmp_path / "reg") == ["v.json"] and json.loads((tmp_path / "reg" / "v.json").read_text()) == {"old": 1}

@@ -8,6 +8,7 @@
 #include <QLabel>
 #include <QMimeData>
 #include <QProcess>
+#include <QProcessEnvironment>
 #include <QScrollBar>
 #include <QSettings>
 #include <QSlider>
@@ -235,6 +236,44 @@ private slots:
         QCOMPARE(runViewer({"--open", dir.filePath("missing.jpg"), "--screenshot", failedShot}, &output), 1);
         QVERIFY2(output.contains("cannot open"), qPrintable(output));
         QVERIFY(QFile::exists(failedShot));
+    }
+
+    // Without a display (no DISPLAY, WAYLAND_DISPLAY or QT_QPA_PLATFORM) Qt aborted before main()
+    // could parse anything, so even --help failed. Now the command line is parsed first; only a
+    // window needs a display, and --screenshot renders without one, the whole window (the
+    // offscreen screen, 800x800, used to clip it).
+    void commandLineWorksWithoutADisplay()
+    {
+        QTemporaryDir dir;
+        QProcessEnvironment headless = QProcessEnvironment::systemEnvironment();
+        for (const char* name : {"DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"}) headless.remove(name);
+        auto runViewer = [&](const QStringList& args, QString* out, QString* err) {
+            QProcess viewer;
+            viewer.setProcessEnvironment(headless);
+            viewer.start(NAF_VIEWER_PATH, args);
+            if (!viewer.waitForFinished(120000))
+            {
+                viewer.kill();
+                viewer.waitForFinished();
+                return -1;
+            }
+            *out = QString::fromUtf8(viewer.readAllStandardOutput());
+            *err = QString::fromUtf8(viewer.readAllStandardError());
+            return viewer.exitCode();
+        };
+        QString out, err;
+        QCOMPARE(runViewer({"--help"}, &out, &err), 0);
+        QVERIFY2(out.contains("--screenshot"), qPrintable(out + err));
+        QCOMPARE(runViewer({"--panels", "image,nafx"}, &out, &err), 2);
+        QVERIFY2(err.contains("unknown method 'nafx'"), qPrintable(err));
+        QCOMPARE(runViewer({"--open", bear_}, &out, &err), 1);
+        QVERIFY2(err.contains("no display"), qPrintable(err));
+        const QString shot = dir.filePath("headless.png");
+        QCOMPARE(runViewer({"--open", bear_, "--window-size", "1100x700", "--screenshot", shot}, &out, &err), 0);
+        const QImage grabbed(shot);
+        QVERIFY2(!grabbed.isNull(), qPrintable(err));
+        QVERIFY2(grabbed.width() >= 1100 && grabbed.height() >= 700,
+                 qPrintable(QString("%1x%2").arg(grabbed.width()).arg(grabbed.height())));
     }
 
     void nafBackendAndPrecisionChoices()

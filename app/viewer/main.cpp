@@ -1,5 +1,8 @@
 // naf_viewer: interactive comparison of feature upsamplers (see README, "Viewer and batch export").
 #include <QApplication>
+#include <QCoreApplication>
+#include <QPainter>
+#include <QPixmap>
 #include <QCommandLineParser>
 #include <QScreen>
 #include <QTimer>
@@ -27,14 +30,43 @@ bool parseInts(const QString& text, QChar separator, int count, int lo, int hi, 
     return true;
 }
 
-}  // namespace
-
-int main(int argc, char** argv)
+/// Everything the command line asks for, parsed and checked.
+struct CommandLine
 {
-    QApplication app(argc, argv);
-    QCoreApplication::setOrganizationName("cv-naf");
-    QCoreApplication::setApplicationName("naf_viewer");
+    QString open, vfm, screenshot;
+    bool run = false;
+    int nafBackend = cv::naf::BACKEND_AUTO, gpuPrecision = cv::naf::GPU_PRECISION_FP32;
+    int windowSize[2] = {1500, 820}, click[2] = {-1, -1}, outputLongSide = 0;  // 0: not given
+    std::vector<int> panelContents;  // PanelContent per panel, from --panels
+};
 
+/// The content named in --panels, or -1 (the message is printed).
+int panelContentFromName(const QString& name)
+{
+    const QString n = name.trimmed();
+    if (n == "image") return CONTENT_IMAGE;
+    if (n == "lowres") return CONTENT_LOWRES;
+    if (n == "segmentation") return CONTENT_SEGMENTATION;
+    if (n == "attention") return CONTENT_ATTENTION;
+    if (n == "similarity") return CONTENT_SIMILARITY;
+    try
+    {
+        return CONTENT_METHOD + cv::naf::upsampleMethodFromName(n.toStdString());
+    }
+    catch (const cv::Exception& e)
+    {
+        std::cerr << "naf_viewer: --panels: " << e.err << "\n";
+        return -1;
+    }
+}
+
+/// Parses and checks the command line with a QCoreApplication, which needs no display: --help,
+/// --check-model and every refusal also work on a headless machine (a QApplication without a
+/// display aborts before main() could say anything). Returns the exit status when the program
+/// ends here, or -1 to go on with `cl`.
+int parseCommandLine(int argc, char** argv, CommandLine& cl)
+{
+    QCoreApplication parsing(argc, argv);
     QCommandLineParser parser;
     parser.setApplicationDescription("cv::naf viewer: VFM features upsampled by NAF and baselines, side by side");
     parser.addHelpOption();
@@ -50,8 +82,9 @@ int main(int argc, char** argv)
     const QCommandLineOption clickOpt("click", "After the run, inspect this output pixel.", "x,y");
     const QCommandLineOption panelsOpt("panels", "Panel contents, e.g. image,naf,attention (image, lowres, <method>, "
                                                  "segmentation, attention, similarity).", "list");
-    const QCommandLineOption shotOpt("screenshot", "When everything asked is done, grab the screen into this PNG and quit.",
-                                     "png");
+    const QCommandLineOption shotOpt("screenshot",
+                                     "When everything asked is done, grab the window into this PNG and quit "
+                                     "(works without a display too).", "png");
     const QCommandLineOption geometryOpt("window-size", "Window size WxH.", "WxH");
     const QCommandLineOption checkOpt("check-model", "Only check that the --vfm model can run: exit 0, or 77 with the reason.");
     parser.addOptions({openOpt, vfmOpt, sizeOpt, backendOpt, precisionOpt, runOpt, clickOpt, panelsOpt, shotOpt,
@@ -62,16 +95,19 @@ int main(int argc, char** argv)
         std::cerr << "naf_viewer: " << parser.errorText().toStdString() << "\n";
         return 2;
     }
-    if (parser.isSet("help")) parser.showHelp(0);
+    if (parser.isSet("help"))
+    {
+        std::cout << parser.helpText().toStdString();
+        return 0;
+    }
     // Names are checked before the window opens: a typo ends here with the accepted names.
-    int nafBackend = cv::naf::BACKEND_AUTO, gpuPrecision = cv::naf::GPU_PRECISION_FP32;
     const std::string vfmName =
         parser.isSet(vfmOpt) ? parser.value(vfmOpt).toStdString() : naf_app::PipelineSettings().vfmName;
     try
     {
-        if (parser.isSet(backendOpt)) nafBackend = naf_app::nafBackendFromName(parser.value(backendOpt).toStdString());
+        if (parser.isSet(backendOpt)) cl.nafBackend = naf_app::nafBackendFromName(parser.value(backendOpt).toStdString());
         if (parser.isSet(precisionOpt))
-            gpuPrecision = naf_app::gpuPrecisionFromName(parser.value(precisionOpt).toStdString());
+            cl.gpuPrecision = naf_app::gpuPrecisionFromName(parser.value(precisionOpt).toStdString());
         // An unknown --vfm ends here too (the window would fall back to its first model).
         if (parser.isSet(vfmOpt) && !parser.isSet(checkOpt)) cv::naf::VfmRegistry::find(vfmName);
     }
@@ -81,17 +117,23 @@ int main(int argc, char** argv)
         return 2;
     }
     // Numbers too: a malformed value ends here, naming it and the expected form.
-    int windowSize[2] = {1500, 820}, click[2] = {-1, -1}, outputLongSide = 0;
     auto refuse = [](const char* option, const QString& value, const char* expected) {
         std::cerr << "naf_viewer: " << option << " '" << value.toStdString() << "': expected " << expected << "\n";
         return 2;
     };
-    if (parser.isSet(geometryOpt) && !parseInts(parser.value(geometryOpt), 'x', 2, 1, 16384, windowSize))
+    if (parser.isSet(geometryOpt) && !parseInts(parser.value(geometryOpt), 'x', 2, 1, 16384, cl.windowSize))
         return refuse("--window-size", parser.value(geometryOpt), "WxH, two positive integers (e.g. 1500x820)");
-    if (parser.isSet(clickOpt) && !parseInts(parser.value(clickOpt), ',', 2, 0, 1 << 20, click))
+    if (parser.isSet(clickOpt) && !parseInts(parser.value(clickOpt), ',', 2, 0, 1 << 20, cl.click))
         return refuse("--click", parser.value(clickOpt), "x,y, two non-negative integers (e.g. 200,150)");
-    if (parser.isSet(sizeOpt) && !parseInts(parser.value(sizeOpt), ',', 1, 16, 4096, &outputLongSide))
+    if (parser.isSet(sizeOpt) && !parseInts(parser.value(sizeOpt), ',', 1, 16, 4096, &cl.outputLongSide))
         return refuse("--size", parser.value(sizeOpt), "an integer from 16 to 4096 (output long side in pixels)");
+    if (parser.isSet(panelsOpt))
+        for (const QString& name : parser.value(panelsOpt).split(','))
+        {
+            const int content = panelContentFromName(name);
+            if (content < 0) return 2;
+            cl.panelContents.push_back(content);
+        }
     if (parser.isSet(checkOpt))
     {
         try
@@ -106,54 +148,89 @@ int main(int argc, char** argv)
             return 77;
         }
     }
+    cl.open = parser.value(openOpt);
+    cl.vfm = parser.isSet(vfmOpt) ? parser.value(vfmOpt) : QString();
+    cl.screenshot = parser.value(shotOpt);
+    cl.run = parser.isSet(runOpt);
+    return -1;
+}
+
+/// Whether a window can be shown: a platform chosen (QT_QPA_PLATFORM or -platform) or a display.
+bool haveDisplayOrPlatform(int argc, char** argv)
+{
+    for (int i = 1; i < argc; ++i)
+        if (std::string(argv[i]) == "-platform" || std::string(argv[i]) == "--platform") return true;
+    return qEnvironmentVariableIsSet("QT_QPA_PLATFORM") || qEnvironmentVariableIsSet("DISPLAY") ||
+           qEnvironmentVariableIsSet("WAYLAND_DISPLAY");
+}
+
+/// The visible top-level windows (the main window and any dialog over it) as one image, where the
+/// screen shows them. Under the offscreen platform the "screen" is a fixed 800x800 that clips a
+/// larger window, so the windows are rendered themselves; under X11 (Xvfb) the screen is grabbed.
+QPixmap grabWindows()
+{
+    if (QGuiApplication::platformName() != "offscreen") return QGuiApplication::primaryScreen()->grabWindow(0);
+    QRect area;
+    const QWidgetList windows = QApplication::topLevelWidgets();
+    for (QWidget* w : windows)
+        if (w->isVisible()) area |= w->frameGeometry();
+    if (area.isEmpty()) return QPixmap();
+    QPixmap canvas(area.size());
+    canvas.fill(Qt::black);
+    QPainter painter(&canvas);
+    for (QWidget* w : windows)  // main window first: dialogs are created later, so they come on top
+        if (w->isVisible()) painter.drawPixmap(w->geometry().topLeft() - area.topLeft(), w->grab());
+    return canvas;
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    CommandLine cl;
+    const int status = parseCommandLine(argc, argv, cl);
+    if (status >= 0) return status;
+    if (!haveDisplayOrPlatform(argc, argv))
+    {
+        // A screenshot needs no screen; anything else does, and Qt would only abort with a
+        // message about its xcb plugin.
+        if (cl.screenshot.isEmpty())
+        {
+            std::cerr << "naf_viewer: no display (neither DISPLAY nor WAYLAND_DISPLAY is set): run it on a desktop, "
+                         "or grab the window headless with --screenshot out.png\n";
+            return 1;
+        }
+        qputenv("QT_QPA_PLATFORM", "offscreen");
+    }
+    QApplication app(argc, argv);
+    QCoreApplication::setOrganizationName("cv-naf");
+    QCoreApplication::setApplicationName("naf_viewer");
 
     MainWindow window;
-    window.resize(windowSize[0], windowSize[1]);
-    if (parser.isSet(vfmOpt)) window.setVfm(parser.value(vfmOpt));
-    if (parser.isSet(sizeOpt)) window.setOutputLongSide(outputLongSide);
-    window.setNafBackend(nafBackend);
-    window.setGpuPrecision(gpuPrecision);
-    if (parser.isSet(panelsOpt))
-    {
-        const QStringList names = parser.value(panelsOpt).split(',');
-        for (int i = 0; i < names.size() && i < window.panelCount(); ++i)
-        {
-            const QString n = names[i].trimmed();
-            int content = n == "image" ? CONTENT_IMAGE : n == "lowres" ? CONTENT_LOWRES
-                                                       : n == "segmentation" ? CONTENT_SEGMENTATION
-                                                       : n == "attention" ? CONTENT_ATTENTION
-                                                       : n == "similarity" ? CONTENT_SIMILARITY : -1;
-            if (content < 0)
-            {
-                try
-                {
-                    content = CONTENT_METHOD + cv::naf::upsampleMethodFromName(n.toStdString());
-                }
-                catch (const cv::Exception& e)
-                {
-                    std::cerr << "naf_viewer: --panels: " << e.err << "\n";
-                    return 2;
-                }
-            }
-            window.setPanelContent(i, content);
-        }
-    }
+    window.resize(cl.windowSize[0], cl.windowSize[1]);
+    if (!cl.vfm.isEmpty()) window.setVfm(cl.vfm);
+    if (cl.outputLongSide > 0) window.setOutputLongSide(cl.outputLongSide);
+    window.setNafBackend(cl.nafBackend);
+    window.setGpuPrecision(cl.gpuPrecision);
+    for (int i = 0; i < static_cast<int>(cl.panelContents.size()) && i < window.panelCount(); ++i)
+        window.setPanelContent(i, cl.panelContents[i]);
     window.show();
 
-    const QString shot = parser.value(shotOpt);
+    const QString shot = cl.screenshot;
     // Something asked for failed (open, run, segmentation, click): the screenshot is still taken
     // (it shows the error), but the exit status is 1, so a script sees it.
     bool failed = false;
     auto grabAndQuit = [&window, &failed, shot] {
-        // Let the last repaint reach the screen, then grab the whole screen (a real X11 grab under Xvfb).
+        // Let the last repaint reach the screen, then grab.
         QTimer::singleShot(800, &window, [&failed, shot] {
-            const QPixmap pixmap = QGuiApplication::primaryScreen()->grabWindow(0);
+            const QPixmap pixmap = grabWindows();
             const bool ok = !pixmap.isNull() && pixmap.save(shot, "PNG");
             std::cerr << "naf_viewer: screenshot " << (ok ? "saved to " : "FAILED for ") << shot.toStdString() << "\n";
             QCoreApplication::exit(ok && !failed ? 0 : 1);
         });
     };
-    const QPoint clickPoint(click[0], click[1]);  // (-1, -1): no click asked
+    const QPoint clickPoint(cl.click[0], cl.click[1]);  // (-1, -1): no click asked
+
     QObject::connect(&window, &MainWindow::runFinished, &window, [&](bool ok) {
         if (!ok && !shot.isEmpty())
         {
@@ -165,7 +242,7 @@ int main(int argc, char** argv)
         if (clickPoint.x() >= 0) window.inspectPixel(clickPoint);
     });
     // The screenshot waits for everything asked: the run, its segmentation, the click.
-    int waiting = parser.isSet(runOpt) ? 2 + (clickPoint.x() >= 0 ? 1 : 0) : 0;
+    int waiting = cl.run ? 2 + (clickPoint.x() >= 0 ? 1 : 0) : 0;
     auto oneDone = [&, shot](bool ok) {
         if (shot.isEmpty() || waiting <= 0) return;
         if (!ok)
@@ -181,15 +258,15 @@ int main(int argc, char** argv)
         if (ok) oneDone(ok);
     });
 
-    if (parser.isSet(openOpt))
+    if (!cl.open.isEmpty())
     {
-        const bool opened = window.openImage(parser.value(openOpt));
+        const bool opened = window.openImage(cl.open);
         if (!opened) std::cerr << "naf_viewer: cannot open: " << window.lastError().toStdString() << "\n";
-        const bool refused = opened && parser.isSet(runOpt) && !window.startRun();  // e.g. CUDA where there is none
+        const bool refused = opened && cl.run && !window.startRun();  // e.g. CUDA where there is none
         if (refused) std::cerr << "naf_viewer: run refused: " << window.lastError().toStdString() << "\n";
         failed = !opened || refused;
         // Without --run there is nothing more to wait for: the screenshot shows the opened image.
-        if ((failed || !parser.isSet(runOpt)) && !shot.isEmpty()) grabAndQuit();
+        if ((failed || !cl.run) && !shot.isEmpty()) grabAndQuit();
     }
     else if (!shot.isEmpty())
         grabAndQuit();

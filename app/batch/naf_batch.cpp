@@ -73,15 +73,17 @@ int parseInt(const std::string& option, const std::string& text)
 void drawProgress(int finished, int total, const naf_app::BatchItem& last, bool tty)
 {
     const std::string name = last.input.substr(last.input.find_last_of('/') + 1);
-    const std::string note = last.status == "skipped" ? "skipped: " + last.reason : last.status;
+    const std::string note = last.status == "skipped" ? "skipped: " + last.reason
+                             : last.warning.empty()    ? last.status
+                                                       : last.status + " (warning: " + last.warning + ")";
     if (!tty)
     {
         std::cerr << "[" << finished << "/" << total << "] " << name << ": " << note << "\n";
         return;
     }
     const int width = 30, filled = total ? width * finished / total : width;
-    // A skipped image gets its own line so that the reason stays on screen.
-    if (last.status == "skipped") std::cerr << "\r\033[K" << name << ": " << note << "\n";
+    // A skipped image (or a warning) gets its own line so that the reason stays on screen.
+    if (last.status == "skipped" || !last.warning.empty()) std::cerr << "\r\033[K" << name << ": " << note << "\n";
     std::cerr << "\r\033[K[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << finished << "/"
               << total << " " << name << (finished == total ? "\n" : "") << std::flush;
 }

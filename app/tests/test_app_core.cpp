@@ -111,6 +111,31 @@ TEST(AppIo, AtomicWriteLeavesNoTemporaryAndReplaces)
     fs::remove_all(dir);
 }
 
+// The JPEG decoder only prints "Premature end of JPEG file" and pads a cut file with one flat
+// colour: such an input is told apart from a whole one and from one with data appended.
+TEST(AppIo, TruncatedJpegIsToldApartFromAWholeOneAndFromAppendedData)
+{
+    const fs::path dir = freshDir("truncated");
+    const std::string whole = app_test::sampleImage("coco_000000000471_bus.jpg");
+    const std::string bytes = readAll(whole);
+    writeText(dir / "cut.jpg", bytes.substr(0, 3000));
+    writeText(dir / "appended.jpg", bytes + std::string(6000, 'x'));  // e.g. a camera's video after the image
+    cv::imwrite((dir / "whole.png").string(), cv::imread(whole));
+    for (const char* name : {"cut.jpg", "appended.jpg", "whole.png"})
+        ASSERT_FALSE(cv::imread((dir / name).string()).empty()) << name;
+    EXPECT_EQ(naf_app::truncatedJpegWarning(whole, cv::imread(whole)), "");
+    const std::string cut = (dir / "cut.jpg").string();
+    const std::string warning = naf_app::truncatedJpegWarning(cut, cv::imread(cut));
+    EXPECT_NE(warning.find("looks truncated"), std::string::npos) << warning;
+    EXPECT_NE(warning.find(cut), std::string::npos) << warning;
+    const std::string appended = (dir / "appended.jpg").string();
+    EXPECT_EQ(naf_app::truncatedJpegWarning(appended, cv::imread(appended)), "");
+    const std::string png = (dir / "whole.png").string();
+    EXPECT_EQ(naf_app::truncatedJpegWarning(png, cv::imread(png)), "");
+    EXPECT_EQ(naf_app::truncatedJpegWarning(cut, cv::Mat()), "");
+    fs::remove_all(dir);
+}
+
 TEST(AppIo, NpyHeaderAndPayload)
 {
     const int sizes[4] = {1, 4, 3, 5};

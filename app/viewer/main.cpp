@@ -215,6 +215,9 @@ int main(int argc, char** argv)
     for (int i = 0; i < static_cast<int>(cl.panelContents.size()) && i < window.panelCount(); ++i)
         window.setPanelContent(i, cl.panelContents[i]);
     window.show();
+    if (window.width() != cl.windowSize[0] || window.height() != cl.windowSize[1])
+        std::cerr << "naf_viewer: --window-size " << cl.windowSize[0] << "x" << cl.windowSize[1]
+                  << " is below the window's minimum; it is " << window.width() << "x" << window.height() << "\n";
 
     const QString shot = cl.screenshot;
     // Something asked for failed (open, run, segmentation, click): the screenshot is still taken

@@ -23,6 +23,7 @@
 #include <QPromise>
 #include <QPushButton>
 #include <QSettings>
+#include <QScrollArea>
 #include <QSlider>
 #include <QSpinBox>
 #include <QSplitter>
@@ -80,7 +81,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
     connect(&loadWatcher_, &QFutureWatcher<LoadedImage>::finished, this, &MainWindow::onImageLoaded);
     connect(&runWatcher_, &QFutureWatcher<RunOutput>::finished, this, &MainWindow::onRunFinished);
     connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressValueChanged, progress_, &QProgressBar::setValue);
-    connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressTextChanged, stageLabel_, &QLabel::setText);
+    connect(&runWatcher_, &QFutureWatcher<RunOutput>::progressTextChanged, stageLabel_, &ElidedLabel::setFullText);
     connect(&segWatcher_, &QFutureWatcher<SegmentationOutput>::finished, this, &MainWindow::onSegmentationFinished);
     connect(&inspectWatcher_, &QFutureWatcher<InspectionOutput>::finished, this, &MainWindow::onInspectionFinished);
 }
@@ -137,7 +138,7 @@ void MainWindow::buildUi()
     }
     catch (const std::exception& e)
     {
-        lastError_ = "model registry: " + errorText(e);  // shown in the status bar; the app still opens
+        lastError_ = statusError_ = "model registry: " + errorText(e);  // shown in the status bar; the app still opens
     }
     bar->addWidget(vfmBox_);
     bar->addWidget(new QLabel("  Output long side "));
@@ -180,7 +181,11 @@ void MainWindow::buildUi()
     progress_->setRange(0, 100);
     progress_->setMaximumWidth(160);
     bar->addWidget(progress_);
-    stageLabel_ = new QLabel;
+    stageLabel_ = new ElidedLabel;
+    stageLabel_->setObjectName("stageLabel");
+    // A fixed width: long messages elide (tooltip) instead of pushing the wipe controls away.
+    stageLabel_->setSizePolicy(QSizePolicy::Fixed, QSizePolicy::Preferred);
+    stageLabel_->setFixedWidth(220);
     bar->addWidget(stageLabel_);
     bar->addSeparator();
     wipeBox_ = new QCheckBox("Wipe 1|2");
@@ -267,34 +272,42 @@ void MainWindow::buildUi()
 
     auto* inspect = new QGroupBox("Clicked pixel");
     auto* inspectLayout = new QVBoxLayout(inspect);
-    pixelLabel_ = new QLabel("Click a pixel in any panel.");
-    pixelLabel_->setWordWrap(true);
-    attentionLabel_ = new QLabel;
+    pixelLabel_ = new WrappedLabel("Click a pixel in any panel.");
+    pixelLabel_->setObjectName("pixelLabel");
+    attentionLabel_ = new FittedImageLabel(Qt::FastTransformation);  // cells stay sharp when zoomed
     attentionLabel_->setObjectName("attentionLabel");
-    similarityLabel_ = new QLabel;
+    similarityLabel_ = new FittedImageLabel(Qt::SmoothTransformation);
     similarityLabel_->setObjectName("similarityLabel");
-    for (QLabel* l : {attentionLabel_, similarityLabel_})
-    {
-        // Ignored: the pixmap is scaled to the label, the label never grows for the pixmap.
-        l->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
-        l->setMinimumSize(220, 140);
-        l->setAlignment(Qt::AlignCenter);
-    }
+    attentionCaption_ = new WrappedLabel;
+    attentionCaption_->setObjectName("attentionCaption");
+    similarityCaption_ = new WrappedLabel;
+    similarityCaption_->setObjectName("similarityCaption");
+
+    setInspectionCaptions(std::nullopt);
     inspectLayout->addWidget(pixelLabel_);
-    inspectLayout->addWidget(new QLabel("NAF attention over its low-res window (mean of 4 heads, zoomed):"));
+    inspectLayout->addWidget(attentionCaption_);
     inspectLayout->addWidget(attentionLabel_, 1);
-    inspectLayout->addWidget(new QLabel("Cosine similarity of its feature (-1 blue .. 1 red):"));
+    inspectLayout->addWidget(similarityCaption_);
     inspectLayout->addWidget(similarityLabel_, 1);
     sideLayout->addWidget(inspect, 1);
+    // In a scroll area, so that a small window squeezes the dock instead of refusing to shrink.
+    auto* sideScroll = new QScrollArea;
+    sideScroll->setWidget(side);
+    sideScroll->setWidgetResizable(true);
+    sideScroll->setFrameShape(QFrame::NoFrame);
+    sideScroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
     auto* dock = new QDockWidget("Analysis");
     dock->setObjectName("analysisDock");
-    dock->setFeatures(QDockWidget::NoDockWidgetFeatures);
-    dock->setWidget(side);
+    dock->setFeatures(QDockWidget::DockWidgetClosable);  // View > Analysis brings it back
+    dock->setWidget(sideScroll);
     addDockWidget(Qt::RightDockWidgetArea, dock);
+    QMenu* viewMenu = menuBar()->addMenu("&View");
+    viewMenu->addAction(dock->toggleViewAction());
 
-    timingLabel_ = new QLabel;
+    timingLabel_ = new ElidedLabel;
     timingLabel_->setObjectName("timingLabel");
     deviceLabel_ = new QLabel;
+    deviceLabel_->setContentsMargins(12, 0, 0, 0);  // apart from the timings, which elide up to it
     weightsLabel_ = new QLabel;
     weightsLabel_->setObjectName("weightsLabel");
     statusBar()->addWidget(timingLabel_, 1);
@@ -307,9 +320,20 @@ void MainWindow::buildUi()
 void MainWindow::showError(const QString& title, const QString& message)
 {
     lastError_ = message;
-    stageLabel_->setText(title);
+    statusError_ = title + ": " + message.section('\n', 0, 0);
+    stageLabel_->setFullText(title);
+    updateStatus();
     // Non-blocking: the window stays usable (and tests are not stopped by a modal loop).
-    auto* box = new QMessageBox(QMessageBox::Warning, title, message, QMessageBox::Ok, this);
+    // Long paths have no spaces to wrap at: the shown text may break after '/' and '_'
+    // (zero-width spaces); the details keep the message as it is, to copy.
+    QString shown = message;
+    if (message.size() > 60)
+    {
+        shown.replace('/', QStringLiteral("/\u200B"));
+        shown.replace('_', QStringLiteral("_\u200B"));
+    }
+    auto* box = new QMessageBox(QMessageBox::Warning, title, shown, QMessageBox::Ok, this);
+    if (shown != message) box->setDetailedText(message);
     box->setAttribute(Qt::WA_DeleteOnClose);
     box->setObjectName("errorDialog");
     box->open();
@@ -342,7 +366,7 @@ void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
     if (refuseIrregularFile(path)) return;
     loadingPath_ = path;
     runWhenLoaded_ = runWhenOpened;
-    stageLabel_->setText("loading " + QFileInfo(path).fileName() + "...");
+    stageLabel_->setFullText("loading " + QFileInfo(path).fileName() + "...");
     loadWatcher_.setFuture(QtConcurrent::run([path] {
         LoadedImage loaded{path, cv::Mat()};
         try
@@ -368,7 +392,9 @@ bool MainWindow::adoptImage(const QString& path, const cv::Mat& image)
 {
     if (image.empty())
     {
-        showError("Cannot open image", "'" + path + "' is not a readable image (missing file or unknown/corrupt format).");
+        showError("Cannot open image", QFileInfo::exists(path)
+                                           ? "'" + path + "' is not a readable image (unknown or corrupt format)."
+                                           : "'" + path + "' does not exist.");
         emit imageOpened(false);
         return false;
     }
@@ -379,18 +405,22 @@ bool MainWindow::adoptImage(const QString& path, const cv::Mat& image)
     segmentation_ = SegmentationOutput();
     inspection_.reset();
     attentionImage_ = similarityImage_ = QImage();
-    attentionLabel_->clear();
-    similarityLabel_->clear();
+    attentionLabel_->clearImage();
+    similarityLabel_->clearImage();
+    setInspectionCaptions(std::nullopt);
     legend_->clear();
     // The status bar, progress and stage described the previous image's run.
+    statusError_.clear();
     progress_->setValue(0);
-    stageLabel_->setText("opened");
+    stageLabel_->setFullText("opened");
     updateStatus();
     setWindowTitle("cv::naf viewer - " + QFileInfo(path).fileName());
     addRecent(path);
     refreshPanels();
     sync_->fitAll();
     emit imageOpened(true);
+    const std::string truncated = naf_app::truncatedJpegWarning(path.toStdString(), image);
+    if (!truncated.empty()) showError("Image looks truncated", QString::fromStdString(truncated));
     return true;
 }
 
@@ -523,7 +553,8 @@ bool MainWindow::startRun()
     runButton_->setEnabled(false);
     cancelButton_->setEnabled(true);
     progress_->setValue(0);
-    stageLabel_->setText("starting");
+    statusError_.clear();
+    stageLabel_->setFullText("starting");
     const cv::Mat image = image_;
     naf_app::Pipeline* pipeline = &pipeline_;
     QFuture<RunOutput> future = QtConcurrent::run([image, settings, pipeline](QPromise<RunOutput>& promise) {
@@ -564,7 +595,7 @@ void MainWindow::cancelRun()
 {
     runAfterCancel_ = false;
     if (!isRunning()) return;
-    stageLabel_->setText("cancelling...");  // NAF stops within its stage; cv::dnn finishes its own
+    stageLabel_->setFullText("cancelling...");  // NAF stops within its stage; cv::dnn finishes its own
     cancelButton_->setEnabled(false);
     runWatcher_.cancel();
 }
@@ -579,7 +610,7 @@ void MainWindow::onRunFinished()
     const bool stale = out.ok && out.result->image.data != image_.data;  // another image was opened meanwhile
     if (future.isCanceled() || out.cancelled || stale)
     {
-        stageLabel_->setText("cancelled");
+        stageLabel_->setFullText("cancelled");
         progress_->setValue(0);
         emit runFinished(false);
         if (runAfterCancel_)
@@ -597,12 +628,13 @@ void MainWindow::onRunFinished()
         return;
     }
     progress_->setValue(100);
-    stageLabel_->setText("done");
+    stageLabel_->setFullText("done");
     run_ = out;
     inspection_.reset();
     attentionImage_ = similarityImage_ = QImage();
-    attentionLabel_->clear();
-    similarityLabel_->clear();
+    attentionLabel_->clearImage();
+    similarityLabel_->clearImage();
+    setInspectionCaptions(std::nullopt);
     updateProbeLabel();
     updateStatus();
     refreshPanels();
@@ -735,7 +767,7 @@ void MainWindow::inspectPixel(QPoint pixel)
         pendingPixel_ = pixel;  // only the latest click matters
         return;
     }
-    pixelLabel_->setText(QString("Pixel (%1, %2): computing...").arg(pixel.x()).arg(pixel.y()));
+    pixelLabel_->setWrappedText(QString("Pixel (%1, %2): computing...").arg(pixel.x()).arg(pixel.y()));
     try
     {
         if (!inspectNaf_) inspectNaf_ = cv::naf::NAF::create(currentSettings().nafWeightsPath);
@@ -744,6 +776,7 @@ void MainWindow::inspectPixel(QPoint pixel)
     }
     catch (const std::exception& e)
     {
+        pixelLabel_->setWrappedText("Pixel inspection failed: cannot set up NAF.");
         showError("Cannot set up NAF", errorText(e));
         return;
     }
@@ -773,29 +806,30 @@ void MainWindow::onInspectionFinished()
     InspectionOutput out = inspectWatcher_.result();
     const bool ok = out.error.isEmpty();
     if (!ok)
+    {
+        pixelLabel_->setWrappedText("Pixel inspection failed: " + out.error.section('\n', 0, 0));  // not "computing..." forever
         showError("Pixel inspection failed", out.error);
+    }
     else if (out.source == run_.result)  // else a new run replaced the result meanwhile
     {
         inspection_ = out;
         attentionImage_ = toQImage(out.attention);
         similarityImage_ = toQImage(out.similarity);
         // The window is a few percent of the image: the side view shows it zoomed, with 2 cells around.
-        const QImage zoomed = toQImage(out.attention(naf_app::windowInOutput(*run_.result, out.inspection, 2)));
-        attentionLabel_->setPixmap(QPixmap::fromImage(zoomed).scaled(attentionLabel_->size(), Qt::KeepAspectRatio,
-                                                                    Qt::FastTransformation));
-        similarityLabel_->setPixmap(QPixmap::fromImage(similarityImage_).scaled(
-            similarityLabel_->size(), Qt::KeepAspectRatio, Qt::SmoothTransformation));
-        double peak = 0;
-        cv::minMaxLoc(out.inspection.attentionGrid, nullptr, &peak);
-        pixelLabel_->setText(QString("Pixel (%1, %2): window %3x%4 cells at (%5, %6), peak weight %7; similarity of %8 features")
+        attentionLabel_->setImage(toQImage(out.attention(naf_app::windowInOutput(*run_.result, out.inspection, 2))));
+        similarityLabel_->setImage(similarityImage_);
+        pixelLabel_->setWrappedText(QString("Pixel (%1, %2): its %3x%4-cell window starts at cell (%5, %6) of the %7x%8 "
+                                     "low-res grid; similarity of %9 features")
                                  .arg(out.inspection.pixel.x)
                                  .arg(out.inspection.pixel.y)
                                  .arg(out.inspection.window.width)
                                  .arg(out.inspection.window.height)
                                  .arg(out.inspection.window.x)
                                  .arg(out.inspection.window.y)
-                                 .arg(peak, 0, 'f', 3)
+                                 .arg(run_.result->lowRes.size[3])
+                                 .arg(run_.result->lowRes.size[2])
                                  .arg(methodLabel(out.inspection.similarityMethod)));
+        setInspectionCaptions(out.inspection);
         refreshPanels();
     }
     emit inspectionFinished(ok);
@@ -821,9 +855,34 @@ cv::Mat MainWindow::renderContent(int content) const
     return it == run_.renders.end() ? cv::Mat() : it->second;
 }
 
+void MainWindow::setInspectionCaptions(const std::optional<naf_app::PixelInspection>& inspection)
+{
+    if (!inspection)
+    {
+        attentionCaption_->setWrappedText("NAF attention over its low-res window (mean of 4 heads, zoomed)");
+        similarityCaption_->setWrappedText("Cosine similarity of its feature to every pixel's");
+        return;
+    }
+    double peak = 0;
+    cv::minMaxLoc(inspection->attentionGrid, nullptr, &peak);
+    const std::pair<double, double> range = naf_app::similarityRange(*inspection);
+    // The colour scales are stretched to the values (features of one VFM are mostly similar, so
+    // a fixed -1..1 scale left half the palette unused): the captions say what the ends mean.
+    attentionCaption_->setWrappedText(QString("NAF attention over its low-res window (mean of 4 heads, zoomed): "
+                                       "blue 0 .. red %1 (peak weight)")
+                                   .arg(peak, 0, 'f', 3));
+    similarityCaption_->setWrappedText(QString("Cosine similarity of its feature to every pixel's: blue %1 .. red %2")
+                                    .arg(range.first, 0, 'f', 2)
+                                    .arg(range.second, 0, 'f', 2));
+}
+
 void MainWindow::refreshPanels()
 {
     const bool wipe = wipeBox_->isChecked() && views_.size() >= 2;
+    // Panels are fitted to the view when an image is opened and when a run ends; when the panels
+    // then show only what comes later (segmentation, attention, similarity), fit when it comes.
+    bool anyShown = false;
+    for (PanelView* v : views_) anyShown = anyShown || !v->image().isNull();
     for (size_t i = 0; i < views_.size(); ++i)
     {
         cv::Mat shown = renderContent(panelBoxes_[i]->currentData().toInt());
@@ -844,28 +903,37 @@ void MainWindow::refreshPanels()
         views_[i]->setImage(toQImage(shown));
         views_[i]->parentWidget()->setVisible(!(wipe && i == 1));
     }
+    bool anyShownNow = false;
+    for (PanelView* v : views_) anyShownNow = anyShownNow || !v->image().isNull();
+    if (!anyShown && anyShownNow) sync_->fitAll();
 }
 
 void MainWindow::updateStatus()
 {
     if (!run_.result)
     {
-        timingLabel_->setText(lastError_.isEmpty() ? "Open an image (File > Open or drop a file) and press Run." : lastError_);
+        QString hint = "Open an image (File > Open or drop a file) and press Run.";
+        if (!image_.empty())
+            hint = QString("%1: %2x%3 px; press Run (output long side %4 px).")
+                       .arg(QFileInfo(imagePath_).fileName())
+                       .arg(image_.cols)
+                       .arg(image_.rows)
+                       .arg(sizeBox_->value());
+        timingLabel_->setFullText(statusError_.isEmpty() ? hint : statusError_);
         deviceLabel_->setText(cv::naf::isCudaAvailable() ? "CUDA available" : "CPU");
-        timingLabel_->setToolTip(QString());
         weightsLabel_->clear();
         weightsLabel_->setToolTip(QString());
         return;
     }
     const naf_app::PipelineResult& r = *run_.result;
-    timingLabel_->setText(QString("%1 %2x%3 -> %4x%5 | %6")
+    timingLabel_->setFullText(QString("%1 %2x%3 -> %4x%5 | %6")
                               .arg(QString::fromStdString(r.vfmName))
                               .arg(r.lowRes.size[3])
                               .arg(r.lowRes.size[2])
                               .arg(r.outputSize.width)
                               .arg(r.outputSize.height)
                               .arg(QString::fromStdString(r.timingSummary())));
-    timingLabel_->setToolTip(QString::fromStdString(r.vfmDisplayName) + "\n" + timingLabel_->text());
+    timingLabel_->setToolTip(QString::fromStdString(r.vfmDisplayName) + "\n" + timingLabel_->fullText());
     deviceLabel_->setText(QString::fromStdString(r.device));
     // The weights info starts with the file's whole path, which pushed the per-method timings
     // (NAF's last) out of a 1500-pixel-wide window: the status bar names the file, the tooltip
@@ -882,7 +950,7 @@ void MainWindow::updateStatus()
 
 QString MainWindow::statusText() const
 {
-    return timingLabel_->text() + " | " + deviceLabel_->text() + " | " + weightsLabel_->text();
+    return timingLabel_->fullText() + " | " + deviceLabel_->text() + " | " + weightsLabel_->text();
 }
 
 int MainWindow::panelCount() const { return static_cast<int>(views_.size()); }
@@ -932,7 +1000,7 @@ bool MainWindow::exportPanels(const QString& pngPath)
         showError("Export failed", errorText(e));
         return false;
     }
-    stageLabel_->setText("exported " + pngPath);
+    stageLabel_->setFullText("exported " + pngPath);
     return true;
 }
 
@@ -971,6 +1039,6 @@ bool MainWindow::exportFeatures(const QString& basePath)
         showError("Export failed", errorText(e));
         return false;
     }
-    stageLabel_->setText("features exported to " + basePath + ".*.npy");
+    stageLabel_->setFullText("features exported to " + basePath + ".*.npy");
     return true;
 }

@@ -19,6 +19,9 @@ class QPushButton;
 class QSlider;
 class QSpinBox;
 class QMenu;
+class ElidedLabel;
+class FittedImageLabel;
+class WrappedLabel;
 class PanelView;
 class ViewSync;
 
@@ -139,6 +142,8 @@ private:
     void onSegmentationFinished();
     void onInspectionFinished();
     void refreshPanels();
+    /// The captions of the attention and similarity insets, with their colour scales' ends.
+    void setInspectionCaptions(const std::optional<naf_app::PixelInspection>& inspection);
     void refreshPanelChoices();
     cv::Mat renderContent(int content) const;
     void updateStatus();
@@ -153,8 +158,8 @@ private:
     QPushButton* runButton_ = nullptr;
     QPushButton* cancelButton_ = nullptr;
     QProgressBar* progress_ = nullptr;
-    QLabel* stageLabel_ = nullptr;
-    QLabel* timingLabel_ = nullptr;
+    ElidedLabel* stageLabel_ = nullptr;
+    ElidedLabel* timingLabel_ = nullptr;
     QLabel* deviceLabel_ = nullptr;
     QLabel* weightsLabel_ = nullptr;
     QMenu* recentMenu_ = nullptr;
@@ -166,9 +171,11 @@ private:
     QLabel* probeLabel_ = nullptr;
     QCheckBox* wipeBox_ = nullptr;
     QSlider* wipeSlider_ = nullptr;
-    QLabel* attentionLabel_ = nullptr;
-    QLabel* similarityLabel_ = nullptr;
-    QLabel* pixelLabel_ = nullptr;
+    FittedImageLabel* attentionLabel_ = nullptr;
+    FittedImageLabel* similarityLabel_ = nullptr;
+    WrappedLabel* attentionCaption_ = nullptr;
+    WrappedLabel* similarityCaption_ = nullptr;
+    WrappedLabel* pixelLabel_ = nullptr;
 
     std::vector<PanelView*> views_;
     std::vector<QComboBox*> panelBoxes_;
@@ -178,6 +185,7 @@ private:
     QString imagePath_;
     cv::Mat image_;
     QString lastError_;
+    QString statusError_;  // the status bar's line for the last error, until an image opens
     RunOutput run_;
     SegmentationOutput segmentation_;
     std::optional<InspectionOutput> inspection_;

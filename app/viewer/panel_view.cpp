@@ -1,8 +1,92 @@
 #include "panel_view.hpp"
 
 #include <QMouseEvent>
+#include <QResizeEvent>
 #include <QScrollBar>
 #include <QWheelEvent>
+
+FittedImageLabel::FittedImageLabel(Qt::TransformationMode mode, QWidget* parent) : QLabel(parent), mode_(mode)
+{
+    // Ignored: the pixmap is scaled to the label, the label never grows for the pixmap.
+    setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
+    setMinimumSize(120, 80);
+    setAlignment(Qt::AlignCenter);
+}
+
+void FittedImageLabel::setImage(const QImage& image)
+{
+    image_ = image;
+    rescale();
+}
+
+void FittedImageLabel::clearImage()
+{
+    image_ = QImage();
+    clear();
+}
+
+void FittedImageLabel::resizeEvent(QResizeEvent* event)
+{
+    QLabel::resizeEvent(event);
+    rescale();
+}
+
+void FittedImageLabel::rescale()
+{
+    if (image_.isNull()) return;
+    setPixmap(QPixmap::fromImage(image_).scaled(size(), Qt::KeepAspectRatio, mode_));
+}
+
+WrappedLabel::WrappedLabel(const QString& text, QWidget* parent) : QLabel(text, parent) { setWordWrap(true); }
+
+void WrappedLabel::setWrappedText(const QString& text)
+{
+    setText(text);
+    setMinimumHeight(0);  // a new text: its own height, from scratch
+    fitHeight();
+}
+
+void WrappedLabel::resizeEvent(QResizeEvent* event)
+{
+    QLabel::resizeEvent(event);
+    fitHeight();
+}
+
+void WrappedLabel::fitHeight()
+{
+    // Only ever raised between text changes: setMinimumHeight resizes (and so re-enters here)
+    // at once, and the dock's width moves with its scroll bar, so a height that followed the
+    // width both ways could go back and forth forever. A little slack: a clipped last line is
+    // worse than a gap.
+    if (fitting_ || width() < 60) return;  // re-entered from setMinimumHeight, or not laid out yet
+    fitting_ = true;
+    const int h = heightForWidth(width()) + fontMetrics().descent() + 2;
+    if (h > minimumHeight()) setMinimumHeight(h);
+    fitting_ = false;
+}
+
+ElidedLabel::ElidedLabel(QWidget* parent) : QLabel(parent)
+{
+    setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
+}
+
+void ElidedLabel::setFullText(const QString& text)
+{
+    full_ = text;
+    setToolTip(text);
+    elide();
+}
+
+void ElidedLabel::resizeEvent(QResizeEvent* event)
+{
+    QLabel::resizeEvent(event);
+    elide();
+}
+
+void ElidedLabel::elide()
+{
+    setText(fontMetrics().elidedText(full_, Qt::ElideRight, std::max(0, width() - 4)));
+}
 
 PanelView::PanelView(QWidget* parent) : QGraphicsView(parent), item_(scene_.addPixmap(QPixmap()))
 {

@@ -3,8 +3,65 @@
 
 #include <QGraphicsPixmapItem>
 #include <QGraphicsView>
+#include <QLabel>
 #include <QList>
 #include <QPointer>
+
+/// A label showing an image scaled to fit (aspect kept), rescaled whenever the label is resized,
+/// so the side insets follow the window instead of keeping the size of their first showing.
+class FittedImageLabel : public QLabel
+{
+    Q_OBJECT
+public:
+    explicit FittedImageLabel(Qt::TransformationMode mode, QWidget* parent = nullptr);
+    void setImage(const QImage& image);
+    void clearImage();
+
+protected:
+    void resizeEvent(QResizeEvent* event) override;
+
+private:
+    void rescale();
+    QImage image_;
+    Qt::TransformationMode mode_;
+};
+
+/// A word-wrapped label whose minimum height follows its text at its width: layouts (the dock's
+/// scroll area) do not ask wrapped labels for their height-for-width minimum, so a squeezed
+/// window drew them over each other.
+class WrappedLabel : public QLabel
+{
+    Q_OBJECT
+public:
+    explicit WrappedLabel(const QString& text = QString(), QWidget* parent = nullptr);
+    void setWrappedText(const QString& text);
+
+protected:
+    void resizeEvent(QResizeEvent* event) override;
+
+private:
+    void fitHeight();
+    bool fitting_ = false;
+};
+
+/// A one-line label that elides its text at the right when narrow (the full text is its
+/// tooltip) instead of forcing the window wider or cutting a word in half.
+class ElidedLabel : public QLabel
+{
+    Q_OBJECT
+public:
+    explicit ElidedLabel(QWidget* parent = nullptr);
+    void setFullText(const QString& text);
+    QString fullText() const { return full_; }
+    QSize minimumSizeHint() const override { return QSize(40, QLabel::minimumSizeHint().height()); }
+
+protected:
+    void resizeEvent(QResizeEvent* event) override;
+
+private:
+    void elide();
+    QString full_;
+};
 
 /// A panel view: wheel zooms, drag pans, a click (press and release without moving) reports
 /// the scene pixel. Zoom and pan are mirrored to every view of the same ViewSync.

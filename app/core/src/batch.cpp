@@ -129,6 +129,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         if (!fs::is_regular_file(input, ec)) CV_Error(cv::Error::StsBadArg, "'" + input + "' is not a regular file");
         const cv::Mat image = cv::imread(input, cv::IMREAD_COLOR);
         if (image.empty()) CV_Error(cv::Error::StsError, "cannot decode '" + input + "' as an image");
+        item.warning = truncatedJpegWarning(input, image);
         // Before the VFM runs: the feature maps of `jobs` images at once must fit in memory.
         checkRunFitsInMemory(options.settings, image.size(), options.jobs);
         ProgressFn progress;
@@ -171,7 +172,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
                 {"kmeans", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
         }
         item.timings = result.timings;
-        const json record = {{"input", input},
+        json record = {{"input", input},
                              {"input_stamp", inputStamp(input)},
                              {"settings", settings},
                              {"outputs", item.outputs},
@@ -179,6 +180,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
                              {"device", result.device},
                              {"naf_weights_info", result.weightsInfo},
                              {"feature_grid", {result.lowRes.size[1], result.lowRes.size[2], result.lowRes.size[3]}}};
+        if (!item.warning.empty()) record["warning"] = item.warning;
         // Written last: its presence marks the image done for a resumed run.
         writeFileAtomic(sidecar, jsonText(record));
         item.outputs.push_back(sidecar);
@@ -387,6 +389,7 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
         summary.skipped += item.status == "skipped";
         json entry = {{"input", item.input}, {"status", item.status}, {"outputs", item.outputs}};
         if (!item.reason.empty()) entry["reason"] = item.reason;
+        if (!item.warning.empty()) entry["warning"] = item.warning;
         if (!item.timings.empty()) entry["timings_ms"] = timingsJson(item.timings);
         items.push_back(entry);
     }

@@ -230,4 +230,28 @@ void parseShard(const std::string& text, int& index, int& count)
         CV_Error(cv::Error::StsOutOfRange, "--shard '" + text + "': need 0 <= i < n");
 }
 
+std::string truncatedJpegWarning(const std::string& path, const cv::Mat& image)
+{
+    std::ifstream in(path, std::ios::binary);
+    unsigned char head[3] = {0, 0, 0};
+    if (image.empty() || !in.read(reinterpret_cast<char*>(head), 3) || head[0] != 0xFF || head[1] != 0xD8 ||
+        head[2] != 0xFF)
+        return std::string();
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = in.tellg();
+    const std::streamoff tailSize = std::min<std::streamoff>(size, 4096);
+    std::string tail(static_cast<size_t>(tailSize), '\0');
+    in.seekg(size - tailSize);
+    if (!in.read(&tail[0], tailSize)) return std::string();
+    if (tail.find("\xFF\xD9") != std::string::npos) return std::string();
+    // Data appended after the image (some cameras add a video) also hides the marker: the flat
+    // last row, the decoder's padding, tells the two apart.
+    const cv::Mat last = image.row(image.rows - 1);
+    cv::Scalar mean, stddev;
+    cv::meanStdDev(last, mean, stddev);
+    if (stddev[0] + stddev[1] + stddev[2] > 0.5) return std::string();
+    return "'" + path + "' looks truncated (no JPEG end marker, and its bottom rows are one flat colour): the "
+           "decoder filled in what is missing";
+}
+
 }  // namespace naf_app

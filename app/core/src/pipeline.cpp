@@ -130,8 +130,11 @@ void checkRunFitsInMemory(const PipelineSettings& settings, cv::Size image, int 
     msg << out.width << "x" << out.height << " output with " << spec.channels << " channels and "
         << settings.methods.size() << " methods";
     if (concurrentRuns > 1) msg << ", " << concurrentRuns << " images at once,";
+    // The largest long side that fits: memory grows with the output's area.
+    const int fitting = static_cast<int>(std::max(out.width, out.height) * std::sqrt(0.6 * physical / bytes));
     msg << " needs about " << bytes / (1 << 30) << " GiB; this machine has " << physical / (1 << 30)
-        << " GiB. Choose a smaller output size" << (concurrentRuns > 1 ? ", fewer jobs" : "") << " or fewer methods";
+        << " GiB (60 % of it may be used). Choose an output long side of at most about " << fitting << " px"
+        << (concurrentRuns > 1 ? ", fewer jobs" : "") << " or fewer methods (naf_batch --methods).";
     CV_Error(cv::Error::StsNoMem, msg.str());
 }
 
@@ -414,11 +417,26 @@ cv::Rect windowInOutput(const PipelineResult& result, const PixelInspection& ins
 
 namespace {
 
-void markPixel(cv::Mat& image, cv::Point pixel)
+// Four ticks around the pixel, leaving a gap of `gap` pixels: the cells under and next to it stay
+// visible (a ring covered the attention's peak cells once the window was zoomed).
+void markPixel(cv::Mat& image, cv::Point pixel, int gap)
 {
-    const int r = std::max(4, image.cols / 60);
-    cv::circle(image, pixel, r, cv::Scalar(255, 255, 255), 2, cv::LINE_AA);
-    cv::circle(image, pixel, r + 2, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+    const int length = std::max(4, gap);
+    const cv::Point directions[4] = {{1, 0}, {-1, 0}, {0, 1}, {0, -1}};
+    for (const cv::Point& d : directions)
+    {
+        const cv::Point a = pixel + d * gap, b = pixel + d * (gap + length);
+        cv::line(image, a, b, cv::Scalar(0, 0, 0), 3, cv::LINE_AA);
+        cv::line(image, a, b, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
+    }
+}
+
+// One low-res cell's size in output pixels (the larger side), at least 2.
+int cellPixels(const PipelineResult& result)
+{
+    const cv::Size span = gridSpan(result);
+    return std::max(2, cvRound(std::max(static_cast<double>(span.width) / result.lowRes.size[3],
+                                        static_cast<double>(span.height) / result.lowRes.size[2])));
 }
 
 }  // namespace
@@ -439,15 +457,23 @@ cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& ins
     cv::naf::overlay(result.guide, big, 0.8, blended);
     blended.copyTo(out, mask);
     cv::rectangle(out, cellRect(result, inspection.window), cv::Scalar(255, 255, 255), 1);
-    markPixel(out, inspection.pixel);
+    markPixel(out, inspection.pixel, cellPixels(result));
     return out;
+}
+
+std::pair<double, double> similarityRange(const PixelInspection& inspection)
+{
+    double lo = -1, hi = 1;
+    if (!inspection.similarity.empty()) cv::minMaxLoc(inspection.similarity, &lo, &hi);
+    return {lo, hi > lo ? hi : lo + 1e-6};
 }
 
 cv::Mat renderSimilarity(const PipelineResult& result, const PixelInspection& inspection)
 {
     cv::Mat out;
-    cv::naf::colorizeScalarMap(inspection.similarity, -1, 1, out);
-    markPixel(out, inspection.pixel);
+    const std::pair<double, double> range = similarityRange(inspection);
+    cv::naf::colorizeScalarMap(inspection.similarity, range.first, range.second, out);
+    markPixel(out, inspection.pixel, std::max(4, out.cols / 80));
     CV_Assert(out.size() == result.outputSize);
     return out;
 }

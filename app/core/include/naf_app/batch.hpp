@@ -26,6 +26,7 @@ struct BatchItem
     std::string input;
     std::string status;               ///< "done" (computed now), "already_done", "skipped" (error)
     std::string reason;               ///< why it was skipped
+    std::string warning;              ///< computed, but e.g. the input looks truncated (truncatedJpegWarning)
     std::vector<std::string> outputs; ///< paths written (or found, for already_done)
     std::vector<StageTiming> timings;
 };

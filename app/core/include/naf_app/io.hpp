@@ -31,6 +31,12 @@ std::string encodeNpy(const cv::Mat& array);
 /// folder (a FIFO would block the decoder).
 std::vector<std::string> collectImages(const std::vector<std::string>& inputs);
 
+/// A warning when `path` looks like a truncated JPEG that the decoder padded (it only prints
+/// "Premature end of JPEG file" and returns an image whose missing rows are one flat colour):
+/// a JPEG whose last 4 KiB hold no end-of-image marker and whose decoded last row is uniform.
+/// Empty when it looks whole (or is not a JPEG). `image` is what imread gave for `path`.
+std::string truncatedJpegWarning(const std::string& path, const cv::Mat& image);
+
 /// The items of shard `index` of `count` (round-robin over the sorted list: item k goes to k % count).
 std::vector<std::string> selectShard(const std::vector<std::string>& items, int index, int count);
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <opencv2/core.hpp>
@@ -154,6 +155,10 @@ cv::Mat renderMethodPca(const PipelineResult& result, int method);
 /// Attention grid as a heat map on the low-res grid (nearest-scaled), blended over the guide,
 /// window outlined and the pixel marked.
 cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& inspection);
+/// The similarity map's colour-scale ends: its minimum and maximum (1 at the pixel itself), so
+/// the palette spans the values (a VFM's features are mostly alike: on -1..1 half of it went unused).
+std::pair<double, double> similarityRange(const PixelInspection& inspection);
+/// Similarity as a colour map over similarityRange() (blue .. red), the pixel marked.
 cv::Mat renderSimilarity(const PipelineResult& result, const PixelInspection& inspection);
 /// Labels (H x W CV_32S) coloured over the guide with opacity alpha in [0, 1].
 cv::Mat renderLabels(const PipelineResult& result, const cv::Mat& labels, double alpha);

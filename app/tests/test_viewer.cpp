@@ -285,6 +285,16 @@ private slots:
         QVERIFY2(!grabbed.isNull(), qPrintable(err));
         QVERIFY2(grabbed.width() >= 1100 && grabbed.height() >= 700,
                  qPrintable(QString("%1x%2").arg(grabbed.width()).arg(grabbed.height())));
+        // The error dialog is in the grab, over the window (it was drawn under it): centred on the
+        // window, where the dark panel would otherwise be.
+        const QString failed = dir.filePath("failed.png");
+        QCOMPARE(runViewer({"--open", dir.filePath("missing.jpg"), "--window-size", "1100x700", "--screenshot", failed},
+                           &out, &err),
+                 1);
+        const QImage withDialog(failed);
+        QVERIFY2(!withDialog.isNull(), qPrintable(err));
+        const QColor centre = withDialog.pixelColor(withDialog.width() / 2, withDialog.height() / 2);
+        QVERIFY2(centre.lightness() > 150, qPrintable(QString("centre lightness %1").arg(centre.lightness())));
     }
 
     void nafBackendAndPrecisionChoices()

@@ -1,6 +1,7 @@
 // naf_viewer: interactive comparison of feature upsamplers (see README, "Viewer and batch export").
 #include <QApplication>
 #include <QCoreApplication>
+#include <QMainWindow>
 #include <QPainter>
 #include <QPixmap>
 #include <QCommandLineParser>
@@ -171,15 +172,20 @@ QPixmap grabWindows()
 {
     if (QGuiApplication::platformName() != "offscreen") return QGuiApplication::primaryScreen()->grabWindow(0);
     QRect area;
-    const QWidgetList windows = QApplication::topLevelWidgets();
-    for (QWidget* w : windows)
-        if (w->isVisible()) area |= w->frameGeometry();
+    QWidgetList windows;
+    for (QWidget* w : QApplication::topLevelWidgets())
+        if (w->isVisible())
+        {
+            // The main window first, so that dialogs come on top of it.
+            if (qobject_cast<QMainWindow*>(w)) windows.prepend(w);
+            else windows.append(w);
+            area |= w->geometry();
+        }
     if (area.isEmpty()) return QPixmap();
     QPixmap canvas(area.size());
     canvas.fill(Qt::black);
     QPainter painter(&canvas);
-    for (QWidget* w : windows)  // main window first: dialogs are created later, so they come on top
-        if (w->isVisible()) painter.drawPixmap(w->geometry().topLeft() - area.topLeft(), w->grab());
+    for (QWidget* w : windows) painter.drawPixmap(w->geometry().topLeft() - area.topLeft(), w->grab());
     return canvas;
 }
 

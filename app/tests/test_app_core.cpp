@@ -136,6 +136,35 @@ TEST(AppIo, TruncatedJpegIsToldApartFromAWholeOneAndFromAppendedData)
     fs::remove_all(dir);
 }
 
+// IMREAD_COLOR drops alpha and showed the colour stored under transparent pixels (often black or
+// junk): images with alpha are composited over white, 8- and 16-bit alike.
+TEST(AppIo, ImagesWithAlphaAreCompositedOverWhite)
+{
+    const fs::path dir = freshDir("alpha");
+    cv::Mat rgba(4, 6, CV_8UC4);
+    rgba.colRange(0, 2).setTo(cv::Scalar(0, 0, 255, 0));    // red, fully transparent
+    rgba.colRange(2, 4).setTo(cv::Scalar(255, 0, 0, 255));  // blue, opaque
+    rgba.colRange(4, 6).setTo(cv::Scalar(0, 0, 0, 128));    // black, half transparent
+    cv::imwrite((dir / "a8.png").string(), rgba);
+    cv::Mat rgba16;
+    rgba.convertTo(rgba16, CV_16U, 257.0);
+    cv::imwrite((dir / "a16.png").string(), rgba16);
+    for (const char* name : {"a8.png", "a16.png"})
+    {
+        const cv::Mat bgr = naf_app::readImageBgr((dir / name).string());
+        ASSERT_EQ(bgr.type(), CV_8UC3) << name;
+        ASSERT_EQ(bgr.size(), cv::Size(6, 4)) << name;
+        EXPECT_EQ(bgr.at<cv::Vec3b>(1, 0), cv::Vec3b(255, 255, 255)) << name;
+        EXPECT_EQ(bgr.at<cv::Vec3b>(1, 3), cv::Vec3b(255, 0, 0)) << name;
+        for (int c = 0; c < 3; ++c) EXPECT_NEAR(bgr.at<cv::Vec3b>(1, 5)[c], 127, 1) << name;
+    }
+    // Without alpha: what imread gives.
+    const std::string jpg = app_test::sampleImage("coco_000000000285_bear.jpg");
+    EXPECT_EQ(cv::norm(naf_app::readImageBgr(jpg), cv::imread(jpg), cv::NORM_INF), 0.0);
+    EXPECT_TRUE(naf_app::readImageBgr((dir / "missing.png").string()).empty());
+    fs::remove_all(dir);
+}
+
 TEST(AppIo, NpyHeaderAndPayload)
 {
     const int sizes[4] = {1, 4, 3, 5};

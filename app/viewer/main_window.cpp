@@ -357,7 +357,7 @@ bool MainWindow::openImage(const QString& path)
 {
     loadingPath_.clear();  // a pending background decode is superseded
     if (refuseIrregularFile(path)) return false;
-    return adoptImage(path, cv::imread(path.toStdString(), cv::IMREAD_COLOR));
+    return adoptImage(path, naf_app::readImageBgr(path.toStdString()));
 }
 
 void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
@@ -371,7 +371,7 @@ void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
         LoadedImage loaded{path, cv::Mat()};
         try
         {
-            loaded.image = cv::imread(path.toStdString(), cv::IMREAD_COLOR);
+            loaded.image = naf_app::readImageBgr(path.toStdString());
         }
         catch (const std::exception&)  // e.g. a codec refusing a huge image: reported as unreadable
         {

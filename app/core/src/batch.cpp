@@ -127,7 +127,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         if (!fs::exists(input, ec)) CV_Error(cv::Error::StsObjectNotFound, "'" + input + "' does not exist");
         // A FIFO or device would block imread (or read forever).
         if (!fs::is_regular_file(input, ec)) CV_Error(cv::Error::StsBadArg, "'" + input + "' is not a regular file");
-        const cv::Mat image = cv::imread(input, cv::IMREAD_COLOR);
+        const cv::Mat image = readImageBgr(input);
         if (image.empty()) CV_Error(cv::Error::StsError, "cannot decode '" + input + "' as an image");
         item.warning = truncatedJpegWarning(input, image);
         // Before the VFM runs: the feature maps of `jobs` images at once must fit in memory.

@@ -230,6 +230,31 @@ void parseShard(const std::string& text, int& index, int& count)
         CV_Error(cv::Error::StsOutOfRange, "--shard '" + text + "': need 0 <= i < n");
 }
 
+cv::Mat readImageBgr(const std::string& path)
+{
+    std::string ext = fs::path(path).extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (ext == ".png" || ext == ".webp" || ext == ".tif" || ext == ".tiff")
+    {
+        const cv::Mat raw = cv::imread(path, cv::IMREAD_UNCHANGED);
+        if (raw.channels() == 4)
+        {
+            cv::Mat rgba;
+            raw.convertTo(rgba, CV_32F, raw.depth() == CV_16U ? 1.0 / 65535 : raw.depth() == CV_8U ? 1.0 / 255 : 1.0);
+            std::vector<cv::Mat> planes;
+            cv::split(rgba, planes);
+            cv::Mat bgr;
+            const cv::Mat& alpha = planes[3];
+            for (int c = 0; c < 3; ++c) planes[c] = planes[c].mul(alpha) + (1.0 - alpha);  // over white
+            planes.resize(3);
+            cv::merge(planes, bgr);
+            bgr.convertTo(bgr, CV_8U, 255.0);
+            return bgr;
+        }
+    }
+    return cv::imread(path, cv::IMREAD_COLOR);
+}
+
 std::string truncatedJpegWarning(const std::string& path, const cv::Mat& image)
 {
     std::ifstream in(path, std::ios::binary);

@@ -31,6 +31,12 @@ std::string encodeNpy(const cv::Mat& array);
 /// folder (a FIFO would block the decoder).
 std::vector<std::string> collectImages(const std::vector<std::string>& inputs);
 
+/// The image at `path` as 8-bit BGR, as the app feeds it to a VFM: cv::imread(IMREAD_COLOR)
+/// (which applies the EXIF orientation), except that an image with an alpha channel (PNG, WebP,
+/// TIFF) is composited over white: IMREAD_COLOR drops alpha and showed whatever colour the
+/// transparent pixels stored. Empty when unreadable, like imread.
+cv::Mat readImageBgr(const std::string& path);
+
 /// A warning when `path` looks like a truncated JPEG that the decoder padded (it only prints
 /// "Premature end of JPEG file" and returns an image whose missing rows are one flat colour):
 /// a JPEG whose last 4 KiB hold no end-of-image marker and whose decoded last row is uniform.

@@ -111,28 +111,46 @@ TEST(AppIo, AtomicWriteLeavesNoTemporaryAndReplaces)
     fs::remove_all(dir);
 }
 
-// The JPEG decoder only prints "Premature end of JPEG file" and pads a cut file with one flat
-// colour: such an input is told apart from a whole one and from one with data appended.
-TEST(AppIo, TruncatedJpegIsToldApartFromAWholeOneAndFromAppendedData)
+// The JPEG decoder only prints "Premature end of JPEG file" and fills in what is missing: a cut
+// file is told apart from a whole one, from one with data appended after the image (a camera's
+// video), from one whose EXIF thumbnail ends near the cut, and progressive files are walked too.
+TEST(AppIo, TruncatedJpegIsToldApartFromAWholeOne)
 {
     const fs::path dir = freshDir("truncated");
     const std::string whole = app_test::sampleImage("coco_000000000471_bus.jpg");
     const std::string bytes = readAll(whole);
-    writeText(dir / "cut.jpg", bytes.substr(0, 3000));
-    writeText(dir / "appended.jpg", bytes + std::string(6000, 'x'));  // e.g. a camera's video after the image
+    auto write = [&](const char* name, const std::string& content) {
+        writeText(dir / name, content);
+        return (dir / name).string();
+    };
+    auto warns = [](const std::string& path) { return !naf_app::truncatedJpegWarning(path).empty(); };
+    EXPECT_FALSE(warns(whole));
+    const std::string cut = write("cut.jpg", bytes.substr(0, 3000));
+    EXPECT_TRUE(warns(cut));
+    EXPECT_NE(naf_app::truncatedJpegWarning(cut).find(cut), std::string::npos);
+    EXPECT_FALSE(warns(write("appended.jpg", bytes + std::string(8000, 'x'))));
+
+    // An EXIF-like APP1 segment holding a small JPEG (its own end marker) right after SOI.
+    std::vector<uchar> thumb;
+    cv::imencode(".jpg", cv::Mat(8, 8, CV_8UC3, cv::Scalar(10, 200, 30)), thumb);
+    const std::string payload = "Exif" + std::string(2, '\0') + std::string(thumb.begin(), thumb.end());
+    const size_t length = payload.size() + 2;
+    const std::string app1 = std::string("\xFF\xE1") + static_cast<char>(length >> 8) + static_cast<char>(length & 0xFF) + payload;
+    const std::string withThumb = bytes.substr(0, 2) + app1 + bytes.substr(2);
+    EXPECT_FALSE(warns(write("thumb.jpg", withThumb)));
+    EXPECT_TRUE(warns(write("thumb_cut.jpg", withThumb.substr(0, 2 + app1.size() + 3000))));
+
+    std::vector<uchar> progressive;
+    cv::imencode(".jpg", cv::imread(whole), progressive, {cv::IMWRITE_JPEG_PROGRESSIVE, 1});
+    const std::string prog(progressive.begin(), progressive.end());
+    EXPECT_FALSE(warns(write("progressive.jpg", prog)));
+    for (double fraction : {0.1, 0.5, 0.8})
+        EXPECT_TRUE(warns(write("progressive_cut.jpg", prog.substr(0, static_cast<size_t>(prog.size() * fraction)))))
+            << fraction;
+
     cv::imwrite((dir / "whole.png").string(), cv::imread(whole));
-    for (const char* name : {"cut.jpg", "appended.jpg", "whole.png"})
-        ASSERT_FALSE(cv::imread((dir / name).string()).empty()) << name;
-    EXPECT_EQ(naf_app::truncatedJpegWarning(whole, cv::imread(whole)), "");
-    const std::string cut = (dir / "cut.jpg").string();
-    const std::string warning = naf_app::truncatedJpegWarning(cut, cv::imread(cut));
-    EXPECT_NE(warning.find("looks truncated"), std::string::npos) << warning;
-    EXPECT_NE(warning.find(cut), std::string::npos) << warning;
-    const std::string appended = (dir / "appended.jpg").string();
-    EXPECT_EQ(naf_app::truncatedJpegWarning(appended, cv::imread(appended)), "");
-    const std::string png = (dir / "whole.png").string();
-    EXPECT_EQ(naf_app::truncatedJpegWarning(png, cv::imread(png)), "");
-    EXPECT_EQ(naf_app::truncatedJpegWarning(cut, cv::Mat()), "");
+    EXPECT_FALSE(warns((dir / "whole.png").string()));
+    EXPECT_FALSE(warns((dir / "missing.jpg").string()));
     fs::remove_all(dir);
 }
 
@@ -473,6 +491,37 @@ TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
     EXPECT_EQ(shard.items[0].input, (dir / "in" / "bus.jpg").string());
     EXPECT_EQ(shard.computed, 1);
     EXPECT_NE(shard.manifestPath.find("manifest.shard-2-of-3.json"), std::string::npos);
+    fs::remove_all(dir);
+}
+
+// A cut JPEG decodes (padded by the decoder): it is computed, with a warning in its record and
+// the manifest, also when a resumed run finds it done.
+TEST(AppBatch, TruncatedInputIsComputedWithAWarningThatStaysOnResume)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const fs::path dir = freshDir("batch_truncated");
+    fs::create_directories(dir / "in");
+    writeText(dir / "in" / "cut.jpg", readAll(app_test::sampleImage("coco_000000000471_bus.jpg")).substr(0, 3000));
+    naf_app::BatchOptions options;
+    options.inputs = {(dir / "in").string()};
+    options.outDir = (dir / "out").string();
+    options.settings.vfmName = app_test::vfmName();
+    options.settings.outputLongSide = 64;
+    options.settings.methods = {cv::naf::UPSAMPLE_BILINEAR};
+    options.kmeansClusters = 0;
+    for (int run = 0; run < 2; ++run)
+    {
+        const naf_app::BatchSummary summary = naf_app::runBatch(options);
+        ASSERT_EQ(summary.items.size(), 1u);
+        EXPECT_EQ(summary.items[0].status, run == 0 ? "done" : "already_done");
+        EXPECT_NE(summary.items[0].warning.find("looks truncated"), std::string::npos) << run;
+        const nlohmann::json manifest = nlohmann::json::parse(readAll(summary.manifestPath));
+        EXPECT_NE(manifest["images"][0].value("warning", "").find("looks truncated"), std::string::npos)
+            << run << ": " << manifest.dump();
+    }
+    const nlohmann::json record = nlohmann::json::parse(readAll(dir / "out" / "cut.json"));
+    EXPECT_NE(record.value("warning", "").find("looks truncated"), std::string::npos) << record.dump();
     fs::remove_all(dir);
 }
 

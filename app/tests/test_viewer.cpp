@@ -247,6 +247,15 @@ private slots:
         QCOMPARE(runViewer({"--open", dir.filePath("missing.jpg"), "--screenshot", failedShot}, &output), 1);
         QVERIFY2(output.contains("cannot open"), qPrintable(output));
         QVERIFY(QFile::exists(failedShot));
+        // Qt's own options still work (parsing before the QApplication refused them as unknown).
+        const QString platformShot = dir.filePath("platform.png");
+        QCOMPARE(runViewer({"-platform", "offscreen", "--open", bear_, "--screenshot", platformShot}, &output), 0);
+        QVERIFY2(QFile::exists(platformShot), qPrintable(output));
+        // Options that would silently do nothing alone are refused.
+        QCOMPARE(runViewer({"--run", "--screenshot", dir.filePath("norun.png")}, &output), 2);
+        QVERIFY2(output.contains("--run needs --open"), qPrintable(output));
+        QCOMPARE(runViewer({"--open", bear_, "--click", "3,3"}, &output), 2);
+        QVERIFY2(output.contains("--click needs --run"), qPrintable(output));
     }
 
     // Without a display (no DISPLAY, WAYLAND_DISPLAY or QT_QPA_PLATFORM) Qt aborted before main()
@@ -439,6 +448,15 @@ private slots:
         auto* pixel = window.findChild<QLabel*>("pixelLabel");
         QVERIFY(pixel);
         QVERIFY2(pixel->text().contains("failed"), qPrintable(pixel->text()));
+
+        // An image opened while an inspection runs: the side panel is reset, and the late result
+        // (or failure) of the old image's pixel is dropped, not shown.
+        QSignalSpy errors(&window, &MainWindow::errorShown);
+        window.inspectPixel(QPoint(100000, 5));
+        QVERIFY(window.openImage(bear_));
+        QVERIFY(inspected.wait(60000));
+        QCOMPARE(pixel->text(), QString("Click a pixel in any panel."));
+        QCOMPARE(errors.count(), 0);
     }
 
     void tooLargeOutputIsRefused()

@@ -9,6 +9,7 @@
 #include <QTimer>
 
 #include <iostream>
+#include <memory>
 
 #include <opencv2/core.hpp>
 
@@ -61,13 +62,11 @@ int panelContentFromName(const QString& name)
     }
 }
 
-/// Parses and checks the command line with a QCoreApplication, which needs no display: --help,
-/// --check-model and every refusal also work on a headless machine (a QApplication without a
-/// display aborts before main() could say anything). Returns the exit status when the program
-/// ends here, or -1 to go on with `cl`.
-int parseCommandLine(int argc, char** argv, CommandLine& cl)
+/// Parses and checks the command line (the application object's arguments, Qt's own options
+/// already taken out by a QApplication). Returns the exit status when the program ends here, or
+/// -1 to go on with `cl`.
+int parseCommandLine(const QStringList& arguments, CommandLine& cl)
 {
-    QCoreApplication parsing(argc, argv);
     QCommandLineParser parser;
     parser.setApplicationDescription("cv::naf viewer: VFM features upsampled by NAF and baselines, side by side");
     parser.addHelpOption();
@@ -91,7 +90,7 @@ int parseCommandLine(int argc, char** argv, CommandLine& cl)
     parser.addOptions({openOpt, vfmOpt, sizeOpt, backendOpt, precisionOpt, runOpt, clickOpt, panelsOpt, shotOpt,
                        geometryOpt, checkOpt});
     // parse(), not process(): an unknown option exits 2 like every other bad option (process() exits 1).
-    if (!parser.parse(QCoreApplication::arguments()))
+    if (!parser.parse(arguments))
     {
         std::cerr << "naf_viewer: " << parser.errorText().toStdString() << "\n";
         return 2;
@@ -135,6 +134,13 @@ int parseCommandLine(int argc, char** argv, CommandLine& cl)
             if (content < 0) return 2;
             cl.panelContents.push_back(content);
         }
+    // Options that only mean something with others: alone they would silently do nothing.
+    auto needs = [](const char* option, const char* other, const char* why) {
+        std::cerr << "naf_viewer: " << option << " needs " << other << " (" << why << ")\n";
+        return 2;
+    };
+    if (parser.isSet(runOpt) && !parser.isSet(openOpt)) return needs("--run", "--open IMAGE", "there is nothing to run on");
+    if (parser.isSet(clickOpt) && !parser.isSet(runOpt)) return needs("--click", "--run", "a click needs a result");
     if (parser.isSet(checkOpt))
     {
         try
@@ -194,21 +200,37 @@ QPixmap grabWindows()
 int main(int argc, char** argv)
 {
     CommandLine cl;
-    const int status = parseCommandLine(argc, argv, cl);
-    if (status >= 0) return status;
-    if (!haveDisplayOrPlatform(argc, argv))
+    std::unique_ptr<QApplication> app;
+    int status = -1;
+    if (haveDisplayOrPlatform(argc, argv))
     {
-        // A screenshot needs no screen; anything else does, and Qt would only abort with a
-        // message about its xcb plugin.
-        if (cl.screenshot.isEmpty())
-        {
-            std::cerr << "naf_viewer: no display (neither DISPLAY nor WAYLAND_DISPLAY is set): run it on a desktop, "
-                         "or grab the window headless with --screenshot out.png\n";
-            return 1;
-        }
-        qputenv("QT_QPA_PLATFORM", "offscreen");
+        // QApplication takes Qt's own options (-platform, -style, -reverse...) out of the arguments.
+        app = std::make_unique<QApplication>(argc, argv);
+        status = parseCommandLine(QCoreApplication::arguments(), cl);
     }
-    QApplication app(argc, argv);
+    else
+    {
+        // Without a display a QApplication aborts (on its xcb plugin) before main() could say
+        // anything: parse with a QCoreApplication, so that --help, --check-model and every
+        // refusal work on a headless machine.
+        {
+            QCoreApplication parsing(argc, argv);
+            status = parseCommandLine(QCoreApplication::arguments(), cl);
+        }
+        if (status < 0)
+        {
+            // A screenshot needs no screen; anything else does.
+            if (cl.screenshot.isEmpty())
+            {
+                std::cerr << "naf_viewer: no display (neither DISPLAY nor WAYLAND_DISPLAY is set): run it on a "
+                             "desktop, or grab the window headless with --screenshot out.png\n";
+                return 1;
+            }
+            qputenv("QT_QPA_PLATFORM", "offscreen");
+            app = std::make_unique<QApplication>(argc, argv);
+        }
+    }
+    if (status >= 0) return status;
     QCoreApplication::setOrganizationName("cv-naf");
     QCoreApplication::setApplicationName("naf_viewer");
 
@@ -279,5 +301,5 @@ int main(int argc, char** argv)
     }
     else if (!shot.isEmpty())
         grabAndQuit();
-    return app.exec();
+    return app->exec();
 }

@@ -357,7 +357,8 @@ bool MainWindow::openImage(const QString& path)
 {
     loadingPath_.clear();  // a pending background decode is superseded
     if (refuseIrregularFile(path)) return false;
-    return adoptImage(path, naf_app::readImageBgr(path.toStdString()));
+    return adoptImage(path, naf_app::readImageBgr(path.toStdString()),
+                      QString::fromStdString(naf_app::truncatedJpegWarning(path.toStdString())));
 }
 
 void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
@@ -372,6 +373,7 @@ void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
         try
         {
             loaded.image = naf_app::readImageBgr(path.toStdString());
+            loaded.warning = QString::fromStdString(naf_app::truncatedJpegWarning(path.toStdString()));
         }
         catch (const std::exception&)  // e.g. a codec refusing a huge image: reported as unreadable
         {
@@ -385,10 +387,10 @@ void MainWindow::onImageLoaded()
     const LoadedImage loaded = loadWatcher_.result();
     if (loaded.path != loadingPath_) return;  // superseded by a newer open
     loadingPath_.clear();
-    if (adoptImage(loaded.path, loaded.image) && runWhenLoaded_) startRun();
+    if (adoptImage(loaded.path, loaded.image, loaded.warning) && runWhenLoaded_) startRun();
 }
 
-bool MainWindow::adoptImage(const QString& path, const cv::Mat& image)
+bool MainWindow::adoptImage(const QString& path, const cv::Mat& image, const QString& warning)
 {
     if (image.empty())
     {
@@ -403,11 +405,7 @@ bool MainWindow::adoptImage(const QString& path, const cv::Mat& image)
     image_ = image;
     run_ = RunOutput();
     segmentation_ = SegmentationOutput();
-    inspection_.reset();
-    attentionImage_ = similarityImage_ = QImage();
-    attentionLabel_->clearImage();
-    similarityLabel_->clearImage();
-    setInspectionCaptions(std::nullopt);
+    clearInspection();
     legend_->clear();
     // The status bar, progress and stage described the previous image's run.
     statusError_.clear();
@@ -419,8 +417,7 @@ bool MainWindow::adoptImage(const QString& path, const cv::Mat& image)
     refreshPanels();
     sync_->fitAll();
     emit imageOpened(true);
-    const std::string truncated = naf_app::truncatedJpegWarning(path.toStdString(), image);
-    if (!truncated.empty()) showError("Image looks truncated", QString::fromStdString(truncated));
+    if (!warning.isEmpty()) showError("Image looks truncated", warning);
     return true;
 }
 
@@ -630,11 +627,7 @@ void MainWindow::onRunFinished()
     progress_->setValue(100);
     stageLabel_->setFullText("done");
     run_ = out;
-    inspection_.reset();
-    attentionImage_ = similarityImage_ = QImage();
-    attentionLabel_->clearImage();
-    similarityLabel_->clearImage();
-    setInspectionCaptions(std::nullopt);
+    clearInspection();
     updateProbeLabel();
     updateStatus();
     refreshPanels();
@@ -805,12 +798,17 @@ void MainWindow::onInspectionFinished()
 {
     InspectionOutput out = inspectWatcher_.result();
     const bool ok = out.error.isEmpty();
-    if (!ok)
+    if (out.source != run_.result)
+    {
+        // Another image or run replaced the result meanwhile (its side panel was reset): neither
+        // its attention nor its failure belongs on screen.
+    }
+    else if (!ok)
     {
         pixelLabel_->setWrappedText("Pixel inspection failed: " + out.error.section('\n', 0, 0));  // not "computing..." forever
         showError("Pixel inspection failed", out.error);
     }
-    else if (out.source == run_.result)  // else a new run replaced the result meanwhile
+    else
     {
         inspection_ = out;
         attentionImage_ = toQImage(out.attention);
@@ -853,6 +851,18 @@ cv::Mat MainWindow::renderContent(int content) const
     if (content == CONTENT_SIMILARITY) return inspection_ ? inspection_->similarity : cv::Mat();
     auto it = run_.renders.find(content);
     return it == run_.renders.end() ? cv::Mat() : it->second;
+}
+
+void MainWindow::clearInspection()
+{
+    // The side panel described another image's or run's pixel (an inspection still running for
+    // it is dropped when it ends: onInspectionFinished checks its source).
+    inspection_.reset();
+    attentionImage_ = similarityImage_ = QImage();
+    attentionLabel_->clearImage();
+    similarityLabel_->clearImage();
+    setInspectionCaptions(std::nullopt);
+    pixelLabel_->setWrappedText("Click a pixel in any panel.");
 }
 
 void MainWindow::setInspectionCaptions(const std::optional<naf_app::PixelInspection>& inspection)

@@ -41,6 +41,7 @@ struct LoadedImage
 {
     QString path;   ///< the file it was asked for (a stale result is recognized by it)
     cv::Mat image;  ///< BGR, empty when unreadable
+    QString warning;  ///< e.g. a truncated JPEG (naf_app::truncatedJpegWarning), shown once adopted
 };
 
 /// Output of the main worker: the pipeline result and its renderings.
@@ -132,7 +133,7 @@ private:
     void buildUi();
     void showError(const QString& title, const QString& message);
     bool refuseIrregularFile(const QString& path);
-    bool adoptImage(const QString& path, const cv::Mat& image);
+    bool adoptImage(const QString& path, const cv::Mat& image, const QString& warning);
     void onImageLoaded();
     void addRecent(const QString& path);
     void removeRecent(const QString& path);
@@ -142,6 +143,8 @@ private:
     void onSegmentationFinished();
     void onInspectionFinished();
     void refreshPanels();
+    /// Empties the side panel's pixel inspection (a new image or run).
+    void clearInspection();
     /// The captions of the attention and similarity insets, with their colour scales' ends.
     void setInspectionCaptions(const std::optional<naf_app::PixelInspection>& inspection);
     void refreshPanelChoices();

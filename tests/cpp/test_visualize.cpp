@@ -237,6 +237,31 @@ TEST(Visualize, NonFiniteFeaturesAreRefusedByTheirPixelAndLeaveTheOutputAlone)
     EXPECT_EQ(sim.at<float>(1, 1), 7.f);
     feats.ptr<float>(0, 3)[29 * 47 + 44] = std::numeric_limits<float>::infinity();
     expectError([&] { cv::naf::kmeansSegmentation(feats, 4, labels); }, "pixel (44, 29)");
+    // The first bad pixel in row-major order is named, whichever the sampling or the threads saw.
+    cv::Mat wide = naf_test::randomBlob(1, 4, 200, 200, 9);
+    wide.ptr<float>(0, 1)[2] = std::numeric_limits<float>::quiet_NaN();       // (2, 0): sampled by k-means
+    wide.ptr<float>(0, 2)[1] = std::numeric_limits<float>::quiet_NaN();       // (1, 0): the first
+    wide.ptr<float>(0, 0)[150 * 200] = std::numeric_limits<float>::quiet_NaN();  // a later chunk
+    expectError([&] { cv::naf::kmeansSegmentation(wide, 3, labels); }, "pixel (1, 0)");
+    expectError([&] { cv::naf::cosineSimilarityMap(wide, cv::Point(5, 5), sim); }, "pixel (1, 0)");
+}
+
+TEST(Visualize, TinyAndHugeFeaturesGiveTheirCosines)
+{
+    // Squared norms of 1e-23 underflow a float (all similarities came out 0) and those of 1e20
+    // overflow it (the features were refused): they are summed in double.
+    for (const float scale : {1e-23f, 1e20f})
+    {
+        cv::Mat feats = naf_test::randomBlob(1, 6, 9, 11, 3);
+        feats *= scale;
+        cv::Mat sim, labels;
+        cv::naf::cosineSimilarityMap(feats, cv::Point(4, 4), sim);
+        EXPECT_NEAR(sim.at<float>(4, 4), 1.f, 1e-5) << scale;
+        cv::Mat unit = feats / scale, simUnit;
+        cv::naf::cosineSimilarityMap(unit, cv::Point(4, 4), simUnit);
+        EXPECT_LT(cv::norm(sim, simUnit, cv::NORM_INF), 1e-5) << scale;
+        EXPECT_NO_THROW(cv::naf::kmeansSegmentation(feats, 3, labels)) << scale;
+    }
 }
 
 TEST(Visualize, KMeansLabelsEveryPixelWithItsNearestCentre)

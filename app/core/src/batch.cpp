@@ -106,6 +106,15 @@ bool alreadyDone(const std::string& sidecar, const json& settings, const std::st
         if (!fs::exists(o)) return false;
     item.outputs = outputs;
     item.outputs.push_back(sidecar);
+    // The record's warning (a truncated input) stays in the manifest of a resumed run too.
+    try
+    {
+        const json record = json::parse(text);
+        if (record.contains("warning") && record["warning"].is_string()) item.warning = record["warning"].get<std::string>();
+    }
+    catch (const json::exception&)
+    {
+    }
     return true;
 }
 
@@ -129,7 +138,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         if (!fs::is_regular_file(input, ec)) CV_Error(cv::Error::StsBadArg, "'" + input + "' is not a regular file");
         const cv::Mat image = readImageBgr(input);
         if (image.empty()) CV_Error(cv::Error::StsError, "cannot decode '" + input + "' as an image");
-        item.warning = truncatedJpegWarning(input, image);
+        item.warning = truncatedJpegWarning(input);
         // Before the VFM runs: the feature maps of `jobs` images at once must fit in memory.
         checkRunFitsInMemory(options.settings, image.size(), options.jobs);
         ProgressFn progress;

@@ -255,28 +255,48 @@ cv::Mat readImageBgr(const std::string& path)
     return cv::imread(path, cv::IMREAD_COLOR);
 }
 
-std::string truncatedJpegWarning(const std::string& path, const cv::Mat& image)
+std::string truncatedJpegWarning(const std::string& path)
 {
     std::ifstream in(path, std::ios::binary);
-    unsigned char head[3] = {0, 0, 0};
-    if (image.empty() || !in.read(reinterpret_cast<char*>(head), 3) || head[0] != 0xFF || head[1] != 0xD8 ||
-        head[2] != 0xFF)
-        return std::string();
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    const std::streamoff tailSize = std::min<std::streamoff>(size, 4096);
-    std::string tail(static_cast<size_t>(tailSize), '\0');
-    in.seekg(size - tailSize);
-    if (!in.read(&tail[0], tailSize)) return std::string();
-    if (tail.find("\xFF\xD9") != std::string::npos) return std::string();
-    // Data appended after the image (some cameras add a video) also hides the marker: the flat
-    // last row, the decoder's padding, tells the two apart.
-    const cv::Mat last = image.row(image.rows - 1);
-    cv::Scalar mean, stddev;
-    cv::meanStdDev(last, mean, stddev);
-    if (stddev[0] + stddev[1] + stddev[2] > 0.5) return std::string();
-    return "'" + path + "' looks truncated (no JPEG end marker, and its bottom rows are one flat colour): the "
-           "decoder filled in what is missing";
+    const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto byte = [&](size_t i) { return static_cast<unsigned char>(data[i]); };
+    if (data.size() < 4 || byte(0) != 0xFF || byte(1) != 0xD8) return std::string();  // not a JPEG
+    const std::string truncated =
+        "'" + path + "' looks truncated (its data ends before the JPEG end-of-image marker): the decoder filled in "
+        "what is missing";
+    // Walk the segments by their lengths (an EXIF thumbnail's own end marker inside APP1 is
+    // skipped), and each scan's entropy-coded data up to the next marker (progressive files have
+    // several scans); the first end-of-image marker after them ends the image (data appended
+    // after it, e.g. a camera's video, does not matter).
+    size_t pos = 2;
+    while (pos + 1 < data.size())
+    {
+        if (byte(pos) != 0xFF) return std::string();  // not a structure we know: no opinion
+        if (byte(pos + 1) == 0xFF)
+        {
+            ++pos;  // fill byte
+            continue;
+        }
+        const unsigned char marker = byte(pos + 1);
+        if (marker == 0xD9) return std::string();  // end of image: whole
+        if ((marker >= 0xD0 && marker <= 0xD7) || marker == 0x01)
+        {
+            pos += 2;
+            continue;
+        }
+        if (pos + 3 >= data.size()) return truncated;
+        const size_t length = (static_cast<size_t>(byte(pos + 2)) << 8) | byte(pos + 3);
+        if (length < 2) return std::string();
+        pos += 2 + length;
+        if (pos > data.size()) return truncated;  // a segment cut off
+        if (marker != 0xDA) continue;
+        // Entropy-coded data: FF 00 is a stuffed byte, FF D0-D7 a restart marker; any other FF xx
+        // is the next marker.
+        while (pos + 1 < data.size() &&
+               !(byte(pos) == 0xFF && byte(pos + 1) != 0x00 && !(byte(pos + 1) >= 0xD0 && byte(pos + 1) <= 0xD7)))
+            ++pos;
+    }
+    return truncated;  // the data ran out before the end-of-image marker
 }
 
 }  // namespace naf_app

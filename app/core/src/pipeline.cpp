@@ -134,7 +134,7 @@ void checkRunFitsInMemory(const PipelineSettings& settings, cv::Size image, int 
     const int fitting = static_cast<int>(std::max(out.width, out.height) * std::sqrt(0.6 * physical / bytes));
     msg << " needs about " << bytes / (1 << 30) << " GiB; this machine has " << physical / (1 << 30)
         << " GiB (60 % of it may be used). Choose an output long side of at most about " << fitting << " px"
-        << (concurrentRuns > 1 ? ", fewer jobs" : "") << " or fewer methods (naf_batch --methods).";
+        << (concurrentRuns > 1 ? ", fewer jobs" : "") << " (naf_batch: or fewer --methods).";
     CV_Error(cv::Error::StsNoMem, msg.str());
 }
 
@@ -457,7 +457,9 @@ cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& ins
     cv::naf::overlay(result.guide, big, 0.8, blended);
     blended.copyTo(out, mask);
     cv::rectangle(out, cellRect(result, inspection.window), cv::Scalar(255, 255, 255), 1);
-    markPixel(out, inspection.pixel, cellPixels(result));
+    // Past the pixel's cell and half of the next one, plus the ticks' own half-width: at small
+    // outputs (cells of 2-3 px) a gap of one cell drew the ticks over the pixel itself.
+    markPixel(out, inspection.pixel, cellPixels(result) * 3 / 2 + 2);
     return out;
 }
 

@@ -520,8 +520,9 @@ VfmSpec VfmRegistry::loadFile(const String& jsonPath)
     spec.onnxPath = r.string("onnx", true, false);
     if (!isAbsolute(spec.onnxPath))
     {
-        // Relative to the project root, the registry folder's parent; from the absolute, normalized
-        // path of the entry, so that a relative registry ("vfm/x.json", "./x.json") works too.
+        // Relative to the project root, the folder holding models/ (the entry's grandparent
+        // folder); taken from the entry's absolute, normalized path, so that a relative registry
+        // ("vfm/x.json", "./x.json") works too.
         const std::filesystem::path entry = std::filesystem::absolute(jsonPath).lexically_normal();
         spec.onnxPath = (entry.parent_path().parent_path().parent_path() / spec.onnxPath).lexically_normal().string();
     }

@@ -44,6 +44,23 @@ Mat plane(const Mat& blob, int c)
     return Mat(blob.size[2], blob.size[3], CV_32F, const_cast<float*>(blob.ptr<float>(0, c)));
 }
 
+// Refuses a blob holding NaN or Inf, naming the first such pixel in row-major order (the whole
+// blob is scanned, so the answer does not depend on sampling or on which thread saw one first).
+[[noreturn]] void refuseNonFinite(const Mat& blob, const char* fn)
+{
+    const int c = blob.size[1], w = blob.size[3], n = blob.size[2] * w;
+    int first = n;
+    for (int ch = 0; ch < c; ++ch)
+    {
+        const float* p = blob.ptr<float>(0, ch);
+        for (int i = 0; i < first; ++i)
+            if (!std::isfinite(p[i])) first = i;
+    }
+    CV_Assert(first < n);
+    CV_Error(Error::StsBadArg, std::string("cv::naf::") + fn + ": the feature of pixel (" + std::to_string(first % w) +
+                                   ", " + std::to_string(first / w) + ") contains NaN or Inf");
+}
+
 // The features of pixels `idx` as rows (idx.size() x C), each L2-normalized (zero vectors stay
 // zero). Gathered from the planes, so the whole blob is never transposed (at 2016x2016x384 that
 // copy alone was 6 GB and seconds of cache misses).
@@ -61,21 +78,19 @@ Mat normalizedPixelRows(const Mat& blob, const std::vector<int>& idx, const char
         float* r = rows.ptr<float>(i);
         double s = 0;
         for (int j = 0; j < c; ++j) s += static_cast<double>(r[j]) * r[j];
-        if (!std::isfinite(s))
-            CV_Error(Error::StsBadArg, std::string("cv::naf::") + fn + ": the feature of pixel (" +
-                                           std::to_string(idx[i] % blob.size[3]) + ", " + std::to_string(idx[i] / blob.size[3]) +
-                                           ") contains NaN or Inf, or its squared norm overflows");
-        const float inv = s > 0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.f;
-        for (int j = 0; j < c; ++j) r[j] *= inv;
+        if (!std::isfinite(s)) refuseNonFinite(blob, fn);  // finite floats cannot overflow a double sum
+        const double inv = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
+        for (int j = 0; j < c; ++j) r[j] = static_cast<float>(r[j] * inv);
     }
     return rows;
 }
 
-// Streams the pixels of a blob in chunks of its C x HW planes, so that scratch stays ~k x 1024
-// floats per thread whatever the size: per chunk, dots = directions (k x C) times the chunk's
-// features (k x len) and the reciprocal L2 norm of each pixel's feature (0 for a zero vector),
-// then emit(begin, len, dots, invNorms). Throws after the last chunk, naming the first pixel whose
-// feature is not finite, so callers that write their output after it leave nothing half-written.
+// Streams the pixels of a blob in chunks of its C x HW planes, so that scratch stays ~(k + C) x
+// 1024 floats per thread whatever the size: per chunk, each pixel's feature is L2-normalized
+// (norms summed in double: features from 1e-23 to 1e37 work) into a scratch copy, then
+// dots = directions (k x C) times it (k x len), then emit(begin, len, dots). A zero feature stays
+// zero. Throws (after the last chunk) when a feature is not finite, so callers that write their
+// output after it leave nothing half-written.
 template <class Emit>
 void streamPixelDots(const Mat& blob, const Mat& directions, const char* fn, Emit emit)
 {
@@ -83,47 +98,45 @@ void streamPixelDots(const Mat& blob, const Mat& directions, const char* fn, Emi
     CV_Assert(directions.type() == CV_32F && directions.cols == c);
     const Mat planes(c, n, CV_32F, const_cast<float*>(blob.ptr<float>()));
     constexpr int kChunk = 1024;
-    std::atomic<int64> firstBad{-1};
+    std::atomic<bool> nonFinite{false};
     parallel_for_(Range(0, (n + kChunk - 1) / kChunk), [&](const Range& r) {
-        Mat dots;
-        std::vector<float> norms, invNorms;
+        Mat dots, unit;
+        std::vector<double> norms;
         for (int chunk = r.start; chunk < r.end; ++chunk)
         {
             const int begin = chunk * kChunk, len = std::min(n - begin, kChunk);
-            // Channel by channel along the pixels: contiguous, vectorizable loops (cv::gemm on the
-            // strided column block was 3x slower).
-            dots.create(k, len, CV_32F);
-            dots.setTo(0);
-            norms.assign(len, 0.f);
+            norms.assign(len, 0.0);
             for (int ch = 0; ch < c; ++ch)
             {
                 const float* p = planes.ptr<float>(ch) + begin;
-                for (int i = 0; i < len; ++i) norms[i] += p[i] * p[i];
+                for (int i = 0; i < len; ++i) norms[i] += static_cast<double>(p[i]) * p[i];
+            }
+            for (int i = 0; i < len; ++i)
+            {
+                if (!std::isfinite(norms[i])) nonFinite = true;
+                norms[i] = norms[i] > 0 && std::isfinite(norms[i]) ? 1.0 / std::sqrt(norms[i]) : 0.0;
+            }
+            // Channel by channel along the pixels: contiguous, vectorizable loops (cv::gemm on the
+            // strided column block was 3x slower).
+            unit.create(c, len, CV_32F);
+            dots.create(k, len, CV_32F);
+            dots.setTo(0);
+            for (int ch = 0; ch < c; ++ch)
+            {
+                const float* p = planes.ptr<float>(ch) + begin;
+                float* u = unit.ptr<float>(ch);
+                for (int i = 0; i < len; ++i) u[i] = static_cast<float>(p[i] * norms[i]);
                 for (int j = 0; j < k; ++j)
                 {
                     const float weight = directions.at<float>(j, ch);
                     float* d = dots.ptr<float>(j);
-                    for (int i = 0; i < len; ++i) d[i] += weight * p[i];
+                    for (int i = 0; i < len; ++i) d[i] += weight * u[i];
                 }
             }
-            invNorms.resize(len);
-            for (int i = 0; i < len; ++i)
-            {
-                if (!std::isfinite(norms[i]))
-                {
-                    int64 none = -1;
-                    firstBad.compare_exchange_strong(none, begin + i);
-                }
-                invNorms[i] = norms[i] > 0 && std::isfinite(norms[i]) ? 1.f / std::sqrt(norms[i]) : 0.f;
-            }
-            emit(begin, len, dots, invNorms.data());
+            emit(begin, len, dots);
         }
     });
-    const int64 bad = firstBad;
-    if (bad >= 0)
-        CV_Error(Error::StsBadArg, std::string("cv::naf::") + fn + ": the feature of pixel (" + std::to_string(bad % w) +
-                                       ", " + std::to_string(bad / w) +
-                                       ") contains NaN or Inf, or its squared norm overflows");
+    if (nonFinite) refuseNonFinite(blob, fn);
 }
 
 // Indices of at most maxSamples items of [0, n) on a fixed stride (deterministic subsample).
@@ -303,9 +316,9 @@ void kmeansSegmentation(InputArray features, int k, OutputArray labels, int seed
 {
     const Mat blob = singleBlob(features, "kmeansSegmentation");
     const int h = blob.size[2], w = blob.size[3];
-    if (k < 1 || k > 255 || k > h * w)
+    if (k < 1 || k > 255 || k > static_cast<int64>(h) * w)
         CV_Error(Error::StsOutOfRange, "cv::naf::kmeansSegmentation: k = " + std::to_string(k) + " must be in [1, " +
-                                           std::to_string(std::min(255, h * w)) + "]");
+                                           std::to_string(std::min<int64>(255, static_cast<int64>(h) * w)) + "]");
     CV_CheckGE(maxSamples, k, "cv::naf::kmeansSegmentation: maxSamples must be >= k");
     const std::vector<int> idx = strideSample(h * w, maxSamples);
     const Mat samples = normalizedPixelRows(blob, idx, "kmeansSegmentation");
@@ -318,15 +331,15 @@ void kmeansSegmentation(InputArray features, int k, OutputArray labels, int seed
     Mat halfNorms(1, k, CV_32F);
     for (int j = 0; j < k; ++j) halfNorms.at<float>(j) = static_cast<float>(0.5 * centers.row(j).dot(centers.row(j)));
     Mat out(h, w, CV_32S);
-    streamPixelDots(blob, centers, "kmeansSegmentation", [&](int begin, int len, const Mat& dots, const float* invNorms) {
+    streamPixelDots(blob, centers, "kmeansSegmentation", [&](int begin, int len, const Mat& dots) {
         int* o = out.ptr<int>() + begin;
         for (int i = 0; i < len; ++i)
         {
             int best = 0;
-            float bestScore = dots.at<float>(0, i) * invNorms[i] - halfNorms.at<float>(0);
+            float bestScore = dots.at<float>(0, i) - halfNorms.at<float>(0);
             for (int j = 1; j < k; ++j)
             {
-                const float v = dots.at<float>(j, i) * invNorms[i] - halfNorms.at<float>(j);
+                const float v = dots.at<float>(j, i) - halfNorms.at<float>(j);
                 if (v > bestScore) bestScore = v, best = j;
             }
             o[i] = best;
@@ -346,9 +359,9 @@ void cosineSimilarityMap(InputArray features, Point pixel, OutputArray similarit
     const Mat ref = normalizedPixelRows(blob, {pixel.y * w + pixel.x}, "cosineSimilarityMap");  // 1 x C
     CV_Assert(c == ref.cols);
     Mat sim(h, w, CV_32F);
-    streamPixelDots(blob, ref, "cosineSimilarityMap", [&](int begin, int len, const Mat& dots, const float* invNorms) {
+    streamPixelDots(blob, ref, "cosineSimilarityMap", [&](int begin, int len, const Mat& dots) {
         float* o = sim.ptr<float>() + begin;
-        for (int i = 0; i < len; ++i) o[i] = dots.at<float>(0, i) * invNorms[i];
+        for (int i = 0; i < len; ++i) o[i] = dots.at<float>(0, i);
     });
     sim.copyTo(similarity);
 }

@@ -37,11 +37,11 @@ std::vector<std::string> collectImages(const std::vector<std::string>& inputs);
 /// transparent pixels stored. Empty when unreadable, like imread.
 cv::Mat readImageBgr(const std::string& path);
 
-/// A warning when `path` looks like a truncated JPEG that the decoder padded (it only prints
-/// "Premature end of JPEG file" and returns an image whose missing rows are one flat colour):
-/// a JPEG whose last 4 KiB hold no end-of-image marker and whose decoded last row is uniform.
-/// Empty when it looks whole (or is not a JPEG). `image` is what imread gave for `path`.
-std::string truncatedJpegWarning(const std::string& path, const cv::Mat& image);
+/// A warning when `path` is a JPEG whose data ends before its end-of-image marker: the decoder
+/// only prints "Premature end of JPEG file" and returns the image with the missing part filled
+/// in. Walks the file's segments and scans (EXIF thumbnails, progressive scans and data appended
+/// after the image are handled). Empty when the file is whole or is not a JPEG.
+std::string truncatedJpegWarning(const std::string& path);
 
 /// The items of shard `index` of `count` (round-robin over the sorted list: item k goes to k % count).
 std::vector<std::string> selectShard(const std::vector<std::string>& items, int index, int count);

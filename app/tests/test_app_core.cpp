@@ -609,6 +609,17 @@ TEST(AppPipeline, PixelInspectionAttentionIsTheWindowsSoftmax)
     EXPECT_EQ(naf->getAttentionProbe(), cv::Point(-1, -1));
     const cv::Mat attention = naf_app::renderAttention(result, inspection);
     EXPECT_EQ(attention.size(), result.outputSize);
+    // The zoomed inset: the window with 2 cells around, a whole zoom factor, and the pixel's own
+    // cell left visible by the marker (its colour is the heat map's, as in the unzoomed render).
+    const cv::Rect crop = naf_app::windowInOutput(result, inspection, 2);
+    const cv::Mat inset = naf_app::renderAttentionInset(result, inspection, 2, 400);
+    ASSERT_EQ(inset.cols % crop.width, 0);
+    const int factor = inset.cols / crop.width;
+    EXPECT_GE(factor, 2);
+    EXPECT_EQ(inset.size(), crop.size() * factor);
+    const cv::Point centre = (pixel - crop.tl()) * factor + cv::Point(factor / 2, factor / 2);
+    // Both renders leave the pixel itself to the heat map (ticks at a distance): the same colour.
+    EXPECT_EQ(inset.at<cv::Vec3b>(centre), attention.at<cv::Vec3b>(pixel));
     EXPECT_THROW(naf_app::inspectPixel(result, *naf, cv::Point(96, 0), cv::naf::UPSAMPLE_NAF), cv::Exception);
     EXPECT_THROW(naf_app::inspectPixel(result, *naf, pixel, cv::naf::UPSAMPLE_BICUBIC), cv::Exception);
 }

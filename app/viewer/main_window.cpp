@@ -784,6 +784,8 @@ void MainWindow::inspectPixel(QPoint pixel)
         {
             out.inspection = naf_app::inspectPixel(*result, *naf, cv::Point(pixel.x(), pixel.y()), method);
             out.attention = naf_app::renderAttention(*result, out.inspection);
+            // The window is a few percent of the image: the side panel shows it zoomed, with 2 cells around.
+            out.attentionInset = naf_app::renderAttentionInset(*result, out.inspection, 2, 400);
             out.similarity = naf_app::renderSimilarity(*result, out.inspection);
         }
         catch (const std::exception& e)
@@ -813,8 +815,7 @@ void MainWindow::onInspectionFinished()
         inspection_ = out;
         attentionImage_ = toQImage(out.attention);
         similarityImage_ = toQImage(out.similarity);
-        // The window is a few percent of the image: the side view shows it zoomed, with 2 cells around.
-        attentionLabel_->setImage(toQImage(out.attention(naf_app::windowInOutput(*run_.result, out.inspection, 2))));
+        attentionLabel_->setImage(toQImage(out.attentionInset));
         similarityLabel_->setImage(similarityImage_);
         pixelLabel_->setWrappedText(QString("Pixel (%1, %2): its %3x%4-cell window starts at cell (%5, %6) of the %7x%8 "
                                      "low-res grid; similarity of %9 features")

@@ -68,6 +68,7 @@ struct InspectionOutput
     std::shared_ptr<const naf_app::PipelineResult> source;  ///< the run it belongs to
     naf_app::PixelInspection inspection;
     cv::Mat attention, similarity;  ///< renderings
+    cv::Mat attentionInset;         ///< the window zoomed, for the side panel
 };
 
 class MainWindow : public QMainWindow

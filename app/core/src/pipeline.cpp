@@ -441,7 +441,10 @@ int cellPixels(const PipelineResult& result)
 
 }  // namespace
 
-cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& inspection)
+namespace {
+
+// The attention heat map over the dimmed guide, the window outlined; the pixel not marked.
+cv::Mat attentionHeat(const PipelineResult& result, const PixelInspection& inspection)
 {
     double hi = 0;
     cv::minMaxLoc(inspection.attentionGrid, nullptr, &hi);
@@ -457,10 +460,31 @@ cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& ins
     cv::naf::overlay(result.guide, big, 0.8, blended);
     blended.copyTo(out, mask);
     cv::rectangle(out, cellRect(result, inspection.window), cv::Scalar(255, 255, 255), 1);
+    return out;
+}
+
+}  // namespace
+
+cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& inspection)
+{
+    cv::Mat out = attentionHeat(result, inspection);
     // Past the pixel's cell and half of the next one, plus the ticks' own half-width: at small
     // outputs (cells of 2-3 px) a gap of one cell drew the ticks over the pixel itself.
     markPixel(out, inspection.pixel, cellPixels(result) * 3 / 2 + 2);
     return out;
+}
+
+cv::Mat renderAttentionInset(const PipelineResult& result, const PixelInspection& inspection, int marginCells, int side)
+{
+    const cv::Rect crop = windowInOutput(result, inspection, marginCells);
+    const int factor = std::max(1, side / std::max(1, std::max(crop.width, crop.height)));
+    cv::Mat zoomed;
+    cv::resize(attentionHeat(result, inspection)(crop), zoomed, cv::Size(), factor, factor, cv::INTER_NEAREST);
+    // Marked after zooming, with lines of screen thickness: marked before, the ticks were zoomed
+    // too and covered much of a small output's window.
+    const cv::Point centre = (inspection.pixel - crop.tl()) * factor + cv::Point(factor / 2, factor / 2);
+    markPixel(zoomed, centre, cellPixels(result) * factor * 3 / 2 + 2);
+    return zoomed;
 }
 
 std::pair<double, double> similarityRange(const PixelInspection& inspection)

@@ -155,6 +155,10 @@ cv::Mat renderMethodPca(const PipelineResult& result, int method);
 /// Attention grid as a heat map on the low-res grid (nearest-scaled), blended over the guide,
 /// window outlined and the pixel marked.
 cv::Mat renderAttention(const PipelineResult& result, const PixelInspection& inspection);
+/// The same around the window only (windowInOutput with marginCells), zoomed by a whole factor
+/// to about `side` pixels (nearest: cells stay sharp), the pixel marked after zooming.
+cv::Mat renderAttentionInset(const PipelineResult& result, const PixelInspection& inspection, int marginCells,
+                             int side);
 /// The similarity map's colour-scale ends: its minimum and maximum (1 at the pixel itself), so
 /// the palette spans the values (a VFM's features are mostly alike: on -1..1 half of it went unused).
 std::pair<double, double> similarityRange(const PixelInspection& inspection);

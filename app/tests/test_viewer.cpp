@@ -48,6 +48,24 @@ QString writeFile(const QString& path, const QByteArray& bytes)
     return path;
 }
 
+// Runs naf_viewer with `args` in `environment`; its exit status, or -1 when it hung (killed after
+// 2 minutes). Its standard output and error go to `out` and `err` when given.
+int runViewerProcess(const QStringList& args, const QProcessEnvironment& environment, QString* out, QString* err)
+{
+    QProcess viewer;
+    viewer.setProcessEnvironment(environment);
+    viewer.start(NAF_VIEWER_PATH, args);
+    if (!viewer.waitForFinished(120000))
+    {
+        viewer.kill();
+        viewer.waitForFinished();
+        return -1;
+    }
+    if (out) *out = QString::fromUtf8(viewer.readAllStandardOutput());
+    if (err) *err = QString::fromUtf8(viewer.readAllStandardError());
+    return viewer.exitCode();
+}
+
 }  // namespace
 
 // QSKIP returns from the function it is written in, so this is a macro, not a helper.
@@ -220,16 +238,7 @@ private slots:
     {
         QTemporaryDir dir;
         auto runViewer = [](const QStringList& args, QString* output) {
-            QProcess viewer;
-            viewer.start(NAF_VIEWER_PATH, args);
-            if (!viewer.waitForFinished(120000))
-            {
-                viewer.kill();
-                viewer.waitForFinished();
-                return -1;  // hung
-            }
-            *output = QString::fromUtf8(viewer.readAllStandardError());
-            return viewer.exitCode();
+            return runViewerProcess(args, QProcessEnvironment::systemEnvironment(), nullptr, output);
         };
         QString output;
         // Unknown options and an unknown --vfm end before any window, with status 2 like every
@@ -268,18 +277,7 @@ private slots:
         QProcessEnvironment headless = QProcessEnvironment::systemEnvironment();
         for (const char* name : {"DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"}) headless.remove(name);
         auto runViewer = [&](const QStringList& args, QString* out, QString* err) {
-            QProcess viewer;
-            viewer.setProcessEnvironment(headless);
-            viewer.start(NAF_VIEWER_PATH, args);
-            if (!viewer.waitForFinished(120000))
-            {
-                viewer.kill();
-                viewer.waitForFinished();
-                return -1;
-            }
-            *out = QString::fromUtf8(viewer.readAllStandardOutput());
-            *err = QString::fromUtf8(viewer.readAllStandardError());
-            return viewer.exitCode();
+            return runViewerProcess(args, headless, out, err);
         };
         QString out, err;
         QCOMPARE(runViewer({"--help"}, &out, &err), 0);

@@ -1,5 +1,6 @@
 #include "main_window.hpp"
 
+#include <algorithm>
 #include <filesystem>
 
 #include <QApplication>
@@ -69,6 +70,22 @@ QString errorText(const std::exception& e)
 QString methodLabel(int method)
 {
     return QString::fromStdString(cv::naf::upsampleMethodName(method));
+}
+
+// Decodes an image file as the app feeds it to the VFM, with a warning for a truncated JPEG; an
+// empty image when it cannot be read. Run in a worker by openImageInBackground().
+LoadedImage decodeImage(const QString& path)
+{
+    LoadedImage loaded{path, cv::Mat(), QString()};
+    try
+    {
+        loaded.image = naf_app::readImageBgr(path.toStdString());
+        loaded.warning = QString::fromStdString(naf_app::truncatedJpegWarning(path.toStdString()));
+    }
+    catch (const std::exception&)  // e.g. a codec refusing a huge image: reported as unreadable
+    {
+    }
+    return loaded;
 }
 
 }  // namespace
@@ -357,8 +374,8 @@ bool MainWindow::openImage(const QString& path)
 {
     loadingPath_.clear();  // a pending background decode is superseded
     if (refuseIrregularFile(path)) return false;
-    return adoptImage(path, naf_app::readImageBgr(path.toStdString()),
-                      QString::fromStdString(naf_app::truncatedJpegWarning(path.toStdString())));
+    const LoadedImage loaded = decodeImage(path);
+    return adoptImage(loaded.path, loaded.image, loaded.warning);
 }
 
 void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
@@ -368,18 +385,7 @@ void MainWindow::openImageInBackground(const QString& path, bool runWhenOpened)
     loadingPath_ = path;
     runWhenLoaded_ = runWhenOpened;
     stageLabel_->setFullText("loading " + QFileInfo(path).fileName() + "...");
-    loadWatcher_.setFuture(QtConcurrent::run([path] {
-        LoadedImage loaded{path, cv::Mat()};
-        try
-        {
-            loaded.image = naf_app::readImageBgr(path.toStdString());
-            loaded.warning = QString::fromStdString(naf_app::truncatedJpegWarning(path.toStdString()));
-        }
-        catch (const std::exception&)  // e.g. a codec refusing a huge image: reported as unreadable
-        {
-        }
-        return loaded;
-    }));
+    loadWatcher_.setFuture(QtConcurrent::run([path] { return decodeImage(path); }));
 }
 
 void MainWindow::onImageLoaded()
@@ -800,17 +806,15 @@ void MainWindow::onInspectionFinished()
 {
     InspectionOutput out = inspectWatcher_.result();
     const bool ok = out.error.isEmpty();
-    if (out.source != run_.result)
-    {
-        // Another image or run replaced the result meanwhile (its side panel was reset): neither
-        // its attention nor its failure belongs on screen.
-    }
-    else if (!ok)
+    // When another image or run replaced the result meanwhile (its side panel was reset), neither
+    // the attention nor the failure belongs on screen.
+    const bool current = out.source == run_.result;
+    if (current && !ok)
     {
         pixelLabel_->setWrappedText("Pixel inspection failed: " + out.error.section('\n', 0, 0));  // not "computing..." forever
         showError("Pixel inspection failed", out.error);
     }
-    else
+    else if (current)
     {
         inspection_ = out;
         attentionImage_ = toQImage(out.attention);
@@ -892,8 +896,10 @@ void MainWindow::refreshPanels()
     const bool wipe = wipeBox_->isChecked() && views_.size() >= 2;
     // Panels are fitted to the view when an image is opened and when a run ends; when the panels
     // then show only what comes later (segmentation, attention, similarity), fit when it comes.
-    bool anyShown = false;
-    for (PanelView* v : views_) anyShown = anyShown || !v->image().isNull();
+    const auto anyShown = [this] {
+        return std::any_of(views_.begin(), views_.end(), [](const PanelView* v) { return !v->image().isNull(); });
+    };
+    const bool shownBefore = anyShown();
     for (size_t i = 0; i < views_.size(); ++i)
     {
         cv::Mat shown = renderContent(panelBoxes_[i]->currentData().toInt());
@@ -914,9 +920,7 @@ void MainWindow::refreshPanels()
         views_[i]->setImage(toQImage(shown));
         views_[i]->parentWidget()->setVisible(!(wipe && i == 1));
     }
-    bool anyShownNow = false;
-    for (PanelView* v : views_) anyShownNow = anyShownNow || !v->image().isNull();
-    if (!anyShown && anyShownNow) sync_->fitAll();
+    if (!shownBefore && anyShown()) sync_->fitAll();
 }
 
 void MainWindow::updateStatus()

@@ -232,8 +232,7 @@ void parseShard(const std::string& text, int& index, int& count)
 
 cv::Mat readImageBgr(const std::string& path)
 {
-    std::string ext = fs::path(path).extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    const std::string ext = lowerExtension(path);
     if (ext == ".png" || ext == ".webp" || ext == ".tif" || ext == ".tiff")
     {
         const cv::Mat raw = cv::imread(path, cv::IMREAD_UNCHANGED);
@@ -258,9 +257,13 @@ cv::Mat readImageBgr(const std::string& path)
 std::string truncatedJpegWarning(const std::string& path)
 {
     std::ifstream in(path, std::ios::binary);
-    const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    char magic[2] = {0, 0};
+    // Not a JPEG: only its first two bytes are read.
+    if (!in.read(magic, 2) || static_cast<unsigned char>(magic[0]) != 0xFF || static_cast<unsigned char>(magic[1]) != 0xD8)
+        return std::string();
+    const std::string data = std::string(magic, 2) + std::string(std::istreambuf_iterator<char>(in), {});
     const auto byte = [&](size_t i) { return static_cast<unsigned char>(data[i]); };
-    if (data.size() < 4 || byte(0) != 0xFF || byte(1) != 0xD8) return std::string();  // not a JPEG
+    if (data.size() < 4) return std::string();
     const std::string truncated =
         "'" + path + "' looks truncated (its data ends before the JPEG end-of-image marker): the decoder filled in "
         "what is missing";

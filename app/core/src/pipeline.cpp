@@ -439,10 +439,6 @@ int cellPixels(const PipelineResult& result)
                                         static_cast<double>(span.height) / result.lowRes.size[2])));
 }
 
-}  // namespace
-
-namespace {
-
 // The attention heat map over the dimmed guide, the window outlined; the pixel not marked.
 cv::Mat attentionHeat(const PipelineResult& result, const PixelInspection& inspection)
 {

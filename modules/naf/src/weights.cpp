@@ -412,7 +412,7 @@ std::shared_ptr<const LoadedWeights> weightsFromTensors(const std::map<std::stri
     provenance["source"] = "embedded";
     provenance["trained"] = true;
     w->provenanceJson = provenance.dump();
-    w->configJson = configJson.empty() ? configToJson(cfg) : configJson;
+    if (!configJson.empty()) w->configJson = configJson;  // as written (assemble() wrote the parsed one)
     w->trained = true;
     w->info = origin + " (embedded weights, provenance unknown)";
     return w;

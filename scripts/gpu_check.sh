@@ -14,7 +14,9 @@
 # Logs and JSON lines go to $OUT (the device tool's result folder) or ./build-gpu/results.
 # Carry build-gpu/bin-cudnn, build-gpu/bin-nocudnn and build-gpu/module-bundle.tar.xz.
 # NAF_GPU_RACECHECK=1 also runs the attention kernels' tests under compute-sanitizer (memcheck,
-# racecheck, synccheck; NAF_GPU_SANITIZE_FILTER picks the tests). NAF_GPU_TESTS_ONLY=1 stops after
+# racecheck, synccheck; NAF_GPU_SANITIZE_FILTER picks the tests, NAF_GPU_SANITIZE_KERNELS the
+# kernels instrumented, a name substring: by default "AttentionKernel", the attention kernels
+# only, since racecheck on every kernel of a test ran past 60 s; set but empty: every kernel). NAF_GPU_TESTS_ONLY=1 stops after
 # the tests (a first call that checks correctness in a few minutes; the timings in a second one).
 # NAF_GPU_TEST_FILTER: the gtest filter of the CUDA tests (default Cuda*). NAF_GPU_MODULE=0 skips
 # the module's tests (NAF_GPU_MODULE_FILTER: their gtest filter); NAF_GPU_SKIP_TESTS=1 all tests;
@@ -116,7 +118,7 @@ case "${1:-}" in
         export NAF_GPU_BUILTIN_CONFIGS="${NAF_GPU_BUILTIN_CONFIGS-}"
         export NAF_GPU_TORCH_CONFIGS="${NAF_GPU_TORCH_CONFIGS-}"
         export NAF_GPU_NCHW_RUNS="${NAF_GPU_NCHW_RUNS-}"
-        export NAF_GPU_ATTENTION_RUNS="${NAF_GPU_ATTENTION_RUNS-cell-mma:paper,x72:fp16 tiled-chunked:paper,x72:fp16 measured:paper,x72,dinov2:fp16 tiled:paper,x72:fp16 cell:paper,x72:fp16}"
+        export NAF_GPU_ATTENTION_RUNS="${NAF_GPU_ATTENTION_RUNS-measured:paper,x72,dinov2:fp16 tiled:paper,x72:fp16 tiled-chunked:paper,x72:fp16}"
         ;;
     --second)
         export NAF_GPU_SKIP_TESTS="${NAF_GPU_SKIP_TESTS-1}" NAF_GPU_RACECHECK="${NAF_GPU_RACECHECK-1}"
@@ -162,10 +164,12 @@ if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
     # their own tests.
     # memcheck: out-of-bounds and misaligned global and shared accesses.
     SANITIZER=$(command -v compute-sanitizer || find /usr/local/cuda* -name compute-sanitizer -type f 2>/dev/null | head -1)
+    KERNELS="${NAF_GPU_SANITIZE_KERNELS-AttentionKernel}"
+    KERNEL_FILTER=(); [ -n "$KERNELS" ] && KERNEL_FILTER=(--kernel-name "kns=$KERNELS")
     for tool in memcheck racecheck synccheck; do
-        echo "== compute-sanitizer --tool $tool"
+        echo "== compute-sanitizer --tool $tool ${KERNEL_FILTER[*]}"
         [ -z "$SANITIZER" ] && { echo "compute-sanitizer not found"; break; }
-        timeout "${NAF_GPU_SANITIZE_TIMEOUT:-150}" "$SANITIZER" --tool $tool --print-limit 20 "$BIN/naf_kernels_tests" \
+        timeout "${NAF_GPU_SANITIZE_TIMEOUT:-150}" "$SANITIZER" --tool $tool "${KERNEL_FILTER[@]}" --print-limit 20 "$BIN/naf_kernels_tests" \
             --gtest_filter="${NAF_GPU_SANITIZE_FILTER:-Cuda.CellTensorCore*:Cuda.TiledChunked*:Cuda.CellAttention*:Cuda.Measured*}" \
             2>&1 | tail -15
     done
@@ -191,9 +195,9 @@ fi
 # The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks tiled or
 # cell per size), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
 # NAF_GPU_ATTENTION_RUNS="general:paper:tf32"; set but empty: none.
-# cell-mma, tiled-chunked and measured were written without a GPU: first in line, so that they are
-# measured even when the device time runs short.
-for run in ${NAF_GPU_ATTENTION_RUNS-cell-mma:paper,x32,mobilesam,x72,dinov2:tf32,fp16 tiled-chunked:paper,x32,mobilesam,x72,dinov2:tf32,fp16 measured:paper,x72,dinov2:fp16 tiled:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16}; do
+# The default (auto) is the tensor-core cell kernel where it runs (GPU item 31); measured first, so
+# that a card where another kernel wins shows it even when the device time runs short.
+for run in ${NAF_GPU_ATTENTION_RUNS-measured:paper,x32,mobilesam,x72,dinov2:fp16 tiled:paper,x32,mobilesam,x72,dinov2:tf32,fp16 tiled-chunked:paper,x72,dinov2:fp16 cell:paper,x72,dinov2:fp16}; do
     IFS=: read -r kernel configs modes <<< "$run"
     timeout 90 "$BIN/naf_cuda_bench" --configs "$configs" --modes "$modes" --paths auto \
         --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 --attention $kernel | tee -a "$RESULTS/bench.jsonl"

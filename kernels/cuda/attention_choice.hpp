@@ -1,5 +1,5 @@
-// AttentionKernel::Measured's choice among the timed kernels, free of CUDA so that the CPU tests
-// check it (kernels/tests/test_kernels.cpp).
+// AttentionKernel::Auto's and AttentionKernel::Measured's choices, free of CUDA so that the CPU
+// tests check them (kernels/tests/test_kernels.cpp).
 #pragma once
 
 #include <cstddef>
@@ -42,6 +42,21 @@ inline AttentionKernel chooseMeasuredAttention(const std::vector<TimedAttention>
     if (bestTiled && !sameBitsAsTiled(best->kernel) && best->ms * (1.f + margin) >= bestTiled->ms)
         return bestTiled->kernel;
     return best->kernel;
+}
+
+/// AttentionKernel::Auto's kernel at one size. The tensor-core cell kernel wherever the cell work
+/// list is worthwhile and it runs on the device (compute capability 8.0 or newer, head dim 32/64):
+/// on an H100 it took the attention 2.2-2.4x faster than Tiled at paper, x72 and dinov2, with
+/// float32 accuracy (GPU log item 31). Without tensor cores, the FMA cell kernel where the tiled
+/// one fits at most one block per SM (item 19b; `tiledBlocksPerSm` is asked only then), else Tiled
+/// (whose launcher falls back to General where it does not fit).
+template <typename TiledBlocksPerSm>
+inline AttentionKernel chooseAutoAttention(bool cellWorthwhile, bool tensorCoreCellRuns,
+                                           TiledBlocksPerSm&& tiledBlocksPerSm)
+{
+    if (!cellWorthwhile) return AttentionKernel::Tiled;
+    if (tensorCoreCellRuns) return AttentionKernel::CellTensorCore;
+    return tiledBlocksPerSm() <= 1 ? AttentionKernel::Cell : AttentionKernel::Tiled;
 }
 
 }  // namespace detail

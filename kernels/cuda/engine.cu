@@ -152,11 +152,13 @@ struct Engine::Impl
     DeviceBuffer guide, convOut, padded, queries, queriesT, keysT, valuesT;
     DeviceBuffer gnPartial, gnStats, tables, probe, ropeTables;
     DeviceBuffer nonFinite;  // one int: set when MathMode::FP16 statistics were not finite
-    // The cell kernel's work list for the last shape and kernel choice it was decided for (empty:
-    // Tiled runs, because Auto chose it or the cell kernel is not worthwhile there).
+    // The cell kernels' work list for the last shape and kernel choice it was decided for (empty:
+    // Tiled runs, because Auto chose it or the cell kernels are not worthwhile there).
     DeviceBuffer cellChunks;
     std::vector<cell::Chunk> cellChunksHost;
     std::vector<int> cellChunksKey;
+    // What AttentionKernel::Auto runs at the size of cellChunksKey (chooseAutoAttention).
+    AttentionKernel autoAttentionKernel = AttentionKernel::Tiled;
 
     AttentionKernel attentionKernel = AttentionKernel::Auto;
     AttentionKernel attentionKernelUsed = AttentionKernel::Tiled;  // by the last forward
@@ -557,7 +559,7 @@ struct Engine::Impl
             attentionKernelUsed = measuredAttention(attend, {shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw, C});
         else
             attentionKernelUsed =
-                attend(attentionKernel == AttentionKernel::Auto ? AttentionKernel::Cell : attentionKernel);
+                attend(attentionKernel == AttentionKernel::Auto ? autoAttentionKernel : attentionKernel);
         if (probe)
             detail::launchAttentionProbe(queriesT.as<float>(), keysT.as<float>(), cfg.dim, cfg.headsAttn, shape.lowW,
                                          shape.outW, probe->y, probe->x, rowTable, colTable, kh, kw, scale,
@@ -635,17 +637,18 @@ struct Engine::Impl
                                           kh,         kw,         shape.channels, static_cast<int>(attentionKernel)};
             if (key != cellChunksKey)
             {
-                // Auto: the cell kernel only where the tiled one fits one block per SM, or none.
-                const bool wanted =
-                    attentionKernel != AttentionKernel::Auto ||
-                    detail::tiledAttentionBlocksPerSm(cfg.dim, shape.channels, cfg.headsAttn, shape.lowH, shape.lowW,
-                                                      shape.outH, shape.outW, kh, kw) <= 1;
-                cellChunksHost.clear();
-                if (wanted)
+                const int headDim = cfg.dim / cfg.headsAttn;
+                cellChunksHost = cell::buildChunks(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw);
+                if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, headDim, kh, kw)) cellChunksHost.clear();
+                if (attentionKernel == AttentionKernel::Auto)
                 {
-                    cellChunksHost = cell::buildChunks(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw);
-                    if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, cfg.dim / cfg.headsAttn, kh, kw))
-                        cellChunksHost.clear();
+                    autoAttentionKernel = detail::chooseAutoAttention(
+                        !cellChunksHost.empty(), detail::cellTensorCoreRuns(headDim, kh, kw), [&] {
+                            return detail::tiledAttentionBlocksPerSm(cfg.dim, shape.channels, cfg.headsAttn,
+                                                                     shape.lowH, shape.lowW, shape.outH, shape.outW,
+                                                                     kh, kw);
+                        });
+                    if (autoAttentionKernel == AttentionKernel::Tiled) cellChunksHost.clear();  // not uploaded
                 }
                 // The key last: a failed allocation or upload decides again on the next call.
                 cellChunksKey.clear();

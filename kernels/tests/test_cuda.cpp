@@ -459,14 +459,15 @@ TEST(Cuda, MeasuredAttentionKeepsOneKernelPerSize)
                 describe(sixteen).c_str(), static_cast<int>(smallChosen), describe(small).c_str());
 }
 
-// AttentionKernel::Auto, the default: the cell kernel where the tiled kernel's largest window
-// union leaves room for one block per SM (14-pixel cells: unions up to 12 x 10 entries, 118,272
-// bytes of shared memory with 96 value channels per head), the tiled kernel where two fit
-// (16-pixel cells: 10 x 9, 99,072 bytes). Each against the CPU, with the choice following the size
-// and the requested kernel back and forth on one engine. The expectations hold where the device's
-// shared memory decides as on an H100 or H200 (228 KB per SM); elsewhere only the results are
-// checked.
-TEST(Cuda, AutoAttentionTakesCellKernelWhereTiledFitsOneBlockPerSm)
+// AttentionKernel::Auto per size: on a device with tensor cores for the cell kernel (compute
+// capability 8.0+) the tensor-core cell kernel wherever the cell work list pays (14- and 16-pixel
+// cells here); on older devices the FMA cell kernel only where the tiled kernel fits one block
+// per SM (14-pixel cells: unions up to 12 x 10 entries, 118,272 bytes of shared memory with 96
+// value channels per head), else Tiled (16-pixel cells: 10 x 9, 99,072 bytes). Each against the
+// CPU, the choice following the size and the requested kernel back and forth on one engine. The
+// kernel expectations hold where the device decides as an H100 or H200 would; elsewhere only the
+// results are checked.
+TEST(Cuda, AutoAttentionFollowsTheSizeAndTheDevice)
 {
     NAF_SKIP_WITHOUT_GPU();
     const RandomNafWeights w(31);
@@ -477,9 +478,12 @@ TEST(Cuda, AutoAttentionTakesCellKernelWhereTiledFitsOneBlockPerSm)
     cudaDeviceProp prop;
     ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
     const size_t perSm = prop.sharedMemPerMultiprocessor, reserved = prop.reservedSharedMemPerBlock;
+    const bool tensorCores = prop.major >= 8;
     const bool cellFits = prop.sharedMemPerBlockOptin >= cell::sharedBytes<64>() + 64;
     const size_t fourteenShared = (12 * 10 * (64 + 96) + 128 * 81) * sizeof(float);
     const size_t sixteenShared = (10 * 9 * (64 + 96) + 128 * 81) * sizeof(float);
+    // Without tensor cores: whether the FMA cell kernel (expectCell) or Tiled (expectTiled) is
+    // certain from the device's shared memory; in between, either may run.
     const bool expectCell = cellFits && prop.sharedMemPerBlockOptin >= fourteenShared + 64 &&
                             perSm < 2 * (fourteenShared + reserved);
     const bool expectTiled = perSm >= 2 * (sixteenShared + reserved);
@@ -488,17 +492,20 @@ TEST(Cuda, AutoAttentionTakesCellKernelWhereTiledFitsOneBlockPerSm)
     const ForwardShape sixteen = makeShape(224, 224, 384, 14, 14, 224, 224, 9);
     auto runAndExpect = [&](const ForwardShape& s, bool expected, cuda::AttentionKernel kernel) {
         expectMatchesCpu(engine, w, s, seed++);
-        if (expected) EXPECT_EQ(engine.lastAttentionKernel(), kernel) << describe(s);
+        if (tensorCores && engine.attentionKernel() == cuda::AttentionKernel::Auto)
+            EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::CellTensorCore) << describe(s);
+        else if (expected)
+            EXPECT_EQ(engine.lastAttentionKernel(), kernel) << describe(s);
     };
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);
-    const bool ranCell = engine.lastAttentionKernel() == cuda::AttentionKernel::Cell;
-    std::printf("[ cuda     ] %s: Auto ran the %s kernel (%zu KB of shared memory per SM)\n",
-                describe(fourteen).c_str(), ranCell ? "cell" : "tiled", perSm >> 10);
+    std::printf("[ cuda     ] %s: Auto ran kernel %d (compute capability %d.%d, %zu KB of shared memory per SM)\n",
+                describe(fourteen).c_str(), static_cast<int>(engine.lastAttentionKernel()), prop.major, prop.minor,
+                perSm >> 10);
     runAndExpect(sixteen, expectTiled, cuda::AttentionKernel::Tiled);
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);  // per size, not sticky
     // An explicit kernel, then Auto again on the same size: each decided anew.
     engine.setAttentionKernel(cuda::AttentionKernel::Tiled);
-    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Tiled);
+    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Tiled);  // where it fits, as on an H100
     engine.setAttentionKernel(cuda::AttentionKernel::Auto);
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);
     engine.setAttentionKernel(cuda::AttentionKernel::Cell);

@@ -1452,3 +1452,29 @@ TEST(Kernels, MeasuredAttentionPrefersTiledBitsOnNearTies)
     EXPECT_EQ(chooseMeasuredAttention({{tiled, 3.f}, {chunked, 3.f}}), tiled);  // the first of equals
     EXPECT_EQ(chooseMeasuredAttention({}), tiled);
 }
+
+// AttentionKernel::Auto's rule: the tensor-core cell kernel wherever the cell work list pays and
+// it runs; without it, the FMA cell kernel only where the tiled one fits at most one block per SM
+// (and the tiled occupancy is asked only then).
+TEST(Kernels, AutoAttentionPrefersTheTensorCoreCellKernel)
+{
+    using cuda::AttentionKernel;
+    using cuda::detail::chooseAutoAttention;
+    int asked = 0;
+    auto blocks = [&asked](int n) {
+        return [&asked, n] {
+            ++asked;
+            return n;
+        };
+    };
+    EXPECT_EQ(chooseAutoAttention(true, true, blocks(2)), AttentionKernel::CellTensorCore);
+    EXPECT_EQ(chooseAutoAttention(true, true, blocks(0)), AttentionKernel::CellTensorCore);
+    EXPECT_EQ(asked, 0);
+    EXPECT_EQ(chooseAutoAttention(false, true, blocks(1)), AttentionKernel::Tiled);
+    EXPECT_EQ(chooseAutoAttention(false, false, blocks(0)), AttentionKernel::Tiled);
+    EXPECT_EQ(asked, 0);
+    EXPECT_EQ(chooseAutoAttention(true, false, blocks(1)), AttentionKernel::Cell);
+    EXPECT_EQ(chooseAutoAttention(true, false, blocks(0)), AttentionKernel::Cell);
+    EXPECT_EQ(chooseAutoAttention(true, false, blocks(2)), AttentionKernel::Tiled);
+    EXPECT_EQ(asked, 3);
+}

@@ -153,7 +153,12 @@ TEST_F(Fixture, MatchingDstIsWrittenInPlaceWithTheSameValues)
     cv::Mat batch(4, batchSizes, CV_32F, cv::Scalar(-3));
     const uchar* batchBefore = batch.data;
     naf->upsample(twoImages, twoFeats, batch, out);
-    EXPECT_EQ(batch.data, batchBefore);
+    // On the CUDA engine a batch always gets a new buffer (documented in upsample()): item 2 could
+    // be refused after item 1 was written.
+    if (naf->getActiveBackend() == cv::naf::BACKEND_CUDA)
+        EXPECT_NE(batch.data, batchBefore);
+    else
+        EXPECT_EQ(batch.data, batchBefore);
     EXPECT_EQ(cv::norm(batch.reshape(1, 1), batchFresh.reshape(1, 1), cv::NORM_INF), 0.0);
 
     // Other shapes or types are replaced by a new blob, as create() would.

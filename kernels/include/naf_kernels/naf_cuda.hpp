@@ -72,20 +72,22 @@ enum class AttentionKernel
     /// 3-10 % slower than Tiled on an H100 where Tiled fits two blocks per SM, 35 % faster where
     /// it fits one (docs/PERFORMANCE.md, GPU item 19b)
     Cell,
-    /// the default: Cell where it applies and the tiled kernel's largest window union leaves room
-    /// for only one of its blocks per SM, or none (14-pixel cells such as DINOv2's 518 / 37),
-    /// else Tiled (and General where neither fits)
+    /// the default: CellTensorCore wherever the cell work list is worthwhile and the device has
+    /// compute capability 8.0 or newer (on an H100 the attention 2.2-2.4x faster than Tiled at the
+    /// benchmark sizes, float32 accuracy; GPU item 31); on older devices Cell where the tiled
+    /// kernel's largest window union leaves room for only one of its blocks per SM, or none
+    /// (14-pixel cells such as DINOv2's 518 / 37); else Tiled (and General where neither fits)
     Auto,
     /// Tiled with the values staged 32 channels at a time into the keys' shared memory once the
     /// logits are done: 65 instead of 99 KB per block at 16x, so three blocks per SM instead of two.
-    /// Same bits as Tiled. Written without a GPU, not yet measured (docs/PERFORMANCE.md, GPU item
-    /// 25); falls back like Tiled
+    /// Same bits as Tiled. ~8 % faster than Tiled on an H100 at paper and x72 (docs/PERFORMANCE.md,
+    /// GPU items 25 and 31); falls back like Tiled
     TiledChunked,
     /// Cell on tensor cores: the same work list, each warp's 16 pixels through mma.sync TF32
     /// products split in three (3xTF32, float32 accuracy), logits and softmax in registers
     /// (kernels/cuda/cell_mma_attention.hpp). Needs compute capability 8.0 or newer, head dim
-    /// 32/64, kernel <= 9 (88 window entries); else Tiled. Written without a GPU, not yet measured
-    /// (docs/PERFORMANCE.md, GPU item 26)
+    /// 32/64, kernel <= 9 (88 window entries); else Tiled. Relative L2 under 7e-7 against Tiled in
+    /// FP32 (docs/PERFORMANCE.md, GPU items 26 and 31)
     CellTensorCore,
     /// On the first forward at each size, times every kernel above that runs there (Tiled,
     /// TiledChunked, and Cell and CellTensorCore where the cell work list is worthwhile; three
@@ -95,7 +97,8 @@ enum class AttentionKernel
     /// every process. That first forward waits for the timings and costs
     /// about twelve more attention passes; later ones at any size measured before run its kept
     /// kernel (lastAttentionKernel() names it). Chooses per device without a rule
-    /// measured on another card. Written without a GPU, not yet run (GPU item 28)
+    /// measured on another card (GPU item 28; on an H100 it kept CellTensorCore at paper, x72 and
+    /// dinov2, item 31)
     Measured
 };
 

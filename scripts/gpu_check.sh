@@ -15,8 +15,9 @@
 # Carry build-gpu/bin-cudnn, build-gpu/bin-nocudnn and build-gpu/module-bundle.tar.xz.
 # NAF_GPU_RACECHECK=1 also runs the attention kernels' tests under compute-sanitizer (memcheck,
 # racecheck, synccheck; NAF_GPU_SANITIZE_FILTER picks the tests, NAF_GPU_SANITIZE_KERNELS the
-# kernels instrumented, a name substring: by default "AttentionKernel", the attention kernels
-# only, since racecheck on every kernel of a test ran past 60 s; set but empty: every kernel). NAF_GPU_TESTS_ONLY=1 stops after
+# kernels racecheck instruments, a name substring: by default "AttentionKernel", the attention
+# kernels only, since racecheck on every kernel of a test ran past 60 s; set but empty: every
+# kernel. memcheck and synccheck instrument every kernel). NAF_GPU_TESTS_ONLY=1 stops after
 # the tests (a first call that checks correctness in a few minutes; the timings in a second one).
 # NAF_GPU_TEST_FILTER: the gtest filter of the CUDA tests (default Cuda*). NAF_GPU_MODULE=0 skips
 # the module's tests (NAF_GPU_MODULE_FILTER: their gtest filter); NAF_GPU_SKIP_TESTS=1 all tests;
@@ -167,9 +168,10 @@ if [ "${NAF_GPU_RACECHECK:-0}" = 1 ]; then
     KERNELS="${NAF_GPU_SANITIZE_KERNELS-AttentionKernel}"
     KERNEL_FILTER=(); [ -n "$KERNELS" ] && KERNEL_FILTER=(--kernel-name "kns=$KERNELS")
     for tool in memcheck racecheck synccheck; do
-        echo "== compute-sanitizer --tool $tool ${KERNEL_FILTER[*]}"
+        FILTER=(); [ $tool = racecheck ] && FILTER=("${KERNEL_FILTER[@]}")
+        echo "== compute-sanitizer --tool $tool ${FILTER[*]}"
         [ -z "$SANITIZER" ] && { echo "compute-sanitizer not found"; break; }
-        timeout "${NAF_GPU_SANITIZE_TIMEOUT:-150}" "$SANITIZER" --tool $tool "${KERNEL_FILTER[@]}" --print-limit 20 "$BIN/naf_kernels_tests" \
+        timeout "${NAF_GPU_SANITIZE_TIMEOUT:-150}" "$SANITIZER" --tool $tool "${FILTER[@]}" --print-limit 20 "$BIN/naf_kernels_tests" \
             --gtest_filter="${NAF_GPU_SANITIZE_FILTER:-Cuda.CellTensorCore*:Cuda.TiledChunked*:Cuda.CellAttention*:Cuda.Measured*}" \
             2>&1 | tail -15
     done
@@ -192,8 +194,8 @@ if [ "${NAF_GPU_SKIP_BENCH:-0}" != 1 ]; then
     [ -n "$BUILTIN_CONFIGS" ] && timeout 80 "$BIN/naf_cuda_bench" --configs "$BUILTIN_CONFIGS" --modes "$MODES" \
         --paths builtin --reps 10 --warmup 2 --max-seconds 3 --roundtrip-reps 0 | tee -a "$RESULTS/bench.jsonl"
 fi
-# The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks tiled or
-# cell per size), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
+# The attention kernels one by one (Engine::setAttentionKernel; the default, auto, picks per size and
+# device, mostly the tensor-core cell kernel), for the comparison in PERFORMANCE.md: kernel:configs:modes, e.g.
 # NAF_GPU_ATTENTION_RUNS="general:paper:tf32"; set but empty: none.
 # The default (auto) is the tensor-core cell kernel where it runs (GPU item 31); measured first, so
 # that a card where another kernel wins shows it even when the device time runs short.

@@ -45,11 +45,13 @@ inline AttentionKernel chooseMeasuredAttention(const std::vector<TimedAttention>
 }
 
 /// AttentionKernel::Auto's kernel at one size. The tensor-core cell kernel wherever the cell work
-/// list is worthwhile and it runs on the device (compute capability 8.0 or newer, head dim 32/64):
-/// on an H100 it took the attention 2.2-2.4x faster than Tiled at paper, x72 and dinov2, with
-/// float32 accuracy (GPU log item 31). Without tensor cores, the FMA cell kernel where the tiled
-/// one fits at most one block per SM (item 19b; `tiledBlocksPerSm` is asked only then), else Tiled
-/// (whose launcher falls back to General where it does not fit).
+/// list is worthwhile and it runs on the device (`tensorCoreCellRuns`: compute capability 8.0 or
+/// newer, head dim 32/64, its shared memory within the limit): on an H100 it took the attention
+/// 2.2-2.4x faster than Tiled at paper, x32, mobilesam and x72 and 2x faster than the FMA cell
+/// kernel at dinov2, with float32 accuracy (GPU log item 31). Where it does not run, the FMA cell
+/// kernel where the tiled one fits at most one block per SM (item 19b; `tiledBlocksPerSm` is asked
+/// only then), else Tiled (the launchers fall back to Tiled, then General, where a kernel does
+/// not fit).
 template <typename TiledBlocksPerSm>
 inline AttentionKernel chooseAutoAttention(bool cellWorthwhile, bool tensorCoreCellRuns,
                                            TiledBlocksPerSm&& tiledBlocksPerSm)

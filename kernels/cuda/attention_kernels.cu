@@ -734,8 +734,8 @@ bool tryCellMma(const float* qT, const float* kT, const float* vT, float* out, i
                 const cell::Chunk* chunks, int64_t chunkCount, cudaStream_t stream)
 {
     const int headDim = dim / heads;
-    if (!cellTensorCoreRuns(headDim, kh, kw)) return false;
     const int vPerHead = channels / heads;
+    if (!cellTensorCoreRuns(headDim, vPerHead, kh, kw)) return false;
     const cell::Params p{qT, kT, vT, out, dim, channels, heads, lowW, outH, outW, rowTable, colTable, kh, kw, scale};
     return headDim == 64
                ? launchOverChunks(cellMmaAttentionKernel<64>, cellmma::kThreads, cellmma::sharedBytes<64>(vPerHead), p,
@@ -745,10 +745,14 @@ bool tryCellMma(const float* qT, const float* kT, const float* vT, float* out, i
 }
 }  // namespace
 
-bool cellTensorCoreRuns(int headDim, int kh, int kw)
+bool cellTensorCoreRuns(int headDim, int valuesPerHead, int kh, int kw)
 {
-    return cellmma::fits(headDim, kh, kw) &&
-           currentDeviceAttribute(cudaDevAttrComputeCapabilityMajor, "querying the compute capability") >= 8;
+    if (!cellmma::fits(headDim, kh, kw) || valuesPerHead <= 0 ||
+        currentDeviceAttribute(cudaDevAttrComputeCapabilityMajor, "querying the compute capability") < 8)
+        return false;
+    // Its shared memory grows with the value channels per head (96: 99 KB, 256: 207 KB at head dim 64).
+    const size_t shared = headDim == 64 ? cellmma::sharedBytes<64>(valuesPerHead) : cellmma::sharedBytes<32>(valuesPerHead);
+    return shared + 64 <= static_cast<size_t>(sharedMemoryOptin());
 }
 
 int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh, int kw)

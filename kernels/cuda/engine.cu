@@ -637,21 +637,23 @@ struct Engine::Impl
                                           kh,         kw,         shape.channels, static_cast<int>(attentionKernel)};
             if (key != cellChunksKey)
             {
+                // First: a failure below (a device query, an allocation, the upload) leaves no key
+                // that a later call could match against a list it does not describe.
+                cellChunksKey.clear();
                 const int headDim = cfg.dim / cfg.headsAttn;
                 cellChunksHost = cell::buildChunks(shape.outH, shape.outW, shape.lowH, shape.lowW, kh, kw);
                 if (!cell::worthwhile(cellChunksHost, shape.outH, shape.outW, headDim, kh, kw)) cellChunksHost.clear();
                 if (attentionKernel == AttentionKernel::Auto)
                 {
                     autoAttentionKernel = detail::chooseAutoAttention(
-                        !cellChunksHost.empty(), detail::cellTensorCoreRuns(headDim, kh, kw), [&] {
+                        !cellChunksHost.empty(),
+                        detail::cellTensorCoreRuns(headDim, shape.channels / cfg.headsAttn, kh, kw), [&] {
                             return detail::tiledAttentionBlocksPerSm(cfg.dim, shape.channels, cfg.headsAttn,
                                                                      shape.lowH, shape.lowW, shape.outH, shape.outW,
                                                                      kh, kw);
                         });
                     if (autoAttentionKernel == AttentionKernel::Tiled) cellChunksHost.clear();  // not uploaded
                 }
-                // The key last: a failed allocation or upload decides again on the next call.
-                cellChunksKey.clear();
                 const size_t bytes = cellChunksHost.size() * sizeof(cell::Chunk);
                 if (bytes > 0)
                 {

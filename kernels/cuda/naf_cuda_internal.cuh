@@ -244,13 +244,14 @@ AttentionKernel launchNeighborhoodAttention(const float* qT, const float* kT, co
                                             const cell::Chunk* cellChunks = nullptr, int64_t cellChunkCount = 0);
 
 /// Whether the tensor-core cell kernel (AttentionKernel::CellTensorCore) runs on the current
-/// device for this head dim and window: compute capability 8.0 or newer, head dim 32/64, at most
-/// 88 window entries.
-bool cellTensorCoreRuns(int headDim, int kh, int kw);
+/// device for this problem: compute capability 8.0 or newer, head dim 32/64, at most 88 window
+/// entries, and its shared memory (which grows with the value channels per head) within the
+/// device's per-block limit.
+bool cellTensorCoreRuns(int headDim, int valuesPerHead, int kh, int kw);
 
 /// Blocks of the tiled kernel that fit on one SM for this problem (0: the kernel's limits do not
-/// hold). On a device without tensor cores for the cell kernel, AttentionKernel::Auto tries the
-/// FMA cell kernel where this is 1 or 0: with 1, the largest window union of a tile takes over
+/// hold). Where the tensor-core cell kernel does not run, AttentionKernel::Auto tries the FMA
+/// cell kernel where this is 1 or 0: with 1, the largest window union of a tile takes over
 /// half the shared memory (14-pixel cells: 12 x 10 entries).
 int tiledAttentionBlocksPerSm(int dim, int channels, int heads, int lowH, int lowW, int outH, int outW, int kh,
                               int kw);

@@ -13,7 +13,8 @@
 
 #include <cuda_runtime.h>
 
-#include "../cuda/cell_attention.hpp"  // cell::sharedBytes: whether the cell kernel fits this device
+#include "../cuda/cell_attention.hpp"      // cell::sharedBytes: whether the cell kernel fits this device
+#include "../cuda/cell_mma_attention.hpp"  // cellmma::sharedBytes: whether the tensor-core one does
 #include "naf_kernels/naf_cuda.hpp"
 #include "naf_kernels/naf_kernels.hpp"
 #include "test_support.hpp"
@@ -387,10 +388,18 @@ TEST(Cuda, CellAttentionKernelMatchesCpu)
 TEST(Cuda, CellTensorCoreAttentionMatchesTiledAndCpu)
 {
     NAF_SKIP_WITHOUT_GPU();
-    int device = 0, major = 0;
+    int device = 0, major = 0, sharedOptin = 0;
     ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
     ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
-    const cuda::AttentionKernel expected = major >= 8 ? cuda::AttentionKernel::CellTensorCore : cuda::AttentionKernel::Tiled;
+    ASSERT_EQ(cudaDeviceGetAttribute(&sharedOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), cudaSuccess);
+    // The tensor-core kernel where the device has it and its shared memory (growing with the value
+    // channels per head) fits; else the tiled kernel.
+    auto expectedFor = [&](int channels, int heads) {
+        const int headDim = NafConfig().dim / heads, perHead = channels / heads;
+        const size_t shared = headDim == 64 ? cellmma::sharedBytes<64>(perHead) : cellmma::sharedBytes<32>(perHead);
+        return major >= 8 && shared + 64 <= static_cast<size_t>(sharedOptin) ? cuda::AttentionKernel::CellTensorCore
+                                                                             : cuda::AttentionKernel::Tiled;
+    };
     uint32_t seed = 190;
     forAttentionHeadDims(33, [&](cuda::Engine& engine, const RandomNafWeights& w, int heads) {
         for (const ForwardShape& s :
@@ -405,7 +414,7 @@ TEST(Cuda, CellTensorCoreAttentionMatchesTiledAndCpu)
             const std::vector<float> tiled = gpuForward(engine, in, s, cuda::MathMode::FP32);
             engine.setAttentionKernel(cuda::AttentionKernel::CellTensorCore);
             const std::vector<float> mma = gpuForward(engine, in, s, cuda::MathMode::FP32);
-            EXPECT_EQ(engine.lastAttentionKernel(), expected);
+            EXPECT_EQ(engine.lastAttentionKernel(), expectedFor(s.channels, heads));
             ASSERT_TRUE(allFinite(mma)) << "non-finite or unwritten output elements";
             const double err = relativeL2(mma.data(), tiled.data(), tiled.size());
             EXPECT_LE(err, 5e-6) << "tensor-core cell kernel against the tiled kernel, rel L2 " << err;
@@ -415,7 +424,7 @@ TEST(Cuda, CellTensorCoreAttentionMatchesTiledAndCpu)
         }
         engine.setAttentionKernel(cuda::AttentionKernel::CellTensorCore);
         expectMatchesCpu(engine, w, makeShape(176, 144, 384, 11, 9, 176, 144, 7), seed++);
-        EXPECT_EQ(engine.lastAttentionKernel(), expected);
+        EXPECT_EQ(engine.lastAttentionKernel(), expectedFor(384, heads));
         expectMatchesCpu(engine, w, makeShape(100, 130, 64, 20, 24, 100, 130, 9), seed++);
         EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Tiled);
         EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::CellTensorCore);
@@ -478,21 +487,22 @@ TEST(Cuda, AutoAttentionFollowsTheSizeAndTheDevice)
     cudaDeviceProp prop;
     ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
     const size_t perSm = prop.sharedMemPerMultiprocessor, reserved = prop.reservedSharedMemPerBlock;
-    const bool tensorCores = prop.major >= 8;
-    const bool cellFits = prop.sharedMemPerBlockOptin >= cell::sharedBytes<64>() + 64;
+    const size_t optin = prop.sharedMemPerBlockOptin;
+    // 384 channels in 4 heads: 96 value channels per head, 99 KB for the tensor-core kernel.
+    const bool mmaRuns = prop.major >= 8 && optin >= cellmma::sharedBytes<64>(96) + 64;
+    const bool cellFits = optin >= cell::sharedBytes<64>() + 64;
     const size_t fourteenShared = (12 * 10 * (64 + 96) + 128 * 81) * sizeof(float);
     const size_t sixteenShared = (10 * 9 * (64 + 96) + 128 * 81) * sizeof(float);
-    // Without tensor cores: whether the FMA cell kernel (expectCell) or Tiled (expectTiled) is
-    // certain from the device's shared memory; in between, either may run.
-    const bool expectCell = cellFits && prop.sharedMemPerBlockOptin >= fourteenShared + 64 &&
-                            perSm < 2 * (fourteenShared + reserved);
+    // Where the tensor-core kernel does not run: whether the FMA cell kernel (expectCell) or
+    // Tiled (expectTiled) is certain from the device's shared memory; in between, either may run.
+    const bool expectCell = cellFits && optin >= fourteenShared + 64 && perSm < 2 * (fourteenShared + reserved);
     const bool expectTiled = perSm >= 2 * (sixteenShared + reserved);
     uint32_t seed = 170;
     const ForwardShape fourteen = makeShape(196, 196, 384, 14, 14, 196, 196, 9);
     const ForwardShape sixteen = makeShape(224, 224, 384, 14, 14, 224, 224, 9);
     auto runAndExpect = [&](const ForwardShape& s, bool expected, cuda::AttentionKernel kernel) {
         expectMatchesCpu(engine, w, s, seed++);
-        if (tensorCores && engine.attentionKernel() == cuda::AttentionKernel::Auto)
+        if (mmaRuns && engine.attentionKernel() == cuda::AttentionKernel::Auto)
             EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::CellTensorCore) << describe(s);
         else if (expected)
             EXPECT_EQ(engine.lastAttentionKernel(), kernel) << describe(s);
@@ -505,7 +515,7 @@ TEST(Cuda, AutoAttentionFollowsTheSizeAndTheDevice)
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);  // per size, not sticky
     // An explicit kernel, then Auto again on the same size: each decided anew.
     engine.setAttentionKernel(cuda::AttentionKernel::Tiled);
-    runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Tiled);  // where it fits, as on an H100
+    runAndExpect(fourteen, optin >= fourteenShared + 64, cuda::AttentionKernel::Tiled);
     engine.setAttentionKernel(cuda::AttentionKernel::Auto);
     runAndExpect(fourteen, expectCell, cuda::AttentionKernel::Cell);
     engine.setAttentionKernel(cuda::AttentionKernel::Cell);
@@ -513,6 +523,21 @@ TEST(Cuda, AutoAttentionFollowsTheSizeAndTheDevice)
     engine.setAttentionKernel(cuda::AttentionKernel::Auto);
     runAndExpect(sixteen, expectTiled, cuda::AttentionKernel::Tiled);
     EXPECT_EQ(engine.attentionKernel(), cuda::AttentionKernel::Auto);
+
+    // Wide features: 1152 channels in 4 heads, 288 value channels per head. The tensor-core
+    // kernel's shared memory (234 KB) exceeds an H100's 227 KB per block; the tiled kernel's
+    // union at 14-pixel cells (206 KB) fits one block per SM, so Auto takes the FMA cell kernel
+    // (a first version of Auto checked only the compute capability and fell to Tiled here).
+    const ForwardShape wide = makeShape(196, 196, 1152, 14, 14, 196, 196, 9);
+    const bool wideMmaRuns = prop.major >= 8 && optin >= cellmma::sharedBytes<64>(288) + 64;
+    const size_t wideTiledShared = (12 * 10 * (64 + 288) + 128 * 81) * sizeof(float);
+    expectMatchesCpu(engine, w, wide, seed++);
+    if (wideMmaRuns)
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::CellTensorCore);
+    else if (cellFits && perSm < 2 * (wideTiledShared + reserved))
+        EXPECT_EQ(engine.lastAttentionKernel(), cuda::AttentionKernel::Cell);
+    std::printf("[ cuda     ] %s: Auto ran kernel %d\n", describe(wide).c_str(),
+                static_cast<int>(engine.lastAttentionKernel()));
 }
 
 // The channels-last tail (Engine::setNhwcTail; its index arithmetic is also checked on the CPU in

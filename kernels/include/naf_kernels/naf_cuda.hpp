@@ -72,11 +72,13 @@ enum class AttentionKernel
     /// 3-10 % slower than Tiled on an H100 where Tiled fits two blocks per SM, 35 % faster where
     /// it fits one (docs/PERFORMANCE.md, GPU item 19b)
     Cell,
-    /// the default: CellTensorCore wherever the cell work list is worthwhile and the device has
-    /// compute capability 8.0 or newer (on an H100 the attention 2.2-2.4x faster than Tiled at the
-    /// benchmark sizes, float32 accuracy; GPU item 31); on older devices Cell where the tiled
-    /// kernel's largest window union leaves room for only one of its blocks per SM, or none
-    /// (14-pixel cells such as DINOv2's 518 / 37); else Tiled (and General where neither fits)
+    /// the default: CellTensorCore wherever the cell work list is worthwhile and it runs
+    /// (compute capability 8.0 or newer, its shared memory within the device's limit: up to 256
+    /// value channels per head on an H100, 1024 channels in 4 heads); on an H100 the attention 2.2-2.4x faster than Tiled,
+    /// float32 accuracy (GPU item 31). Where it does not run: Cell where the tiled kernel's largest
+    /// window union leaves room for only one of its blocks per SM, or none (14-pixel cells such as
+    /// DINOv2's 518 / 37); else Tiled. Each falls back as documented (Cell to Tiled, Tiled to
+    /// General)
     Auto,
     /// Tiled with the values staged 32 channels at a time into the keys' shared memory once the
     /// logits are done: 65 instead of 99 KB per block at 16x, so three blocks per SM instead of two.
@@ -86,7 +88,9 @@ enum class AttentionKernel
     /// Cell on tensor cores: the same work list, each warp's 16 pixels through mma.sync TF32
     /// products split in three (3xTF32, float32 accuracy), logits and softmax in registers
     /// (kernels/cuda/cell_mma_attention.hpp). Needs compute capability 8.0 or newer, head dim
-    /// 32/64, kernel <= 9 (88 window entries); else Tiled. Relative L2 under 7e-7 against Tiled in
+    /// 32/64, kernel <= 9 (88 window entries), and shared memory for the window's keys and values
+    /// (99 KB at head dim 64 with 96 value channels per head, growing with them); else Tiled.
+    /// Relative L2 under 7e-7 against Tiled in
     /// FP32 (docs/PERFORMANCE.md, GPU items 26 and 31)
     CellTensorCore,
     /// On the first forward at each size, times every kernel above that runs there (Tiled,

@@ -104,6 +104,8 @@ TEST_F(Fixture, BadInputsGiveClearErrorsAndLeaveDstUntouched)
     std::vector<cv::Mat> list;
     expectRefused([&] { naf->upsample(image, feats, list, out); }, {"dst must be a cv::Mat or cv::UMat"});
     expectRefused([&] { naf->upsampleBlob(cv::Mat(), feats, list, out); }, {"image blob is empty"});
+    // An image instead of a blob: its shape as given (a 2-D Mat's size[1] is its width).
+    expectRefused([&] { naf->upsampleBlob(image, feats, dst, out); }, {"CV_8UC3 of shape 40 x 52 (3 interleaved"});
     naf->setAttentionProbe(cv::Point(30, 3));
     expectRefused([&] { naf->upsample(image, feats, dst, out); }, {"probe (30, 3)", "26x21"});
     // Nothing was written by any failed call.
@@ -259,12 +261,34 @@ TEST_F(Fixture, CancelFromTheProgressCallbackReleasesDstAndKeepsTheObjectUsable)
         naf->upsample(image, feats, again, out);
         EXPECT_EQ(cv::norm(again.reshape(1, 1), reference.reshape(1, 1), cv::NORM_INF), 0.0) << "report " << stopAt;
     }
+    // The callback's own exception comes out unchanged (a caller catches its own type), dst released.
+    struct StoppedByTheTest : std::runtime_error
+    {
+        using std::runtime_error::runtime_error;
+    };
     naf->setProgressCallback([](double fraction) -> bool {
-        if (fraction > 0.3) throw std::runtime_error("stopped by the test at 0.3");
+        if (fraction > 0.3) throw StoppedByTheTest("stopped by the test at 0.3");
         return true;
     });
     cv::Mat dst = reference.clone();
-    expectRefused([&] { naf->upsample(image, feats, dst, out); }, {"stopped by the test at 0.3"});
+    bool caught = false;
+    try
+    {
+        naf->upsample(image, feats, dst, out);
+    }
+    catch (const StoppedByTheTest& e)
+    {
+        caught = true;
+        EXPECT_STREQ(e.what(), "stopped by the test at 0.3");
+    }
+    EXPECT_TRUE(caught) << "the callback's exception did not come out as its own type";
+    EXPECT_TRUE(dst.empty());
+    naf->setProgressCallback([](double fraction) -> bool {
+        if (fraction > 0.3) throw std::bad_alloc();  // not reported as NAF running out of memory
+        return true;
+    });
+    dst = reference.clone();
+    EXPECT_THROW(naf->upsample(image, feats, dst, out), std::bad_alloc);
     EXPECT_TRUE(dst.empty());
     // The blob entry point cancels the same way.
     naf->setProgressCallback([](double) { return false; });

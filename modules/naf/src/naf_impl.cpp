@@ -3,6 +3,7 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -73,6 +74,14 @@ void callKernel(const char* what, F&& f)
 }
 
 std::string sizeString(int w, int h) { return std::to_string(w) + "x" + std::to_string(h); }
+
+// "N x C x H x W" for a blob, "rows x cols" for a 2-D Mat (whose size[1] is not a channel count).
+std::string shapeString(const Mat& m)
+{
+    std::string s;
+    for (int i = 0; i < m.dims; ++i) s += (i ? " x " : "") + std::to_string(m.size[i]);
+    return s + (m.channels() > 1 ? " (" + std::to_string(m.channels()) + " interleaved channels)" : "");
+}
 
 // The CUDA engine's mode for a GpuPrecision (validated by setGpuPrecision()).
 K::cuda::MathMode mathMode(int gpuPrecision)
@@ -190,8 +199,7 @@ public:
         Mat blob = imageBlob.getMat();
         if (blob.dims != 4 || blob.type() != CV_32F || blob.size[1] != 3)
             CV_Error(Error::StsBadArg, "cv::naf::NAF::upsampleBlob: image blob must be 4-D CV_32F N x 3 x H x W (RGB in "
-                                       "[0, 1]), got " + typeToString(blob.type()) + " with " + std::to_string(blob.dims) +
-                                       " dims" + (blob.dims >= 2 ? " and " + std::to_string(blob.size[1]) + " channels" : ""));
+                                       "[0, 1]), got " + typeToString(blob.type()) + " of shape " + shapeString(blob));
         if (!blob.isContinuous()) blob = blob.clone();
         checkFinite(blob, "image blob");
         const int n = blob.size[0], h = blob.size[2], w = blob.size[3];
@@ -479,7 +487,9 @@ private:
 
     // Runs the items, reporting progress when a callback is set. A cancel, or an exception from the
     // callback itself, releases dst: it may have been written in place (the CPU forward uses its
-    // output as scratch), and an empty dst cannot be mistaken for a result.
+    // output as scratch), and an empty dst cannot be mistaken for a result. The callback's own
+    // exception leaves unchanged (the kernels' layer and callKernel() would otherwise translate
+    // it), so a caller can catch its own type.
     void run(const std::vector<K::ForwardShape>& shapes, const std::vector<PlanarImage>& planar,
              const Mat& features, OutputArray dst, Size dstSize, const Settings& settings, const char* fn)
     {
@@ -489,7 +499,7 @@ private:
             return;
         }
         double lastFraction = 0;
-        bool callbackThrew = false;
+        std::exception_ptr callbackError;
         const ProgressCallback report = [&](double fraction) {
             lastFraction = fraction;
             try
@@ -498,7 +508,7 @@ private:
             }
             catch (...)
             {
-                callbackThrew = true;
+                callbackError = std::current_exception();
                 throw;
             }
         };
@@ -515,8 +525,9 @@ private:
         }
         catch (...)
         {
-            if (callbackThrew) dst.release();
-            throw;
+            if (!callbackError) throw;
+            dst.release();
+            std::rethrow_exception(callbackError);
         }
     }
 
@@ -590,11 +601,12 @@ private:
         // The result goes straight into a dst that already has the output's shape (the usual loop
         // that reuses one Mat): a fresh 4-D output costs a page fault per 4 KiB on first touch, a
         // large part of a call (copying 308 MB into fresh memory took 120 ms here against 15 ms
-        // into reused memory; the CUDA path's copy to the host pays it too). On the CPU every
-        // allocation happens before that (reserveWorkspace), so nothing after the first output
-        // byte can fail on valid input (the encoder's activations use the output as scratch
-        // before the attention writes it); only a progress callback can stop the call then, and
-        // run() releases dst when it does. The CUDA engine copies
+        // into reused memory; the CUDA path's copy to the host pays it too). On the CPU the
+        // workspace is reserved before that (reserveWorkspace), so on valid input only a progress
+        // callback (run() releases dst then) or a small allocation failing (a few KB of the
+        // kernels' own, or OpenCV's thread pool) can stop the call after the first output byte:
+        // the encoder's activations use the output as scratch before the attention writes it,
+        // so dst is released then too (below). The CUDA engine copies
         // the output to the host after its last refusal (FP16's range), so one item is safe too;
         // a CUDA batch could be refused at item 2 with item 1 written. Otherwise (a CUDA batch,
         // another shape, dst aliasing the features) the result goes to a fresh blob that is
@@ -606,81 +618,93 @@ private:
                     K::reserveWorkspace(weights_->cfg, weights_->view, shape, workspace.get());
             });
         Mat result = reused.empty() ? Mat(4, outSizes, CV_32F) : reused;  // huge-page advised by both paths
-        for (int i = 0; i < n; ++i)
+        bool reusedDstWritten = false;  // the CPU forward has started writing dst's own buffer
+        try
         {
-            K::AttentionProbe probe;
-            probe.y = settings.probe.y;
-            probe.x = settings.probe.x;
-            K::AttentionProbe* probePtr = settings.probe == Point(-1, -1) ? nullptr : &probe;
-            const float* feat = features.ptr<float>() + featPer * i;
-            float* out = result.ptr<float>() + outPer * i;
-            // Item i's fraction f is (i + f) / n of the call; the CUDA path reports its ends only.
-            K::ProgressFn itemProgress;
-            if (report)
-                itemProgress = [report, i, n](double f) { return (*report)((i + f) / n); };
-            auto reportCudaItem = [&](double f) {
-                if (!itemProgress) return;
-                bool goOn = true;
-                callKernel("progress callback", [&] { goOn = itemProgress(f); });  // its exceptions as on the CPU
-                if (!goOn) throw K::Cancelled(f);
-            };
-            if (cuda)
+            for (int i = 0; i < n; ++i)
             {
-                reportCudaItem(0.0);
-                std::string deviceShortage;
-                callKernel("CUDA forward", [&] {
-                    // One device engine per object (device weights + scratch); calls take turns on it.
-                    // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
-                    // cv::Exception with its message; a refusal, or a lack of device memory, comes
-                    // before the engine writes `out`, which is dst itself only for a single item
-                    // (above).
-                    std::lock_guard<std::mutex> lock(cudaMutex_);
-                    try
-                    {
-                        if (!cudaEngine_)
+                K::AttentionProbe probe;
+                probe.y = settings.probe.y;
+                probe.x = settings.probe.x;
+                K::AttentionProbe* probePtr = settings.probe == Point(-1, -1) ? nullptr : &probe;
+                const float* feat = features.ptr<float>() + featPer * i;
+                float* out = result.ptr<float>() + outPer * i;
+                // Item i's fraction f is (i + f) / n of the call; the CUDA path reports its ends only.
+                K::ProgressFn itemProgress;
+                if (report)
+                    itemProgress = [report, i, n](double f) { return (*report)((i + f) / n); };
+                auto reportCudaItem = [&](double f) {
+                    if (!itemProgress) return;
+                    bool goOn = true;
+                    callKernel("progress callback", [&] { goOn = itemProgress(f); });  // its exceptions as on the CPU
+                    if (!goOn) throw K::Cancelled(f);
+                };
+                if (cuda)
+                {
+                    reportCudaItem(0.0);
+                    std::string deviceShortage;
+                    callKernel("CUDA forward", [&] {
+                        // One device engine per object (device weights + scratch); calls take turns on it.
+                        // Its std::runtime_error (e.g. FP16's float16 range refusal) becomes a
+                        // cv::Exception with its message; a refusal, or a lack of device memory, comes
+                        // before the engine writes `out`, which is dst itself only for a single item
+                        // (above).
+                        std::lock_guard<std::mutex> lock(cudaMutex_);
+                        try
                         {
-                            cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
-                            // The output's host copy on OpenCV's threads (GPU log item 30).
-                            cudaEngine_->setHostParallelFor(opencvParallelFor());
+                            if (!cudaEngine_)
+                            {
+                                cudaEngine_.reset(new K::cuda::Engine(weights_->cfg, weights_->view));
+                                // The output's host copy on OpenCV's threads (GPU log item 30).
+                                cudaEngine_->setHostParallelFor(opencvParallelFor());
+                            }
+                            cudaEngine_->forward(planar[i].data(), feat, out, shapes[i],
+                                                 mathMode(settings.gpuPrecision), probePtr);
                         }
-                        cudaEngine_->forward(planar[i].data(), feat, out, shapes[i],
-                                             mathMode(settings.gpuPrecision), probePtr);
-                    }
-                    catch (const K::cuda::OutOfDeviceMemory& e)
+                        catch (const K::cuda::OutOfDeviceMemory& e)
+                        {
+                            recoverFromDeviceShortage();
+                            deviceShortage = e.what();
+                        }
+                    });
+                    if (!deviceShortage.empty())
                     {
-                        recoverFromDeviceShortage();
-                        deviceShortage = e.what();
+                        if (fallbackAllowed) throw DeviceMemoryShortage{deviceShortage, static_cast<double>(i) / n};
+                        CV_Error(Error::StsNoMem, "cv::naf: CUDA forward of image " + std::to_string(i) + ": " +
+                                                      deviceShortage + "; BACKEND_AUTO runs such a call on the CPU");
                     }
-                });
-                if (!deviceShortage.empty())
-                {
-                    if (fallbackAllowed) throw DeviceMemoryShortage{deviceShortage, static_cast<double>(i) / n};
-                    CV_Error(Error::StsNoMem, "cv::naf: CUDA forward of image " + std::to_string(i) + ": " +
-                                                  deviceShortage + "; BACKEND_AUTO runs such a call on the CPU");
+                    reportCudaItem(1.0);
                 }
-                reportCudaItem(1.0);
-            }
-            else
-            {
-                callKernel("CPU forward", [&] {
-                    K::forward(weights_->cfg, weights_->view, planar[i].data(), feat, out, shapes[i], workspace.get(),
-                               opencvParallelFor(), probePtr, itemProgress);
-                });
-            }
-            if (probePtr)
-            {
-                if (probeWeights.empty())
+                else
                 {
-                    const int sz[4] = {n, probe.heads, probe.kh, probe.kw};
-                    probeWeights.create(4, sz, CV_32F);
-                    probePositions.create(probe.kh, probe.kw, CV_32SC2);
-                    for (int a = 0; a < probe.kh; ++a)
-                        for (int b = 0; b < probe.kw; ++b)
-                            probePositions.at<Vec2i>(a, b) = Vec2i(probe.lowX[b], probe.lowY[a]);
+                    reusedDstWritten = !reused.empty();
+                    callKernel("CPU forward", [&] {
+                        K::forward(weights_->cfg, weights_->view, planar[i].data(), feat, out, shapes[i], workspace.get(),
+                                   opencvParallelFor(), probePtr, itemProgress);
+                    });
                 }
-                std::copy(probe.weights.begin(), probe.weights.end(),
-                          probeWeights.ptr<float>() + static_cast<size_t>(i) * probe.weights.size());
+                if (probePtr)
+                {
+                    if (probeWeights.empty())
+                    {
+                        const int sz[4] = {n, probe.heads, probe.kh, probe.kw};
+                        probeWeights.create(4, sz, CV_32F);
+                        probePositions.create(probe.kh, probe.kw, CV_32SC2);
+                        for (int a = 0; a < probe.kh; ++a)
+                            for (int b = 0; b < probe.kw; ++b)
+                                probePositions.at<Vec2i>(a, b) = Vec2i(probe.lowX[b], probe.lowY[a]);
+                    }
+                    std::copy(probe.weights.begin(), probe.weights.end(),
+                              probeWeights.ptr<float>() + static_cast<size_t>(i) * probe.weights.size());
+                }
             }
+        }
+        catch (...)
+        {
+            // dst holds scratch now, not its old values nor a result: an empty dst cannot be
+            // mistaken for either.
+            if (reusedDstWritten) dst.release();
+            throw;
         }
         {
             std::lock_guard<std::mutex> lock(stateMutex_);

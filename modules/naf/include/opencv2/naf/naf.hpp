@@ -84,8 +84,10 @@ attends, with 4 heads, over a kernelSize x kernelSize neighborhood of the low-re
 
 Window rule: NATTEN's dilated window on the output grid with dilation out/low (integer division)
 per axis, keys mapped back with PyTorch's nearest-exact rule. When the low-resolution grid is
-smaller than the kernel on an axis (the official code fails there), the window along that axis
-is the whole low-resolution axis.
+smaller than the kernel on an axis (the official code fails there), the kernel along that axis
+becomes the axis length and the window is placed by the same rule: for an output size that is a
+multiple of the grid it is the whole low-resolution axis; for other sizes a key may repeat and
+another be left out, as elsewhere (3 rows to 10 output rows: rows 0, 1, 1 at the top).
 
 An object holds its weights and a pool of scratch memory and is reused across calls. On the CPU
 the output itself serves as scratch until it is written (the queries when the features have at
@@ -211,8 +213,9 @@ public:
     Returning false cancels the call: upsample() throws cv::Exception (Error::StsError, its
     message says "cancelled by the progress callback" and at which fraction) and dst is released
     (left empty), because dst may have served as the computation's scratch. An exception thrown
-    by the callback itself ends the call the same way, with its own message. The object stays
-    usable, and later calls give the usual results.
+    by the callback itself also releases dst and leaves upsample() unchanged (the same type and
+    message, not wrapped in a cv::Exception), so a caller can catch its own type. The object
+    stays usable, and later calls give the usual results.
     @param callback the callback; an empty one (the default) switches progress reporting off.
     Read when a call starts, like the other settings.
 

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -175,6 +176,25 @@ TEST(AppIo, ImagesWithAlphaAreCompositedOverWhite)
         EXPECT_EQ(bgr.at<cv::Vec3b>(1, 0), cv::Vec3b(255, 255, 255)) << name;
         EXPECT_EQ(bgr.at<cv::Vec3b>(1, 3), cv::Vec3b(255, 0, 0)) << name;
         for (int c = 0; c < 3; ++c) EXPECT_NEAR(bgr.at<cv::Vec3b>(1, 5)[c], 127, 1) << name;
+    }
+    // Alpha is found from the content: an RGBA PNG without extension, or misnamed .jpg.
+    fs::copy_file(dir / "a8.png", dir / "a8");
+    fs::copy_file(dir / "a16.png", dir / "a16.jpg");
+    for (const char* name : {"a8", "a16.jpg"})
+    {
+        const cv::Mat bgr = naf_app::readImageBgr((dir / name).string());
+        ASSERT_EQ(bgr.type(), CV_8UC3) << name;
+        EXPECT_EQ(bgr.at<cv::Vec3b>(1, 0), cv::Vec3b(255, 255, 255)) << name;
+    }
+    // 16-bit grey without alpha: IMREAD_COLOR's 8-bit BGR.
+    cv::Mat grey16(4, 6, CV_16U, cv::Scalar(257 * 100));
+    cv::imwrite((dir / "g16.png").string(), grey16);
+    fs::copy_file(dir / "g16.png", dir / "g16");
+    for (const char* name : {"g16.png", "g16"})
+    {
+        const cv::Mat bgr = naf_app::readImageBgr((dir / name).string());
+        ASSERT_EQ(bgr.type(), CV_8UC3) << name;
+        EXPECT_EQ(bgr.at<cv::Vec3b>(0, 0), cv::Vec3b(100, 100, 100)) << name;
     }
     // Without alpha: what imread gives.
     const std::string jpg = app_test::sampleImage("coco_000000000285_bear.jpg");
@@ -522,6 +542,121 @@ TEST(AppBatch, TruncatedInputIsComputedWithAWarningThatStaysOnResume)
     }
     const nlohmann::json record = nlohmann::json::parse(readAll(dir / "out" / "cut.json"));
     EXPECT_NE(record.value("warning", "").find("looks truncated"), std::string::npos) << record.dump();
+    fs::remove_all(dir);
+}
+
+// Changes the working directory for a scope (the batch's paths may be relative to it).
+struct WorkingDirectory
+{
+    explicit WorkingDirectory(const fs::path& dir) : previous(fs::current_path()) { fs::current_path(dir); }
+    ~WorkingDirectory() { fs::current_path(previous); }
+    fs::path previous;
+};
+
+// A resumed run takes a record as done only for the same input file, however it is spelled and
+// from whatever working directory; it sizes the memory check by the images it computes; a
+// skipped image leaves none of its files, not even those of an earlier run.
+TEST(AppBatch, ResumeIsByInputFileFromAnyWorkingDirectoryAndSkipsLeaveNoFiles)
+{
+    const std::string reason = app_test::vfmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    const fs::path dir = freshDir("batch_resume");
+    fs::create_directories(dir / "A");
+    fs::create_directories(dir / "B");
+    // Two different pictures, same name, byte size (BMP: uncompressed) and modification time.
+    cv::Mat a(48, 64, CV_8UC3), b(48, 64, CV_8UC3);
+    cv::randu(a, 0, 255);
+    cv::randu(b, 0, 255);
+    cv::imwrite((dir / "A" / "x.bmp").string(), a);
+    cv::imwrite((dir / "B" / "x.bmp").string(), b);
+    ASSERT_EQ(fs::file_size(dir / "A" / "x.bmp"), fs::file_size(dir / "B" / "x.bmp"));
+    fs::last_write_time(dir / "B" / "x.bmp", fs::last_write_time(dir / "A" / "x.bmp"));
+
+    naf_app::BatchOptions options;
+    options.inputs = {(dir / "A" / "x.bmp").string()};
+    options.outDir = (dir / "out").string();
+    options.settings.vfmName = app_test::vfmName();
+    options.settings.outputLongSide = 64;
+    options.settings.methods = {cv::naf::UPSAMPLE_BILINEAR};
+    options.kmeansClusters = 0;
+    // More jobs than fit in memory at once, but one image: it is computed (one run in memory).
+    const double oneRun = naf_app::estimatedRunBytes(options.settings, a.size());
+    options.jobs = static_cast<int>(std::min(1e6, 0.6 * naf_app::physicalMemoryBytes() / oneRun + 2));
+    const naf_app::BatchSummary first = naf_app::runBatch(options);
+    ASSERT_EQ(first.items.size(), 1u);
+    EXPECT_EQ(first.items[0].status, "done") << first.items[0].reason;
+    options.jobs = 1;
+
+    // B/x.bmp into the same folder, from the folder above with relative paths: not A's result.
+    {
+        WorkingDirectory cwd(dir);
+        options.inputs = {"B/x.bmp"};
+        options.outDir = "out";
+        const naf_app::BatchSummary second = naf_app::runBatch(options);
+        ASSERT_EQ(second.items.size(), 1u);
+        EXPECT_EQ(second.items[0].status, "done") << "another image with the same name, size and time was taken as done";
+    }
+    // The same file and folder by other spellings, from another working directory: done.
+    {
+        WorkingDirectory cwd(dir / "B");
+        options.inputs = {"x.bmp"};
+        options.outDir = "../out";
+        const naf_app::BatchSummary third = naf_app::runBatch(options);
+        ASSERT_EQ(third.items.size(), 1u);
+        EXPECT_EQ(third.items[0].status, "already_done");
+        EXPECT_EQ(third.items[0].outputs, (std::vector<std::string>{"../out/x.panel.png", "../out/x.json"}));
+    }
+    options.inputs = {(dir / "B" / "." / "x.bmp").string()};
+    options.outDir = (dir / "B" / ".." / "out").string();
+    EXPECT_EQ(naf_app::runBatch(options).alreadyDone, 1);
+
+    // The image becomes unreadable: skipped, and none of the stem's files stay (the k-means panel
+    // of some earlier run with other settings included).
+    writeText(dir / "out" / "x.kmeans.png", "an earlier run's panel");
+    writeText(dir / "B" / "x.bmp", "BM this is no bitmap");
+    const naf_app::BatchSummary skipped = naf_app::runBatch(options);
+    ASSERT_EQ(skipped.skipped, 1);
+    for (const char* suffix : {".panel.png", ".kmeans.png", ".json"})
+        EXPECT_FALSE(fs::exists(dir / "out" / (std::string("x") + suffix))) << "left for a skipped image: x" << suffix;
+    EXPECT_TRUE(fs::exists(skipped.manifestPath));
+    fs::remove_all(dir);
+}
+
+// What would fail every image is refused before any (status 2, nothing written): a model file
+// that is no network, a manifest name taken by a folder.
+TEST(AppBatchCommand, CorruptModelAndBlockedManifestAreRefusedBeforeAnyImage)
+{
+    const fs::path dir = freshDir("corruptmodel");
+    const std::string image = app_test::sampleImage("coco_000000000285_bear.jpg");
+    fs::create_directories(dir / "models" / "vfm");
+    writeText(dir / "models" / "broken.onnx", "this is not an ONNX graph");
+    nlohmann::json entry = nlohmann::json::parse(readAll(std::string(NAF_SOURCE_DIR) + "/models/vfm/mobilesam.json"));
+    entry["onnx"] = (dir / "models" / "broken.onnx").string();
+    writeText(dir / "models" / "vfm" / "broken.json", entry.dump());
+    ::setenv("NAF_VFM_REGISTRY", (dir / "models" / "vfm").string().c_str(), 1);
+    const CommandResult corrupt = runNafBatch({image, "--out", (dir / "out").string(), "--vfm", "broken",
+                                               "--methods", "bilinear", "--kmeans", "0"});
+    ::unsetenv("NAF_VFM_REGISTRY");
+    EXPECT_EQ(corrupt.exitCode, 2) << corrupt.output;
+    EXPECT_NE(corrupt.output.find((dir / "models" / "broken.onnx").string()), std::string::npos) << corrupt.output;
+    EXPECT_EQ(corrupt.output.find("skipped"), std::string::npos) << corrupt.output;
+    EXPECT_FALSE(fs::exists(dir / "out")) << "a corrupt model wrote " << dir / "out";
+
+    if (app_test::vfmUnavailableReason().empty())
+    {
+        fs::create_directories(dir / "blocked" / "manifest.json");
+        fs::create_directories(dir / "blocked" / "manifest.shard-1-of-2.json");
+        for (const std::vector<std::string>& shard : {std::vector<std::string>{}, {"--shard", "1/2"}})
+        {
+            std::vector<std::string> args = {image, "--out", (dir / "blocked").string(), "--methods", "bilinear",
+                                             "--size", "64", "--kmeans", "0"};
+            args.insert(args.end(), shard.begin(), shard.end());
+            const CommandResult r = runNafBatch(args);
+            EXPECT_EQ(r.exitCode, 2) << r.output;
+            EXPECT_NE(r.output.find("manifest"), std::string::npos) << r.output;
+            EXPECT_FALSE(fs::exists(dir / "blocked" / "coco_000000000285_bear.json")) << "computed before refusing";
+        }
+    }
     fs::remove_all(dir);
 }
 

@@ -1,10 +1,15 @@
 #include "feature_cache.hpp"
 
+#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <vector>
 
 #include <opencv2/imgproc.hpp>
+
+#include <unistd.h>
 
 #include "safetensors.hpp"
 
@@ -13,16 +18,25 @@ namespace naf_tools {
 void writeSafetensors(const std::string& path, const std::map<std::string, cv::Mat>& tensors,
                       const std::map<std::string, std::string>& metadata)
 {
+    static std::atomic<unsigned> counter{0};
     const std::vector<uint8_t> bytes = cv::naf::detail::serializeSafetensors(tensors, metadata);
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) CV_Error(cv::Error::StsError, "writeSafetensors: cannot open '" + tmp + "' for writing");
-        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        if (!out) CV_Error(cv::Error::StsError, "writeSafetensors: write to '" + tmp + "' failed");
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-        CV_Error(cv::Error::StsError, "writeSafetensors: cannot rename '" + tmp + "' to '" + path + "'");
+    // Unique per process and call: two runs (or threads) writing the same entry never share a
+    // temporary; in the target's folder so that rename() stays on one file system.
+    const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    // A failed write leaves no temporary behind.
+    const auto fail = [&](const std::string& what) {
+        const std::string reason = errno ? std::string(": ") + std::strerror(errno) : std::string();
+        std::remove(tmp.c_str());
+        CV_Error(cv::Error::StsError, "writeSafetensors: " + what + reason);
+    };
+    errno = 0;
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail("cannot open '" + tmp + "' for writing");
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    if (!out) fail("write to '" + tmp + "' failed");
+    out.close();  // flushes: a full disk shows here
+    if (!out) fail("closing '" + tmp + "' failed");
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename '" + tmp + "' to '" + path + "'");
 }
 
 CacheEntry readCacheEntry(const std::string& path)

@@ -26,7 +26,8 @@ struct CacheEntry
 };
 
 /// Writes named tensors (cv::naf::detail::serializeSafetensors: CV_8U / CV_32S / CV_32F; 2-D Mats with channels become [rows, cols, ch])
-/// and string metadata to `path` atomically. cv::Exception on unsupported types or I/O errors.
+/// and string metadata to `path` atomically (through `<path>.tmp-<pid>-<n>`, removed when anything
+/// fails, the final flush on close included). cv::Exception on unsupported types or I/O errors.
 void writeSafetensors(const std::string& path, const std::map<std::string, cv::Mat>& tensors,
                       const std::map<std::string, std::string>& metadata);
 

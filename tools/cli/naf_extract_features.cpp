@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,29 @@ cv::Mat topLeftCells(const cv::Mat& blob, int rows, int cols)
         plane(cv::Rect(0, 0, cols, rows)).copyTo(cv::Mat(rows, cols, CV_32F, out.ptr<float>(0, ch)));
     }
     return out;
+}
+
+// The path as one spelling for every working directory and path form.
+std::string absolutePath(const std::string& path)
+{
+    std::error_code ec;
+    // Made absolute first: a relative path none of whose parts exists would stay relative.
+    const std::filesystem::path canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
+    return ec ? std::filesystem::absolute(path).lexically_normal().string() : canonical.string();
+}
+
+// Why an existing cache entry is not this image's at this VFM and size; empty when it is.
+std::string entryMismatch(naf_tools::CacheEntry& entry, const std::string& source, const std::string& vfm, int size)
+{
+    // Entries written before "source_absolute" was recorded: their "source" as spelled then.
+    const std::string recorded = entry.metadata.count("source_absolute") ? entry.metadata["source_absolute"]
+                                                                          : absolutePath(entry.metadata["source"]);
+    if (entry.metadata["source"] != source && recorded != absolutePath(source))
+        return "it holds the features of '" + entry.metadata["source"] + "', not of '" + source + "'";
+    if (entry.image.rows != size || entry.image.cols != size || entry.metadata["vfm"] != vfm)
+        return cv::format("it is a %dx%d px entry from VFM '%s', not --size %d --vfm %s", entry.image.cols,
+                          entry.image.rows, entry.metadata["vfm"].c_str(), size, vfm.c_str());
+    return std::string();
 }
 
 }  // namespace
@@ -97,6 +121,20 @@ int main(int argc, char** argv)
         if (threads < 0) std::cerr << "naf_extract_features: --threads must be a whole number >= 1\n";
         return usage(argv[0]);
     }
+    // Two images with one cache name (x.png and x.jpg, or paths alike in their last 4 parts) would
+    // take each other's entry: refused before any work.
+    std::map<std::string, std::string> imageOfName;
+    for (const std::string& path : images)
+    {
+        const auto named = imageOfName.emplace(naf_tools::cacheNameFor(path), path);
+        if (!named.second && absolutePath(named.first->second) != absolutePath(path))
+        {
+            std::cerr << "naf_extract_features: '" << named.first->second << "' and '" << path
+                      << "' would share the cache entry '" << named.first->first
+                      << "' (the last 4 path parts without the extension); rename one or extract them into separate --out folders\n";
+            return 2;
+        }
+    }
     try
     {
         if (threads > 0) cv::setNumThreads(threads);
@@ -110,104 +148,117 @@ int main(int argc, char** argv)
         for (const std::string& path : images)
         {
             const std::string dst = (std::filesystem::path(out) / naf_tools::cacheNameFor(path)).string();
-            naf_tools::CacheEntry existing;
-            if (std::filesystem::exists(dst))
+            // One image's failure (unreadable file, full disk...) is reported and counted; the
+            // others go on.
+            try
             {
-                if (hiOnly)
+                naf_tools::CacheEntry existing;
+                if (std::filesystem::exists(dst))
                 {
-                    ++skipped;
-                    continue;
+                    // An entry is only taken as this image's when it records this source, VFM and
+                    // size (it may be another image's: x.png and x.jpg share a cache name); one that
+                    // is not is reported and left alone, never overwritten.
+                    std::string problem;
+                    try
+                    {
+                        existing = naf_tools::readCacheEntry(dst);
+                        problem = entryMismatch(existing, path, specHi.name, size);
+                    }
+                    catch (const cv::Exception& e)
+                    {
+                        problem = e.err;
+                    }
+                    if (!problem.empty())
+                    {
+                        std::cerr << "naf_extract_features: existing entry '" << dst << "': " << problem
+                                  << "; skipped (remove it, or use another --out)\n";
+                        ++failed;
+                        continue;
+                    }
+                    if (hiOnly || !existing.featuresLo.empty())
+                    {
+                        ++skipped;
+                        continue;
+                    }
                 }
-                std::string problem;
-                try
+                const bool completing = !existing.featuresHi.empty();
+                cv::Mat src;
+                if (!completing)
                 {
-                    existing = naf_tools::readCacheEntry(dst);
-                    if (existing.image.rows != size || existing.image.cols != size ||
-                        existing.metadata["vfm"] != specHi.name)
-                        problem = cv::format("a %dx%d px entry from VFM '%s' cannot be completed with --size %d --vfm %s",
-                                             existing.image.cols, existing.image.rows,
-                                             existing.metadata["vfm"].c_str(), size, specHi.name.c_str());
+                    src = cv::imread(path, cv::IMREAD_COLOR);
+                    if (src.empty())
+                    {
+                        std::cerr << "naf_extract_features: cannot read image '" << path << "', skipped\n";
+                        ++failed;
+                        continue;
+                    }
                 }
-                catch (const cv::Exception& e)
+                if (!vfm) vfm = cv::naf::VisionFoundationModel::create(specHi);
+                const auto t0 = std::chrono::steady_clock::now();
+                cv::Rect crop;
+                cv::Mat square, hi, lo;
+                if (completing)
                 {
-                    problem = e.err;
+                    square = existing.image;
+                    hi = existing.featuresHi;
                 }
-                if (!problem.empty())
+                else
                 {
-                    std::cerr << "naf_extract_features: existing entry '" << dst << "': " << problem << ", skipped\n";
-                    ++failed;
-                    continue;
+                    square = naf_tools::centredSquare(src, size, &crop);
+                    vfm->extract(square, hi);
                 }
-                if (!existing.featuresLo.empty())
+                if (!hiOnly)
                 {
-                    ++skipped;
-                    continue;
+                    cv::Mat canvas(size, size, CV_8UC3, meanBgr), half, canvasFeatures;
+                    cv::resize(square, half, cv::Size(size / 2, size / 2), 0, 0, cv::INTER_AREA);
+                    half.copyTo(canvas(cv::Rect(0, 0, size / 2, size / 2)));
+                    vfm->extract(canvas, canvasFeatures);
+                    lo = topLeftCells(canvasFeatures, hi.size[2] / 2, hi.size[3] / 2);
                 }
+                const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                std::map<std::string, std::string> meta = {
+                    {"format", "cv-naf-feature-cache"},
+                    {"format_version", "1"},
+                    {"source", path},
+                    {"source_absolute", absolutePath(path)},
+                    {"crop_xywh", cv::format("%d,%d,%d,%d", crop.x, crop.y, crop.width, crop.height)},
+                    {"vfm", specHi.name},
+                    {"vfm_onnx", specHi.onnxPath},
+                    {"input_hi", std::to_string(size)},
+                    {"input_lo", hiOnly ? std::string("none") : std::to_string(size / 2)},
+                    {"lo_mode", hiOnly ? "none (--hi-only)"
+                                       : "S/2 image (INTER_AREA) top-left in an S canvas of the mean colour; its cells"},
+                    {"seconds", cv::format("%.2f", seconds)},
+                };
+                if (completing)
+                {
+                    // the entry's own source and crop describe its image; record that features_lo came later
+                    for (const char* key : {"source", "source_absolute", "crop_xywh", "vfm_onnx", "seconds"})
+                        if (existing.metadata.count(key)) meta[key] = existing.metadata[key];
+                    meta["seconds_lo_added"] = cv::format("%.2f", seconds);
+                }
+                std::map<std::string, cv::Mat> tensors = {{"image", square}, {"features_hi", hi}};
+                if (!hiOnly) tensors["features_lo"] = lo;
+                naf_tools::writeSafetensors(dst, tensors, meta);
+                ++done;
+                std::cout << "[" << done + skipped + failed << "/" << images.size() << "] " << dst << " "
+                          << cv::format("%.1f s", seconds) << (completing ? " (features_lo added)" : "") << std::endl;
             }
-            const bool completing = !existing.featuresHi.empty();
-            cv::Mat src;
-            if (!completing)
+            catch (const cv::Exception& e)
             {
-                src = cv::imread(path, cv::IMREAD_COLOR);
-                if (src.empty())
-                {
-                    std::cerr << "naf_extract_features: cannot read image '" << path << "', skipped\n";
-                    ++failed;
-                    continue;
-                }
+                if (!vfm) throw;  // the VFM cannot be loaded: every image would fail
+                std::cerr << "naf_extract_features: '" << path << "': " << e.err << ", skipped\n";
+                ++failed;
             }
-            if (!vfm) vfm = cv::naf::VisionFoundationModel::create(specHi);
-            const auto t0 = std::chrono::steady_clock::now();
-            cv::Rect crop;
-            cv::Mat square, hi, lo;
-            if (completing)
+            catch (const std::exception& e)
             {
-                square = existing.image;
-                hi = existing.featuresHi;
+                if (!vfm) throw;
+                std::cerr << "naf_extract_features: '" << path << "': " << e.what() << ", skipped\n";
+                ++failed;
             }
-            else
-            {
-                square = naf_tools::centredSquare(src, size, &crop);
-                vfm->extract(square, hi);
-            }
-            if (!hiOnly)
-            {
-                cv::Mat canvas(size, size, CV_8UC3, meanBgr), half, canvasFeatures;
-                cv::resize(square, half, cv::Size(size / 2, size / 2), 0, 0, cv::INTER_AREA);
-                half.copyTo(canvas(cv::Rect(0, 0, size / 2, size / 2)));
-                vfm->extract(canvas, canvasFeatures);
-                lo = topLeftCells(canvasFeatures, hi.size[2] / 2, hi.size[3] / 2);
-            }
-            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            std::map<std::string, std::string> meta = {
-                {"format", "cv-naf-feature-cache"},
-                {"format_version", "1"},
-                {"source", path},
-                {"crop_xywh", cv::format("%d,%d,%d,%d", crop.x, crop.y, crop.width, crop.height)},
-                {"vfm", specHi.name},
-                {"vfm_onnx", specHi.onnxPath},
-                {"input_hi", std::to_string(size)},
-                {"input_lo", hiOnly ? std::string("none") : std::to_string(size / 2)},
-                {"lo_mode", hiOnly ? "none (--hi-only)"
-                                   : "S/2 image (INTER_AREA) top-left in an S canvas of the mean colour; its cells"},
-                {"seconds", cv::format("%.2f", seconds)},
-            };
-            if (completing)
-            {
-                // the entry's own source and crop describe its image; record that features_lo came later
-                for (const char* key : {"source", "crop_xywh", "vfm_onnx", "seconds"})
-                    if (existing.metadata.count(key)) meta[key] = existing.metadata[key];
-                meta["seconds_lo_added"] = cv::format("%.2f", seconds);
-            }
-            std::map<std::string, cv::Mat> tensors = {{"image", square}, {"features_hi", hi}};
-            if (!hiOnly) tensors["features_lo"] = lo;
-            naf_tools::writeSafetensors(dst, tensors, meta);
-            ++done;
-            std::cout << "[" << done + skipped + failed << "/" << images.size() << "] " << dst << " "
-                      << cv::format("%.1f s", seconds) << (completing ? " (features_lo added)" : "") << std::endl;
         }
         std::cout << "naf_extract_features: " << done << " written, " << skipped << " already there, " << failed
-                  << " unreadable or not completable\n";
+                  << " failed (unreadable image, write error, or an existing entry that is not this image's)\n";
         return failed ? 1 : 0;
     }
     catch (const std::exception& e)

@@ -9,6 +9,7 @@
 // image resized to N x N (INTER_AREA), e.g. the output size, as the official probe protocol does.
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 #if defined(__GLIBC__)  // defined by the C++ headers above
@@ -63,6 +64,15 @@ cv::Mat pool2x2(const cv::Mat& features, const std::string& path)
     return pooled;
 }
 
+// The path as one spelling for every working directory and path form.
+std::string absolutePath(const std::string& path)
+{
+    std::error_code ec;
+    // Made absolute first: a relative path none of whose parts exists would stay relative.
+    const std::filesystem::path canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
+    return ec ? std::filesystem::absolute(path).lexically_normal().string() : canonical.string();
+}
+
 }  // namespace
 
 int main(int argc, char** argv)
@@ -97,6 +107,43 @@ int main(int argc, char** argv)
                      "threads >= 1\n";
         return usage(argv[0]);
     }
+    // Option errors exit 2 like the others: an unknown method, --weights without naf.
+    int m = -1;
+    try
+    {
+        m = cv::naf::upsampleMethodFromName(method);
+    }
+    catch (const cv::Exception& e)
+    {
+        std::cerr << "naf_upsample_cached: --method " << method << ": " << e.err << "\n";
+        return usage(argv[0]);
+    }
+    if (!weights.empty() && m != cv::naf::UPSAMPLE_NAF)
+    {
+        std::cerr << "naf_upsample_cached: --weights only applies to --method naf, got --method " << method << "\n";
+        return usage(argv[0]);
+    }
+    // Each output is OUT_DIR/<the input's file name>: an input inside OUT_DIR would be replaced by
+    // its own result, and two inputs with one file name would replace each other's.
+    std::map<std::string, std::string> inputOfOutput;
+    for (const std::string& path : files)
+    {
+        const std::string dst = (std::filesystem::path(out) / baseName(path)).string();
+        if (absolutePath(dst) == absolutePath(path))
+        {
+            std::cerr << "naf_upsample_cached: the output for '" << path << "' would be '" << dst
+                      << "', the input itself; choose another --out\n";
+            return 2;
+        }
+        const auto added = inputOfOutput.emplace(absolutePath(dst), path);
+        if (!added.second && absolutePath(added.first->second) != absolutePath(path))
+        {
+            std::cerr << "naf_upsample_cached: '" << added.first->second << "' and '" << path
+                      << "' have the same file name, so both would be written to '" << dst
+                      << "'; upsample them into separate --out folders\n";
+            return 2;
+        }
+    }
 #if defined(__GLIBC__)
     // Every file allocates and frees ~3 blocks of the output's size (64 MB at 256 x 256 x 256):
     // keep them in the heap instead of mmap/munmap, or each file page-faults them afresh.
@@ -106,9 +153,6 @@ int main(int argc, char** argv)
     try
     {
         if (threads > 0) cv::setNumThreads(threads);
-        const int m = cv::naf::upsampleMethodFromName(method);
-        if (!weights.empty() && m != cv::naf::UPSAMPLE_NAF)
-            CV_Error(cv::Error::StsBadArg, "--weights only applies to --method naf, got --method " + method);
         cv::Ptr<cv::naf::NAF> naf;
         if (m == cv::naf::UPSAMPLE_NAF)
         {

@@ -92,44 +92,83 @@ std::string hex8(const std::string& text)
     return out.str();
 }
 
-// True when `sidecar` records the same settings and input, and every output it lists exists.
-bool alreadyDone(const std::string& sidecar, const json& settings, const std::string& input, BatchItem& item)
+// The input as one spelling for every working directory and path form (A/x.bmp, ./A/x.bmp,
+// /abs/A/x.bmp): what a record is compared by.
+std::string absoluteInput(const std::string& input)
 {
+    std::error_code ec;
+    // Made absolute first: a relative path none of whose parts exists would stay relative.
+    const fs::path canonical = fs::weakly_canonical(fs::absolute(input), ec);
+    return ec ? fs::absolute(input).lexically_normal().string() : canonical.string();
+}
+
+// The files an image's run writes into the output folder, the record last.
+std::vector<std::string> expectedOutputs(const BatchOptions& options, const std::string& stem)
+{
+    const std::string base = (fs::path(options.outDir) / stem).string();
+    std::vector<std::string> outputs = {base + ".panel.png"};
+    if (options.kmeansClusters > 0) outputs.push_back(base + ".kmeans.png");
+    outputs.push_back(base + ".json");
+    return outputs;
+}
+
+// Every file an image's stem can have (whatever the settings of the run that wrote them).
+std::vector<std::string> allOutputsOfStem(const std::string& outDir, const std::string& stem)
+{
+    const std::string base = (fs::path(outDir) / stem).string();
+    return {base + ".json", base + ".panel.png", base + ".kmeans.png"};  // the record first: it marks "done"
+}
+
+// True when the record `<out>/<stem>.json` was written for this input (the same file, however
+// it was spelled, from whatever working directory) with the same settings and input stamp, and
+// every file this run would write exists in the output folder. The record's own output paths are
+// not used: they are spelled as on the command line of the run that wrote them, relative to its
+// working directory.
+bool alreadyDone(const BatchOptions& options, const json& settings, const std::string& input, const std::string& stem,
+                 BatchItem& item)
+{
+    const std::vector<std::string> outputs = expectedOutputs(options, stem);
+    const std::string& sidecar = outputs.back();
     std::ifstream in(sidecar);
     if (!in) return false;
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const std::vector<std::string> outputs =
-        recordedOutputs(text, settings.dump(-1, ' ', false, json::error_handler_t::replace),
-                        inputStamp(input).dump());
-    if (outputs.empty()) return false;
-    for (const std::string& o : outputs)
-        if (!fs::exists(o)) return false;
-    item.outputs = outputs;
-    item.outputs.push_back(sidecar);
-    // The record's warning (a truncated input) stays in the manifest of a resumed run too.
+    if (recordedOutputs(text, settings.dump(-1, ' ', false, json::error_handler_t::replace), inputStamp(input).dump())
+            .empty())
+        return false;
+    json record;
     try
     {
-        const json record = json::parse(text);
-        if (record.contains("warning") && record["warning"].is_string()) item.warning = record["warning"].get<std::string>();
+        record = json::parse(text);
+        // Records of older runs lack "input_absolute": their "input" is resolved from here.
+        const std::string recorded = record.contains("input_absolute")
+                                         ? record.at("input_absolute").get<std::string>()
+                                         : absoluteInput(record.at("input").get<std::string>());
+        // Another image with the same stem, size and time (A/x.bmp after B/x.bmp) is not done.
+        // Compared as the record holds it: bytes that are not UTF-8 are U+FFFD there.
+        if (recorded != json::parse(json(absoluteInput(input)).dump(-1, ' ', false, json::error_handler_t::replace))
+                            .get<std::string>())
+            return false;
     }
     catch (const json::exception&)
     {
+        return false;
     }
+    for (const std::string& o : outputs)
+        if (!fs::exists(o)) return false;
+    item.outputs = outputs;
+    // The record's warning (a truncated input) stays in the manifest of a resumed run too.
+    if (record.contains("warning") && record["warning"].is_string()) item.warning = record["warning"].get<std::string>();
     return true;
 }
 
+// Computes one image that is not already done; `concurrentRuns` images are computed at once.
 BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const json& settings, const std::string& input,
-                       const std::string& stem, const BatchStageFn& stage)
+                       const std::string& stem, int concurrentRuns, const BatchStageFn& stage)
 {
     BatchItem item;
     item.input = input;
     const std::string base = (fs::path(options.outDir) / stem).string();
     const std::string sidecar = base + ".json";
-    if (!options.force && alreadyDone(sidecar, settings, input, item))
-    {
-        item.status = "already_done";
-        return item;
-    }
     try
     {
         std::error_code ec;
@@ -139,8 +178,8 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         const cv::Mat image = readImageBgr(input);
         if (image.empty()) CV_Error(cv::Error::StsError, "cannot decode '" + input + "' as an image");
         item.warning = truncatedJpegWarning(input);
-        // Before the VFM runs: the feature maps of `jobs` images at once must fit in memory.
-        checkRunFitsInMemory(options.settings, image.size(), options.jobs);
+        // Before the VFM runs: the feature maps of the images computed at once must fit in memory.
+        checkRunFitsInMemory(options.settings, image.size(), concurrentRuns);
         ProgressFn progress;
         if (stage)
             progress = [&](double fraction, const std::string& name) {
@@ -182,6 +221,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         }
         item.timings = result.timings;
         json record = {{"input", input},
+                             {"input_absolute", absoluteInput(input)},
                              {"input_stamp", inputStamp(input)},
                              {"settings", settings},
                              {"outputs", item.outputs},
@@ -201,9 +241,10 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         item.reason = e.what();
         // cv::Exception texts carry file:line and a trailing newline; keep the message itself.
         if (auto* cvErr = dynamic_cast<const cv::Exception*>(&e)) item.reason = cvErr->err;
-        // A skipped image leaves none of its outputs: a panel without its record would look done.
+        // A skipped image leaves none of its files, also those of an earlier run (a stale panel
+        // next to a new failure would look like this input's result).
         std::error_code ignored;
-        for (const std::string& written : item.outputs) fs::remove(written, ignored);
+        for (const std::string& old : allOutputsOfStem(options.outDir, stem)) fs::remove(old, ignored);
         item.outputs.clear();
     }
     return item;
@@ -322,9 +363,36 @@ std::vector<std::string> batchInputs(const std::vector<std::string>& images, con
     return kept;
 }
 
-// Creates the output folder and checks that files can be written there, before any image is
-// computed; removes temporary files that an interrupted run (a process no longer alive) left.
-void prepareOutputFolder(const std::string& outDir)
+// `text` on one line: each line break with OpenCV's "> " continuation marks becomes one space.
+std::string oneLine(const std::string& text)
+{
+    std::string out;
+    for (size_t i = 0; i < text.size(); ++i)
+    {
+        if (text[i] != '\n')
+        {
+            out += text[i];
+            continue;
+        }
+        while (i + 1 < text.size() && (text[i + 1] == '>' || text[i + 1] == ' ')) ++i;
+        out += ' ';
+    }
+    const size_t first = out.find_first_not_of("> "), last = out.find_last_not_of(' ');
+    return first == std::string::npos ? std::string() : out.substr(first, last - first + 1);
+}
+
+// The manifest's file name in the output folder.
+std::string manifestName(const BatchOptions& options)
+{
+    return options.shardCount == 1 ? "manifest.json"
+                                   : "manifest.shard-" + std::to_string(options.shardIndex) + "-of-" +
+                                         std::to_string(options.shardCount) + ".json";
+}
+
+// Creates the output folder and checks that files can be written there, the manifest among them,
+// before any image is computed; removes temporary files that an interrupted run (a process no
+// longer alive) left.
+void prepareOutputFolder(const std::string& outDir, const std::string& manifest)
 {
     std::error_code ec;
     fs::create_directories(outDir, ec);
@@ -341,6 +409,12 @@ void prepareOutputFolder(const std::string& outDir)
         CV_Error(cv::Error::StsError, "the output folder '" + outDir + "' is not writable (" + e.err + ")");
     }
     fs::remove(probe, ec);
+    // The manifest replaces its file by a rename, which a folder of that name would refuse only
+    // after every image was computed.
+    const fs::path manifestPath = fs::path(outDir) / manifest;
+    if (fs::is_directory(fs::symlink_status(manifestPath, ec)))
+        CV_Error(cv::Error::StsError, "cannot write the manifest '" + manifestPath.string() +
+                                          "': a folder of that name is in the way");
     removeStaleTemporaries(outDir);
 }
 
@@ -366,28 +440,67 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
     const std::vector<std::string> inputs = selectShard(all, options.shardIndex, options.shardCount);
     std::vector<std::string> stems;
     for (const std::string& in : inputs) stems.push_back(stemOf[in]);
-    prepareOutputFolder(options.outDir);
 
+    // Images already done are found first (only their records are read): a resumed run loads no
+    // model, and the others are what the threads and the memory check are sized by.
     const json settings = settingsJson(options);
     BatchSummary summary;
     summary.items.resize(inputs.size());
-    std::atomic<size_t> next{0};
+    std::vector<size_t> pending;
+    for (size_t k = 0; k < inputs.size(); ++k)
+    {
+        summary.items[k].input = inputs[k];
+        if (!options.force && alreadyDone(options, settings, inputs[k], stems[k], summary.items[k]))
+            summary.items[k].status = "already_done";
+        else
+            pending.push_back(k);
+    }
+    // The network is loaded once before any image (as the weights above): a corrupt model file is
+    // a bad option, not a skip of every image after a load attempt for each. This thread's
+    // pipeline keeps it for the images it computes.
+    Pipeline firstPipeline;
+    if (!pending.empty())
+    {
+        try
+        {
+            firstPipeline.vfm(options.settings.vfmName);
+        }
+        catch (const cv::Exception& e)
+        {
+            const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(options.settings.vfmName);
+            CV_Error(cv::Error::StsError,
+                     "VFM '" + spec.name + "': the model file '" + spec.onnxPath + "' cannot be loaded" +
+                         (spec.fetchCommand.empty() ? std::string() : " (corrupt? get it again with: " + spec.fetchCommand + ")") +
+                         ": " + oneLine(e.err));
+        }
+    }
+    prepareOutputFolder(options.outDir, manifestName(options));
+
     std::mutex progressMutex;
     int finished = 0;
-    auto worker = [&] {
-        Pipeline pipeline;  // per thread: cv::dnn nets and NAF objects are not shared
-        for (size_t k = next++; k < inputs.size(); k = next++)
+    for (size_t k = 0; k < inputs.size() && progress; ++k)
+        if (summary.items[k].status == "already_done") progress(++finished, static_cast<int>(inputs.size()), summary.items[k]);
+    finished = static_cast<int>(inputs.size() - pending.size());
+    // Only as many threads (and images in memory at once) as there are images to compute.
+    const int threads = std::max(1, std::min<int>(options.jobs, static_cast<int>(pending.size())));
+    std::atomic<size_t> next{0};
+    auto worker = [&](Pipeline& pipeline) {
+        for (size_t p = next++; p < pending.size(); p = next++)
         {
-            summary.items[k] = processImage(pipeline, options, settings, inputs[k], stems[k], stage);
+            const size_t k = pending[p];
+            summary.items[k] = processImage(pipeline, options, settings, inputs[k], stems[k], threads, stage);
             std::lock_guard<std::mutex> lock(progressMutex);
             ++finished;
             if (progress) progress(finished, static_cast<int>(inputs.size()), summary.items[k]);
         }
     };
-    const int threads = std::max(1, std::min<int>(options.jobs, static_cast<int>(inputs.size())));
     std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
+    for (int t = 1; t < threads; ++t)
+        pool.emplace_back([&] {
+            Pipeline pipeline;  // per thread: cv::dnn nets and NAF objects are not shared
+            worker(pipeline);
+        });
+    worker(firstPipeline);
     for (std::thread& t : pool) t.join();
 
     json items = json::array();
@@ -413,10 +526,7 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
                              {"skipped", summary.skipped}}},
                            {"seconds", std::round(summary.seconds * 100) / 100},
                            {"images", items}};
-    const std::string name = options.shardCount == 1 ? "manifest.json"
-                                                     : "manifest.shard-" + std::to_string(options.shardIndex) + "-of-" +
-                                                           std::to_string(options.shardCount) + ".json";
-    summary.manifestPath = (fs::path(options.outDir) / name).string();
+    summary.manifestPath = (fs::path(options.outDir) / manifestName(options)).string();
     writeFileAtomic(summary.manifestPath, jsonText(manifest));
     return summary;
 }

@@ -230,10 +230,24 @@ void parseShard(const std::string& text, int& index, int& count)
         CV_Error(cv::Error::StsOutOfRange, "--shard '" + text + "': need 0 <= i < n");
 }
 
+namespace {
+
+// True when the file starts like a JPEG (FF D8 FF): a format without alpha, decoded once with
+// IMREAD_COLOR (which also applies its EXIF orientation).
+bool looksLikeJpeg(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    unsigned char magic[3] = {0, 0, 0};
+    return in.read(reinterpret_cast<char*>(magic), 3) && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF;
+}
+
+}  // namespace
+
 cv::Mat readImageBgr(const std::string& path)
 {
-    const std::string ext = lowerExtension(path);
-    if (ext == ".png" || ext == ".webp" || ext == ".tif" || ext == ".tiff")
+    // Alpha is found from the decoded content, not the file name: an RGBA PNG without an
+    // extension (or named .jpg) is composited all the same.
+    if (!looksLikeJpeg(path))
     {
         const cv::Mat raw = cv::imread(path, cv::IMREAD_UNCHANGED);
         if (raw.channels() == 4)
@@ -250,6 +264,8 @@ cv::Mat readImageBgr(const std::string& path)
             bgr.convertTo(bgr, CV_8U, 255.0);
             return bgr;
         }
+        // No alpha: decoded again as before, so that grey, 16-bit and oriented images get
+        // IMREAD_COLOR's conversion to 8-bit BGR.
     }
     return cv::imread(path, cv::IMREAD_COLOR);
 }

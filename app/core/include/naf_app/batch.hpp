@@ -66,7 +66,8 @@ std::vector<std::string> recordedOutputs(const std::string& recordText, const st
 /// An input listed twice (the same file by any path) is computed once.
 /// @throws cv::Exception only for bad options (unknown VFM, method, NAF backend or GPU precision,
 /// CUDA asked for where it is unavailable, k-means outside [0, 255], missing model or weights
-/// file, missing input path, output folder not writable), before anything is written.
+/// file, a model file that cannot be loaded (when an image is to be computed), missing input path,
+/// output folder not writable, a folder where the manifest goes), before any image is computed.
 BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progress = BatchProgressFn(),
                       const BatchStageFn& stage = BatchStageFn());
 

@@ -33,7 +33,7 @@ std::vector<std::string> collectImages(const std::vector<std::string>& inputs);
 
 /// The image at `path` as 8-bit BGR, as the app feeds it to a VFM: cv::imread(IMREAD_COLOR)
 /// (which applies the EXIF orientation), except that an image with an alpha channel (PNG, WebP,
-/// TIFF) is composited over white: IMREAD_COLOR drops alpha and showed whatever colour the
+/// TIFF; found from the decoded content, whatever the file's extension) is composited over white: IMREAD_COLOR drops alpha and showed whatever colour the
 /// transparent pixels stored. Empty when unreadable, like imread.
 cv::Mat readImageBgr(const std::string& path);
 

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -74,6 +75,14 @@ cv::Mat centredSquare(const cv::Mat& image, int side, cv::Rect* crop)
     cv::resize(image(square), out, cv::Size(side, side), 0, 0, s > side ? cv::INTER_AREA : cv::INTER_LINEAR);
     if (crop) *crop = square;
     return out;
+}
+
+std::string absolutePath(const std::string& path)
+{
+    std::error_code ec;
+    // Made absolute first: a relative path none of whose parts exists would stay relative.
+    const std::filesystem::path canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
+    return ec ? std::filesystem::absolute(path).lexically_normal().string() : canonical.string();
 }
 
 std::string cacheNameFor(const std::string& imagePath, int components)

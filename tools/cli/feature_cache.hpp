@@ -38,6 +38,11 @@ CacheEntry readCacheEntry(const std::string& path);
 /// `crop` receives the square in source pixels.
 cv::Mat centredSquare(const cv::Mat& image, int side, cv::Rect* crop = nullptr);
 
+/// The path as one spelling for every working directory and path form (x.jpg, ./x.jpg,
+/// /abs/x.jpg, also when it does not exist yet): how the tools tell two paths of one file apart
+/// from two files.
+std::string absolutePath(const std::string& path);
+
 /// A file name for a source image: its last `components` path components joined with "__",
 /// extension replaced by ".safetensors" (e.g. .../segmentation/camvid/train/images/x.jpg -> camvid__train__images__x.safetensors).
 std::string cacheNameFor(const std::string& imagePath, int components = 4);

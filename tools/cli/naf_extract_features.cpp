@@ -52,22 +52,13 @@ cv::Mat topLeftCells(const cv::Mat& blob, int rows, int cols)
     return out;
 }
 
-// The path as one spelling for every working directory and path form.
-std::string absolutePath(const std::string& path)
-{
-    std::error_code ec;
-    // Made absolute first: a relative path none of whose parts exists would stay relative.
-    const std::filesystem::path canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
-    return ec ? std::filesystem::absolute(path).lexically_normal().string() : canonical.string();
-}
-
 // Why an existing cache entry is not this image's at this VFM and size; empty when it is.
 std::string entryMismatch(naf_tools::CacheEntry& entry, const std::string& source, const std::string& vfm, int size)
 {
     // Entries written before "source_absolute" was recorded: their "source" as spelled then.
     const std::string recorded = entry.metadata.count("source_absolute") ? entry.metadata["source_absolute"]
-                                                                          : absolutePath(entry.metadata["source"]);
-    if (entry.metadata["source"] != source && recorded != absolutePath(source))
+                                                                          : naf_tools::absolutePath(entry.metadata["source"]);
+    if (entry.metadata["source"] != source && recorded != naf_tools::absolutePath(source))
         return "it holds the features of '" + entry.metadata["source"] + "', not of '" + source + "'";
     if (entry.image.rows != size || entry.image.cols != size || entry.metadata["vfm"] != vfm)
         return cv::format("it is a %dx%d px entry from VFM '%s', not --size %d --vfm %s", entry.image.cols,
@@ -127,7 +118,7 @@ int main(int argc, char** argv)
     for (const std::string& path : images)
     {
         const auto named = imageOfName.emplace(naf_tools::cacheNameFor(path), path);
-        if (!named.second && absolutePath(named.first->second) != absolutePath(path))
+        if (!named.second && naf_tools::absolutePath(named.first->second) != naf_tools::absolutePath(path))
         {
             std::cerr << "naf_extract_features: '" << named.first->second << "' and '" << path
                       << "' would share the cache entry '" << named.first->first
@@ -220,7 +211,7 @@ int main(int argc, char** argv)
                     {"format", "cv-naf-feature-cache"},
                     {"format_version", "1"},
                     {"source", path},
-                    {"source_absolute", absolutePath(path)},
+                    {"source_absolute", naf_tools::absolutePath(path)},
                     {"crop_xywh", cv::format("%d,%d,%d,%d", crop.x, crop.y, crop.width, crop.height)},
                     {"vfm", specHi.name},
                     {"vfm_onnx", specHi.onnxPath},

@@ -64,15 +64,6 @@ cv::Mat pool2x2(const cv::Mat& features, const std::string& path)
     return pooled;
 }
 
-// The path as one spelling for every working directory and path form.
-std::string absolutePath(const std::string& path)
-{
-    std::error_code ec;
-    // Made absolute first: a relative path none of whose parts exists would stay relative.
-    const std::filesystem::path canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
-    return ec ? std::filesystem::absolute(path).lexically_normal().string() : canonical.string();
-}
-
 }  // namespace
 
 int main(int argc, char** argv)
@@ -129,14 +120,15 @@ int main(int argc, char** argv)
     for (const std::string& path : files)
     {
         const std::string dst = (std::filesystem::path(out) / baseName(path)).string();
-        if (absolutePath(dst) == absolutePath(path))
+        const std::string dstAbsolute = naf_tools::absolutePath(dst);
+        if (dstAbsolute == naf_tools::absolutePath(path))
         {
             std::cerr << "naf_upsample_cached: the output for '" << path << "' would be '" << dst
                       << "', the input itself; choose another --out\n";
             return 2;
         }
-        const auto added = inputOfOutput.emplace(absolutePath(dst), path);
-        if (!added.second && absolutePath(added.first->second) != absolutePath(path))
+        const auto added = inputOfOutput.emplace(dstAbsolute, path);
+        if (!added.second && naf_tools::absolutePath(added.first->second) != naf_tools::absolutePath(path))
         {
             std::cerr << "naf_upsample_cached: '" << added.first->second << "' and '" << path
                       << "' have the same file name, so both would be written to '" << dst

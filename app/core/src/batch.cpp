@@ -356,9 +356,7 @@ std::vector<std::string> batchInputs(const std::vector<std::string>& images, con
                 fs::weakly_canonical(p.has_parent_path() ? p.parent_path() : fs::path("."), parentError);
             ours = !parentError && parent == out;
         }
-        std::error_code ec;
-        const fs::path canonical = fs::weakly_canonical(p, ec);
-        if (!ours && seen.insert(ec ? image : canonical.string()).second) kept.push_back(image);
+        if (!ours && seen.insert(absoluteInput(image)).second) kept.push_back(image);
     }
     return kept;
 }
@@ -478,9 +476,12 @@ BatchSummary runBatch(const BatchOptions& options, const BatchProgressFn& progre
 
     std::mutex progressMutex;
     int finished = 0;
-    for (size_t k = 0; k < inputs.size() && progress; ++k)
-        if (summary.items[k].status == "already_done") progress(++finished, static_cast<int>(inputs.size()), summary.items[k]);
-    finished = static_cast<int>(inputs.size() - pending.size());
+    for (size_t k = 0; k < inputs.size(); ++k)
+    {
+        if (summary.items[k].status != "already_done") continue;
+        ++finished;
+        if (progress) progress(finished, static_cast<int>(inputs.size()), summary.items[k]);
+    }
     // Only as many threads (and images in memory at once) as there are images to compute.
     const int threads = std::max(1, std::min<int>(options.jobs, static_cast<int>(pending.size())));
     std::atomic<size_t> next{0};

@@ -511,6 +511,35 @@ TEST(AppBatch, CorruptImageIsSkippedWithReasonAndSecondRunDoesNoWork)
     EXPECT_EQ(shard.items[0].input, (dir / "in" / "bus.jpg").string());
     EXPECT_EQ(shard.computed, 1);
     EXPECT_NE(shard.manifestPath.find("manifest.shard-2-of-3.json"), std::string::npos);
+
+    // Recomputed without k-means (other settings): the earlier run's .kmeans.png goes, since it
+    // would pass for this run's.
+    options.shardIndex = 0;
+    options.shardCount = 1;
+    options.kmeansClusters = 0;
+    options.jobs = 1;
+    options.inputs = {(dir / "in" / "bus.jpg").string()};
+    ASSERT_TRUE(fs::exists(dir / "out" / "bus.kmeans.png"));
+    EXPECT_EQ(naf_app::runBatch(options).computed, 1);
+    EXPECT_FALSE(fs::exists(dir / "out" / "bus.kmeans.png"));
+    EXPECT_TRUE(fs::exists(dir / "out" / "bus.panel.png"));
+    EXPECT_TRUE(fs::exists(dir / "out" / "bus.json"));
+
+    // An input replaced while it is computed is due again on the next run: its record keeps the
+    // stamp taken before it was read, not the new file's.
+    options.force = true;
+    bool replaced = false;
+    EXPECT_EQ(naf_app::runBatch(options, {},
+                                [&](const std::string& input, double, const std::string&) {
+                                    if (replaced) return;
+                                    replaced = true;
+                                    fs::last_write_time(input, fs::last_write_time(input) + std::chrono::seconds(7));
+                                })
+                  .computed,
+              1);
+    EXPECT_TRUE(replaced);
+    options.force = false;
+    EXPECT_EQ(naf_app::runBatch(options).computed, 1);
     fs::remove_all(dir);
 }
 
@@ -984,6 +1013,8 @@ TEST(AppBatchCommand, MalformedNumbersAndBadValuesAreRefusedBeforeAnyWork)
                                {{"--size", "99999999999"}, "--size '99999999999': expected a whole number"},
                                {{"--jobs", "two"}, "--jobs 'two': expected a whole number"},
                                {{"--kmeans", "300"}, "is 300"},
+                               // below the default VFM's grid (MobileSAM: 1024 / 16), every image would fail
+                               {{"--size", "48"}, "output size 48 is smaller than VFM 'mobilesam''s feature grid (64 cells"},
                                {{"--force=no"}, "--force takes no value"}};
     if (app_test::vfmUnavailableReason().empty())  // else the missing model is what is refused
         cases.push_back({{"--weights", (dir / "none.safetensors").string()}, (dir / "none.safetensors").string()});

@@ -483,6 +483,26 @@ TEST(VisionFoundationModel, ExtractReportsProgressFromItsLayersAndStopsWhenCance
         return true;
     });
     EXPECT_THROW(vfm->extract(image, untouched), std::runtime_error);
+    // ... a cv::Exception of its own too (forwardNet's wrapping of cv::dnn's errors let it
+    // through before, prefixed with the model's name and input size), with its code and text.
+    for (double at : {0.0, 0.5, 1.0})
+    {
+        vfm->setProgressCallback([&](double f) -> bool {
+            if (f >= at) CV_Error(cv::Error::StsAutoTrace, "the caller's own reason");
+            return true;
+        });
+        try
+        {
+            vfm->extract(image, untouched);
+            ADD_FAILURE() << "no exception at " << at;
+        }
+        catch (const cv::Exception& e)
+        {
+            EXPECT_EQ(e.code, cv::Error::StsAutoTrace) << at;
+            EXPECT_EQ(e.err, "the caller's own reason") << at;
+        }
+        EXPECT_EQ(untouched.ptr<float>(), before);
+    }
 
     // A cancel at the final report (1) still cancels.
     vfm->setProgressCallback([&](double f) { return f < 1.0; });

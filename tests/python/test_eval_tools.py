@@ -54,6 +54,24 @@ def test_nearest_reads_python_cache_and_writes_readable_result(tmp_path):
 
 
 @needs_tool
+def test_a_bad_file_is_reported_and_the_others_are_still_written(tmp_path):
+    files = make_cache(str(tmp_path / "cache"))
+    bad = tmp_path / "cache" / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "broken.safetensors").write_bytes(b"an earlier run's output")  # must not pass for this run's
+    proc = subprocess.run([TOOL, "--method", "nearest", "--out", str(out), str(bad)] + files,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1, proc.stderr
+    for f in files:
+        assert load_file(str(out / os.path.basename(f)))[0]["upsampled"].shape == (1, C, 2 * LO, 2 * LO)
+    assert not (out / "broken.safetensors").exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("naf_upsample_cached: 1 of 3 files failed (2 written); the first: ") and str(bad) in last, last
+
+
+@needs_tool
 def test_cpp_naf_matches_the_training_forward(tmp_path):
     # What the trainer optimises (Python NAF on the pre-resized guide) is what the library computes
     # from the full cached image: same weights, same features -> same output.

@@ -152,28 +152,54 @@ int main(int argc, char** argv)
             std::cerr << "naf_upsample_cached: " << naf->getWeightsInfo() << "\n";
         }
         std::filesystem::create_directories(out);
+        // A bad file (unreadable, no features_lo, a failed write) is reported and the others are
+        // still computed; the status is 1 when any failed, and the last line names the first.
+        int written = 0, failed = 0;
+        std::string firstFailure;
         for (const std::string& path : files)
         {
-            const naf_tools::CacheEntry e = naf_tools::readCacheEntry(path);
-            const cv::Mat features = input == "hi"       ? e.featuresHi
-                                     : input == "pooled" ? pool2x2(e.featuresHi, path)
-                                                         : e.featuresLo;
-            if (features.empty())
-                CV_Error(cv::Error::StsBadArg, "'" + path + "' has no features_lo (a --hi-only cache): use --input hi");
-            cv::Size target(e.featuresHi.size[3], e.featuresHi.size[2]);
-            if (input == "hi" || scale > 0)
+            const std::string dst = (std::filesystem::path(out) / baseName(path)).string();
+            try
             {
-                const int k = scale > 0 ? scale : 4;
-                target = cv::Size(k * features.size[3], k * features.size[2]);
+                const naf_tools::CacheEntry e = naf_tools::readCacheEntry(path);
+                const cv::Mat features = input == "hi"       ? e.featuresHi
+                                         : input == "pooled" ? pool2x2(e.featuresHi, path)
+                                                             : e.featuresLo;
+                if (features.empty())
+                    CV_Error(cv::Error::StsBadArg, "'" + path + "' has no features_lo (a --hi-only cache): use --input hi");
+                cv::Size target(e.featuresHi.size[3], e.featuresHi.size[2]);
+                if (input == "hi" || scale > 0)
+                {
+                    const int k = scale > 0 ? scale : 4;
+                    target = cv::Size(k * features.size[3], k * features.size[2]);
+                }
+                cv::Mat guide = e.image;
+                if (guideSize > 0)
+                    cv::resize(e.image, guide, cv::Size(guideSize, guideSize), 0, 0,
+                               guideSize < e.image.cols ? cv::INTER_AREA : cv::INTER_LINEAR);
+                cv::Mat up;
+                cv::naf::upsampleWith(m, guide, features, up, target, naf);
+                naf_tools::writeSafetensors(dst, {{"upsampled", up}},
+                                            {{"method", method}, {"weights", weights}, {"source", path}, {"input", input}});
+                ++written;
             }
-            cv::Mat guide = e.image;
-            if (guideSize > 0)
-                cv::resize(e.image, guide, cv::Size(guideSize, guideSize), 0, 0,
-                           guideSize < e.image.cols ? cv::INTER_AREA : cv::INTER_LINEAR);
-            cv::Mat up;
-            cv::naf::upsampleWith(m, guide, features, up, target, naf);
-            naf_tools::writeSafetensors((std::filesystem::path(out) / baseName(path)).string(), {{"upsampled", up}},
-                                        {{"method", method}, {"weights", weights}, {"source", path}, {"input", input}});
+            catch (const std::exception& e)
+            {
+                const cv::Exception* cvError = dynamic_cast<const cv::Exception*>(&e);
+                std::string message = cvError ? cvError->err : std::string(e.what());
+                if (message.find(path) == std::string::npos) message = "'" + path + "': " + message;
+                std::cerr << "naf_upsample_cached: " << message << "\n";
+                // An output of an earlier run would pass for this input's result.
+                std::error_code ignored;
+                std::filesystem::remove(dst, ignored);
+                if (failed++ == 0) firstFailure = message;
+            }
+        }
+        if (failed)
+        {
+            std::cerr << "naf_upsample_cached: " << failed << " of " << files.size() << " files failed (" << written
+                      << " written); the first: " << firstFailure << "\n";
+            return 1;
         }
         return 0;
     }

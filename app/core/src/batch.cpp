@@ -169,6 +169,9 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
     item.input = input;
     const std::string base = (fs::path(options.outDir) / stem).string();
     const std::string sidecar = base + ".json";
+    // Taken before the image is read: an image replaced while it is computed must not be
+    // recorded as done with the new file's stamp.
+    const json stamp = inputStamp(input);
     try
     {
         std::error_code ec;
@@ -222,7 +225,7 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         item.timings = result.timings;
         json record = {{"input", input},
                              {"input_absolute", absoluteInput(input)},
-                             {"input_stamp", inputStamp(input)},
+                             {"input_stamp", stamp},
                              {"settings", settings},
                              {"outputs", item.outputs},
                              {"timings_ms", timingsJson(result.timings)},
@@ -234,6 +237,11 @@ BatchItem processImage(Pipeline& pipeline, const BatchOptions& options, const js
         writeFileAtomic(sidecar, jsonText(record));
         item.outputs.push_back(sidecar);
         item.status = "done";
+        // Files of an earlier run with other settings (a .kmeans.png when this run has none)
+        // would pass for this run's.
+        std::error_code ignored;
+        for (const std::string& old : allOutputsOfStem(options.outDir, stem))
+            if (std::find(item.outputs.begin(), item.outputs.end(), old) == item.outputs.end()) fs::remove(old, ignored);
     }
     catch (const std::exception& e)
     {

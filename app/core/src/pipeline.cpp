@@ -157,7 +157,16 @@ void Pipeline::validate(const PipelineSettings& settings)
         if (!cv::naf::isUpsampleMethodAvailable(m))  // throws for an unknown id
             CV_Error(cv::Error::StsNotImplemented, "method '" + cv::naf::upsampleMethodName(m) +
                                                        "' needs OpenCV's ximgproc (opencv_contrib), which this build lacks");
-    cv::naf::VfmRegistry::find(settings.vfmName);                    // throws listing the known names
+    const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);  // throws listing the known names
+    // The long side always spans the whole grid, so a smaller output fails every image after its
+    // VFM forward (a short side may still be below the grid for some aspect ratios: per image).
+    const int gridLongSide = (spec.inputSize + spec.stride - 1) / std::max(1, spec.stride);
+    if (settings.outputLongSide < gridLongSide)
+        CV_Error(cv::Error::StsOutOfRange,
+                 "output size " + std::to_string(settings.outputLongSide) + " is smaller than VFM '" + spec.name +
+                     "''s feature grid (" + std::to_string(gridLongSide) + " cells on the long side: input " +
+                     std::to_string(spec.inputSize) + " / stride " + std::to_string(spec.stride) +
+                     "); choose at least " + std::to_string(gridLongSide) + " pixels");
     nafBackendName(settings.nafBackend);                             // throws for an unknown value
     gpuPrecisionName(settings.gpuPrecision);
     // CUDA asked for where there is none: the module's own refusal, which says why (no CUDA in

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -238,13 +239,27 @@ public:
     }
 
     bool cancelled() const { return cancelled_; }
+    /// The callback's own exception, when it threw (null otherwise).
+    std::exception_ptr callbackError() const { return callbackError_; }
     double lastFraction() const { return last_; }
 
 private:
     void report(double fraction)
     {
         last_ = fraction;
-        if (!callback_(fraction))
+        bool goOn = false;
+        try
+        {
+            goOn = callback_(fraction);
+        }
+        catch (...)
+        {
+            // Kept to be rethrown by extract() as it is: cv::dnn's forward (and forwardNet) would
+            // otherwise wrap a cv::Exception of the caller's own in a message about the model.
+            callbackError_ = std::current_exception();
+            throw;
+        }
+        if (!goOn)
         {
             cancelled_ = true;
             CV_Error(Error::StsError, "cancelled");  // replaced by extract()'s message
@@ -257,6 +272,7 @@ private:
     std::vector<double> ticks_;
     double last_ = 0;
     bool cancelled_ = false;
+    std::exception_ptr callbackError_;
 };
 
 class VisionFoundationModelImpl CV_FINAL : public VisionFoundationModel
@@ -406,8 +422,9 @@ private:
             std::vector<double> stretches = progress.finish();
             if (!stretches.empty()) stretchTicks_ = std::move(stretches);
         }
-        catch (const cv::Exception&)
+        catch (...)
         {
+            if (progress.callbackError()) std::rethrow_exception(progress.callbackError());
             if (!progress.cancelled()) throw;
             CV_Error(Error::StsError,
                      "cv::naf: VFM '" + spec_.name + "': extract() cancelled by the progress callback at " +

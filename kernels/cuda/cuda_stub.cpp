@@ -51,6 +51,11 @@ void Engine::forwardDevice(const float*, const float*, float*, const ForwardShap
     throw std::runtime_error("naf::kernels::cuda::Engine::forwardDevice: built without CUDA");
 }
 
+bool Engine::lastForwardWroteHostOutput() const
+{
+    return false;
+}
+
 size_t Engine::deviceBytes() const
 {
     return 0;

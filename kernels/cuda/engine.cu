@@ -186,6 +186,7 @@ struct Engine::Impl
     PinnedBuffer staging[2];
     cudaEvent_t stagingEvents[2] = {nullptr, nullptr};
     ParallelFor hostParallel;  // setHostParallelFor; empty: the calling thread
+    bool hostOutputWritten = false;  // lastForwardWroteHostOutput
     cudaEvent_t events[3] = {nullptr, nullptr, nullptr};
     std::vector<cudaEvent_t> convEvents;  // start/stop pairs around each convolution (stage timing)
     int convCalls = 0;
@@ -762,6 +763,7 @@ struct Engine::Impl
         const size_t chunk = bytes >= kStagingChunk / 8 ? kStagingChunk : bytes;
         if (pinned || bytes == 0 || !ensureStaging(chunk))
         {
+            hostOutputWritten = bytes > 0;  // from here on a failure may leave part of it written
             check(cudaMemcpyAsync(hostOut, deviceOut, bytes, cudaMemcpyDeviceToHost, stream),
                   "copying the output to the host");
             return;
@@ -777,6 +779,7 @@ struct Engine::Impl
             },
             [&](size_t, int buffer, size_t offset, size_t size) {
                 check(cudaEventSynchronize(stagingEvents[buffer]), "copying the output to the host");
+                hostOutputWritten = true;
                 hostCopy(dst + offset, static_cast<const char*>(staging[buffer].ptr), size);
             });
     }
@@ -1105,6 +1108,7 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
                      MathMode mode, AttentionProbe* probe)
 {
     Impl& s = *impl_;
+    s.hostOutputWritten = false;
     checkForwardShape(s.cfg, shape);
     checkCall("forward", shape, hostImage, hostFeatures, hostOut, probe, mode);
     DeviceScope scope(s.device);
@@ -1126,6 +1130,11 @@ void Engine::forward(const float* hostImage, const float* hostFeatures, float* h
         s.copyToHost(hostOut, outPinned, s.out.ptr, outBytes);
         s.complete(shape, probe);
     });
+}
+
+bool Engine::lastForwardWroteHostOutput() const
+{
+    return impl_->hostOutputWritten;
 }
 
 void Engine::forwardDevice(const float* deviceImage, const float* deviceFeatures, float* deviceOut,

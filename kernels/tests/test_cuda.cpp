@@ -934,7 +934,10 @@ TEST(Cuda, Fp16RefusesInputsBeyondFloat16Range)
             EXPECT_NE(std::string(e.what()).find("float16"), std::string::npos) << e.what();
         }
         for (float v : out) ASSERT_EQ(v, 7.f) << "the output was written by a refused call";
+        // ... and says so (the module keeps a reused dst on this, releases it otherwise).
+        EXPECT_FALSE(engine.lastForwardWroteHostOutput());
         const std::vector<float> fp32 = gpuForward(engine, in, s, cuda::MathMode::FP32);
+        EXPECT_TRUE(engine.lastForwardWroteHostOutput());
         EXPECT_TRUE(allFinite(fp32));
         const std::vector<float> ref = cpuForward(w, in, s);
         EXPECT_LE(relativeL2(fp32.data(), ref.data(), ref.size()), 1e-4);

@@ -138,6 +138,12 @@ public:
     void forward(const float* hostImage, const float* hostFeatures, float* hostOut, const ForwardShape& shape,
                  MathMode mode, AttentionProbe* probe = nullptr);
 
+    /// Whether the last forward() began writing its hostOut (false when it failed before that:
+    /// a refusal, a lack of device memory, a device error in the computation). A forward that
+    /// fails after this became true (a CUDA error while the output is copied) leaves hostOut
+    /// partly written, so a caller that passed memory it cares about should discard it.
+    bool lastForwardWroteHostOutput() const;
+
     /// The same forward on device memory of this engine's device: image [3,H,W], features
     /// [C,h,w] and out [C,outH,outW], fp32, contiguous. The inputs must be ready (their producers
     /// synchronized); returns when `deviceOut` is written. No host copies of the tensors.

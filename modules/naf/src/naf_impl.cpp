@@ -607,7 +607,8 @@ private:
         // kernels' own, or OpenCV's thread pool) can stop the call after the first output byte:
         // the encoder's activations use the output as scratch before the attention writes it,
         // so dst is released then too (below). The CUDA engine copies
-        // the output to the host after its last refusal (FP16's range), so one item is safe too;
+        // the output to the host after its last refusal (FP16's range), so one item is safe too
+        // (a device error during that copy releases dst, as lastForwardWroteHostOutput() tells);
         // a CUDA batch could be refused at item 2 with item 1 written. Otherwise (a CUDA batch,
         // another shape, dst aliasing the features) the result goes to a fresh blob that is
         // handed over only when every item succeeded.
@@ -618,7 +619,7 @@ private:
                     K::reserveWorkspace(weights_->cfg, weights_->view, shape, workspace.get());
             });
         Mat result = reused.empty() ? Mat(4, outSizes, CV_32F) : reused;  // huge-page advised by both paths
-        bool reusedDstWritten = false;  // the CPU forward has started writing dst's own buffer
+        bool reusedDstWritten = false;  // the forward (CPU) or the output copy (CUDA) has started writing dst
         try
         {
             for (int i = 0; i < n; ++i)
@@ -665,6 +666,14 @@ private:
                         {
                             recoverFromDeviceShortage();
                             deviceShortage = e.what();
+                        }
+                        catch (...)
+                        {
+                            // A device error while the output was being copied leaves dst
+                            // partly written: released below, like a failed CPU call's.
+                            reusedDstWritten = !reused.empty() && cudaEngine_ &&
+                                               cudaEngine_->lastForwardWroteHostOutput();
+                            throw;
                         }
                     });
                     if (!deviceShortage.empty())

@@ -242,6 +242,15 @@ TEST(DnnOpsLayers, LayerNormNormalizesTheLastAxisThenScalesAndShifts)
     std::vector<cv::dnn::MatShape> outShapes, internals;
     naf_test::expectRefused([&] { layer->getMemoryShapes({cv::dnn::shape(x)}, 1, outShapes, internals); },
                             {"the last axis has 40 values, gamma and beta 39"});
+    // eps: NaN was reported as "eps nan < 0", and 1e39 became inf as a float (all-zero output).
+    for (double eps : {std::nan(""), 1e39, -1.0})
+    {
+        cv::dnn::LayerParams bad;
+        bad.name = "norm";
+        bad.set("eps", eps);
+        naf_test::expectRefused([&] { cv::dnn::LayerFactory::createLayerInstance("NafLayerNorm", bad); },
+                                {"must be finite, >= 0 and within float's range"});
+    }
 }
 
 // NafConv1x1 equals cv::dnn's own Convolution layer with the same 1x1 weight and bias (batch of 2,

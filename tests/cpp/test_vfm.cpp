@@ -357,6 +357,9 @@ TEST(VisionFoundationModel, BadInputsGiveClearErrors)
     naf_test::expectRefused([&] { vfm->extract(cv::Mat(10, 10, CV_8UC1, cv::Scalar(0)), features); }, {"CV_8UC3", "CV_8UC1"});
     naf_test::expectRefused([&] { vfm->extract(cv::Mat(10, 10, CV_32FC3, cv::Scalar(0)), features); }, {"CV_32FC3"});
     naf_test::expectRefused([&] { vfm->extract(cv::Mat(1, 10, CV_8UC3, cv::Scalar(0)), features); }, {"2x2", "10x1"});
+    const int dims3[3] = {4, 4, 4};
+    naf_test::expectRefused([&] { vfm->extract(cv::Mat(3, dims3, CV_8UC3, cv::Scalar(0)), features); },
+                            {"2-D", "got 3 dimensions"});
     EXPECT_TRUE(features.empty());  // nothing written on failure
     VfmSpec spec = vfm->getSpec();
     spec.channels = 33;  // registry disagrees with the network
@@ -365,6 +368,18 @@ TEST(VisionFoundationModel, BadInputsGiveClearErrors)
     spec = vfm->getSpec();
     spec.stride = 5;
     naf_test::expectRefused([&] { VisionFoundationModel::create(spec); }, {"stride 5", "64"});
+    // The registry loader's bounds hold for a spec built in code too (a std of 1e-300 gave
+    // all-NaN features without an error).
+    for (const auto& meanStd : {std::make_pair(0.0, 1e-300), std::make_pair(1e300, 1.0), std::make_pair(0.0, 1e7)})
+    {
+        spec = vfm->getSpec();
+        spec.mean[1] = meanStd.first;
+        spec.std[1] = meanStd.second;
+        naf_test::expectRefused([&] { VisionFoundationModel::create(spec); }, {"mean/std of channel 1", "[1e-6, 1e6]"});
+    }
+    spec = vfm->getSpec();
+    spec.channels = (1 << 20) + 1;
+    naf_test::expectRefused([&] { VisionFoundationModel::create(spec); }, {"channels 1048577"});
 }
 
 // ---------------------------------------------------------------- MobileSAM on a real photo
@@ -529,6 +544,39 @@ TEST(VisionFoundationModel, ExtractReportsProgressFromItsLayersAndStopsWhenCance
     EXPECT_EQ(outerReports, nafLayers + 2);
     EXPECT_EQ(innerReports, nafLayers + 2);
     EXPECT_EQ(cv::norm(outerFeatures, reference, cv::NORM_INF), 0.0);
+
+    // The caller's own cv::dnn forward of a graph with cv::naf layers, inside the callback,
+    // reports nothing to this extract() (it re-entered the callback, 2 x the reports before).
+    cv::dnn::Net own = cv::dnn::readNet(VfmRegistry::find("tiny_vit", tinyRegistry()).onnxPath);
+    cv::Mat blob;
+    vfm->preprocess(image, blob);
+    int ownReports = 0, depth = 0, deepest = 0;
+    vfm->setProgressCallback([&](double) {
+        ++ownReports;
+        deepest = std::max(deepest, ++depth);
+        own.setInput(blob);
+        own.forward();
+        --depth;
+        return true;
+    });
+    vfm->extract(image, outerFeatures);
+    EXPECT_EQ(ownReports, nafLayers + 2);
+    EXPECT_EQ(deepest, 1);
+    EXPECT_EQ(cv::norm(outerFeatures, reference, cv::NORM_INF), 0.0);
+
+    // extract() on this same object from its callback would replace the net's input mid-forward
+    // (wrong features, no error before): refused, and the outer call stops with that refusal.
+    vfm->setProgressCallback([&](double f) {
+        if (f > 0 && f < 1)
+        {
+            cv::Mat nested;
+            vfm->extract(image, nested);
+        }
+        return true;
+    });
+    cv::Mat kept = reference.clone();
+    naf_test::expectRefused([&] { vfm->extract(image, kept); }, {"tiny_vit", "extract() called while"});
+    EXPECT_EQ(cv::norm(kept, reference, cv::NORM_INF), 0.0);
 
     // The object is usable after all of that, with and without a callback.
     vfm->setProgressCallback(cv::naf::ProgressCallback());

@@ -221,6 +221,21 @@ TEST(Visualize, SimilarityMapMatchesAPlainCosineOnAnOddSize)
         }
     EXPECT_LT(worst, 1e-5);
     EXPECT_EQ(sim.at<float>(17, 30), 0.f);
+    // Within the documented [-1, 1], also where the float dot of two unit vectors rounds past it
+    // (each pixel against itself, on seeds where that happened: 8 of 20 before the clamp).
+    for (int seed = 0; seed < 20; ++seed)
+    {
+        cv::Mat f = naf_test::randomBlob(1, 384, 3, 5, 100 + seed);
+        for (int p = 0; p < 15; ++p)
+        {
+            cv::naf::cosineSimilarityMap(f, cv::Point(p % 5, p / 5), sim);
+            double lo = 0, hi = 0;
+            cv::minMaxLoc(sim, &lo, &hi);
+            ASSERT_LE(hi, 1.0) << seed << " " << p;
+            ASSERT_GE(lo, -1.0) << seed << " " << p;
+            ASSERT_GT(sim.at<float>(p / 5, p % 5), 0.99999f);
+        }
+    }
 }
 
 TEST(Visualize, NonFiniteFeaturesAreRefusedByTheirPixelAndLeaveTheOutputAlone)
@@ -231,6 +246,13 @@ TEST(Visualize, NonFiniteFeaturesAreRefusedByTheirPixelAndLeaveTheOutputAlone)
     expectError([&] { cv::naf::kmeansSegmentation(feats, 4, labels); }, "pixel (44, 29) contains NaN or Inf");
     expectError([&] { cv::naf::cosineSimilarityMap(feats, cv::Point(0, 0), sim); }, "pixel (44, 29) contains NaN or Inf");
     expectError([&] { cv::naf::cosineSimilarityMap(feats, cv::Point(44, 29), sim); }, "pixel (44, 29)");
+    // PCA colours (a NaN came out black, like a dark colour): refused the same way.
+    cv::naf::FeaturePca pca;
+    pca.fit(naf_test::randomBlob(1, 5, 6, 7, 3));
+    cv::Mat bgr(2, 2, CV_8UC3, cv::Scalar::all(7));
+    expectError([&] { pca.apply(feats, bgr); }, "FeaturePca::apply: the feature of pixel (44, 29) contains NaN or Inf");
+    EXPECT_EQ(bgr.size(), cv::Size(2, 2));
+    EXPECT_EQ(bgr.at<cv::Vec3b>(1, 1), cv::Vec3b(7, 7, 7));
     EXPECT_EQ(labels.size(), cv::Size(2, 2));
     EXPECT_EQ(labels.at<int>(1, 1), 7);
     EXPECT_EQ(sim.size(), cv::Size(2, 2));
@@ -344,4 +366,23 @@ TEST(Visualize, ColoursOverlaysAndPanels)
     EXPECT_GT(panel.rows, 4);
     EXPECT_EQ(panel.at<cv::Vec3b>(panel.rows - 1, 9), cv::Vec3b(200, 200, 200));
     expectError([&] { cv::naf::makePanel({black, cv::Mat(5, 4, CV_8UC3)}, {}, panel); }, "tile 1");
+    expectError([&] { cv::naf::makePanel({cv::Mat(0, 0, CV_8UC3), cv::Mat(0, 0, CV_8UC3)}, {}, panel); }, "tile 0");
+    expectError([&] { cv::naf::colorizeScalarMap(ramp, 0, std::numeric_limits<double>::infinity(), turbo); },
+                "not finite");
+
+    // Labels past the table are coloured one by one (the table grew up to the largest label:
+    // INT_MAX never returned); a 3-D map is refused (it came back as uninitialized pixels).
+    cv::Mat large = (cv::Mat_<int>(1, 3) << 1000000, std::numeric_limits<int>::max(), 3);
+    cv::naf::colorizeLabels(large, colours);
+    EXPECT_EQ(colours.at<cv::Vec3b>(0, 0), cv::naf::labelColor(1000000));
+    EXPECT_EQ(colours.at<cv::Vec3b>(0, 1), cv::naf::labelColor(std::numeric_limits<int>::max()));
+    EXPECT_EQ(colours.at<cv::Vec3b>(0, 2), cv::naf::labelColor(3));
+    const int dims3[3] = {2, 2, 2};
+    expectError([&] { cv::naf::colorizeLabels(cv::Mat(3, dims3, CV_32S, cv::Scalar(0)), colours); }, "3-D CV_32S");
+
+    // k-means leaves the caller's random state as it was.
+    cv::theRNG().state = 12345;
+    cv::Mat km;
+    cv::naf::kmeansSegmentation(naf_test::randomBlob(1, 4, 9, 11, 2), 3, km);
+    EXPECT_EQ(cv::theRNG().state, 12345u);
 }

@@ -296,7 +296,10 @@ public:
     explicit LayerNormLayer(const dnn::LayerParams& params)
         : RowwiseLayer(params, "NafLayerNorm"), eps_(static_cast<float>(params.get<double>("eps", 1e-5)))
     {
-        if (!(eps_ >= 0.f)) CV_Error(Error::StsBadArg, prefix() + "eps " + std::to_string(eps_) + " < 0");
+        // NaN was reported as "eps nan < 0"; an eps past float's range became inf and gave zeros.
+        if (!(eps_ >= 0.f) || !std::isfinite(eps_))
+            CV_Error(Error::StsBadArg, prefix() + "eps " + std::to_string(params.get<double>("eps", 1e-5)) +
+                                           " must be finite, >= 0 and within float's range");
         if (params.blobs.size() != 0 && params.blobs.size() != 2)
             CV_Error(Error::StsBadArg, prefix() + std::to_string(params.blobs.size()) +
                                            " constant inputs; expects none or gamma and beta");

@@ -6,6 +6,7 @@
 #include "vfm_progress.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <cmath>
 #include <cstdlib>
@@ -178,13 +179,15 @@ void checkSpec(const VfmSpec& spec)
         CV_Error(Error::StsBadArg, who + format("inputSize %d is outside [%d, %d]", spec.inputSize, kMinInputSize, kMaxInputSize));
     if (spec.stride < 1 || spec.inputSize % spec.stride != 0)
         CV_Error(Error::StsBadArg, who + format("stride %d must be >= 1 and divide inputSize %d", spec.stride, spec.inputSize));
-    if (spec.channels < 1) CV_Error(Error::StsBadArg, who + format("channels %d must be >= 1", spec.channels));
+    if (spec.channels < 1 || spec.channels > (1 << 20))
+        CV_Error(Error::StsBadArg, who + format("channels %d is outside [1, %d]", spec.channels, 1 << 20));
     if (std::find(std::begin(kSizePolicies), std::end(kSizePolicies), spec.sizePolicy) == std::end(kSizePolicies))
         CV_Error(Error::StsBadArg, who + "sizePolicy '" + spec.sizePolicy + "' is not 'longest_side_pad' or 'resize'");
+    // The registry loader's bounds: beyond them the features come out inf or NaN.
     for (int i = 0; i < 3; ++i)
-        if (!(spec.std[i] > 0) || !std::isfinite(spec.std[i]) || !std::isfinite(spec.mean[i]))
-            CV_Error(Error::StsBadArg, who + format("mean/std of channel %d (%g, %g) must be finite with std > 0", i,
-                                                    spec.mean[i], spec.std[i]));
+        if (!(spec.std[i] >= 1e-6 && spec.std[i] <= 1e6) || !(std::fabs(spec.mean[i]) <= 1e6))
+            CV_Error(Error::StsBadArg, who + format("mean/std of channel %d (%g, %g) must be in [-1e6, 1e6] and "
+                                                    "[1e-6, 1e6]", i, spec.mean[i], spec.std[i]));
     if (spec.onnxPath.empty()) CV_Error(Error::StsBadArg, who + "onnxPath is empty");
 }
 
@@ -250,6 +253,9 @@ private:
         bool goOn = false;
         try
         {
+            // The caller's own cv::dnn forwards inside the callback (a net with cv::naf layers)
+            // must not report to this extract(), nor re-enter the callback.
+            detail::ScopedVfmForwardObserver none(nullptr);
             goOn = callback_(fraction);
         }
         catch (...)
@@ -319,7 +325,10 @@ public:
         if (src.type() != CV_8UC3)
             CV_Error(Error::StsUnsupportedFormat, "cv::naf: VFM '" + spec_.name + "': the image must be CV_8UC3 (BGR), got " +
                                                       typeToString(src.type()));
-        if (src.dims != 2 || src.rows < 2 || src.cols < 2)
+        if (src.dims != 2)
+            CV_Error(Error::StsBadSize, "cv::naf: VFM '" + spec_.name +
+                                            format("': the image must be 2-D, got %d dimensions", src.dims));
+        if (src.rows < 2 || src.cols < 2)
             CV_Error(Error::StsBadSize, "cv::naf: VFM '" + spec_.name +
                                             format("': the image must be at least 2x2, got %dx%d", src.cols, src.rows));
 
@@ -350,6 +359,18 @@ public:
 
     void extract(InputArray image, OutputArray features, VfmGeometry* geometry) CV_OVERRIDE
     {
+        // The net holds one input: a second extract() on this object while one runs (from its
+        // own progress callback, or another thread) would replace it mid-forward and give the
+        // first call wrong features without an error.
+        if (busy_.exchange(true))
+            CV_Error(Error::StsError, "cv::naf: VFM '" + spec_.name +
+                                          "': extract() called while this object's extract() runs (from its progress "
+                                          "callback or another thread); use another VisionFoundationModel object");
+        struct Release
+        {
+            std::atomic<bool>& flag;
+            ~Release() { flag = false; }
+        } release{busy_};
         Mat blob;
         VfmGeometry g;
         preprocess(image, blob, &g);
@@ -463,6 +484,7 @@ private:
     VfmSpec spec_;
     dnn::Net net_;
     ProgressCallback progress_;
+    std::atomic<bool> busy_{false};  // an extract() is running
     int reportingLayers_ = 0;
     std::vector<double> stretchTicks_;  // the last complete reporting forward's, see ExtractProgress
 };

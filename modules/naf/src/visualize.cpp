@@ -295,6 +295,9 @@ void FeaturePca::apply(InputArray features, OutputArray bgr) const
         CV_Error(Error::StsBadArg, "cv::naf::FeaturePca::apply: fitted on " + std::to_string(channels()) +
                                        " channels, got " + std::to_string(c));
     const Mat all(c, h * w, CV_32F, const_cast<float*>(blob.ptr<float>()));
+    // A NaN feature would come out black, indistinguishable from a dark colour: refused, like
+    // kmeansSegmentation and cosineSimilarityMap do.
+    if (!checkRange(all, true)) refuseNonFinite(blob, "FeaturePca::apply");
     Mat proj = basis_ * all;  // 3 x HW
     const Mat offset = basis_ * mean_.t();
     std::vector<Mat> rgb(3);
@@ -323,10 +326,22 @@ void kmeansSegmentation(InputArray features, int k, OutputArray labels, int seed
     const std::vector<int> idx = strideSample(h * w, maxSamples);
     const Mat samples = normalizedPixelRows(blob, idx, "kmeansSegmentation");
     Mat sampleLabels, centers;
+    // cv::kmeans draws from this thread's theRNG(): seeded for reproducible labels, and the
+    // caller's state given back afterwards.
+    const uint64 callerState = theRNG().state;
     theRNG().state = static_cast<uint64>(seed) * 6364136223846793005ULL + 1442695040888963407ULL;
-    // One k-means++ attempt: three (as before) tripled the time for no visible change.
-    kmeans(samples, k, sampleLabels, TermCriteria(TermCriteria::COUNT + TermCriteria::EPS, 50, 1e-4), 1,
-           KMEANS_PP_CENTERS, centers);
+    try
+    {
+        // One k-means++ attempt: three (as before) tripled the time for no visible change.
+        kmeans(samples, k, sampleLabels, TermCriteria(TermCriteria::COUNT + TermCriteria::EPS, 50, 1e-4), 1,
+               KMEANS_PP_CENTERS, centers);
+    }
+    catch (...)
+    {
+        theRNG().state = callerState;
+        throw;
+    }
+    theRNG().state = callerState;
     // Nearest centre for every pixel: argmin ||x - c||^2 = argmax (x.c - |c|^2 / 2).
     Mat halfNorms(1, k, CV_32F);
     for (int j = 0; j < k; ++j) halfNorms.at<float>(j) = static_cast<float>(0.5 * centers.row(j).dot(centers.row(j)));
@@ -361,7 +376,8 @@ void cosineSimilarityMap(InputArray features, Point pixel, OutputArray similarit
     Mat sim(h, w, CV_32F);
     streamPixelDots(blob, ref, "cosineSimilarityMap", [&](int begin, int len, const Mat& dots) {
         float* o = sim.ptr<float>() + begin;
-        for (int i = 0; i < len; ++i) o[i] = dots.at<float>(0, i);
+        // Two unit vectors' float dot can round past 1 (1.0000001 for a pixel and itself).
+        for (int i = 0; i < len; ++i) o[i] = std::min(1.f, std::max(-1.f, dots.at<float>(0, i)));
     });
     sim.copyTo(similarity);
 }
@@ -381,16 +397,25 @@ Vec3b labelColor(int label)
 void colorizeLabels(InputArray labels, OutputArray bgr)
 {
     const Mat l = labels.getMat();
-    if (l.empty() || l.type() != CV_32S)
-        CV_Error(Error::StsBadArg, "cv::naf::colorizeLabels: labels must be a non-empty CV_32S map, got " +
-                                       (l.empty() ? std::string("an empty map") : typeToString(l.type())));
+    if (l.empty() || l.type() != CV_32S || l.dims != 2)
+        CV_Error(Error::StsBadArg, "cv::naf::colorizeLabels: labels must be a non-empty 2-D CV_32S map, got " +
+                                       (l.empty() ? std::string("an empty map")
+                                                  : std::to_string(l.dims) + "-D " + typeToString(l.type())));
     Mat out(l.size(), CV_8UC3);
+    // Labels 0..255 (what kmeansSegmentation gives) from a table; a larger one is coloured on its
+    // own (a table up to it grew one entry per label: INT_MAX never returned).
+    constexpr int kTable = 256;
     std::vector<Vec3b> palette;
     for (int y = 0; y < l.rows; ++y)
         for (int x = 0; x < l.cols; ++x)
         {
             const int v = l.at<int>(y, x);
             if (v < 0) CV_Error(Error::StsOutOfRange, "cv::naf::colorizeLabels: negative label " + std::to_string(v));
+            if (v >= kTable)
+            {
+                out.at<Vec3b>(y, x) = labelColor(v);
+                continue;
+            }
             if (v >= static_cast<int>(palette.size()))
                 for (int i = static_cast<int>(palette.size()); i <= v; ++i) palette.push_back(labelColor(i));
             out.at<Vec3b>(y, x) = palette[v];
@@ -416,9 +441,9 @@ void colorizeScalarMap(InputArray map, double lo, double hi, OutputArray bgr)
     const Mat m = map.getMat();
     if (m.empty() || m.type() != CV_32F)
         CV_Error(Error::StsBadArg, "cv::naf::colorizeScalarMap: map must be a non-empty CV_32F image");
-    if (!(hi > lo))
+    if (!(hi > lo) || !std::isfinite(lo) || !std::isfinite(hi))
         CV_Error(Error::StsBadArg, "cv::naf::colorizeScalarMap: range [" + std::to_string(lo) + ", " +
-                                       std::to_string(hi) + "] is empty");
+                                       std::to_string(hi) + "] is empty or not finite");
     Mat u8;
     m.convertTo(u8, CV_8U, 255.0 / (hi - lo), -255.0 * lo / (hi - lo));
     applyColorMap(u8, bgr, COLORMAP_TURBO);
@@ -432,7 +457,7 @@ void makePanel(const std::vector<Mat>& tiles, const std::vector<String>& caption
                                        std::to_string(tiles.size()) + " tiles");
     const Size size = tiles[0].size();
     for (size_t i = 0; i < tiles.size(); ++i)
-        if (tiles[i].size() != size || tiles[i].type() != CV_8UC3)
+        if (tiles[i].size() != size || tiles[i].type() != CV_8UC3 || tiles[i].empty())
             CV_Error(Error::StsBadArg, "cv::naf::makePanel: tile " + std::to_string(i) + " is " +
                                            typeToString(tiles[i].type()) + " " + std::to_string(tiles[i].cols) + "x" +
                                            std::to_string(tiles[i].rows) + ", expected CV_8UC3 " +

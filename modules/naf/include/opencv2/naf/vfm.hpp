@@ -26,11 +26,11 @@ struct CV_EXPORTS VfmSpec
                             //!< bottom/right; "resize": stretched to inputSize x inputSize
     int inputSize = 0;      //!< network input side in pixels (square input)
     bool rgb = true;        //!< the network expects RGB (else BGR)
-    Scalar mean;            //!< per-channel mean subtracted, in 0..255 units, network channel order
-    Scalar std;             //!< per-channel std divided by, in 0..255 units, network channel order
+    Scalar mean;            //!< per-channel mean subtracted, in 0..255 units, network channel order, in [-1e6, 1e6]
+    Scalar std;             //!< per-channel std divided by, in 0..255 units, network channel order, in [1e-6, 1e6]
     int stride = 0;         //!< input pixels per feature cell (patch size), e.g. 16
     String outputName;      //!< ONNX output holding the features ("" = the graph's first output)
-    int channels = 0;       //!< feature channels C
+    int channels = 0;       //!< feature channels C, in [1, 2^20]
     String license;         //!< licence of the weights, e.g. "Apache-2.0"
 };
 

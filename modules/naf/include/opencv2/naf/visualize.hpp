@@ -46,7 +46,8 @@ public:
     /** @brief Fits 3 components on the cells of a 1 x C x h x w CV_32F blob (at most maxSamples
     cells, taken on a fixed grid) and the colour range (1st/99th percentiles per component). */
     void fit(InputArray features, int maxSamples = 20000);
-    /** @brief Projects a 1 x C x H x W blob to an H x W CV_8UC3 BGR image. @throws if not fitted or C differs. */
+    /** @brief Projects a 1 x C x H x W blob to an H x W CV_8UC3 BGR image. @throws cv::Exception if
+    not fitted, if C differs, or (StsBadArg) naming the first pixel whose feature holds NaN or Inf. */
     void apply(InputArray features, OutputArray bgr) const;
     bool empty() const;
     int channels() const;
@@ -62,7 +63,7 @@ The centres are fitted (one k-means++ attempt, cv::kmeans) on at most maxSamples
 a fixed stride; then every pixel gets its nearest centre. Memory beyond the output is about
 maxSamples x C floats: the blob is read in place, never copied. k must be in [1, min(255, H*W)]
 and maxSamples >= k. @throws cv::Exception (StsBadArg) naming the first pixel whose feature
-holds NaN or Inf (labels untouched). */
+holds NaN or Inf (labels untouched). The calling thread's cv::theRNG() state is left as it was. */
 CV_EXPORTS void kmeansSegmentation(InputArray features, int k, OutputArray labels, int seed = 0,
                                    int maxSamples = 20000);
 
@@ -74,14 +75,16 @@ CV_EXPORTS void cosineSimilarityMap(InputArray features, Point pixel, OutputArra
 
 /** @brief A distinct BGR colour per label (fixed palette, label 0..255). */
 CV_EXPORTS Vec3b labelColor(int label);
-/** @brief Colours a CV_32S label map (labelColor()). */
+/** @brief Colours a non-empty 2-D CV_32S map of labels >= 0 (labelColor(); labels up to 255 from a
+table, a larger one computed for each pixel that has it). */
 CV_EXPORTS void colorizeLabels(InputArray labels, OutputArray bgr);
 /** @brief image * (1 - alpha) + colour * alpha, both CV_8UC3 of one size. */
 CV_EXPORTS void overlay(InputArray image, InputArray colour, double alpha, OutputArray dst);
-/** @brief A CV_32F map in [lo, hi] to a BGR colour map (cv::COLORMAP_TURBO). */
+/** @brief A CV_32F map in [lo, hi] (finite, lo < hi) to a BGR colour map (cv::COLORMAP_TURBO). */
 CV_EXPORTS void colorizeScalarMap(InputArray map, double lo, double hi, OutputArray bgr);
 
-/** @brief Tiles of equal size side by side, each with a caption bar on top: one BGR image. */
+/** @brief Non-empty CV_8UC3 tiles of equal size side by side, each with a caption bar on top (one
+caption per tile, or none): one BGR image. */
 CV_EXPORTS void makePanel(const std::vector<Mat>& tiles, const std::vector<String>& captions, OutputArray panel);
 
 //! @}

@@ -160,7 +160,7 @@ void Pipeline::validate(const PipelineSettings& settings)
     const cv::naf::VfmSpec spec = cv::naf::VfmRegistry::find(settings.vfmName);  // throws listing the known names
     // The long side always spans the whole grid, so a smaller output fails every image after its
     // VFM forward (a short side may still be below the grid for some aspect ratios: per image).
-    const int gridLongSide = (spec.inputSize + spec.stride - 1) / std::max(1, spec.stride);
+    const int gridLongSide = spec.inputSize / spec.stride;  // the registry ensures stride >= 1 divides it
     if (settings.outputLongSide < gridLongSide)
         CV_Error(cv::Error::StsOutOfRange,
                  "output size " + std::to_string(settings.outputLongSide) + " is smaller than VFM '" + spec.name +
